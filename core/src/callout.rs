@@ -1,0 +1,169 @@
+//! Outgoing HTTP calls as data: the core describes a callout, the glue dispatches
+//! it and hands back the reply. Shared by key fetching, the PDP and (later)
+//! introspection and UMA.
+
+use std::fmt;
+
+/// Where a callout goes: an Envoy cluster name, or `host:port` on Kong.
+/// The URL supplies `:scheme`, `:authority` and `:path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub upstream: String,
+    pub method: &'static str,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+impl Callout {
+    pub fn get(upstream: &str, url: Url, timeout_ms: u64) -> Self {
+        Callout {
+            upstream: upstream.to_string(),
+            method: "GET",
+            url,
+            headers: vec![("accept".to_string(), "application/json".to_string())],
+            body: None,
+            timeout_ms,
+        }
+    }
+
+    pub fn post_json(upstream: &str, url: Url, body: Vec<u8>, timeout_ms: u64) -> Self {
+        Callout {
+            upstream: upstream.to_string(),
+            method: "POST",
+            url,
+            headers: vec![
+                ("accept".to_string(), "application/json".to_string()),
+                ("content-type".to_string(), "application/json".to_string()),
+            ],
+            body: Some(body),
+            timeout_ms,
+        }
+    }
+
+    /// The pseudo and regular headers in the order a proxy-wasm host wants them.
+    pub fn all_headers(&self) -> Vec<(&str, &str)> {
+        let mut all = vec![
+            (":method", self.method),
+            (":scheme", self.url.scheme.as_str()),
+            (":authority", self.url.authority.as_str()),
+            (":path", self.url.path.as_str()),
+        ];
+        all.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        all
+    }
+}
+
+/// What came back. `status: None` means the call never produced an HTTP answer:
+/// Envoy reports a reset or timeout as a reply without headers, and Kong does
+/// the same for a failed callout. That is a failure, never an empty success.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalloutReply {
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutReply {
+    /// The body of a 2xx answer, or why there is none.
+    pub fn success_body(&self) -> Result<&[u8], CalloutError> {
+        match self.status {
+            None => Err(CalloutError::NoResponse),
+            Some(s) if (200..300).contains(&s) => Ok(&self.body),
+            Some(s) => Err(CalloutError::Status(s)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutError {
+    /// Dispatch refused by the host (unknown cluster, bad headers).
+    Dispatch(String),
+    /// No HTTP answer: connection failure, reset or timeout.
+    NoResponse,
+    Status(u16),
+}
+
+impl fmt::Display for CalloutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CalloutError::Dispatch(why) => write!(f, "callout could not be dispatched: {why}"),
+            CalloutError::NoResponse => write!(f, "no response (connection failed or timed out)"),
+            CalloutError::Status(s) => write!(f, "answered HTTP {s}"),
+        }
+    }
+}
+
+/// An absolute http(s) URL split the way a callout needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub scheme: String,
+    pub authority: String,
+    pub path: String,
+}
+
+impl Url {
+    pub fn parse(url: &str) -> Result<Url, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not an absolute URL"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("`{url}` must use http or https"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("`{url}` has no usable host"));
+        }
+        if path.contains('#') {
+            return Err(format!("`{url}` must not contain a fragment"));
+        }
+        Ok(Url {
+            scheme,
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The same host with another path: `/.well-known/...` next to the issuer.
+    pub fn join_path(&self, suffix: &str) -> Url {
+        let base = self.path.trim_end_matches('/');
+        Url {
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+            path: format!("{base}{suffix}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_for_callouts() {
+        let u = Url::parse("https://as.example:8443/oauth/jwks?x=1").unwrap();
+        assert_eq!(u.scheme, "https");
+        assert_eq!(u.authority, "as.example:8443");
+        assert_eq!(u.path, "/oauth/jwks?x=1");
+        assert_eq!(Url::parse("http://as").unwrap().path, "/");
+        assert!(Url::parse("ftp://as/x").is_err());
+        assert!(Url::parse("/jwks").is_err());
+        assert!(Url::parse("http:///x").is_err());
+        assert_eq!(
+            Url::parse("http://as/realm/").unwrap().join_path("/.well-known/openid-configuration").path,
+            "/realm/.well-known/openid-configuration"
+        );
+    }
+
+    #[test]
+    fn reply_without_status_is_a_failure() {
+        let r = CalloutReply { status: None, body: vec![] };
+        assert_eq!(r.success_body(), Err(CalloutError::NoResponse));
+        let r = CalloutReply { status: Some(500), body: b"{}".to_vec() };
+        assert_eq!(r.success_body(), Err(CalloutError::Status(500)));
+    }
+}

@@ -1,0 +1,31 @@
+//! The decision core of oauth-pep: everything that decides, nothing that does I/O.
+//!
+//! This crate never names proxy-wasm. The filter glue feeds it request facts, the
+//! time and callout replies, and executes what it returns, so every rule here is
+//! testable natively and under wasm-bindgen-test.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::string_slice
+    )
+)]
+
+pub mod cache;
+pub mod callout;
+pub mod config;
+pub mod consumer;
+pub mod engine;
+pub mod extract;
+pub mod jwks;
+pub mod jwt;
+pub mod pdp;
+pub mod policy;
+pub mod response;

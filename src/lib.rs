@@ -1,0 +1,1 @@
+pub fn y() { oauth_pep_core::x() }
