@@ -1,1 +1,329 @@
-pub fn y() { oauth_pep_core::x() }
+//! The proxy-wasm glue: reads request facts, asks the core for a verdict and
+//! carries it out (headers, local replies, callouts, ticks). No decisions here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls`, which return errors, never
+//! through the SDK's convenience methods, which unwrap them (a panic kills the
+//! VM, and with it this Envoy worker's filter).
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+mod host;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use oauth_pep_core::callout::Callout;
+use oauth_pep_core::config::Config;
+use oauth_pep_core::engine::{authorize, Allow, Request, State, Verdict};
+use oauth_pep_core::keys::{FetchProgress, FetchStep};
+use oauth_pep_core::response::Denial;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+/// Granularity of key refreshes and retries; the schedule itself is in the core.
+const TICK: Duration = Duration::from_secs(1);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// What a VM shares between its root context and its requests.
+struct Shared {
+    config: Config,
+    state: RefCell<State>,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+    fetches: HashMap<u32, (usize, FetchStep)>,
+}
+
+impl Root {
+    fn start_due_fetches(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = host::now();
+        let due = shared.state.borrow_mut().keys.due(&shared.config, now);
+        for (issuer, step, callout) in due {
+            self.dispatch_fetch(&shared, issuer, step, &callout, now);
+        }
+    }
+
+    fn dispatch_fetch(
+        &mut self,
+        shared: &Shared,
+        issuer: usize,
+        step: FetchStep,
+        callout: &Callout,
+        now: u64,
+    ) {
+        match host::dispatch(callout) {
+            Ok(token) => {
+                self.fetches.insert(token, (issuer, step));
+            }
+            Err(why) => {
+                warn!("key fetch for issuer #{issuer} not dispatched: {why}");
+                shared
+                    .state
+                    .borrow_mut()
+                    .keys
+                    .on_dispatch_error(&shared.config, issuer, &why, now);
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let (Some(shared), Some((issuer, step))) =
+            (self.shared.clone(), self.fetches.remove(&token))
+        else {
+            return;
+        };
+        let reply = host::callout_reply(num_headers, body_size);
+        let now = host::now();
+        let progress =
+            shared
+                .state
+                .borrow_mut()
+                .keys
+                .on_reply(&shared.config, issuer, step, &reply, now);
+        if let FetchProgress::Next(step, callout) = progress {
+            self.dispatch_fetch(&shared, issuer, step, &callout, now);
+        } else {
+            log_fetch(&shared.config, issuer, &progress);
+        }
+    }
+}
+
+fn log_fetch(config: &Config, issuer: usize, progress: &FetchProgress) {
+    let name = config
+        .issuers
+        .get(issuer)
+        .map_or("?", |i| i.issuer.as_str());
+    match progress {
+        FetchProgress::Loaded { keys, skipped } => {
+            info!("loaded {keys} verification keys for {name}");
+            for note in skipped {
+                info!("skipped a key of {name}: {note}");
+            }
+        }
+        FetchProgress::Failed(why) => warn!("key fetch failed: {why}"),
+        FetchProgress::Next(..) => {}
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let json = host::plugin_configuration();
+        let config = match Config::from_json(&json) {
+            Ok(config) => config,
+            Err(e) => {
+                // Returning false makes Envoy refuse the filter instead of
+                // running it half-configured.
+                error!("oauth-pep: {e}");
+                return false;
+            }
+        };
+        info!("oauth-pep configured: {} issuer(s)", config.issuers.len());
+        let state = RefCell::new(State::new(&config));
+        self.shared = Some(Rc::new(Shared { config, state }));
+        if let Err(why) = host::set_tick_period(TICK) {
+            error!("oauth-pep: cannot set the tick period: {why}");
+            return false;
+        }
+        self.start_due_fetches();
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.start_due_fetches();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(Filter {
+            shared,
+            pending: None,
+            headers: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    shared: Rc<Shared>,
+    /// A key fetch this request waits for: (callout token, issuer, step).
+    pending: Option<(u32, usize, FetchStep)>,
+    headers: Vec<(String, String)>,
+}
+
+/// Whether the request may go on (Continue) or waits / was answered (Pause).
+enum Outcome {
+    Proceed,
+    Hold,
+}
+
+impl Filter {
+    fn decide(&mut self) -> Outcome {
+        let shared = Rc::clone(&self.shared);
+        let now = host::now();
+        let method = header(&self.headers, ":method").unwrap_or_default();
+        let path = header(&self.headers, ":path").unwrap_or_default();
+        let request = Request {
+            method,
+            path,
+            headers: &self.headers,
+        };
+        let verdict = authorize(
+            &shared.config,
+            &mut shared.state.borrow_mut(),
+            &request,
+            now,
+        );
+        match verdict {
+            Verdict::Allow(allow) => {
+                self.apply(&allow);
+                Outcome::Proceed
+            }
+            Verdict::Deny(denial) => {
+                self.deny(&denial);
+                Outcome::Hold
+            }
+            Verdict::FetchKeys {
+                issuer,
+                step,
+                callout,
+            } => match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.pending = Some((token, issuer, step));
+                    Outcome::Hold
+                }
+                Err(why) => {
+                    shared.state.borrow_mut().keys.on_dispatch_error(
+                        &shared.config,
+                        issuer,
+                        &why,
+                        now,
+                    );
+                    self.decide()
+                }
+            },
+        }
+    }
+
+    fn apply(&self, allow: &Allow) {
+        for name in &allow.remove_headers {
+            host::remove_request_header(name);
+        }
+        for (name, value) in &allow.set_headers {
+            host::set_request_header(name, value);
+        }
+        if let Some(path) = &allow.new_path {
+            host::set_request_header(":path", path);
+        }
+    }
+
+    fn deny(&self, denial: &Denial) {
+        let path = header(&self.headers, ":path").unwrap_or_default();
+        let method = header(&self.headers, ":method").unwrap_or_default();
+        match denial {
+            Denial::Unavailable(why) => warn!("{method} {path}: 503: {why}"),
+            other => info!(
+                "{method} {path}: {} {}: {other:?}",
+                other.status(),
+                other.code()
+            ),
+        }
+        host::send_response(&denial.render(&self.shared.config.realm));
+    }
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((expected, issuer, step)) = self.pending.take() else {
+            return;
+        };
+        if expected != token {
+            self.pending = Some((expected, issuer, step));
+            return;
+        }
+        let shared = Rc::clone(&self.shared);
+        let reply = host::callout_reply(num_headers, body_size);
+        let now = host::now();
+        let progress =
+            shared
+                .state
+                .borrow_mut()
+                .keys
+                .on_reply(&shared.config, issuer, step, &reply, now);
+        if let FetchProgress::Next(step, callout) = progress {
+            match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.pending = Some((token, issuer, step));
+                    return;
+                }
+                Err(why) => shared.state.borrow_mut().keys.on_dispatch_error(
+                    &shared.config,
+                    issuer,
+                    &why,
+                    now,
+                ),
+            }
+        } else {
+            log_fetch(&shared.config, issuer, &progress);
+        }
+        if let Outcome::Proceed = self.decide() {
+            host::resume_request();
+        }
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.headers = host::request_headers();
+        match self.decide() {
+            Outcome::Proceed => Action::Continue,
+            Outcome::Hold => Action::Pause,
+        }
+    }
+}

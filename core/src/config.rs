@@ -1,1 +1,647 @@
-//! TODO
+//! The filter's JSON configuration: serde structs that refuse unknown fields,
+//! compiled once (in `on_configure`) into an immutable [`Config`]. Every error
+//! names the field and the problem; the request path never sees raw config.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::callout::Url;
+use crate::jwks::{Alg, KeySet};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.problem)
+        } else {
+            write!(
+                f,
+                "invalid configuration: `{}`: {}",
+                self.field, self.problem
+            )
+        }
+    }
+}
+
+const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_realm")]
+    realm: String,
+    issuers: Vec<RawIssuer>,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: u64,
+    max_lifetime_seconds: Option<u64>,
+    #[serde(default = "yes")]
+    require_exp: bool,
+    token_sources: Option<Vec<RawTokenSource>>,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default = "default_cache_entries")]
+    token_cache_entries: usize,
+}
+
+fn default_realm() -> String {
+    "oauth-pep".into()
+}
+fn default_skew() -> u64 {
+    60
+}
+fn yes() -> bool {
+    true
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_timeout() -> u64 {
+    5_000
+}
+fn default_refetch_interval() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    jwks: Option<Value>,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    upstream: Option<String>,
+    shared_secret: Option<String>,
+    #[serde(default = "default_refresh")]
+    refresh_seconds: u64,
+    #[serde(default = "default_timeout")]
+    fetch_timeout_ms: u64,
+    #[serde(default = "default_refetch_interval")]
+    unknown_kid_refetch_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenSource {
+    header: Option<String>,
+    prefix: Option<String>,
+    query: Option<String>,
+    cookie: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
+    payload_header: Option<String>,
+    #[serde(default)]
+    hide_credentials: bool,
+}
+
+/// How the keys of an issuer are obtained.
+pub enum KeySource {
+    /// Inline JWKS and/or a shared secret: ready at configure time.
+    Static(Rc<KeySet>),
+    JwksUri(Url),
+    Discovery(Url),
+}
+
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub source: KeySource,
+    /// Envoy cluster (or Kong `host:port`) that fetches go through.
+    pub upstream: String,
+    pub shared_secret: Option<Vec<u8>>,
+    pub refresh_seconds: u64,
+    pub fetch_timeout_ms: u64,
+    pub unknown_kid_refetch_seconds: u64,
+}
+
+impl Issuer {
+    /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
+    pub fn keys_from_jwks(
+        &self,
+        jwks: &[u8],
+    ) -> Result<(KeySet, Vec<String>), crate::jwks::JwksError> {
+        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
+        if let Some(secret) = &self.shared_secret {
+            keys.add_secret(secret, &self.algorithms);
+        }
+        Ok((keys, skipped))
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(issuer: &str, audiences: &[&str], algorithms: &[Alg]) -> Issuer {
+        Issuer {
+            issuer: issuer.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            algorithms: algorithms.to_vec(),
+            source: KeySource::Static(Rc::new(KeySet::default())),
+            upstream: String::new(),
+            shared_secret: None,
+            refresh_seconds: 300,
+            fetch_timeout_ms: 1000,
+            unknown_kid_refetch_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRules {
+    pub clock_skew_seconds: u64,
+    pub max_lifetime_seconds: Option<u64>,
+    pub require_exp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `prefix` is an auth scheme (e.g. `Bearer`), matched case-insensitively.
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forward {
+    /// (claim, header) pairs.
+    pub claims: Vec<(String, String)>,
+    /// Receives the verified payload, base64url-encoded as Envoy's jwt_authn does.
+    pub payload_header: Option<String>,
+    /// Remove the credential from wherever it was found before forwarding.
+    pub hide_credentials: bool,
+}
+
+pub struct Config {
+    pub realm: String,
+    pub issuers: Vec<Issuer>,
+    pub rules: JwtRules,
+    pub token_sources: Vec<TokenSource>,
+    pub forward: Forward,
+    pub token_cache_entries: usize,
+    /// Every header this filter may set upstream: stripped from incoming
+    /// requests first so a client cannot forge them.
+    pub strip_headers: Vec<String>,
+}
+
+impl Config {
+    pub fn from_json(json: &[u8]) -> Result<Config, ConfigError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "",
+                "the configuration is empty; at least `issuers` is required",
+            ));
+        }
+        let raw: RawConfig =
+            serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
+        compile(raw)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.realm.is_empty()
+        || raw.realm.contains(['"', '\\'])
+        || raw.realm.chars().any(char::is_control)
+    {
+        return Err(ConfigError::new(
+            "realm",
+            "must be non-empty text without quotes, backslashes or control characters",
+        ));
+    }
+    if raw.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+        return Err(ConfigError::new(
+            "clock_skew_seconds",
+            format!(
+                "{} is too lenient; at most {MAX_CLOCK_SKEW_SECONDS}",
+                raw.clock_skew_seconds
+            ),
+        ));
+    }
+    if raw.max_lifetime_seconds == Some(0) {
+        return Err(ConfigError::new(
+            "max_lifetime_seconds",
+            "must be positive when set",
+        ));
+    }
+    if raw.issuers.is_empty() {
+        return Err(ConfigError::new(
+            "issuers",
+            "at least one issuer is required",
+        ));
+    }
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    for (i, issuer) in raw.issuers.into_iter().enumerate() {
+        let field = format!("issuers[{i}]");
+        let compiled = compile_issuer(issuer, &field)?;
+        if issuers
+            .iter()
+            .any(|other: &Issuer| other.issuer == compiled.issuer)
+        {
+            return Err(ConfigError::new(
+                format!("{field}.issuer"),
+                format!("\"{}\" is listed twice", compiled.issuer),
+            ));
+        }
+        issuers.push(compiled);
+    }
+
+    let token_sources = match raw.token_sources {
+        None => vec![TokenSource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer".into()),
+        }],
+        Some(sources) if sources.is_empty() => {
+            return Err(ConfigError::new(
+                "token_sources",
+                "must list at least one place to find the token",
+            ))
+        }
+        Some(sources) => sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| compile_source(s, &format!("token_sources[{i}]")))
+            .collect::<Result<_, _>>()?,
+    };
+
+    let mut claims = Vec::with_capacity(raw.forward.claims.len());
+    for (claim, header) in raw.forward.claims {
+        let header = header_name(&header, &format!("forward.claims.{claim}"))?;
+        claims.push((claim, header));
+    }
+    let payload_header = raw
+        .forward
+        .payload_header
+        .map(|h| header_name(&h, "forward.payload_header"))
+        .transpose()?;
+
+    let mut strip_headers: Vec<String> = claims.iter().map(|(_, h)| h.clone()).collect();
+    strip_headers.extend(payload_header.clone());
+    strip_headers.sort_unstable();
+    strip_headers.dedup();
+
+    Ok(Config {
+        strip_headers,
+        realm: raw.realm,
+        issuers,
+        rules: JwtRules {
+            clock_skew_seconds: raw.clock_skew_seconds,
+            max_lifetime_seconds: raw.max_lifetime_seconds,
+            require_exp: raw.require_exp,
+        },
+        token_sources,
+        forward: Forward {
+            claims,
+            payload_header,
+            hide_credentials: raw.forward.hide_credentials,
+        },
+        token_cache_entries: raw.token_cache_entries,
+    })
+}
+
+fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
+    let f = |name: &str| format!("{field}.{name}");
+    if raw.issuer.is_empty() {
+        return Err(ConfigError::new(f("issuer"), "must not be empty"));
+    }
+    let shared_secret = match raw.shared_secret {
+        Some(s) if s.len() < MIN_SECRET_BYTES => {
+            return Err(ConfigError::new(
+                f("shared_secret"),
+                format!(
+                    "is {} bytes; HMAC secrets must be at least {MIN_SECRET_BYTES} bytes",
+                    s.len()
+                ),
+            ))
+        }
+        s => s.map(String::into_bytes),
+    };
+    let algorithms = match raw.algorithms {
+        None => {
+            let mut algs = Alg::ASYMMETRIC.to_vec();
+            if shared_secret.is_some() {
+                algs.extend(Alg::HMAC);
+            }
+            algs
+        }
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::new(f("algorithms"), "must not be empty"))
+        }
+        Some(names) => {
+            let mut algs = Vec::with_capacity(names.len());
+            for name in names {
+                let alg = Alg::parse(&name).ok_or_else(|| {
+                    ConfigError::new(
+                        f("algorithms"),
+                        format!("\"{name}\" is not supported (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512)"),
+                    )
+                })?;
+                if Alg::HMAC.contains(&alg) && shared_secret.is_none() {
+                    return Err(ConfigError::new(
+                        f("algorithms"),
+                        format!("{alg} needs `shared_secret` for this issuer"),
+                    ));
+                }
+                algs.push(alg);
+            }
+            algs
+        }
+    };
+    for (i, aud) in raw.audiences.iter().enumerate() {
+        if aud.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.audiences[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
+    let sources = usize::from(raw.jwks.is_some())
+        + usize::from(raw.jwks_uri.is_some())
+        + usize::from(raw.discovery);
+    if sources > 1 {
+        return Err(ConfigError::new(
+            field,
+            "give only one of `jwks`, `jwks_uri` and `discovery`",
+        ));
+    }
+    if sources == 0 && shared_secret.is_none() {
+        return Err(ConfigError::new(
+            field,
+            "needs keys: one of `jwks`, `jwks_uri`, `discovery: true` or `shared_secret`",
+        ));
+    }
+    let source = if let Some(uri) = raw.jwks_uri {
+        KeySource::JwksUri(Url::parse(&uri).map_err(|e| ConfigError::new(f("jwks_uri"), e))?)
+    } else if raw.discovery {
+        let base = Url::parse(&raw.issuer).map_err(|e| {
+            ConfigError::new(
+                f("issuer"),
+                format!("discovery needs the issuer to be a URL: {e}"),
+            )
+        })?;
+        KeySource::Discovery(base.join_path("/.well-known/openid-configuration"))
+    } else {
+        let (mut keys, _) = match raw.jwks {
+            Some(jwks) => {
+                let bytes = serde_json::to_vec(&jwks)
+                    .map_err(|e| ConfigError::new(f("jwks"), e.to_string()))?;
+                KeySet::from_jwks(&bytes, &algorithms)
+                    .map_err(|e| ConfigError::new(f("jwks"), e.to_string()))?
+            }
+            None => (KeySet::default(), Vec::new()),
+        };
+        if let Some(secret) = &shared_secret {
+            keys.add_secret(secret, &algorithms);
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::new(
+                f("jwks"),
+                "holds no key usable with the allowed algorithms",
+            ));
+        }
+        KeySource::Static(Rc::new(keys))
+    };
+    let upstream = match (&source, raw.upstream) {
+        (KeySource::Static(_), _) => String::new(),
+        (_, Some(u)) if !u.trim().is_empty() => u,
+        _ => {
+            return Err(ConfigError::new(
+                f("upstream"),
+                "is required to fetch keys: the Envoy cluster (or Kong host:port) of the authorization server",
+            ))
+        }
+    };
+    if raw.refresh_seconds == 0 {
+        return Err(ConfigError::new(f("refresh_seconds"), "must be positive"));
+    }
+    if !(1..=60_000).contains(&raw.fetch_timeout_ms) {
+        return Err(ConfigError::new(
+            f("fetch_timeout_ms"),
+            "must be between 1 and 60000",
+        ));
+    }
+    Ok(Issuer {
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        algorithms,
+        source,
+        upstream,
+        shared_secret,
+        refresh_seconds: raw.refresh_seconds,
+        fetch_timeout_ms: raw.fetch_timeout_ms,
+        unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
+    })
+}
+
+fn compile_source(raw: RawTokenSource, field: &str) -> Result<TokenSource, ConfigError> {
+    match (raw.header, raw.query, raw.cookie) {
+        (Some(header), None, None) => {
+            let name = header_name(&header, &format!("{field}.header"))?;
+            let prefix = match raw.prefix {
+                Some(p) if p.trim().is_empty() => None,
+                Some(p) => Some(p.trim().to_string()),
+                None if name == "authorization" => Some("Bearer".to_string()),
+                None => None,
+            };
+            Ok(TokenSource::Header { name, prefix })
+        }
+        (None, Some(q), None) if raw.prefix.is_none() && !q.is_empty() => Ok(TokenSource::Query(q)),
+        (None, None, Some(c)) if raw.prefix.is_none() && !c.is_empty() => Ok(TokenSource::Cookie(c)),
+        _ => Err(ConfigError::new(
+            field,
+            "must be exactly one of {\"header\": name[, \"prefix\": scheme]}, {\"query\": name}, {\"cookie\": name}",
+        )),
+    }
+}
+
+/// Header names are compared lowercase by Envoy; refuse anything that could
+/// not be a header so a typo is caught at load, not silently ignored.
+pub fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(ConfigError::new(
+            field,
+            format!("\"{name}\" is not a valid HTTP header name"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match Config::from_json(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn minimal_discovery_config_compiles_with_safe_defaults() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://as.test/realm","discovery":true,"upstream":"as"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.rules,
+            JwtRules {
+                clock_skew_seconds: 60,
+                max_lifetime_seconds: None,
+                require_exp: true
+            }
+        );
+        assert_eq!(
+            c.token_sources,
+            vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer".into())
+            }]
+        );
+        let issuer = c.issuers.first().unwrap();
+        assert!(
+            !issuer.algorithms.contains(&Alg::HS256),
+            "no HMAC without a secret"
+        );
+        match &issuer.source {
+            KeySource::Discovery(url) => {
+                assert_eq!(url.path, "/realm/.well-known/openid-configuration")
+            }
+            _ => panic!("expected discovery"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_problem() {
+        let table: &[(&str, &str)] = &[
+            ("", "the configuration is empty"),
+            ("{", "EOF"),
+            (r#"{"issuers":[],"bogus":1}"#, "unknown field `bogus`"),
+            (r#"{"issuers":[]}"#, "`issuers`: at least one issuer"),
+            (
+                r#"{"issuers":[{"issuer":"x"}]}"#,
+                "`issuers[0]`: needs keys",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j"}]}"#,
+                "`issuers[0].upstream`: is required",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks_uri":"/j","upstream":"a"}]}"#,
+                "`issuers[0].jwks_uri`",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","discovery":true,"upstream":"a"}]}"#,
+                "`issuers[0].issuer`: discovery needs",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","shared_secret":"short"}]}"#,
+                "`issuers[0].shared_secret`: is 5 bytes",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","discovery":true,"jwks_uri":"http://a/j","upstream":"a"}]}"#,
+                "only one of",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j","upstream":"a","algorithms":["none"]}]}"#,
+                "`issuers[0].algorithms`: \"none\" is not supported",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j","upstream":"a","algorithms":["HS256"]}]}"#,
+                "HS256 needs `shared_secret`",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks":{"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]}}]}"#,
+                "`issuers[0].jwks`: keys[0] (kid \"k\"): unusable RS256 key",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","jwks":{"keys":[]}}]}"#,
+                "`issuers[0].jwks`: holds no key",
+            ),
+            (
+                r#"{"clock_skew_seconds":3600,"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`clock_skew_seconds`: 3600 is too lenient",
+            ),
+            (
+                r#"{"token_sources":[{"query":"a","cookie":"b"}],"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`token_sources[0]`: must be exactly one",
+            ),
+            (
+                r#"{"forward":{"claims":{"sub":"bad header"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`forward.claims.sub`: \"bad header\" is not a valid",
+            ),
+            (
+                r#"{"realm":"a\"b","issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`realm`",
+            ),
+        ];
+        for (json, expected) in table {
+            let e = err(json);
+            assert!(
+                e.contains(expected),
+                "{json}\n  gave: {e}\n  expected: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_secret_enables_hmac_and_duplicate_issuers_are_refused() {
+        let json = format!(r#"{{"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#);
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        assert!(c.issuers.first().unwrap().algorithms.contains(&Alg::HS512));
+        let twice = format!(
+            r#"{{"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}},{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#
+        );
+        assert!(err(&twice).contains("`issuers[1].issuer`: \"x\" is listed twice"));
+    }
+
+    #[test]
+    fn forwarded_header_names_are_lowercased_and_listed_for_stripping() {
+        let json = format!(
+            r#"{{"forward":{{"claims":{{"sub":"X-Jwt-Sub","client_id":"x-client"}},"payload_header":"x-jwt-payload"}},"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        assert_eq!(
+            c.strip_headers,
+            vec!["x-client", "x-jwt-payload", "x-jwt-sub"]
+        );
+    }
+}

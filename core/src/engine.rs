@@ -1,1 +1,426 @@
-//! TODO
+//! The decision for one request, as data: allow (with the headers to set and
+//! strip), deny (with a [`Denial`]), or "make this callout first". The glue
+//! runs the callout, feeds the reply to [`State`] and asks again.
+
+use std::rc::Rc;
+
+use crate::cache::BoundedCache;
+use crate::callout::Callout;
+use crate::config::{Config, TokenSource};
+use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
+use crate::jwks::KeyLookupError;
+use crate::jwt::{precheck, TokenError, VerifiedToken};
+use crate::keys::{FetchStep, KeyManager};
+use crate::response::Denial;
+
+/// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
+const NO_EXP_CACHE_SECONDS: u64 = 300;
+
+/// The facts of one request, as the glue read them.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Lowercase names, in arrival order, repeats kept.
+    pub headers: &'a [(String, String)],
+}
+
+/// Mutable state shared by all requests of one VM (one Envoy worker).
+pub struct State {
+    pub keys: KeyManager,
+    tokens: BoundedCache<Rc<VerifiedToken>>,
+}
+
+impl State {
+    pub fn new(config: &Config) -> Self {
+        State {
+            keys: KeyManager::new(config),
+            tokens: BoundedCache::new(config.token_cache_entries),
+        }
+    }
+
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allow {
+    /// Removed from the upstream request before `set_headers` are added.
+    pub remove_headers: Vec<String>,
+    pub set_headers: Vec<(String, String)>,
+    pub new_path: Option<String>,
+    /// For logs: who was let through.
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Allow(Allow),
+    Deny(Denial),
+    /// Fetch this issuer's keys, then ask again.
+    FetchKeys {
+        issuer: usize,
+        step: FetchStep,
+        callout: Callout,
+    },
+}
+
+pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
+    let found = match find_token(&config.token_sources, request.headers, request.path) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Verdict::Deny(Denial::NoToken),
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
+    };
+    let verified = match verify(config, state, &found.token, now) {
+        Ok(verified) => verified,
+        Err(verdict) => return verdict,
+    };
+    Verdict::Allow(allow(config, request, &found, &verified))
+}
+
+fn verify(
+    config: &Config,
+    state: &mut State,
+    token: &str,
+    now: u64,
+) -> Result<Rc<VerifiedToken>, Verdict> {
+    if let Some(hit) = state.tokens.get(token, now) {
+        return Ok(Rc::clone(hit));
+    }
+    let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(e.to_string()));
+    let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
+    let issuer = unverified.issuer;
+    let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
+        let name = config.issuers.get(issuer).map_or("", |i| i.issuer.as_str());
+        let why = match state
+            .keys
+            .state(issuer)
+            .and_then(|s| s.last_error.as_deref())
+        {
+            Some(error) => format!("the signing keys of {name} are not available: {error}"),
+            None => format!("the signing keys of {name} are being fetched"),
+        };
+        return Err(Verdict::Deny(Denial::Unavailable(why)));
+    };
+    match unverified.verify(&keys, &config.rules, now) {
+        Ok(verified) => {
+            let expires_at = verified
+                .expires_at()
+                .unwrap_or(now.saturating_add(NO_EXP_CACHE_SECONDS));
+            let verified = Rc::new(verified);
+            // Keyed by the whole token: a prefix or a `kid` is never enough.
+            state
+                .tokens
+                .insert(token.to_string(), Rc::clone(&verified), expires_at, now);
+            Ok(verified)
+        }
+        Err(TokenError::Key(KeyLookupError::UnknownKid(kid))) => {
+            match state.keys.refetch_for_unknown_kid(config, issuer, now) {
+                Some((step, callout)) => Err(Verdict::FetchKeys {
+                    issuer,
+                    step,
+                    callout,
+                }),
+                None => Err(invalid(TokenError::Key(KeyLookupError::UnknownKid(kid)))),
+            }
+        }
+        Err(e) => Err(invalid(e)),
+    }
+}
+
+fn allow(config: &Config, request: &Request, found: &FoundToken, token: &VerifiedToken) -> Allow {
+    let mut allow = Allow {
+        remove_headers: config.strip_headers.clone(),
+        subject: token
+            .claim_text("sub")
+            .or_else(|| token.claim_text("client_id")),
+        ..Allow::default()
+    };
+    for (claim, header) in &config.forward.claims {
+        if let Some(value) = token.claim_text(claim) {
+            allow.set_headers.push((header.clone(), value));
+        }
+    }
+    if let Some(header) = &config.forward.payload_header {
+        allow
+            .set_headers
+            .push((header.clone(), token.payload_segment().to_string()));
+    }
+    if config.forward.hide_credentials {
+        match &found.source {
+            TokenSource::Header { name, .. } => allow.remove_headers.push(name.clone()),
+            TokenSource::Query(name) => {
+                allow.new_path = Some(path_without_param(request.path, name))
+            }
+            TokenSource::Cookie(name) => {
+                allow.remove_headers.push("cookie".into());
+                if let Some(rest) = cookies_without(request.headers, name) {
+                    allow.set_headers.push(("cookie".into(), rest));
+                }
+            }
+        }
+    }
+    allow
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::callout::CalloutReply;
+    use crate::jwt::test_vectors::vectors;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn inline_config(extra: &str) -> Config {
+        let v = vectors();
+        let jwks = String::from_utf8(v.jwks).unwrap();
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}]{extra}}}"#
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn bearer(token: &str) -> Vec<(String, String)> {
+        h(&[("authorization", &format!("Bearer {token}"))])
+    }
+
+    fn run(
+        config: &Config,
+        state: &mut State,
+        headers: &[(String, String)],
+        path: &str,
+    ) -> Verdict {
+        let request = Request {
+            method: "GET",
+            path,
+            headers,
+        };
+        authorize(config, state, &request, vectors().now)
+    }
+
+    #[test]
+    fn a_good_token_is_allowed_with_claims_forwarded_and_forgeable_headers_stripped() {
+        let c = inline_config(
+            r#","forward":{"claims":{"sub":"x-jwt-sub","scope":"x-scope"},"payload_header":"x-jwt-payload"}"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_RS256").to_string();
+        let Verdict::Allow(allow) = run(&c, &mut s, &bearer(&token), "/") else {
+            panic!("denied")
+        };
+        assert_eq!(
+            allow.remove_headers,
+            vec!["x-jwt-payload", "x-jwt-sub", "x-scope"]
+        );
+        assert!(allow
+            .set_headers
+            .contains(&("x-jwt-sub".into(), "client-1".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-scope".into(), "read write".into())));
+        let payload = token.split('.').nth(1).unwrap();
+        assert!(allow
+            .set_headers
+            .contains(&("x-jwt-payload".into(), payload.into())));
+        assert_eq!(allow.subject.as_deref(), Some("client-1"));
+    }
+
+    #[test]
+    fn missing_malformed_and_invalid_tokens_are_told_apart() {
+        let c = inline_config("");
+        let mut s = State::new(&c);
+        assert_eq!(run(&c, &mut s, &[], "/"), Verdict::Deny(Denial::NoToken));
+        assert!(matches!(
+            run(
+                &c,
+                &mut s,
+                &h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+                "/"
+            ),
+            Verdict::Deny(Denial::InvalidRequest(_))
+        ));
+        let expired = vectors().token("expired").to_string();
+        assert_eq!(
+            run(&c, &mut s, &bearer(&expired), "/"),
+            Verdict::Deny(Denial::InvalidToken("the token has expired".into()))
+        );
+    }
+
+    #[test]
+    fn the_cache_answers_a_repeated_token_until_it_expires() {
+        let c = inline_config("");
+        let mut s = State::new(&c);
+        let token = vectors().token("good_ES256").to_string();
+        assert!(matches!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(s.cached_tokens(), 1);
+        let request = Request {
+            method: "GET",
+            path: "/",
+            headers: &bearer(&token),
+        };
+        // exp is 1700003600; the cache must not outlive it.
+        assert!(matches!(
+            authorize(&c, &mut s, &request, 1_700_003_600),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            authorize(&c, &mut s, &request, 1_700_003_661),
+            Verdict::Deny(Denial::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn hide_credentials_removes_the_token_wherever_it_was() {
+        let c = inline_config(
+            r#","forward":{"hide_credentials":true},"token_sources":[{"header":"authorization"},{"query":"at"},{"cookie":"at"}]"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_EdDSA").to_string();
+        let Verdict::Allow(a) = run(&c, &mut s, &bearer(&token), "/x") else {
+            panic!()
+        };
+        assert!(a.remove_headers.contains(&"authorization".to_string()));
+        let Verdict::Allow(a) = run(&c, &mut s, &[], &format!("/x?at={token}&k=1")) else {
+            panic!()
+        };
+        assert_eq!(a.new_path.as_deref(), Some("/x?k=1"));
+        let Verdict::Allow(a) = run(
+            &c,
+            &mut s,
+            &h(&[("cookie", &format!("at={token}; b=2"))]),
+            "/x",
+        ) else {
+            panic!()
+        };
+        assert!(a.set_headers.contains(&("cookie".into(), "b=2".into())));
+    }
+
+    fn fetched_config() -> Config {
+        Config::from_json(
+            br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as","unknown_kid_refetch_seconds":30}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn reply(status: u16, body: &str) -> CalloutReply {
+        CalloutReply {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn before_keys_load_requests_get_503_and_the_fetch_follows_discovery() {
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let token = vectors().token("good_RS256").to_string();
+        assert!(matches!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::Deny(Denial::Unavailable(_))
+        ));
+
+        let due = s.keys.due(&c, now);
+        let [(0, FetchStep::Discovery, callout)] = due.as_slice() else {
+            panic!("{due:?}")
+        };
+        assert_eq!(callout.url.path, "/.well-known/openid-configuration");
+        assert_eq!(callout.upstream, "as");
+        assert!(s.keys.due(&c, now).is_empty(), "one fetch at a time");
+
+        let discovery = reply(
+            200,
+            r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys"}"#,
+        );
+        let crate::keys::FetchProgress::Next(FetchStep::Jwks, jwks_call) =
+            s.keys
+                .on_reply(&c, 0, FetchStep::Discovery, &discovery, now)
+        else {
+            panic!()
+        };
+        assert_eq!(jwks_call.url.path, "/keys");
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        assert!(matches!(
+            s.keys
+                .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now),
+            crate::keys::FetchProgress::Loaded { .. }
+        ));
+        assert!(matches!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn failed_fetches_keep_old_keys_and_are_retried() {
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        // Kong reports a failed callout as a reply without status: a failure.
+        let _ = s.keys.due(&c, now);
+        let failed = s
+            .keys
+            .on_reply(&c, 0, FetchStep::Discovery, &CalloutReply::default(), now);
+        assert!(matches!(failed, crate::keys::FetchProgress::Failed(_)));
+        assert!(s.keys.due(&c, now).is_empty());
+        assert_eq!(
+            s.keys.due(&c, now + 1).len(),
+            1,
+            "first-load retry after 1 s"
+        );
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        let _ = s
+            .keys
+            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now + 1);
+        let _ = s.keys.due(&c, now + 400);
+        for garbage in [
+            reply(500, "oops"),
+            reply(200, "<html>"),
+            reply(200, r#"{"keys":[]}"#),
+        ] {
+            assert!(matches!(
+                s.keys.on_reply(&c, 0, FetchStep::Jwks, &garbage, now + 400),
+                crate::keys::FetchProgress::Failed(_)
+            ));
+        }
+        assert!(s.keys.keys(0).is_some(), "last good keys survive");
+    }
+
+    #[test]
+    fn an_unknown_kid_triggers_one_rate_limited_refetch() {
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let _ = s.keys.due(&c, now);
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        let _ = s
+            .keys
+            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now);
+        let token = vectors().token("unknown_kid").to_string();
+        assert!(matches!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::FetchKeys { issuer: 0, .. }
+        ));
+        let _ = s
+            .keys
+            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now);
+        assert!(
+            matches!(
+                run(&c, &mut s, &bearer(&token), "/"),
+                Verdict::Deny(Denial::InvalidToken(_))
+            ),
+            "no second refetch within 30 s"
+        );
+    }
+}

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod extract;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod pdp;
 pub mod policy;
 pub mod response;

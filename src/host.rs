@@ -1,0 +1,116 @@
+//! The one door to the host. Every call returns or logs its error instead of
+//! panicking; values the client controls are read as bytes, since the SDK's
+//! string getters unwrap invalid UTF-8.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::warn;
+use oauth_pep_core::callout::{Callout, CalloutReply};
+use oauth_pep_core::response::HttpResponse;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+pub fn now() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn set_tick_period(period: Duration) -> Result<(), String> {
+    hostcalls::set_tick_period(period).map_err(|s| format!("{s:?}"))
+}
+
+pub fn request_headers() -> Vec<(String, String)> {
+    match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+        Ok(headers) => headers
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                )
+            })
+            .collect(),
+        Err(status) => {
+            warn!("cannot read request headers: {status:?}");
+            Vec::new()
+        }
+    }
+}
+
+pub fn remove_request_header(name: &str) {
+    if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+        warn!("cannot remove request header {name}: {status:?}");
+    }
+}
+
+pub fn set_request_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+        warn!("cannot set request header {name}: {status:?}");
+    }
+}
+
+pub fn send_response(response: &HttpResponse) {
+    let headers: Vec<(&str, &str)> = response
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if let Err(status) =
+        hostcalls::send_http_response(response.status, headers, Some(&response.body))
+    {
+        warn!("cannot send the local reply: {status:?}");
+    }
+}
+
+pub fn resume_request() {
+    if let Err(status) = hostcalls::resume_http_request() {
+        warn!("cannot resume the request: {status:?}");
+    }
+}
+
+pub fn dispatch(callout: &Callout) -> Result<u32, String> {
+    hostcalls::dispatch_http_call(
+        &callout.upstream,
+        callout.all_headers(),
+        callout.body.as_deref(),
+        Vec::new(),
+        Duration::from_millis(callout.timeout_ms),
+    )
+    .map_err(|status| {
+        format!(
+            "{status:?} (is `{}` a configured cluster?)",
+            callout.upstream
+        )
+    })
+}
+
+/// A reply without headers is a failed call (Envoy on reset/timeout, Kong on
+/// any failure): it becomes `status: None`, never an empty success.
+pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
+    let status = if num_headers == 0 {
+        None
+    } else {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+    };
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    CalloutReply { status, body }
+}
