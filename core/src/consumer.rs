@@ -1,1 +1,510 @@
-//! TODO
+//! Consumers in the Kong/Gluu sense: the OAuth client_id of a valid token maps
+//! to a registered consumer whose identity is passed upstream in headers, and an
+//! optional anonymous consumer stands in for requests without a usable token on
+//! selected paths.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// The consumer-related part of the filter configuration, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumersConfig {
+    /// client_id -> consumer. Absent means consumers are not used at all.
+    #[serde(default)]
+    pub consumers: Option<BTreeMap<String, ConsumerConfig>>,
+    #[serde(default)]
+    pub allow_unregistered_clients: bool,
+    #[serde(default)]
+    pub anonymous: Option<AnonymousConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub custom_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousConfig {
+    pub id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub custom_id: Option<String>,
+    pub paths: Vec<String>,
+    /// Whether a presented but invalid token also falls back to anonymous.
+    /// Off by default: a client that sends a broken token usually wants to
+    /// hear about it rather than silently lose its identity.
+    #[serde(default)]
+    pub on_invalid_token: bool,
+}
+
+/// A configuration error, naming the offending field the way it is written in
+/// the configuration (`consumers["abc"].id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConsumerError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConsumerError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConsumerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConsumerError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: String,
+    pub username: Option<String>,
+    pub custom_id: Option<String>,
+    /// True only for the configured anonymous consumer.
+    pub anonymous: bool,
+}
+
+impl Consumer {
+    /// The consumer's identity headers for the upstream request. Token facts
+    /// (scope, client_id, expiration) are the caller's to add: the anonymous
+    /// consumer has none.
+    pub fn upstream_headers(&self, names: &IdentityHeaderNames) -> Vec<(String, String)> {
+        let mut headers = vec![(names.consumer_id.clone(), self.id.clone())];
+        if let Some(username) = &self.username {
+            headers.push((names.consumer_username.clone(), username.clone()));
+        }
+        if let Some(custom_id) = &self.custom_id {
+            headers.push((names.consumer_custom_id.clone(), custom_id.clone()));
+        }
+        if self.anonymous {
+            headers.push((names.anonymous.clone(), "true".to_string()));
+        }
+        headers
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anonymous {
+    pub consumer: Consumer,
+    /// Uncompiled path patterns; `policy::PathSet` owns their syntax.
+    pub paths: Vec<String>,
+    pub on_invalid_token: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerLookup<'a> {
+    Known(&'a Consumer),
+    /// Consumers are configured but this client (or a token without a
+    /// client_id) is not among them.
+    Unregistered,
+    /// No consumers map is configured: every client is acceptable.
+    NotConfigured,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consumers {
+    by_client_id: Option<HashMap<String, Consumer>>,
+    allow_unregistered_clients: bool,
+    anonymous: Option<Anonymous>,
+}
+
+impl Consumers {
+    pub fn compile(cfg: &ConsumersConfig) -> Result<Consumers, ConsumerError> {
+        let by_client_id = match &cfg.consumers {
+            None => None,
+            Some(map) => {
+                let mut compiled = HashMap::with_capacity(map.len());
+                for (client_id, c) in map {
+                    let at = format!("consumers[{}]", json_quote(client_id));
+                    if client_id.is_empty() {
+                        return Err(ConsumerError::new(at, "client_id must not be empty"));
+                    }
+                    let consumer = compile_consumer(&at, &c.id, &c.username, &c.custom_id)?;
+                    compiled.insert(client_id.clone(), consumer);
+                }
+                Some(compiled)
+            }
+        };
+        let anonymous = match &cfg.anonymous {
+            None => None,
+            Some(a) => {
+                let mut consumer = compile_consumer("anonymous", &a.id, &a.username, &a.custom_id)?;
+                consumer.anonymous = true;
+                // An empty list would read as "everywhere" to some and
+                // "nowhere" to others; demand an explicit choice.
+                if a.paths.is_empty() {
+                    return Err(ConsumerError::new(
+                        "anonymous.paths",
+                        "must list at least one path pattern",
+                    ));
+                }
+                for (i, p) in a.paths.iter().enumerate() {
+                    if p.is_empty() {
+                        return Err(ConsumerError::new(
+                            format!("anonymous.paths[{i}]"),
+                            "must not be empty",
+                        ));
+                    }
+                }
+                Some(Anonymous {
+                    consumer,
+                    paths: a.paths.clone(),
+                    on_invalid_token: a.on_invalid_token,
+                })
+            }
+        };
+        Ok(Consumers {
+            by_client_id,
+            allow_unregistered_clients: cfg.allow_unregistered_clients,
+            anonymous,
+        })
+    }
+
+    pub fn lookup(&self, client_id: Option<&str>) -> ConsumerLookup<'_> {
+        let Some(map) = &self.by_client_id else {
+            return ConsumerLookup::NotConfigured;
+        };
+        match client_id.and_then(|c| map.get(c)) {
+            Some(consumer) => ConsumerLookup::Known(consumer),
+            None => ConsumerLookup::Unregistered,
+        }
+    }
+
+    /// Whether an `Unregistered` client may still pass (without consumer
+    /// headers).
+    pub fn allow_unregistered_clients(&self) -> bool {
+        self.allow_unregistered_clients
+    }
+
+    pub fn anonymous(&self) -> Option<&Anonymous> {
+        self.anonymous.as_ref()
+    }
+}
+
+fn compile_consumer(
+    at: &str,
+    id: &str,
+    username: &Option<String>,
+    custom_id: &Option<String>,
+) -> Result<Consumer, ConsumerError> {
+    check_header_value(&format!("{at}.id"), id)?;
+    if let Some(u) = username {
+        check_header_value(&format!("{at}.username"), u)?;
+    }
+    if let Some(c) = custom_id {
+        check_header_value(&format!("{at}.custom_id"), c)?;
+    }
+    Ok(Consumer {
+        id: id.to_string(),
+        username: username.clone(),
+        custom_id: custom_id.clone(),
+        anonymous: false,
+    })
+}
+
+/// These values travel upstream as header values, so a line break would let a
+/// configuration smuggle extra headers; an empty optional value should be
+/// omitted instead of sent empty.
+fn check_header_value(field: &str, value: &str) -> Result<(), ConsumerError> {
+    if value.is_empty() {
+        return Err(ConsumerError::new(field, "must not be empty"));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(ConsumerError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err(ConsumerError::new(
+            field,
+            "must not start or end with whitespace (HTTP would strip it)",
+        ));
+    }
+    Ok(())
+}
+
+fn json_quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Why `name` cannot be used as a header the filter sets or strips, if it cannot.
+pub(crate) fn header_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("must not be empty");
+    }
+    let is_tchar =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(is_tchar) {
+        return Some("must be a lowercase HTTP header name (letters, digits and !#$%&'*+-.^_`|~)");
+    }
+    None
+}
+
+/// Headers the filter must never set or strip: doing so would break framing or
+/// routing, or (for `authorization`) erase the very token being checked.
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Names of the headers carrying identity upstream. Every one of them is also
+/// stripped from incoming requests, so a client cannot forge its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityHeaderNames {
+    pub scope: String,
+    pub client_id: String,
+    pub expiration: String,
+    pub consumer_id: String,
+    pub consumer_username: String,
+    pub consumer_custom_id: String,
+    pub anonymous: String,
+}
+
+impl Default for IdentityHeaderNames {
+    fn default() -> Self {
+        IdentityHeaderNames {
+            scope: "x-authenticated-scope".to_string(),
+            client_id: "x-oauth-client-id".to_string(),
+            expiration: "x-oauth-expiration".to_string(),
+            consumer_id: "x-consumer-id".to_string(),
+            consumer_username: "x-consumer-username".to_string(),
+            consumer_custom_id: "x-consumer-custom-id".to_string(),
+            anonymous: "x-anonymous-consumer".to_string(),
+        }
+    }
+}
+
+impl IdentityHeaderNames {
+    pub fn all(&self) -> Vec<&str> {
+        self.named().iter().map(|(_, v)| *v).collect()
+    }
+
+    fn named(&self) -> [(&'static str, &str); 7] {
+        [
+            ("scope", &self.scope),
+            ("client_id", &self.client_id),
+            ("expiration", &self.expiration),
+            ("consumer_id", &self.consumer_id),
+            ("consumer_username", &self.consumer_username),
+            ("consumer_custom_id", &self.consumer_custom_id),
+            ("anonymous", &self.anonymous),
+        ]
+    }
+
+    /// The error's `field` is the bare field name (`consumer_id`); the caller
+    /// knows under which key these names sit in the configuration and prefixes
+    /// it.
+    pub fn validate(&self) -> Result<(), ConsumerError> {
+        let named = self.named();
+        for (i, (field, name)) in named.iter().enumerate() {
+            if let Some(problem) = header_name_problem(name) {
+                return Err(ConsumerError::new(*field, problem));
+            }
+            if name.starts_with(':') || RESERVED_HEADERS.contains(name) {
+                return Err(ConsumerError::new(
+                    *field,
+                    format!("`{name}` is reserved and cannot carry identity"),
+                ));
+            }
+            // Two facts under one name would overwrite each other upstream.
+            if let Some((other, _)) = named.iter().take(i).find(|(_, n)| n == name) {
+                return Err(ConsumerError::new(
+                    *field,
+                    format!("`{name}` is already used by {other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn parse(json: &str) -> Result<ConsumersConfig, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    fn compile(json: &str) -> Result<Consumers, ConsumerError> {
+        Consumers::compile(&parse(json).unwrap())
+    }
+
+    #[test]
+    fn known_unregistered_and_not_configured() {
+        let c = compile(
+            r#"{"consumers": {"app1": {"id": "c-1", "username": "alice"}},
+                "allow_unregistered_clients": true}"#,
+        )
+        .unwrap();
+        match c.lookup(Some("app1")) {
+            ConsumerLookup::Known(k) => {
+                assert_eq!(k.id, "c-1");
+                assert_eq!(k.username.as_deref(), Some("alice"));
+                assert_eq!(k.custom_id, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.lookup(Some("app2")), ConsumerLookup::Unregistered);
+        assert_eq!(c.lookup(None), ConsumerLookup::Unregistered);
+        assert!(c.allow_unregistered_clients());
+
+        let none = compile("{}").unwrap();
+        assert_eq!(none.lookup(Some("app1")), ConsumerLookup::NotConfigured);
+        assert_eq!(none.lookup(None), ConsumerLookup::NotConfigured);
+        assert!(!none.allow_unregistered_clients());
+        assert!(none.anonymous().is_none());
+    }
+
+    #[test]
+    fn empty_consumers_map_means_every_client_is_unregistered() {
+        let c = compile(r#"{"consumers": {}}"#).unwrap();
+        assert_eq!(c.lookup(Some("app1")), ConsumerLookup::Unregistered);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = compile(r#"{"consumers": {"abc": {"id": ""}}}"#).unwrap_err();
+        assert_eq!(e.to_string(), r#"consumers["abc"].id: must not be empty"#);
+        let e = compile(r#"{"consumers": {"abc": {"id": "x", "username": ""}}}"#).unwrap_err();
+        assert_eq!(e.field, r#"consumers["abc"].username"#);
+        let e = compile(r#"{"consumers": {"abc": {"id": "x", "custom_id": "a\r\nx-evil: 1"}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, r#"consumers["abc"].custom_id"#);
+        let e = compile(r#"{"consumers": {"": {"id": "x"}}}"#).unwrap_err();
+        assert_eq!(e.field, r#"consumers[""]"#);
+        let e = compile(r#"{"consumers": {"a\"b": {"id": " x"}}}"#).unwrap_err();
+        assert_eq!(e.field, r#"consumers["a\"b"].id"#);
+        let e = compile(r#"{"anonymous": {"id": "", "paths": ["/p"]}}"#).unwrap_err();
+        assert_eq!(e.field, "anonymous.id");
+        let e = compile(r#"{"anonymous": {"id": "anon", "paths": []}}"#).unwrap_err();
+        assert_eq!(e.field, "anonymous.paths");
+        let e = compile(r#"{"anonymous": {"id": "anon", "paths": ["/a", ""]}}"#).unwrap_err();
+        assert_eq!(e.field, "anonymous.paths[1]");
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_rejected() {
+        assert!(parse(r#"{"consumer": {}}"#).is_err());
+        assert!(parse(r#"{"consumers": {"a": {"id": "x", "name": "y"}}}"#).is_err());
+        assert!(parse(r#"{"consumers": {"a": {"username": "y"}}}"#).is_err());
+        assert!(parse(r#"{"anonymous": {"id": "x", "paths": ["/"], "path": "/"}}"#).is_err());
+        assert!(parse(r#"{"anonymous": {"id": "x"}}"#).is_err());
+    }
+
+    #[test]
+    fn anonymous_consumer_is_compiled_and_flagged() {
+        let c = compile(
+            r#"{"anonymous": {"id": "anon", "custom_id": "guest",
+                "paths": ["/public/??"], "on_invalid_token": true}}"#,
+        )
+        .unwrap();
+        let a = c.anonymous().unwrap();
+        assert_eq!(a.paths, vec!["/public/??".to_string()]);
+        assert!(a.on_invalid_token);
+        assert!(a.consumer.anonymous);
+        let h = a.consumer.upstream_headers(&IdentityHeaderNames::default());
+        assert_eq!(
+            h,
+            vec![
+                ("x-consumer-id".to_string(), "anon".to_string()),
+                ("x-consumer-custom-id".to_string(), "guest".to_string()),
+                ("x-anonymous-consumer".to_string(), "true".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn registered_consumer_headers_use_configured_names() {
+        let c = compile(
+            r#"{"consumers": {"app": {"id": "c-1", "username": "alice", "custom_id": "42"}}}"#,
+        )
+        .unwrap();
+        let ConsumerLookup::Known(k) = c.lookup(Some("app")) else {
+            panic!("not known")
+        };
+        let names: IdentityHeaderNames =
+            serde_json::from_str(r#"{"consumer_id": "x-user-id"}"#).unwrap();
+        assert_eq!(
+            k.upstream_headers(&names),
+            vec![
+                ("x-user-id".to_string(), "c-1".to_string()),
+                ("x-consumer-username".to_string(), "alice".to_string()),
+                ("x-consumer-custom-id".to_string(), "42".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_header_names_default_and_all() {
+        let names: IdentityHeaderNames = serde_json::from_str("{}").unwrap();
+        assert_eq!(names, IdentityHeaderNames::default());
+        assert_eq!(
+            names.all(),
+            vec![
+                "x-authenticated-scope",
+                "x-oauth-client-id",
+                "x-oauth-expiration",
+                "x-consumer-id",
+                "x-consumer-username",
+                "x-consumer-custom-id",
+                "x-anonymous-consumer",
+            ]
+        );
+        assert!(names.validate().is_ok());
+        assert!(serde_json::from_str::<IdentityHeaderNames>(r#"{"subject": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn identity_header_names_are_validated() {
+        let bad = |json: &str| {
+            serde_json::from_str::<IdentityHeaderNames>(json)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        let e = bad(r#"{"scope": "X-Scope"}"#);
+        assert_eq!(e.field, "scope");
+        assert!(e
+            .to_string()
+            .starts_with("scope: must be a lowercase HTTP header name"));
+        assert_eq!(bad(r#"{"client_id": ""}"#).field, "client_id");
+        assert_eq!(bad(r#"{"expiration": "x exp"}"#).field, "expiration");
+        assert_eq!(bad(r#"{"consumer_id": ":path"}"#).field, "consumer_id");
+        assert_eq!(bad(r#"{"anonymous": "authorization"}"#).field, "anonymous");
+        let e = bad(r#"{"consumer_custom_id": "x-consumer-id"}"#);
+        assert_eq!(e.field, "consumer_custom_id");
+        assert!(e.reason.contains("consumer_id"));
+    }
+}
