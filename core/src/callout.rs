@@ -141,6 +141,9 @@ impl Url {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     #[test]
@@ -154,16 +157,25 @@ mod tests {
         assert!(Url::parse("/jwks").is_err());
         assert!(Url::parse("http:///x").is_err());
         assert_eq!(
-            Url::parse("http://as/realm/").unwrap().join_path("/.well-known/openid-configuration").path,
+            Url::parse("http://as/realm/")
+                .unwrap()
+                .join_path("/.well-known/openid-configuration")
+                .path,
             "/realm/.well-known/openid-configuration"
         );
     }
 
     #[test]
     fn reply_without_status_is_a_failure() {
-        let r = CalloutReply { status: None, body: vec![] };
+        let r = CalloutReply {
+            status: None,
+            body: vec![],
+        };
         assert_eq!(r.success_body(), Err(CalloutError::NoResponse));
-        let r = CalloutReply { status: Some(500), body: b"{}".to_vec() };
+        let r = CalloutReply {
+            status: Some(500),
+            body: b"{}".to_vec(),
+        };
         assert_eq!(r.success_body(), Err(CalloutError::Status(500)));
     }
 }

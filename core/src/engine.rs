@@ -61,7 +61,7 @@ pub enum Verdict {
     FetchKeys {
         issuer: usize,
         step: FetchStep,
-        callout: Callout,
+        callout: Box<Callout>,
     },
 }
 
@@ -119,7 +119,7 @@ fn verify(
                 Some((step, callout)) => Err(Verdict::FetchKeys {
                     issuer,
                     step,
-                    callout,
+                    callout: Box::new(callout),
                 }),
                 None => Err(invalid(TokenError::Key(KeyLookupError::UnknownKid(kid)))),
             }

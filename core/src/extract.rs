@@ -97,10 +97,12 @@ fn look(
             }))
             .map_err(|()| ExtractError::Repeated(describe(source)))
         }
-        TokenSource::Cookie(name) => {
-            single(cookies(headers).filter_map(|(k, v)| (k == name).then(|| v.to_string())))
-                .map_err(|()| ExtractError::Repeated(describe(source)))
-        }
+        TokenSource::Cookie(name) => single(
+            cookies(headers)
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string()),
+        )
+        .map_err(|()| ExtractError::Repeated(describe(source))),
     }
 }
 
