@@ -26,9 +26,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use oauth_pep_core::callout::Callout;
+use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::Config;
-use oauth_pep_core::engine::{authorize, Allow, Request, State, Verdict};
+use oauth_pep_core::engine::{authorize, finish_pdp, Allow, PendingPdp, Request, State, Verdict};
 use oauth_pep_core::keys::{FetchProgress, FetchStep};
 use oauth_pep_core::response::Denial;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -167,7 +167,7 @@ impl RootContext for Root {
         let shared = self.shared.clone()?;
         Some(Box::new(Filter {
             shared,
-            pending: None,
+            waiting: None,
             headers: Vec::new(),
         }))
     }
@@ -179,9 +179,14 @@ impl RootContext for Root {
 
 struct Filter {
     shared: Rc<Shared>,
-    /// A key fetch this request waits for: (callout token, issuer, step).
-    pending: Option<(u32, usize, FetchStep)>,
+    /// The callout this request waits for, by its token.
+    waiting: Option<(u32, Waiting)>,
     headers: Vec<(String, String)>,
+}
+
+enum Waiting {
+    Keys { issuer: usize, step: FetchStep },
+    Pdp(Box<PendingPdp>),
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
@@ -207,6 +212,10 @@ impl Filter {
             &request,
             now,
         );
+        self.carry_out(verdict)
+    }
+
+    fn carry_out(&mut self, verdict: Verdict) -> Outcome {
         match verdict {
             Verdict::Allow(allow) => {
                 self.apply(&allow);
@@ -222,10 +231,12 @@ impl Filter {
                 callout,
             } => match host::dispatch(&callout) {
                 Ok(token) => {
-                    self.pending = Some((token, issuer, step));
+                    self.waiting = Some((token, Waiting::Keys { issuer, step }));
                     Outcome::Hold
                 }
                 Err(why) => {
+                    let shared = Rc::clone(&self.shared);
+                    let now = host::now();
                     shared.state.borrow_mut().keys.on_dispatch_error(
                         &shared.config,
                         issuer,
@@ -235,7 +246,54 @@ impl Filter {
                     self.decide()
                 }
             },
+            Verdict::AskPdp { callout, pending } => match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.waiting = Some((token, Waiting::Pdp(pending)));
+                    Outcome::Hold
+                }
+                Err(why) => {
+                    self.deny(&Denial::Unavailable(format!(
+                        "policy decision point: {why}"
+                    )));
+                    Outcome::Hold
+                }
+            },
         }
+    }
+
+    /// A key fetch this request waited for has answered: continue the fetch
+    /// (discovery → JWKS) or decide again with whatever keys there are now.
+    fn keys_fetched(
+        &mut self,
+        issuer: usize,
+        step: FetchStep,
+        reply: &CalloutReply,
+    ) -> Option<Outcome> {
+        let shared = Rc::clone(&self.shared);
+        let now = host::now();
+        let progress =
+            shared
+                .state
+                .borrow_mut()
+                .keys
+                .on_reply(&shared.config, issuer, step, reply, now);
+        if let FetchProgress::Next(step, callout) = progress {
+            match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.waiting = Some((token, Waiting::Keys { issuer, step }));
+                    return None;
+                }
+                Err(why) => shared.state.borrow_mut().keys.on_dispatch_error(
+                    &shared.config,
+                    issuer,
+                    &why,
+                    now,
+                ),
+            }
+        } else {
+            log_fetch(&shared.config, issuer, &progress);
+        }
+        Some(self.decide())
     }
 
     fn apply(&self, allow: &Allow) {
@@ -280,39 +338,29 @@ impl Context for Filter {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((expected, issuer, step)) = self.pending.take() else {
+        let Some((expected, waiting)) = self.waiting.take() else {
             return;
         };
         if expected != token {
-            self.pending = Some((expected, issuer, step));
+            self.waiting = Some((expected, waiting));
             return;
         }
-        let shared = Rc::clone(&self.shared);
         let reply = host::callout_reply(num_headers, body_size);
-        let now = host::now();
-        let progress =
-            shared
-                .state
-                .borrow_mut()
-                .keys
-                .on_reply(&shared.config, issuer, step, &reply, now);
-        if let FetchProgress::Next(step, callout) = progress {
-            match host::dispatch(&callout) {
-                Ok(token) => {
-                    self.pending = Some((token, issuer, step));
-                    return;
-                }
-                Err(why) => shared.state.borrow_mut().keys.on_dispatch_error(
+        let outcome = match waiting {
+            Waiting::Pdp(pending) => {
+                let shared = Rc::clone(&self.shared);
+                let verdict = finish_pdp(
                     &shared.config,
-                    issuer,
-                    &why,
-                    now,
-                ),
+                    &mut shared.state.borrow_mut(),
+                    *pending,
+                    &reply,
+                    host::now(),
+                );
+                Some(self.carry_out(verdict))
             }
-        } else {
-            log_fetch(&shared.config, issuer, &progress);
-        }
-        if let Outcome::Proceed = self.decide() {
+            Waiting::Keys { issuer, step } => self.keys_fetched(issuer, step, &reply),
+        };
+        if let Some(Outcome::Proceed) = outcome {
             host::resume_request();
         }
     }

@@ -10,7 +10,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::callout::Url;
+use crate::consumer::{
+    AnonymousConfig, ConsumerConfig, Consumers, ConsumersConfig, IdentityHeaderNames,
+};
 use crate::jwks::{Alg, KeySet};
+use crate::pdp::{Pdp, PdpConfig};
+use crate::policy::{PathSet, Policy};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -60,6 +65,19 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default = "default_cache_entries")]
     token_cache_entries: usize,
+    policy: Option<Value>,
+    #[serde(default = "yes")]
+    deny_by_default: bool,
+    #[serde(default)]
+    public_paths: Vec<String>,
+    scope_claims: Option<Vec<String>>,
+    #[serde(default)]
+    identity_headers: IdentityHeaderNames,
+    consumers: Option<BTreeMap<String, ConsumerConfig>>,
+    #[serde(default)]
+    allow_unregistered_clients: bool,
+    anonymous: Option<AnonymousConfig>,
+    pdp: Option<PdpConfig>,
 }
 
 fn default_realm() -> String {
@@ -209,6 +227,19 @@ pub struct Config {
     pub token_sources: Vec<TokenSource>,
     pub forward: Forward,
     pub token_cache_entries: usize,
+    /// Scope rules per path and method; without one, any valid token passes.
+    pub policy: Option<Policy>,
+    /// With a policy: whether a path/method that no rule names is refused.
+    pub deny_by_default: bool,
+    /// Paths that need no token at all.
+    pub public_paths: PathSet,
+    /// Where granted scopes are read from, first present wins.
+    pub scope_claims: Vec<String>,
+    pub identity: IdentityHeaderNames,
+    pub consumers: Consumers,
+    /// Where the anonymous consumer (if any) may go without a valid token.
+    pub anonymous_paths: PathSet,
+    pub pdp: Option<Pdp>,
     /// Every header this filter may set upstream: stripped from incoming
     /// requests first so a client cannot forge them.
     pub strip_headers: Vec<String>,
@@ -304,8 +335,48 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|h| header_name(&h, "forward.payload_header"))
         .transpose()?;
 
+    let policy = raw
+        .policy
+        .as_ref()
+        .map(Policy::compile)
+        .transpose()
+        .map_err(|e| ConfigError::new("policy", e.to_string()))?;
+    let public_paths = PathSet::compile(&raw.public_paths)
+        .map_err(|e| ConfigError::new("public_paths", e.to_string()))?;
+    let scope_claims = match raw.scope_claims {
+        None => vec!["scope".to_string(), "scp".to_string()],
+        Some(claims) if claims.is_empty() || claims.iter().any(String::is_empty) => {
+            return Err(ConfigError::new(
+                "scope_claims",
+                "must list non-empty claim names",
+            ))
+        }
+        Some(claims) => claims,
+    };
+    raw.identity_headers
+        .validate()
+        .map_err(|e| ConfigError::new(format!("identity_headers.{}", e.field), e.reason))?;
+    let consumers = Consumers::compile(&ConsumersConfig {
+        consumers: raw.consumers,
+        allow_unregistered_clients: raw.allow_unregistered_clients,
+        anonymous: raw.anonymous,
+    })
+    .map_err(|e| ConfigError::new(e.field, e.reason))?;
+    let anonymous_paths = match consumers.anonymous() {
+        Some(anonymous) => PathSet::compile(&anonymous.paths)
+            .map_err(|e| ConfigError::new("anonymous.paths", e.to_string()))?,
+        None => PathSet::default(),
+    };
+    let pdp = raw
+        .pdp
+        .as_ref()
+        .map(Pdp::compile)
+        .transpose()
+        .map_err(|e| ConfigError::new(e.field, e.reason))?;
+
     let mut strip_headers: Vec<String> = claims.iter().map(|(_, h)| h.clone()).collect();
     strip_headers.extend(payload_header.clone());
+    strip_headers.extend(raw.identity_headers.all().into_iter().map(str::to_string));
     strip_headers.sort_unstable();
     strip_headers.dedup();
 
@@ -325,6 +396,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             hide_credentials: raw.forward.hide_credentials,
         },
         token_cache_entries: raw.token_cache_entries,
+        policy,
+        deny_by_default: raw.deny_by_default,
+        public_paths,
+        scope_claims,
+        identity: raw.identity_headers,
+        consumers,
+        anonymous_paths,
+        pdp,
     })
 }
 
@@ -639,9 +718,14 @@ mod tests {
             r#"{{"forward":{{"claims":{{"sub":"X-Jwt-Sub","client_id":"x-client"}},"payload_header":"x-jwt-payload"}},"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#
         );
         let c = Config::from_json(json.as_bytes()).unwrap();
-        assert_eq!(
-            c.strip_headers,
-            vec!["x-client", "x-jwt-payload", "x-jwt-sub"]
-        );
+        for name in [
+            "x-client",
+            "x-jwt-payload",
+            "x-jwt-sub",
+            "x-authenticated-scope",
+            "x-anonymous-consumer",
+        ] {
+            assert!(c.strip_headers.iter().any(|h| h == name), "{name}");
+        }
     }
 }

@@ -5,12 +5,15 @@
 use std::rc::Rc;
 
 use crate::cache::BoundedCache;
-use crate::callout::Callout;
+use crate::callout::{Callout, CalloutReply};
 use crate::config::{Config, TokenSource};
+use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
 use crate::jwks::KeyLookupError;
 use crate::jwt::{precheck, TokenError, VerifiedToken};
 use crate::keys::{FetchStep, KeyManager};
+use crate::pdp::{Pdp, PdpQuery};
+use crate::policy::{normalize_path, PolicyDecision};
 use crate::response::Denial;
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
@@ -28,6 +31,8 @@ pub struct Request<'a> {
 pub struct State {
     pub keys: KeyManager,
     tokens: BoundedCache<Rc<VerifiedToken>>,
+    /// PDP answers by (subject, client, method, path, scopes).
+    decisions: BoundedCache<bool>,
 }
 
 impl State {
@@ -35,6 +40,7 @@ impl State {
         State {
             keys: KeyManager::new(config),
             tokens: BoundedCache::new(config.token_cache_entries),
+            decisions: BoundedCache::new(config.token_cache_entries),
         }
     }
 
@@ -53,10 +59,23 @@ pub struct Allow {
     pub subject: Option<String>,
 }
 
+/// A request waiting for the PDP: what to do on permit and on deny.
+#[derive(Debug, PartialEq)]
+pub struct PendingPdp {
+    allow: Allow,
+    denial: Denial,
+    cache_key: String,
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     Allow(Allow),
     Deny(Denial),
+    /// Ask the policy decision point, then call [`finish_pdp`] with its reply.
+    AskPdp {
+        callout: Box<Callout>,
+        pending: Box<PendingPdp>,
+    },
     /// Fetch this issuer's keys, then ask again.
     FetchKeys {
         issuer: usize,
@@ -66,16 +85,158 @@ pub enum Verdict {
 }
 
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
-    let found = match find_token(&config.token_sources, request.headers, request.path) {
-        Ok(Some(found)) => found,
-        Ok(None) => return Verdict::Deny(Denial::NoToken),
+    let path = match normalize_path(request.path) {
+        Ok(path) => path,
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
     };
-    let verified = match verify(config, state, &found.token, now) {
+    if config.public_paths.matches(&path) {
+        return Verdict::Allow(Allow {
+            remove_headers: config.strip_headers.clone(),
+            ..Allow::default()
+        });
+    }
+    let found = match find_token(&config.token_sources, request.headers, request.path) {
+        Ok(Some(found)) => found,
+        Ok(None) => return anonymous_or(config, &path, Denial::NoToken),
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
+    };
+    let token = match verify(config, state, &found.token, now) {
         Ok(verified) => verified,
+        Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
+            let on_invalid = config
+                .consumers
+                .anonymous()
+                .is_some_and(|a| a.on_invalid_token);
+            return if on_invalid {
+                anonymous_or(config, &path, denial)
+            } else {
+                Verdict::Deny(denial)
+            };
+        }
         Err(verdict) => return verdict,
     };
-    Verdict::Allow(allow(config, request, &found, &verified))
+    let client_id = token
+        .claim_text("client_id")
+        .or_else(|| token.claim_text("azp"));
+    let consumer = match config.consumers.lookup(client_id.as_deref()) {
+        ConsumerLookup::Known(consumer) => Some(consumer),
+        ConsumerLookup::NotConfigured => None,
+        ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => None,
+        ConsumerLookup::Unregistered => {
+            return Verdict::Deny(Denial::InvalidToken("unknown client".into()));
+        }
+    };
+    let scopes = token.scopes(&config.scope_claims);
+    let rule = match &config.policy {
+        None => None,
+        Some(policy) => match policy.decide(request.method, &path, &scopes) {
+            PolicyDecision::Allow { rule } => Some(rule),
+            PolicyDecision::NoRule if config.deny_by_default => {
+                return Verdict::Deny(Denial::Forbidden(format!(
+                    "no policy rule allows {} {path}",
+                    request.method
+                )));
+            }
+            PolicyDecision::NoRule => None,
+            PolicyDecision::InsufficientScope { rule, required } => {
+                return Verdict::Deny(Denial::InsufficientScope {
+                    rule,
+                    scopes: required,
+                });
+            }
+        },
+    };
+    let allow = allow(
+        config,
+        request,
+        &found,
+        &token,
+        consumer,
+        client_id.as_deref(),
+        &scopes,
+    );
+    let Some(pdp) = &config.pdp else {
+        return Verdict::Allow(allow);
+    };
+    let subject = allow.subject.clone().unwrap_or_default();
+    let query = PdpQuery {
+        subject: &subject,
+        client_id: client_id.as_deref(),
+        claims: token.claims(),
+        method: request.method,
+        path: &path,
+        rule: rule.as_deref().unwrap_or(""),
+        scopes: &scopes,
+    };
+    let cache_key = Pdp::cache_key(&query);
+    match state.decisions.get(&cache_key, now) {
+        Some(true) => Verdict::Allow(allow),
+        Some(false) => Verdict::Deny(pdp_denied(&query)),
+        None => {
+            let callout = Box::new(pdp.callout(&query));
+            let denial = pdp_denied(&query);
+            Verdict::AskPdp {
+                callout,
+                pending: Box::new(PendingPdp {
+                    allow,
+                    denial,
+                    cache_key,
+                }),
+            }
+        }
+    }
+}
+
+fn pdp_denied(query: &PdpQuery) -> Denial {
+    Denial::Forbidden(format!(
+        "the policy decision point denied {} {}",
+        query.method, query.path
+    ))
+}
+
+/// The PDP's reply completes a request that passed every other check.
+pub fn finish_pdp(
+    config: &Config,
+    state: &mut State,
+    pending: PendingPdp,
+    reply: &CalloutReply,
+    now: u64,
+) -> Verdict {
+    let Some(pdp) = &config.pdp else {
+        return Verdict::Deny(pending.denial);
+    };
+    match pdp.verdict(reply) {
+        Ok(permit) => {
+            if pdp.cache_seconds() > 0 {
+                state.decisions.insert(
+                    pending.cache_key,
+                    permit,
+                    now.saturating_add(pdp.cache_seconds()),
+                    now,
+                );
+            }
+            if permit {
+                Verdict::Allow(pending.allow)
+            } else {
+                Verdict::Deny(pending.denial)
+            }
+        }
+        // Fail closed: no answer is never a permit.
+        Err(e) => Verdict::Deny(Denial::Unavailable(e.to_string())),
+    }
+}
+
+/// Without a usable token, the anonymous consumer may pass on its paths.
+fn anonymous_or(config: &Config, path: &str, denial: Denial) -> Verdict {
+    match config.consumers.anonymous() {
+        Some(anonymous) if config.anonymous_paths.matches(path) => Verdict::Allow(Allow {
+            remove_headers: config.strip_headers.clone(),
+            set_headers: anonymous.consumer.upstream_headers(&config.identity),
+            subject: Some(anonymous.consumer.id.clone()),
+            new_path: None,
+        }),
+        _ => Verdict::Deny(denial),
+    }
 }
 
 fn verify(
@@ -128,14 +289,42 @@ fn verify(
     }
 }
 
-fn allow(config: &Config, request: &Request, found: &FoundToken, token: &VerifiedToken) -> Allow {
+fn allow(
+    config: &Config,
+    request: &Request,
+    found: &FoundToken,
+    token: &VerifiedToken,
+    consumer: Option<&Consumer>,
+    client_id: Option<&str>,
+    scopes: &[String],
+) -> Allow {
     let mut allow = Allow {
         remove_headers: config.strip_headers.clone(),
         subject: token
             .claim_text("sub")
-            .or_else(|| token.claim_text("client_id")),
+            .or_else(|| client_id.map(str::to_string)),
         ..Allow::default()
     };
+    let identity = &config.identity;
+    // Comma-separated, as Gluu Gateway sent it.
+    allow
+        .set_headers
+        .push((identity.scope.clone(), scopes.join(",")));
+    if let Some(client_id) = client_id {
+        allow
+            .set_headers
+            .push((identity.client_id.clone(), client_id.to_string()));
+    }
+    if let Some(exp) = token.expires_at() {
+        allow
+            .set_headers
+            .push((identity.expiration.clone(), exp.to_string()));
+    }
+    if let Some(consumer) = consumer {
+        allow
+            .set_headers
+            .extend(consumer.upstream_headers(identity));
+    }
     for (claim, header) in &config.forward.claims {
         if let Some(value) = token.claim_text(claim) {
             allow.set_headers.push((header.clone(), value));
@@ -216,10 +405,27 @@ mod tests {
         let Verdict::Allow(allow) = run(&c, &mut s, &bearer(&token), "/") else {
             panic!("denied")
         };
-        assert_eq!(
-            allow.remove_headers,
-            vec!["x-jwt-payload", "x-jwt-sub", "x-scope"]
-        );
+        for forgeable in [
+            "x-jwt-payload",
+            "x-jwt-sub",
+            "x-scope",
+            "x-authenticated-scope",
+            "x-consumer-id",
+        ] {
+            assert!(
+                allow.remove_headers.iter().any(|h| h == forgeable),
+                "{forgeable}"
+            );
+        }
+        assert!(allow
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read,write".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-oauth-client-id".into(), "client-1".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-oauth-expiration".into(), "1700003600".into())));
         assert!(allow
             .set_headers
             .contains(&("x-jwt-sub".into(), "client-1".into())));
