@@ -629,4 +629,177 @@ mod tests {
             "no second refetch within 30 s"
         );
     }
+
+    fn method_run(
+        c: &Config,
+        s: &mut State,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Verdict {
+        let request = Request {
+            method,
+            path,
+            headers,
+        };
+        authorize(c, s, &request, vectors().now)
+    }
+
+    fn good() -> Vec<(String, String)> {
+        bearer(vectors().token("good_RS256"))
+    }
+
+    #[test]
+    fn the_policy_decides_after_the_token_with_a_scope_hint() {
+        // good tokens carry scopes "read write".
+        let c = inline_config(
+            r#","policy":{"GET /a/{id}":"read","POST /a/{id}":"read and (fido or otp)"},"public_paths":["/health"]"#,
+        );
+        let mut s = State::new(&c);
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/a/1", &good()),
+            Verdict::Allow(_)
+        ));
+        let Verdict::Deny(Denial::InsufficientScope { rule, scopes }) =
+            method_run(&c, &mut s, "POST", "/a/1", &good())
+        else {
+            panic!("expected insufficient_scope")
+        };
+        assert_eq!(rule, "POST /a/{id}");
+        assert!(
+            scopes.contains(&"read".to_string()) && scopes.len() == 2,
+            "{scopes:?}"
+        );
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/b", &good()),
+            Verdict::Deny(Denial::Forbidden(_))
+        ));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/health", &[]),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/a/1", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+        // A dot segment is resolved before matching, so it cannot dodge a rule.
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/health/../b", &good()),
+            Verdict::Deny(Denial::Forbidden(_))
+        ));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/a/%2F", &good()),
+            Verdict::Deny(Denial::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn without_deny_by_default_unlisted_paths_need_only_a_valid_token() {
+        let c = inline_config(r#","policy":{"GET /a":"admin"},"deny_by_default":false"#);
+        let mut s = State::new(&c);
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/b", &good()),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/b", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+    }
+
+    #[test]
+    fn consumers_and_the_anonymous_consumer() {
+        let c = inline_config(
+            r#","consumers":{"client-1":{"id":"c1","username":"alice"}},"anonymous":{"id":"anon","paths":["/open/??"]}"#,
+        );
+        let mut s = State::new(&c);
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/x", &good()) else {
+            panic!()
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-id".into(), "c1".into())));
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-username".into(), "alice".into())));
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/open/doc", &[]) else {
+            panic!()
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-anonymous-consumer".into(), "true".into())));
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-id".into(), "anon".into())));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/x", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+        let expired = bearer(vectors().token("expired"));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/open/doc", &expired),
+            Verdict::Deny(Denial::InvalidToken(_))
+        ));
+
+        let strict = inline_config(r#","consumers":{"someone-else":{"id":"c2"}}"#);
+        let mut s = State::new(&strict);
+        assert_eq!(
+            method_run(&strict, &mut s, "GET", "/x", &good()),
+            Verdict::Deny(Denial::InvalidToken("unknown client".into()))
+        );
+    }
+
+    #[test]
+    fn the_pdp_is_asked_last_and_fails_closed() {
+        let c = inline_config(
+            r#","policy":{"GET /a":"read","GET /b":"admin"},"pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz","cache_seconds":5}"#,
+        );
+        let mut s = State::new(&c);
+        assert!(
+            matches!(
+                method_run(&c, &mut s, "GET", "/b", &good()),
+                Verdict::Deny(Denial::InsufficientScope { .. })
+            ),
+            "a failed scope check never reaches the PDP"
+        );
+        let Verdict::AskPdp { callout, pending } = method_run(&c, &mut s, "GET", "/a", &good())
+        else {
+            panic!()
+        };
+        assert_eq!(callout.url.path, "/v1/data/authz");
+        let now = vectors().now;
+        let permit = reply(200, r#"{"result":true}"#);
+        assert!(matches!(
+            finish_pdp(&c, &mut s, *pending, &permit, now),
+            Verdict::Allow(_)
+        ));
+        assert!(
+            matches!(
+                method_run(&c, &mut s, "GET", "/a", &good()),
+                Verdict::Allow(_)
+            ),
+            "cached permit"
+        );
+
+        let c = inline_config(
+            r#","pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}"#,
+        );
+        let mut s = State::new(&c);
+        for (answer, denied) in [
+            (reply(200, "{}"), "forbidden"),
+            (reply(200, r#"{"result":false}"#), "forbidden"),
+            (reply(500, ""), "unavailable"),
+            (CalloutReply::default(), "unavailable"),
+            (reply(200, "garbage"), "unavailable"),
+        ] {
+            let Verdict::AskPdp { pending, .. } = method_run(&c, &mut s, "GET", "/a", &good())
+            else {
+                panic!()
+            };
+            let Verdict::Deny(denial) = finish_pdp(&c, &mut s, *pending, &answer, now) else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(denial.code(), denied, "{answer:?}");
+        }
+    }
 }
