@@ -81,8 +81,9 @@ def filter_config(authserver):
         cfg = {
             "realm": "test",
             "issuers": [authserver.issuer_config(**issuer_overrides)],
-            "forward": {"claims": {"sub": "x-jwt-sub", "client_id": "x-oauth-client-id",
-                                   "scope": "x-authenticated-scope"}},
+            # client_id and scopes reach the upstream as identity headers
+            # (x-oauth-client-id, x-authenticated-scope) without configuration.
+            "forward": {"claims": {"sub": "x-jwt-sub"}},
         }
         cfg.update(top or {})
         return cfg

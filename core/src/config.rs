@@ -374,9 +374,37 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .transpose()
         .map_err(|e| ConfigError::new(e.field, e.reason))?;
 
-    let mut strip_headers: Vec<String> = claims.iter().map(|(_, h)| h.clone()).collect();
-    strip_headers.extend(payload_header.clone());
-    strip_headers.extend(raw.identity_headers.all().into_iter().map(str::to_string));
+    // Two sources for one header would leave its value to ordering.
+    let identity_names = raw.identity_headers.all();
+    let mut forwarded: Vec<(String, &str)> = claims
+        .iter()
+        .map(|(claim, h)| (format!("forward.claims.{claim}"), h.as_str()))
+        .collect();
+    forwarded.extend(
+        payload_header
+            .as_deref()
+            .map(|h| ("forward.payload_header".to_string(), h)),
+    );
+    for (i, (field, header)) in forwarded.iter().enumerate() {
+        if identity_names.contains(header) {
+            return Err(ConfigError::new(
+                field.as_str(),
+                format!("\"{header}\" is already set by `identity_headers`; pick another name or rename the identity header"),
+            ));
+        }
+        if forwarded
+            .iter()
+            .skip(i + 1)
+            .any(|(_, other)| other == header)
+        {
+            return Err(ConfigError::new(
+                field.as_str(),
+                format!("\"{header}\" is used twice"),
+            ));
+        }
+    }
+    let mut strip_headers: Vec<String> = forwarded.iter().map(|(_, h)| h.to_string()).collect();
+    strip_headers.extend(identity_names.into_iter().map(str::to_string));
     strip_headers.sort_unstable();
     strip_headers.dedup();
 
@@ -686,6 +714,14 @@ mod tests {
             (
                 r#"{"forward":{"claims":{"sub":"bad header"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`forward.claims.sub`: \"bad header\" is not a valid",
+            ),
+            (
+                r#"{"forward":{"claims":{"scope":"x-authenticated-scope"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`forward.claims.scope`: \"x-authenticated-scope\" is already set",
+            ),
+            (
+                r#"{"forward":{"claims":{"sub":"x-a","cid":"x-a"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "is used twice",
             ),
             (
                 r#"{"realm":"a\"b","issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
