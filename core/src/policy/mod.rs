@@ -1,1 +1,1084 @@
-//! TODO
+//! The OAuth scope policy: which scopes a token needs for a method and path.
+//!
+//! [`Policy::compile`] accepts Gluu Gateway's `oauth_scope_expression` (a JSON
+//! array, or a string holding it) or the readable form
+//! (`{"GET,POST /items/{id}": "read and (fido or otp)"}`); both compile to the
+//! same rules. [`Policy::decide`] finds the most specific rule for a request
+//! (see `path.rs` for the exact order and for how request paths are normalised)
+//! and evaluates its scope expression (see `expr.rs`). `docs/policy.md`
+//! describes the language for operators.
+//!
+//! Nothing is cached between decisions: a decision depends on the path
+//! captures, so it could not be reused for another path matching the same rule.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+mod expr;
+mod path;
+mod source;
+
+use expr::Check;
+use source::{CheckSource, Format};
+
+pub use path::{normalize_path, PathError, PathSet};
+
+/// A compiled policy. Immutable and shareable between requests and threads.
+#[derive(Debug)]
+pub struct Policy {
+    trie: path::Trie,
+    rules: Vec<PathRule>,
+    condition_count: usize,
+}
+
+/// One path pattern and its per-method conditions.
+#[derive(Debug)]
+struct PathRule {
+    conditions: Vec<Condition>,
+    /// The condition for methods no condition lists explicitly (`?` / `*`).
+    any: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Condition {
+    name: String,
+    /// Upper-case; excludes `?` / `*`.
+    methods: Vec<String>,
+    /// `None`: any valid token.
+    check: Option<Check>,
+}
+
+impl PathRule {
+    fn condition_for(&self, method: &str) -> Option<&Condition> {
+        self.conditions
+            .iter()
+            .find(|c| c.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            .or_else(|| self.any.and_then(|i| self.conditions.get(i)))
+    }
+}
+
+/// The outcome of [`Policy::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyDecision {
+    /// No rule matches the path and method.
+    NoRule,
+    /// `rule` names the matched rule, e.g. `GET /transactions/{^[0-9]+$}`.
+    Allow { rule: String },
+    /// The token lacks the scopes. `required` are the scopes of the simplest
+    /// way to satisfy the rule, for the `scope` attribute of the RFC 6750
+    /// challenge; spontaneous scopes have the path captures filled in where
+    /// that gives a concrete scope (`transactions:124`), and are given as the
+    /// regex otherwise. Empty if the rule can never be satisfied.
+    InsufficientScope { rule: String, required: Vec<String> },
+}
+
+/// Why a policy does not compile. `rule` names the rule: its path as written,
+/// prefixed by its methods when the problem is in one condition (`GET,POST
+/// /items/?`), or `policy[n]` / the readable key when there is no usable path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// No rules at all.
+    Empty,
+    /// The JSON does not have the expected shape (wrong type, missing or
+    /// unknown field, unparsable policy string, bad readable key).
+    Malformed {
+        rule: String,
+        problem: String,
+    },
+    EmptyPath {
+        rule: String,
+    },
+    PathNotAbsolute {
+        rule: String,
+    },
+    /// More than one `??`.
+    MultipleMultiSegment {
+        rule: String,
+    },
+    BadPathSegment {
+        rule: String,
+        segment: String,
+        problem: String,
+    },
+    BadPathRegex {
+        rule: String,
+        regex: String,
+        error: String,
+    },
+    /// The same path pattern twice (after normalisation; `{id}` and `?` are
+    /// the same pattern). `first` is how it was written the first time.
+    DuplicatePath {
+        rule: String,
+        first: String,
+    },
+    NoConditions {
+        rule: String,
+    },
+    EmptyMethods {
+        rule: String,
+    },
+    BadMethod {
+        rule: String,
+        method: String,
+    },
+    /// A method (or any-method `?`/`*`) with two conditions on one path.
+    DuplicateMethod {
+        rule: String,
+        method: String,
+    },
+    /// An empty scope, a scope with whitespace, or a spontaneous scope that is
+    /// not a valid regex.
+    BadScope {
+        rule: String,
+        scope: String,
+        problem: String,
+    },
+    UnknownOperator {
+        rule: String,
+        operator: String,
+    },
+    VarOutOfRange {
+        rule: String,
+        index: usize,
+        data_len: usize,
+    },
+    /// A `PCn` group in a spontaneous scope with n = 0 or above the number of
+    /// captures the path pattern makes.
+    CaptureOutOfRange {
+        rule: String,
+        scope: String,
+        group: String,
+        captures: usize,
+    },
+    /// Bad arguments to a JsonLogic operator, or a malformed readable
+    /// expression.
+    BadExpression {
+        rule: String,
+        expression: String,
+        problem: String,
+    },
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::Empty => f.write_str("policy has no rules"),
+            PolicyError::Malformed { rule, problem } => write!(f, "policy rule `{rule}`: {problem}"),
+            PolicyError::EmptyPath { rule } => write!(f, "policy rule `{rule}`: empty path"),
+            PolicyError::PathNotAbsolute { rule } => {
+                write!(f, "policy rule `{rule}`: path does not start with `/`")
+            }
+            PolicyError::MultipleMultiSegment { rule } => {
+                write!(f, "policy rule `{rule}`: more than one `??` in the path")
+            }
+            PolicyError::BadPathSegment {
+                rule,
+                segment,
+                problem,
+            } => write!(f, "policy rule `{rule}`: path segment `{segment}`: {problem}"),
+            PolicyError::BadPathRegex { rule, regex, error } => {
+                write!(f, "policy rule `{rule}`: bad path regex `{{{regex}}}`: {error}")
+            }
+            PolicyError::DuplicatePath { rule, first } => write!(
+                f,
+                "policy rule `{rule}`: duplicate path (same pattern as `{first}`)"
+            ),
+            PolicyError::NoConditions { rule } => {
+                write!(f, "policy rule `{rule}`: `conditions` is empty")
+            }
+            PolicyError::EmptyMethods { rule } => {
+                write!(f, "policy rule `{rule}`: empty list of HTTP methods")
+            }
+            PolicyError::BadMethod { rule, method } => {
+                write!(f, "policy rule `{rule}`: invalid HTTP method `{method}`")
+            }
+            PolicyError::DuplicateMethod { rule, method } => write!(
+                f,
+                "policy rule `{rule}`: method `{method}` has more than one condition for this path"
+            ),
+            PolicyError::BadScope {
+                rule,
+                scope,
+                problem,
+            } => write!(f, "policy rule `{rule}`: scope `{scope}`: {problem}"),
+            PolicyError::UnknownOperator { rule, operator } => {
+                write!(f, "policy rule `{rule}`: unknown operator `{operator}`")
+            }
+            PolicyError::VarOutOfRange {
+                rule,
+                index,
+                data_len,
+            } => write!(
+                f,
+                "policy rule `{rule}`: `var` {index} is out of range (`data` has {data_len} entries)"
+            ),
+            PolicyError::CaptureOutOfRange {
+                rule,
+                scope,
+                group,
+                captures,
+            } => write!(
+                f,
+                "policy rule `{rule}`: scope `{scope}` uses group `{group}` but the path has {captures} capture(s)"
+            ),
+            PolicyError::BadExpression {
+                rule,
+                expression,
+                problem,
+            } => write!(f, "policy rule `{rule}`: expression `{expression}`: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+fn is_method_token(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn is_any_method(m: &str) -> bool {
+    m == "*" || m == "?"
+}
+
+/// Rules for one pattern, gathered before compiling: the readable form may
+/// give the same pattern in several keys.
+struct Group {
+    pattern: path::Pattern,
+    name: String,
+    path: String,
+    conditions: Vec<source::ConditionSource>,
+}
+
+impl Policy {
+    /// Compiles the `policy` field of the filter's JSON config.
+    pub fn compile(value: &Value) -> Result<Policy, PolicyError> {
+        let (format, sources) = source::read(value)?;
+        if sources.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_pattern: HashMap<String, usize> = HashMap::new();
+        for src in sources {
+            let pattern = path::parse_pattern(&src.path, &src.name)?;
+            let canonical = pattern.canonical();
+            match by_pattern.get(&canonical) {
+                Some(&i) => {
+                    let first = groups.get_mut(i);
+                    if format == Format::Gluu {
+                        return Err(PolicyError::DuplicatePath {
+                            rule: src.name,
+                            first: first.map(|g| g.path.clone()).unwrap_or_default(),
+                        });
+                    }
+                    if let Some(group) = first {
+                        group.conditions.extend(src.conditions);
+                    }
+                }
+                None => {
+                    by_pattern.insert(canonical, groups.len());
+                    groups.push(Group {
+                        pattern,
+                        name: src.name,
+                        path: src.path,
+                        conditions: src.conditions,
+                    });
+                }
+            }
+        }
+        let mut policy = Policy {
+            trie: path::Trie::default(),
+            rules: Vec::with_capacity(groups.len()),
+            condition_count: 0,
+        };
+        for group in groups {
+            let rule = compile_rule(&group)?;
+            policy.condition_count += rule.conditions.len();
+            if let Err(existing) = policy.trie.insert(group.pattern, policy.rules.len()) {
+                // Unreachable: patterns were grouped by canonical form above.
+                return Err(PolicyError::DuplicatePath {
+                    rule: group.name,
+                    first: format!("rule #{existing}"),
+                });
+            }
+            policy.rules.push(rule);
+        }
+        Ok(policy)
+    }
+
+    /// Decides a request. `path` must already be normalised by
+    /// [`normalize_path`]; `scopes` are the token's granted scopes.
+    pub fn decide(&self, method: &str, path: &str, scopes: &[String]) -> PolicyDecision {
+        let segments = path::split_path(path);
+        let found = self.trie.find(&segments, |i| {
+            self.rules.get(i).and_then(|r| r.condition_for(method))
+        });
+        let Some((condition, captures)) = found else {
+            return PolicyDecision::NoRule;
+        };
+        let rule = condition.name.clone();
+        match &condition.check {
+            None => PolicyDecision::Allow { rule },
+            Some(check) if check.allows(scopes, &captures) => PolicyDecision::Allow { rule },
+            Some(check) => PolicyDecision::InsufficientScope {
+                rule,
+                required: check.required(&captures),
+            },
+        }
+    }
+
+    /// The number of conditions (a path with conditions for `GET` and for
+    /// `POST,PUT` counts two).
+    pub fn rule_count(&self) -> usize {
+        self.condition_count
+    }
+}
+
+fn compile_rule(group: &Group) -> Result<PathRule, PolicyError> {
+    let captures = group.pattern.captures;
+    let mut rule = PathRule {
+        conditions: Vec::with_capacity(group.conditions.len()),
+        any: None,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for cond in &group.conditions {
+        if cond.methods.is_empty() {
+            return Err(PolicyError::EmptyMethods {
+                rule: group.name.clone(),
+            });
+        }
+        let methods: Vec<String> = cond
+            .methods
+            .iter()
+            .map(|m| m.trim().to_ascii_uppercase())
+            .collect();
+        let name = format!("{} {}", methods.join(","), cond.path);
+        let mut explicit = Vec::new();
+        for m in &methods {
+            if !is_any_method(m) && !is_method_token(m) {
+                return Err(PolicyError::BadMethod {
+                    rule: name,
+                    method: m.clone(),
+                });
+            }
+            let key = if is_any_method(m) { "*" } else { m.as_str() };
+            if seen.iter().any(|s| s == key) {
+                return Err(PolicyError::DuplicateMethod {
+                    rule: name,
+                    method: m.clone(),
+                });
+            }
+            seen.push(key.to_string());
+            if is_any_method(m) {
+                rule.any = Some(rule.conditions.len());
+            } else {
+                explicit.push(m.clone());
+            }
+        }
+        let check = match &cond.check {
+            CheckSource::Anything => None,
+            CheckSource::Logic { rule: logic, data } => {
+                Some(Check::from_json_logic(logic, data, captures, &name)?)
+            }
+            CheckSource::Readable(text) => Some(Check::from_readable(text, captures, &name)?),
+        };
+        rule.conditions.push(Condition {
+            name,
+            methods: explicit,
+            check,
+        });
+    }
+    Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::json;
+
+    fn scopes(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn allow(rule: &str) -> PolicyDecision {
+        PolicyDecision::Allow {
+            rule: rule.to_string(),
+        }
+    }
+
+    fn insufficient(rule: &str, required: &[&str]) -> PolicyDecision {
+        PolicyDecision::InsufficientScope {
+            rule: rule.to_string(),
+            required: scopes(required),
+        }
+    }
+
+    /// (method, raw request path, granted scopes, decision)
+    type Case<'a> = (&'a str, &'a str, &'a [&'a str], PolicyDecision);
+
+    fn check(policy: &Policy, cases: &[Case<'_>]) {
+        for (method, raw, granted, want) in cases {
+            let path = normalize_path(raw).unwrap();
+            let got = policy.decide(method, &path, &scopes(granted));
+            assert_eq!(&got, want, "{method} {raw} with {granted:?}");
+        }
+    }
+
+    #[test]
+    fn seed_example() {
+        let gluu = json!([{
+            "path": "/transactions/{^[0-9]+$}",
+            "conditions": [{
+                "httpMethods": ["GET"],
+                "scope_expression": {
+                    "rule": {"var": 0},
+                    "data": ["^transactions:(?<PC1>[0-9]+)$"]
+                }
+            }]
+        }]);
+        let readable = json!({"GET /transactions/{^[0-9]+$}": "^transactions:(?<PC1>[0-9]+)$"});
+        let rule = "GET /transactions/{^[0-9]+$}";
+        let cases = [
+            (
+                "GET",
+                "/transactions/123",
+                &["transactions:123"][..],
+                allow(rule),
+            ),
+            (
+                "GET",
+                "/transactions/45",
+                &["transactions:45"][..],
+                allow(rule),
+            ),
+            (
+                "GET",
+                "/transactions/124",
+                &["transactions:123"][..],
+                insufficient(rule, &["transactions:124"]),
+            ),
+            (
+                "GET",
+                "/transactions/12",
+                &["transactions:123"][..],
+                insufficient(rule, &["transactions:12"]),
+            ),
+            (
+                "GET",
+                "/transactions/abc",
+                &["transactions:abc"][..],
+                PolicyDecision::NoRule,
+            ),
+            (
+                "GET",
+                "/transactions/123x",
+                &["transactions:123"][..],
+                PolicyDecision::NoRule,
+            ),
+            (
+                "POST",
+                "/transactions/123",
+                &["transactions:123"][..],
+                PolicyDecision::NoRule,
+            ),
+            (
+                "get",
+                "/transactions/123",
+                &["transactions:123"][..],
+                allow(rule),
+            ),
+        ];
+        check(&Policy::compile(&gluu).unwrap(), &cases);
+        check(&Policy::compile(&readable).unwrap(), &cases);
+    }
+
+    fn gluu_policy() -> Value {
+        json!([
+            {"path": "/posts/??", "conditions": [{
+                "httpMethods": ["GET", "POST"],
+                "scope_expression": {
+                    "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                    "data": ["admin", "^posts:.+$", "email"]
+                }
+            }]},
+            {"path": "/posts", "conditions": [{
+                "httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["read"]}
+            }]},
+            {"path": "/??", "conditions": [{"httpMethods": ["?"]}]},
+            {"path": "/a/b/c", "conditions": [{"httpMethods": ["GET"], "scope_expression": null}]},
+            {"path": "/a/?/c", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["never"]}}]},
+            {"path": "/a/?/d", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["^d:(?<PC1>.+)$"]}}]},
+            {"path": "/num/{[0-9]+}", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": true, "data": []}}]},
+            {"path": "/x/b", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["xb"]}}]},
+            {"path": "/x/?", "conditions": [{"httpMethods": ["POST"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["xq"]}}]}
+        ])
+    }
+
+    #[test]
+    fn gluu_examples_with_fixed_matching() {
+        let policy = Policy::compile(&gluu_policy()).unwrap();
+        assert_eq!(policy.rule_count(), 9);
+        let posts = "GET,POST /posts/??";
+        let cases = [
+            // `/posts/??` also covers `/posts` for POST, since `/posts` has only GET.
+            ("GET", "/posts", &["read"][..], allow("GET /posts")),
+            ("POST", "/posts", &["admin", "email"][..], allow(posts)),
+            ("GET", "/posts/1", &["admin", "posts:1"][..], allow(posts)),
+            ("GET", "/posts/1/2", &["admin", "email"][..], allow(posts)),
+            (
+                "GET",
+                "/posts/1",
+                &["admin"][..],
+                insufficient(posts, &["admin", "^posts:.+$"]),
+            ),
+            (
+                "GET",
+                "/posts/1",
+                &["posts:1"][..],
+                insufficient(posts, &["admin", "^posts:.+$"]),
+            ),
+            ("DELETE", "/posts/1", &[][..], allow("? /??")),
+            ("GET", "/", &[][..], allow("? /??")),
+            ("GET", "/anything/else", &[][..], allow("? /??")),
+            // Literal beats `?` at the same position.
+            ("GET", "/a/b/c", &[][..], allow("GET /a/b/c")),
+            ("GET", "/a/z/c", &["never"][..], allow("GET /a/?/c")),
+            // The literal `b` branch dead-ends; backtracking finds `/a/?/d`.
+            ("GET", "/a/b/d", &["d:b"][..], allow("GET /a/?/d")),
+            (
+                "GET",
+                "/a/b/d",
+                &["d:c"][..],
+                insufficient("GET /a/?/d", &["d:b"]),
+            ),
+            // Anchored regex: `{[0-9]+}` does not match `abc123x`.
+            ("GET", "/num/123", &[][..], allow("GET /num/{[0-9]+}")),
+            ("GET", "/num/abc123x", &[][..], allow("? /??")),
+            // Method filtering is part of the match.
+            ("GET", "/x/b", &["xb"][..], allow("GET /x/b")),
+            ("POST", "/x/b", &["xq"][..], allow("POST /x/?")),
+            ("PUT", "/x/b", &[][..], allow("? /??")),
+            // Normalisation happens before matching.
+            ("GET", "/a/q/../b/./c/", &[][..], allow("GET /a/b/c")),
+            ("GET", "/a/%62/c?x=1", &[][..], allow("GET /a/b/c")),
+            ("GET", "//a//b//c", &[][..], allow("GET /a/b/c")),
+        ];
+        check(&policy, &cases);
+    }
+
+    #[test]
+    fn spec_gluu_example_uses_pc1_on_double_wildcard() {
+        // `??` captures nothing, so PC1 has nothing to compare with.
+        let value = json!([{"path": "/posts/??", "conditions": [{
+            "httpMethods": ["GET", "POST"],
+            "scope_expression": {
+                "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                "data": ["admin", "^posts:(?<PC1>.+)$", "email"]
+            }
+        }]}]);
+        let err = Policy::compile(&value).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::CaptureOutOfRange { ref rule, .. } if rule == "GET,POST /posts/??"),
+            "{err:?}"
+        );
+        // With a capturing segment it compiles and PC1 binds to it.
+        let value = json!([{"path": "/posts/?/??", "conditions": [{
+            "httpMethods": ["GET", "POST"],
+            "scope_expression": {
+                "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                "data": ["admin", "^posts:(?<PC1>.+)$", "email"]
+            }
+        }]}]);
+        let rule = "GET,POST /posts/?/??";
+        check(
+            &Policy::compile(&value).unwrap(),
+            &[
+                (
+                    "GET",
+                    "/posts/7/comments",
+                    &["admin", "posts:7"][..],
+                    allow(rule),
+                ),
+                (
+                    "GET",
+                    "/posts/7/comments",
+                    &["admin", "posts:8"][..],
+                    insufficient(rule, &["admin", "posts:7"]),
+                ),
+                ("POST", "/posts/7", &["admin", "email"][..], allow(rule)),
+            ],
+        );
+    }
+
+    #[test]
+    fn method_specific_beats_any() {
+        let readable = json!({
+            "GET /docs/{id}": "READ",
+            "POST /docs/?": "READ and (FIDO or OTP)",
+            "* /docs/?": "ADMIN"
+        });
+        let gluu = json!([{"path": "/docs/{id}", "conditions": [
+            {"httpMethods": ["GET"], "scope_expression": {"rule": {"var": 0}, "data": ["READ"]}},
+            {"httpMethods": ["POST"], "scope_expression": {
+                "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                "data": ["READ", "FIDO", "OTP"]}},
+            {"httpMethods": ["*"], "scope_expression": {"rule": {"var": 0}, "data": ["ADMIN"]}}
+        ]}]);
+        let cases = [
+            ("GET", "/docs/1", &["READ"][..], allow("GET /docs/{id}")),
+            (
+                "POST",
+                "/docs/1",
+                &["READ"][..],
+                insufficient("POST /docs/{id}", &["READ", "FIDO"]),
+            ),
+            (
+                "POST",
+                "/docs/1",
+                &["READ", "OTP"][..],
+                allow("POST /docs/{id}"),
+            ),
+            (
+                "POST",
+                "/docs/1",
+                &["FIDO", "OTP"][..],
+                insufficient("POST /docs/{id}", &["READ", "FIDO"]),
+            ),
+            (
+                "DELETE",
+                "/docs/1",
+                &["READ"][..],
+                insufficient("* /docs/{id}", &["ADMIN"]),
+            ),
+            ("DELETE", "/docs/1", &["ADMIN"][..], allow("* /docs/{id}")),
+            ("GET", "/docs", &["READ"][..], PolicyDecision::NoRule),
+        ];
+        // The readable form names each condition by its own key's path.
+        let rename = |rule: &str| {
+            rule.replace("POST /docs/{id}", "POST /docs/?")
+                .replace("* /docs/{id}", "* /docs/?")
+        };
+        let readable_cases: Vec<Case<'_>> = cases
+            .iter()
+            .map(|(m, p, s, d)| {
+                let d = match d {
+                    PolicyDecision::Allow { rule } => PolicyDecision::Allow { rule: rename(rule) },
+                    PolicyDecision::InsufficientScope { rule, required } => {
+                        PolicyDecision::InsufficientScope {
+                            rule: rename(rule),
+                            required: required.clone(),
+                        }
+                    }
+                    PolicyDecision::NoRule => PolicyDecision::NoRule,
+                };
+                (*m, *p, *s, d)
+            })
+            .collect();
+        check(&Policy::compile(&gluu).unwrap(), &cases);
+        check(&Policy::compile(&readable).unwrap(), &readable_cases);
+        assert_eq!(Policy::compile(&readable).unwrap().rule_count(), 3);
+    }
+
+    #[test]
+    fn both_formats_decide_identically() {
+        let gluu = json!([
+            {"path": "/transactions/{^[0-9]+$}", "conditions": [
+                {"httpMethods": ["GET", "DELETE"], "scope_expression": {
+                    "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                    "data": ["read", "fido", "otp"]}},
+                {"httpMethods": ["POST"], "scope_expression": {
+                    "rule": {"var": 0}, "data": ["^transactions:(?<PC1>[0-9]+)$"]}}
+            ]},
+            {"path": "/public/??", "conditions": [{"httpMethods": ["?"],
+                "scope_expression": {"rule": true, "data": []}}]},
+            {"path": "/users/?/keys/{[a-f0-9]{8}}", "conditions": [{"httpMethods": ["PUT"],
+                "scope_expression": {"rule": {"and": [{"!": {"var": 0}}, {"var": 1}]},
+                    "data": ["banned", "^keys:(?<PC1>[a-z]+):(?<PC2>[a-f0-9]+)$"]}}]}
+        ]);
+        let readable = json!({
+            "GET,DELETE /transactions/{^[0-9]+$}": "read and (fido or otp)",
+            "POST /transactions/{^[0-9]+$}": "^transactions:(?<PC1>[0-9]+)$",
+            "? /public/??": "true",
+            "PUT /users/?/keys/{[a-f0-9]{8}}": "not banned and ^keys:(?<PC1>[a-z]+):(?<PC2>[a-f0-9]+)$"
+        });
+        let a = Policy::compile(&gluu).unwrap();
+        let b = Policy::compile(&readable).unwrap();
+        assert_eq!(a.rule_count(), b.rule_count());
+        let requests: &[(&str, &str)] = &[
+            ("GET", "/transactions/1"),
+            ("DELETE", "/transactions/1"),
+            ("POST", "/transactions/1"),
+            ("POST", "/transactions/2"),
+            ("PUT", "/transactions/1"),
+            ("GET", "/transactions/x"),
+            ("GET", "/public"),
+            ("PATCH", "/public/a/b"),
+            ("PUT", "/users/bob/keys/deadbeef"),
+            ("PUT", "/users/bob/keys/deadbeefa"),
+            ("PUT", "/users/eve/keys/deadbeef"),
+            ("GET", "/"),
+        ];
+        let grants: &[&[&str]] = &[
+            &[],
+            &["read"],
+            &["read", "otp"],
+            &["fido"],
+            &["transactions:1"],
+            &["keys:bob:deadbeef"],
+            &["keys:bob:deadbeef", "banned"],
+        ];
+        for (method, path) in requests {
+            for granted in grants {
+                let granted = scopes(granted);
+                assert_eq!(
+                    a.decide(method, path, &granted),
+                    b.decide(method, path, &granted),
+                    "{method} {path} {granted:?}"
+                );
+            }
+        }
+        assert_eq!(
+            b.decide("PUT", "/users/bob/keys/deadbeef", &scopes(&[])),
+            insufficient("PUT /users/?/keys/{[a-f0-9]{8}}", &["keys:bob:deadbeef"])
+        );
+    }
+
+    #[test]
+    fn json_string_form() {
+        let text = gluu_policy().to_string();
+        let from_string = Policy::compile(&Value::String(text)).unwrap();
+        let from_array = Policy::compile(&gluu_policy()).unwrap();
+        assert_eq!(from_string.rule_count(), from_array.rule_count());
+        for (method, path) in [("GET", "/posts/1"), ("POST", "/x/b"), ("GET", "/a/b/d")] {
+            let granted = scopes(&["admin", "email", "xq", "d:b"]);
+            assert_eq!(
+                from_string.decide(method, path, &granted),
+                from_array.decide(method, path, &granted)
+            );
+        }
+    }
+
+    #[test]
+    fn readable_form_details() {
+        let policy = Policy::compile(&json!({
+            "get, post /a": "x",
+            "/b/{name}": "y",
+            "?,PUT /c": "z",
+            "DELETE /c/": "false"
+        }))
+        .unwrap();
+        assert_eq!(policy.rule_count(), 4);
+        check(
+            &policy,
+            &[
+                ("POST", "/a", &["x"][..], allow("GET,POST /a")),
+                ("PATCH", "/b/q", &["y"][..], allow("* /b/{name}")),
+                ("PUT", "/c", &["z"][..], allow("?,PUT /c")),
+                ("DELETE", "/c", &["z"][..], insufficient("DELETE /c/", &[])),
+            ],
+        );
+    }
+
+    #[test]
+    fn no_scope_expression_means_any_token() {
+        let policy = Policy::compile(&json!([
+            {"path": "/a", "conditions": [{"httpMethods": ["GET"]}]},
+            {"path": "/b", "conditions": [{"httpMethods": ["GET"], "scope_expression": null}]}
+        ]))
+        .unwrap();
+        check(
+            &policy,
+            &[
+                ("GET", "/a", &[][..], allow("GET /a")),
+                ("GET", "/b", &[][..], allow("GET /b")),
+                ("POST", "/b", &[][..], PolicyDecision::NoRule),
+            ],
+        );
+    }
+
+    #[test]
+    fn validation_errors() {
+        let cond = |methods: Value| json!({"httpMethods": methods});
+        let one = |path: &str| json!([{"path": path, "conditions": [cond(json!(["GET"]))]}]);
+        // (policy, expected variant, fragment of the message: the rule's name)
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (json!([]), "Empty", "no rules"),
+            (json!({}), "Empty", "no rules"),
+            (json!("[]"), "Empty", "no rules"),
+            (json!(null), "Empty", "no rules"),
+            (json!("not json"), "Malformed", "invalid JSON"),
+            (json!("{}"), "Malformed", "JSON array"),
+            (json!(3), "Malformed", "expected an array"),
+            (json!([3]), "Malformed", "policy[0]"),
+            (json!([{"conditions": []}]), "Malformed", "missing `path`"),
+            (json!([{"path": "/a"}]), "Malformed", "/a"),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["GET"]))], "extra": 1}]),
+                "Malformed",
+                "unknown field `extra`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expresion": {}}]}]),
+                "Malformed",
+                "scope_expresion",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"scope_expression": null}]}]),
+                "Malformed",
+                "missing `httpMethods`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": "GET"}]}]),
+                "Malformed",
+                "array of strings",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"data": []}}]}]),
+                "Malformed",
+                "missing `rule`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": true, "data": [1]}}]}]),
+                "Malformed",
+                "`data`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": "read"}]}]),
+                "Malformed",
+                "`scope_expression`",
+            ),
+            (json!({"GET": "x"}), "Malformed", "`GET`"),
+            (json!({"GET x/y": "x"}), "Malformed", "GET x/y"),
+            (json!({"GET /a": true}), "Malformed", "GET /a"),
+            (one(""), "EmptyPath", "policy[0]"),
+            (json!({"GET /": "x", "GET  ": "y"}), "Malformed", "GET  "),
+            (one("a/b"), "PathNotAbsolute", "`a/b`"),
+            (one("/a/??/b/??"), "MultipleMultiSegment", "/a/??/b/??"),
+            (one("/a/{[0-9}"), "BadPathRegex", "/a/{[0-9}"),
+            (one("/a/b{1}"), "BadPathSegment", "/a/b{1}"),
+            (
+                json!([{"path": "/a/", "conditions": [cond(json!(["GET"]))]},
+                    {"path": "/a", "conditions": [cond(json!(["POST"]))]}]),
+                "DuplicatePath",
+                "`/a`: duplicate path (same pattern as `/a/`)",
+            ),
+            (
+                json!([{"path": "/a/{id}", "conditions": [cond(json!(["GET"]))]},
+                    {"path": "/a/?", "conditions": [cond(json!(["POST"]))]}]),
+                "DuplicatePath",
+                "/a/?",
+            ),
+            (
+                json!([{"path": "/a", "conditions": []}]),
+                "NoConditions",
+                "/a",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!([]))]}]),
+                "EmptyMethods",
+                "/a",
+            ),
+            (json!({" /a": "x", ", /b": "y"}), "BadMethod", "/b"),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["GE T"]))]}]),
+                "BadMethod",
+                "GE T",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["GET", "get"]))]}]),
+                "DuplicateMethod",
+                "GET,GET /a",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["GET"])), cond(json!(["POST", "GET"]))]}]),
+                "DuplicateMethod",
+                "POST,GET /a",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["?"])), cond(json!(["?"]))]}]),
+                "DuplicateMethod",
+                "? /a",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [cond(json!(["*", "?"]))]}]),
+                "DuplicateMethod",
+                "*,? /a",
+            ),
+            (
+                json!({"GET /a": "x", "GET /a/": "y"}),
+                "DuplicateMethod",
+                "GET /a",
+            ),
+            (
+                json!({"* /a/{id}": "x", "? /a/?": "y"}),
+                "DuplicateMethod",
+                "/a/",
+            ),
+            (json!({"GET /a": "^x("}), "BadScope", "GET /a"),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": {"var": 0}, "data": ["^("]}}]}]),
+                "BadScope",
+                "GET /a",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": {"xor": [true]}, "data": []}}]}]),
+                "UnknownOperator",
+                "policy rule `GET /a`: unknown operator `xor`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": {"var": 1}, "data": ["x"]}}]}]),
+                "VarOutOfRange",
+                "`var` 1 is out of range",
+            ),
+            (
+                json!([{"path": "/a/?", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": {"var": 0}, "data": ["^x:(?<PC2>.+)$"]}}]}]),
+                "CaptureOutOfRange",
+                "GET /a/?",
+            ),
+            (
+                json!({"GET /a/{x}/??": "^x:(?<PC2>.+)$"}),
+                "CaptureOutOfRange",
+                "GET /a/{x}/??",
+            ),
+            (
+                json!({"GET /a": "x and (y"}),
+                "BadExpression",
+                "unbalanced `(`",
+            ),
+            (
+                json!({"GET /a": "x and"}),
+                "BadExpression",
+                "dangling operator `and`",
+            ),
+            (json!({"GET /a": ""}), "BadExpression", "empty expression"),
+        ];
+        for (value, variant, fragment) in cases {
+            let err = Policy::compile(&value).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                format!("{err:?}").starts_with(variant) && message.contains(fragment),
+                "{value}: {err:?} / {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn hints_fill_captures() {
+        let policy = Policy::compile(&json!({
+            "GET /acct/{[0-9]+}/tx/{id}": "(admin and audit) or ^acct:(?<PC1>[0-9]+):tx:(?<PC2>.+)$",
+            "PUT /acct/{[0-9]+}": "write and ^acct:(?<PC1>[0-9]+)$ and not frozen",
+            "DELETE /acct/?": "^acct:(?<PC1>[0-9]+)$"
+        }))
+        .unwrap();
+        check(
+            &policy,
+            &[
+                (
+                    "GET",
+                    "/acct/12/tx/ab",
+                    &[][..],
+                    insufficient("GET /acct/{[0-9]+}/tx/{id}", &["acct:12:tx:ab"]),
+                ),
+                (
+                    "GET",
+                    "/acct/12/tx/ab",
+                    &["acct:12:tx:ab"][..],
+                    allow("GET /acct/{[0-9]+}/tx/{id}"),
+                ),
+                (
+                    "GET",
+                    "/acct/12/tx/ab",
+                    &["admin", "audit"][..],
+                    allow("GET /acct/{[0-9]+}/tx/{id}"),
+                ),
+                (
+                    "PUT",
+                    "/acct/7",
+                    &["write", "acct:7", "frozen"][..],
+                    insufficient("PUT /acct/{[0-9]+}", &["write", "acct:7"]),
+                ),
+                // The capture cannot satisfy `[0-9]+`: the hint is the regex.
+                (
+                    "DELETE",
+                    "/acct/x",
+                    &[][..],
+                    insufficient("DELETE /acct/?", &["^acct:(?<PC1>[0-9]+)$"]),
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn path_set() {
+        let set =
+            PathSet::compile(&scopes(&["/health", "/public/??", "/img/{[a-z]+\\.png}"])).unwrap();
+        for (path, want) in [
+            ("/health", true),
+            ("/health/x", false),
+            ("/public", true),
+            ("/public/a/b", true),
+            ("/img/a.png", true),
+            ("/img/a.png.exe", false),
+            ("/other", false),
+        ] {
+            assert_eq!(set.matches(path), want, "{path}");
+        }
+        assert!(matches!(
+            PathSet::compile(&scopes(&["/a/??/b/??"])),
+            Err(PolicyError::MultipleMultiSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn large_policy() {
+        let mut map = serde_json::Map::new();
+        for i in 0..1000 {
+            map.insert(
+                format!("GET /svc{}/items/{{[0-9]+}}/??", i),
+                json!(format!("s{i}")),
+            );
+        }
+        let policy = Policy::compile(&Value::Object(map)).unwrap();
+        assert_eq!(policy.rule_count(), 1000);
+        assert_eq!(
+            policy.decide("GET", "/svc999/items/5/x", &scopes(&["s999"])),
+            allow("GET /svc999/items/{[0-9]+}/??")
+        );
+    }
+
+    #[test]
+    fn policy_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Policy>();
+        assert_send_sync::<PathSet>();
+    }
+}

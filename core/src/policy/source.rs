@@ -1,0 +1,214 @@
+//! Reading the two JSON policy formats into one list of rules, before any
+//! pattern or expression is compiled.
+
+use serde_json::{Map, Value};
+
+use super::PolicyError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Gluu Gateway's `oauth_scope_expression`: one entry per path, so a path
+    /// given twice is a mistake.
+    Gluu,
+    /// `{"METHODS PATH": "expression"}`: one entry per method set, so entries
+    /// for the same path are merged.
+    Readable,
+}
+
+#[derive(Debug)]
+pub(crate) enum CheckSource {
+    /// Any valid token.
+    Anything,
+    Logic {
+        rule: Value,
+        data: Vec<String>,
+    },
+    Readable(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct ConditionSource {
+    /// As written, trimmed; validated when compiled.
+    pub(crate) methods: Vec<String>,
+    pub(crate) check: CheckSource,
+    /// The path as written where this condition was given; it names the
+    /// condition, since readable keys for one pattern may spell it differently.
+    pub(crate) path: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct RuleSource {
+    pub(crate) path: String,
+    /// How errors about the path name it: the path, or the entry's position
+    /// when the path itself is unusable as a name.
+    pub(crate) name: String,
+    pub(crate) conditions: Vec<ConditionSource>,
+}
+
+fn malformed(rule: &str, problem: impl Into<String>) -> PolicyError {
+    PolicyError::Malformed {
+        rule: rule.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Unknown fields are refused: a misspelt `scope_expression` would otherwise
+/// silently mean "no scope needed".
+fn only_fields(map: &Map<String, Value>, allowed: &[&str], rule: &str) -> Result<(), PolicyError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(malformed(
+            rule,
+            format!(
+                "unknown field `{unknown}` (expected {})",
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn strings(value: &Value, field: &str, rule: &str) -> Result<Vec<String>, PolicyError> {
+    let problem = || malformed(rule, format!("`{field}` must be an array of strings"));
+    value
+        .as_array()
+        .ok_or_else(problem)?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string).ok_or_else(problem))
+        .collect()
+}
+
+pub(crate) fn read(value: &Value) -> Result<(Format, Vec<RuleSource>), PolicyError> {
+    match value {
+        Value::Array(items) => Ok((Format::Gluu, gluu(items)?)),
+        Value::String(text) => {
+            let parsed: Value = serde_json::from_str(text)
+                .map_err(|e| malformed("policy", format!("invalid JSON in policy string: {e}")))?;
+            match parsed {
+                Value::Array(items) => Ok((Format::Gluu, gluu(&items)?)),
+                _ => Err(malformed(
+                    "policy",
+                    "a policy string must contain a JSON array (Gluu oauth_scope_expression)",
+                )),
+            }
+        }
+        Value::Object(map) => Ok((Format::Readable, readable(map)?)),
+        Value::Null => Ok((Format::Gluu, Vec::new())),
+        _ => Err(malformed(
+            "policy",
+            "expected an array (Gluu format), a string holding one, or an object (readable form)",
+        )),
+    }
+}
+
+fn gluu(items: &[Value]) -> Result<Vec<RuleSource>, PolicyError> {
+    let mut rules = Vec::with_capacity(items.len());
+    for (n, item) in items.iter().enumerate() {
+        let entry = format!("policy[{n}]");
+        let map = item
+            .as_object()
+            .ok_or_else(|| malformed(&entry, "expected an object with `path` and `conditions`"))?;
+        let path = match map.get("path") {
+            Some(Value::String(p)) => p.clone(),
+            Some(_) => return Err(malformed(&entry, "`path` must be a string")),
+            None => return Err(malformed(&entry, "missing `path`")),
+        };
+        let name = if path.is_empty() { entry } else { path.clone() };
+        only_fields(map, &["path", "conditions"], &name)?;
+        let conditions = match map.get("conditions") {
+            Some(Value::Array(c)) => c,
+            Some(_) => return Err(malformed(&name, "`conditions` must be an array")),
+            None => return Err(malformed(&name, "missing `conditions`")),
+        };
+        if conditions.is_empty() {
+            return Err(PolicyError::NoConditions { rule: name });
+        }
+        let conditions = conditions
+            .iter()
+            .map(|c| gluu_condition(c, &path, &name))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.push(RuleSource {
+            path,
+            name,
+            conditions,
+        });
+    }
+    Ok(rules)
+}
+
+fn gluu_condition(value: &Value, path: &str, rule: &str) -> Result<ConditionSource, PolicyError> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| malformed(rule, "a condition must be an object with `httpMethods`"))?;
+    only_fields(map, &["httpMethods", "scope_expression"], rule)?;
+    let methods = strings(
+        map.get("httpMethods")
+            .ok_or_else(|| malformed(rule, "a condition is missing `httpMethods`"))?,
+        "httpMethods",
+        rule,
+    )?;
+    let check = match map.get("scope_expression") {
+        None | Some(Value::Null) => CheckSource::Anything,
+        Some(Value::Object(expr)) => {
+            only_fields(expr, &["rule", "data"], rule)?;
+            let logic = expr
+                .get("rule")
+                .ok_or_else(|| malformed(rule, "`scope_expression` is missing `rule`"))?;
+            let data = match expr.get("data") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(d) => strings(d, "data", rule)?,
+            };
+            CheckSource::Logic {
+                rule: logic.clone(),
+                data,
+            }
+        }
+        Some(_) => {
+            return Err(malformed(
+                rule,
+                "`scope_expression` must be an object with `rule` and `data`",
+            ))
+        }
+    };
+    Ok(ConditionSource {
+        methods,
+        check,
+        path: path.to_string(),
+    })
+}
+
+fn readable(map: &Map<String, Value>) -> Result<Vec<RuleSource>, PolicyError> {
+    let mut rules = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let shape = || malformed(key, "expected a key like \"GET,POST /items/{id}\"");
+        let slash = key.find('/').ok_or_else(shape)?;
+        let methods_text = key.get(..slash).unwrap_or_default().trim();
+        let path = key.get(slash..).unwrap_or_default().trim().to_string();
+        let methods: Vec<String> = if methods_text.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            methods_text
+                .split(',')
+                .map(|m| m.trim().to_string())
+                .collect()
+        };
+        if methods.iter().any(|m| m.contains(char::is_whitespace)) {
+            return Err(shape());
+        }
+        let Value::String(expression) = value else {
+            return Err(malformed(
+                key,
+                "the value must be an expression string such as \"read and write\" or \"true\"",
+            ));
+        };
+        rules.push(RuleSource {
+            name: path.clone(),
+            conditions: vec![ConditionSource {
+                methods,
+                check: CheckSource::Readable(expression.clone()),
+                path: path.clone(),
+            }],
+            path,
+        });
+    }
+    Ok(rules)
+}
