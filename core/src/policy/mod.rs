@@ -329,8 +329,7 @@ impl Policy {
     /// Decides a request. `path` must already be normalised by
     /// [`normalize_path`]; `scopes` are the token's granted scopes.
     pub fn decide(&self, method: &str, path: &str, scopes: &[String]) -> PolicyDecision {
-        let segments = path::split_path(path);
-        let found = self.trie.find(&segments, |i| {
+        let found = self.trie.find(path, |i| {
             self.rules.get(i).and_then(|r| r.condition_for(method))
         });
         let Some((condition, captures)) = found else {
@@ -597,7 +596,8 @@ mod tests {
 
     #[test]
     fn spec_gluu_example_uses_pc1_on_double_wildcard() {
-        // `??` captures nothing, so PC1 has nothing to compare with.
+        // `??` captures what it consumed, so Gluu's own example compiles and
+        // PC1 is the rest of the path.
         let value = json!([{"path": "/posts/??", "conditions": [{
             "httpMethods": ["GET", "POST"],
             "scope_expression": {
@@ -605,10 +605,25 @@ mod tests {
                 "data": ["admin", "^posts:(?<PC1>.+)$", "email"]
             }
         }]}]);
-        let err = Policy::compile(&value).unwrap_err();
-        assert!(
-            matches!(err, PolicyError::CaptureOutOfRange { ref rule, .. } if rule == "GET,POST /posts/??"),
-            "{err:?}"
+        let rule = "GET,POST /posts/??";
+        check(
+            &Policy::compile(&value).unwrap(),
+            &[
+                ("GET", "/posts/1", &["admin", "posts:1"][..], allow(rule)),
+                ("POST", "/posts/1", &["admin", "email"][..], allow(rule)),
+                (
+                    "GET",
+                    "/posts/2",
+                    &["admin", "posts:1"][..],
+                    insufficient(rule, &["admin", "posts:2"]),
+                ),
+                (
+                    "GET",
+                    "/posts/1/2",
+                    &["admin", "posts:1/2"][..],
+                    allow(rule),
+                ),
+            ],
         );
         // With a capturing segment it compiles and PC1 binds to it.
         let value = json!([{"path": "/posts/?/??", "conditions": [{
@@ -965,7 +980,7 @@ mod tests {
                 "GET /a/?",
             ),
             (
-                json!({"GET /a/{x}/??": "^x:(?<PC2>.+)$"}),
+                json!({"GET /a/{x}/??": "^x:(?<PC3>.+)$"}),
                 "CaptureOutOfRange",
                 "GET /a/{x}/??",
             ),

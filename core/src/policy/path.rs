@@ -39,8 +39,10 @@
 //! * `{regex}`: one segment that the regex matches as a whole, captured; a
 //!   leading `^` and trailing `$` are stripped and the regex is wrapped as
 //!   `^(?:regex)$`, so `{[0-9]+}` does not match `abc123x`;
-//! * `??`: zero or more segments, not captured; at most one per pattern. So
-//!   `/x/??` matches `/x`, `/x/y` and `/x/y/z`.
+//! * `??`: zero or more segments, at most one per pattern, captured as the
+//!   segments it consumed joined by `/` (empty when none). So `/x/??` matches
+//!   `/x`, `/x/y` and `/x/y/z` (capturing ``, `y`, `y/z`), and Gluu's
+//!   `/posts/??` with `^posts:(?<PC1>.+)$` needs `posts:1` for `/posts/1`.
 //!
 //! Captures are numbered `PC1`, `PC2`, … left to right.
 //!
@@ -380,6 +382,7 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
                     });
                 }
                 seen_multi = true;
+                captures += 1;
                 Seg::Multi
             }
             "?" => {
@@ -462,11 +465,13 @@ impl Trie {
     /// `Some`. Returns that and the captured segments.
     pub(crate) fn find<'p, T>(
         &self,
-        segments: &[&'p str],
+        path: &'p str,
         accept: impl FnMut(usize) -> Option<T>,
     ) -> Option<(T, Vec<&'p str>)> {
+        let segments = split_path(path);
         let mut walk = Walk {
-            segments,
+            path,
+            segments: &segments,
             captures: Vec::new(),
             accept,
         };
@@ -508,6 +513,7 @@ fn insert(node: &mut Node, mut rest: std::vec::IntoIter<Seg>, value: usize) -> R
 }
 
 struct Walk<'s, 'p, F> {
+    path: &'p str,
     segments: &'s [&'p str],
     captures: Vec<&'p str>,
     accept: F,
@@ -540,12 +546,35 @@ impl<'p, T, F: FnMut(usize) -> Option<T>> Walk<'_, 'p, F> {
         }
         if let Some(child) = &node.multi {
             for next in pos..=self.segments.len() {
+                self.captures.push(self.span(pos, next));
                 if let Some(found) = self.node(child, next) {
                     return Some(found);
                 }
+                self.captures.pop();
             }
         }
         None
+    }
+
+    /// The text of segments `from..to` as one capture (`""` when empty). The
+    /// segments are slices of `path`, so the text from the first to the last
+    /// is one slice of it too, separators included.
+    fn span(&self, from: usize, to: usize) -> &'p str {
+        let (Some(first), Some(last)) = (
+            self.segments.get(from),
+            to.checked_sub(1).and_then(|i| self.segments.get(i)),
+        ) else {
+            return "";
+        };
+        if to <= from {
+            return "";
+        }
+        let base = self.path.as_ptr() as usize;
+        let start = (first.as_ptr() as usize).wrapping_sub(base);
+        let end = (last.as_ptr() as usize)
+            .wrapping_sub(base)
+            .saturating_add(last.len());
+        self.path.get(start..end).unwrap_or("")
     }
 
     fn captured(&mut self, child: &Node, pos: usize, segment: &'p str) -> Option<T> {
@@ -581,7 +610,7 @@ impl PathSet {
 
     /// Whether a normalised path (see [`normalize_path`]) matches any pattern.
     pub fn matches(&self, path: &str) -> bool {
-        self.trie.find(&split_path(path), |_| Some(())).is_some()
+        self.trie.find(path, |_| Some(())).is_some()
     }
 
     /// The number of distinct patterns.
@@ -759,7 +788,7 @@ mod tests {
     #[test]
     fn captures_and_canonical() {
         let p = parse_pattern("/a/?/{id}/{^[0-9]+$}/??/b", "r").unwrap();
-        assert_eq!(p.captures, 3);
+        assert_eq!(p.captures, 4);
         assert_eq!(p.canonical(), "/a/?/?/{[0-9]+}/??/b");
         assert_eq!(parse_pattern("/", "r").unwrap().canonical(), "/");
     }
@@ -785,18 +814,18 @@ mod tests {
         // (patterns, path, index of the winner, captures)
         type Case<'a> = (&'a [&'a str], &'a str, Option<usize>, &'a [&'a str]);
         let cases: &[Case<'_>] = &[
-            (&["/??", "/posts"], "/posts/1", Some(0), &[]),
+            (&["/??", "/posts"], "/posts/1", Some(0), &["posts/1"]),
             (&["/??", "/posts"], "/posts", Some(1), &[]),
             (&["/a/b/c", "/a/?/d"], "/a/b/d", Some(1), &["b"]),
             (&["/a/?/c", "/a/b/c"], "/a/b/c", Some(1), &[]),
             (&["/a/?", "/a/{[a-z]+}"], "/a/b", Some(1), &["b"]),
             (&["/a/?", "/a/{[a-z]+}"], "/a/1", Some(0), &["1"]),
             (&["/a/??", "/a/?"], "/a/b", Some(1), &["b"]),
-            (&["/a/??", "/a/?"], "/a/b/c", Some(0), &[]),
+            (&["/a/??", "/a/?"], "/a/b/c", Some(0), &["b/c"]),
             (&["/x/??", "/x"], "/x", Some(1), &[]),
-            (&["/x/??"], "/x", Some(0), &[]),
-            (&["/??/z", "/??"], "/a/z", Some(0), &[]),
-            (&["/??/z/?"], "/z/z/z", Some(0), &["z"]),
+            (&["/x/??"], "/x", Some(0), &[""]),
+            (&["/??/z", "/??"], "/a/z", Some(0), &["a"]),
+            (&["/??/z/?"], "/z/z/z", Some(0), &["z", "z"]),
             (
                 &["/a/{[0-9]+}/b", "/a/{[0-9]+}/c"],
                 "/a/1/c",
@@ -809,7 +838,7 @@ mod tests {
         ];
         for (patterns, path, want, caps) in cases {
             let t = trie(patterns);
-            let got = t.find(&split_path(path), Some);
+            let got = t.find(path, Some);
             match want {
                 None => assert!(got.is_none(), "{patterns:?} {path}: {got:?}"),
                 Some(w) => {
@@ -831,9 +860,9 @@ mod tests {
     fn accept_rejection_backtracks() {
         let t = trie(&["/a/b", "/a/?", "/??"]);
         // Pretend only pattern 1 and 2 have a condition for this method.
-        let got = t.find(&split_path("/a/b"), |v| (v != 0).then_some(v));
+        let got = t.find("/a/b", |v| (v != 0).then_some(v));
         assert_eq!(got, Some((1, vec!["b"])));
-        let got = t.find(&split_path("/a/b"), |v| (v == 2).then_some(v));
-        assert_eq!(got, Some((2, vec![])));
+        let got = t.find("/a/b", |v| (v == 2).then_some(v));
+        assert_eq!(got, Some((2, vec!["a/b"])));
     }
 }
