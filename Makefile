@@ -60,7 +60,9 @@ wasm-bindgen:
 	  echo "wasm-bindgen-cli $$v: already installed in $(TOOLS)/bin"; \
 	else \
 	  echo "installing wasm-bindgen-cli $$v into $(TOOLS) (compiles; a few minutes)"; \
-	  cargo install wasm-bindgen-cli --version "$$v" --locked --force --root $(TOOLS); \
+	  cargo install wasm-bindgen-cli --version "$$v" --locked --force --root $(TOOLS) || { \
+	    echo "wasm-bindgen-cli: --locked resolution failed (a locked dependency is not on the registry); retrying unlocked"; \
+	    cargo install wasm-bindgen-cli --version "$$v" --force --root $(TOOLS); }; \
 	fi
 
 # ---------------------------------------------------------------- build
