@@ -20,7 +20,8 @@
 //!    `/caf%C3%A9` are the same path;
 //! 6. empty segments (`//` runs) and `.` segments are dropped, `..` removes the
 //!    previous segment and is an error at the root (including `%2e%2e`, which
-//!    step 3 has already decoded);
+//!    step 3 has already decoded); a dot segment with path parameters (`..;x`,
+//!    `.;x`) is an error, since Java servers resolve it as `..`/`.`;
 //! 7. the result is `/` followed by the segments joined with `/`: it always
 //!    starts with `/` and never ends with one, except the root `/` itself.
 //!
@@ -106,6 +107,9 @@ pub enum PathError {
     BadPercentEncoding,
     /// A `..` segment that would climb above `/`.
     AboveRoot,
+    /// `.;x` or `..;x`: a dot segment with path parameters, which servers
+    /// such as Tomcat resolve as `.`/`..` while it looks like a name to us.
+    DotSegmentWithParameters,
 }
 
 impl fmt::Display for PathError {
@@ -121,6 +125,9 @@ impl fmt::Display for PathError {
                 f.write_str("path contains `%` not followed by two hex digits")
             }
             PathError::AboveRoot => f.write_str("path has a `..` segment above the root"),
+            PathError::DotSegmentWithParameters => {
+                f.write_str("path has a dot segment with parameters (`..;`)")
+            }
         }
     }
 }
@@ -144,6 +151,12 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         normalize_segment(raw_segment, &mut out)?;
         match out.get(start + 1..) {
             Some("" | ".") => out.truncate(start),
+            Some(segment)
+                if segment.contains(';')
+                    && matches!(segment.split(';').next(), Some("." | "..")) =>
+            {
+                return Err(PathError::DotSegmentWithParameters);
+            }
             Some("..") => {
                 out.truncate(start);
                 let previous = out.rfind('/').ok_or(PathError::AboveRoot)?;
@@ -637,6 +650,16 @@ mod tests {
             ("/a/b", Ok("/a/b")),
             ("/a/b/", Ok("/a/b")),
             ("/a/../admin", Ok("/admin")),
+            (
+                "/public/..;/admin",
+                Err(PathError::DotSegmentWithParameters),
+            ),
+            (
+                "/public/%2e%2e;x=1/admin",
+                Err(PathError::DotSegmentWithParameters),
+            ),
+            ("/public/.;/admin", Err(PathError::DotSegmentWithParameters)),
+            ("/a/b;v=1/c", Ok("/a/b;v=1/c")),
             ("/a/%2e%2e/admin", Ok("/admin")),
             ("/a/%2E%2E/admin", Ok("/admin")),
             ("/a/.%2e/admin", Ok("/admin")),
