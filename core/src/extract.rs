@@ -76,11 +76,13 @@ fn look(
                 .iter()
                 .filter(|(n, _)| n == name)
                 .map(|(_, v)| v.as_str());
-            let (Some(value), None) = (values.next(), values.next()) else {
-                return match headers.iter().filter(|(n, _)| n == name).count() {
-                    0 => Ok(None),
-                    _ => Err(ExtractError::Repeated(describe(source))),
-                };
+            let (first, second) = (values.next(), values.next());
+            // Envoy joins a repeated Authorization header into one value with
+            // commas; a b64token never holds a comma, so that is a repeat too.
+            let value = match (first, second) {
+                (None, _) => return Ok(None),
+                (Some(value), None) if !value.contains(',') => value,
+                _ => return Err(ExtractError::Repeated(describe(source))),
             };
             match prefix {
                 // Another scheme (e.g. Basic) is not a bearer token: not ours.
@@ -267,6 +269,10 @@ mod tests {
     fn a_token_offered_twice_is_refused() {
         let s = all();
         assert!(matches!(
+            token(&s, &[("authorization", "Bearer a,Bearer b")], "/"),
+            Err(ExtractError::Repeated(_))
+        ));
+        assert!(matches!(
             token(
                 &s,
                 &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
@@ -291,13 +297,7 @@ mod tests {
     #[test]
     fn token_syntax_is_b64token() {
         let s = all();
-        for bad in [
-            "Bearer ",
-            "Bearer a b",
-            "Bearer a\"b",
-            "Bearer ==",
-            "Bearer a,b",
-        ] {
+        for bad in ["Bearer ", "Bearer a b", "Bearer =="] {
             assert!(
                 matches!(
                     token(&s, &[("authorization", bad)], "/"),
