@@ -80,11 +80,13 @@ impl Root {
             }
             Err(why) => {
                 warn!("key fetch for issuer #{issuer} not dispatched: {why}");
-                shared
-                    .state
-                    .borrow_mut()
-                    .keys
-                    .on_dispatch_error(&shared.config, issuer, &why, now);
+                shared.state.borrow_mut().keys.on_dispatch_error(
+                    &shared.config,
+                    issuer,
+                    step,
+                    &why,
+                    now,
+                );
             }
         }
     }
@@ -240,6 +242,7 @@ impl Filter {
                     shared.state.borrow_mut().keys.on_dispatch_error(
                         &shared.config,
                         issuer,
+                        step,
                         &why,
                         now,
                     );
@@ -286,6 +289,7 @@ impl Filter {
                 Err(why) => shared.state.borrow_mut().keys.on_dispatch_error(
                     &shared.config,
                     issuer,
+                    step,
                     &why,
                     now,
                 ),

@@ -569,6 +569,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_dispatch_is_named_in_the_503() {
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let _ = s.keys.due(&c, now);
+        s.keys.on_dispatch_error(
+            &c,
+            0,
+            FetchStep::Discovery,
+            "BadArgument (is `as` a configured cluster?)",
+            now,
+        );
+        let token = vectors().token("good_RS256").to_string();
+        let Verdict::Deny(Denial::Unavailable(why)) = run(&c, &mut s, &bearer(&token), "/") else {
+            panic!()
+        };
+        assert!(
+            why.contains("OIDC discovery") && why.contains("is `as` a configured cluster?"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn failed_fetches_keep_old_keys_and_are_retried() {
         let c = fetched_config();
         let mut s = State::new(&c);

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
-use crate::callout::{Callout, CalloutReply, Url};
+use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::config::{Config, Issuer, KeySource};
 use crate::jwks::KeySet;
 
@@ -121,12 +121,42 @@ impl KeyManager {
         reply: &CalloutReply,
         now: u64,
     ) -> FetchProgress {
+        self.settle(config, issuer, step, reply.success_body(), now)
+    }
+
+    /// The host refused to dispatch (e.g. no such cluster): a failed fetch
+    /// whose reason is kept for the 503 body and the log.
+    pub fn on_dispatch_error(
+        &mut self,
+        config: &Config,
+        issuer: usize,
+        step: FetchStep,
+        why: &str,
+        now: u64,
+    ) {
+        let _ = self.settle(
+            config,
+            issuer,
+            step,
+            Err(CalloutError::Dispatch(why.to_string())),
+            now,
+        );
+    }
+
+    fn settle(
+        &mut self,
+        config: &Config,
+        issuer: usize,
+        step: FetchStep,
+        body: Result<&[u8], CalloutError>,
+        now: u64,
+    ) -> FetchProgress {
         let (Some(settings), Some(state)) =
             (config.issuers.get(issuer), self.issuers.get_mut(issuer))
         else {
             return FetchProgress::Failed("unknown issuer".into());
         };
-        let outcome = interpret(settings, step, reply);
+        let outcome = interpret(settings, step, body);
         match outcome {
             Ok(Interpreted::Next(next_step, callout)) => FetchProgress::Next(next_step, callout),
             Ok(Interpreted::Keys(keys, skipped)) => {
@@ -162,15 +192,6 @@ impl KeyManager {
             }
         }
     }
-
-    /// The host refused to dispatch: count it as a failed fetch.
-    pub fn on_dispatch_error(&mut self, config: &Config, issuer: usize, why: &str, now: u64) {
-        let reply = CalloutReply {
-            status: None,
-            body: why.as_bytes().to_vec(),
-        };
-        let _ = self.on_reply(config, issuer, FetchStep::Jwks, &reply, now);
-    }
 }
 
 enum Interpreted {
@@ -195,15 +216,13 @@ fn first_callout(issuer: &Issuer) -> Option<(FetchStep, Callout)> {
 fn interpret(
     issuer: &Issuer,
     step: FetchStep,
-    reply: &CalloutReply,
+    body: Result<&[u8], CalloutError>,
 ) -> Result<Interpreted, String> {
     let what = match step {
         FetchStep::Discovery => "OIDC discovery",
         FetchStep::Jwks => "JWKS",
     };
-    let body = reply
-        .success_body()
-        .map_err(|e| format!("{what} fetch for {}: {e}", issuer.issuer))?;
+    let body = body.map_err(|e| format!("{what} fetch for {}: {e}", issuer.issuer))?;
     match step {
         FetchStep::Discovery => {
             let doc: Discovery = serde_json::from_slice(body).map_err(|e| {
