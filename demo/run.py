@@ -106,7 +106,8 @@ def main():
     signal.signal(signal.SIGTERM, interrupted)
     try:
         a = start("authserver", [PY, "tests/authserver.py", "--port", 9000, "--issuer", "http://127.0.0.1:9000",
-                                 "--client", "demo-client:demo-secret:read write", "--audience", "demo-api"])
+                                 "--client", "demo-client:demo-secret:read write",
+                                 "--client", "reader:reader-secret:read", "--audience", "demo-api"])
         e = start("echo", [PY, "tests/echo.py", "--port", 9001])
         wait("authserver", printed_ready(a), a)
         wait("echo", printed_ready(e), e)
@@ -116,10 +117,17 @@ def main():
         print("""
 oauth-pep demo is up (logs in %s). Try, in another terminal:
 
-  TOKEN=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials http://127.0.0.1:9000/token | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])')
-  curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/hello     # 200, upstream sees x-jwt-sub etc.
-  curl -i http://127.0.0.1:10000/api/hello                                        # 401
-  curl -i -H "Authorization: Bearer not.a.token" http://127.0.0.1:10000/api/hello # 401 invalid_token
+  token() { curl -s -u "$1" -d grant_type=client_credentials http://127.0.0.1:9000/token | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])'; }
+  TOKEN=$(token demo-client:demo-secret)      # scopes "read write"
+  READER=$(token reader:reader-secret)        # scope "read"
+
+  curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/hello              # 200, upstream sees x-jwt-sub, x-authenticated-scope...
+  curl -i http://127.0.0.1:10000/api/hello                                                 # 401, WWW-Authenticate: Bearer realm="demo"
+  curl -i -H "Authorization: Bearer not.a.token" http://127.0.0.1:10000/api/hello          # 401 invalid_token
+  curl -i -X POST -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/orders      # 200: POST needs "write"
+  curl -i -X POST -H "Authorization: Bearer $READER" http://127.0.0.1:10000/api/orders     # 403 insufficient_scope, scope="write"
+  curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/admin                   # 403: no rule allows it (deny_by_default)
+  curl -i http://127.0.0.1:10000/health                                                    # 200: a public path
 
 Discovery: http://127.0.0.1:9000/.well-known/openid-configuration   JWKS: http://127.0.0.1:9000/jwks
 Envoy admin: http://127.0.0.1:9901/   Press Ctrl-C to stop.
