@@ -71,7 +71,7 @@ build:
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 # ---------------------------------------------------------------- test
-test:
+test: setup
 	$(MAKE) --no-print-directory fmt-check
 	$(MAKE) --no-print-directory clippy
 	$(MAKE) --no-print-directory test-native
@@ -98,7 +98,7 @@ test-integration: $(VENV_STAMP)
 	timeout -k 15 $(PYTEST_TIMEOUT) $(VPY) -m pytest -q tests/ $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- other
-demo: $(VENV_STAMP) build
+demo: setup build
 	$(VPY) demo/run.py
 
 bench-policy:
