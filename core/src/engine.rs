@@ -569,6 +569,24 @@ mod tests {
     }
 
     #[test]
+    fn a_fetch_that_never_answers_does_not_block_later_fetches() {
+        // The request that dispatched it was reset, so no reply ever comes.
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        assert_eq!(s.keys.due(&c, now).len(), 1);
+        assert!(
+            s.keys.due(&c, now + 5).is_empty(),
+            "still awaited within 2 x fetch_timeout"
+        );
+        assert_eq!(
+            s.keys.due(&c, now + 11).len(),
+            1,
+            "given up after the deadline"
+        );
+    }
+
+    #[test]
     fn a_refused_dispatch_is_named_in_the_503() {
         let c = fetched_config();
         let mut s = State::new(&c);

@@ -27,7 +27,10 @@ pub enum FetchStep {
 pub struct IssuerKeys {
     pub keys: Option<Rc<KeySet>>,
     pub last_error: Option<String>,
-    in_flight: bool,
+    /// Until when a dispatched fetch is awaited. A request that started a
+    /// fetch can be reset, and the host then drops the callout without a
+    /// reply; the deadline keeps that from blocking fetches for good.
+    in_flight_until: Option<u64>,
     next_attempt_at: u64,
     failures: usize,
     last_unknown_kid_fetch: Option<u64>,
@@ -39,6 +42,17 @@ pub enum FetchProgress {
     Next(FetchStep, Callout),
     Loaded { keys: usize, skipped: Vec<String> },
     Failed(String),
+}
+
+impl IssuerKeys {
+    fn awaiting(&self, now: u64) -> bool {
+        self.in_flight_until.is_some_and(|until| now < until)
+    }
+}
+
+/// Discovery and JWKS are two callouts, each bounded by the fetch timeout.
+fn in_flight_deadline(issuer: &Issuer, now: u64) -> u64 {
+    now.saturating_add(issuer.fetch_timeout_ms.saturating_mul(2) / 1000 + 1)
 }
 
 pub struct KeyManager {
@@ -78,11 +92,11 @@ impl KeyManager {
     pub fn due(&mut self, config: &Config, now: u64) -> Vec<(usize, FetchStep, Callout)> {
         let mut due = Vec::new();
         for (index, (state, issuer)) in self.issuers.iter_mut().zip(&config.issuers).enumerate() {
-            if state.in_flight || now < state.next_attempt_at {
+            if state.awaiting(now) || now < state.next_attempt_at {
                 continue;
             }
             if let Some((step, callout)) = first_callout(issuer) {
-                state.in_flight = true;
+                state.in_flight_until = Some(in_flight_deadline(issuer, now));
                 due.push((index, step, callout));
             }
         }
@@ -103,11 +117,11 @@ impl KeyManager {
         let recent = state
             .last_unknown_kid_fetch
             .is_some_and(|t| now < t.saturating_add(settings.unknown_kid_refetch_seconds));
-        if state.in_flight || recent {
+        if state.awaiting(now) || recent {
             return None;
         }
         let (step, callout) = first_callout(settings)?;
-        state.in_flight = true;
+        state.in_flight_until = Some(in_flight_deadline(settings, now));
         state.last_unknown_kid_fetch = Some(now);
         Some((step, callout))
     }
@@ -163,7 +177,7 @@ impl KeyManager {
                 let count = keys.len();
                 state.keys = Some(Rc::new(keys));
                 state.last_error = None;
-                state.in_flight = false;
+                state.in_flight_until = None;
                 state.failures = 0;
                 state.next_attempt_at = now.saturating_add(settings.refresh_seconds);
                 FetchProgress::Loaded {
@@ -172,7 +186,7 @@ impl KeyManager {
                 }
             }
             Err(why) => {
-                state.in_flight = false;
+                state.in_flight_until = None;
                 state.last_error = Some(why.clone());
                 state.failures = state.failures.saturating_add(1);
                 let delay = if state.keys.is_some() {
