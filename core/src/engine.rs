@@ -359,14 +359,8 @@ mod tests {
 
     use super::*;
     use crate::callout::CalloutReply;
+    use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
-
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn inline_config(extra: &str) -> Config {
         let v = vectors();
