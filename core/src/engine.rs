@@ -91,13 +91,13 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
     };
     if config.public_paths.matches(&path) {
         return Verdict::Allow(Allow {
-            remove_headers: config.strip_headers.clone(),
+            remove_headers: forged(config, request.headers),
             ..Allow::default()
         });
     }
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
-        Ok(None) => return anonymous_or(config, &path, Denial::NoToken),
+        Ok(None) => return anonymous_or(config, request, &path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
     };
     let token = match verify(config, state, &found.token, now) {
@@ -108,7 +108,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
                 .anonymous()
                 .is_some_and(|a| a.on_invalid_token);
             return if on_invalid {
-                anonymous_or(config, &path, denial)
+                anonymous_or(config, request, &path, denial)
             } else {
                 Verdict::Deny(denial)
             };
@@ -227,10 +227,21 @@ pub fn finish_pdp(
 }
 
 /// Without a usable token, the anonymous consumer may pass on its paths.
-fn anonymous_or(config: &Config, path: &str, denial: Denial) -> Verdict {
+/// The headers this filter may set that the client sent anyway: removed so
+/// none can be forged. Only those present, to spare host calls.
+fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
+    config
+        .strip_headers
+        .iter()
+        .filter(|name| headers.iter().any(|(n, _)| n == *name))
+        .cloned()
+        .collect()
+}
+
+fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) -> Verdict {
     match config.consumers.anonymous() {
         Some(anonymous) if config.anonymous_paths.matches(path) => Verdict::Allow(Allow {
-            remove_headers: config.strip_headers.clone(),
+            remove_headers: forged(config, request.headers),
             set_headers: anonymous.consumer.upstream_headers(&config.identity),
             subject: Some(anonymous.consumer.id.clone()),
             new_path: None,
@@ -299,7 +310,7 @@ fn allow(
     scopes: &[String],
 ) -> Allow {
     let mut allow = Allow {
-        remove_headers: config.strip_headers.clone(),
+        remove_headers: forged(config, request.headers),
         subject: token
             .claim_text("sub")
             .or_else(|| client_id.map(str::to_string)),
@@ -396,20 +407,29 @@ mod tests {
         );
         let mut s = State::new(&c);
         let token = vectors().token("good_RS256").to_string();
-        let Verdict::Allow(allow) = run(&c, &mut s, &bearer(&token), "/") else {
-            panic!("denied")
-        };
-        for forgeable in [
+        let forgeable = [
             "x-jwt-payload",
             "x-jwt-sub",
             "x-scope",
             "x-authenticated-scope",
             "x-consumer-id",
-        ] {
-            assert!(
-                allow.remove_headers.iter().any(|h| h == forgeable),
-                "{forgeable}"
-            );
+        ];
+        let mut headers = bearer(&token);
+        headers.extend(
+            forgeable
+                .iter()
+                .map(|name| (name.to_string(), "forged".to_string())),
+        );
+        let Verdict::Allow(allow) = run(&c, &mut s, &headers, "/") else {
+            panic!("denied")
+        };
+        assert_eq!(
+            allow.remove_headers.len(),
+            forgeable.len(),
+            "only what was sent"
+        );
+        for name in forgeable {
+            assert!(allow.remove_headers.iter().any(|h| h == name), "{name}");
         }
         assert!(allow
             .set_headers
