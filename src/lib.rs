@@ -48,6 +48,42 @@ struct Shared {
     state: RefCell<State>,
 }
 
+impl Shared {
+    /// Feeds a key-fetch reply to the key state; returns the next callout
+    /// of the same fetch (discovery → JWKS), if any, and logs the end of one.
+    fn key_reply(
+        &self,
+        issuer: usize,
+        step: FetchStep,
+        reply: &CalloutReply,
+    ) -> Option<(FetchStep, Callout)> {
+        let progress =
+            self.state
+                .borrow_mut()
+                .keys
+                .on_reply(&self.config, issuer, step, reply, host::now());
+        match progress {
+            FetchProgress::Next(step, callout) => Some((step, callout)),
+            done => {
+                log_fetch(&self.config, issuer, &done);
+                None
+            }
+        }
+    }
+
+    /// The host refused a key-fetch callout (e.g. an unknown cluster).
+    fn fetch_not_dispatched(&self, issuer: usize, step: FetchStep, why: &str) {
+        warn!("key fetch for issuer #{issuer} not dispatched: {why}");
+        self.state.borrow_mut().keys.on_dispatch_error(
+            &self.config,
+            issuer,
+            step,
+            why,
+            host::now(),
+        );
+    }
+}
+
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
@@ -62,7 +98,7 @@ impl Root {
         let now = host::now();
         let due = shared.state.borrow_mut().keys.due(&shared.config, now);
         for (issuer, step, callout) in due {
-            self.dispatch_fetch(&shared, issuer, step, &callout, now);
+            self.dispatch_fetch(&shared, issuer, step, &callout);
         }
     }
 
@@ -72,22 +108,12 @@ impl Root {
         issuer: usize,
         step: FetchStep,
         callout: &Callout,
-        now: u64,
     ) {
         match host::dispatch(callout) {
             Ok(token) => {
                 self.fetches.insert(token, (issuer, step));
             }
-            Err(why) => {
-                warn!("key fetch for issuer #{issuer} not dispatched: {why}");
-                shared.state.borrow_mut().keys.on_dispatch_error(
-                    &shared.config,
-                    issuer,
-                    step,
-                    &why,
-                    now,
-                );
-            }
+            Err(why) => shared.fetch_not_dispatched(issuer, step, &why),
         }
     }
 }
@@ -106,17 +132,8 @@ impl Context for Root {
             return;
         };
         let reply = host::callout_reply(num_headers, body_size);
-        let now = host::now();
-        let progress =
-            shared
-                .state
-                .borrow_mut()
-                .keys
-                .on_reply(&shared.config, issuer, step, &reply, now);
-        if let FetchProgress::Next(step, callout) = progress {
-            self.dispatch_fetch(&shared, issuer, step, &callout, now);
-        } else {
-            log_fetch(&shared.config, issuer, &progress);
+        if let Some((step, callout)) = shared.key_reply(issuer, step, &reply) {
+            self.dispatch_fetch(&shared, issuer, step, &callout);
         }
     }
 }
@@ -237,15 +254,7 @@ impl Filter {
                     Outcome::Hold
                 }
                 Err(why) => {
-                    let shared = Rc::clone(&self.shared);
-                    let now = host::now();
-                    shared.state.borrow_mut().keys.on_dispatch_error(
-                        &shared.config,
-                        issuer,
-                        step,
-                        &why,
-                        now,
-                    );
+                    self.shared.fetch_not_dispatched(issuer, step, &why);
                     self.decide()
                 }
             },
@@ -273,29 +282,14 @@ impl Filter {
         reply: &CalloutReply,
     ) -> Option<Outcome> {
         let shared = Rc::clone(&self.shared);
-        let now = host::now();
-        let progress =
-            shared
-                .state
-                .borrow_mut()
-                .keys
-                .on_reply(&shared.config, issuer, step, reply, now);
-        if let FetchProgress::Next(step, callout) = progress {
+        if let Some((step, callout)) = shared.key_reply(issuer, step, reply) {
             match host::dispatch(&callout) {
                 Ok(token) => {
                     self.waiting = Some((token, Waiting::Keys { issuer, step }));
                     return None;
                 }
-                Err(why) => shared.state.borrow_mut().keys.on_dispatch_error(
-                    &shared.config,
-                    issuer,
-                    step,
-                    &why,
-                    now,
-                ),
+                Err(why) => shared.fetch_not_dispatched(issuer, step, &why),
             }
-        } else {
-            log_fetch(&shared.config, issuer, &progress);
         }
         Some(self.decide())
     }

@@ -46,6 +46,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -355,24 +357,18 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     raw.identity_headers
         .validate()
-        .map_err(|e| ConfigError::new(format!("identity_headers.{}", e.field), e.reason))?;
+        .map_err(|e| ConfigError::new(format!("identity_headers.{}", e.field), e.problem))?;
     let consumers = Consumers::compile(&ConsumersConfig {
         consumers: raw.consumers,
         allow_unregistered_clients: raw.allow_unregistered_clients,
         anonymous: raw.anonymous,
-    })
-    .map_err(|e| ConfigError::new(e.field, e.reason))?;
+    })?;
     let anonymous_paths = match consumers.anonymous() {
         Some(anonymous) => PathSet::compile(&anonymous.paths)
             .map_err(|e| ConfigError::new("anonymous.paths", e.to_string()))?,
         None => PathSet::default(),
     };
-    let pdp = raw
-        .pdp
-        .as_ref()
-        .map(Pdp::compile)
-        .transpose()
-        .map_err(|e| ConfigError::new(e.field, e.reason))?;
+    let pdp = raw.pdp.as_ref().map(Pdp::compile).transpose()?;
 
     // Two sources for one header would leave its value to ordering.
     let identity_names = raw.identity_headers.all();

@@ -3,9 +3,9 @@
 //! optional anonymous consumer stands in for requests without a usable token on
 //! selected paths.
 
+use crate::config::ConfigError;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
 /// The consumer-related part of the filter configuration, as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -45,31 +45,6 @@ pub struct AnonymousConfig {
     #[serde(default)]
     pub on_invalid_token: bool,
 }
-
-/// A configuration error, naming the offending field the way it is written in
-/// the configuration (`consumers["abc"].id`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl ConsumerError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConsumerError {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConsumerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for ConsumerError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
@@ -125,7 +100,7 @@ pub struct Consumers {
 }
 
 impl Consumers {
-    pub fn compile(cfg: &ConsumersConfig) -> Result<Consumers, ConsumerError> {
+    pub fn compile(cfg: &ConsumersConfig) -> Result<Consumers, ConfigError> {
         let by_client_id = match &cfg.consumers {
             None => None,
             Some(map) => {
@@ -133,7 +108,7 @@ impl Consumers {
                 for (client_id, c) in map {
                     let at = format!("consumers[{}]", json_quote(client_id));
                     if client_id.is_empty() {
-                        return Err(ConsumerError::new(at, "client_id must not be empty"));
+                        return Err(ConfigError::new(at, "client_id must not be empty"));
                     }
                     let consumer = compile_consumer(&at, &c.id, &c.username, &c.custom_id)?;
                     compiled.insert(client_id.clone(), consumer);
@@ -149,14 +124,14 @@ impl Consumers {
                 // An empty list would read as "everywhere" to some and
                 // "nowhere" to others; demand an explicit choice.
                 if a.paths.is_empty() {
-                    return Err(ConsumerError::new(
+                    return Err(ConfigError::new(
                         "anonymous.paths",
                         "must list at least one path pattern",
                     ));
                 }
                 for (i, p) in a.paths.iter().enumerate() {
                     if p.is_empty() {
-                        return Err(ConsumerError::new(
+                        return Err(ConfigError::new(
                             format!("anonymous.paths[{i}]"),
                             "must not be empty",
                         ));
@@ -202,7 +177,7 @@ fn compile_consumer(
     id: &str,
     username: &Option<String>,
     custom_id: &Option<String>,
-) -> Result<Consumer, ConsumerError> {
+) -> Result<Consumer, ConfigError> {
     check_header_value(&format!("{at}.id"), id)?;
     if let Some(u) = username {
         check_header_value(&format!("{at}.username"), u)?;
@@ -221,18 +196,18 @@ fn compile_consumer(
 /// These values travel upstream as header values, so a line break would let a
 /// configuration smuggle extra headers; an empty optional value should be
 /// omitted instead of sent empty.
-fn check_header_value(field: &str, value: &str) -> Result<(), ConsumerError> {
+fn check_header_value(field: &str, value: &str) -> Result<(), ConfigError> {
     if value.is_empty() {
-        return Err(ConsumerError::new(field, "must not be empty"));
+        return Err(ConfigError::new(field, "must not be empty"));
     }
     if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ConsumerError::new(
+        return Err(ConfigError::new(
             field,
             "must not contain control characters",
         ));
     }
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
-        return Err(ConsumerError::new(
+        return Err(ConfigError::new(
             field,
             "must not start or end with whitespace (HTTP would strip it)",
         ));
@@ -323,21 +298,21 @@ impl IdentityHeaderNames {
     /// The error's `field` is the bare field name (`consumer_id`); the caller
     /// knows under which key these names sit in the configuration and prefixes
     /// it.
-    pub fn validate(&self) -> Result<(), ConsumerError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let named = self.named();
         for (i, (field, name)) in named.iter().enumerate() {
             if let Some(problem) = header_name_problem(name) {
-                return Err(ConsumerError::new(*field, problem));
+                return Err(ConfigError::new(*field, problem));
             }
             if name.starts_with(':') || RESERVED_HEADERS.contains(name) {
-                return Err(ConsumerError::new(
+                return Err(ConfigError::new(
                     *field,
                     format!("`{name}` is reserved and cannot carry identity"),
                 ));
             }
             // Two facts under one name would overwrite each other upstream.
             if let Some((other, _)) = named.iter().take(i).find(|(_, n)| n == name) {
-                return Err(ConsumerError::new(
+                return Err(ConfigError::new(
                     *field,
                     format!("`{name}` is already used by {other}"),
                 ));
@@ -357,7 +332,7 @@ mod tests {
         serde_json::from_str(json)
     }
 
-    fn compile(json: &str) -> Result<Consumers, ConsumerError> {
+    fn compile(json: &str) -> Result<Consumers, ConfigError> {
         Consumers::compile(&parse(json).unwrap())
     }
 
@@ -396,7 +371,10 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = compile(r#"{"consumers": {"abc": {"id": ""}}}"#).unwrap_err();
-        assert_eq!(e.to_string(), r#"consumers["abc"].id: must not be empty"#);
+        assert_eq!(
+            e.to_string(),
+            r#"invalid configuration: `consumers["abc"].id`: must not be empty"#
+        );
         let e = compile(r#"{"consumers": {"abc": {"id": "x", "username": ""}}}"#).unwrap_err();
         assert_eq!(e.field, r#"consumers["abc"].username"#);
         let e = compile(r#"{"consumers": {"abc": {"id": "x", "custom_id": "a\r\nx-evil: 1"}}}"#)
@@ -498,13 +476,13 @@ mod tests {
         assert_eq!(e.field, "scope");
         assert!(e
             .to_string()
-            .starts_with("scope: must be a lowercase HTTP header name"));
+            .starts_with("invalid configuration: `scope`: must be a lowercase HTTP header name"));
         assert_eq!(bad(r#"{"client_id": ""}"#).field, "client_id");
         assert_eq!(bad(r#"{"expiration": "x exp"}"#).field, "expiration");
         assert_eq!(bad(r#"{"consumer_id": ":path"}"#).field, "consumer_id");
         assert_eq!(bad(r#"{"anonymous": "authorization"}"#).field, "anonymous");
         let e = bad(r#"{"consumer_custom_id": "x-consumer-id"}"#);
         assert_eq!(e.field, "consumer_custom_id");
-        assert!(e.reason.contains("consumer_id"));
+        assert!(e.problem.contains("consumer_id"));
     }
 }

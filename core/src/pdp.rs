@@ -5,6 +5,7 @@
 //! something unreadable is an error (the filter answers 503), never a permit.
 
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
+use crate::config::ConfigError;
 use crate::consumer::{header_name_problem, RESERVED_HEADERS};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -63,30 +64,6 @@ impl fmt::Debug for PdpConfig {
 fn redacted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
     names.map(|n| format!("{n}: <redacted>")).collect()
 }
-
-/// A configuration error; `field` is the full path (`pdp.url`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PdpConfigError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl PdpConfigError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        PdpConfigError {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for PdpConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for PdpConfigError {}
 
 /// Why no decision could be had. The filter turns every one into a 503.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,27 +124,27 @@ impl fmt::Debug for Pdp {
 }
 
 impl Pdp {
-    pub fn compile(cfg: &PdpConfig) -> Result<Pdp, PdpConfigError> {
+    pub fn compile(cfg: &PdpConfig) -> Result<Pdp, ConfigError> {
         if cfg.upstream.is_empty() {
-            return Err(PdpConfigError::new("pdp.upstream", "must not be empty"));
+            return Err(ConfigError::new("pdp.upstream", "must not be empty"));
         }
         if cfg
             .upstream
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(PdpConfigError::new(
+            return Err(ConfigError::new(
                 "pdp.upstream",
                 "must not contain whitespace or control characters",
             ));
         }
-        let mut url = Url::parse(&cfg.url).map_err(|e| PdpConfigError::new("pdp.url", e))?;
+        let mut url = Url::parse(&cfg.url).map_err(|e| ConfigError::new("pdp.url", e))?;
         if url
             .path
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(PdpConfigError::new(
+            return Err(ConfigError::new(
                 "pdp.url",
                 "must not contain whitespace or control characters",
             ));
@@ -176,7 +153,7 @@ impl Pdp {
             PdpKind::Authzen if url.path == "/" => url.path = AUTHZEN_EVALUATION_PATH.to_string(),
             // OPA's root document is all of its data, never a decision.
             PdpKind::Opa if url.path == "/" || url.path.starts_with("/?") => {
-                return Err(PdpConfigError::new(
+                return Err(ConfigError::new(
                     "pdp.url",
                     "must name the decision document, e.g. http://127.0.0.1:8181/v1/data/httpapi/authz/allow",
                 ))
@@ -184,13 +161,13 @@ impl Pdp {
             _ => {}
         }
         if !(1..=MAX_TIMEOUT_MS).contains(&cfg.timeout_ms) {
-            return Err(PdpConfigError::new(
+            return Err(ConfigError::new(
                 "pdp.timeout_ms",
                 format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
         }
         if cfg.cache_seconds > MAX_CACHE_SECONDS {
-            return Err(PdpConfigError::new(
+            return Err(ConfigError::new(
                 "pdp.cache_seconds",
                 format!("must be at most {MAX_CACHE_SECONDS}"),
             ));
@@ -199,20 +176,20 @@ impl Pdp {
         for (name, value) in &cfg.headers {
             let at = format!("pdp.headers[{}]", Value::String(name.clone()));
             if let Some(problem) = header_name_problem(name) {
-                return Err(PdpConfigError::new(at, problem));
+                return Err(ConfigError::new(at, problem));
             }
             // accept and content-type are the callout's own; the host sets
             // framing and routing headers itself.
             if name == "accept"
                 || (name != "authorization" && RESERVED_HEADERS.contains(&name.as_str()))
             {
-                return Err(PdpConfigError::new(
+                return Err(ConfigError::new(
                     at,
                     format!("`{name}` is set by the filter or the host"),
                 ));
             }
             if value.chars().any(|c| c.is_control() && c != '\t') {
-                return Err(PdpConfigError::new(
+                return Err(ConfigError::new(
                     at,
                     "value must not contain control characters",
                 ));
@@ -348,7 +325,7 @@ mod tests {
         Pdp::compile(&serde_json::from_str(json).unwrap()).unwrap()
     }
 
-    fn compile_err(json: &str) -> PdpConfigError {
+    fn compile_err(json: &str) -> ConfigError {
         Pdp::compile(&serde_json::from_str(json).unwrap()).unwrap_err()
     }
 
@@ -397,7 +374,9 @@ mod tests {
     fn config_errors_name_the_field() {
         let e = compile_err(r#"{"kind": "opa", "upstream": "pdp", "url": "/v1/data/x"}"#);
         assert_eq!(e.field, "pdp.url");
-        assert!(e.to_string().starts_with("pdp.url: "));
+        assert!(e
+            .to_string()
+            .starts_with("invalid configuration: `pdp.url`: "));
         assert_eq!(
             compile_err(r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa:8181/"}"#).field,
             "pdp.url"
@@ -409,7 +388,10 @@ mod tests {
         let e = compile_err(
             r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa/v1/data/x", "timeout_ms": 0}"#,
         );
-        assert_eq!(e.to_string(), "pdp.timeout_ms: must be between 1 and 60000");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: `pdp.timeout_ms`: must be between 1 and 60000"
+        );
         assert_eq!(
             compile_err(
                 r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa/v1/data/x", "timeout_ms": 60001}"#
