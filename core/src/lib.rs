@@ -30,3 +30,6 @@ pub mod keys;
 pub mod pdp;
 pub mod policy;
 pub mod response;
+
+#[cfg(test)]
+mod robustness;
