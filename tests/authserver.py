@@ -50,11 +50,13 @@ import threading
 import time
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from serving import serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_KEYS_DIR = os.path.join(HERE, "keys")
@@ -507,13 +509,7 @@ def main(argv=None):
     if args.issuer is None:
         args.issuer = "http://%s:%d" % (args.host, args.port)
     Handler.state = State(args)
-    httpd = ThreadingHTTPServer((args.host, args.port), Handler)
-    httpd.daemon_threads = True
-    print("READY %s" % args.issuer, flush=True)
-    try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    serve(Handler, args.host, args.port, "READY %s" % args.issuer)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ UTF-8 (invalid bytes replaced). Prints READY on stdout once listening.
 import argparse
 import json
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from serving import serve
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -70,13 +72,7 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no access log on stderr")
     args = ap.parse_args(argv)
     Echo.quiet = args.quiet
-    httpd = ThreadingHTTPServer((args.host, args.port), Echo)
-    httpd.daemon_threads = True
-    print("READY", flush=True)
-    try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    serve(Echo, args.host, args.port, "READY")
 
 
 if __name__ == "__main__":

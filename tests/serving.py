@@ -1,0 +1,14 @@
+"""The serving loop shared by the test servers (authserver, echo, fake PDP)."""
+
+from http.server import ThreadingHTTPServer
+
+
+def serve(handler, host, port, ready="READY"):
+    """Serve `handler` on host:port; print `ready` once listening (the harness waits for it)."""
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    print(ready, flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
