@@ -226,7 +226,6 @@ pub fn finish_pdp(
     }
 }
 
-/// Without a usable token, the anonymous consumer may pass on its paths.
 /// The headers this filter may set that the client sent anyway: removed so
 /// none can be forged. Only those present, to spare host calls.
 fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
@@ -238,6 +237,7 @@ fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// Without a usable token, the anonymous consumer may pass on its paths.
 fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) -> Verdict {
     match config.consumers.anonymous() {
         Some(anonymous) if config.anonymous_paths.matches(path) => Verdict::Allow(Allow {
