@@ -164,6 +164,16 @@ DEFAULT_CLIENTS = {
 }
 
 
+def _overridden(base, overrides):
+    """`base` updated with `overrides`; an override of None removes the key."""
+    for k, v in overrides.items():
+        if v is None:
+            base.pop(k, None)
+        else:
+            base[k] = v
+    return base
+
+
 class AuthServer:
     """tests/authserver.py on a free port. `issuer` is http://127.0.0.1:PORT."""
 
@@ -214,12 +224,7 @@ class AuthServer:
         now = int(time.time())
         c = {"iss": self.issuer, "sub": "demo-client", "client_id": "demo-client", "aud": self.audience,
              "scope": "read write", "iat": now, "nbf": now, "exp": now + 300, "jti": "%x" % random.getrandbits(64)}
-        for k, v in overrides.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
-        return c
+        return _overridden(c, overrides)
 
     def mint(self, claims=None, alg=None, header=None, sign_with=None, secret=None, **kw):
         """Sign arbitrary claims via POST /_test/mint.
@@ -278,12 +283,7 @@ class AuthServer:
         c = {"issuer": self.issuer, "discovery": True, "upstream": "authserver"}
         if self.audience:
             c["audiences"] = [self.audience]
-        for k, v in overrides.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
-        return c
+        return _overridden(c, overrides)
 
 
 class Echo:
