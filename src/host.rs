@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use log::warn;
+use log::{info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::response::HttpResponse;
 use proxy_wasm::hostcalls;
@@ -113,4 +113,12 @@ pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
             .unwrap_or_default()
     };
     CalloutReply { status, body }
+}
+
+/// Makes `context_id` the context later host calls act on (another request,
+/// from a root callback). Fails when that request is gone.
+pub fn set_effective_context(context_id: u32) -> Result<(), ()> {
+    hostcalls::set_effective_context(context_id).map_err(|status| {
+        info!("request context {context_id} is gone: {status:?}");
+    })
 }

@@ -4,6 +4,21 @@
 //! Host calls go through `proxy_wasm::hostcalls`, which return errors, never
 //! through the SDK's convenience methods, which unwrap them (a panic kills the
 //! VM, and with it this Envoy worker's filter).
+//!
+//! # Callouts and waiting requests
+//!
+//! Every callout in flight is in one table, by token, with what to do with its
+//! answer ([`Resume`]), whichever context receives it. The Rust SDK delivers a
+//! reply to the context that was running when the call was dispatched, and
+//! drops it if that context is gone; so key fetches, which many requests may
+//! wait for, are dispatched only by the root context (which lives as long as
+//! the filter): a request that needs keys queues the fetch and parks itself,
+//! the root dispatches the queue on its next tick, and when the fetch settles
+//! the root wakes every request parked on that issuer and decides each again.
+//! A parked request whose wait outlives the fetch deadline gets a 503. Acting
+//! on another request (waking it) happens only from root callbacks: from a
+//! request's callback the SDK holds its context table, and re-entering it for
+//! another request would panic.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -28,113 +43,295 @@ use std::time::Duration;
 use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::Config;
-use oauth_pep_core::engine::{authorize, finish_pdp, Allow, PendingPdp, Request, State, Verdict};
+use oauth_pep_core::engine::{
+    authorize, finish_pdp, waited_too_long, Allow, PendingPdp, Request, State, Verdict,
+};
 use oauth_pep_core::keys::{FetchProgress, FetchStep};
 use oauth_pep_core::response::Denial;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-/// Granularity of key refreshes and retries; the schedule itself is in the core.
-const TICK: Duration = Duration::from_secs(1);
+/// How soon the root dispatches a fetch a request asked for, and the
+/// granularity of refreshes, retries and wait deadlines.
+const TICK: Duration = Duration::from_millis(200);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+type Headers = Vec<(String, String)>;
+
+/// What to do with the answer to a callout.
+enum Resume {
+    Keys {
+        issuer: usize,
+        step: FetchStep,
+    },
+    Pdp {
+        request: u32,
+        pending: Box<PendingPdp>,
+        headers: Headers,
+    },
+}
+
+/// A request paused until the keys of `issuer` settle, or `until`.
+struct Parked {
+    issuer: usize,
+    until: u64,
+    headers: Headers,
+}
+
+/// Whether the request may go on (Continue) or waits / was answered (Pause).
+enum Outcome {
+    Proceed,
+    Hold,
+}
+
 /// What a VM shares between its root context and its requests.
 struct Shared {
     config: Config,
     state: RefCell<State>,
+    callouts: RefCell<HashMap<u32, Resume>>,
+    parked: RefCell<HashMap<u32, Parked>>,
+    /// Key fetches requests asked for, for the root to dispatch.
+    fetch_queue: RefCell<Vec<(usize, FetchStep, Callout)>>,
 }
 
 impl Shared {
-    /// Feeds a key-fetch reply to the key state; returns the next callout
-    /// of the same fetch (discovery → JWKS), if any, and logs the end of one.
-    fn key_reply(
-        &self,
-        issuer: usize,
-        step: FetchStep,
-        reply: &CalloutReply,
-    ) -> Option<(FetchStep, Callout)> {
-        let progress =
-            self.state
-                .borrow_mut()
-                .keys
-                .on_reply(&self.config, issuer, step, reply, host::now());
-        match progress {
-            FetchProgress::Next(step, callout) => Some((step, callout)),
-            done => {
-                log_fetch(&self.config, issuer, &done);
-                None
+    /// Decides request `id`, the effective context, and carries it out.
+    fn decide(&self, id: u32, headers: Headers) -> Outcome {
+        let verdict = {
+            let request = Request {
+                method: header(&headers, ":method").unwrap_or_default(),
+                path: header(&headers, ":path").unwrap_or_default(),
+                headers: &headers,
+            };
+            authorize(
+                &self.config,
+                &mut self.state.borrow_mut(),
+                &request,
+                host::now(),
+            )
+        };
+        self.carry_out(id, headers, verdict)
+    }
+
+    fn carry_out(&self, id: u32, headers: Headers, verdict: Verdict) -> Outcome {
+        match verdict {
+            Verdict::Allow(allow) => {
+                apply(&allow);
+                Outcome::Proceed
             }
+            Verdict::Deny(denial) => {
+                self.deny(&headers, &denial);
+                Outcome::Hold
+            }
+            Verdict::FetchKeys {
+                issuer,
+                step,
+                callout,
+                until,
+            } => {
+                self.fetch_queue.borrow_mut().push((issuer, step, *callout));
+                self.park(id, issuer, until, headers);
+                Outcome::Hold
+            }
+            Verdict::WaitForKeys { issuer, until } => {
+                self.park(id, issuer, until, headers);
+                Outcome::Hold
+            }
+            Verdict::AskPdp { callout, pending } => match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.callouts.borrow_mut().insert(
+                        token,
+                        Resume::Pdp {
+                            request: id,
+                            pending,
+                            headers,
+                        },
+                    );
+                    Outcome::Hold
+                }
+                Err(why) => {
+                    warn!("policy decision point callout not dispatched: {why}");
+                    self.deny(
+                        &headers,
+                        &Denial::Unavailable("the policy decision point cannot be reached".into()),
+                    );
+                    Outcome::Hold
+                }
+            },
         }
     }
 
-    /// The host refused a key-fetch callout (e.g. an unknown cluster).
-    fn fetch_not_dispatched(&self, issuer: usize, step: FetchStep, why: &str) {
-        warn!("key fetch for issuer #{issuer} not dispatched: {why}");
-        self.state.borrow_mut().keys.on_dispatch_error(
-            &self.config,
-            issuer,
-            step,
-            why,
-            host::now(),
+    fn park(&self, id: u32, issuer: usize, until: u64, headers: Headers) {
+        self.parked.borrow_mut().insert(
+            id,
+            Parked {
+                issuer,
+                until,
+                headers,
+            },
         );
     }
-}
 
-#[derive(Default)]
-struct Root {
-    shared: Option<Rc<Shared>>,
-    fetches: HashMap<u32, (usize, FetchStep)>,
-}
-
-impl Root {
-    fn start_due_fetches(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        let now = host::now();
-        let due = shared.state.borrow_mut().keys.due(&shared.config, now);
-        for (issuer, step, callout) in due {
-            self.dispatch_fetch(&shared, issuer, step, &callout);
-        }
-    }
-
-    fn dispatch_fetch(
-        &mut self,
-        shared: &Shared,
-        issuer: usize,
-        step: FetchStep,
-        callout: &Callout,
-    ) {
+    /// Root only: dispatches one step of a key fetch.
+    fn dispatch_fetch(&self, issuer: usize, step: FetchStep, callout: &Callout) {
         match host::dispatch(callout) {
             Ok(token) => {
-                self.fetches.insert(token, (issuer, step));
+                self.callouts
+                    .borrow_mut()
+                    .insert(token, Resume::Keys { issuer, step });
             }
-            Err(why) => shared.fetch_not_dispatched(issuer, step, &why),
+            Err(why) => {
+                warn!("key fetch for issuer #{issuer} not dispatched: {why}");
+                self.state.borrow_mut().keys.on_dispatch_error(
+                    &self.config,
+                    issuer,
+                    step,
+                    &why,
+                    host::now(),
+                );
+                self.wake(issuer);
+            }
         }
+    }
+
+    /// Root only: the fetches that are due or that requests asked for.
+    fn dispatch_fetches(&self) {
+        let now = host::now();
+        let mut fetches = self.state.borrow_mut().keys.due(&self.config, now);
+        fetches.append(&mut self.fetch_queue.borrow_mut());
+        for (issuer, step, callout) in fetches {
+            self.dispatch_fetch(issuer, step, &callout);
+        }
+    }
+
+    /// Feeds a callout's answer to whatever waits for it.
+    fn on_reply(&self, token: u32, reply: &CalloutReply) {
+        let Some(resume) = self.callouts.borrow_mut().remove(&token) else {
+            return;
+        };
+        match resume {
+            Resume::Keys { issuer, step } => {
+                let progress = self.state.borrow_mut().keys.on_reply(
+                    &self.config,
+                    issuer,
+                    step,
+                    reply,
+                    host::now(),
+                );
+                match progress {
+                    FetchProgress::Next(step, callout) => {
+                        self.dispatch_fetch(issuer, step, &callout)
+                    }
+                    done => {
+                        log_fetch(&self.config, issuer, &done);
+                        self.wake(issuer);
+                    }
+                }
+            }
+            Resume::Pdp {
+                request,
+                pending,
+                headers,
+            } => {
+                if host::set_effective_context(request).is_err() {
+                    return;
+                }
+                let verdict = finish_pdp(
+                    &self.config,
+                    &mut self.state.borrow_mut(),
+                    *pending,
+                    reply,
+                    host::now(),
+                );
+                if let Outcome::Proceed = self.carry_out(request, headers, verdict) {
+                    host::resume_request();
+                }
+            }
+        }
+    }
+
+    /// Root only: decides again every request parked on `issuer`'s keys.
+    fn wake(&self, issuer: usize) {
+        let ids: Vec<u32> = self
+            .parked
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.issuer == issuer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(parked) = self.parked.borrow_mut().remove(&id) else {
+                continue;
+            };
+            if host::set_effective_context(id).is_err() {
+                continue;
+            }
+            if let Outcome::Proceed = self.decide(id, parked.headers) {
+                host::resume_request();
+            }
+        }
+    }
+
+    /// Root only: answers the requests whose wait outlived its deadline.
+    fn expire_waits(&self, now: u64) {
+        let expired: Vec<(u32, Parked)> = {
+            let mut parked = self.parked.borrow_mut();
+            let ids: Vec<u32> = parked
+                .iter()
+                .filter(|(_, p)| p.until <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| parked.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (id, parked) in expired {
+            if host::set_effective_context(id).is_ok() {
+                self.deny(
+                    &parked.headers,
+                    &waited_too_long(&self.config, parked.issuer),
+                );
+            }
+        }
+    }
+
+    /// The request is over (answered, or reset by the client): nothing may
+    /// act on it any more.
+    fn forget(&self, id: u32) {
+        self.parked.borrow_mut().remove(&id);
+        self.callouts
+            .borrow_mut()
+            .retain(|_, resume| !matches!(resume, Resume::Pdp { request, .. } if *request == id));
+    }
+
+    fn deny(&self, headers: &Headers, denial: &Denial) {
+        let path = header(headers, ":path").unwrap_or_default();
+        let method = header(headers, ":method").unwrap_or_default();
+        match denial {
+            Denial::Unavailable(why) => warn!("{method} {path}: 503: {why}"),
+            other => info!(
+                "{method} {path}: {} {}: {other:?}",
+                other.status(),
+                other.code()
+            ),
+        }
+        host::send_response(&denial.render(&self.config.realm));
     }
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        let (Some(shared), Some((issuer, step))) =
-            (self.shared.clone(), self.fetches.remove(&token))
-        else {
-            return;
-        };
-        let reply = host::callout_reply(num_headers, body_size);
-        if let Some((step, callout)) = shared.key_reply(issuer, step, &reply) {
-            self.dispatch_fetch(&shared, issuer, step, &callout);
-        }
+fn apply(allow: &Allow) {
+    for name in &allow.remove_headers {
+        host::remove_request_header(name);
+    }
+    for (name, value) in &allow.set_headers {
+        host::set_request_header(name, value);
+    }
+    if let Some(path) = &allow.new_path {
+        host::set_request_header(":path", path);
     }
 }
 
@@ -155,6 +352,32 @@ fn log_fetch(config: &Config, issuer: usize, progress: &FetchProgress) {
     }
 }
 
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(shared) = &self.shared {
+            shared.on_reply(token, &host::callout_reply(num_headers, body_size));
+        }
+    }
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = host::plugin_configuration();
@@ -167,27 +390,39 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for warning in &config.warnings {
+            warn!("oauth-pep configuration: {warning}");
+        }
         info!("oauth-pep configured: {} issuer(s)", config.issuers.len());
         let state = RefCell::new(State::new(&config));
-        self.shared = Some(Rc::new(Shared { config, state }));
+        let shared = Rc::new(Shared {
+            config,
+            state,
+            callouts: RefCell::default(),
+            parked: RefCell::default(),
+            fetch_queue: RefCell::default(),
+        });
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
             return false;
         }
-        self.start_due_fetches();
+        shared.dispatch_fetches();
+        self.shared = Some(shared);
         true
     }
 
     fn on_tick(&mut self) {
-        self.start_due_fetches();
+        if let Some(shared) = &self.shared {
+            shared.dispatch_fetches();
+            shared.expire_waits(host::now());
+        }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
         Some(Box::new(Filter {
+            id: context_id,
             shared,
-            waiting: None,
-            headers: Vec::new(),
         }))
     }
 
@@ -196,136 +431,10 @@ impl RootContext for Root {
     }
 }
 
+/// One request. Its state while it waits lives in [`Shared`], by `id`.
 struct Filter {
+    id: u32,
     shared: Rc<Shared>,
-    /// The callout this request waits for, by its token.
-    waiting: Option<(u32, Waiting)>,
-    headers: Vec<(String, String)>,
-}
-
-enum Waiting {
-    Keys { issuer: usize, step: FetchStep },
-    Pdp(Box<PendingPdp>),
-}
-
-/// Whether the request may go on (Continue) or waits / was answered (Pause).
-enum Outcome {
-    Proceed,
-    Hold,
-}
-
-impl Filter {
-    fn decide(&mut self) -> Outcome {
-        let shared = Rc::clone(&self.shared);
-        let now = host::now();
-        let method = header(&self.headers, ":method").unwrap_or_default();
-        let path = header(&self.headers, ":path").unwrap_or_default();
-        let request = Request {
-            method,
-            path,
-            headers: &self.headers,
-        };
-        let verdict = authorize(
-            &shared.config,
-            &mut shared.state.borrow_mut(),
-            &request,
-            now,
-        );
-        self.carry_out(verdict)
-    }
-
-    fn carry_out(&mut self, verdict: Verdict) -> Outcome {
-        match verdict {
-            Verdict::Allow(allow) => {
-                self.apply(&allow);
-                Outcome::Proceed
-            }
-            Verdict::Deny(denial) => {
-                self.deny(&denial);
-                Outcome::Hold
-            }
-            Verdict::FetchKeys {
-                issuer,
-                step,
-                callout,
-            } => match host::dispatch(&callout) {
-                Ok(token) => {
-                    self.waiting = Some((token, Waiting::Keys { issuer, step }));
-                    Outcome::Hold
-                }
-                Err(why) => {
-                    self.shared.fetch_not_dispatched(issuer, step, &why);
-                    self.decide()
-                }
-            },
-            Verdict::AskPdp { callout, pending } => match host::dispatch(&callout) {
-                Ok(token) => {
-                    self.waiting = Some((token, Waiting::Pdp(pending)));
-                    Outcome::Hold
-                }
-                Err(why) => {
-                    self.deny(&Denial::Unavailable(format!(
-                        "policy decision point: {why}"
-                    )));
-                    Outcome::Hold
-                }
-            },
-        }
-    }
-
-    /// A key fetch this request waited for has answered: continue the fetch
-    /// (discovery → JWKS) or decide again with whatever keys there are now.
-    fn keys_fetched(
-        &mut self,
-        issuer: usize,
-        step: FetchStep,
-        reply: &CalloutReply,
-    ) -> Option<Outcome> {
-        let shared = Rc::clone(&self.shared);
-        if let Some((step, callout)) = shared.key_reply(issuer, step, reply) {
-            match host::dispatch(&callout) {
-                Ok(token) => {
-                    self.waiting = Some((token, Waiting::Keys { issuer, step }));
-                    return None;
-                }
-                Err(why) => shared.fetch_not_dispatched(issuer, step, &why),
-            }
-        }
-        Some(self.decide())
-    }
-
-    fn apply(&self, allow: &Allow) {
-        for name in &allow.remove_headers {
-            host::remove_request_header(name);
-        }
-        for (name, value) in &allow.set_headers {
-            host::set_request_header(name, value);
-        }
-        if let Some(path) = &allow.new_path {
-            host::set_request_header(":path", path);
-        }
-    }
-
-    fn deny(&self, denial: &Denial) {
-        let path = header(&self.headers, ":path").unwrap_or_default();
-        let method = header(&self.headers, ":method").unwrap_or_default();
-        match denial {
-            Denial::Unavailable(why) => warn!("{method} {path}: 503: {why}"),
-            other => info!(
-                "{method} {path}: {} {}: {other:?}",
-                other.status(),
-                other.code()
-            ),
-        }
-        host::send_response(&denial.render(&self.shared.config.realm));
-    }
-}
-
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 impl Context for Filter {
@@ -336,38 +445,19 @@ impl Context for Filter {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((expected, waiting)) = self.waiting.take() else {
-            return;
-        };
-        if expected != token {
-            self.waiting = Some((expected, waiting));
-            return;
-        }
-        let reply = host::callout_reply(num_headers, body_size);
-        let outcome = match waiting {
-            Waiting::Pdp(pending) => {
-                let shared = Rc::clone(&self.shared);
-                let verdict = finish_pdp(
-                    &shared.config,
-                    &mut shared.state.borrow_mut(),
-                    *pending,
-                    &reply,
-                    host::now(),
-                );
-                Some(self.carry_out(verdict))
-            }
-            Waiting::Keys { issuer, step } => self.keys_fetched(issuer, step, &reply),
-        };
-        if let Some(Outcome::Proceed) = outcome {
-            host::resume_request();
-        }
+        self.shared
+            .on_reply(token, &host::callout_reply(num_headers, body_size));
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shared.forget(self.id);
+        true
     }
 }
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.headers = host::request_headers();
-        match self.decide() {
+        match self.shared.decide(self.id, host::request_headers()) {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

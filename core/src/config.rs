@@ -13,6 +13,7 @@ use crate::callout::Url;
 use crate::consumer::{
     AnonymousConfig, ConsumerConfig, Consumers, ConsumersConfig, IdentityHeaderNames,
 };
+use crate::headers::{header_name, spelling_key, HeaderUse};
 use crate::jwks::{Alg, KeySet};
 use crate::pdp::{Pdp, PdpConfig};
 use crate::policy::{PathSet, Policy};
@@ -67,6 +68,8 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default = "default_cache_entries")]
     token_cache_entries: usize,
+    #[serde(default = "default_cache_bytes")]
+    token_cache_bytes: usize,
     policy: Option<Value>,
     #[serde(default = "yes")]
     deny_by_default: bool,
@@ -94,6 +97,9 @@ fn yes() -> bool {
 fn default_cache_entries() -> usize {
     10_000
 }
+fn default_cache_bytes() -> usize {
+    4 << 20
+}
 fn default_refresh() -> u64 {
     300
 }
@@ -108,8 +114,7 @@ fn default_refetch_interval() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     issuer: String,
-    #[serde(default)]
-    audiences: Vec<String>,
+    audiences: Option<RawAudiences>,
     algorithms: Option<Vec<String>>,
     jwks: Option<Value>,
     jwks_uri: Option<String>,
@@ -123,6 +128,15 @@ struct RawIssuer {
     fetch_timeout_ms: u64,
     #[serde(default = "default_refetch_interval")]
     unknown_kid_refetch_seconds: u64,
+}
+
+/// A list of accepted audiences, or `"any"` to accept tokens minted for any
+/// audience of the issuer, which must be said on purpose.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAudiences {
+    List(Vec<String>),
+    Keyword(String),
 }
 
 #[derive(Deserialize)]
@@ -154,6 +168,7 @@ pub enum KeySource {
 
 pub struct Issuer {
     pub issuer: String,
+    /// Accepted `aud` values; empty only when configured as `"any"`.
     pub audiences: Vec<String>,
     pub algorithms: Vec<Alg>,
     pub source: KeySource,
@@ -222,13 +237,20 @@ pub struct Forward {
     pub hide_credentials: bool,
 }
 
+/// The budget of one per-worker cache; zero in either disables it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub max_bytes: usize,
+    pub max_entries: usize,
+}
+
 pub struct Config {
     pub realm: String,
     pub issuers: Vec<Issuer>,
     pub rules: JwtRules,
     pub token_sources: Vec<TokenSource>,
     pub forward: Forward,
-    pub token_cache_entries: usize,
+    pub token_cache: CacheLimits,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
     /// With a policy: whether a path/method that no rule names is refused.
@@ -242,9 +264,13 @@ pub struct Config {
     /// Where the anonymous consumer (if any) may go without a valid token.
     pub anonymous_paths: PathSet,
     pub pdp: Option<Pdp>,
-    /// Every header this filter may set upstream: stripped from incoming
-    /// requests first so a client cannot forge them.
+    /// Every header this filter may set upstream, as spelling keys
+    /// ([`spelling_key`]): incoming headers with one of these keys are
+    /// stripped first, so a client cannot forge them in any spelling.
     pub strip_headers: Vec<String>,
+    /// Things that load but probably do not do what was meant; the glue logs
+    /// them at `warn` when the filter starts.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -328,13 +354,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let mut claims = Vec::with_capacity(raw.forward.claims.len());
     for (claim, header) in raw.forward.claims {
-        let header = header_name(&header, &format!("forward.claims.{claim}"))?;
+        let header = header_name(
+            &header,
+            &format!("forward.claims.{claim}"),
+            HeaderUse::Upstream,
+        )?;
         claims.push((claim, header));
     }
     let payload_header = raw
         .forward
         .payload_header
-        .map(|h| header_name(&h, "forward.payload_header"))
+        .map(|h| header_name(&h, "forward.payload_header", HeaderUse::Upstream))
         .transpose()?;
 
     let policy = raw
@@ -355,8 +385,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         Some(claims) => claims,
     };
-    raw.identity_headers
-        .validate()
+    let identity = raw
+        .identity_headers
+        .compile()
         .map_err(|e| ConfigError::new(format!("identity_headers.{}", e.field), e.problem))?;
     let consumers = Consumers::compile(&ConsumersConfig {
         consumers: raw.consumers,
@@ -371,7 +402,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let pdp = raw.pdp.as_ref().map(Pdp::compile).transpose()?;
 
     // Two sources for one header would leave its value to ordering.
-    let identity_names = raw.identity_headers.all();
+    let identity_names = identity.all();
     let mut forwarded: Vec<(String, &str)> = claims
         .iter()
         .map(|(claim, h)| (format!("forward.claims.{claim}"), h.as_str()))
@@ -382,7 +413,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(|h| ("forward.payload_header".to_string(), h)),
     );
     for (i, (field, header)) in forwarded.iter().enumerate() {
-        if identity_names.contains(header) {
+        if identity_names
+            .iter()
+            .any(|name| spelling_key(name) == spelling_key(header))
+        {
             return Err(ConfigError::new(
                 field.as_str(),
                 format!("\"{header}\" is already set by `identity_headers`; pick another name or rename the identity header"),
@@ -391,7 +425,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         if forwarded
             .iter()
             .skip(i + 1)
-            .any(|(_, other)| other == header)
+            .any(|(_, other)| spelling_key(other) == spelling_key(header))
         {
             return Err(ConfigError::new(
                 field.as_str(),
@@ -399,12 +433,22 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
-    let mut strip_headers: Vec<String> = forwarded.iter().map(|(_, h)| h.to_string()).collect();
-    strip_headers.extend(identity_names.into_iter().map(str::to_string));
+    let mut strip_headers: Vec<String> = forwarded.iter().map(|(_, h)| spelling_key(h)).collect();
+    strip_headers.extend(identity_names.into_iter().map(spelling_key));
     strip_headers.sort_unstable();
     strip_headers.dedup();
 
+    let mut warnings = Vec::new();
+    if let Some(policy) = &policy {
+        for (public, rule) in policy.shadowed_by(&public_paths) {
+            warnings.push(format!(
+                "`public_paths` entry \"{public}\" overlaps the policy rule \"{rule}\": on the paths both match, the public path wins and the rule is never checked"
+            ));
+        }
+    }
+
     Ok(Config {
+        warnings,
         strip_headers,
         realm: raw.realm,
         issuers,
@@ -419,12 +463,15 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             payload_header,
             hide_credentials: raw.forward.hide_credentials,
         },
-        token_cache_entries: raw.token_cache_entries,
+        token_cache: CacheLimits {
+            max_bytes: raw.token_cache_bytes,
+            max_entries: raw.token_cache_entries,
+        },
         policy,
         deny_by_default: raw.deny_by_default,
         public_paths,
         scope_claims,
-        identity: raw.identity_headers,
+        identity,
         consumers,
         anonymous_paths,
         pdp,
@@ -479,7 +526,31 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
             algs
         }
     };
-    for (i, aud) in raw.audiences.iter().enumerate() {
+    // Without an audience check, a token the same server minted for any
+    // other API would pass here too.
+    let audiences = match raw.audiences {
+        None => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                "is required: list the `aud` values of this API, or write \"any\" to accept tokens minted for any audience",
+            ))
+        }
+        Some(RawAudiences::Keyword(k)) if k == "any" => Vec::new(),
+        Some(RawAudiences::Keyword(k)) => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                format!("must be a list of audiences or \"any\", not \"{k}\""),
+            ))
+        }
+        Some(RawAudiences::List(list)) if list.is_empty() => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                "must not be empty; write \"any\" to accept tokens minted for any audience",
+            ))
+        }
+        Some(RawAudiences::List(list)) => list,
+    };
+    for (i, aud) in audiences.iter().enumerate() {
         if aud.is_empty() {
             return Err(ConfigError::new(
                 format!("{field}.audiences[{i}]"),
@@ -546,6 +617,14 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
     if raw.refresh_seconds == 0 {
         return Err(ConfigError::new(f("refresh_seconds"), "must be positive"));
     }
+    // The allowance protects the authorization server from a flood of
+    // made-up kids; below a second it protects nothing.
+    if raw.unknown_kid_refetch_seconds < 1 {
+        return Err(ConfigError::new(
+            f("unknown_kid_refetch_seconds"),
+            "must be at least 1",
+        ));
+    }
     if !(1..=60_000).contains(&raw.fetch_timeout_ms) {
         return Err(ConfigError::new(
             f("fetch_timeout_ms"),
@@ -554,7 +633,7 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
     }
     Ok(Issuer {
         issuer: raw.issuer,
-        audiences: raw.audiences,
+        audiences,
         algorithms,
         source,
         upstream,
@@ -568,7 +647,7 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
 fn compile_source(raw: RawTokenSource, field: &str) -> Result<TokenSource, ConfigError> {
     match (raw.header, raw.query, raw.cookie) {
         (Some(header), None, None) => {
-            let name = header_name(&header, &format!("{field}.header"))?;
+            let name = header_name(&header, &format!("{field}.header"), HeaderUse::Read)?;
             let prefix = match raw.prefix {
                 Some(p) if p.trim().is_empty() => None,
                 Some(p) => Some(p.trim().to_string()),
@@ -584,22 +663,6 @@ fn compile_source(raw: RawTokenSource, field: &str) -> Result<TokenSource, Confi
             "must be exactly one of {\"header\": name[, \"prefix\": scheme]}, {\"query\": name}, {\"cookie\": name}",
         )),
     }
-}
-
-/// Header names are compared lowercase by Envoy; refuse anything that could
-/// not be a header so a typo is caught at load, not silently ignored.
-pub fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
-        return Err(ConfigError::new(
-            field,
-            format!("\"{name}\" is not a valid HTTP header name"),
-        ));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -621,7 +684,7 @@ mod tests {
     #[test]
     fn minimal_discovery_config_compiles_with_safe_defaults() {
         let c = Config::from_json(
-            br#"{"issuers":[{"issuer":"https://as.test/realm","discovery":true,"upstream":"as"}]}"#,
+            br#"{"issuers":[{"issuer":"https://as.test/realm","audiences":["api"],"discovery":true,"upstream":"as"}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -660,67 +723,111 @@ mod tests {
             (r#"{"issuers":[],"bogus":1}"#, "unknown field `bogus`"),
             (r#"{"issuers":[]}"#, "`issuers`: at least one issuer"),
             (
-                r#"{"issuers":[{"issuer":"x"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any"}]}"#,
                 "`issuers[0]`: needs keys",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks_uri":"http://a/j"}]}"#,
                 "`issuers[0].upstream`: is required",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks_uri":"/j","upstream":"a"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks_uri":"/j","upstream":"a"}]}"#,
                 "`issuers[0].jwks_uri`",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","discovery":true,"upstream":"a"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","discovery":true,"upstream":"a"}]}"#,
                 "`issuers[0].issuer`: discovery needs",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","shared_secret":"short"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":"short"}]}"#,
                 "`issuers[0].shared_secret`: is 5 bytes",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","discovery":true,"jwks_uri":"http://a/j","upstream":"a"}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","discovery":true,"jwks_uri":"http://a/j","upstream":"a"}]}"#,
                 "only one of",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j","upstream":"a","algorithms":["none"]}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks_uri":"http://a/j","upstream":"a","algorithms":["none"]}]}"#,
                 "`issuers[0].algorithms`: \"none\" is not supported",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks_uri":"http://a/j","upstream":"a","algorithms":["HS256"]}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks_uri":"http://a/j","upstream":"a","algorithms":["HS256"]}]}"#,
                 "HS256 needs `shared_secret`",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks":{"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]}}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks":{"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]}}]}"#,
                 "`issuers[0].jwks`: keys[0] (kid \"k\"): unusable RS256 key",
             ),
             (
-                r#"{"issuers":[{"issuer":"x","jwks":{"keys":[]}}]}"#,
+                r#"{"issuers":[{"issuer":"x","audiences":"any","jwks":{"keys":[]}}]}"#,
                 "`issuers[0].jwks`: holds no key",
             ),
             (
-                r#"{"clock_skew_seconds":3600,"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"clock_skew_seconds":3600,"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`clock_skew_seconds`: 3600 is too lenient",
             ),
             (
-                r#"{"token_sources":[{"query":"a","cookie":"b"}],"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"token_sources":[{"query":"a","cookie":"b"}],"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`token_sources[0]`: must be exactly one",
             ),
             (
-                r#"{"forward":{"claims":{"sub":"bad header"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"forward":{"claims":{"sub":"bad header"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`forward.claims.sub`: \"bad header\" is not a valid",
             ),
             (
-                r#"{"forward":{"claims":{"scope":"x-authenticated-scope"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"forward":{"claims":{"scope":"x-authenticated-scope"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`forward.claims.scope`: \"x-authenticated-scope\" is already set",
             ),
             (
-                r#"{"forward":{"claims":{"sub":"x-a","cid":"x-a"}},"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"forward":{"claims":{"sub":"x-a","cid":"x-a"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "is used twice",
             ),
             (
-                r#"{"realm":"a\"b","issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                r#"{"issuers":[{"issuer":"x","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`issuers[0].audiences`: is required",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":[],"shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`issuers[0].audiences`: must not be empty; write \"any\"",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"all","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`issuers[0].audiences`: must be a list of audiences or \"any\"",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","discovery":true,"upstream":"a","unknown_kid_refetch_seconds":0}]}"#,
+                "`issuers[0].issuer`: discovery needs",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"http://x","audiences":"any","discovery":true,"upstream":"a","unknown_kid_refetch_seconds":0}]}"#,
+                "`issuers[0].unknown_kid_refetch_seconds`: must be at least 1",
+            ),
+            (
+                r#"{"forward":{"payload_header":"content-length"},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`forward.payload_header`: \"content-length\" is reserved",
+            ),
+            (
+                r#"{"forward":{"claims":{"sub":"host"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`forward.claims.sub`: \"host\" is reserved",
+            ),
+            (
+                r#"{"forward":{"claims":{"sub":"X_Forwarded_For"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`forward.claims.sub`: \"X_Forwarded_For\" is reserved",
+            ),
+            (
+                r#"{"identity_headers":{"client_id":"x-envoy-client"},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "`identity_headers.client_id`: \"x-envoy-client\" is reserved",
+            ),
+            (
+                r#"{"identity_headers":{"client_id":"x-request-id"},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "\"x-request-id\" is reserved",
+            ),
+            (
+                r#"{"forward":{"claims":{"sub":"x_authenticated_scope"}},"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+                "is already set by `identity_headers`",
+            ),
+            (
+                r#"{"realm":"a\"b","issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
                 "`realm`",
             ),
         ];
@@ -735,11 +842,13 @@ mod tests {
 
     #[test]
     fn shared_secret_enables_hmac_and_duplicate_issuers_are_refused() {
-        let json = format!(r#"{{"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#);
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+        );
         let c = Config::from_json(json.as_bytes()).unwrap();
         assert!(c.issuers.first().unwrap().algorithms.contains(&Alg::HS512));
         let twice = format!(
-            r#"{{"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}},{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}},{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
         );
         assert!(err(&twice).contains("`issuers[1].issuer`: \"x\" is listed twice"));
     }
@@ -747,7 +856,7 @@ mod tests {
     #[test]
     fn forwarded_header_names_are_lowercased_and_listed_for_stripping() {
         let json = format!(
-            r#"{{"forward":{{"claims":{{"sub":"X-Jwt-Sub","client_id":"x-client"}},"payload_header":"x-jwt-payload"}},"issuers":[{{"issuer":"x","shared_secret":"{SECRET}"}}]}}"#
+            r#"{{"forward":{{"claims":{{"sub":"X-Jwt-Sub","client_id":"x-client"}},"payload_header":"x-jwt-payload"}},"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
         );
         let c = Config::from_json(json.as_bytes()).unwrap();
         for name in [
@@ -759,5 +868,31 @@ mod tests {
         ] {
             assert!(c.strip_headers.iter().any(|h| h == name), "{name}");
         }
+    }
+
+    #[test]
+    fn public_paths_that_shadow_policy_rules_are_warned_about() {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}],
+                "public_paths":["/health","/docs/??"],
+                "policy":{{"GET /docs/{{^v[0-9]+$}}":"read","GET /api/??":"read","GET /health/deep":"admin"}}}}"#
+        );
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = c.warnings.first().unwrap();
+        assert!(
+            w.contains("\"/docs/??\"") && w.contains("/docs/{^v[0-9]+$}"),
+            "{w}"
+        );
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}],
+                "public_paths":["/health"],"policy":{{"* /??":"read"}}}}"#
+        );
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "a catch-all rule overlaps every public path"
+        );
     }
 }

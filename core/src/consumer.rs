@@ -4,6 +4,7 @@
 //! selected paths.
 
 use crate::config::ConfigError;
+use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,6 +40,9 @@ pub struct AnonymousConfig {
     #[serde(default)]
     pub custom_id: Option<String>,
     pub paths: Vec<String>,
+    /// The scopes the policy sees for anonymous requests; none by default.
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// Whether a presented but invalid token also falls back to anonymous.
     /// Off by default: a client that sends a broken token usually wants to
     /// hear about it rather than silently lose its identity.
@@ -79,6 +83,7 @@ pub struct Anonymous {
     pub consumer: Consumer,
     /// Uncompiled path patterns; `policy::PathSet` owns their syntax.
     pub paths: Vec<String>,
+    pub scopes: Vec<String>,
     pub on_invalid_token: bool,
 }
 
@@ -137,9 +142,18 @@ impl Consumers {
                         ));
                     }
                 }
+                for (i, scope) in a.scopes.iter().enumerate() {
+                    if scope.is_empty() || scope.contains([',', ' ']) || !is_header_value(scope) {
+                        return Err(ConfigError::new(
+                            format!("anonymous.scopes[{i}]"),
+                            "must be one scope: not empty, without commas, spaces or control characters",
+                        ));
+                    }
+                }
                 Some(Anonymous {
                     consumer,
                     paths: a.paths.clone(),
+                    scopes: a.scopes.clone(),
                     on_invalid_token: a.on_invalid_token,
                 })
             }
@@ -219,37 +233,6 @@ fn json_quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// Why `name` cannot be used as a header the filter sets or strips, if it cannot.
-pub(crate) fn header_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        return Some("must not be empty");
-    }
-    let is_tchar =
-        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !name.bytes().all(is_tchar) {
-        return Some("must be a lowercase HTTP header name (letters, digits and !#$%&'*+-.^_`|~)");
-    }
-    None
-}
-
-/// Headers the filter must never set or strip: doing so would break framing or
-/// routing, or (for `authorization`) erase the very token being checked.
-pub(crate) const RESERVED_HEADERS: &[&str] = &[
-    "authorization",
-    "connection",
-    "content-length",
-    "content-type",
-    "cookie",
-    "expect",
-    "host",
-    "keep-alive",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Names of the headers carrying identity upstream. Every one of them is also
 /// stripped from incoming requests, so a client cannot forge its identity.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -295,30 +278,40 @@ impl IdentityHeaderNames {
         ]
     }
 
-    /// The error's `field` is the bare field name (`consumer_id`); the caller
-    /// knows under which key these names sit in the configuration and prefixes
-    /// it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// The names validated and lowercased. The error's `field` is the bare
+    /// field name (`consumer_id`); the caller knows under which key these
+    /// names sit in the configuration and prefixes it.
+    pub fn compile(mut self) -> Result<IdentityHeaderNames, ConfigError> {
+        for (field, name) in self.named_mut() {
+            *name = header_name(name, field, HeaderUse::Upstream)?;
+        }
         let named = self.named();
         for (i, (field, name)) in named.iter().enumerate() {
-            if let Some(problem) = header_name_problem(name) {
-                return Err(ConfigError::new(*field, problem));
-            }
-            if name.starts_with(':') || RESERVED_HEADERS.contains(name) {
-                return Err(ConfigError::new(
-                    *field,
-                    format!("`{name}` is reserved and cannot carry identity"),
-                ));
-            }
             // Two facts under one name would overwrite each other upstream.
-            if let Some((other, _)) = named.iter().take(i).find(|(_, n)| n == name) {
+            if let Some((other, _)) = named
+                .iter()
+                .take(i)
+                .find(|(_, n)| spelling_key(n) == spelling_key(name))
+            {
                 return Err(ConfigError::new(
                     *field,
                     format!("`{name}` is already used by {other}"),
                 ));
             }
         }
-        Ok(())
+        Ok(self)
+    }
+
+    fn named_mut(&mut self) -> [(&'static str, &mut String); 7] {
+        [
+            ("scope", &mut self.scope),
+            ("client_id", &mut self.client_id),
+            ("expiration", &mut self.expiration),
+            ("consumer_id", &mut self.consumer_id),
+            ("consumer_username", &mut self.consumer_username),
+            ("consumer_custom_id", &mut self.consumer_custom_id),
+            ("anonymous", &mut self.anonymous),
+        ]
     }
 }
 
@@ -460,7 +453,7 @@ mod tests {
                 "x-anonymous-consumer",
             ]
         );
-        assert!(names.validate().is_ok());
+        assert!(names.clone().compile().is_ok());
         assert!(serde_json::from_str::<IdentityHeaderNames>(r#"{"subject": "x"}"#).is_err());
     }
 
@@ -469,14 +462,19 @@ mod tests {
         let bad = |json: &str| {
             serde_json::from_str::<IdentityHeaderNames>(json)
                 .unwrap()
-                .validate()
+                .compile()
                 .unwrap_err()
         };
-        let e = bad(r#"{"scope": "X-Scope"}"#);
+        let upper: IdentityHeaderNames = serde_json::from_str(r#"{"scope": "X-Scope"}"#).unwrap();
+        assert_eq!(upper.compile().unwrap().scope, "x-scope");
+        let e = bad(r#"{"scope": "x scope"}"#);
         assert_eq!(e.field, "scope");
-        assert!(e
-            .to_string()
-            .starts_with("invalid configuration: `scope`: must be a lowercase HTTP header name"));
+        assert!(e.problem.contains("not a valid HTTP header name"));
+        assert_eq!(
+            bad(r#"{"client_id": "x-forwarded-user"}"#).field,
+            "client_id"
+        );
+        assert_eq!(bad(r#"{"consumer_id": "x_consumer_custom_id", "consumer_custom_id": "x-consumer-custom-id"}"#).field, "consumer_custom_id");
         assert_eq!(bad(r#"{"client_id": ""}"#).field, "client_id");
         assert_eq!(bad(r#"{"expiration": "x exp"}"#).field, "expiration");
         assert_eq!(bad(r#"{"consumer_id": ":path"}"#).field, "consumer_id");

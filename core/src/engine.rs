@@ -4,14 +4,16 @@
 
 use std::rc::Rc;
 
-use crate::cache::BoundedCache;
+use crate::cache::{digest, BoundedCache, Digest};
 use crate::callout::{Callout, CalloutReply};
 use crate::config::{Config, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
+use crate::grant::Grant;
+use crate::headers::spelling_key;
 use crate::jwks::KeyLookupError;
-use crate::jwt::{precheck, TokenError, VerifiedToken};
-use crate::keys::{FetchStep, KeyManager};
+use crate::jwt::{precheck, TokenError};
+use crate::keys::{FetchStep, KeyManager, KeyWait};
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::{normalize_path, PolicyDecision};
 use crate::response::Denial;
@@ -30,22 +32,23 @@ pub struct Request<'a> {
 /// Mutable state shared by all requests of one VM (one Envoy worker).
 pub struct State {
     pub keys: KeyManager,
-    tokens: BoundedCache<Rc<VerifiedToken>>,
-    /// PDP answers by (subject, client, method, path, scopes).
-    decisions: BoundedCache<bool>,
+    /// Grants of verified tokens, by the SHA-256 of the whole token.
+    pub tokens: BoundedCache<Rc<Grant>>,
+    /// PDP answers, by the SHA-256 of (subject, client, method, path, scopes).
+    pub decisions: BoundedCache<bool>,
 }
 
 impl State {
     pub fn new(config: &Config) -> Self {
+        let (pdp_bytes, pdp_entries) = match &config.pdp {
+            Some(pdp) if pdp.cache_seconds() > 0 => (pdp.cache_bytes(), usize::MAX),
+            _ => (0, 0),
+        };
         State {
             keys: KeyManager::new(config),
-            tokens: BoundedCache::new(config.token_cache_entries),
-            decisions: BoundedCache::new(config.token_cache_entries),
+            tokens: BoundedCache::new(config.token_cache.max_bytes, config.token_cache.max_entries),
+            decisions: BoundedCache::new(pdp_bytes, pdp_entries),
         }
-    }
-
-    pub fn cached_tokens(&self) -> usize {
-        self.tokens.len()
     }
 }
 
@@ -64,7 +67,7 @@ pub struct Allow {
 pub struct PendingPdp {
     allow: Allow,
     denial: Denial,
-    cache_key: String,
+    cache_key: Digest,
 }
 
 #[derive(Debug, PartialEq)]
@@ -76,12 +79,48 @@ pub enum Verdict {
         callout: Box<Callout>,
         pending: Box<PendingPdp>,
     },
-    /// Fetch this issuer's keys, then ask again.
+    /// Fetch this issuer's keys (feed the reply to `state.keys`), and wait
+    /// like [`Verdict::WaitForKeys`].
     FetchKeys {
         issuer: usize,
         step: FetchStep,
         callout: Box<Callout>,
+        until: u64,
     },
+    /// A fetch of this issuer's keys is in flight: ask again when it has
+    /// settled, or call [`waited_too_long`] at `until`.
+    WaitForKeys {
+        issuer: usize,
+        until: u64,
+    },
+}
+
+impl Verdict {
+    fn from_key_wait(wait: KeyWait, issuer: usize, kid: Option<String>) -> Verdict {
+        match wait {
+            KeyWait::Fetch {
+                step,
+                callout,
+                until,
+            } => Verdict::FetchKeys {
+                issuer,
+                step,
+                callout: Box::new(callout),
+                until,
+            },
+            KeyWait::Wait { until } => Verdict::WaitForKeys { issuer, until },
+            KeyWait::Unavailable(why) => Verdict::Deny(Denial::Unavailable(why)),
+            KeyWait::KidUnknown => Verdict::Deny(Denial::InvalidToken(
+                TokenError::Key(KeyLookupError::UnknownKid(kid.unwrap_or_default())).to_string(),
+            )),
+        }
+    }
+}
+
+/// The denial for a request whose wait for keys outlived the fetch.
+pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
+    let name = config.issuers.get(issuer).map_or("", |i| i.issuer.as_str());
+    Denial::Unavailable(format!("the signing keys of {name} did not arrive in time"))
 }
 
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
@@ -100,8 +139,8 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
         Ok(None) => return anonymous_or(config, request, &path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
     };
-    let token = match verify(config, state, &found.token, now) {
-        Ok(verified) => verified,
+    let grant = match verify(config, state, &found.token, now) {
+        Ok(grant) => grant,
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let on_invalid = config
                 .consumers
@@ -115,10 +154,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
         }
         Err(verdict) => return verdict,
     };
-    let client_id = token
-        .claim_text("client_id")
-        .or_else(|| token.claim_text("azp"));
-    let consumer = match config.consumers.lookup(client_id.as_deref()) {
+    let consumer = match config.consumers.lookup(grant.client_id.as_deref()) {
         ConsumerLookup::Known(consumer) => Some(consumer),
         ConsumerLookup::NotConfigured => None,
         ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => None,
@@ -126,49 +162,25 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
             return Verdict::Deny(Denial::InvalidToken("unknown client".into()));
         }
     };
-    let scopes = token.scopes(&config.scope_claims);
-    let rule = match &config.policy {
-        None => None,
-        Some(policy) => match policy.decide(request.method, &path, &scopes) {
-            PolicyDecision::Allow { rule } => Some(rule),
-            PolicyDecision::NoRule if config.deny_by_default => {
-                return Verdict::Deny(Denial::Forbidden(format!(
-                    "no policy rule allows {} {path}",
-                    request.method
-                )));
-            }
-            PolicyDecision::NoRule => None,
-            PolicyDecision::InsufficientScope { rule, required } => {
-                return Verdict::Deny(Denial::InsufficientScope {
-                    rule,
-                    scopes: required,
-                });
-            }
-        },
+    let rule = match check_policy(config, request.method, &path, &grant.scopes) {
+        Ok(rule) => rule,
+        Err(denial) => return Verdict::Deny(denial),
     };
-    let allow = allow(
-        config,
-        request,
-        &found,
-        &token,
-        consumer,
-        client_id.as_deref(),
-        &scopes,
-    );
+    let allow = allow(config, request, &found, &grant, consumer);
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };
-    let subject = allow.subject.clone().unwrap_or_default();
+    let claims = grant.claims();
     let query = PdpQuery {
-        subject: &subject,
-        client_id: client_id.as_deref(),
-        claims: token.claims(),
+        subject: grant.subject.as_deref().unwrap_or_default(),
+        client_id: grant.client_id.as_deref(),
+        claims: &claims,
         method: request.method,
         path: &path,
         rule: rule.as_deref().unwrap_or(""),
-        scopes: &scopes,
+        scopes: &grant.scopes,
     };
-    let cache_key = Pdp::cache_key(&query);
+    let cache_key = digest(&[Pdp::cache_key(&query).as_bytes()]);
     match state.decisions.get(&cache_key, now) {
         Some(true) => Verdict::Allow(allow),
         Some(false) => Verdict::Deny(pdp_denied(&query)),
@@ -184,6 +196,30 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
                 }),
             }
         }
+    }
+}
+
+/// The policy's verdict on these scopes: the matched rule (`None` without a
+/// policy, or for an unlisted path when `deny_by_default` is off), or the denial.
+fn check_policy(
+    config: &Config,
+    method: &str,
+    path: &str,
+    scopes: &[String],
+) -> Result<Option<String>, Denial> {
+    let Some(policy) = &config.policy else {
+        return Ok(None);
+    };
+    match policy.decide(method, path, scopes) {
+        PolicyDecision::Allow { rule } => Ok(Some(rule)),
+        PolicyDecision::NoRule if config.deny_by_default => Err(Denial::Forbidden(format!(
+            "no policy rule allows {method} {path}"
+        ))),
+        PolicyDecision::NoRule => Ok(None),
+        PolicyDecision::InsufficientScope { rule, required } => Err(Denial::InsufficientScope {
+            rule,
+            scopes: required,
+        }),
     }
 }
 
@@ -226,75 +262,79 @@ pub fn finish_pdp(
     }
 }
 
-/// The headers this filter may set that the client sent anyway: removed so
-/// none can be forged. Only those present, to spare host calls.
+/// The headers this filter may set that the client sent anyway, in any
+/// spelling a backend would read as the same header (case, `_` for `-`):
+/// removed so none can be forged. Only those present, to spare host calls.
 fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
-    config
-        .strip_headers
+    let mut names: Vec<String> = headers
         .iter()
-        .filter(|name| headers.iter().any(|(n, _)| n == *name))
+        .map(|(name, _)| name)
+        .filter(|name| {
+            config
+                .strip_headers
+                .binary_search(&spelling_key(name))
+                .is_ok()
+        })
         .cloned()
-        .collect()
+        .collect();
+    names.dedup();
+    names
 }
 
-/// Without a usable token, the anonymous consumer may pass on its paths.
+/// Without a usable token, the anonymous consumer may pass on its paths, as
+/// far as the policy lets its own scopes (none by default) go: dropping the
+/// token never gives more access than sending one. Where it may not pass, the
+/// caller gets `denial` (a 401 challenge), since a token could help.
 fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) -> Verdict {
-    match config.consumers.anonymous() {
-        Some(anonymous) if config.anonymous_paths.matches(path) => Verdict::Allow(Allow {
-            remove_headers: forged(config, request.headers),
-            set_headers: anonymous.consumer.upstream_headers(&config.identity),
-            subject: Some(anonymous.consumer.id.clone()),
-            new_path: None,
-        }),
-        _ => Verdict::Deny(denial),
+    let Some(anonymous) = config.consumers.anonymous() else {
+        return Verdict::Deny(denial);
+    };
+    if !config.anonymous_paths.matches(path)
+        || check_policy(config, request.method, path, &anonymous.scopes).is_err()
+    {
+        return Verdict::Deny(denial);
     }
+    let mut set_headers = anonymous.consumer.upstream_headers(&config.identity);
+    if !anonymous.scopes.is_empty() {
+        set_headers.push((config.identity.scope.clone(), anonymous.scopes.join(",")));
+    }
+    Verdict::Allow(Allow {
+        remove_headers: forged(config, request.headers),
+        set_headers,
+        subject: Some(anonymous.consumer.id.clone()),
+        new_path: None,
+    })
 }
 
-fn verify(
-    config: &Config,
-    state: &mut State,
-    token: &str,
-    now: u64,
-) -> Result<Rc<VerifiedToken>, Verdict> {
-    if let Some(hit) = state.tokens.get(token, now) {
+fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<Rc<Grant>, Verdict> {
+    let key = digest(&[token.as_bytes()]);
+    if let Some(hit) = state.tokens.get(&key, now) {
         return Ok(Rc::clone(hit));
     }
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(e.to_string()));
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
     let issuer = unverified.issuer;
     let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
-        let name = config.issuers.get(issuer).map_or("", |i| i.issuer.as_str());
-        let why = match state
-            .keys
-            .state(issuer)
-            .and_then(|s| s.last_error.as_deref())
-        {
-            Some(error) => format!("the signing keys of {name} are not available: {error}"),
-            None => format!("the signing keys of {name} are being fetched"),
-        };
-        return Err(Verdict::Deny(Denial::Unavailable(why)));
+        let wait = state.keys.load_for_request(config, issuer, now);
+        return Err(Verdict::from_key_wait(wait, issuer, None));
     };
     match unverified.verify(&keys, &config.rules, now) {
         Ok(verified) => {
-            let expires_at = verified
-                .expires_at()
+            let grant = Grant::from_token(&verified, config)
+                .map_err(|e| Verdict::Deny(Denial::InvalidToken(e.to_string())))?;
+            let expires_at = grant
+                .expires_at
                 .unwrap_or(now.saturating_add(NO_EXP_CACHE_SECONDS));
-            let verified = Rc::new(verified);
-            // Keyed by the whole token: a prefix or a `kid` is never enough.
-            state
-                .tokens
-                .insert(token.to_string(), Rc::clone(&verified), expires_at, now);
-            Ok(verified)
+            let grant = Rc::new(grant);
+            // Keyed by a digest of the whole token: a prefix or a `kid` is never enough.
+            state.tokens.insert(key, Rc::clone(&grant), expires_at, now);
+            Ok(grant)
         }
         Err(TokenError::Key(KeyLookupError::UnknownKid(kid))) => {
-            match state.keys.refetch_for_unknown_kid(config, issuer, now) {
-                Some((step, callout)) => Err(Verdict::FetchKeys {
-                    issuer,
-                    step,
-                    callout: Box::new(callout),
-                }),
-                None => Err(invalid(TokenError::Key(KeyLookupError::UnknownKid(kid)))),
-            }
+            let wait = state
+                .keys
+                .refetch_for_unknown_kid(config, issuer, &kid, now);
+            Err(Verdict::from_key_wait(wait, issuer, Some(kid)))
         }
         Err(e) => Err(invalid(e)),
     }
@@ -304,29 +344,25 @@ fn allow(
     config: &Config,
     request: &Request,
     found: &FoundToken,
-    token: &VerifiedToken,
+    grant: &Grant,
     consumer: Option<&Consumer>,
-    client_id: Option<&str>,
-    scopes: &[String],
 ) -> Allow {
     let mut allow = Allow {
         remove_headers: forged(config, request.headers),
-        subject: token
-            .claim_text("sub")
-            .or_else(|| client_id.map(str::to_string)),
+        subject: grant.subject.clone(),
         ..Allow::default()
     };
     let identity = &config.identity;
     // Comma-separated, as Gluu Gateway sent it.
     allow
         .set_headers
-        .push((identity.scope.clone(), scopes.join(",")));
-    if let Some(client_id) = client_id {
+        .push((identity.scope.clone(), grant.scopes.join(",")));
+    if let Some(client_id) = &grant.client_id {
         allow
             .set_headers
-            .push((identity.client_id.clone(), client_id.to_string()));
+            .push((identity.client_id.clone(), client_id.clone()));
     }
-    if let Some(exp) = token.expires_at() {
+    if let Some(exp) = grant.expires_at {
         allow
             .set_headers
             .push((identity.expiration.clone(), exp.to_string()));
@@ -336,15 +372,13 @@ fn allow(
             .set_headers
             .extend(consumer.upstream_headers(identity));
     }
-    for (claim, header) in &config.forward.claims {
-        if let Some(value) = token.claim_text(claim) {
-            allow.set_headers.push((header.clone(), value));
+    for (i, value) in &grant.forwarded {
+        if let Some((_, header)) = config.forward.claims.get(*i) {
+            allow.set_headers.push((header.clone(), value.clone()));
         }
     }
-    if let Some(header) = &config.forward.payload_header {
-        allow
-            .set_headers
-            .push((header.clone(), token.payload_segment().to_string()));
+    if let (Some(header), Some(payload)) = (&config.forward.payload_header, &grant.payload) {
+        allow.set_headers.push((header.clone(), payload.clone()));
     }
     if config.forward.hide_credentials {
         match &found.source {
@@ -483,7 +517,7 @@ mod tests {
             run(&c, &mut s, &bearer(&token), "/"),
             Verdict::Allow(_)
         ));
-        assert_eq!(s.cached_tokens(), 1);
+        assert_eq!(s.tokens.len(), 1);
         let request = Request {
             method: "GET",
             path: "/",
@@ -541,22 +575,28 @@ mod tests {
     }
 
     #[test]
-    fn before_keys_load_requests_get_503_and_the_fetch_follows_discovery() {
+    fn before_keys_load_a_request_starts_the_fetch_and_others_wait_for_it() {
         let c = fetched_config();
         let mut s = State::new(&c);
         let now = vectors().now;
         let token = vectors().token("good_RS256").to_string();
-        assert!(matches!(
-            run(&c, &mut s, &bearer(&token), "/"),
-            Verdict::Deny(Denial::Unavailable(_))
-        ));
-
-        let due = s.keys.due(&c, now);
-        let [(0, FetchStep::Discovery, callout)] = due.as_slice() else {
-            panic!("{due:?}")
+        let Verdict::FetchKeys {
+            issuer: 0,
+            step: FetchStep::Discovery,
+            callout,
+            until,
+        } = run(&c, &mut s, &bearer(&token), "/")
+        else {
+            panic!("the first request starts the fetch")
         };
         assert_eq!(callout.url.path, "/.well-known/openid-configuration");
         assert_eq!(callout.upstream, "as");
+        assert_eq!(until, now + 11, "2 x fetch_timeout, rounded up");
+        assert_eq!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::WaitForKeys { issuer: 0, until },
+            "the next one waits for it"
+        );
         assert!(s.keys.due(&c, now).is_empty(), "one fetch at a time");
 
         let discovery = reply(
@@ -580,6 +620,34 @@ mod tests {
             run(&c, &mut s, &bearer(&token), "/"),
             Verdict::Allow(_)
         ));
+    }
+
+    #[test]
+    fn while_the_server_is_down_requests_retry_at_most_once_a_second() {
+        let c = fetched_config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let token = vectors().token("good_RS256").to_string();
+        let at = |s: &mut State, t: u64| {
+            let request = Request {
+                method: "GET",
+                path: "/",
+                headers: &bearer(&token),
+            };
+            authorize(&c, s, &request, t)
+        };
+        assert!(matches!(at(&mut s, now), Verdict::FetchKeys { .. }));
+        let _ = s
+            .keys
+            .on_reply(&c, 0, FetchStep::Discovery, &CalloutReply::default(), now);
+        assert!(
+            matches!(at(&mut s, now), Verdict::Deny(Denial::Unavailable(_))),
+            "the same second: 503, no second fetch"
+        );
+        assert!(
+            matches!(at(&mut s, now + 1), Verdict::FetchKeys { .. }),
+            "a second later a request tries again, whatever the back-off"
+        );
     }
 
     #[test]
@@ -659,29 +727,68 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_kid_triggers_one_rate_limited_refetch() {
+    fn unknown_kids_refetch_with_a_burst_allowance_and_waiters() {
         let c = fetched_config();
         let mut s = State::new(&c);
         let now = vectors().now;
         let _ = s.keys.due(&c, now);
         let jwks = String::from_utf8(vectors().jwks).unwrap();
-        let _ = s
-            .keys
-            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now);
-        let token = vectors().token("unknown_kid").to_string();
+        let loaded = |s: &mut State, t: u64| {
+            s.keys
+                .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), t)
+        };
+        let _ = loaded(&mut s, now);
+        let junk = bearer(vectors().token("unknown_kid"));
+        let at = |s: &mut State, t: u64, headers: &[(String, String)]| {
+            let request = Request {
+                method: "GET",
+                path: "/",
+                headers,
+            };
+            authorize(&c, s, &request, t)
+        };
+        let t = now + 1;
         assert!(matches!(
-            run(&c, &mut s, &bearer(&token), "/"),
+            at(&mut s, t, &junk),
             Verdict::FetchKeys { issuer: 0, .. }
         ));
+        assert!(
+            matches!(at(&mut s, t, &junk), Verdict::WaitForKeys { issuer: 0, .. }),
+            "a second request with the kid waits for the refetch"
+        );
+        let _ = loaded(&mut s, t);
+        let Verdict::Deny(Denial::InvalidToken(why)) = at(&mut s, t + 5, &junk) else {
+            panic!("the refetch did not find it: 401")
+        };
+        assert!(why.contains("kid"), "{why}");
+        // The junk kid spent one refetch; repeating it spends none, so a
+        // genuinely new kid moments later still gets its refetch.
+        let _ = at(&mut s, t + 6, &junk);
+        // Another unknown kid: the lookup fails before any signature check.
+        let other = {
+            use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
+            let header =
+                Base64UrlSafeNoPadding::encode_to_string(br#"{"alg":"RS256","kid":"rotated"}"#)
+                    .unwrap();
+            let good = vectors().token("good_RS256").to_string();
+            let rest = good.split_once('.').unwrap().1;
+            bearer(&format!("{header}.{rest}"))
+        };
+        assert!(matches!(
+            at(&mut s, t + 7, &other),
+            Verdict::FetchKeys { .. }
+        ));
+        // A refetch that fails is a 503, not a 401.
         let _ = s
             .keys
-            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now);
+            .on_reply(&c, 0, FetchStep::Jwks, &reply(500, "down"), t + 7);
+        assert!(matches!(
+            at(&mut s, t + 7, &other),
+            Verdict::Deny(Denial::Unavailable(_))
+        ));
         assert!(
-            matches!(
-                run(&c, &mut s, &bearer(&token), "/"),
-                Verdict::Deny(Denial::InvalidToken(_))
-            ),
-            "no second refetch within 30 s"
+            s.keys.keys(0).is_some(),
+            "the old keys still serve their tokens"
         );
     }
 
@@ -856,5 +963,155 @@ mod tests {
             };
             assert_eq!(denial.code(), denied, "{answer:?}");
         }
+    }
+
+    /// An HS256 token over `claims`, signed with the vectors' shared secret.
+    fn hs_token(claims: serde_json::Value) -> String {
+        use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
+        let enc = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).unwrap();
+        let input = format!(
+            "{}.{}",
+            enc(br#"{"alg":"HS256","typ":"JWT"}"#),
+            enc(claims.to_string().as_bytes())
+        );
+        let mac = hmac_sha256::HMAC::mac(input.as_bytes(), vectors().hs_secret.as_bytes());
+        format!("{input}.{}", enc(&mac))
+    }
+
+    fn hs_config(extra: &str) -> Config {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}"}}]{extra}}}"#,
+            vectors().hs_secret
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn hs_claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({"iss": "https://hs.test", "aud": "api",
+            "sub": "alice", "client_id": "app", "scope": "read", "exp": vectors().now + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    #[test]
+    fn forgeable_headers_are_stripped_in_every_spelling_a_backend_merges() {
+        let c = hs_config(r#","forward":{"claims":{"sub":"X-Jwt-Sub"}},"public_paths":["/open"]"#);
+        let mut s = State::new(&c);
+        let sent = h(&[
+            ("x_authenticated_scope", "admin"),
+            ("x-authenticated_scope", "admin"),
+            ("x_jwt_sub", "root"),
+            ("x_consumer_id", "c0"),
+            ("x_other", "kept"),
+        ]);
+        let Verdict::Allow(public) = method_run(&c, &mut s, "GET", "/open", &sent) else {
+            panic!()
+        };
+        assert_eq!(
+            public.remove_headers,
+            [
+                "x_authenticated_scope",
+                "x-authenticated_scope",
+                "x_jwt_sub",
+                "x_consumer_id"
+            ]
+        );
+        let mut with_token = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        with_token.extend(sent);
+        let Verdict::Allow(allowed) = method_run(&c, &mut s, "GET", "/x", &with_token) else {
+            panic!()
+        };
+        assert_eq!(allowed.remove_headers, public.remove_headers);
+        assert!(allowed
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read".into())));
+    }
+
+    #[test]
+    fn the_anonymous_consumer_is_bound_by_the_policy() {
+        let c = hs_config(
+            r#","policy":{"GET /catalog/??":"read","POST,PUT,DELETE /catalog/??":"write"},
+                "anonymous":{"id":"anon","paths":["/catalog/??"],"scopes":["read"]}"#,
+        );
+        let mut s = State::new(&c);
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/catalog/item1", &[]) else {
+            panic!("anonymous read is allowed")
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read".into())));
+        assert_eq!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &[]),
+            Verdict::Deny(Denial::NoToken),
+            "anonymous lacks write: a 401 challenge, as for a missing token"
+        );
+        let basic = h(&[("authorization", "Basic YTpi")]);
+        assert_eq!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &basic),
+            Verdict::Deny(Denial::NoToken)
+        );
+        let reader = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        assert!(matches!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &reader),
+            Verdict::Deny(Denial::InsufficientScope { .. })
+        ));
+
+        let no_scopes = hs_config(
+            r#","policy":{"GET /catalog/??":"read"},"anonymous":{"id":"anon","paths":["/catalog/??"]}"#,
+        );
+        let mut s = State::new(&no_scopes);
+        assert_eq!(
+            method_run(&no_scopes, &mut s, "GET", "/catalog/x", &[]),
+            Verdict::Deny(Denial::NoToken),
+            "no scopes by default"
+        );
+    }
+
+    #[test]
+    fn claims_that_cannot_be_headers_reject_the_token_and_nothing_is_cached() {
+        let c = hs_config(r#","forward":{"claims":{"sub":"x-jwt-sub"}}"#);
+        let mut s = State::new(&c);
+        for extra in [
+            serde_json::json!({"sub": "alice\r\nx-admin: true"}),
+            serde_json::json!({"client_id": "app\u{0}"}),
+            serde_json::json!({"scope": "read a,b"}),
+        ] {
+            let token = hs_token(hs_claims(extra.clone()));
+            let Verdict::Deny(Denial::InvalidToken(why)) = run(&c, &mut s, &bearer(&token), "/")
+            else {
+                panic!("{extra} was let through")
+            };
+            assert!(why.contains("claim") || why.contains("comma"), "{why}");
+        }
+        assert!(s.tokens.is_empty());
+        // A control character in a claim that is not sent upstream is harmless.
+        let token = hs_token(hs_claims(serde_json::json!({"name": "a\nb"})));
+        assert!(matches!(
+            run(&c, &mut s, &bearer(&token), "/"),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn the_token_cache_holds_compact_grants_within_its_byte_budget() {
+        let c = hs_config(r#","token_cache_bytes":65536"#);
+        let mut s = State::new(&c);
+        let groups: Vec<String> = (0..700).map(|i| format!("group-{i}")).collect();
+        for i in 0..200 {
+            let token = hs_token(hs_claims(
+                serde_json::json!({"jti": format!("t{i}"), "groups": groups}),
+            ));
+            assert!(matches!(
+                run(&c, &mut s, &bearer(&token), "/"),
+                Verdict::Allow(_)
+            ));
+            assert!(s.tokens.bytes() <= 65536);
+        }
+        // The big `groups` claim is not forwarded, so it is not kept: a grant
+        // weighs a few hundred bytes, not the ~10 KB of its claims.
+        assert!(s.tokens.len() > 100, "{} cached", s.tokens.len());
+        assert!(s.tokens.stats().evictions > 0);
     }
 }

@@ -195,6 +195,14 @@ impl KeySet {
         self.entries.iter().any(|e| e.kid.as_deref() == Some(kid))
     }
 
+    /// Whether a key has a kid with this digest ([`crate::cache::digest`] of the kid).
+    pub fn has_kid_digest(&self, kid: &crate::cache::Digest) -> bool {
+        self.entries
+            .iter()
+            .filter_map(|e| e.kid.as_deref())
+            .any(|k| crate::cache::digest(&[k.as_bytes()]) == *kid)
+    }
+
     pub fn find(&self, kid: Option<&str>, alg: Alg) -> Result<&KeyEntry, KeyLookupError> {
         match kid {
             // The one shared secret of an issuer serves whatever kid its

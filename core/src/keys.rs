@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
+use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::config::{Config, Issuer, KeySource};
 use crate::jwks::KeySet;
@@ -16,6 +17,17 @@ use crate::jwks::KeySet;
 const FIRST_LOAD_RETRY_SECONDS: [u64; 5] = [1, 2, 4, 8, 15];
 /// Retry delay after a failed refresh while older keys are still in use.
 const REFRESH_RETRY_SECONDS: u64 = 15;
+/// A request may start a fetch itself (keys never loaded, or an unknown
+/// `kid`) at most this often per issuer, so recovery follows the server
+/// within about a second while a flood of requests stays one fetch a second.
+const REQUEST_FETCH_INTERVAL_SECONDS: u64 = 1;
+/// Unknown-kid refetches that may be spent at once; one more is earned every
+/// `unknown_kid_refetch_seconds`. A junk kid therefore never locks out the
+/// refetch a genuine rotation needs a moment later.
+const UNKNOWN_KID_BURST: u64 = 3;
+/// Kids a refetch did not find, remembered (by digest) so that repeating one
+/// spends no further refetch for `unknown_kid_refetch_seconds`.
+const ABSENT_KIDS_REMEMBERED: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchStep {
@@ -33,7 +45,15 @@ pub struct IssuerKeys {
     in_flight_until: Option<u64>,
     next_attempt_at: u64,
     failures: usize,
-    last_unknown_kid_fetch: Option<u64>,
+    /// When the last fetch of any kind was started.
+    last_started_at: Option<u64>,
+    /// Unknown-kid refetch allowance: tokens left, as of `refetch_credit_at`.
+    refetch_credit: u64,
+    refetch_credit_at: u64,
+    /// Kids that requests wait for in the fetch in flight.
+    wanted_kids: Vec<Digest>,
+    /// Kids the last fetches did not find, until when they are not refetched for.
+    absent_kids: Vec<(Digest, u64)>,
 }
 
 /// What one reply means for the fetch in progress.
@@ -44,9 +64,87 @@ pub enum FetchProgress {
     Failed(String),
 }
 
+/// What a request that lacks keys (or the key its `kid` names) may do.
+#[derive(Debug, PartialEq)]
+pub enum KeyWait {
+    /// Start this fetch and wait for it, until `until`.
+    Fetch {
+        step: FetchStep,
+        callout: Callout,
+        until: u64,
+    },
+    /// Wait for the fetch in flight, until `until`.
+    Wait { until: u64 },
+    /// No fetch can help now; the keys are unavailable for this reason (503).
+    Unavailable(String),
+    /// The keys are fine and hold no such kid (401).
+    KidUnknown,
+}
+
 impl IssuerKeys {
+    fn fresh(now: u64) -> Self {
+        IssuerKeys {
+            refetch_credit: UNKNOWN_KID_BURST,
+            refetch_credit_at: now,
+            ..IssuerKeys::default()
+        }
+    }
+
     fn awaiting(&self, now: u64) -> bool {
         self.in_flight_until.is_some_and(|until| now < until)
+    }
+
+    fn may_start_for_request(&self, now: u64) -> bool {
+        self.last_started_at
+            .is_none_or(|t| now >= t.saturating_add(REQUEST_FETCH_INTERVAL_SECONDS))
+    }
+
+    fn start(&mut self, issuer: &Issuer, now: u64) -> Option<(FetchStep, Callout)> {
+        let first = first_callout(issuer)?;
+        self.in_flight_until = Some(in_flight_deadline(issuer, now));
+        self.last_started_at = Some(now);
+        Some(first)
+    }
+
+    fn wait(&mut self, kid: Option<Digest>) -> KeyWait {
+        if let Some(kid) = kid {
+            if !self.wanted_kids.contains(&kid) && self.wanted_kids.len() < ABSENT_KIDS_REMEMBERED {
+                self.wanted_kids.push(kid);
+            }
+        }
+        KeyWait::Wait {
+            until: self.in_flight_until.unwrap_or_default(),
+        }
+    }
+
+    fn unavailable(&self, issuer: &Issuer) -> KeyWait {
+        KeyWait::Unavailable(match &self.last_error {
+            Some(error) => format!(
+                "the signing keys of {} are not available: {error}",
+                issuer.issuer
+            ),
+            None => format!("the signing keys of {} are being fetched", issuer.issuer),
+        })
+    }
+
+    /// Spends one unknown-kid refetch if there is one left.
+    fn take_refetch_credit(&mut self, interval: u64, now: u64) -> bool {
+        let interval = interval.max(1);
+        let earned = now.saturating_sub(self.refetch_credit_at) / interval;
+        if earned > 0 {
+            self.refetch_credit = self
+                .refetch_credit
+                .saturating_add(earned)
+                .min(UNKNOWN_KID_BURST);
+            self.refetch_credit_at = self
+                .refetch_credit_at
+                .saturating_add(earned.saturating_mul(interval));
+        }
+        if self.refetch_credit == 0 {
+            return false;
+        }
+        self.refetch_credit -= 1;
+        true
     }
 }
 
@@ -74,7 +172,7 @@ impl KeyManager {
                     keys: Some(Rc::clone(keys)),
                     ..IssuerKeys::default()
                 },
-                _ => IssuerKeys::default(),
+                _ => IssuerKeys::fresh(0),
             })
             .collect();
         KeyManager { issuers }
@@ -95,35 +193,98 @@ impl KeyManager {
             if state.awaiting(now) || now < state.next_attempt_at {
                 continue;
             }
-            if let Some((step, callout)) = first_callout(issuer) {
-                state.in_flight_until = Some(in_flight_deadline(issuer, now));
+            if let Some((step, callout)) = state.start(issuer, now) {
                 due.push((index, step, callout));
             }
         }
         due
     }
 
-    /// A token named a `kid` we lack: refetch now unless one is in flight or
-    /// the last such refetch was too recent (a flood of made-up kids must not
-    /// turn into a flood of fetches).
+    /// A request needs the keys of `issuer`, which have never loaded: wait
+    /// for the fetch in flight, or start one (at most one a second), or give
+    /// the reason they are unavailable.
+    pub fn load_for_request(&mut self, config: &Config, issuer: usize, now: u64) -> KeyWait {
+        let (Some(settings), Some(state)) =
+            (config.issuers.get(issuer), self.issuers.get_mut(issuer))
+        else {
+            return KeyWait::Unavailable("unknown issuer".into());
+        };
+        if state.awaiting(now) {
+            return state.wait(None);
+        }
+        if state.may_start_for_request(now) {
+            if let Some((step, callout)) = state.start(settings, now) {
+                let until = state.in_flight_until.unwrap_or(now);
+                return KeyWait::Fetch {
+                    step,
+                    callout,
+                    until,
+                };
+            }
+        }
+        state.unavailable(settings)
+    }
+
+    /// A token named a `kid` the keys lack, maybe after a rotation: wait for
+    /// the fetch in flight, or refetch now if the allowance permits (a burst
+    /// of [`UNKNOWN_KID_BURST`], then one per `unknown_kid_refetch_seconds`;
+    /// a kid the last refetch did not find spends nothing). When the last
+    /// fetch failed, the answer is "unavailable", not "unknown kid".
     pub fn refetch_for_unknown_kid(
         &mut self,
         config: &Config,
         issuer: usize,
+        kid: &str,
         now: u64,
-    ) -> Option<(FetchStep, Callout)> {
-        let settings = config.issuers.get(issuer)?;
-        let state = self.issuers.get_mut(issuer)?;
-        let recent = state
-            .last_unknown_kid_fetch
-            .is_some_and(|t| now < t.saturating_add(settings.unknown_kid_refetch_seconds));
-        if state.awaiting(now) || recent {
-            return None;
+    ) -> KeyWait {
+        let (Some(settings), Some(state)) =
+            (config.issuers.get(issuer), self.issuers.get_mut(issuer))
+        else {
+            return KeyWait::Unavailable("unknown issuer".into());
+        };
+        if matches!(settings.source, KeySource::Static(_)) {
+            return KeyWait::KidUnknown;
         }
-        let (step, callout) = first_callout(settings)?;
-        state.in_flight_until = Some(in_flight_deadline(settings, now));
-        state.last_unknown_kid_fetch = Some(now);
-        Some((step, callout))
+        let kid = digest(&[kid.as_bytes()]);
+        if state.awaiting(now) {
+            return state.wait(Some(kid));
+        }
+        state.absent_kids.retain(|(_, until)| now < *until);
+        let refetch = !state.absent_kids.iter().any(|(k, _)| *k == kid)
+            && state.may_start_for_request(now)
+            && state.take_refetch_credit(settings.unknown_kid_refetch_seconds, now);
+        if refetch {
+            if let Some((step, callout)) = state.start(settings, now) {
+                state.wanted_kids.push(kid);
+                let until = state.in_flight_until.unwrap_or(now);
+                return KeyWait::Fetch {
+                    step,
+                    callout,
+                    until,
+                };
+            }
+        }
+        if state.last_error.is_some() {
+            state.unavailable(settings)
+        } else {
+            KeyWait::KidUnknown
+        }
+    }
+
+    /// When the fetch in flight for `issuer` is given up on, if one is.
+    pub fn awaited_until(&self, issuer: usize, now: u64) -> Option<u64> {
+        let state = self.issuers.get(issuer)?;
+        state.awaiting(now).then_some(state.in_flight_until?)
+    }
+
+    /// The request that dispatched a fetch is gone, and with it (on Envoy
+    /// with the Rust SDK) the reply: stop waiting for it, so the next request
+    /// can start another at once.
+    pub fn abandon(&mut self, issuer: usize) {
+        if let Some(state) = self.issuers.get_mut(issuer) {
+            state.in_flight_until = None;
+            state.last_started_at = None;
+        }
     }
 
     /// Feeds one reply into the fetch of `issuer`.
@@ -175,6 +336,15 @@ impl KeyManager {
             Ok(Interpreted::Next(next_step, callout)) => FetchProgress::Next(next_step, callout),
             Ok(Interpreted::Keys(keys, skipped)) => {
                 let count = keys.len();
+                let remember_until = now.saturating_add(settings.unknown_kid_refetch_seconds);
+                for kid in std::mem::take(&mut state.wanted_kids) {
+                    if !keys.has_kid_digest(&kid) {
+                        if state.absent_kids.len() >= ABSENT_KIDS_REMEMBERED {
+                            state.absent_kids.remove(0);
+                        }
+                        state.absent_kids.push((kid, remember_until));
+                    }
+                }
                 state.keys = Some(Rc::new(keys));
                 state.last_error = None;
                 state.in_flight_until = None;
@@ -186,6 +356,7 @@ impl KeyManager {
                 }
             }
             Err(why) => {
+                state.wanted_kids.clear();
                 state.in_flight_until = None;
                 state.last_error = Some(why.clone());
                 state.failures = state.failures.saturating_add(1);

@@ -24,6 +24,8 @@ pub mod config;
 pub mod consumer;
 pub mod engine;
 pub mod extract;
+pub mod grant;
+pub mod headers;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

@@ -6,7 +6,7 @@
 
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::config::ConfigError;
-use crate::consumer::{header_name_problem, RESERVED_HEADERS};
+use crate::headers::{header_name, is_header_value, HeaderUse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -38,6 +38,9 @@ pub struct PdpConfig {
     /// a policy change, so staleness must be opted into.
     #[serde(default)]
     pub cache_seconds: u64,
+    /// Byte budget of the decision cache (per worker).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -100,6 +103,10 @@ pub struct PdpQuery<'a> {
     pub scopes: &'a [String],
 }
 
+fn default_cache_bytes() -> usize {
+    1 << 20
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pdp {
     kind: PdpKind,
@@ -107,6 +114,7 @@ pub struct Pdp {
     url: Url,
     timeout_ms: u64,
     cache_seconds: u64,
+    cache_bytes: usize,
     headers: Vec<(String, String)>,
 }
 
@@ -175,26 +183,18 @@ impl Pdp {
         let mut headers = Vec::with_capacity(cfg.headers.len());
         for (name, value) in &cfg.headers {
             let at = format!("pdp.headers[{}]", Value::String(name.clone()));
-            if let Some(problem) = header_name_problem(name) {
-                return Err(ConfigError::new(at, problem));
+            let name = header_name(name, &at, HeaderUse::Callout)?;
+            // accept and content-type are the callout's own.
+            if name == "accept" {
+                return Err(ConfigError::new(at, "`accept` is set by the filter"));
             }
-            // accept and content-type are the callout's own; the host sets
-            // framing and routing headers itself.
-            if name == "accept"
-                || (name != "authorization" && RESERVED_HEADERS.contains(&name.as_str()))
-            {
-                return Err(ConfigError::new(
-                    at,
-                    format!("`{name}` is set by the filter or the host"),
-                ));
-            }
-            if value.chars().any(|c| c.is_control() && c != '\t') {
+            if !is_header_value(value) {
                 return Err(ConfigError::new(
                     at,
                     "value must not contain control characters",
                 ));
             }
-            headers.push((name.clone(), value.clone()));
+            headers.push((name, value.clone()));
         }
         Ok(Pdp {
             kind: cfg.kind,
@@ -202,6 +202,7 @@ impl Pdp {
             url,
             timeout_ms: cfg.timeout_ms,
             cache_seconds: cfg.cache_seconds,
+            cache_bytes: cfg.cache_bytes,
             headers,
         })
     }
@@ -215,6 +216,10 @@ impl Pdp {
     }
 
     /// How long a decision may be reused; 0 means never.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+
     pub fn cache_seconds(&self) -> u64 {
         self.cache_seconds
     }
@@ -408,10 +413,10 @@ mod tests {
         );
         assert_eq!(
             compile_err(
-                r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa/v1/data/x", "headers": {"X-Key": "v"}}"#
+                r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa/v1/data/x", "headers": {"X Key": "v"}}"#
             )
             .field,
-            r#"pdp.headers["X-Key"]"#
+            r#"pdp.headers["X Key"]"#
         );
         assert_eq!(
             compile_err(

@@ -105,16 +105,22 @@ impl Denial {
     }
 }
 
-/// RFC 6750 allows only %x20-21 / %x23-5B / %x5D-7E inside these quoted strings.
+/// The inside of an RFC 9110 §5.6.4 quoted-string: `\\` and `"` escaped, so
+/// the header says what the body says. Characters a header cannot carry
+/// (controls, non-ASCII) become `?`; the JSON body keeps them.
 fn quotable(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '"' => '\'',
-            '\\' => '/',
-            ' '..='~' => c,
-            _ => '?',
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -143,7 +149,7 @@ mod tests {
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
-            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has 'expired'\"")
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has \\\"expired\\\"\"")
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["error"], "invalid_token");
@@ -169,6 +175,9 @@ mod tests {
 
     #[test]
     fn challenge_text_stays_within_the_quoted_string_grammar() {
-        assert_eq!(quotable("a\"b\\c\u{e9}\n"), "a'b/c??");
+        // A scope regex hint keeps its backslashes: `^orders:\d+$` is sent as
+        // `^orders:\\d+$` and unquotes to what the body says.
+        assert_eq!(quotable("a\"b\\c\u{e9}\n"), "a\\\"b\\\\c??");
+        assert_eq!(quotable(r"^orders:\d+$"), r"^orders:\\d+$");
     }
 }

@@ -58,7 +58,7 @@ fn full_config() -> String {
     let jwks = String::from_utf8(vectors().jwks).unwrap();
     format!(
         r#"{{"realm":"r","issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}},
-        {{"issuer":"https://as.test","discovery":true,"upstream":"as","shared_secret":"0123456789abcdef0123456789abcdef"}}],
+        {{"issuer":"https://as.test","audiences":"any","discovery":true,"upstream":"as","shared_secret":"0123456789abcdef0123456789abcdef"}}],
         "token_sources":[{{"header":"authorization"}},{{"query":"at"}},{{"cookie":"at"}}],
         "forward":{{"claims":{{"sub":"x-sub"}},"payload_header":"x-payload","hide_credentials":true}},
         "policy":{{"GET /a/{{^[0-9]+$}}":"^a:(?<PC1>[0-9]+)$ or admin","* /b/??":"read and not write"}},

@@ -31,6 +31,8 @@ pub struct Policy {
     trie: path::Trie,
     rules: Vec<PathRule>,
     condition_count: usize,
+    /// Each rule's path as written and compiled, for load-time checks.
+    patterns: Vec<(String, path::Pattern)>,
 }
 
 /// One path pattern and its per-method conditions.
@@ -310,10 +312,14 @@ impl Policy {
             trie: path::Trie::default(),
             rules: Vec::with_capacity(groups.len()),
             condition_count: 0,
+            patterns: Vec::with_capacity(groups.len()),
         };
         for group in groups {
             let rule = compile_rule(&group)?;
             policy.condition_count += rule.conditions.len();
+            policy
+                .patterns
+                .push((group.path.clone(), group.pattern.clone()));
             if let Err(existing) = policy.trie.insert(group.pattern, policy.rules.len()) {
                 // Unreachable: patterns were grouped by canonical form above.
                 return Err(PolicyError::DuplicatePath {
@@ -344,6 +350,21 @@ impl Policy {
                 required: check.required(&captures),
             },
         }
+    }
+
+    /// `(path pattern, rule path)` pairs where some request path matches both:
+    /// for those paths the path set (public paths) wins and the rule is
+    /// never consulted, which is worth a warning at load.
+    pub fn shadowed_by(&self, paths: &PathSet) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        for (written, pattern) in paths.patterns() {
+            for (rule, rule_pattern) in &self.patterns {
+                if pattern.may_overlap(rule_pattern) {
+                    pairs.push((written.clone(), rule.clone()));
+                }
+            }
+        }
+        pairs
     }
 
     /// The number of conditions (a path with conditions for `GET` and for

@@ -271,6 +271,15 @@ pub(crate) struct Pattern {
 }
 
 impl Pattern {
+    /// Whether some path matches both patterns. Two regex segments are taken
+    /// to overlap (regexes are not intersected), so this may say yes where no
+    /// path exists; it never says no where one does.
+    pub(crate) fn may_overlap(&self, other: &Pattern) -> bool {
+        let (a, b) = (&self.segments, &other.segments);
+        let mut dead_ends = vec![false; (a.len() + 1) * (b.len() + 1)];
+        overlap(a, b, 0, 0, &mut dead_ends)
+    }
+
     /// A spelling that is equal for two patterns exactly when they match the
     /// same paths segment for segment (`{id}` and `?` are the same).
     pub(crate) fn canonical(&self) -> String {
@@ -292,6 +301,43 @@ impl Pattern {
             out.push('/');
         }
         out
+    }
+}
+
+/// Whether `a[i..]` and `b[j..]` match a common path; `dead_ends` remembers
+/// the `(i, j)` already found not to, so the walk is O(|a|·|b|).
+fn overlap(a: &[Seg], b: &[Seg], i: usize, j: usize, dead_ends: &mut [bool]) -> bool {
+    let slot = i * (b.len() + 1) + j;
+    if dead_ends.get(slot).copied().unwrap_or(true) {
+        return false;
+    }
+    let found = match (a.get(i), b.get(j)) {
+        (None, None) => true,
+        (Some(Seg::Multi), _) => {
+            overlap(a, b, i + 1, j, dead_ends)
+                || (j < b.len() && overlap(a, b, i, j + 1, dead_ends))
+        }
+        (_, Some(Seg::Multi)) => {
+            overlap(a, b, i, j + 1, dead_ends)
+                || (i < a.len() && overlap(a, b, i + 1, j, dead_ends))
+        }
+        (Some(x), Some(y)) => segments_overlap(x, y) && overlap(a, b, i + 1, j + 1, dead_ends),
+        _ => false,
+    };
+    if !found {
+        if let Some(d) = dead_ends.get_mut(slot) {
+            *d = true;
+        }
+    }
+    found
+}
+
+fn segments_overlap(x: &Seg, y: &Seg) -> bool {
+    match (x, y) {
+        (Seg::Literal(p), Seg::Literal(q)) => p == q,
+        (Seg::Literal(l), Seg::Regex { regex, .. })
+        | (Seg::Regex { regex, .. }, Seg::Literal(l)) => regex.is_match(l),
+        _ => true,
     }
 }
 
@@ -606,6 +652,7 @@ impl<'p, T, F: FnMut(usize) -> Option<T>> Walk<'_, 'p, F> {
 pub struct PathSet {
     trie: Trie,
     len: usize,
+    patterns: Vec<(String, Pattern)>,
 }
 
 impl PathSet {
@@ -614,6 +661,7 @@ impl PathSet {
         let mut set = PathSet::default();
         for pattern in patterns {
             let parsed = parse_pattern(pattern, pattern)?;
+            set.patterns.push((pattern.clone(), parsed.clone()));
             if set.trie.insert(parsed, set.len).is_ok() {
                 set.len += 1;
             }
@@ -624,6 +672,10 @@ impl PathSet {
     /// Whether a normalised path (see [`normalize_path`]) matches any pattern.
     pub fn matches(&self, path: &str) -> bool {
         self.trie.find(path, |_| Some(())).is_some()
+    }
+
+    pub(crate) fn patterns(&self) -> &[(String, Pattern)] {
+        &self.patterns
     }
 
     /// The number of distinct patterns.
