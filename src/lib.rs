@@ -46,6 +46,8 @@ proxy_wasm::main! {{
 struct Shared {
     config: Config,
     state: RefCell<State>,
+    /// Whether a rewritten `:path` needs the route picked again.
+    envoy: bool,
 }
 
 impl Shared {
@@ -167,9 +169,22 @@ impl RootContext for Root {
                 return false;
             }
         };
-        info!("oauth-pep configured: {} issuer(s)", config.issuers.len());
+        let envoy = host::is_envoy();
+        info!(
+            "oauth-pep configured: {} issuer(s), on {}",
+            config.issuers.len(),
+            if envoy {
+                "Envoy"
+            } else {
+                "a host that is not Envoy"
+            }
+        );
         let state = RefCell::new(State::new(&config));
-        self.shared = Some(Rc::new(Shared { config, state }));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            state,
+            envoy,
+        }));
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
             return false;
@@ -303,6 +318,9 @@ impl Filter {
         }
         if let Some(path) = &allow.new_path {
             host::set_request_header(":path", path);
+            if self.shared.envoy {
+                host::clear_route_cache();
+            }
         }
     }
 
