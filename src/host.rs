@@ -58,6 +58,25 @@ pub fn set_request_header(name: &str, value: &str) {
     }
 }
 
+/// Whether the host is Envoy, which picks the route after this filter and so
+/// must be told when `:path` changed. Kong routes before plugins run, and
+/// its host traps on a foreign function it does not know, so it must never
+/// be asked. `xds.node` (Envoy's node, with its user agent) is an Envoy
+/// attribute Kong does not have.
+pub fn is_envoy() -> bool {
+    matches!(
+        hostcalls::get_property(vec!["xds", "node"]),
+        Ok(Some(node)) if !node.is_empty()
+    )
+}
+
+/// Makes Envoy pick the route again, for the `:path` just set.
+pub fn clear_route_cache() {
+    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
+        warn!("cannot clear the route cache: {status:?}");
+    }
+}
+
 pub fn send_response(response: &HttpResponse) {
     let headers: Vec<(&str, &str)> = response
         .headers

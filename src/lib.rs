@@ -96,6 +96,8 @@ struct Shared {
     parked: RefCell<HashMap<u32, Parked>>,
     /// Key fetches requests asked for, for the root to dispatch.
     fetch_queue: RefCell<Vec<(usize, FetchStep, Callout)>>,
+    /// Whether a rewritten `:path` needs the route picked again.
+    envoy: bool,
 }
 
 impl Shared {
@@ -120,7 +122,7 @@ impl Shared {
     fn carry_out(&self, id: u32, headers: Headers, verdict: Verdict) -> Outcome {
         match verdict {
             Verdict::Allow(allow) => {
-                apply(&allow);
+                apply(&allow, self.envoy);
                 Outcome::Proceed
             }
             Verdict::Deny(denial) => {
@@ -323,7 +325,7 @@ impl Shared {
     }
 }
 
-fn apply(allow: &Allow) {
+fn apply(allow: &Allow, envoy: bool) {
     for name in &allow.remove_headers {
         host::remove_request_header(name);
     }
@@ -332,6 +334,9 @@ fn apply(allow: &Allow) {
     }
     if let Some(path) = &allow.new_path {
         host::set_request_header(":path", path);
+        if envoy {
+            host::clear_route_cache();
+        }
     }
 }
 
@@ -393,7 +398,16 @@ impl RootContext for Root {
         for warning in &config.warnings {
             warn!("oauth-pep configuration: {warning}");
         }
-        info!("oauth-pep configured: {} issuer(s)", config.issuers.len());
+        let envoy = host::is_envoy();
+        info!(
+            "oauth-pep configured: {} issuer(s), on {}",
+            config.issuers.len(),
+            if envoy {
+                "Envoy"
+            } else {
+                "a host that is not Envoy"
+            }
+        );
         let state = RefCell::new(State::new(&config));
         let shared = Rc::new(Shared {
             config,
@@ -401,6 +415,7 @@ impl RootContext for Root {
             callouts: RefCell::default(),
             parked: RefCell::default(),
             fetch_queue: RefCell::default(),
+            envoy,
         });
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");

@@ -15,7 +15,7 @@ use crate::jwks::KeyLookupError;
 use crate::jwt::{precheck, TokenError};
 use crate::keys::{FetchStep, KeyManager, KeyWait};
 use crate::pdp::{Pdp, PdpQuery};
-use crate::policy::{normalize_path, PolicyDecision};
+use crate::policy::{normalize_target, NormalTarget, PolicyDecision};
 use crate::response::Denial;
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
@@ -57,6 +57,8 @@ pub struct Allow {
     /// Removed from the upstream request before `set_headers` are added.
     pub remove_headers: Vec<String>,
     pub set_headers: Vec<(String, String)>,
+    /// The request target (path and query) to send upstream instead of the
+    /// one received: the judged path, and the token removed from the query.
     pub new_path: Option<String>,
     /// For logs: who was let through.
     pub subject: Option<String>,
@@ -124,11 +126,42 @@ pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
 }
 
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
-    let path = match normalize_path(request.path) {
-        Ok(path) => path,
+    let target = match normalize_target(request.path) {
+        Ok(target) => target,
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
     };
-    if config.public_paths.matches(&path) {
+    let verdict = decide(config, state, request, &target.path, now);
+    forward_as_judged(verdict, &target, request.path)
+}
+
+/// Whatever the request is let through with, the upstream gets the path that
+/// was judged (normalised, as Envoy's `normalize_path` and `merge_slashes`
+/// would), with the query as it is by then.
+fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verdict {
+    let rewrite = |allow: &mut Allow| {
+        let sent = allow.new_path.as_deref().unwrap_or(raw);
+        let query = sent.find('?').and_then(|i| sent.get(i..)).unwrap_or("");
+        let forwarded = target.forwarded_path() + query;
+        allow.new_path = (forwarded != raw).then_some(forwarded);
+    };
+    match verdict {
+        Verdict::Allow(mut allow) => {
+            rewrite(&mut allow);
+            Verdict::Allow(allow)
+        }
+        Verdict::AskPdp {
+            callout,
+            mut pending,
+        } => {
+            rewrite(&mut pending.allow);
+            Verdict::AskPdp { callout, pending }
+        }
+        other => other,
+    }
+}
+
+fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now: u64) -> Verdict {
+    if config.public_paths.matches(path) {
         return Verdict::Allow(Allow {
             remove_headers: forged(config, request.headers),
             ..Allow::default()
@@ -136,7 +169,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
     }
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
-        Ok(None) => return anonymous_or(config, request, &path, Denial::NoToken),
+        Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
     };
     let grant = match verify(config, state, &found.token, now) {
@@ -147,7 +180,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
                 .anonymous()
                 .is_some_and(|a| a.on_invalid_token);
             return if on_invalid {
-                anonymous_or(config, request, &path, denial)
+                anonymous_or(config, request, path, denial)
             } else {
                 Verdict::Deny(denial)
             };
@@ -162,7 +195,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
             return Verdict::Deny(Denial::InvalidToken("unknown client".into()));
         }
     };
-    let rule = match check_policy(config, request.method, &path, &grant.scopes) {
+    let rule = match check_policy(config, request.method, path, &grant.scopes) {
         Ok(rule) => rule,
         Err(denial) => return Verdict::Deny(denial),
     };
@@ -176,7 +209,7 @@ pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64
         client_id: grant.client_id.as_deref(),
         claims: &claims,
         method: request.method,
-        path: &path,
+        path,
         rule: rule.as_deref().unwrap_or(""),
         scopes: &grant.scopes,
     };
@@ -558,6 +591,85 @@ mod tests {
             panic!()
         };
         assert!(a.set_headers.contains(&("cookie".into(), "b=2".into())));
+    }
+
+    #[test]
+    fn every_way_through_forwards_the_judged_path_with_the_query() {
+        let c = inline_config(
+            r#","policy":{"GET /api/??":"read","GET /admin/??":"admin","GET /open/??":"read"},"public_paths":["/health"],"anonymous":{"id":"anon","paths":["/open/??"],"scopes":["read"]},"forward":{"hide_credentials":true},"token_sources":[{"header":"authorization"},{"query":"at"}]"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_RS256").to_string();
+        let new_path = |verdict: Verdict| match verdict {
+            Verdict::Allow(a) => a.new_path,
+            other => panic!("{other:?}"),
+        };
+        // (raw path, token in the authorization header, forwarded)
+        let cases = [
+            ("/admin/x/../../health", false, Some("/health")),
+            ("/health", false, None),
+            ("/x/..//open/./doc?q=1", false, Some("/open/doc?q=1")),
+            ("/admin/s/../../api/x", true, Some("/api/x")),
+            ("/admin//../api/x", true, Some("/api/x")),
+            (
+                "/api/%7euser/caf%c3%a9?q=%2F",
+                true,
+                Some("/api/~user/caf%C3%A9?q=%2F"),
+            ),
+            ("/api/x/", true, None),
+            ("/api/x//", true, Some("/api/x/")),
+            ("/api/x?q", true, None),
+        ];
+        for (raw, with_token, want) in cases {
+            let headers = if with_token { bearer(&token) } else { vec![] };
+            let got = new_path(run(&c, &mut s, &headers, raw));
+            assert_eq!(got.as_deref(), want, "{raw}");
+        }
+        // A token in the query is removed from the normalised target.
+        let raw = format!("/api//a/./b?k=1&at={token}&z");
+        assert_eq!(
+            new_path(run(&c, &mut s, &[], &raw)).as_deref(),
+            Some("/api/a/b?k=1&z")
+        );
+        let raw = format!("/api/b?at={token}");
+        assert_eq!(
+            new_path(run(&c, &mut s, &[], &raw)).as_deref(),
+            Some("/api/b")
+        );
+        for raw in [
+            "/api/a%2fb",
+            "/admin;x/secret",
+            "/admin./secret",
+            "/api/x#f",
+        ] {
+            assert!(
+                matches!(
+                    run(&c, &mut s, &bearer(&token), raw),
+                    Verdict::Deny(Denial::InvalidRequest(_))
+                ),
+                "{raw}"
+            );
+        }
+
+        let lenient = inline_config(r#","policy":{"GET /a":"admin"},"deny_by_default":false"#);
+        let mut s = State::new(&lenient);
+        assert_eq!(
+            new_path(run(&lenient, &mut s, &bearer(&token), "/a/../b")).as_deref(),
+            Some("/b")
+        );
+
+        let pdp = inline_config(
+            r#","pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}"#,
+        );
+        let mut s = State::new(&pdp);
+        let Verdict::AskPdp { pending, .. } = run(&pdp, &mut s, &bearer(&token), "/a/./b") else {
+            panic!()
+        };
+        let permit = reply(200, r#"{"result":true}"#);
+        assert_eq!(
+            new_path(finish_pdp(&pdp, &mut s, *pending, &permit, vectors().now)).as_deref(),
+            Some("/a/b")
+        );
     }
 
     fn fetched_config() -> Config {

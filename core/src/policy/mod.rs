@@ -23,7 +23,7 @@ mod source;
 use expr::Check;
 use source::{CheckSource, Format};
 
-pub use path::{normalize_path, PathError, PathSet};
+pub use path::{normalize_path, normalize_target, NormalTarget, PathError, PathSet};
 
 /// A compiled policy. Immutable and shareable between requests and threads.
 #[derive(Debug)]
@@ -53,10 +53,22 @@ struct Condition {
 }
 
 impl PathRule {
+    /// The condition listing `method`; for `HEAD` without one, the `GET`
+    /// condition (servers answer `HEAD` with their `GET` handler, so it must
+    /// not fall to a weaker `?` condition or rule); else the `?` condition.
     fn condition_for(&self, method: &str) -> Option<&Condition> {
-        self.conditions
-            .iter()
-            .find(|c| c.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        let listing = |method: &str| {
+            self.conditions
+                .iter()
+                .find(|c| c.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        };
+        listing(method)
+            .or_else(|| {
+                method
+                    .eq_ignore_ascii_case("HEAD")
+                    .then(|| listing("GET"))
+                    .flatten()
+            })
             .or_else(|| self.any.and_then(|i| self.conditions.get(i)))
     }
 }
@@ -742,6 +754,51 @@ mod tests {
         check(&Policy::compile(&gluu).unwrap(), &cases);
         check(&Policy::compile(&readable).unwrap(), &readable_cases);
         assert_eq!(Policy::compile(&readable).unwrap().rule_count(), 3);
+    }
+
+    #[test]
+    fn head_is_judged_by_the_get_condition_unless_it_has_its_own() {
+        let policy = Policy::compile(&json!({
+            "GET /admin/??": "admin",
+            "* /docs/?": "read",
+            "GET /docs/?": "docs",
+            "GET /ping": "admin",
+            "HEAD /ping": "read",
+            "? /??": "read"
+        }))
+        .unwrap();
+        check(
+            &policy,
+            &[
+                // Not the weaker catch-all: the GET rule of the more specific path.
+                (
+                    "HEAD",
+                    "/admin/x",
+                    &["read"][..],
+                    insufficient("GET /admin/??", &["admin"]),
+                ),
+                ("HEAD", "/admin/x", &["admin"][..], allow("GET /admin/??")),
+                ("head", "/admin/x", &["admin"][..], allow("GET /admin/??")),
+                // GET beats the path's own `*` condition, as for GET itself.
+                (
+                    "HEAD",
+                    "/docs/1",
+                    &["read"][..],
+                    insufficient("GET /docs/?", &["docs"]),
+                ),
+                ("OPTIONS", "/docs/1", &["read"][..], allow("* /docs/?")),
+                // An explicit HEAD condition wins.
+                ("HEAD", "/ping", &["read"][..], allow("HEAD /ping")),
+                (
+                    "GET",
+                    "/ping",
+                    &["read"][..],
+                    insufficient("GET /ping", &["admin"]),
+                ),
+                // OPTIONS is a method like any other.
+                ("OPTIONS", "/admin/x", &["read"][..], allow("? /??")),
+            ],
+        );
     }
 
     #[test]
