@@ -11,12 +11,14 @@ Fixtures:
   envoy_failure     factory: envoy_failure(filter_config, ...) -> harness.EnvoyFailure
   module_envoy      like start_envoy, but Envoys live for the whole module
   filter_config     factory: filter_config(issuer overrides..., **top-level keys) -> dict
+  fake_pdp          tests/fake_pdp.py (one per module); .port, .stats()
 """
 
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -130,3 +132,15 @@ def envoy_failure(wasm, tmp_path, echo, authserver):
         return harness.Envoy.start_expecting_failure(filter_config, tmp_path / "envoy-fail", **kw)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def fake_pdp(tmp_path_factory):
+    port = harness.free_port()
+    proc = harness.Proc("fake_pdp", [harness.PYTHON, harness.TESTS / "fake_pdp.py", "--port", port],
+                        Path(tmp_path_factory.mktemp("pdp")) / "fake_pdp.log")
+    proc.wait_ready_line()
+    proc.port = port
+    proc.stats = lambda: requests.get("http://127.0.0.1:%d/stats" % port, timeout=5).json()
+    yield proc
+    proc.stop()

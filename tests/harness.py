@@ -18,6 +18,7 @@ import atexit
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,18 @@ ENVOY_BIN = str(VENV_BIN / "envoy")
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
 
 _LIVE = []  # every Proc still possibly running
+
+
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+
+
+def bearer_params(www):
+    """The auth-params of a `Bearer` challenge as {name: unquoted value}, or
+    None if the header is not `Bearer name="value"(, name="value")*` with
+    RFC 9110 quoted strings."""
+    if not www or not re.fullmatch(r'Bearer \w+=%s(, \w+=%s)*' % (_QUOTED, _QUOTED), www):
+        return None
+    return {k: re.sub(r"\\(.)", r"\1", v) for k, v in re.findall(r'(\w+)=' + _QUOTED, www)}
 
 
 def free_port():

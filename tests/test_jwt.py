@@ -105,12 +105,13 @@ def check_denied(r, status, error=None, desc=None):
         assert www == 'Bearer realm="%s"' % REALM, r
         assert "error_description" in body and body.get("error") != "invalid_token", body
         return body
-    assert www and re.fullmatch(r'Bearer \w+="[^"]*"(, \w+="[^"]*")*', www), r
-    params = dict(re.findall(r'(\w+)="([^"]*)"', www))
+    params = harness.bearer_params(www)
+    assert params is not None, r
     assert params["realm"] == REALM and params["error"] == error, www
     assert body["error"] == error, body
     assert desc.lower() in body["error_description"].lower(), body
-    assert params["error_description"] == body["error_description"].replace('"', "'"), (www, body)
+    # RFC 9110 quoting: the header carries exactly what the body says.
+    assert params["error_description"] == body["error_description"], (www, body)
     return body
 
 

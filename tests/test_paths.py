@@ -23,7 +23,7 @@ POLICY = {
 def srv(launch, authserver_module):  # noqa: F811 - the imported fixture
     return launch(config(
         authserver_module, policy=POLICY, public_paths=["/health"],
-        anonymous={"id": "anon", "paths": ["/open/??"]}, forward={"hide_credentials": True},
+        anonymous={"id": "anon", "paths": ["/open/??"], "scopes": ["read"]}, forward={"hide_credentials": True},
         token_sources=[{"header": "authorization"}, {"query": "at"}]))
 
 

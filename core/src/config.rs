@@ -526,38 +526,6 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
             algs
         }
     };
-    // Without an audience check, a token the same server minted for any
-    // other API would pass here too.
-    let audiences = match raw.audiences {
-        None => {
-            return Err(ConfigError::new(
-                f("audiences"),
-                "is required: list the `aud` values of this API, or write \"any\" to accept tokens minted for any audience",
-            ))
-        }
-        Some(RawAudiences::Keyword(k)) if k == "any" => Vec::new(),
-        Some(RawAudiences::Keyword(k)) => {
-            return Err(ConfigError::new(
-                f("audiences"),
-                format!("must be a list of audiences or \"any\", not \"{k}\""),
-            ))
-        }
-        Some(RawAudiences::List(list)) if list.is_empty() => {
-            return Err(ConfigError::new(
-                f("audiences"),
-                "must not be empty; write \"any\" to accept tokens minted for any audience",
-            ))
-        }
-        Some(RawAudiences::List(list)) => list,
-    };
-    for (i, aud) in audiences.iter().enumerate() {
-        if aud.is_empty() {
-            return Err(ConfigError::new(
-                format!("{field}.audiences[{i}]"),
-                "must not be empty",
-            ));
-        }
-    }
     let sources = usize::from(raw.jwks.is_some())
         + usize::from(raw.jwks_uri.is_some())
         + usize::from(raw.discovery);
@@ -630,6 +598,38 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
             f("fetch_timeout_ms"),
             "must be between 1 and 60000",
         ));
+    }
+    // Without an audience check, a token the same server minted for any
+    // other API would pass here too.
+    let audiences = match raw.audiences {
+        None => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                "is required: list the `aud` values of this API, or write \"any\" to accept tokens minted for any audience",
+            ))
+        }
+        Some(RawAudiences::Keyword(k)) if k == "any" => Vec::new(),
+        Some(RawAudiences::Keyword(k)) => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                format!("must be a list of audiences or \"any\", not \"{k}\""),
+            ))
+        }
+        Some(RawAudiences::List(list)) if list.is_empty() => {
+            return Err(ConfigError::new(
+                f("audiences"),
+                "must not be empty; write \"any\" to accept tokens minted for any audience",
+            ))
+        }
+        Some(RawAudiences::List(list)) => list,
+    };
+    for (i, aud) in audiences.iter().enumerate() {
+        if aud.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.audiences[{i}]"),
+                "must not be empty",
+            ));
+        }
     }
     Ok(Issuer {
         issuer: raw.issuer,
