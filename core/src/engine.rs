@@ -15,6 +15,7 @@ use crate::keys::{FetchStep, KeyManager};
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::{normalize_path, PolicyDecision};
 use crate::response::Denial;
+use crate::verify::{PureRustVerifier, SignatureVerifier};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
 const NO_EXP_CACHE_SECONDS: u64 = 300;
@@ -33,6 +34,8 @@ pub struct State {
     tokens: BoundedCache<Rc<VerifiedToken>>,
     /// PDP answers by (subject, client, method, path, scopes).
     decisions: BoundedCache<bool>,
+    /// Checks signatures; replaceable so tests can inject their own.
+    pub verifier: Box<dyn SignatureVerifier>,
 }
 
 impl State {
@@ -41,6 +44,7 @@ impl State {
             keys: KeyManager::new(config),
             tokens: BoundedCache::new(config.token_cache_entries),
             decisions: BoundedCache::new(config.token_cache_entries),
+            verifier: Box::new(PureRustVerifier),
         }
     }
 
@@ -274,7 +278,7 @@ fn verify(
         };
         return Err(Verdict::Deny(Denial::Unavailable(why)));
     };
-    match unverified.verify(&keys, &config.rules, now) {
+    match unverified.verify(&keys, state.verifier.as_ref()) {
         Ok(verified) => {
             let expires_at = verified
                 .expires_at()
