@@ -141,7 +141,10 @@ impl fmt::Display for VerifyError {
         match self {
             VerifyError::WrongKey(alg) => write!(f, "the selected key cannot verify {alg}"),
             VerifyError::Length { alg, expected, got } => {
-                write!(f, "a {alg} signature is {expected} bytes, this one {got}")
+                write!(
+                    f,
+                    "{alg} signatures are {expected} bytes, this one is {got}"
+                )
             }
             VerifyError::Mismatch => f.write_str("the signature does not match"),
         }
