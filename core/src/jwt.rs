@@ -28,14 +28,10 @@ pub enum TokenError {
     Expired,
     NotYetValid,
     IssuedInFuture,
-    LifetimeTooLong {
-        seconds: u64,
-        max: u64,
-    },
+    LifetimeTooLong { seconds: u64, max: u64 },
     WrongAudience,
     Key(KeyLookupError),
     BadSignature,
-    /// The signature is refused before any comparison (e.g. its length).
     Signature(VerifyError),
 }
 
@@ -180,21 +176,17 @@ fn decode_json(segment: &str, what: &'static str) -> Result<Map<String, Value>, 
 /// An RFC 7519 NumericDate: seconds, possibly fractional. A fraction is cut
 /// off (floor), so an `exp` of 1700000000.5 expires at 1700000000.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
-    let Some(Value::Number(n)) = claims.get(name) else {
-        return match claims.get(name) {
-            None => Ok(None),
-            Some(_) => Err(TokenError::Malformed("exp, nbf and iat must be numbers")),
-        };
-    };
-    if let Some(t) = n.as_u64() {
-        return Ok(Some(t));
-    }
-    match n.as_f64() {
-        // Beyond u64 the cast saturates: a date that far is "never".
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t.floor() as u64)),
-        _ => Err(TokenError::Malformed(
-            "exp, nbf and iat must be finite and not negative",
-        )),
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(t), _) => Ok(Some(t)),
+            // Beyond u64 the cast saturates: a date that far is "never".
+            (None, Some(t)) if t.is_finite() && t >= 0.0 => Ok(Some(t.floor() as u64)),
+            _ => Err(TokenError::Malformed(
+                "exp, nbf and iat must be finite and not negative",
+            )),
+        },
+        Some(_) => Err(TokenError::Malformed("exp, nbf and iat must be numbers")),
     }
 }
 
