@@ -24,7 +24,8 @@ Endpoints:
           the kid of the chosen published key.
         * alg default: the alg of the published kid, else RS256.
         * "alg": "none" -> base64url(header).base64url(payload).
-        * HS256/384/512: secret = `secret` if given, else if `sign_with`
+        * HS256/384/512: secret = `secret` if given (a string: its UTF-8
+          bytes; {"base64url": "..."}: those bytes), else if `sign_with`
           names a key, the PEM (SubjectPublicKeyInfo) of its PUBLIC key (the
           classic algorithm-confusion attack), else the default HS secret.
     POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"hang"|"close"}
@@ -32,6 +33,11 @@ Endpoints:
                         (hang = sleep 30 s then close; close = drop connection)
     POST /_test/rotate  {"add": "rsa2", "kid": "rsa2", "alg": "RS256"?} or
                         {"remove": "rsa1"}
+    POST /_test/jwks-extra {"keys": [{...JWK...}, ...]}
+                        published verbatim before the real keys (e.g. broken
+                        or weak ones); {"keys": []} removes them
+    POST /_test/discovery  {"override": {"issuer": "https://other"}}
+                        fields replacing those of the discovery document
     GET  /_test/stats   {"jwks": n, "discovery": n, "token": n}
     POST /_test/reset   reset mode, keys and counters
 
@@ -212,6 +218,8 @@ class State:
                 if name in self.keys
             ]
             self.stats = {"jwks": 0, "discovery": 0, "token": 0}
+            self.extra_keys = []
+            self.discovery_override = {}
 
     def count(self, what):
         with self.lock:
@@ -232,12 +240,13 @@ class State:
     def jwks(self):
         with self.lock:
             return {
-                "keys": [public_jwk(self.keys[p["key"]], p["kid"], p["alg"]) for p in self.published]
+                "keys": list(self.extra_keys)
+                + [public_jwk(self.keys[p["key"]], p["kid"], p["alg"]) for p in self.published]
             }
 
     def discovery(self):
         scopes = sorted({s for _, sc in self.clients.values() for s in sc})
-        return {
+        doc = {
             "issuer": self.issuer,
             "jwks_uri": self.issuer + "/jwks",
             "token_endpoint": self.issuer + "/token",
@@ -248,6 +257,9 @@ class State:
             "id_token_signing_alg_values_supported": sorted({p["alg"] for p in self.published if p["alg"]}),
             "subject_types_supported": ["public"],
         }
+        with self.lock:
+            doc.update(self.discovery_override)
+        return doc
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -452,7 +464,10 @@ class Handler(BaseHTTPRequestHandler):
             key = st.keys["ed25519"]
         secret = None
         if alg.startswith("HS"):
-            if "secret" in body:
+            if isinstance(body.get("secret"), dict):
+                b64 = body["secret"]["base64url"]
+                secret = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+            elif "secret" in body:
                 secret = body["secret"]
             elif sign_with:
                 secret = public_pem(key)
@@ -490,6 +505,22 @@ class Handler(BaseHTTPRequestHandler):
                 st.published = [p for p in st.published if p["kid"] != body["remove"]]
             kids = [p["kid"] for p in st.published]
         self._send(200, {"kids": kids})
+
+    def _t_jwks_extra(self, body):
+        keys = body.get("keys")
+        if not isinstance(keys, list):
+            raise ValueError("keys must be a list")
+        with self.state.lock:
+            self.state.extra_keys = keys
+        self._send(200, {"extra": len(keys)})
+
+    def _t_discovery(self, body):
+        override = body.get("override")
+        if not isinstance(override, dict):
+            raise ValueError("override must be an object")
+        with self.state.lock:
+            self.state.discovery_override = override
+        self._send(200, {"override": override})
 
     def _t_reset(self, body):
         self.state.reset()

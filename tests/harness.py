@@ -15,6 +15,7 @@ and is always killed (fixture finalizers, plus atexit for anything left).
 """
 
 import atexit
+import base64
 import json
 import os
 import random
@@ -245,7 +246,8 @@ class AuthServer:
         claims: dict (default self.claims()). kid: pass kid="x" to set it,
         kid=None to omit it (absent -> kid of the key used). alg: RS256...
         EdDSA, HS*, "none". sign_with: key file name (e.g. "rsa2"). secret:
-        HMAC secret for HS*. header: extra header fields.
+        HMAC secret for HS* (str: its UTF-8 bytes; bytes: sent as
+        {"base64url": ...}). header: extra header fields.
         """
         body = {"claims": self.claims() if claims is None else claims}
         if alg is not None:
@@ -254,7 +256,9 @@ class AuthServer:
             body["header"] = header
         if sign_with is not None:
             body["sign_with"] = sign_with
-        if secret is not None:
+        if isinstance(secret, bytes):
+            body["secret"] = {"base64url": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}
+        elif secret is not None:
             body["secret"] = secret
         if "kid" in kw:
             body["kid"] = kw.pop("kid")
@@ -283,6 +287,14 @@ class AuthServer:
 
     def stats(self):
         return self.http.get(self.url("/_test/stats"), timeout=10).json()
+
+    def set_extra_jwks_keys(self, keys):
+        """JWKs published verbatim before the real keys (until reset)."""
+        self.http.post(self.url("/_test/jwks-extra"), json={"keys": keys}, timeout=10).raise_for_status()
+
+    def override_discovery(self, **fields):
+        """Fields replacing those of the discovery document (until reset)."""
+        self.http.post(self.url("/_test/discovery"), json={"override": fields}, timeout=10).raise_for_status()
 
     def reset(self):
         self.http.post(self.url("/_test/reset"), json={}, timeout=10).raise_for_status()

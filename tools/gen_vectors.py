@@ -18,6 +18,9 @@ import json
 import os
 import sys
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
@@ -35,6 +38,8 @@ ISS = "https://issuer.test"
 AUD = "api"
 NOW = 1700001000
 HS_SECRET = "0123456789abcdef0123456789abcdef"
+# Not UTF-8: configured as {"base64url": ...}.
+HS_SECRET_BYTES = bytes(range(0xFF, 0xDF, -1))
 
 
 def base_claims(**over):
@@ -120,6 +125,34 @@ def main():
     t["long_lifetime"] = tok("RS256", "rsa1", base_claims(exp=1700090000), key=rsa1)
     t["scp_array"] = tok("RS256", "rsa1", base_claims(scope=None, scp=["read", "write"]), key=rsa1)
 
+    # What RFC 7515/7519 allow and a strict parser once refused after the
+    # signature check: all verify.
+    t["typ_jose"] = tok("RS256", "rsa1", key=rsa1, header_extra={"typ": "JOSE"})
+    t["typ_at_jwt"] = tok("ES256", "ec256", key=ec256, header_extra={"typ": "at+jwt"})
+    t["numeric_jti_and_nonce"] = tok("RS256", "rsa1", base_claims(jti=12345, nonce=7), key=rsa1)
+    t["float_exp"] = tok("RS256", "rsa1", base_claims(exp=1700003600.5, nbf=1699999999.75), key=rsa1)
+    t["embedded_own_jwk"] = tok("RS256", "rsa1", key=rsa1, header_extra={"jwk": public_jwk(rsa1, "rsa1")})
+    t["good_HS256_binary_secret"] = tok("HS256", None, secret=HS_SECRET_BYTES)
+    # ...and what is still refused, with its reason.
+    t["float_exp_past"] = tok("RS256", "rsa1", base_claims(exp=1700000500.5), key=rsa1)
+    t["negative_exp"] = tok("RS256", "rsa1", base_claims(exp=-1), key=rsa1)
+    t["string_exp"] = tok("RS256", "rsa1", base_claims(exp="1700003600"), key=rsa1)
+    t["numeric_sub"] = tok("RS256", "rsa1", base_claims(sub=42), key=rsa1)
+    t["typ_other"] = tok("RS256", "rsa1", key=rsa1, header_extra={"typ": "secevent+jws"})
+    t["crit_header"] = tok("RS256", "rsa1", key=rsa1, header_extra={"crit": ["exp"], "exp": 1})
+    # The attacker's own key, embedded or pointed to, signed by it: the token
+    # names the real kid, so the real key checks it and it fails.
+    attacker = {"jwk": public_jwk(rsa2, "rsa1"), "jku": "https://evil.test/jwks",
+                "x5u": "https://evil.test/cert", "x5c": ["MIIB"]}
+    t["embedded_attacker_jwk"] = tok("RS256", "rsa1", key=rsa2, header_extra=attacker)
+    mallory = ec.generate_private_key(ec.SECP256R1())
+    t["embedded_attacker_jwk_no_kid"] = tok(
+        "ES256", None, key=mallory, header_extra=dict(attacker, jwk=public_jwk(mallory, "mallory")))
+    # A DER-encoded ECDSA signature (a common signer bug): JOSE wants r || s.
+    h, p, _ = t["good_ES256"].split(".")
+    der = ec256.sign((h + "." + p).encode(), ec.ECDSA(hashes.SHA256()))
+    t["es256_der_signature"] = h + "." + p + "." + b64url(der)
+
     # sanity: alg none really has an empty signature
     assert t["alg_none"].endswith(".") and sign_input("none", None, b"") == b""
     assert json_compact({}) == "{}"
@@ -129,6 +162,7 @@ def main():
         "audience": AUD,
         "now": NOW,
         "hs_secret": HS_SECRET,
+        "hs_secret_bytes_b64url": b64url(HS_SECRET_BYTES),
         "jwks": jwks,
         "tokens": t,
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
+use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -121,7 +122,7 @@ struct RawIssuer {
     #[serde(default)]
     discovery: bool,
     upstream: Option<String>,
-    shared_secret: Option<String>,
+    shared_secret: Option<Value>,
     #[serde(default = "default_refresh")]
     refresh_seconds: u64,
     #[serde(default = "default_timeout")]
@@ -483,18 +484,10 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
     if raw.issuer.is_empty() {
         return Err(ConfigError::new(f("issuer"), "must not be empty"));
     }
-    let shared_secret = match raw.shared_secret {
-        Some(s) if s.len() < MIN_SECRET_BYTES => {
-            return Err(ConfigError::new(
-                f("shared_secret"),
-                format!(
-                    "is {} bytes; HMAC secrets must be at least {MIN_SECRET_BYTES} bytes",
-                    s.len()
-                ),
-            ))
-        }
-        s => s.map(String::into_bytes),
-    };
+    let shared_secret = raw
+        .shared_secret
+        .map(|s| secret_bytes(s).map_err(|e| ConfigError::new(f("shared_secret"), e)))
+        .transpose()?;
     let algorithms = match raw.algorithms {
         None => {
             let mut algs = Alg::ASYMMETRIC.to_vec();
@@ -556,7 +549,7 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
             Some(jwks) => {
                 let bytes = serde_json::to_vec(&jwks)
                     .map_err(|e| ConfigError::new(f("jwks"), e.to_string()))?;
-                KeySet::from_jwks(&bytes, &algorithms)
+                KeySet::from_inline_jwks(&bytes, &algorithms)
                     .map_err(|e| ConfigError::new(f("jwks"), e.to_string()))?
             }
             None => (KeySet::default(), Vec::new()),
@@ -643,6 +636,32 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
         unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
     })
 }
+
+/// A secret is a string (its UTF-8 bytes) or `{"base64url": "…"}` for bytes
+/// that are not text, e.g. 32 random bytes.
+fn secret_bytes(value: Value) -> Result<Vec<u8>, String> {
+    let bytes = match value {
+        Value::String(text) => text.into_bytes(),
+        Value::Object(map) => match (map.get("base64url"), map.len()) {
+            (Some(Value::String(encoded)), 1) => {
+                // Padding is optional, as many encoders add it.
+                Base64UrlSafeNoPadding::decode_to_vec(encoded.trim_end_matches('='), None)
+                    .map_err(|_| "`base64url` is not base64url (A-Z a-z 0-9 - _)".to_string())?
+            }
+            _ => return Err(SECRET_FORMS.into()),
+        },
+        _ => return Err(SECRET_FORMS.into()),
+    };
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "is {} bytes; HMAC secrets must be at least {MIN_SECRET_BYTES} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+const SECRET_FORMS: &str = "must be a string or {\"base64url\": \"…\"}";
 
 fn compile_source(raw: RawTokenSource, field: &str) -> Result<TokenSource, ConfigError> {
     match (raw.header, raw.query, raw.cookie) {
@@ -743,6 +762,22 @@ mod tests {
                 "`issuers[0].shared_secret`: is 5 bytes",
             ),
             (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":{"base64url":"c2hvcnQ"}}]}"#,
+                "`issuers[0].shared_secret`: is 5 bytes",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":{"base64url":"not+base64/url"}}]}"#,
+                "`issuers[0].shared_secret`: `base64url` is not base64url",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":{"hex":"00"}}]}"#,
+                "`issuers[0].shared_secret`: must be a string or {\"base64url\"",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":42}]}"#,
+                "`issuers[0].shared_secret`: must be a string or",
+            ),
+            (
                 r#"{"issuers":[{"issuer":"x","audiences":"any","discovery":true,"jwks_uri":"http://a/j","upstream":"a"}]}"#,
                 "only one of",
             ),
@@ -756,7 +791,7 @@ mod tests {
             ),
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any","jwks":{"keys":[{"kty":"RSA","kid":"k","n":"AQAB","e":"AQAB"}]}}]}"#,
-                "`issuers[0].jwks`: keys[0] (kid \"k\"): unusable RS256 key",
+                "`issuers[0].jwks`: keys[0] (kid \"k\"): the RSA modulus has 17 bits",
             ),
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any","jwks":{"keys":[]}}]}"#,
@@ -851,6 +886,35 @@ mod tests {
             r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}},{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
         );
         assert!(err(&twice).contains("`issuers[1].issuer`: \"x\" is listed twice"));
+    }
+
+    #[test]
+    fn shared_secret_may_be_bytes_given_as_base64url() {
+        use ct_codecs::{Base64UrlSafe, Base64UrlSafeNoPadding, Encoder as _};
+        // 0xff..0xe0: not UTF-8, so not expressible as a JSON string.
+        let secret: Vec<u8> = (0..32u8).map(|i| 0xff - i).collect();
+        assert!(std::str::from_utf8(&secret).is_err());
+        for encoded in [
+            Base64UrlSafeNoPadding::encode_to_string(&secret).unwrap(),
+            Base64UrlSafe::encode_to_string(&secret).unwrap(),
+        ] {
+            let json = format!(
+                r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":{{"base64url":"{encoded}"}}}}]}}"#
+            );
+            let c = Config::from_json(json.as_bytes()).unwrap();
+            let issuer = c.issuers.first().unwrap();
+            assert_eq!(issuer.shared_secret.as_deref(), Some(secret.as_slice()));
+            assert!(issuer.algorithms.contains(&Alg::HS256));
+        }
+        // The text form still means the UTF-8 bytes of the string.
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        assert_eq!(
+            c.issuers.first().unwrap().shared_secret.as_deref(),
+            Some(SECRET.as_bytes())
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 use std::fmt;
 
-use jwt_simple::prelude::*;
+use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::verify::KeyMaterial;
 
 /// The signature algorithms we verify. `none` is deliberately absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,50 +108,7 @@ enum KeyKind {
 pub struct KeyEntry {
     pub kid: Option<String>,
     pub alg: Alg,
-    key: TypedKey,
-}
-
-enum TypedKey {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
-    HS256(HS256Key),
-    HS384(HS384Key),
-    HS512(HS512Key),
-}
-
-impl KeyEntry {
-    /// Checks the signature, and lets jwt-simple re-check the header `alg`
-    /// against the key type (a second line against algorithm confusion) and the
-    /// time claims with our skew. Claims were already checked by the caller.
-    pub fn verify_signature(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<(), String> {
-        let o = Some(options);
-        let result = match &self.key {
-            TypedKey::RS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::RS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::RS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::PS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::PS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::PS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::ES256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::ES384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::EdDSA(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::HS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::HS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            TypedKey::HS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-        };
-        result.map_err(|e| e.to_string())
-    }
+    pub key: KeyMaterial,
 }
 
 /// The keys of one issuer.
@@ -178,6 +138,24 @@ impl fmt::Display for KeyLookupError {
                 f,
                 "the token has no kid and {candidates} {alg} keys fit; a kid is required"
             ),
+        }
+    }
+}
+
+/// A JWK that did not become a key.
+enum Skip {
+    /// Meant for something else: another `use`, an algorithm or key type we
+    /// do not verify, or none the issuer allows.
+    NotForUs { key: String, why: String },
+    /// Claims to be a signing key we could use, but is broken or too weak.
+    Broken { key: String, problem: String },
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NotForUs { key, why } => write!(f, "{key}: {why}"),
+            Skip::Broken { key, problem } => write!(f, "{key}: {problem}"),
         }
     }
 }
@@ -230,28 +208,69 @@ impl KeySet {
         }
     }
 
-    /// Parses a JWKS document. Keys we cannot use (other `use`, unknown `kty`
-    /// or curve, an `alg` the issuer does not allow) are skipped with a note;
-    /// a key that claims to be usable but is broken or too weak is an error,
-    /// so a misconfigured authorization server is noticed rather than ignored.
+    /// Parses a fetched JWKS document. Every key we cannot use is skipped
+    /// with a note naming it and why (the glue logs the notes): one broken
+    /// or weak key among good ones must not take the good ones down with it,
+    /// at first load or at a refresh. Whether anything usable is left is the
+    /// caller's question.
     pub fn from_jwks(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<String>), JwksError> {
+        let (set, skipped) = Self::parse(json, allowed)?;
+        Ok((set, skipped.iter().map(Skip::to_string).collect()))
+    }
+
+    /// Parses a JWKS from the configuration: keys meant for something else
+    /// are skipped as in [`KeySet::from_jwks`], but a broken or weak key is an
+    /// error naming it, as a typo in a config is better refused than ignored.
+    pub fn from_inline_jwks(
+        json: &[u8],
+        allowed: &[Alg],
+    ) -> Result<(KeySet, Vec<String>), JwksError> {
+        let (set, skipped) = Self::parse(json, allowed)?;
+        let mut notes = Vec::with_capacity(skipped.len());
+        for skip in skipped {
+            match skip {
+                Skip::Broken { key, problem } => return Err(JwksError::BadKey { key, problem }),
+                other => notes.push(other.to_string()),
+            }
+        }
+        Ok((set, notes))
+    }
+
+    fn parse(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<Skip>), JwksError> {
         let doc: JwksDoc =
             serde_json::from_slice(json).map_err(|e| JwksError::NotJwks(e.to_string()))?;
         let mut set = KeySet::default();
         let mut skipped = Vec::new();
-        for (i, jwk) in doc.keys.iter().enumerate() {
-            let name = match &jwk.kid {
+        for (i, value) in doc.keys.iter().enumerate() {
+            let kid = value.get("kid").and_then(Value::as_str);
+            let key = match kid {
                 Some(kid) => format!("keys[{i}] (kid \"{kid}\")"),
                 None => format!("keys[{i}]"),
             };
+            let jwk = match Jwk::deserialize(value) {
+                Ok(jwk) => jwk,
+                Err(e) => {
+                    skipped.push(Skip::Broken {
+                        key,
+                        problem: format!("not a usable JWK: {e}"),
+                    });
+                    continue;
+                }
+            };
             if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-                skipped.push(format!("{name}: use is not \"sig\""));
+                skipped.push(Skip::NotForUs {
+                    key,
+                    why: "use is not \"sig\"".into(),
+                });
                 continue;
             }
-            match set.add_jwk(jwk, allowed) {
-                Ok(0) => skipped.push(format!("{name}: no allowed algorithm fits kty {}", jwk.kty)),
+            match set.add_jwk(&jwk, allowed) {
+                Ok(0) => skipped.push(Skip::NotForUs {
+                    key,
+                    why: format!("no allowed algorithm fits kty {}", jwk.kty),
+                }),
                 Ok(_) => {}
-                Err(problem) => return Err(JwksError::BadKey { key: name, problem }),
+                Err(problem) => skipped.push(Skip::Broken { key, problem }),
             }
         }
         Ok((set, skipped))
@@ -264,15 +283,10 @@ impl KeySet {
             .copied()
             .filter(|a| a.key_kind() == KeyKind::Secret)
         {
-            let key = match alg {
-                Alg::HS256 => TypedKey::HS256(HS256Key::from_bytes(secret)),
-                Alg::HS384 => TypedKey::HS384(HS384Key::from_bytes(secret)),
-                _ => TypedKey::HS512(HS512Key::from_bytes(secret)),
-            };
             self.entries.push(KeyEntry {
                 kid: None,
                 alg,
-                key,
+                key: KeyMaterial::Secret(secret.to_vec()),
             });
         }
     }
@@ -304,12 +318,15 @@ impl KeySet {
             .copied()
             .filter(|a| a.key_kind() == kind && declared.is_none_or(|d| d == *a))
             .collect();
+        if algs.is_empty() {
+            return Ok(0);
+        }
+        let key = key_material(jwk, kind)?;
         for alg in &algs {
-            let key = typed_key(jwk, *alg)?;
             self.entries.push(KeyEntry {
                 kid: jwk.kid.clone(),
                 alg: *alg,
-                key,
+                key: key.clone(),
             });
         }
         Ok(algs.len())
@@ -322,55 +339,21 @@ fn b64(field: &str, value: Option<&String>) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("\"{field}\" is not base64url"))
 }
 
-fn typed_key(jwk: &Jwk, alg: Alg) -> Result<TypedKey, String> {
-    let weak = |e: jwt_simple::Error| {
-        format!("unusable {alg} key: {e} (RSA keys must be 2048-4096 bits with e = 65537)")
-    };
-    let bad = |e: jwt_simple::Error| format!("unusable {alg} key: {e}");
-    Ok(match alg.key_kind() {
-        KeyKind::Rsa => {
-            let (n, e) = (b64("n", jwk.n.as_ref())?, b64("e", jwk.e.as_ref())?);
-            match alg {
-                Alg::RS256 => {
-                    TypedKey::RS256(RS256PublicKey::from_components(&n, &e).map_err(weak)?)
-                }
-                Alg::RS384 => {
-                    TypedKey::RS384(RS384PublicKey::from_components(&n, &e).map_err(weak)?)
-                }
-                Alg::RS512 => {
-                    TypedKey::RS512(RS512PublicKey::from_components(&n, &e).map_err(weak)?)
-                }
-                Alg::PS256 => {
-                    TypedKey::PS256(PS256PublicKey::from_components(&n, &e).map_err(weak)?)
-                }
-                Alg::PS384 => {
-                    TypedKey::PS384(PS384PublicKey::from_components(&n, &e).map_err(weak)?)
-                }
-                _ => TypedKey::PS512(PS512PublicKey::from_components(&n, &e).map_err(weak)?),
-            }
-        }
-        KeyKind::P256 | KeyKind::P384 => {
-            let (x, y) = (b64("x", jwk.x.as_ref())?, b64("y", jwk.y.as_ref())?);
-            let mut point = Vec::with_capacity(1 + x.len() + y.len());
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            if alg == Alg::ES256 {
-                TypedKey::ES256(ES256PublicKey::from_bytes(&point).map_err(bad)?)
-            } else {
-                TypedKey::ES384(ES384PublicKey::from_bytes(&point).map_err(bad)?)
-            }
-        }
-        KeyKind::Ed25519 => {
-            TypedKey::EdDSA(Ed25519PublicKey::from_bytes(&b64("x", jwk.x.as_ref())?).map_err(bad)?)
-        }
-        KeyKind::Secret => return Err("symmetric keys come from `shared_secret` only".into()),
-    })
+fn key_material(jwk: &Jwk, kind: KeyKind) -> Result<KeyMaterial, String> {
+    let x = || b64("x", jwk.x.as_ref());
+    let y = || b64("y", jwk.y.as_ref());
+    match kind {
+        KeyKind::Rsa => KeyMaterial::rsa(&b64("n", jwk.n.as_ref())?, &b64("e", jwk.e.as_ref())?),
+        KeyKind::P256 => KeyMaterial::p256(&x()?, &y()?),
+        KeyKind::P384 => KeyMaterial::p384(&x()?, &y()?),
+        KeyKind::Ed25519 => KeyMaterial::ed25519(&x()?),
+        KeyKind::Secret => Err("symmetric keys come from `shared_secret` only".into()),
+    }
 }
 
 #[derive(Deserialize)]
 struct JwksDoc {
-    keys: Vec<Jwk>,
+    keys: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -457,25 +440,145 @@ mod tests {
         assert!(set.find(None, Alg::EdDSA).is_ok());
     }
 
+    fn b64u(bytes: &[u8]) -> String {
+        use ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
+        Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+    }
+
+    /// Keys that claim to be usable but are not, each with its reason.
+    fn bad_keys() -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        let odd = |len: usize| b64u(&vec![0xc3; len]);
+        vec![
+            (
+                json!({"kty":"RSA","kid":"rsa-1024","n":odd(128),"e":"AQAB"}),
+                "the RSA modulus has 1024 bits; 2048 to 4096 are accepted",
+            ),
+            (
+                json!({"kty":"RSA","kid":"rsa-e3","n":odd(256),"e":"Aw"}),
+                "the RSA exponent must be 65537",
+            ),
+            (
+                json!({"kty":"RSA","kid":"rsa-16384","n":odd(2048),"e":"AQAB"}),
+                "the RSA modulus has 16384 bits",
+            ),
+            (
+                json!({"kty":"RSA","kid":"rsa-even","n":b64u(&[0xc2; 256]),"e":"AQAB"}),
+                "the RSA modulus is even",
+            ),
+            (
+                json!({"kty":"EC","crv":"P-256","kid":"ec-off-curve","x":b64u(&[1; 32]),"y":b64u(&[1; 32])}),
+                "the point is not on the P-256 curve",
+            ),
+            (
+                json!({"kty":"EC","crv":"P-384","kid":"ec-short","x":b64u(&[1; 32]),"y":b64u(&[1; 32])}),
+                "x and y must be 48 bytes each, not 32 and 32",
+            ),
+            (
+                json!({"kty":"OKP","crv":"Ed25519","kid":"ed-31","x":b64u(&[7; 31])}),
+                "an Ed25519 key is 32 bytes, not 31",
+            ),
+            (
+                json!({"kty":"OKP","crv":"Ed25519","kid":"ed-identity","x":b64u(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])}),
+                "not a usable Ed25519 point",
+            ),
+            (
+                json!({"kty":"EC","crv":"P-256","kid":"ec-as-rsa","alg":"RS256","x":"AA","y":"AA"}),
+                "alg RS256 does not fit kty EC",
+            ),
+            (
+                json!({"kty":"RSA","kid":"rsa-no-n","e":"AQAB"}),
+                "missing \"n\"",
+            ),
+            (
+                json!({"kty":"RSA","kid":"rsa-bad-b64","n":"***","e":"AQAB"}),
+                "\"n\" is not base64url",
+            ),
+            (
+                json!({"kty":"oct","kid":"hmac","k":"c2VjcmV0"}),
+                "symmetric (oct) keys are not accepted",
+            ),
+            (json!({"kty":"RSA","kid":7}), "not a usable JWK"),
+            (json!("not an object"), "not a usable JWK"),
+        ]
+    }
+
     #[test]
-    fn broken_and_weak_keys_are_refused_with_the_key_named() {
-        let weak = br#"{"keys":[{"kty":"RSA","kid":"small","n":"AQAB","e":"AQAB"}]}"#;
-        let err = KeySet::from_jwks(weak, &Alg::ASYMMETRIC)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("kid \"small\"") && err.contains("2048-4096"),
-            "{err}"
-        );
-        let oct = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#;
-        assert!(KeySet::from_jwks(oct, &Alg::ASYMMETRIC).is_err());
-        let mismatch = br#"{"keys":[{"kty":"EC","crv":"P-256","alg":"RS256","x":"AA","y":"AA"}]}"#;
-        assert!(KeySet::from_jwks(mismatch, &Alg::ASYMMETRIC).is_err());
-        let bad_point = br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}]}"#;
-        assert!(KeySet::from_jwks(bad_point, &Alg::ASYMMETRIC).is_err());
-        assert!(KeySet::from_jwks(b"<html>", &Alg::ASYMMETRIC).is_err());
-        assert!(KeySet::from_jwks(b"{}", &Alg::ASYMMETRIC).is_err());
+    fn broken_and_weak_keys_in_a_fetched_jwks_are_skipped_and_the_rest_used() {
+        let good: serde_json::Value = serde_json::from_slice(&vectors().jwks).unwrap();
+        let good = good["keys"].as_array().unwrap().clone();
+        let bad = bad_keys();
+        // Bad keys first and last: skipping one must not stop at it.
+        let mut keys: Vec<serde_json::Value> = bad.iter().map(|(k, _)| k.clone()).collect();
+        keys.extend(good.iter().cloned());
+        keys.push(bad.first().unwrap().0.clone());
+        let doc = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap();
+
+        let (set, skipped) = KeySet::from_jwks(&doc, &Alg::ASYMMETRIC).unwrap();
+        let (clean, _) = KeySet::from_jwks(&vectors().jwks, &Alg::ASYMMETRIC).unwrap();
+        assert_eq!(set.len(), clean.len());
+        for kid in ["rsa1", "rsa1-any", "ec256", "ec384", "ed25519"] {
+            assert!(set.has_kid(kid), "{kid}");
+        }
+        assert_eq!(skipped.len(), bad.len() + 1, "{skipped:#?}");
+        for (i, ((key, why), note)) in bad.iter().zip(&skipped).enumerate() {
+            let name = match key.get("kid").and_then(|k| k.as_str()) {
+                Some(kid) => format!("keys[{i}] (kid \"{kid}\")"),
+                None => format!("keys[{i}]"),
+            };
+            assert!(
+                note.starts_with(&name) && note.contains(why),
+                "{note:?} should name {name} and say {why:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jwks_of_only_bad_keys_gives_an_empty_set_and_the_reasons() {
+        let keys: Vec<serde_json::Value> = bad_keys().into_iter().map(|(k, _)| k).collect();
+        let doc = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap();
+        let (set, skipped) = KeySet::from_jwks(&doc, &Alg::ASYMMETRIC).unwrap();
+        assert!(set.is_empty());
+        assert_eq!(skipped.len(), keys.len());
+    }
+
+    #[test]
+    fn inline_jwks_refuses_a_broken_or_weak_key_with_the_key_named() {
+        for (key, why) in bad_keys() {
+            let doc = serde_json::to_vec(&serde_json::json!({ "keys": [key] })).unwrap();
+            let err = KeySet::from_inline_jwks(&doc, &Alg::ASYMMETRIC)
+                .err()
+                .unwrap_or_else(|| panic!("{key} was accepted"))
+                .to_string();
+            assert!(err.starts_with("keys[0]") && err.contains(why), "{err}");
+        }
+        // Keys meant for something else are skipped there too.
+        let enc = br#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}]}"#;
+        let (set, skipped) = KeySet::from_inline_jwks(enc, &Alg::ASYMMETRIC).unwrap();
+        assert!(set.is_empty() && skipped.len() == 1);
+    }
+
+    #[test]
+    fn documents_that_are_not_a_jwks_are_refused_whole() {
+        for doc in [&b"<html>"[..], b"{}", br#"{"keys":{}}"#, b"[]"] {
+            assert!(
+                matches!(
+                    KeySet::from_jwks(doc, &Alg::ASYMMETRIC),
+                    Err(JwksError::NotJwks(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_not_allowed_for_the_issuer_is_not_parsed() {
+        // A weak RSA key, but the issuer only takes ES256: not for us, not broken.
+        let doc = br#"{"keys":[{"kty":"RSA","kid":"small","n":"AQAB","e":"AQAB"}]}"#;
+        let (set, skipped) = KeySet::from_inline_jwks(doc, &[Alg::ES256]).unwrap();
+        assert!(set.is_empty());
+        assert!(skipped[0].contains("no allowed algorithm"), "{skipped:?}");
     }
 
     #[test]

@@ -7,12 +7,12 @@
 
 use std::fmt;
 
-use jwt_simple::prelude::{Duration, VerificationOptions};
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
+use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde_json::{Map, Value};
 
 use crate::config::{Issuer, JwtRules};
 use crate::jwks::{Alg, KeyLookupError, KeySet};
+use crate::verify::{SignatureVerifier, VerifyError};
 
 /// Longer tokens are refused before any decoding work.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -32,6 +32,7 @@ pub enum TokenError {
     WrongAudience,
     Key(KeyLookupError),
     BadSignature,
+    Signature(VerifyError),
 }
 
 impl fmt::Display for TokenError {
@@ -62,6 +63,7 @@ impl fmt::Display for TokenError {
             TokenError::WrongAudience => write!(f, "the token audience is not accepted"),
             TokenError::Key(e) => write!(f, "{e}"),
             TokenError::BadSignature => write!(f, "the token signature is invalid"),
+            TokenError::Signature(e) => write!(f, "the token signature is invalid: {e}"),
         }
     }
 }
@@ -69,7 +71,9 @@ impl fmt::Display for TokenError {
 /// A token whose claims passed every check that needs no key.
 #[derive(Debug)]
 pub struct Unverified<'t> {
-    token: &'t str,
+    /// `header_b64 "." payload_b64`, what the signature covers.
+    signing_input: &'t str,
+    signature: Vec<u8>,
     pub issuer: usize,
     pub alg: Alg,
     pub kid: Option<String>,
@@ -142,16 +146,24 @@ impl VerifiedToken {
 struct Segments<'t> {
     header: &'t str,
     payload: &'t str,
+    signature: &'t str,
+    signing_input: &'t str,
 }
 
 fn split(token: &str) -> Result<Segments<'_>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("longer than 16 KiB"));
     }
-    let mut parts = token.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(header), Some(payload), Some(_signature), None) => Ok(Segments { header, payload }),
-        _ => Err(TokenError::Malformed("a JWT has three dot-separated parts")),
+    let shape = TokenError::Malformed("a JWT has three dot-separated parts");
+    let (signing_input, signature) = token.rsplit_once('.').ok_or_else(|| shape.clone())?;
+    match signing_input.split_once('.') {
+        Some((header, payload)) if !payload.contains('.') => Ok(Segments {
+            header,
+            payload,
+            signature,
+            signing_input,
+        }),
+        _ => Err(shape),
     }
 }
 
@@ -161,16 +173,33 @@ fn decode_json(segment: &str, what: &'static str) -> Result<Map<String, Value>, 
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(what))
 }
 
+/// An RFC 7519 NumericDate: seconds, possibly fractional. A fraction is cut
+/// off (floor), so an `exp` of 1700000000.5 expires at 1700000000.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(t) => Ok(Some(t)),
-            None => Err(TokenError::Malformed(
-                "exp, nbf and iat must be non-negative integers",
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(t), _) => Ok(Some(t)),
+            // Beyond u64 the cast saturates: a date that far is "never".
+            (None, Some(t)) if t.is_finite() && t >= 0.0 => Ok(Some(t.floor() as u64)),
+            _ => Err(TokenError::Malformed(
+                "exp, nbf and iat must be finite and not negative",
             )),
         },
+        Some(_) => Err(TokenError::Malformed("exp, nbf and iat must be numbers")),
     }
+}
+
+/// `typ` is optional (RFC 7515 §4.1.9); when present it must name a JWT:
+/// `JWT`, `JOSE` (RFC 7515 §9.1, the compact form) or a `+jwt` type such as
+/// RFC 9068's `at+jwt`, compared without case as media types are.
+fn typ_is_jwt(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    // RFC 7515 §4.1.9: the "application/" prefix may be left out.
+    let subtype = lower.strip_prefix("application/").unwrap_or(&lower);
+    subtype == "jwt"
+        || subtype == "jose"
+        || subtype.strip_suffix("+jwt").is_some_and(|s| !s.is_empty())
 }
 
 /// Everything that needs no key. `issuers` is the compiled list; the token's
@@ -199,8 +228,21 @@ pub fn precheck<'t>(
             "critical header extensions are not supported",
         ));
     }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(typ)) if typ_is_jwt(typ) => {}
+        Some(_) => {
+            return Err(TokenError::Malformed(
+                "typ must be JWT, JOSE or a +jwt type such as at+jwt",
+            ))
+        }
+    }
+    // Other header parameters are not read: an embedded `jwk`, `jku`, `x5u`
+    // or `x5c` names a key the token chose itself and is never used.
 
     let claims = decode_json(segments.payload, "the payload is not base64url JSON")?;
+    let signature = Base64UrlSafeNoPadding::decode_to_vec(segments.signature, None)
+        .map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
     let iss = match claims.get("iss") {
         None => return Err(TokenError::MissingIssuer),
         Some(Value::String(iss)) => iss,
@@ -217,6 +259,9 @@ pub fn precheck<'t>(
         return Err(TokenError::AlgNotAllowed(alg));
     }
 
+    if claims.get("sub").is_some_and(|sub| !sub.is_string()) {
+        return Err(TokenError::Malformed("sub must be a string"));
+    }
     let exp = numeric_date(&claims, "exp")?;
     let nbf = numeric_date(&claims, "nbf")?;
     let iat = numeric_date(&claims, "iat")?;
@@ -243,7 +288,8 @@ pub fn precheck<'t>(
         }
     }
     Ok(Unverified {
-        token,
+        signing_input: segments.signing_input,
+        signature,
         issuer,
         alg,
         kid,
@@ -265,24 +311,27 @@ fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
 }
 
 impl Unverified<'_> {
-    /// The key lookup and the signature check.
+    /// The key lookup and the signature check, over the bytes as they came:
+    /// header and claims were read once, by [`precheck`], and are not again.
     pub fn verify(
         self,
         keys: &KeySet,
-        rules: &JwtRules,
-        now: u64,
+        verifier: &dyn SignatureVerifier,
     ) -> Result<VerifiedToken, TokenError> {
         let key = keys
             .find(self.kid.as_deref(), self.alg)
             .map_err(TokenError::Key)?;
-        let options = VerificationOptions {
-            time_tolerance: Some(Duration::from_secs(rules.clock_skew_seconds)),
-            artificial_time: Some(Duration::from_secs(now)),
-            max_token_length: Some(MAX_TOKEN_BYTES),
-            ..Default::default()
-        };
-        key.verify_signature(self.token, options)
-            .map_err(|_| TokenError::BadSignature)?;
+        verifier
+            .verify(
+                self.alg,
+                &key.key,
+                self.signing_input.as_bytes(),
+                &self.signature,
+            )
+            .map_err(|e| match e {
+                VerifyError::Mismatch => TokenError::BadSignature,
+                other => TokenError::Signature(other),
+            })?;
         Ok(VerifiedToken {
             issuer: self.issuer,
             payload: self.payload.to_string(),
@@ -296,12 +345,14 @@ impl Unverified<'_> {
 pub(crate) mod test_vectors {
     use std::collections::HashMap;
 
+    use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
     use serde::Deserialize;
 
     #[derive(Deserialize)]
     struct Raw {
         jwks: serde_json::Value,
         hs_secret: String,
+        hs_secret_bytes_b64url: String,
         now: u64,
         tokens: HashMap<String, String>,
     }
@@ -309,6 +360,8 @@ pub(crate) mod test_vectors {
     pub struct Vectors {
         pub jwks: Vec<u8>,
         pub hs_secret: String,
+        /// A secret that is not UTF-8 (`shared_secret: {"base64url": …}`).
+        pub hs_secret_bytes: Vec<u8>,
         pub now: u64,
         tokens: HashMap<String, String>,
     }
@@ -332,6 +385,11 @@ pub(crate) mod test_vectors {
         Vectors {
             jwks: serde_json::to_vec(&raw.jwks).unwrap(),
             hs_secret: raw.hs_secret,
+            hs_secret_bytes: Base64UrlSafeNoPadding::decode_to_vec(
+                raw.hs_secret_bytes_b64url,
+                None,
+            )
+            .unwrap(),
             now: raw.now,
             tokens: raw.tokens,
         }
@@ -345,6 +403,7 @@ mod tests {
 
     use super::test_vectors::{vectors, Vectors};
     use super::*;
+    use crate::verify::PureRustVerifier;
 
     fn issuer(algorithms: &[Alg]) -> Issuer {
         Issuer::for_tests("https://issuer.test", &["api"], algorithms)
@@ -374,7 +433,7 @@ mod tests {
         let now = v.now.checked_add_signed(now_offset).unwrap();
         let issuers = [issuer(algorithms)];
         let unverified = precheck(v.token(name), &issuers, rules, now)?;
-        unverified.verify(&keys(&v, algorithms), rules, now)
+        unverified.verify(&keys(&v, algorithms), &PureRustVerifier)
     }
 
     fn all_algs() -> Vec<Alg> {
@@ -429,12 +488,144 @@ mod tests {
                 "malformed_base64",
                 TokenError::Malformed("the payload is not base64url JSON"),
             ),
+            ("float_exp_past", TokenError::Expired),
+            (
+                "negative_exp",
+                TokenError::Malformed("exp, nbf and iat must be finite and not negative"),
+            ),
+            (
+                "string_exp",
+                TokenError::Malformed("exp, nbf and iat must be numbers"),
+            ),
+            ("numeric_sub", TokenError::Malformed("sub must be a string")),
+            (
+                "typ_other",
+                TokenError::Malformed("typ must be JWT, JOSE or a +jwt type such as at+jwt"),
+            ),
+            (
+                "crit_header",
+                TokenError::Malformed("critical header extensions are not supported"),
+            ),
+            // The token's own key (jwk, jku, x5u, x5c) is never used: the
+            // issuer's key checks the attacker's signature and refuses it.
+            ("embedded_attacker_jwk", TokenError::BadSignature),
+            ("embedded_attacker_jwk_no_kid", TokenError::BadSignature),
         ];
         for (name, expected) in table {
             assert_eq!(
                 check(name, &all, &rules(), 0).err().as_ref(),
                 Some(expected),
                 "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn forms_rfc_7515_and_7519_allow_verify() {
+        for name in [
+            "typ_jose",
+            "typ_at_jwt",
+            "numeric_jti_and_nonce",
+            "float_exp",
+            "embedded_own_jwk",
+        ] {
+            let verified =
+                check(name, &all_algs(), &rules(), 0).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(verified.claim_text("sub").as_deref(), Some("client-1"));
+        }
+    }
+
+    #[test]
+    fn a_fractional_numeric_date_is_cut_to_the_second() {
+        // exp 1700003600.5 = now + 2600.5: expires like exp 1700003600.
+        let v = check("float_exp", &all_algs(), &rules(), 0).unwrap();
+        assert_eq!(v.expires_at(), Some(1_700_003_600));
+        assert!(check("float_exp", &all_algs(), &rules(), 2600 + 60).is_ok());
+        assert_eq!(
+            check("float_exp", &all_algs(), &rules(), 2600 + 61).err(),
+            Some(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_der_ecdsa_signature_is_refused_with_its_length() {
+        match check("es256_der_signature", &all_algs(), &rules(), 0) {
+            Err(TokenError::Signature(VerifyError::Length {
+                alg: Alg::ES256,
+                expected: 64,
+                got,
+            })) => assert!((68..=72).contains(&got), "{got}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_secret_that_is_not_text_verifies_hmac_tokens() {
+        let v = vectors();
+        let issuers = [issuer(&Alg::HMAC)];
+        let token = v.token("good_HS256_binary_secret");
+        let with = |secret: &[u8]| {
+            let mut keys = KeySet::default();
+            keys.add_secret(secret, &Alg::HMAC);
+            precheck(token, &issuers, &rules(), v.now)?.verify(&keys, &PureRustVerifier)
+        };
+        assert!(with(&v.hs_secret_bytes).is_ok());
+        assert_eq!(
+            with(v.hs_secret.as_bytes()).err(),
+            Some(TokenError::BadSignature)
+        );
+    }
+
+    /// (alg, signing input, signature) of one call.
+    type Call = (Alg, Vec<u8>, Vec<u8>);
+
+    /// Records what it was asked and answers as told.
+    struct Recording {
+        answer: Result<(), VerifyError>,
+        seen: std::cell::RefCell<Vec<Call>>,
+    }
+
+    impl SignatureVerifier for Recording {
+        fn verify(
+            &self,
+            alg: Alg,
+            _key: &crate::verify::KeyMaterial,
+            signing_input: &[u8],
+            signature: &[u8],
+        ) -> Result<(), VerifyError> {
+            self.seen
+                .borrow_mut()
+                .push((alg, signing_input.to_vec(), signature.to_vec()));
+            self.answer
+        }
+    }
+
+    #[test]
+    fn the_verifier_gets_the_signing_input_and_the_decoded_signature() {
+        let v = vectors();
+        let issuers = [issuer(&all_algs())];
+        let token = v.token("good_ES256");
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        for (answer, expected) in [
+            (Ok(()), None),
+            (Err(VerifyError::Mismatch), Some(TokenError::BadSignature)),
+        ] {
+            let verifier = Recording {
+                answer,
+                seen: Default::default(),
+            };
+            let result = precheck(token, &issuers, &rules(), v.now)
+                .unwrap()
+                .verify(&keys(&v, &all_algs()), &verifier);
+            assert_eq!(result.err(), expected);
+            let seen = verifier.seen.into_inner();
+            assert_eq!(
+                seen,
+                vec![(
+                    Alg::ES256,
+                    input.as_bytes().to_vec(),
+                    Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap()
+                )]
             );
         }
     }
@@ -544,8 +735,12 @@ mod tests {
             .chain((0..good.len()).map(|i| good.get(..i).unwrap_or("")))
         {
             let _ = precheck(input, &issuers, &rules(), v.now)
-                .map(|u| u.verify(&keys, &rules(), v.now));
+                .map(|u| u.verify(&keys, &PureRustVerifier));
         }
+        assert_eq!(
+            precheck("eyJhbGciOiJSUzI1NiJ9.e30.*", &issuers, &rules(), v.now).err(),
+            Some(TokenError::Malformed("the signature is not base64url"))
+        );
         let long = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(
             precheck(&long, &issuers, &rules(), v.now).err(),

@@ -159,6 +159,7 @@ pub struct KeyManager {
 
 #[derive(Deserialize)]
 struct Discovery {
+    issuer: String,
     jwks_uri: String,
 }
 
@@ -412,10 +413,19 @@ fn interpret(
         FetchStep::Discovery => {
             let doc: Discovery = serde_json::from_slice(body).map_err(|e| {
                 format!(
-                    "OIDC discovery for {}: no usable jwks_uri ({e})",
+                    "OIDC discovery for {}: not a document with issuer and jwks_uri ({e})",
                     issuer.issuer
                 )
             })?;
+            // OpenID Connect Discovery §4.3 (and RFC 8414 §3.3): a document
+            // for another issuer must not supply this issuer's keys.
+            if doc.issuer != issuer.issuer {
+                let named: String = doc.issuer.chars().take(200).collect();
+                return Err(format!(
+                    "OIDC discovery for {}: the document is for issuer {named:?}, not the configured one",
+                    issuer.issuer
+                ));
+            }
             let url = Url::parse(&doc.jwks_uri)
                 .map_err(|e| format!("OIDC discovery for {}: jwks_uri {e}", issuer.issuer))?;
             Ok(Interpreted::Next(
@@ -428,12 +438,116 @@ fn interpret(
                 .keys_from_jwks(body)
                 .map_err(|e| format!("JWKS for {}: {e}", issuer.issuer))?;
             if keys.is_empty() {
+                let why = match skipped.first() {
+                    Some(first) => format!(" ({} skipped, first {first})", skipped.len()),
+                    None => String::new(),
+                };
                 return Err(format!(
-                    "JWKS for {}: no key usable with the allowed algorithms",
+                    "JWKS for {}: no key usable with the allowed algorithms{why}",
                     issuer.issuer
                 ));
             }
             Ok(Interpreted::Keys(keys, skipped))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::jwt::test_vectors::vectors;
+
+    fn config() -> Config {
+        Config::from_json(
+            br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn discover(manager: &mut KeyManager, config: &Config, doc: &str) -> FetchProgress {
+        let reply = CalloutReply {
+            status: Some(200),
+            body: doc.as_bytes().to_vec(),
+        };
+        manager.on_reply(config, 0, FetchStep::Discovery, &reply, 1)
+    }
+
+    #[test]
+    fn a_discovery_document_for_another_issuer_is_refused() {
+        let c = config();
+        for (doc, why) in [
+            (
+                r#"{"issuer":"https://evil.test","jwks_uri":"https://evil.test/jwks"}"#,
+                r#"the document is for issuer "https://evil.test", not the configured one"#,
+            ),
+            // Exact comparison: no trailing-slash or case leniency.
+            (
+                r#"{"issuer":"https://issuer.test/","jwks_uri":"https://issuer.test/jwks"}"#,
+                r#"for issuer "https://issuer.test/""#,
+            ),
+            (
+                r#"{"issuer":"HTTPS://ISSUER.TEST","jwks_uri":"https://issuer.test/jwks"}"#,
+                "not the configured one",
+            ),
+            (
+                r#"{"jwks_uri":"https://issuer.test/jwks"}"#,
+                "not a document with issuer and jwks_uri (missing field `issuer`",
+            ),
+        ] {
+            let mut m = KeyManager::new(&c);
+            let FetchProgress::Failed(error) = discover(&mut m, &c, doc) else {
+                panic!("{doc} was accepted")
+            };
+            assert!(
+                error.starts_with("OIDC discovery for https://issuer.test: ")
+                    && error.contains(why),
+                "{error}"
+            );
+            assert_eq!(m.state(0).unwrap().last_error.as_ref(), Some(&error));
+            assert!(m.keys(0).is_none());
+        }
+        let mut m = KeyManager::new(&c);
+        let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks"}"#;
+        assert!(matches!(
+            discover(&mut m, &c, doc),
+            FetchProgress::Next(FetchStep::Jwks, _)
+        ));
+    }
+
+    #[test]
+    fn a_jwks_with_no_usable_key_fails_with_the_first_reason() {
+        let c = config();
+        let mut m = KeyManager::new(&c);
+        let jwks = br#"{"keys":[{"kty":"RSA","kid":"small","n":"AQAB","e":"AQAB"},{"kty":"OKP","crv":"Ed25519","kid":"short","x":"AAAA"}]}"#;
+        let reply = CalloutReply {
+            status: Some(200),
+            body: jwks.to_vec(),
+        };
+        let FetchProgress::Failed(error) = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 1) else {
+            panic!()
+        };
+        assert!(
+            error.contains("no key usable with the allowed algorithms (2 skipped, first keys[0] (kid \"small\"): the RSA modulus has 17 bits"),
+            "{error}"
+        );
+        // One good key among them is enough.
+        let mut doc: serde_json::Value = serde_json::from_slice(jwks).unwrap();
+        let good: serde_json::Value = serde_json::from_slice(&vectors().jwks).unwrap();
+        doc["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(good["keys"][0].clone());
+        let reply = CalloutReply {
+            status: Some(200),
+            body: serde_json::to_vec(&doc).unwrap(),
+        };
+        let FetchProgress::Loaded { keys, skipped } = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 2)
+        else {
+            panic!()
+        };
+        assert_eq!((keys, skipped.len()), (1, 2), "{skipped:?}");
     }
 }

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod pdp;
 pub mod policy;
 pub mod response;
+pub mod verify;
 
 #[cfg(test)]
 mod robustness;
