@@ -450,6 +450,9 @@ class Envoy:
         log_path = workdir / ("envoy-%s.log" % tag)
         argv = [ENVOY_BIN, "-c", config_path, "--concurrency", "1", "--base-id", random.randint(1, 2**31 - 1),
                 "--disable-hot-restart", "-l", log_level, "--log-path", log_path, *extra_args]
+        if "--file-flush-interval-msec" not in extra_args:
+            # Tests read the log while Envoy runs: flush it promptly (default 10 s).
+            argv += ["--file-flush-interval-msec", "100"]
         if not Path(ENVOY_BIN).exists():
             raise RuntimeError("%s missing: run `make setup`" % ENVOY_BIN)
         proc = Proc("envoy", argv, workdir / ("envoy-%s.out" % tag))

@@ -251,8 +251,10 @@ impl KeyManager {
             return state.wait(Some(kid));
         }
         state.absent_kids.retain(|(_, until)| now < *until);
+        // After a failed fetch, the requests that waited for it get their
+        // 503 rather than each starting another fetch at once.
         let refetch = !state.absent_kids.iter().any(|(k, _)| *k == kid)
-            && state.may_start_for_request(now)
+            && (state.last_error.is_none() || state.may_start_for_request(now))
             && state.take_refetch_credit(settings.unknown_kid_refetch_seconds, now);
         if refetch {
             if let Some((step, callout)) = state.start(settings, now) {
