@@ -5,7 +5,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{info, warn};
-use oauth_pep_core::callout::{Callout, CalloutReply};
+use oauth_pep_core::callout::{Callout, CalloutReply, MAX_REPLY_BYTES};
 use oauth_pep_core::response::HttpResponse;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -123,6 +123,13 @@ pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
     };
+    if body_size > MAX_REPLY_BYTES {
+        return CalloutReply {
+            status,
+            body: Vec::new(),
+            oversized: Some(body_size),
+        };
+    }
     let body = if body_size == 0 {
         Vec::new()
     } else {
@@ -131,7 +138,11 @@ pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
             .flatten()
             .unwrap_or_default()
     };
-    CalloutReply { status, body }
+    CalloutReply {
+        status,
+        body,
+        oversized: None,
+    }
 }
 
 /// Makes `context_id` the context later host calls act on (another request,

@@ -28,7 +28,7 @@ Endpoints:
           bytes; {"base64url": "..."}: those bytes), else if `sign_with`
           names a key, the PEM (SubjectPublicKeyInfo) of its PUBLIC key (the
           classic algorithm-confusion attack), else the default HS secret.
-    POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"hang"|"close"}
+    POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"huge"|"hang"|"close"}
                         how /jwks and discovery answer from now on
                         (hang = sleep 30 s then close; close = drop connection)
     POST /_test/rotate  {"add": "rsa2", "kid": "rsa2", "alg": "RS256"?} or
@@ -313,6 +313,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, {"error": "server_error"})
         elif mode == "garbage":
             self._send(200, "<html>this is not json{{{", ctype="application/json")
+        elif mode == "huge":
+            # A valid JWKS padded past the filter's 1 MiB reply limit.
+            doc = dict(self.state.jwks(), padding="x" * (2 << 20))
+            self._send(200, doc)
         elif mode == "hang":
             time.sleep(30)
             self._drop()
@@ -485,8 +489,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _t_jwks(self, body):
         mode = body.get("mode")
-        if mode not in ("ok", "error500", "garbage", "hang", "close"):
-            raise ValueError("mode must be ok|error500|garbage|hang|close")
+        if mode not in ("ok", "error500", "garbage", "huge", "hang", "close"):
+            raise ValueError("mode must be ok|error500|garbage|huge|hang|close")
         self.state.mode = mode
         self._send(200, {"mode": mode})
 

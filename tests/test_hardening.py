@@ -74,6 +74,7 @@ def test_a_flood_of_distinct_big_tokens_keeps_memory_flat(start_envoy, authserve
     before = rss_kib(env)
     flood(1500, 3000)
     after = rss_kib(env)
+    print("token flood: Envoy RSS %d KiB after 1,500 tokens, %d KiB after 4,500" % (before, after))
     # Before the fix this grew by hundreds of MB; now the cache is full and stays full.
     assert after - before < 12 * 1024, (before, after)
     r = env.get("/x", token=hs256({"iss": authserver.issuer, "aud": "api", "sub": "late", "exp": now + 600}))
@@ -103,6 +104,7 @@ def test_a_flood_of_distinct_paths_keeps_the_pdp_cache_flat(start_envoy, authser
     calls = fake_pdp.stats()["calls"]
     flood(1000, 2500)
     after = rss_kib(env)
+    print("PDP flood: Envoy RSS %d KiB after 1,000 paths, %d KiB after 3,500" % (before, after))
     assert fake_pdp.stats()["calls"] - calls == 2500, "every distinct path is a new decision"
     assert after - before < 12 * 1024, (before, after)
     # A decision still cached is still served: no second PDP call.
@@ -288,3 +290,15 @@ def test_recovery_follows_the_server_within_about_a_second(start_envoy, filter_c
     back = time.monotonic()
     env.wait_status("/", token=token, timeout=10)
     assert time.monotonic() - back < 3, "recovered %.1f s after the server" % (time.monotonic() - back)
+
+
+def test_an_oversized_key_server_reply_is_a_failure_not_read(start_envoy, filter_config, authserver):
+    """Before: a callout reply of any size was read whole into the VM."""
+    authserver.set_jwks_mode("huge")
+    env = start_envoy(filter_config())
+    token = authserver.token()
+    r = env.get("/", token=token)
+    assert r.status_code == 503, r.text
+    harness.wait_until(lambda: "more than the 1048576 accepted" in env.log_text(), 10, what="the log line")
+    authserver.set_jwks_mode("ok")
+    env.wait_status("/", token=token, timeout=10)

@@ -62,11 +62,20 @@ impl Callout {
 pub struct CalloutReply {
     pub status: Option<u16>,
     pub body: Vec<u8>,
+    /// The size of a body larger than [`MAX_REPLY_BYTES`], which was not read.
+    pub oversized: Option<usize>,
 }
+
+/// The most a callout answer may hold (a JWKS, a discovery document, a PDP
+/// decision): a larger one is a failure, never read into memory.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 impl CalloutReply {
     /// The body of a 2xx answer, or why there is none.
     pub fn success_body(&self) -> Result<&[u8], CalloutError> {
+        if let Some(bytes) = self.oversized {
+            return Err(CalloutError::TooLarge(bytes));
+        }
         match self.status {
             None => Err(CalloutError::NoResponse),
             Some(s) if (200..300).contains(&s) => Ok(&self.body),
@@ -82,6 +91,8 @@ pub enum CalloutError {
     /// No HTTP answer: connection failure, reset or timeout.
     NoResponse,
     Status(u16),
+    /// A body of this many bytes, more than [`MAX_REPLY_BYTES`].
+    TooLarge(usize),
 }
 
 impl fmt::Display for CalloutError {
@@ -90,6 +101,10 @@ impl fmt::Display for CalloutError {
             CalloutError::Dispatch(why) => write!(f, "callout could not be dispatched: {why}"),
             CalloutError::NoResponse => write!(f, "no response (connection failed or timed out)"),
             CalloutError::Status(s) => write!(f, "answered HTTP {s}"),
+            CalloutError::TooLarge(bytes) => write!(
+                f,
+                "answered {bytes} bytes, more than the {MAX_REPLY_BYTES} accepted"
+            ),
         }
     }
 }
@@ -170,12 +185,23 @@ mod tests {
         let r = CalloutReply {
             status: None,
             body: vec![],
+            ..CalloutReply::default()
         };
         assert_eq!(r.success_body(), Err(CalloutError::NoResponse));
         let r = CalloutReply {
             status: Some(500),
             body: b"{}".to_vec(),
+            ..CalloutReply::default()
         };
         assert_eq!(r.success_body(), Err(CalloutError::Status(500)));
+        let r = CalloutReply {
+            status: Some(200),
+            oversized: Some(MAX_REPLY_BYTES + 1),
+            ..CalloutReply::default()
+        };
+        assert_eq!(
+            r.success_body(),
+            Err(CalloutError::TooLarge(MAX_REPLY_BYTES + 1))
+        );
     }
 }

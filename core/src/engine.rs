@@ -687,6 +687,7 @@ mod tests {
         CalloutReply {
             status: Some(status),
             body: body.as_bytes().to_vec(),
+            ..CalloutReply::default()
         }
     }
 

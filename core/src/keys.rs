@@ -473,6 +473,7 @@ mod tests {
         let reply = CalloutReply {
             status: Some(200),
             body: doc.as_bytes().to_vec(),
+            ..CalloutReply::default()
         };
         manager.on_reply(config, 0, FetchStep::Discovery, &reply, 1)
     }
@@ -527,6 +528,7 @@ mod tests {
         let reply = CalloutReply {
             status: Some(200),
             body: jwks.to_vec(),
+            ..CalloutReply::default()
         };
         let FetchProgress::Failed(error) = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 1) else {
             panic!()
@@ -545,6 +547,7 @@ mod tests {
         let reply = CalloutReply {
             status: Some(200),
             body: serde_json::to_vec(&doc).unwrap(),
+            ..CalloutReply::default()
         };
         let FetchProgress::Loaded { keys, skipped } = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 2)
         else {

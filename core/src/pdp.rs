@@ -347,6 +347,7 @@ mod tests {
         CalloutReply {
             status: Some(status),
             body: body.as_bytes().to_vec(),
+            ..CalloutReply::default()
         }
     }
 
@@ -625,6 +626,7 @@ mod tests {
                 .verdict(&CalloutReply {
                     status: None,
                     body: vec![],
+                    ..CalloutReply::default()
                 })
                 .unwrap_err();
             assert_eq!(e, PdpError::Callout(CalloutError::NoResponse));

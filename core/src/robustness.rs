@@ -113,6 +113,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             let reply = CalloutReply {
                 status: Some(200),
                 body,
+                ..CalloutReply::default()
             };
             let _ = finish_pdp(&config, &mut state, *pending, &reply, v.now);
         }
@@ -136,6 +137,7 @@ fn mangled_key_server_replies_are_failures_never_a_panic() {
         let reply = CalloutReply {
             status: Some(status),
             body: rng.mutate(input),
+            ..CalloutReply::default()
         };
         let _ = state.keys.on_reply(&config, 1, step, &reply, 1_700_000_000);
     }
