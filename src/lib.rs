@@ -44,7 +44,8 @@ use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::Config;
 use oauth_pep_core::engine::{
-    authorize, finish_pdp, waited_too_long, Allow, PendingPdp, Request, State, Verdict,
+    authorize, finish_pdp, pdp_not_dispatched, waited_too_long, Allow, PendingPdp, Request, State,
+    Verdict,
 };
 use oauth_pep_core::keys::{FetchProgress, FetchStep};
 use oauth_pep_core::response::Denial;
@@ -156,11 +157,7 @@ impl Shared {
                     Outcome::Hold
                 }
                 Err(why) => {
-                    warn!("policy decision point callout not dispatched: {why}");
-                    self.deny(
-                        &headers,
-                        &Denial::Unavailable("the policy decision point cannot be reached".into()),
-                    );
+                    self.deny(&headers, &pdp_not_dispatched(&why));
                     Outcome::Hold
                 }
             },
@@ -310,19 +307,66 @@ impl Shared {
             .retain(|_, resume| !matches!(resume, Resume::Pdp { request, .. } if *request == id));
     }
 
+    /// Answers the request, with one `key=value` log line: at `warn` for
+    /// outages (the operator must act), `info` for a refused caller.
     fn deny(&self, headers: &Headers, denial: &Denial) {
-        let path = header(headers, ":path").unwrap_or_default();
-        let method = header(headers, ":method").unwrap_or_default();
-        match denial {
-            Denial::Unavailable(why) => warn!("{method} {path}: 503: {why}"),
-            other => info!(
-                "{method} {path}: {} {}: {other:?}",
-                other.status(),
-                other.code()
-            ),
+        let request_id = header(headers, "x-request-id");
+        let mut line = format!(
+            "denied status={} reason={} request_id={} method={} path={}",
+            denial.status(),
+            denial.code(),
+            log_value(request_id.unwrap_or("-")),
+            log_value(header(headers, ":method").unwrap_or("-")),
+            log_value(header(headers, ":path").unwrap_or("-")),
+        );
+        for (key, value) in denial.log_fields() {
+            line.push_str(&format!(" {key}={}", log_value(&value)));
         }
-        host::send_response(&denial.render(&self.config.realm));
+        if denial.status() == 503 {
+            warn!("{line}");
+        } else {
+            info!("{line}");
+        }
+        host::send_response(&denial.render(&self.config.realm, request_id));
     }
+}
+
+/// A log value on one line: quoted when it has spaces or quotes, control
+/// characters escaped, and cut at 512 bytes (a path can be 60 KiB).
+fn log_value(value: &str) -> String {
+    let mut cut = value;
+    if cut.len() > 512 {
+        let mut end = 512;
+        while !cut.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut = cut.get(..end).unwrap_or("");
+    }
+    let plain = !cut.is_empty()
+        && cut
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '=');
+    let mut out = String::with_capacity(cut.len() + 2);
+    if plain {
+        out.push_str(cut);
+    } else {
+        out.push('"');
+        for c in cut.chars() {
+            match c {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    if cut.len() < value.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 fn apply(allow: &Allow, envoy: bool) {

@@ -16,7 +16,7 @@ use crate::jwt::{precheck, TokenError};
 use crate::keys::{FetchStep, KeyManager, KeyWait};
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::{normalize_target, NormalTarget, PolicyDecision};
-use crate::response::Denial;
+use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
@@ -102,7 +102,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn from_key_wait(wait: KeyWait, issuer: usize, kid: Option<String>) -> Verdict {
+    fn from_key_wait(
+        config: &Config,
+        wait: KeyWait,
+        issuer: usize,
+        kid: Option<String>,
+    ) -> Verdict {
         match wait {
             KeyWait::Fetch {
                 step,
@@ -115,24 +120,43 @@ impl Verdict {
                 until,
             },
             KeyWait::Wait { until } => Verdict::WaitForKeys { issuer, until },
-            KeyWait::Unavailable(why) => Verdict::Deny(Denial::Unavailable(why)),
-            KeyWait::KidUnknown => Verdict::Deny(Denial::InvalidToken(
-                TokenError::Key(KeyLookupError::UnknownKid(kid.unwrap_or_default())).to_string(),
-            )),
+            KeyWait::Unavailable(cause) => Verdict::Deny(Denial::KeysUnavailable {
+                issuer: issuer_name(config, issuer),
+                cause,
+            }),
+            KeyWait::KidUnknown => Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
+                TokenError::Key(KeyLookupError::UnknownKid(kid.unwrap_or_default())),
+            ))),
         }
     }
 }
 
+fn issuer_name(config: &Config, issuer: usize) -> String {
+    config
+        .issuers
+        .get(issuer)
+        .map_or_else(String::new, |i| i.issuer.clone())
+}
+
 /// The denial for a request whose wait for keys outlived the fetch.
 pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
-    let name = config.issuers.get(issuer).map_or("", |i| i.issuer.as_str());
-    Denial::Unavailable(format!("the signing keys of {name} did not arrive in time"))
+    Denial::KeysUnavailable {
+        issuer: issuer_name(config, issuer),
+        cause: "the key fetch did not settle within twice its timeout".into(),
+    }
+}
+
+/// The denial for a PDP callout the host refused to dispatch.
+pub fn pdp_not_dispatched(why: &str) -> Denial {
+    Denial::PdpUnavailable {
+        cause: format!("the callout could not be dispatched: {why}"),
+    }
 }
 
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
     let target = match normalize_target(request.path) {
         Ok(target) => target,
-        Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
     };
     let verdict = decide(config, state, request, &target.path, now);
     forward_as_judged(verdict, &target, request.path)
@@ -174,7 +198,7 @@ fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
         Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
-        Err(e) => return Verdict::Deny(Denial::InvalidRequest(e.to_string())),
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
     let grant = match verify(config, state, &found.token, now) {
         Ok(grant) => grant,
@@ -196,7 +220,7 @@ fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now
         ConsumerLookup::NotConfigured => None,
         ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => None,
         ConsumerLookup::Unregistered => {
-            return Verdict::Deny(Denial::InvalidToken("unknown client".into()));
+            return Verdict::Deny(Denial::InvalidToken(TokenProblem::ClientUnknown));
         }
     };
     let rule = match check_policy(config, request.method, path, &grant.scopes) {
@@ -249,9 +273,10 @@ fn check_policy(
     };
     match policy.decide(method, path, scopes) {
         PolicyDecision::Allow { rule } => Ok(Some(rule)),
-        PolicyDecision::NoRule if config.deny_by_default => Err(Denial::Forbidden(format!(
-            "no policy rule allows {method} {path}"
-        ))),
+        PolicyDecision::NoRule if config.deny_by_default => Err(Denial::NoRule {
+            method: method.to_string(),
+            path: path.to_string(),
+        }),
         PolicyDecision::NoRule => Ok(None),
         PolicyDecision::InsufficientScope { rule, required } => Err(Denial::InsufficientScope {
             rule,
@@ -261,10 +286,10 @@ fn check_policy(
 }
 
 fn pdp_denied(query: &PdpQuery) -> Denial {
-    Denial::Forbidden(format!(
-        "the policy decision point denied {} {}",
-        query.method, query.path
-    ))
+    Denial::PdpDenied {
+        method: query.method.to_string(),
+        path: query.path.to_string(),
+    }
 }
 
 /// The PDP's reply completes a request that passed every other check.
@@ -295,7 +320,9 @@ pub fn finish_pdp(
             }
         }
         // Fail closed: no answer is never a permit.
-        Err(e) => Verdict::Deny(Denial::Unavailable(e.to_string())),
+        Err(e) => Verdict::Deny(Denial::PdpUnavailable {
+            cause: e.to_string(),
+        }),
     }
 }
 
@@ -348,17 +375,17 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
     if let Some(hit) = state.tokens.get(&key, now) {
         return Ok(Rc::clone(hit));
     }
-    let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(e.to_string()));
+    let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
     let issuer = unverified.issuer;
     let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
         let wait = state.keys.load_for_request(config, issuer, now);
-        return Err(Verdict::from_key_wait(wait, issuer, None));
+        return Err(Verdict::from_key_wait(config, wait, issuer, None));
     };
     match unverified.verify(&keys, state.verifier.as_ref()) {
         Ok(verified) => {
             let grant = Grant::from_token(&verified, config)
-                .map_err(|e| Verdict::Deny(Denial::InvalidToken(e.to_string())))?;
+                .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
             let expires_at = grant
                 .expires_at
                 .unwrap_or(now.saturating_add(NO_EXP_CACHE_SECONDS));
@@ -371,7 +398,7 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
             let wait = state
                 .keys
                 .refetch_for_unknown_kid(config, issuer, &kid, now);
-            Err(Verdict::from_key_wait(wait, issuer, Some(kid)))
+            Err(Verdict::from_key_wait(config, wait, issuer, Some(kid)))
         }
         Err(e) => Err(invalid(e)),
     }
@@ -541,7 +568,7 @@ mod tests {
         let expired = vectors().token("expired").to_string();
         assert_eq!(
             run(&c, &mut s, &bearer(&expired), "/"),
-            Verdict::Deny(Denial::InvalidToken("the token has expired".into()))
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(TokenError::Expired)))
         );
     }
 
@@ -758,7 +785,10 @@ mod tests {
             .keys
             .on_reply(&c, 0, FetchStep::Discovery, &CalloutReply::default(), now);
         assert!(
-            matches!(at(&mut s, now), Verdict::Deny(Denial::Unavailable(_))),
+            matches!(
+                at(&mut s, now),
+                Verdict::Deny(Denial::KeysUnavailable { .. })
+            ),
             "the same second: 503, no second fetch"
         );
         assert!(
@@ -799,12 +829,15 @@ mod tests {
             now,
         );
         let token = vectors().token("good_RS256").to_string();
-        let Verdict::Deny(Denial::Unavailable(why)) = run(&c, &mut s, &bearer(&token), "/") else {
+        let Verdict::Deny(Denial::KeysUnavailable { issuer, cause }) =
+            run(&c, &mut s, &bearer(&token), "/")
+        else {
             panic!()
         };
+        assert_eq!(issuer, "https://issuer.test");
         assert!(
-            why.contains("OIDC discovery") && why.contains("is `as` a configured cluster?"),
-            "{why}"
+            cause.contains("OIDC discovery") && cause.contains("is `as` a configured cluster?"),
+            "{cause}"
         );
     }
 
@@ -874,10 +907,10 @@ mod tests {
             "a second request with the kid waits for the refetch"
         );
         let _ = loaded(&mut s, t);
-        let Verdict::Deny(Denial::InvalidToken(why)) = at(&mut s, t + 5, &junk) else {
+        let Verdict::Deny(denial) = at(&mut s, t + 5, &junk) else {
             panic!("the refetch did not find it: 401")
         };
-        assert!(why.contains("kid"), "{why}");
+        assert_eq!(denial.code(), "kid_unknown");
         // The junk kid spent one refetch; repeating it spends none, so a
         // genuinely new kid moments later still gets its refetch.
         let _ = at(&mut s, t + 6, &junk);
@@ -901,7 +934,7 @@ mod tests {
             .on_reply(&c, 0, FetchStep::Jwks, &reply(500, "down"), t + 7);
         assert!(matches!(
             at(&mut s, t + 7, &other),
-            Verdict::Deny(Denial::Unavailable(_))
+            Verdict::Deny(Denial::KeysUnavailable { .. })
         ));
         assert!(
             s.keys.keys(0).is_some(),
@@ -951,7 +984,7 @@ mod tests {
         );
         assert!(matches!(
             method_run(&c, &mut s, "GET", "/b", &good()),
-            Verdict::Deny(Denial::Forbidden(_))
+            Verdict::Deny(Denial::NoRule { .. })
         ));
         assert!(matches!(
             method_run(&c, &mut s, "GET", "/health", &[]),
@@ -964,7 +997,7 @@ mod tests {
         // A dot segment is resolved before matching, so it cannot dodge a rule.
         assert!(matches!(
             method_run(&c, &mut s, "GET", "/health/../b", &good()),
-            Verdict::Deny(Denial::Forbidden(_))
+            Verdict::Deny(Denial::NoRule { .. })
         ));
         assert!(matches!(
             method_run(&c, &mut s, "GET", "/a/%2F", &good()),
@@ -1024,7 +1057,7 @@ mod tests {
         let mut s = State::new(&strict);
         assert_eq!(
             method_run(&strict, &mut s, "GET", "/x", &good()),
-            Verdict::Deny(Denial::InvalidToken("unknown client".into()))
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::ClientUnknown))
         );
     }
 
@@ -1065,11 +1098,11 @@ mod tests {
         );
         let mut s = State::new(&c);
         for (answer, denied) in [
-            (reply(200, "{}"), "forbidden"),
-            (reply(200, r#"{"result":false}"#), "forbidden"),
-            (reply(500, ""), "unavailable"),
-            (CalloutReply::default(), "unavailable"),
-            (reply(200, "garbage"), "unavailable"),
+            (reply(200, "{}"), "pdp_denied"),
+            (reply(200, r#"{"result":false}"#), "pdp_denied"),
+            (reply(500, ""), "pdp_unavailable"),
+            (CalloutReply::default(), "pdp_unavailable"),
+            (reply(200, "garbage"), "pdp_unavailable"),
         ] {
             let Verdict::AskPdp { pending, .. } = method_run(&c, &mut s, "GET", "/a", &good())
             else {
@@ -1196,11 +1229,10 @@ mod tests {
             serde_json::json!({"scope": "read a,b"}),
         ] {
             let token = hs_token(hs_claims(extra.clone()));
-            let Verdict::Deny(Denial::InvalidToken(why)) = run(&c, &mut s, &bearer(&token), "/")
-            else {
+            let Verdict::Deny(denial) = run(&c, &mut s, &bearer(&token), "/") else {
                 panic!("{extra} was let through")
             };
-            assert!(why.contains("claim") || why.contains("comma"), "{why}");
+            assert_eq!(denial.code(), "claim_unusable", "{extra}");
         }
         assert!(s.tokens.is_empty());
         // A control character in a claim that is not sent upstream is harmless.

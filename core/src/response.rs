@@ -1,23 +1,186 @@
-//! Every denial, and the one exhaustive mapping from it to what the client sees:
-//! status, `WWW-Authenticate` (RFC 6750 §3) and a JSON body.
+//! Every denial, with its typed evidence and a stable reason code, and the one
+//! exhaustive mapping from it to what the client sees (status,
+//! `WWW-Authenticate` per RFC 6750 §3, a JSON body) and what the log says.
+//! Strings are made here, when rendering, and nowhere earlier.
+
+use std::fmt;
 
 use serde_json::json;
+
+use crate::extract::ExtractError;
+use crate::grant::GrantError;
+use crate::jwks::KeyLookupError;
+use crate::jwt::TokenError;
+use crate::policy::PathError;
+
+/// Why a request was refused: a stable machine code for logs, metrics,
+/// access logs and tests. Codes never change meaning once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    TokenMissing,
+    RequestInvalid,
+    TokenMalformed,
+    TokenExpired,
+    TokenNotYetValid,
+    IssuerUnknown,
+    AlgorithmNotAllowed,
+    AudienceMismatch,
+    LifetimeTooLong,
+    KidUnknown,
+    SignatureInvalid,
+    ClaimUnusable,
+    ClientUnknown,
+    InsufficientScope,
+    NoRule,
+    PdpDenied,
+    KeysUnavailable,
+    PdpUnavailable,
+}
+
+impl Reason {
+    /// Every reason, for metrics defined up front.
+    pub const ALL: [Reason; 18] = [
+        Reason::TokenMissing,
+        Reason::RequestInvalid,
+        Reason::TokenMalformed,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::IssuerUnknown,
+        Reason::AlgorithmNotAllowed,
+        Reason::AudienceMismatch,
+        Reason::LifetimeTooLong,
+        Reason::KidUnknown,
+        Reason::SignatureInvalid,
+        Reason::ClaimUnusable,
+        Reason::ClientUnknown,
+        Reason::InsufficientScope,
+        Reason::NoRule,
+        Reason::PdpDenied,
+        Reason::KeysUnavailable,
+        Reason::PdpUnavailable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::TokenMissing => "token_missing",
+            Reason::RequestInvalid => "request_invalid",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::IssuerUnknown => "issuer_unknown",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::KidUnknown => "kid_unknown",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::ClaimUnusable => "claim_unusable",
+            Reason::ClientUnknown => "client_unknown",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::NoRule => "no_rule",
+            Reason::PdpDenied => "pdp_denied",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::PdpUnavailable => "pdp_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Why a token that was found cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenProblem {
+    Jwt(TokenError),
+    Claim(GrantError),
+    /// Consumers are configured and this client is not among them.
+    ClientUnknown,
+}
+
+impl TokenProblem {
+    fn reason(&self) -> Reason {
+        match self {
+            TokenProblem::Jwt(e) => match e {
+                TokenError::Expired => Reason::TokenExpired,
+                TokenError::NotYetValid | TokenError::IssuedInFuture => Reason::TokenNotYetValid,
+                TokenError::UnknownIssuer(_) => Reason::IssuerUnknown,
+                TokenError::UnsupportedAlg(_) | TokenError::AlgNotAllowed(_) => {
+                    Reason::AlgorithmNotAllowed
+                }
+                TokenError::WrongAudience => Reason::AudienceMismatch,
+                TokenError::LifetimeTooLong { .. } => Reason::LifetimeTooLong,
+                TokenError::Key(KeyLookupError::UnknownKid(_)) => Reason::KidUnknown,
+                TokenError::Key(_) | TokenError::BadSignature | TokenError::Signature(_) => {
+                    Reason::SignatureInvalid
+                }
+                TokenError::Malformed(_) | TokenError::MissingIssuer | TokenError::MissingExp => {
+                    Reason::TokenMalformed
+                }
+            },
+            TokenProblem::Claim(_) => Reason::ClaimUnusable,
+            TokenProblem::ClientUnknown => Reason::ClientUnknown,
+        }
+    }
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenProblem::Jwt(e) => write!(f, "{e}"),
+            TokenProblem::Claim(e) => write!(f, "{e}"),
+            TokenProblem::ClientUnknown => write!(f, "unknown client"),
+        }
+    }
+}
+
+/// Why the request itself cannot be judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestProblem {
+    Path(PathError),
+    Token(ExtractError),
+}
+
+impl fmt::Display for RequestProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestProblem::Path(e) => write!(f, "{e}"),
+            RequestProblem::Token(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
     /// No credentials at all: a bare challenge, no error code (RFC 6750 §3.1).
     NoToken,
     /// The request itself is malformed (token twice, bad syntax, bad path).
-    InvalidRequest(String),
-    InvalidToken(String),
+    InvalidRequest(RequestProblem),
+    InvalidToken(TokenProblem),
     InsufficientScope {
         rule: String,
         scopes: Vec<String>,
     },
-    /// Valid token, but no rule grants this request (or the PDP said no).
-    Forbidden(String),
-    /// The authorization server or PDP could not be used: not the client's fault.
-    Unavailable(String),
+    /// Valid token, but no policy rule names this method and path.
+    NoRule {
+        method: String,
+        path: String,
+    },
+    PdpDenied {
+        method: String,
+        path: String,
+    },
+    /// The issuer's keys cannot be had. `cause` is for the log only: it may
+    /// name clusters and URLs the caller has no business knowing.
+    KeysUnavailable {
+        issuer: String,
+        cause: String,
+    },
+    /// The policy decision point could not be used. `cause` is for the log only.
+    PdpUnavailable {
+        cause: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,84 +191,127 @@ pub struct HttpResponse {
 }
 
 impl Denial {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Denial::NoToken => Reason::TokenMissing,
+            Denial::InvalidRequest(_) => Reason::RequestInvalid,
+            Denial::InvalidToken(problem) => problem.reason(),
+            Denial::InsufficientScope { .. } => Reason::InsufficientScope,
+            Denial::NoRule { .. } => Reason::NoRule,
+            Denial::PdpDenied { .. } => Reason::PdpDenied,
+            Denial::KeysUnavailable { .. } => Reason::KeysUnavailable,
+            Denial::PdpUnavailable { .. } => Reason::PdpUnavailable,
+        }
+    }
+
+    /// The stable reason code (see [`Reason::code`]).
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
+    }
+
     pub fn status(&self) -> u32 {
         match self {
             Denial::NoToken | Denial::InvalidToken(_) => 401,
             Denial::InvalidRequest(_) => 400,
-            Denial::InsufficientScope { .. } | Denial::Forbidden(_) => 403,
-            Denial::Unavailable(_) => 503,
+            Denial::InsufficientScope { .. } | Denial::NoRule { .. } | Denial::PdpDenied { .. } => {
+                403
+            }
+            Denial::KeysUnavailable { .. } | Denial::PdpUnavailable { .. } => 503,
         }
     }
 
-    /// A short, stable label for logs and metrics.
-    pub fn code(&self) -> &'static str {
+    /// What the caller is told. Outages are described generically.
+    pub fn description(&self) -> String {
         match self {
-            Denial::NoToken => "no_token",
-            Denial::InvalidRequest(_) => "invalid_request",
-            Denial::InvalidToken(_) => "invalid_token",
-            Denial::InsufficientScope { .. } => "insufficient_scope",
-            Denial::Forbidden(_) => "forbidden",
-            Denial::Unavailable(_) => "unavailable",
+            Denial::NoToken => "an access token is required".into(),
+            Denial::InvalidRequest(problem) => problem.to_string(),
+            Denial::InvalidToken(problem) => problem.to_string(),
+            Denial::InsufficientScope { rule, .. } => {
+                format!("the token lacks the scopes this request needs (rule \"{rule}\")")
+            }
+            Denial::NoRule { method, path } => format!("no policy rule allows {method} {path}"),
+            Denial::PdpDenied { method, path } => {
+                format!("the policy decision point denied {method} {path}")
+            }
+            Denial::KeysUnavailable { .. } => {
+                "the authorization server's signing keys are not available right now".into()
+            }
+            Denial::PdpUnavailable { .. } => {
+                "the policy decision point is not available right now".into()
+            }
         }
     }
 
-    pub fn render(&self, realm: &str) -> HttpResponse {
+    /// `key=value` facts for the log line beyond the reason: never a token
+    /// or a secret, only what the configuration and the server told us.
+    pub fn log_fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Denial::InsufficientScope { rule, .. } => vec![("rule", rule.clone())],
+            Denial::KeysUnavailable { issuer, cause } => {
+                vec![("issuer", issuer.clone()), ("cause", cause.clone())]
+            }
+            Denial::PdpUnavailable { cause } => vec![("cause", cause.clone())],
+            other => vec![("detail", other.description())],
+        }
+    }
+
+    /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
+    /// goes in every body so a caller can quote it to the operator.
+    pub fn render(&self, realm: &str, request_id: Option<&str>) -> HttpResponse {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        let challenge = |error: &str, description: &str, extra: &str| {
+        let description = self.description();
+        let challenge = |error: &str, extra: &str| {
             format!(
                 "Bearer realm=\"{}\", error=\"{error}\", error_description=\"{}\"{extra}",
                 quotable(realm),
-                quotable(description)
+                quotable(&description)
             )
         };
-        let body = match self {
-            Denial::NoToken => {
-                headers.push((
-                    "www-authenticate".into(),
-                    format!("Bearer realm=\"{}\"", quotable(realm)),
-                ));
-                json!({"error": "unauthorized", "error_description": "an access token is required"})
+        let (error, www) = match self {
+            Denial::NoToken => (
+                "unauthorized",
+                Some(format!("Bearer realm=\"{}\"", quotable(realm))),
+            ),
+            Denial::InvalidRequest(_) => {
+                ("invalid_request", Some(challenge("invalid_request", "")))
             }
-            Denial::InvalidRequest(why) => {
-                headers.push((
-                    "www-authenticate".into(),
-                    challenge("invalid_request", why, ""),
-                ));
-                json!({"error": "invalid_request", "error_description": why})
+            Denial::InvalidToken(_) => ("invalid_token", Some(challenge("invalid_token", ""))),
+            Denial::InsufficientScope { scopes, .. } => {
+                let extra = format!(", scope=\"{}\"", quotable(&scopes.join(" ")));
+                (
+                    "insufficient_scope",
+                    Some(challenge("insufficient_scope", &extra)),
+                )
             }
-            Denial::InvalidToken(why) => {
-                headers.push((
-                    "www-authenticate".into(),
-                    challenge("invalid_token", why, ""),
-                ));
-                json!({"error": "invalid_token", "error_description": why})
-            }
-            Denial::InsufficientScope { rule, scopes } => {
-                let scope = scopes.join(" ");
-                let description =
-                    format!("the token lacks the scopes this request needs (rule \"{rule}\")");
-                let extra = format!(", scope=\"{}\"", quotable(&scope));
-                headers.push((
-                    "www-authenticate".into(),
-                    challenge("insufficient_scope", &description, &extra),
-                ));
-                json!({"error": "insufficient_scope", "error_description": description, "scope": scope, "rule": rule})
-            }
-            Denial::Forbidden(why) => json!({"error": "forbidden", "error_description": why}),
-            Denial::Unavailable(why) => {
+            Denial::NoRule { .. } | Denial::PdpDenied { .. } => ("forbidden", None),
+            Denial::KeysUnavailable { .. } | Denial::PdpUnavailable { .. } => {
                 headers.push(("retry-after".into(), "5".into()));
-                json!({"error": "temporarily_unavailable", "error_description": why})
+                ("temporarily_unavailable", None)
             }
         };
+        if let Some(www) = www {
+            headers.push(("www-authenticate".into(), www));
+        }
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), json!(error));
+        body.insert("error_description".into(), json!(description));
+        body.insert("reason".into(), json!(self.code()));
+        if let Denial::InsufficientScope { rule, scopes } = self {
+            body.insert("scope".into(), json!(scopes.join(" ")));
+            body.insert("rule".into(), json!(rule));
+        }
+        if let Some(id) = request_id {
+            body.insert("request_id".into(), json!(id));
+        }
         HttpResponse {
             status: self.status(),
             headers,
-            body: body.to_string().into_bytes(),
+            body: serde_json::Value::Object(body).to_string().into_bytes(),
         }
     }
 }
 
-/// The inside of an RFC 9110 §5.6.4 quoted-string: `\\` and `"` escaped, so
+/// The inside of an RFC 9110 §5.6.4 quoted-string: `\` and `"` escaped, so
 /// the header says what the body says. Characters a header cannot carry
 /// (controls, non-ASCII) become `?`; the JSON body keeps them.
 fn quotable(text: &str) -> String {
@@ -137,40 +343,105 @@ mod tests {
             .map(|(_, v)| v.as_str())
     }
 
+    fn body(r: &HttpResponse) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
     #[test]
-    fn each_denial_has_its_status_challenge_and_body() {
-        let r = Denial::NoToken.render("api");
+    fn each_denial_has_its_status_challenge_body_and_code() {
+        let r = Denial::NoToken.render("api", None);
         assert_eq!(
             (r.status, header(&r, "www-authenticate")),
             (401, Some("Bearer realm=\"api\""))
         );
+        assert_eq!(body(&r)["reason"], "token_missing");
 
-        let r = Denial::InvalidToken("the token has \"expired\"".into()).render("api");
+        let r = Denial::InvalidToken(TokenProblem::Jwt(TokenError::UnknownIssuer("x\"y".into())))
+            .render("api", Some("req-1"));
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
-            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has \\\"expired\\\"\"")
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token issuer \\\"x\\\"y\\\" is not trusted\"")
         );
-        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(body["error"], "invalid_token");
-        assert_eq!(body["error_description"], "the token has \"expired\"");
+        let b = body(&r);
+        assert_eq!(
+            (&b["error"], &b["reason"], &b["request_id"]),
+            (
+                &json!("invalid_token"),
+                &json!("issuer_unknown"),
+                &json!("req-1")
+            )
+        );
+        assert_eq!(
+            b["error_description"],
+            "the token issuer \"x\"y\" is not trusted"
+        );
 
         let r = Denial::InsufficientScope {
             rule: "GET /a".into(),
             scopes: vec!["read".into(), "otp".into()],
         }
-        .render("api");
+        .render("api", None);
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate")
             .unwrap()
             .ends_with(", scope=\"read otp\""));
-        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(body["rule"], "GET /a");
+        assert_eq!(body(&r)["rule"], "GET /a");
 
-        let r = Denial::Unavailable("keys".into()).render("api");
-        assert_eq!((r.status, header(&r, "www-authenticate")), (503, None));
-        assert_eq!(Denial::InvalidRequest("x".into()).render("api").status, 400);
-        assert_eq!(Denial::Forbidden("x".into()).render("api").status, 403);
+        let r = Denial::NoRule {
+            method: "GET".into(),
+            path: "/b".into(),
+        }
+        .render("api", None);
+        assert_eq!((r.status, header(&r, "www-authenticate")), (403, None));
+        assert_eq!(body(&r)["reason"], "no_rule");
+    }
+
+    #[test]
+    fn outages_tell_the_caller_nothing_internal_and_the_log_everything() {
+        let d = Denial::KeysUnavailable {
+            issuer: "https://as".into(),
+            cause: "JWKS fetch: callout could not be dispatched: BadArgument (cluster `authsever`)"
+                .into(),
+        };
+        let r = d.render("api", Some("abc"));
+        assert_eq!(r.status, 503);
+        assert_eq!(header(&r, "retry-after"), Some("5"));
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(
+            !text.contains("authsever") && !text.contains("https://as"),
+            "{text}"
+        );
+        assert_eq!(body(&r)["reason"], "keys_unavailable");
+        assert_eq!(body(&r)["request_id"], "abc");
+        let fields = d.log_fields();
+        assert!(fields
+            .iter()
+            .any(|(k, v)| *k == "cause" && v.contains("authsever")));
+        assert_eq!(
+            Denial::PdpUnavailable { cause: "x".into() }.code(),
+            "pdp_unavailable"
+        );
+    }
+
+    #[test]
+    fn token_errors_map_to_distinct_codes() {
+        let code = |e: TokenError| Denial::InvalidToken(TokenProblem::Jwt(e)).code();
+        assert_eq!(code(TokenError::Expired), "token_expired");
+        assert_eq!(code(TokenError::NotYetValid), "token_not_yet_valid");
+        assert_eq!(code(TokenError::WrongAudience), "audience_mismatch");
+        assert_eq!(code(TokenError::BadSignature), "signature_invalid");
+        assert_eq!(
+            code(TokenError::Key(KeyLookupError::UnknownKid("k".into()))),
+            "kid_unknown"
+        );
+        assert_eq!(code(TokenError::MissingExp), "token_malformed");
+        assert_eq!(
+            Denial::InvalidToken(TokenProblem::ClientUnknown).code(),
+            "client_unknown"
+        );
+        let codes: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len(), "codes are distinct");
     }
 
     #[test]
