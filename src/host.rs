@@ -152,3 +152,14 @@ pub fn set_effective_context(context_id: u32) -> Result<(), ()> {
         info!("request context {context_id} is gone: {status:?}");
     })
 }
+
+/// Puts the denial reason in the request's filter state, as
+/// `wasm.oauth_pep.reason`, for Envoy's access log
+/// (`%FILTER_STATE(wasm.oauth_pep.reason:PLAIN)%`). Envoy only: the SDK
+/// panics on any status but Ok, and Envoy answers Ok for a new key set from a
+/// request context, which is the only place this is called from.
+pub fn set_reason_filter_state(code: &str) {
+    if let Err(status) = hostcalls::set_property(vec!["oauth_pep.reason"], Some(code.as_bytes())) {
+        warn!("cannot set the reason filter state: {status:?}");
+    }
+}

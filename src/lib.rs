@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
-use oauth_pep_core::config::Config;
+use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
     authorize, finish_pdp, pdp_not_dispatched, waited_too_long, Allow, PendingPdp, Request, State,
     Verdict,
@@ -57,7 +57,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 const TICK: Duration = Duration::from_millis(200);
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
@@ -327,6 +327,9 @@ impl Shared {
         } else {
             info!("{line}");
         }
+        if self.envoy {
+            host::set_reason_filter_state(denial.code());
+        }
         host::send_response(&denial.render(&self.config.realm, request_id));
     }
 }
@@ -439,6 +442,14 @@ impl RootContext for Root {
                 return false;
             }
         };
+        proxy_wasm::set_log_level(match config.log_level {
+            ConfigLogLevel::Trace => LogLevel::Trace,
+            ConfigLogLevel::Debug => LogLevel::Debug,
+            ConfigLogLevel::Info => LogLevel::Info,
+            ConfigLogLevel::Warn => LogLevel::Warn,
+            ConfigLogLevel::Error => LogLevel::Error,
+            ConfigLogLevel::Critical => LogLevel::Critical,
+        });
         for warning in &config.warnings {
             warn!("oauth-pep configuration: {warning}");
         }

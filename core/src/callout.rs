@@ -79,9 +79,32 @@ impl CalloutReply {
         match self.status {
             None => Err(CalloutError::NoResponse),
             Some(s) if (200..300).contains(&s) => Ok(&self.body),
-            Some(s) => Err(CalloutError::Status(s)),
+            Some(s) => match envoy_local_reply(s, &self.body) {
+                Some(text) => Err(CalloutError::NoUpstream(text)),
+                None => Err(CalloutError::Status(s)),
+            },
         }
     }
+}
+
+/// What Envoy's router says in the local reply it makes when no upstream
+/// answered (connect failure, reset, TLS mismatch, no healthy host, timeout),
+/// or `None` when the answer came from the server itself.
+fn envoy_local_reply(status: u16, body: &[u8]) -> Option<String> {
+    const ENVOY_TEXTS: [&str; 4] = [
+        "upstream connect error or disconnect/reset before headers",
+        "no healthy upstream",
+        "upstream request timeout",
+        "no cluster match",
+    ];
+    if !(500..600).contains(&status) || body.len() > 1024 {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?.trim();
+    ENVOY_TEXTS
+        .iter()
+        .any(|t| text.starts_with(t))
+        .then(|| text.chars().filter(|c| !c.is_control()).take(300).collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +114,9 @@ pub enum CalloutError {
     /// No HTTP answer: connection failure, reset or timeout.
     NoResponse,
     Status(u16),
+    /// The host answered for the cluster (Envoy's router local reply): no
+    /// upstream answered at all. Carries the host's text.
+    NoUpstream(String),
     /// A body of this many bytes, more than [`MAX_REPLY_BYTES`].
     TooLarge(usize),
 }
@@ -101,6 +127,10 @@ impl fmt::Display for CalloutError {
             CalloutError::Dispatch(why) => write!(f, "callout could not be dispatched: {why}"),
             CalloutError::NoResponse => write!(f, "no response (connection failed or timed out)"),
             CalloutError::Status(s) => write!(f, "answered HTTP {s}"),
+            CalloutError::NoUpstream(text) => write!(
+                f,
+                "no upstream answered; Envoy replied \"{text}\" (check the cluster's address, and its TLS transport socket: an https URL needs one, a plain http server must not have one)"
+            ),
             CalloutError::TooLarge(bytes) => write!(
                 f,
                 "answered {bytes} bytes, more than the {MAX_REPLY_BYTES} accepted"
@@ -194,6 +224,21 @@ mod tests {
             ..CalloutReply::default()
         };
         assert_eq!(r.success_body(), Err(CalloutError::Status(500)));
+        let r = CalloutReply {
+            status: Some(503),
+            body: b"upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error".to_vec(),
+            ..CalloutReply::default()
+        };
+        let Err(CalloutError::NoUpstream(text)) = r.success_body() else {
+            panic!("an Envoy local reply is not the server's answer")
+        };
+        assert!(text.contains("TLS_error"), "{text}");
+        let r = CalloutReply {
+            status: Some(503),
+            body: b"upstream connect error: our own maintenance page".to_vec(),
+            ..CalloutReply::default()
+        };
+        assert_eq!(r.success_body(), Err(CalloutError::Status(503)));
         let r = CalloutReply {
             status: Some(200),
             oversized: Some(MAX_REPLY_BYTES + 1),

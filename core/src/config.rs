@@ -58,6 +58,8 @@ const MIN_SECRET_BYTES: usize = 32;
 struct RawConfig {
     #[serde(default = "default_realm")]
     realm: String,
+    #[serde(default)]
+    log_level: LogLevel,
     issuers: Vec<RawIssuer>,
     #[serde(default = "default_skew")]
     clock_skew_seconds: u64,
@@ -238,6 +240,19 @@ pub struct Forward {
     pub hide_credentials: bool,
 }
 
+/// How much the filter logs; the host's own log level filters on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
 /// The budget of one per-worker cache; zero in either disables it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -247,6 +262,7 @@ pub struct CacheLimits {
 
 pub struct Config {
     pub realm: String,
+    pub log_level: LogLevel,
     pub issuers: Vec<Issuer>,
     pub rules: JwtRules,
     pub token_sources: Vec<TokenSource>,
@@ -452,6 +468,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         warnings,
         strip_headers,
         realm: raw.realm,
+        log_level: raw.log_level,
         issuers,
         rules: JwtRules {
             clock_skew_seconds: raw.clock_skew_seconds,
