@@ -5,8 +5,9 @@
 //! (`{"GET,POST /items/{id}": "read and (fido or otp)"}`); both compile to the
 //! same rules. [`Policy::decide`] finds the most specific rule for a request
 //! (see `path.rs` for the exact order and for how request paths are normalised)
-//! and evaluates its scope expression (see `expr.rs`). `docs/policy.md`
-//! describes the language for operators.
+//! and evaluates its scope expression (see `expr.rs`; scopes are in
+//! `scope.rs`, the two expression syntaxes in `json_logic.rs` and
+//! `readable.rs`). `docs/policy.md` describes the language for operators.
 //!
 //! Nothing is cached between decisions: a decision depends on the path
 //! captures, so it could not be reused for another path matching the same rule.
@@ -17,7 +18,10 @@ use std::fmt;
 use serde_json::Value;
 
 mod expr;
+mod json_logic;
 mod path;
+mod readable;
+mod scope;
 mod source;
 
 use expr::Check;
