@@ -15,7 +15,8 @@ use crate::jwks::KeyLookupError;
 use crate::jwt::{precheck, TokenError};
 use crate::keys::{FetchStep, KeyManager, KeyWait};
 use crate::pdp::{Pdp, PdpQuery};
-use crate::policy::{normalize_target, NormalTarget, PolicyDecision};
+use crate::policy::PolicyDecision;
+use crate::request::{normalize_target, NormalTarget};
 use crate::response::Denial;
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 

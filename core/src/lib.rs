@@ -31,6 +31,7 @@ pub mod jwt;
 pub mod keys;
 pub mod pdp;
 pub mod policy;
+pub mod request;
 pub mod response;
 pub mod verify;
 
