@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod callout;
 pub mod config;
+pub mod config_error;
 pub mod consumer;
 pub mod engine;
 pub mod extract;
