@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod alg;
 pub mod cache;
 pub mod callout;
 pub mod config;
