@@ -10,7 +10,6 @@ import http.client
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -132,29 +131,20 @@ def config(auth, **top):
     return cfg
 
 
-def start(tmp_path_factory, echo, auth, cfg, clusters=None, **envoy):
-    """envoy: more harness.Envoy.start arguments (routes, customize)."""
-    env = harness.Envoy.start(cfg, tmp_path_factory.mktemp("envoy"), upstream_port=echo.port,
-                              authserver_port=auth.port, clusters=clusters, **envoy)
-    srv = Srv(env, auth)
-    # The keys are fetched through discovery after start: 503 until then.
-    harness.wait_until(lambda: srv.req("GET", "/warm-up", ["x"]).status_code != 503, 20,
-                       what="the issuer's keys to load")
-    return srv
-
-
 @pytest.fixture(scope="module")
-def launch(wasm, tmp_path_factory, echo, authserver_module):
-    started = []
+def launch(module_envoy, authserver_module):
+    """launch(cfg, clusters=None, **envoy) -> Srv once the issuer's keys are
+    loaded; envoy: more harness.Envoy.start arguments (routes, customize).
+    The Envoys live for the module (conftest.module_envoy)."""
 
     def run(cfg, clusters=None, **envoy):
-        srv = start(tmp_path_factory, echo, authserver_module, cfg, clusters, **envoy)
-        started.append(srv)
+        srv = Srv(module_envoy(cfg, clusters=clusters, **envoy), authserver_module)
+        # The keys are fetched through discovery after start: 503 until then.
+        harness.wait_until(lambda: srv.req("GET", "/warm-up", ["x"]).status_code != 503, 20,
+                           what="the issuer's keys to load")
         return srv
 
-    yield run
-    for srv in started:
-        srv.env.stop()
+    return run
 
 
 # --------------------------------------------------------------------------
