@@ -413,7 +413,9 @@ def test_token_expiring_while_cached_is_refused_after_expiry(hide_envoy, auth):
 
 def test_key_published_after_load_passes_via_one_refetch(start_envoy, auth):
     env = start_and_load(start_envoy, auth, main_config(auth))
-    base = settled_stats(auth)
+    # A request starts a fetch at most once per (whole) second: a load less
+    # than a second old would refuse the refetch this test is about.
+    base = settled_stats(auth, quiet=1.1)
     assert auth.rotate(add="rsa2", kid="rsa2")[-1] == "rsa2"
     rotated = auth.mint(auth.claims(sub="rotated"), kid="rsa2")
     assert check_ok(send(env, token=rotated))["headers"]["x-jwt-sub"] == "rotated"
