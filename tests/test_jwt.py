@@ -369,13 +369,33 @@ def test_hide_credentials_removes_the_token_from_its_source(hide_envoy, auth, na
 # 8. token cache
 # --------------------------------------------------------------------------
 
-def test_same_token_twice_passes_without_another_fetch(main_envoy, auth):
-    token = auth.mint()
-    check_ok(send(main_envoy, token=token))
-    before = auth.stats()
-    for _ in range(3):
-        check_ok(send(main_envoy, token=token))
-    assert auth.stats() == before
+@pytest.mark.parametrize("entries,cached", [(None, True), (0, False)], ids=["default", "token_cache_entries_0"])
+def test_a_cached_token_outlives_its_withdrawn_key(start_envoy, auth, entries, cached):
+    """A cache hit is what a client can tell apart: a verified token stays
+    valid until its `exp` even after its key has left the JWKS (README,
+    Cache), while with the cache off the same token is verified again and
+    refused. (Fetch counts cannot show a hit: a known key is never fetched.)"""
+    auth.rotate(add="rsa2", kid="rsa2")
+    cfg = {"realm": REALM, "issuers": [auth.issuer_config(refresh_seconds=1)],
+           "forward": {"claims": {"sub": "x-jwt-sub"}}}
+    if entries is not None:
+        cfg["token_cache_entries"] = entries
+    env = start_and_load(start_envoy, auth, cfg)
+    token = auth.mint(auth.claims(sub="cached"), kid="rsa2")
+    for _ in range(2):
+        assert check_ok(send(env, token=token))["headers"]["x-jwt-sub"] == "cached"
+    auth.rotate(remove="rsa2")
+
+    def withdrawn():  # a fresh token each time: one that passed would be cached
+        r = send(env, token=auth.mint(auth.claims(), kid="rsa2", sign_with="rsa2"))
+        return r.status == 401 and 'kid "rsa2"' in r.json()["error_description"]
+
+    harness.wait_until(withdrawn, 10, interval=0.2, what="a key refresh without rsa2")
+    r = send(env, token=token)
+    if cached:
+        assert check_ok(r)["headers"]["x-jwt-sub"] == "cached"
+    else:
+        check_denied(r, 401, "invalid_token", 'kid "rsa2"')
 
 
 def test_token_expiring_while_cached_is_refused_after_expiry(hide_envoy, auth):
@@ -393,7 +413,9 @@ def test_token_expiring_while_cached_is_refused_after_expiry(hide_envoy, auth):
 
 def test_key_published_after_load_passes_via_one_refetch(start_envoy, auth):
     env = start_and_load(start_envoy, auth, main_config(auth))
-    base = settled_stats(auth)
+    # A request starts a fetch at most once per (whole) second: a load less
+    # than a second old would refuse the refetch this test is about.
+    base = settled_stats(auth, quiet=1.1)
     assert auth.rotate(add="rsa2", kid="rsa2")[-1] == "rsa2"
     rotated = auth.mint(auth.claims(sub="rotated"), kid="rsa2")
     assert check_ok(send(env, token=rotated))["headers"]["x-jwt-sub"] == "rotated"
@@ -432,9 +454,7 @@ def test_jwks_down_at_start_gives_503_then_recovers(start_envoy, auth, mode):
     harness.wait_until(failed_fetch_reported, 10, interval=0.1, what="503 naming the failed fetch")
     check_denied(last["r"], 503, desc="not available")
     auth.set_jwks_mode("ok")
-    t0 = time.monotonic()
     env.wait_status("/", 200, token=token, timeout=20)
-    assert time.monotonic() - t0 < 20
     assert "key fetch failed" in env.log_text()
 
 

@@ -10,7 +10,6 @@ import http.client
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -132,29 +131,20 @@ def config(auth, **top):
     return cfg
 
 
-def start(tmp_path_factory, echo, auth, cfg, clusters=None, **envoy):
-    """envoy: more harness.Envoy.start arguments (routes, customize)."""
-    env = harness.Envoy.start(cfg, tmp_path_factory.mktemp("envoy"), upstream_port=echo.port,
-                              authserver_port=auth.port, clusters=clusters, **envoy)
-    srv = Srv(env, auth)
-    # The keys are fetched through discovery after start: 503 until then.
-    harness.wait_until(lambda: srv.req("GET", "/warm-up", ["x"]).status_code != 503, 20,
-                       what="the issuer's keys to load")
-    return srv
-
-
 @pytest.fixture(scope="module")
-def launch(wasm, tmp_path_factory, echo, authserver_module):
-    started = []
+def launch(module_envoy, authserver_module):
+    """launch(cfg, clusters=None, **envoy) -> Srv once the issuer's keys are
+    loaded; envoy: more harness.Envoy.start arguments (routes, customize).
+    The Envoys live for the module (conftest.module_envoy)."""
 
     def run(cfg, clusters=None, **envoy):
-        srv = start(tmp_path_factory, echo, authserver_module, cfg, clusters, **envoy)
-        started.append(srv)
+        srv = Srv(module_envoy(cfg, clusters=clusters, **envoy), authserver_module)
+        # The keys are fetched through discovery after start: 503 until then.
+        harness.wait_until(lambda: srv.req("GET", "/warm-up", ["x"]).status_code != 503, 20,
+                           what="the issuer's keys to load")
         return srv
 
-    yield run
-    for srv in started:
-        srv.env.stop()
+    return run
 
 
 # --------------------------------------------------------------------------
@@ -461,12 +451,16 @@ def test_pdp_timeout_and_down_fail_closed(launch, authserver_module):
     sink.bind(("127.0.0.1", 0))
     sink.listen(64)
     port = sink.getsockname()[1]
-    srv = pdp_srv(launch, authserver_module, "authzen", port, "/access/v1/evaluation", timeout_ms=500)
+    # Longer than the default (2 s), so that an answer after 2.5 s shows the
+    # configured timeout was applied (load can only make it later); the
+    # client's 10 s timeout catches none being applied.
+    srv = pdp_srv(launch, authserver_module, "authzen", port, "/access/v1/evaluation", timeout_ms=3000)
     try:
         t0 = time.monotonic()
         r = srv.req("GET", "/pdp/allow/1", ["read"])
+        waited = time.monotonic() - t0
         srv.check(r, "PDP never answers", 503, "temporarily_unavailable")
-        assert time.monotonic() - t0 < 5, "the PDP timeout was not applied"
+        assert waited >= 2.5, "503 after %.1f s: not the configured 3 s timeout" % waited
         assert r.headers.get("Retry-After"), dict(r.headers)
     finally:
         sink.close()

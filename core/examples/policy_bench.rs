@@ -8,7 +8,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use oauth_pep_core::policy::{normalize_path, Policy, PolicyDecision};
+use oauth_pep_core::policy::{Policy, PolicyDecision};
+use oauth_pep_core::request::normalize_path;
 use serde_json::{json, Value};
 
 const SERVICES: usize = 250;

@@ -3,7 +3,6 @@
 //! names the field and the problem; the request path never sees raw config.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::rc::Rc;
 
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::callout::Url;
+pub use crate::config_error::ConfigError;
 use crate::consumer::{
     AnonymousConfig, ConsumerConfig, Consumers, ConsumersConfig, IdentityHeaderNames,
 };
@@ -18,37 +18,6 @@ use crate::headers::{header_name, spelling_key, HeaderUse};
 use crate::jwks::{Alg, KeySet};
 use crate::pdp::{Pdp, PdpConfig};
 use crate::policy::{PathSet, Policy};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid configuration: {}", self.problem)
-        } else {
-            write!(
-                f,
-                "invalid configuration: `{}`: {}",
-                self.field, self.problem
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 const MIN_SECRET_BYTES: usize = 32;

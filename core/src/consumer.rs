@@ -3,7 +3,7 @@
 //! optional anonymous consumer stands in for requests without a usable token on
 //! selected paths.
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,7 @@
 //! configuration, and the spelling rule that decides which incoming headers a
 //! client could use to forge the ones the filter sets.
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// What a configured header name is for; it decides which names are reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,9 @@ use std::fmt;
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde_json::{Map, Value};
 
+use crate::alg::Alg;
 use crate::config::{Issuer, JwtRules};
-use crate::jwks::{Alg, KeyLookupError, KeySet};
+use crate::jwks::{KeyLookupError, KeySet};
 use crate::verify::{SignatureVerifier, VerifyError};
 
 /// Longer tokens are refused before any decoding work.

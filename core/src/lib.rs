@@ -18,9 +18,11 @@
     )
 )]
 
+pub mod alg;
 pub mod cache;
 pub mod callout;
 pub mod config;
+pub mod config_error;
 pub mod consumer;
 pub mod engine;
 pub mod extract;
@@ -31,6 +33,7 @@ pub mod jwt;
 pub mod keys;
 pub mod pdp;
 pub mod policy;
+pub mod request;
 pub mod response;
 pub mod verify;
 

@@ -5,7 +5,7 @@
 //! something unreadable is an error (the filter answers 503), never a permit.
 
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::headers::{header_name, is_header_value, HeaderUse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -11,7 +11,7 @@ use crate::extract::ExtractError;
 use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
-use crate::policy::PathError;
+use crate::request::PathError;
 
 /// Why a request was refused: a stable machine code for logs, metrics,
 /// access logs and tests. Codes never change meaning once released.

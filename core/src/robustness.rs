@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::engine::{authorize, finish_pdp, Request, State, Verdict};
 use crate::jwt::test_vectors::vectors;
 use crate::keys::FetchStep;
-use crate::policy::{normalize_path, Policy};
+use crate::policy::Policy;
+use crate::request::normalize_path;
 
 /// xorshift64*: deterministic, so a failure reproduces.
 struct Rng(u64);

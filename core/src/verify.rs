@@ -17,7 +17,7 @@ use superboring::pkey::{PKey, Public};
 use superboring::rsa::{Padding, Rsa};
 use superboring::sign::Verifier;
 
-use crate::jwks::Alg;
+use crate::alg::Alg;
 
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 4096;

@@ -4,9 +4,10 @@
 //! array, or a string holding it) or the readable form
 //! (`{"GET,POST /items/{id}": "read and (fido or otp)"}`); both compile to the
 //! same rules. [`Policy::decide`] finds the most specific rule for a request
-//! (see `path.rs` for the exact order and for how request paths are normalised)
-//! and evaluates its scope expression (see `expr.rs`). `docs/policy.md`
-//! describes the language for operators.
+//! (see `path.rs` for the exact order, `crate::request` for how request paths
+//! are normalised) and evaluates its scope expression (see `expr.rs`; scopes
+//! are in `scope.rs`, the two expression syntaxes in `json_logic.rs` and
+//! `readable.rs`). `docs/policy.md` describes the language for operators.
 //!
 //! Nothing is cached between decisions: a decision depends on the path
 //! captures, so it could not be reused for another path matching the same rule.
@@ -17,13 +18,16 @@ use std::fmt;
 use serde_json::Value;
 
 mod expr;
+mod json_logic;
 mod path;
+mod readable;
+mod scope;
 mod source;
 
 use expr::Check;
 use source::{CheckSource, Format};
 
-pub use path::{normalize_path, normalize_target, NormalTarget, PathError, PathSet};
+pub use path::PathSet;
 
 /// A compiled policy. Immutable and shareable between requests and threads.
 #[derive(Debug)]
@@ -345,7 +349,7 @@ impl Policy {
     }
 
     /// Decides a request. `path` must already be normalised by
-    /// [`normalize_path`]; `scopes` are the token's granted scopes.
+    /// [`crate::request::normalize_path`]; `scopes` are the token's granted scopes.
     pub fn decide(&self, method: &str, path: &str, scopes: &[String]) -> PolicyDecision {
         let found = self.trie.find(path, |i| {
             self.rules.get(i).and_then(|r| r.condition_for(method))
@@ -449,6 +453,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::request::normalize_path;
     use serde_json::json;
 
     fn scopes(s: &[&str]) -> Vec<String> {
