@@ -287,9 +287,8 @@ def test_recovery_follows_the_server_within_about_a_second(start_envoy, filter_c
         assert env.get("/", token=token).status_code == 503
         time.sleep(0.25)
     authserver.set_jwks_mode("ok")
-    back = time.monotonic()
-    env.wait_status("/", token=token, timeout=10)
-    assert time.monotonic() - back < 3, "recovered %.1f s after the server" % (time.monotonic() - back)
+    # Within about a second of the server (3 s leaves room for a loaded machine).
+    env.wait_status("/", token=token, timeout=3)
 
 
 def test_an_oversized_key_server_reply_is_a_failure_not_read(start_envoy, filter_config, authserver):
