@@ -185,13 +185,10 @@ impl Shared {
             }
             Err(why) => {
                 warn!("key fetch for issuer #{issuer} not dispatched: {why}");
-                self.state.borrow_mut().keys.on_dispatch_error(
-                    &self.config,
-                    issuer,
-                    step,
-                    &why,
-                    host::now(),
-                );
+                self.state
+                    .borrow_mut()
+                    .keys
+                    .on_dispatch_error(issuer, step, &why, host::now());
                 self.wake(issuer);
             }
         }
@@ -200,7 +197,7 @@ impl Shared {
     /// Root only: the fetches that are due or that requests asked for.
     fn dispatch_fetches(&self) {
         let now = host::now();
-        let mut fetches = self.state.borrow_mut().keys.due(&self.config, now);
+        let mut fetches = self.state.borrow_mut().keys.due(now);
         fetches.append(&mut self.fetch_queue.borrow_mut());
         for (issuer, step, callout) in fetches {
             self.dispatch_fetch(issuer, step, &callout);
@@ -214,13 +211,11 @@ impl Shared {
         };
         match resume {
             Resume::Keys { issuer, step } => {
-                let progress = self.state.borrow_mut().keys.on_reply(
-                    &self.config,
-                    issuer,
-                    step,
-                    reply,
-                    host::now(),
-                );
+                let progress =
+                    self.state
+                        .borrow_mut()
+                        .keys
+                        .on_reply(issuer, step, reply, host::now());
                 match progress {
                     FetchProgress::Next(step, callout) => {
                         self.dispatch_fetch(issuer, step, &callout)

@@ -130,74 +130,9 @@ struct RawForward {
     hide_credentials: bool,
 }
 
-/// How the keys of an issuer are obtained.
-pub enum KeySource {
-    /// Inline JWKS and/or a shared secret: ready at configure time.
-    Static(Rc<KeySet>),
-    JwksUri(Url),
-    Discovery(Url),
-}
-
-pub struct Issuer {
-    pub issuer: String,
-    /// Accepted `aud` values; empty only when configured as `"any"`.
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<Alg>,
-    pub source: KeySource,
-    /// Envoy cluster (or Kong `host:port`) that fetches go through.
-    pub upstream: String,
-    pub shared_secret: Option<Vec<u8>>,
-    pub refresh_seconds: u64,
-    pub fetch_timeout_ms: u64,
-    pub unknown_kid_refetch_seconds: u64,
-}
-
-impl Issuer {
-    /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
-    pub fn keys_from_jwks(
-        &self,
-        jwks: &[u8],
-    ) -> Result<(KeySet, Vec<String>), crate::jwks::JwksError> {
-        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
-        if let Some(secret) = &self.shared_secret {
-            keys.add_secret(secret, &self.algorithms);
-        }
-        Ok((keys, skipped))
-    }
-
-    #[cfg(test)]
-    pub fn for_tests(issuer: &str, audiences: &[&str], algorithms: &[Alg]) -> Issuer {
-        Issuer {
-            issuer: issuer.into(),
-            audiences: audiences.iter().map(|a| a.to_string()).collect(),
-            algorithms: algorithms.to_vec(),
-            source: KeySource::Static(Rc::new(KeySet::default())),
-            upstream: String::new(),
-            shared_secret: None,
-            refresh_seconds: 300,
-            fetch_timeout_ms: 1000,
-            unknown_kid_refetch_seconds: 30,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtRules {
-    pub clock_skew_seconds: u64,
-    pub max_lifetime_seconds: Option<u64>,
-    pub require_exp: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `prefix` is an auth scheme (e.g. `Bearer`), matched case-insensitively.
-    Header {
-        name: String,
-        prefix: Option<String>,
-    },
-    Query(String),
-    Cookie(String),
-}
+pub use crate::extract::TokenSource;
+pub use crate::jwt::JwtRules;
+pub use crate::keys::{Issuer, KeySource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward {

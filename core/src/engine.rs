@@ -49,7 +49,7 @@ impl State {
             _ => (0, 0),
         };
         State {
-            keys: KeyManager::new(config),
+            keys: KeyManager::new(&config.issuers),
             tokens: BoundedCache::new(config.token_cache.max_bytes, config.token_cache.max_entries),
             decisions: BoundedCache::new(pdp_bytes, pdp_entries),
             verifier: Box::new(PureRustVerifier),
@@ -380,7 +380,7 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
     let issuer = unverified.issuer;
     let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
-        let wait = state.keys.load_for_request(config, issuer, now);
+        let wait = state.keys.load_for_request(issuer, now);
         return Err(Verdict::from_key_wait(config, wait, issuer, None));
     };
     match unverified.verify(&keys, state.verifier.as_ref()) {
@@ -396,9 +396,7 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
             Ok(grant)
         }
         Err(TokenError::Key(KeyLookupError::UnknownKid(kid))) => {
-            let wait = state
-                .keys
-                .refetch_for_unknown_kid(config, issuer, &kid, now);
+            let wait = state.keys.refetch_for_unknown_kid(issuer, &kid, now);
             Err(Verdict::from_key_wait(config, wait, issuer, Some(kid)))
         }
         Err(e) => Err(invalid(e)),
@@ -742,23 +740,21 @@ mod tests {
             Verdict::WaitForKeys { issuer: 0, until },
             "the next one waits for it"
         );
-        assert!(s.keys.due(&c, now).is_empty(), "one fetch at a time");
+        assert!(s.keys.due(now).is_empty(), "one fetch at a time");
 
         let discovery = reply(
             200,
             r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys"}"#,
         );
         let crate::keys::FetchProgress::Next(FetchStep::Jwks, jwks_call) =
-            s.keys
-                .on_reply(&c, 0, FetchStep::Discovery, &discovery, now)
+            s.keys.on_reply(0, FetchStep::Discovery, &discovery, now)
         else {
             panic!()
         };
         assert_eq!(jwks_call.url.path, "/keys");
         let jwks = String::from_utf8(vectors().jwks).unwrap();
         assert!(matches!(
-            s.keys
-                .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now),
+            s.keys.on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now),
             crate::keys::FetchProgress::Loaded { .. }
         ));
         assert!(matches!(
@@ -784,7 +780,7 @@ mod tests {
         assert!(matches!(at(&mut s, now), Verdict::FetchKeys { .. }));
         let _ = s
             .keys
-            .on_reply(&c, 0, FetchStep::Discovery, &CalloutReply::default(), now);
+            .on_reply(0, FetchStep::Discovery, &CalloutReply::default(), now);
         assert!(
             matches!(
                 at(&mut s, now),
@@ -804,16 +800,12 @@ mod tests {
         let c = fetched_config();
         let mut s = State::new(&c);
         let now = vectors().now;
-        assert_eq!(s.keys.due(&c, now).len(), 1);
+        assert_eq!(s.keys.due(now).len(), 1);
         assert!(
-            s.keys.due(&c, now + 5).is_empty(),
+            s.keys.due(now + 5).is_empty(),
             "still awaited within 2 x fetch_timeout"
         );
-        assert_eq!(
-            s.keys.due(&c, now + 11).len(),
-            1,
-            "given up after the deadline"
-        );
+        assert_eq!(s.keys.due(now + 11).len(), 1, "given up after the deadline");
     }
 
     #[test]
@@ -821,9 +813,8 @@ mod tests {
         let c = fetched_config();
         let mut s = State::new(&c);
         let now = vectors().now;
-        let _ = s.keys.due(&c, now);
+        let _ = s.keys.due(now);
         s.keys.on_dispatch_error(
-            &c,
             0,
             FetchStep::Discovery,
             "BadArgument (is `as` a configured cluster?)",
@@ -848,29 +839,25 @@ mod tests {
         let mut s = State::new(&c);
         let now = vectors().now;
         // Kong reports a failed callout as a reply without status: a failure.
-        let _ = s.keys.due(&c, now);
+        let _ = s.keys.due(now);
         let failed = s
             .keys
-            .on_reply(&c, 0, FetchStep::Discovery, &CalloutReply::default(), now);
+            .on_reply(0, FetchStep::Discovery, &CalloutReply::default(), now);
         assert!(matches!(failed, crate::keys::FetchProgress::Failed(_)));
-        assert!(s.keys.due(&c, now).is_empty());
-        assert_eq!(
-            s.keys.due(&c, now + 1).len(),
-            1,
-            "first-load retry after 1 s"
-        );
+        assert!(s.keys.due(now).is_empty());
+        assert_eq!(s.keys.due(now + 1).len(), 1, "first-load retry after 1 s");
         let jwks = String::from_utf8(vectors().jwks).unwrap();
         let _ = s
             .keys
-            .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), now + 1);
-        let _ = s.keys.due(&c, now + 400);
+            .on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now + 1);
+        let _ = s.keys.due(now + 400);
         for garbage in [
             reply(500, "oops"),
             reply(200, "<html>"),
             reply(200, r#"{"keys":[]}"#),
         ] {
             assert!(matches!(
-                s.keys.on_reply(&c, 0, FetchStep::Jwks, &garbage, now + 400),
+                s.keys.on_reply(0, FetchStep::Jwks, &garbage, now + 400),
                 crate::keys::FetchProgress::Failed(_)
             ));
         }
@@ -882,12 +869,10 @@ mod tests {
         let c = fetched_config();
         let mut s = State::new(&c);
         let now = vectors().now;
-        let _ = s.keys.due(&c, now);
+        let _ = s.keys.due(now);
         let jwks = String::from_utf8(vectors().jwks).unwrap();
-        let loaded = |s: &mut State, t: u64| {
-            s.keys
-                .on_reply(&c, 0, FetchStep::Jwks, &reply(200, &jwks), t)
-        };
+        let loaded =
+            |s: &mut State, t: u64| s.keys.on_reply(0, FetchStep::Jwks, &reply(200, &jwks), t);
         let _ = loaded(&mut s, now);
         let junk = bearer(vectors().token("unknown_kid"));
         let at = |s: &mut State, t: u64, headers: &[(String, String)]| {
@@ -932,7 +917,7 @@ mod tests {
         // A refetch that fails is a 503, not a 401.
         let _ = s
             .keys
-            .on_reply(&c, 0, FetchStep::Jwks, &reply(500, "down"), t + 7);
+            .on_reply(0, FetchStep::Jwks, &reply(500, "down"), t + 7);
         assert!(matches!(
             at(&mut s, t + 7, &other),
             Verdict::Deny(Denial::KeysUnavailable { .. })

@@ -4,7 +4,16 @@
 
 use std::fmt;
 
-use crate::config::TokenSource;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `prefix` is an auth scheme (e.g. `Bearer`), matched case-insensitively.
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Query(String),
+    Cookie(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundToken {

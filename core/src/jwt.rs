@@ -11,9 +11,16 @@ use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde_json::{Map, Value};
 
 use crate::alg::Alg;
-use crate::config::{Issuer, JwtRules};
 use crate::jwks::{KeyLookupError, KeySet};
+use crate::keys::Issuer;
 use crate::verify::{SignatureVerifier, VerifyError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRules {
+    pub clock_skew_seconds: u64,
+    pub max_lifetime_seconds: Option<u64>,
+    pub require_exp: bool,
+}
 
 /// Longer tokens are refused before any decoding work.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

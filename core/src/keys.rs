@@ -7,10 +7,63 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
+use crate::alg::Alg;
 use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
-use crate::config::{Config, Issuer, KeySource};
 use crate::jwks::KeySet;
+
+/// How the keys of an issuer are obtained.
+#[derive(Clone)]
+pub enum KeySource {
+    /// Inline JWKS and/or a shared secret: ready at configure time.
+    Static(Rc<KeySet>),
+    JwksUri(Url),
+    Discovery(Url),
+}
+
+#[derive(Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    /// Accepted `aud` values; empty only when configured as `"any"`.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub source: KeySource,
+    /// Envoy cluster (or Kong `host:port`) that fetches go through.
+    pub upstream: String,
+    pub shared_secret: Option<Vec<u8>>,
+    pub refresh_seconds: u64,
+    pub fetch_timeout_ms: u64,
+    pub unknown_kid_refetch_seconds: u64,
+}
+
+impl Issuer {
+    /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
+    pub fn keys_from_jwks(
+        &self,
+        jwks: &[u8],
+    ) -> Result<(KeySet, Vec<String>), crate::jwks::JwksError> {
+        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
+        if let Some(secret) = &self.shared_secret {
+            keys.add_secret(secret, &self.algorithms);
+        }
+        Ok((keys, skipped))
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(issuer: &str, audiences: &[&str], algorithms: &[Alg]) -> Issuer {
+        Issuer {
+            issuer: issuer.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            algorithms: algorithms.to_vec(),
+            source: KeySource::Static(Rc::new(KeySet::default())),
+            upstream: String::new(),
+            shared_secret: None,
+            refresh_seconds: 300,
+            fetch_timeout_ms: 1000,
+            unknown_kid_refetch_seconds: 30,
+        }
+    }
+}
 
 /// Retry delays while an issuer has never had keys: fast at first, so the
 /// filter recovers quickly once the authorization server comes up.
@@ -154,6 +207,8 @@ fn in_flight_deadline(issuer: &Issuer, now: u64) -> u64 {
 }
 
 pub struct KeyManager {
+    /// The issuers' settings, index for index with `issuers`.
+    settings: Vec<Issuer>,
     issuers: Vec<IssuerKeys>,
 }
 
@@ -164,9 +219,9 @@ struct Discovery {
 }
 
 impl KeyManager {
-    pub fn new(config: &Config) -> Self {
-        let issuers = config
-            .issuers
+    /// Key state for these issuers, which it keeps (a copy made at load).
+    pub fn new(issuers: &[Issuer]) -> Self {
+        let states = issuers
             .iter()
             .map(|issuer| match &issuer.source {
                 KeySource::Static(keys) => IssuerKeys {
@@ -176,7 +231,10 @@ impl KeyManager {
                 _ => IssuerKeys::fresh(0),
             })
             .collect();
-        KeyManager { issuers }
+        KeyManager {
+            settings: issuers.to_vec(),
+            issuers: states,
+        }
     }
 
     pub fn keys(&self, issuer: usize) -> Option<&Rc<KeySet>> {
@@ -188,9 +246,9 @@ impl KeyManager {
     }
 
     /// Fetches due now (first load, retries, periodic refresh), marked in flight.
-    pub fn due(&mut self, config: &Config, now: u64) -> Vec<(usize, FetchStep, Callout)> {
+    pub fn due(&mut self, now: u64) -> Vec<(usize, FetchStep, Callout)> {
         let mut due = Vec::new();
-        for (index, (state, issuer)) in self.issuers.iter_mut().zip(&config.issuers).enumerate() {
+        for (index, (state, issuer)) in self.issuers.iter_mut().zip(&self.settings).enumerate() {
             if state.awaiting(now) || now < state.next_attempt_at {
                 continue;
             }
@@ -204,9 +262,9 @@ impl KeyManager {
     /// A request needs the keys of `issuer`, which have never loaded: wait
     /// for the fetch in flight, or start one (at most one a second), or give
     /// the reason they are unavailable.
-    pub fn load_for_request(&mut self, config: &Config, issuer: usize, now: u64) -> KeyWait {
+    pub fn load_for_request(&mut self, issuer: usize, now: u64) -> KeyWait {
         let (Some(settings), Some(state)) =
-            (config.issuers.get(issuer), self.issuers.get_mut(issuer))
+            (self.settings.get(issuer), self.issuers.get_mut(issuer))
         else {
             return KeyWait::Unavailable("unknown issuer".into());
         };
@@ -231,15 +289,9 @@ impl KeyManager {
     /// of [`UNKNOWN_KID_BURST`], then one per `unknown_kid_refetch_seconds`;
     /// a kid the last refetch did not find spends nothing). When the last
     /// fetch failed, the answer is "unavailable", not "unknown kid".
-    pub fn refetch_for_unknown_kid(
-        &mut self,
-        config: &Config,
-        issuer: usize,
-        kid: &str,
-        now: u64,
-    ) -> KeyWait {
+    pub fn refetch_for_unknown_kid(&mut self, issuer: usize, kid: &str, now: u64) -> KeyWait {
         let (Some(settings), Some(state)) =
-            (config.issuers.get(issuer), self.issuers.get_mut(issuer))
+            (self.settings.get(issuer), self.issuers.get_mut(issuer))
         else {
             return KeyWait::Unavailable("unknown issuer".into());
         };
@@ -293,27 +345,18 @@ impl KeyManager {
     /// Feeds one reply into the fetch of `issuer`.
     pub fn on_reply(
         &mut self,
-        config: &Config,
         issuer: usize,
         step: FetchStep,
         reply: &CalloutReply,
         now: u64,
     ) -> FetchProgress {
-        self.settle(config, issuer, step, reply.success_body(), now)
+        self.settle(issuer, step, reply.success_body(), now)
     }
 
     /// The host refused to dispatch (e.g. no such cluster): a failed fetch
     /// whose reason is kept for the 503 body and the log.
-    pub fn on_dispatch_error(
-        &mut self,
-        config: &Config,
-        issuer: usize,
-        step: FetchStep,
-        why: &str,
-        now: u64,
-    ) {
+    pub fn on_dispatch_error(&mut self, issuer: usize, step: FetchStep, why: &str, now: u64) {
         let _ = self.settle(
-            config,
             issuer,
             step,
             Err(CalloutError::Dispatch(why.to_string())),
@@ -323,14 +366,13 @@ impl KeyManager {
 
     fn settle(
         &mut self,
-        config: &Config,
         issuer: usize,
         step: FetchStep,
         body: Result<&[u8], CalloutError>,
         now: u64,
     ) -> FetchProgress {
         let (Some(settings), Some(state)) =
-            (config.issuers.get(issuer), self.issuers.get_mut(issuer))
+            (self.settings.get(issuer), self.issuers.get_mut(issuer))
         else {
             return FetchProgress::Failed("unknown issuer".into());
         };
@@ -460,6 +502,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::config::Config;
     use crate::jwt::test_vectors::vectors;
 
     fn config() -> Config {
@@ -469,13 +512,13 @@ mod tests {
         .unwrap()
     }
 
-    fn discover(manager: &mut KeyManager, config: &Config, doc: &str) -> FetchProgress {
+    fn discover(manager: &mut KeyManager, doc: &str) -> FetchProgress {
         let reply = CalloutReply {
             status: Some(200),
             body: doc.as_bytes().to_vec(),
             ..CalloutReply::default()
         };
-        manager.on_reply(config, 0, FetchStep::Discovery, &reply, 1)
+        manager.on_reply(0, FetchStep::Discovery, &reply, 1)
     }
 
     #[test]
@@ -500,8 +543,8 @@ mod tests {
                 "not a document with issuer and jwks_uri (missing field `issuer`",
             ),
         ] {
-            let mut m = KeyManager::new(&c);
-            let FetchProgress::Failed(error) = discover(&mut m, &c, doc) else {
+            let mut m = KeyManager::new(&c.issuers);
+            let FetchProgress::Failed(error) = discover(&mut m, doc) else {
                 panic!("{doc} was accepted")
             };
             assert!(
@@ -512,10 +555,10 @@ mod tests {
             assert_eq!(m.state(0).unwrap().last_error.as_ref(), Some(&error));
             assert!(m.keys(0).is_none());
         }
-        let mut m = KeyManager::new(&c);
+        let mut m = KeyManager::new(&c.issuers);
         let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks"}"#;
         assert!(matches!(
-            discover(&mut m, &c, doc),
+            discover(&mut m, doc),
             FetchProgress::Next(FetchStep::Jwks, _)
         ));
     }
@@ -523,14 +566,14 @@ mod tests {
     #[test]
     fn a_jwks_with_no_usable_key_fails_with_the_first_reason() {
         let c = config();
-        let mut m = KeyManager::new(&c);
+        let mut m = KeyManager::new(&c.issuers);
         let jwks = br#"{"keys":[{"kty":"RSA","kid":"small","n":"AQAB","e":"AQAB"},{"kty":"OKP","crv":"Ed25519","kid":"short","x":"AAAA"}]}"#;
         let reply = CalloutReply {
             status: Some(200),
             body: jwks.to_vec(),
             ..CalloutReply::default()
         };
-        let FetchProgress::Failed(error) = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 1) else {
+        let FetchProgress::Failed(error) = m.on_reply(0, FetchStep::Jwks, &reply, 1) else {
             panic!()
         };
         assert!(
@@ -549,7 +592,7 @@ mod tests {
             body: serde_json::to_vec(&doc).unwrap(),
             ..CalloutReply::default()
         };
-        let FetchProgress::Loaded { keys, skipped } = m.on_reply(&c, 0, FetchStep::Jwks, &reply, 2)
+        let FetchProgress::Loaded { keys, skipped } = m.on_reply(0, FetchStep::Jwks, &reply, 2)
         else {
             panic!()
         };

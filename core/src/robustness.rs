@@ -140,6 +140,6 @@ fn mangled_key_server_replies_are_failures_never_a_panic() {
             body: rng.mutate(input),
             ..CalloutReply::default()
         };
-        let _ = state.keys.on_reply(&config, 1, step, &reply, 1_700_000_000);
+        let _ = state.keys.on_reply(1, step, &reply, 1_700_000_000);
     }
 }
