@@ -29,9 +29,11 @@ pub mod headers;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod pdp;
 pub mod policy;
 pub mod response;
+pub mod services;
 pub mod verify;
 
 #[cfg(test)]
