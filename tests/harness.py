@@ -413,6 +413,37 @@ def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserve
     return b
 
 
+# Envoy's stats_tags that turn the filter's `<metric>.<label>.<value>` name
+# segments into Prometheus labels (README, "Metrics"): each regex removes its
+# first group from the name and takes the second as the label's value.
+STATS_TAGS = [
+    {"tag_name": "reason", "regex": r"^wasmcustom\.oauth_pep\.denied(\.reason\.([^.]+))$"},
+    {"tag_name": "kind", "regex": r"^wasmcustom\.oauth_pep\.(?:callouts|callout_ms)(\.kind\.([^.]+))"},
+    {"tag_name": "outcome",
+     "regex": r"^wasmcustom\.oauth_pep\.(?:callouts\.kind|key_refreshes\.issuer)\.[^.]+(\.outcome\.([^.]+))$"},
+    {"tag_name": "cache", "regex": r"^wasmcustom\.oauth_pep\.cache_(?:hits|misses|evictions)(\.cache\.([^.]+))$"},
+    {"tag_name": "issuer", "regex": r"^wasmcustom\.oauth_pep\.(?:key_refreshes|keys_loaded)(\.issuer\.([^.]+))"},
+]
+
+
+def with_stats_tags(b):
+    """`customize` for bootstrap(): the filter's metrics get Prometheus labels."""
+    b["stats_config"] = {"stats_tags": STATS_TAGS}
+
+
+def parse_prometheus(text):
+    """Prometheus text as {(name, ((label, value), ...)): value}, labels sorted."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)', line)
+        if not m:
+            continue
+        labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2))))
+        value = float(m.group(3))
+        out[(m.group(1), labels)] = int(value) if value.is_integer() else value
+    return out
+
+
 class EnvoyFailure:
     """Result of Envoy.start_expecting_failure."""
 
@@ -561,6 +592,10 @@ class Envoy:
             except ValueError:
                 out[name] = val
         return out
+
+    def prometheus(self):
+        """Admin /stats/prometheus, parsed (see parse_prometheus)."""
+        return parse_prometheus(self.http.get(self.admin_url + "/stats/prometheus", timeout=10).text)
 
     def log_text(self):
         try:
