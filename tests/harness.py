@@ -413,17 +413,19 @@ def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserve
     return b
 
 
-# Envoy's stats_tags that turn the filter's `<metric>.<label>.<value>` name
-# segments into Prometheus labels (README, "Metrics"): each regex removes its
-# first group from the name and takes the second as the label's value.
-STATS_TAGS = [
-    {"tag_name": "reason", "regex": r"^wasmcustom\.oauth_pep\.denied(\.reason\.([^.]+))$"},
-    {"tag_name": "kind", "regex": r"^wasmcustom\.oauth_pep\.(?:callouts|callout_ms)(\.kind\.([^.]+))"},
-    {"tag_name": "outcome",
-     "regex": r"^wasmcustom\.oauth_pep\.(?:callouts\.kind|key_refreshes\.issuer)\.[^.]+(\.outcome\.([^.]+))$"},
-    {"tag_name": "cache", "regex": r"^wasmcustom\.oauth_pep\.cache_(?:hits|misses|evictions)(\.cache\.([^.]+))$"},
-    {"tag_name": "issuer", "regex": r"^wasmcustom\.oauth_pep\.(?:key_refreshes|keys_loaded)(\.issuer\.([^.]+))"},
-]
+def _demo_stats_tags():
+    """The stats_tags of envoy/demo.yaml, the one place they are written:
+    they turn the filter's `<metric>.<label>.<value>` name segments into
+    Prometheus labels (README, "Metrics")."""
+    text = (ROOT / "envoy" / "demo.yaml").read_text()
+    tags = [{"tag_name": name, "regex": regex}
+            for name, regex in re.findall(r"- tag_name: (\w+)\n\s+regex: '([^']*)'", text)]
+    if not tags:
+        raise RuntimeError("no stats_tags found in envoy/demo.yaml")
+    return tags
+
+
+STATS_TAGS = _demo_stats_tags()
 
 
 def with_stats_tags(b):

@@ -1,6 +1,6 @@
 """The filter's Envoy stats after known traffic: exact counts on the admin
-/stats (full names) and /stats/prometheus (labels, with the stats_tags of
-harness.STATS_TAGS; flat names without them)."""
+/stats (full names) and /stats/prometheus (labels with the stats_tags of
+envoy/demo.yaml, harness.STATS_TAGS; flat names without them)."""
 
 import re
 import time
