@@ -2,19 +2,114 @@
 //! panicking; values the client controls are read as bytes, since the SDK's
 //! string getters unwrap invalid UTF-8.
 
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use log::{info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply, MAX_REPLY_BYTES};
+use oauth_pep_core::metrics::{Catalogue, Counter, Gauge, Histogram, Metric};
 use oauth_pep_core::response::HttpResponse;
+use oauth_pep_core::services::{CasMismatch, Clock, Metrics, Random, RandomError, SharedStore};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
-pub fn now() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+/// The host's services, as the core's traits ([`oauth_pep_core::services`]).
+pub struct Host {
+    /// The id of every metric this VM defined.
+    metric_ids: HashMap<Metric, u32>,
+}
+
+impl Host {
+    /// Defines every metric of `catalogue`. Metric ids belong to one VM, so
+    /// each VM (one per Envoy worker) defines its own; Envoy gives every VM
+    /// that defines a name the same stat, so counts add up across workers.
+    pub fn new(catalogue: &Catalogue) -> Host {
+        let mut metric_ids = HashMap::new();
+        for (metric, name) in catalogue.all() {
+            let kind = match metric {
+                Metric::Counter(_) => MetricType::Counter,
+                Metric::Gauge(_) => MetricType::Gauge,
+                Metric::Histogram(_) => MetricType::Histogram,
+            };
+            match hostcalls::define_metric(kind, &name) {
+                Ok(id) => {
+                    metric_ids.insert(metric, id);
+                }
+                Err(status) => warn!("cannot define metric {name}: {status:?}"),
+            }
+        }
+        Host { metric_ids }
+    }
+
+    fn update(&self, metric: Metric, update: impl FnOnce(u32) -> Result<(), Status>) {
+        // A metric that could not be defined was logged then.
+        if let Some(&id) = self.metric_ids.get(&metric) {
+            if let Err(status) = update(id) {
+                warn!("cannot update metric {metric:?}: {status:?}");
+            }
+        }
+    }
+}
+
+impl Clock for Host {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Metrics for Host {
+    fn increment(&self, counter: Counter, by: u64) {
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        self.update(Metric::Counter(counter), |id| {
+            hostcalls::increment_metric(id, by)
+        });
+    }
+
+    fn set(&self, gauge: Gauge, value: u64) {
+        self.update(Metric::Gauge(gauge), |id| {
+            hostcalls::record_metric(id, value)
+        });
+    }
+
+    fn record(&self, histogram: Histogram, value: u64) {
+        self.update(Metric::Histogram(histogram), |id| {
+            hostcalls::record_metric(id, value)
+        });
+    }
+}
+
+impl SharedStore for Host {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
+            Ok((None, _)) => None,
+            Err(status) => {
+                warn!("cannot read shared data {key}: {status:?}");
+                None
+            }
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(CasMismatch),
+            // The write did not happen: for the caller, like a lost race.
+            Err(status) => {
+                warn!("cannot write shared data {key}: {status:?}");
+                Err(CasMismatch)
+            }
+        }
+    }
+}
+
+impl Random for Host {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+        getrandom::getrandom(buf).map_err(|e| RandomError(e.to_string()))
+    }
 }
 
 pub fn plugin_configuration() -> Vec<u8> {

@@ -48,7 +48,11 @@ use oauth_pep_core::engine::{
     Verdict,
 };
 use oauth_pep_core::keys::{FetchProgress, FetchStep};
+use oauth_pep_core::metrics::{
+    CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
+};
 use oauth_pep_core::response::Denial;
+use oauth_pep_core::services::{Clock, Metrics};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -76,6 +80,15 @@ enum Resume {
     },
 }
 
+impl Resume {
+    fn kind(&self) -> CalloutKind {
+        match self {
+            Resume::Keys { step, .. } => CalloutKind::from(*step),
+            Resume::Pdp { .. } => CalloutKind::Pdp,
+        }
+    }
+}
+
 /// A request paused until the keys of `issuer` settle, or `until`.
 struct Parked {
     issuer: usize,
@@ -93,12 +106,15 @@ enum Outcome {
 struct Shared {
     config: Config,
     state: RefCell<State>,
-    callouts: RefCell<HashMap<u32, Resume>>,
+    /// What to do with each answer, and when its callout was dispatched (ms).
+    callouts: RefCell<HashMap<u32, (Resume, u64)>>,
     parked: RefCell<HashMap<u32, Parked>>,
     /// Key fetches requests asked for, for the root to dispatch.
     fetch_queue: RefCell<Vec<(usize, FetchStep, Callout)>>,
     /// Whether a rewritten `:path` needs the route picked again.
     envoy: bool,
+    host: host::Host,
+    cache_counts: RefCell<CacheCounts>,
 }
 
 impl Shared {
@@ -114,15 +130,20 @@ impl Shared {
                 &self.config,
                 &mut self.state.borrow_mut(),
                 &request,
-                host::now(),
+                self.host.now(),
             )
         };
         self.carry_out(id, headers, verdict)
     }
 
     fn carry_out(&self, id: u32, headers: Headers, verdict: Verdict) -> Outcome {
+        // Every cache lookup happens in a decision, which ends here.
+        self.cache_counts
+            .borrow_mut()
+            .report(&self.state.borrow(), &self.host);
         match verdict {
             Verdict::Allow(allow) => {
+                self.host.increment(Counter::Allowed, 1);
                 apply(&allow, self.envoy);
                 Outcome::Proceed
             }
@@ -146,7 +167,7 @@ impl Shared {
             }
             Verdict::AskPdp { callout, pending } => match host::dispatch(&callout) {
                 Ok(token) => {
-                    self.callouts.borrow_mut().insert(
+                    self.track(
                         token,
                         Resume::Pdp {
                             request: id,
@@ -157,6 +178,7 @@ impl Shared {
                     Outcome::Hold
                 }
                 Err(why) => {
+                    self.count_callout(CalloutKind::Pdp, CalloutOutcome::NotDispatched, None);
                     self.deny(&headers, &pdp_not_dispatched(&why));
                     Outcome::Hold
                 }
@@ -175,20 +197,45 @@ impl Shared {
         );
     }
 
+    fn track(&self, token: u32, resume: Resume) {
+        self.callouts
+            .borrow_mut()
+            .insert(token, (resume, self.host.now_ms()));
+    }
+
+    /// Counts a callout that ended, with its latency if it was dispatched.
+    fn count_callout(&self, kind: CalloutKind, outcome: CalloutOutcome, started_ms: Option<u64>) {
+        self.host.increment(Counter::Callout(kind, outcome), 1);
+        if let Some(started) = started_ms {
+            let ms = self.host.now_ms().saturating_sub(started);
+            self.host.record(Histogram::CalloutLatencyMs(kind), ms);
+        }
+    }
+
+    fn count_refresh(&self, issuer: usize, progress: &FetchProgress) {
+        let ok = match progress {
+            FetchProgress::Loaded { keys, .. } => {
+                self.host.set(Gauge::KeysLoaded { issuer }, *keys as u64);
+                true
+            }
+            _ => false,
+        };
+        self.host.increment(Counter::KeyRefresh { issuer, ok }, 1);
+    }
+
     /// Root only: dispatches one step of a key fetch.
     fn dispatch_fetch(&self, issuer: usize, step: FetchStep, callout: &Callout) {
         match host::dispatch(callout) {
-            Ok(token) => {
-                self.callouts
-                    .borrow_mut()
-                    .insert(token, Resume::Keys { issuer, step });
-            }
+            Ok(token) => self.track(token, Resume::Keys { issuer, step }),
             Err(why) => {
                 warn!("key fetch for issuer #{issuer} not dispatched: {why}");
+                self.count_callout(step.into(), CalloutOutcome::NotDispatched, None);
+                self.host
+                    .increment(Counter::KeyRefresh { issuer, ok: false }, 1);
                 self.state
                     .borrow_mut()
                     .keys
-                    .on_dispatch_error(issuer, step, &why, host::now());
+                    .on_dispatch_error(issuer, step, &why, self.host.now());
                 self.wake(issuer);
             }
         }
@@ -196,7 +243,7 @@ impl Shared {
 
     /// Root only: the fetches that are due or that requests asked for.
     fn dispatch_fetches(&self) {
-        let now = host::now();
+        let now = self.host.now();
         let mut fetches = self.state.borrow_mut().keys.due(now);
         fetches.append(&mut self.fetch_queue.borrow_mut());
         for (issuer, step, callout) in fetches {
@@ -206,22 +253,24 @@ impl Shared {
 
     /// Feeds a callout's answer to whatever waits for it.
     fn on_reply(&self, token: u32, reply: &CalloutReply) {
-        let Some(resume) = self.callouts.borrow_mut().remove(&token) else {
+        let Some((resume, started_ms)) = self.callouts.borrow_mut().remove(&token) else {
             return;
         };
+        self.count_callout(resume.kind(), CalloutOutcome::of(reply), Some(started_ms));
         match resume {
             Resume::Keys { issuer, step } => {
                 let progress =
                     self.state
                         .borrow_mut()
                         .keys
-                        .on_reply(issuer, step, reply, host::now());
+                        .on_reply(issuer, step, reply, self.host.now());
                 match progress {
                     FetchProgress::Next(step, callout) => {
                         self.dispatch_fetch(issuer, step, &callout)
                     }
                     done => {
                         log_fetch(&self.config, issuer, &done);
+                        self.count_refresh(issuer, &done);
                         self.wake(issuer);
                     }
                 }
@@ -239,7 +288,7 @@ impl Shared {
                     &mut self.state.borrow_mut(),
                     *pending,
                     reply,
-                    host::now(),
+                    self.host.now(),
                 );
                 if let Outcome::Proceed = self.carry_out(request, headers, verdict) {
                     host::resume_request();
@@ -297,14 +346,15 @@ impl Shared {
     /// act on it any more.
     fn forget(&self, id: u32) {
         self.parked.borrow_mut().remove(&id);
-        self.callouts
-            .borrow_mut()
-            .retain(|_, resume| !matches!(resume, Resume::Pdp { request, .. } if *request == id));
+        self.callouts.borrow_mut().retain(
+            |_, (resume, _)| !matches!(resume, Resume::Pdp { request, .. } if *request == id),
+        );
     }
 
     /// Answers the request, with one `key=value` log line: at `warn` for
     /// outages (the operator must act), `info` for a refused caller.
     fn deny(&self, headers: &Headers, denial: &Denial) {
+        self.host.increment(Counter::denied(denial), 1);
         let request_id = header(headers, "x-request-id");
         let mut line = format!(
             "denied status={} reason={} request_id={} method={} path={}",
@@ -458,7 +508,13 @@ impl RootContext for Root {
                 "a host that is not Envoy"
             }
         );
-        let state = RefCell::new(State::new(&config));
+        let host = host::Host::new(&Catalogue::new(&config));
+        let state = State::new(&config);
+        for issuer in 0..config.issuers.len() {
+            let keys = state.keys.keys(issuer).map_or(0, |keys| keys.len());
+            host.set(Gauge::KeysLoaded { issuer }, keys as u64);
+        }
+        let state = RefCell::new(state);
         let shared = Rc::new(Shared {
             config,
             state,
@@ -466,6 +522,8 @@ impl RootContext for Root {
             parked: RefCell::default(),
             fetch_queue: RefCell::default(),
             envoy,
+            host,
+            cache_counts: RefCell::default(),
         });
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
@@ -479,7 +537,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.dispatch_fetches();
-            shared.expire_waits(host::now());
+            shared.expire_waits(shared.host.now());
         }
     }
 

@@ -413,6 +413,39 @@ def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserve
     return b
 
 
+def _demo_stats_tags():
+    """The stats_tags of envoy/demo.yaml, the one place they are written:
+    they turn the filter's `<metric>.<label>.<value>` name segments into
+    Prometheus labels (README, "Metrics")."""
+    text = (ROOT / "envoy" / "demo.yaml").read_text()
+    tags = [{"tag_name": name, "regex": regex}
+            for name, regex in re.findall(r"- tag_name: (\w+)\n\s+regex: '([^']*)'", text)]
+    if not tags:
+        raise RuntimeError("no stats_tags found in envoy/demo.yaml")
+    return tags
+
+
+STATS_TAGS = _demo_stats_tags()
+
+
+def with_stats_tags(b):
+    """`customize` for bootstrap(): the filter's metrics get Prometheus labels."""
+    b["stats_config"] = {"stats_tags": STATS_TAGS}
+
+
+def parse_prometheus(text):
+    """Prometheus text as {(name, ((label, value), ...)): value}, labels sorted."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)', line)
+        if not m:
+            continue
+        labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2))))
+        value = float(m.group(3))
+        out[(m.group(1), labels)] = int(value) if value.is_integer() else value
+    return out
+
+
 class EnvoyFailure:
     """Result of Envoy.start_expecting_failure."""
 
@@ -561,6 +594,10 @@ class Envoy:
             except ValueError:
                 out[name] = val
         return out
+
+    def prometheus(self):
+        """Admin /stats/prometheus, parsed (see parse_prometheus)."""
+        return parse_prometheus(self.http.get(self.admin_url + "/stats/prometheus", timeout=10).text)
 
     def log_text(self):
         try:

@@ -398,6 +398,23 @@ def test_a_cached_token_outlives_its_withdrawn_key(start_envoy, auth, entries, c
         check_denied(r, 401, "invalid_token", 'kid "rsa2"')
 
 
+def token_cache_counts(env):
+    s = env.stats("oauth_pep.cache_")
+    return tuple(s["wasmcustom.oauth_pep.cache_%s.cache.tokens" % e] for e in ("hits", "misses"))
+
+
+def test_same_token_twice_passes_without_another_fetch(main_envoy, auth):
+    token = auth.mint()
+    check_ok(send(main_envoy, token=token))
+    before, fetches = token_cache_counts(main_envoy), auth.stats()
+    for _ in range(3):
+        check_ok(send(main_envoy, token=token))
+    # Served from the token cache: three hits, no miss (no verification).
+    hits, misses = token_cache_counts(main_envoy)
+    assert (hits, misses) == (before[0] + 3, before[1]), (before, hits, misses)
+    assert auth.stats() == fetches
+
+
 def test_token_expiring_while_cached_is_refused_after_expiry(hide_envoy, auth):
     exp = _now() + 2
     token = auth.mint(auth.claims(iat=exp - 2, nbf=exp - 2, exp=exp))

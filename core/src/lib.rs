@@ -31,10 +31,12 @@ pub mod headers;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod pdp;
 pub mod policy;
 pub mod request;
 pub mod response;
+pub mod services;
 pub mod verify;
 
 #[cfg(test)]

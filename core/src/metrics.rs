@@ -1,0 +1,476 @@
+//! Every metric the filter exports, with its name and labels, defined once.
+//!
+//! A metric is a typed id ([`Counter`], [`Gauge`], [`Histogram`]) whose
+//! label values come from fixed lists (reason codes, callout kinds and
+//! outcomes, cache names) or from the configuration (issuers): never from a
+//! path, a header or a token, so a client cannot make the set grow. The host
+//! defines the whole [`Catalogue`] at configure time.
+//!
+//! proxy-wasm metrics have a name and no labels, so each label value is part
+//! of the name, as `<metric>.<label>.<value>` segments
+//! (`oauth_pep.denied.reason.token_expired`); Envoy's `stats_tags` turn them
+//! back into Prometheus labels (see README, "Metrics").
+
+use crate::cache::CacheStats;
+use crate::callout::CalloutReply;
+use crate::config::Config;
+use crate::engine::State;
+use crate::keys::FetchStep;
+use crate::response::{Denial, Reason};
+use crate::services::Metrics;
+
+/// The first segment of every metric name.
+pub const PREFIX: &str = "oauth_pep";
+
+/// Every code [`Denial::code`] gives: the values of the `reason` label. The
+/// one list to update when codes change; a unit test checks it.
+/// The longest issuer label; longer ones are cut.
+const MAX_ISSUER_LABEL: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CalloutKind {
+    Discovery,
+    Jwks,
+    Pdp,
+}
+
+impl CalloutKind {
+    pub const ALL: [CalloutKind; 3] = [CalloutKind::Discovery, CalloutKind::Jwks, CalloutKind::Pdp];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CalloutKind::Discovery => "discovery",
+            CalloutKind::Jwks => "jwks",
+            CalloutKind::Pdp => "pdp",
+        }
+    }
+}
+
+impl From<FetchStep> for CalloutKind {
+    fn from(step: FetchStep) -> Self {
+        match step {
+            FetchStep::Discovery => CalloutKind::Discovery,
+            FetchStep::Jwks => CalloutKind::Jwks,
+        }
+    }
+}
+
+/// How a callout ended, as far as HTTP goes: a 200 with a useless body is
+/// still `Ok` here (the key refresh or the PDP decision then fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CalloutOutcome {
+    /// A 2xx answer.
+    Ok,
+    /// Another status, or a body over the size limit.
+    Error,
+    /// No HTTP answer: connection refused or reset, or the timeout (the host
+    /// does not say which).
+    NoResponse,
+    /// The host refused to send it (e.g. an unknown cluster).
+    NotDispatched,
+}
+
+impl CalloutOutcome {
+    pub const ALL: [CalloutOutcome; 4] = [
+        CalloutOutcome::Ok,
+        CalloutOutcome::Error,
+        CalloutOutcome::NoResponse,
+        CalloutOutcome::NotDispatched,
+    ];
+
+    pub fn of(reply: &CalloutReply) -> Self {
+        match reply.status {
+            None => CalloutOutcome::NoResponse,
+            Some(s) if (200..300).contains(&s) && reply.oversized.is_none() => CalloutOutcome::Ok,
+            Some(_) => CalloutOutcome::Error,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CalloutOutcome::Ok => "ok",
+            CalloutOutcome::Error => "error",
+            CalloutOutcome::NoResponse => "no_response",
+            CalloutOutcome::NotDispatched => "not_dispatched",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheName {
+    Tokens,
+    PdpDecisions,
+}
+
+impl CacheName {
+    pub const ALL: [CacheName; 2] = [CacheName::Tokens, CacheName::PdpDecisions];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheName::Tokens => "tokens",
+            CacheName::PdpDecisions => "pdp_decisions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheEvent {
+    Hit,
+    Miss,
+    /// A live entry dropped to make room.
+    Eviction,
+}
+
+impl CacheEvent {
+    pub const ALL: [CacheEvent; 3] = [CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Eviction];
+
+    fn metric(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "cache_hits",
+            CacheEvent::Miss => "cache_misses",
+            CacheEvent::Eviction => "cache_evictions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    Allowed,
+    /// Denials by their stable reason (one counter per [`Reason`]).
+    Denied(Reason),
+    Callout(CalloutKind, CalloutOutcome),
+    Cache(CacheName, CacheEvent),
+    /// A key fetch (first load, refresh, unknown-kid refetch) that ended with
+    /// usable keys (`ok`) or without.
+    KeyRefresh {
+        issuer: usize,
+        ok: bool,
+    },
+}
+
+impl Counter {
+    pub fn denied(denial: &Denial) -> Counter {
+        Counter::Denied(denial.reason())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Gauge {
+    /// The verification keys the issuer's last good key set holds.
+    KeysLoaded { issuer: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Histogram {
+    /// From dispatch to the answer (or its absence), in milliseconds.
+    CalloutLatencyMs(CalloutKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+/// The names of every metric of one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalogue {
+    /// The `issuer` label of each configured issuer, by index.
+    issuers: Vec<String>,
+}
+
+impl Catalogue {
+    pub fn new(config: &Config) -> Self {
+        let mut issuers: Vec<String> = Vec::with_capacity(config.issuers.len());
+        for (index, issuer) in config.issuers.iter().enumerate() {
+            let mut label = issuer_label(&issuer.issuer);
+            while issuers.contains(&label) {
+                label = format!("{label}_{index}");
+            }
+            issuers.push(label);
+        }
+        Catalogue { issuers }
+    }
+
+    /// Every metric, with its name: what the host defines at configure time.
+    pub fn all(&self) -> Vec<(Metric, String)> {
+        let mut all = vec![Metric::Counter(Counter::Allowed)];
+        for reason in Reason::ALL {
+            all.push(Metric::Counter(Counter::Denied(reason)));
+        }
+        for kind in CalloutKind::ALL {
+            for outcome in CalloutOutcome::ALL {
+                all.push(Metric::Counter(Counter::Callout(kind, outcome)));
+            }
+            all.push(Metric::Histogram(Histogram::CalloutLatencyMs(kind)));
+        }
+        for cache in CacheName::ALL {
+            for event in CacheEvent::ALL {
+                all.push(Metric::Counter(Counter::Cache(cache, event)));
+            }
+        }
+        for issuer in 0..self.issuers.len() {
+            for ok in [true, false] {
+                all.push(Metric::Counter(Counter::KeyRefresh { issuer, ok }));
+            }
+            all.push(Metric::Gauge(Gauge::KeysLoaded { issuer }));
+        }
+        all.into_iter()
+            .filter_map(|metric| Some((metric, self.name(metric)?)))
+            .collect()
+    }
+
+    /// The metric's name; `None` for an issuer that is not configured.
+    pub fn name(&self, metric: Metric) -> Option<String> {
+        let name = match metric {
+            Metric::Counter(Counter::Allowed) => format!("{PREFIX}.allowed"),
+            Metric::Counter(Counter::Denied(reason)) => {
+                format!("{PREFIX}.denied.reason.{}", reason.code())
+            }
+            Metric::Counter(Counter::Callout(kind, outcome)) => format!(
+                "{PREFIX}.callouts.kind.{}.outcome.{}",
+                kind.label(),
+                outcome.label()
+            ),
+            Metric::Histogram(Histogram::CalloutLatencyMs(kind)) => {
+                format!("{PREFIX}.callout_ms.kind.{}", kind.label())
+            }
+            Metric::Counter(Counter::Cache(cache, event)) => {
+                format!("{PREFIX}.{}.cache.{}", event.metric(), cache.label())
+            }
+            Metric::Counter(Counter::KeyRefresh { issuer, ok }) => format!(
+                "{PREFIX}.key_refreshes.issuer.{}.outcome.{}",
+                self.issuers.get(issuer)?,
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
+                format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
+            }
+        };
+        Some(name)
+    }
+}
+
+/// The issuer URL without its scheme, every run of characters other than
+/// ASCII letters, digits and `-` made one `_`, at most [`MAX_ISSUER_LABEL`]
+/// bytes: `https://login.example.com/realms/a` is
+/// `login_example_com_realms_a`. No `.`, so it stays one name segment.
+fn issuer_label(issuer: &str) -> String {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+    let mut label = String::new();
+    for c in rest.chars() {
+        if label.len() >= MAX_ISSUER_LABEL {
+            break;
+        }
+        if c.is_ascii_alphanumeric() || c == '-' {
+            label.push(c);
+        } else if !label.is_empty() && !label.ends_with('_') {
+            label.push('_');
+        }
+    }
+    while label.ends_with('_') {
+        label.pop();
+    }
+    if label.is_empty() {
+        label.push_str("issuer");
+    }
+    label
+}
+
+/// Turns the caches' cumulative counts into counter increments.
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    tokens: CacheStats,
+    decisions: CacheStats,
+}
+
+impl CacheCounts {
+    /// Counts what the caches did since the last call.
+    pub fn report(&mut self, state: &State, metrics: &dyn Metrics) {
+        report_cache(
+            CacheName::Tokens,
+            &mut self.tokens,
+            state.tokens.stats(),
+            metrics,
+        );
+        report_cache(
+            CacheName::PdpDecisions,
+            &mut self.decisions,
+            state.decisions.stats(),
+            metrics,
+        );
+    }
+}
+
+fn report_cache(cache: CacheName, seen: &mut CacheStats, now: CacheStats, metrics: &dyn Metrics) {
+    for (event, before, after) in [
+        (CacheEvent::Hit, seen.hits, now.hits),
+        (CacheEvent::Miss, seen.misses, now.misses),
+        (CacheEvent::Eviction, seen.evictions, now.evictions),
+    ] {
+        let delta = after.saturating_sub(before);
+        if delta > 0 {
+            metrics.increment(Counter::Cache(cache, event), delta);
+        }
+    }
+    *seen = now;
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::services::testing::FakeMetrics;
+
+    fn config(issuers: &[&str]) -> Config {
+        let list: Vec<String> = issuers
+            .iter()
+            .map(|i| format!(r#"{{"issuer":"{i}","audiences":["api"],"shared_secret":"0123456789abcdef0123456789abcdef"}}"#))
+            .collect();
+        Config::from_json(format!(r#"{{"issuers":[{}]}}"#, list.join(",")).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_reason_has_its_counter() {
+        let catalogue = Catalogue::new(&config(&["https://as.test"]));
+        let names: Vec<String> = catalogue.all().into_iter().map(|(_, n)| n).collect();
+        for reason in Reason::ALL {
+            let name = format!("oauth_pep.denied.reason.{}", reason.code());
+            assert!(names.contains(&name), "{name}");
+        }
+        assert_eq!(
+            Counter::denied(&Denial::NoToken),
+            Counter::Denied(Reason::TokenMissing)
+        );
+    }
+
+    #[test]
+    fn names_are_segments_of_fixed_words_and_config_labels() {
+        let catalogue = Catalogue::new(&config(&["https://login.example.com/realms/a"]));
+        let names: Vec<String> = catalogue.all().into_iter().map(|(_, n)| n).collect();
+        for expected in [
+            "oauth_pep.allowed",
+            "oauth_pep.denied.reason.insufficient_scope",
+            "oauth_pep.denied.reason.keys_unavailable",
+            "oauth_pep.callouts.kind.jwks.outcome.no_response",
+            "oauth_pep.callouts.kind.pdp.outcome.not_dispatched",
+            "oauth_pep.callout_ms.kind.discovery",
+            "oauth_pep.cache_hits.cache.tokens",
+            "oauth_pep.cache_evictions.cache.pdp_decisions",
+            "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.ok",
+            "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.failed",
+            "oauth_pep.keys_loaded.issuer.login_example_com_realms_a",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
+        }
+        // 1 allowed + one per reason + 3 kinds x (4 outcomes + 1 histogram)
+        // + 2 caches x 3 events + 1 issuer x 3.
+        assert_eq!(names.len(), 1 + Reason::ALL.len() + 15 + 6 + 3);
+        assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
+        for name in &names {
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn issuer_labels_are_short_dotless_and_distinct() {
+        assert_eq!(issuer_label("http://127.0.0.1:8080"), "127_0_0_1_8080");
+        assert_eq!(issuer_label("https://as.example/"), "as_example");
+        assert_eq!(issuer_label("urn:x"), "urn_x");
+        assert_eq!(issuer_label("https://"), "issuer");
+        assert_eq!(
+            issuer_label(&format!("https://{}", "a".repeat(500))).len(),
+            48
+        );
+
+        let catalogue = Catalogue::new(&config(&[
+            "https://as.example",
+            "http://as.example",
+            "https://other",
+        ]));
+        assert_eq!(catalogue.issuers, ["as_example", "as_example_1", "other"]);
+        assert_eq!(
+            catalogue.name(Metric::Gauge(Gauge::KeysLoaded { issuer: 1 })),
+            Some("oauth_pep.keys_loaded.issuer.as_example_1".into())
+        );
+        assert_eq!(
+            catalogue.name(Metric::Gauge(Gauge::KeysLoaded { issuer: 3 })),
+            None
+        );
+    }
+
+    #[test]
+    fn callout_outcomes_follow_the_reply() {
+        let reply = |status, oversized| CalloutReply {
+            status,
+            body: vec![],
+            oversized,
+        };
+        assert_eq!(
+            CalloutOutcome::of(&reply(Some(200), None)),
+            CalloutOutcome::Ok
+        );
+        assert_eq!(
+            CalloutOutcome::of(&reply(Some(204), None)),
+            CalloutOutcome::Ok
+        );
+        assert_eq!(
+            CalloutOutcome::of(&reply(Some(200), Some(1 << 21))),
+            CalloutOutcome::Error
+        );
+        assert_eq!(
+            CalloutOutcome::of(&reply(Some(503), None)),
+            CalloutOutcome::Error
+        );
+        assert_eq!(
+            CalloutOutcome::of(&reply(None, None)),
+            CalloutOutcome::NoResponse
+        );
+    }
+
+    #[test]
+    fn cache_counts_are_reported_as_deltas() {
+        let c = config(&["https://as.example"]);
+        let mut state = State::new(&c);
+        let metrics = FakeMetrics::default();
+        let mut counts = CacheCounts::default();
+        let key = [7u8; 32];
+
+        assert!(state.tokens.get(&key, 10).is_none());
+        counts.report(&state, &metrics);
+        counts.report(&state, &metrics);
+        assert_eq!(
+            metrics.counter(Counter::Cache(CacheName::Tokens, CacheEvent::Miss)),
+            1
+        );
+
+        state.decisions = crate::cache::BoundedCache::new(1 << 20, 1);
+        state.decisions.insert([1; 32], true, 100, 10);
+        state.decisions.insert([2; 32], true, 100, 10);
+        assert_eq!(state.decisions.get(&[2; 32], 10), Some(&true));
+        counts.report(&state, &metrics);
+        let decisions = |event| metrics.counter(Counter::Cache(CacheName::PdpDecisions, event));
+        assert_eq!(
+            (
+                decisions(CacheEvent::Hit),
+                decisions(CacheEvent::Miss),
+                decisions(CacheEvent::Eviction)
+            ),
+            (1, 0, 1)
+        );
+        // Nothing else was counted.
+        assert_eq!(metrics.counters().len(), 3);
+    }
+}

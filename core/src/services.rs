@@ -1,0 +1,254 @@
+//! What the core needs from its host, as traits: the time, metrics, a
+//! key-value store shared by every worker, and randomness. The glue
+//! implements them over proxy-wasm (`src/host.rs`); the core's tests use the
+//! in-memory fakes of [`testing`]. Signature verification is the same kind of
+//! seam, in [`crate::verify::SignatureVerifier`].
+
+use std::fmt;
+
+use crate::metrics::{Counter, Gauge, Histogram};
+
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Seconds since the Unix epoch: what expiry times and schedules use.
+    fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+}
+
+/// Counters, gauges and histograms, named by typed ids whose names and label
+/// values all come from [`crate::metrics`]: nothing a client sends can make
+/// a new metric.
+pub trait Metrics {
+    fn increment(&self, counter: Counter, by: u64);
+    fn set(&self, gauge: Gauge, value: u64);
+    fn record(&self, histogram: Histogram, value: u64);
+}
+
+/// A key-value store shared by all workers (proxy-wasm shared data). Every
+/// value has a version, its `cas`, that changes on each write, so that a
+/// read-modify-write can tell whether another worker wrote in between.
+pub trait SharedStore {
+    /// The value and its version, if the key is set.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+
+    /// Writes `value`. With `Some(cas)`, only if the stored version is still
+    /// `cas` (the one `get` returned); with `None`, unconditionally. As in the
+    /// proxy-wasm ABI, a version of 0 checks nothing, and a key that is not
+    /// set yet is written whatever the version.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
+}
+
+/// Another writer changed the value since it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CasMismatch;
+
+pub trait Random {
+    /// Fills `buf` with cryptographically secure random bytes.
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError>;
+}
+
+/// The host could not supply random bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RandomError(pub String);
+
+impl fmt::Display for RandomError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no random bytes from the host: {}", self.0)
+    }
+}
+
+/// In-memory hosts for tests (of the core and of the glue).
+pub mod testing {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A clock that moves only when told to.
+    #[derive(Debug, Default)]
+    pub struct FakeClock {
+        ms: Cell<u64>,
+    }
+
+    impl FakeClock {
+        pub fn at_ms(ms: u64) -> Self {
+            FakeClock { ms: Cell::new(ms) }
+        }
+
+        pub fn advance_ms(&self, ms: u64) {
+            self.ms.set(self.ms.get().saturating_add(ms));
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.ms.get()
+        }
+    }
+
+    /// Remembers every metric update, for assertions.
+    #[derive(Debug, Default)]
+    pub struct FakeMetrics {
+        counters: RefCell<HashMap<Counter, u64>>,
+        gauges: RefCell<HashMap<Gauge, u64>>,
+        histograms: RefCell<HashMap<Histogram, Vec<u64>>>,
+    }
+
+    impl FakeMetrics {
+        pub fn counter(&self, counter: Counter) -> u64 {
+            self.counters.borrow().get(&counter).copied().unwrap_or(0)
+        }
+
+        pub fn gauge(&self, gauge: Gauge) -> Option<u64> {
+            self.gauges.borrow().get(&gauge).copied()
+        }
+
+        pub fn samples(&self, histogram: Histogram) -> Vec<u64> {
+            self.histograms
+                .borrow()
+                .get(&histogram)
+                .cloned()
+                .unwrap_or_default()
+        }
+
+        /// Every counter that is not zero.
+        pub fn counters(&self) -> HashMap<Counter, u64> {
+            self.counters.borrow().clone()
+        }
+    }
+
+    impl Metrics for FakeMetrics {
+        fn increment(&self, counter: Counter, by: u64) {
+            let mut counters = self.counters.borrow_mut();
+            let value = counters.entry(counter).or_default();
+            *value = value.saturating_add(by);
+        }
+
+        fn set(&self, gauge: Gauge, value: u64) {
+            self.gauges.borrow_mut().insert(gauge, value);
+        }
+
+        fn record(&self, histogram: Histogram, value: u64) {
+            self.histograms
+                .borrow_mut()
+                .entry(histogram)
+                .or_default()
+                .push(value);
+        }
+    }
+
+    /// Shared data with the proxy-wasm CAS rules.
+    #[derive(Debug, Default)]
+    pub struct MemoryStore {
+        entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        last_cas: Cell<u32>,
+    }
+
+    impl SharedStore for MemoryStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.entries.borrow().get(key).cloned()
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+            let mut entries = self.entries.borrow_mut();
+            if let (Some(cas), Some((_, current))) = (cas.filter(|&c| c != 0), entries.get(key)) {
+                if cas != *current {
+                    return Err(CasMismatch);
+                }
+            }
+            // Like Envoy's: versions count up and are never 0.
+            let next = self.last_cas.get().checked_add(1).unwrap_or(1);
+            self.last_cas.set(next);
+            entries.insert(key.to_string(), (value.to_vec(), next));
+            Ok(())
+        }
+    }
+
+    /// Predictable "random" bytes: 0, 1, 2, … across calls.
+    #[derive(Debug, Default)]
+    pub struct CountingRandom {
+        next: Cell<u8>,
+    }
+
+    impl Random for CountingRandom {
+        fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+            for byte in buf {
+                *byte = self.next.get();
+                self.next.set(self.next.get().wrapping_add(1));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::testing::*;
+    use super::*;
+    use crate::metrics::{CalloutKind, CalloutOutcome};
+
+    #[test]
+    fn the_clock_gives_seconds_from_milliseconds() {
+        let clock = FakeClock::at_ms(1_700_000_000_999);
+        assert_eq!(clock.now(), 1_700_000_000);
+        clock.advance_ms(1);
+        assert_eq!(
+            (clock.now_ms(), clock.now()),
+            (1_700_000_001_000, 1_700_000_001)
+        );
+    }
+
+    #[test]
+    fn a_write_with_a_stale_version_is_refused() {
+        let store = MemoryStore::default();
+        assert_eq!(store.get("k"), None);
+        // A key not set yet is written whatever the version.
+        store.set("k", b"one", Some(42)).unwrap();
+        let (value, cas) = store.get("k").unwrap();
+        assert_eq!(value, b"one");
+        assert_ne!(cas, 0);
+
+        // Another worker writes in between: the first one's update is refused.
+        store.set("k", b"two", Some(cas)).unwrap();
+        assert_eq!(store.set("k", b"lost", Some(cas)), Err(CasMismatch));
+        let (value, newer) = store.get("k").unwrap();
+        assert_eq!(value, b"two");
+        assert_ne!(newer, cas);
+
+        // No version, or version 0, overwrites.
+        store.set("k", b"three", None).unwrap();
+        store.set("k", b"four", Some(0)).unwrap();
+        assert_eq!(store.get("k").unwrap().0, b"four");
+    }
+
+    #[test]
+    fn fake_metrics_remember_what_was_counted() {
+        let metrics = FakeMetrics::default();
+        let counter = Counter::Callout(CalloutKind::Jwks, CalloutOutcome::Ok);
+        metrics.increment(counter, 2);
+        metrics.increment(counter, 1);
+        metrics.set(Gauge::KeysLoaded { issuer: 0 }, 3);
+        metrics.record(Histogram::CalloutLatencyMs(CalloutKind::Jwks), 12);
+        assert_eq!(metrics.counter(counter), 3);
+        assert_eq!(metrics.counter(Counter::Allowed), 0);
+        assert_eq!(metrics.gauge(Gauge::KeysLoaded { issuer: 0 }), Some(3));
+        assert_eq!(
+            metrics.samples(Histogram::CalloutLatencyMs(CalloutKind::Jwks)),
+            vec![12]
+        );
+    }
+
+    #[test]
+    fn fake_random_fills_every_byte() {
+        let random = CountingRandom::default();
+        let mut buf = [0xffu8; 3];
+        random.fill(&mut buf).unwrap();
+        assert_eq!(buf, [0, 1, 2]);
+    }
+}
