@@ -44,10 +44,10 @@ use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
-    authorize, finish_pdp, pdp_not_dispatched, waited_too_long, Allow, PendingPdp, Request, State,
+    authorize, resume as resume_callout, waited_too_long, Allow, Request, Resume, Resumed, State,
     Verdict,
 };
-use oauth_pep_core::keys::{FetchProgress, FetchStep};
+use oauth_pep_core::keys::FetchProgress;
 use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
@@ -67,25 +67,19 @@ proxy_wasm::main! {{
 
 type Headers = Vec<(String, String)>;
 
-/// What to do with the answer to a callout.
-enum Resume {
-    Keys {
-        issuer: usize,
-        step: FetchStep,
-    },
-    Pdp {
-        request: u32,
-        pending: Box<PendingPdp>,
-        headers: Headers,
-    },
+/// A callout in flight: what its answer is for (the core's [`Resume`]), the
+/// request that waits for it alone (none for a key fetch, which wakes every
+/// request parked on its issuer), and when it was dispatched (ms).
+struct InFlight {
+    resume: Resume,
+    request: Option<(u32, Headers)>,
+    started_ms: u64,
 }
 
-impl Resume {
-    fn kind(&self) -> CalloutKind {
-        match self {
-            Resume::Keys { step, .. } => CalloutKind::from(*step),
-            Resume::Pdp { .. } => CalloutKind::Pdp,
-        }
+fn kind(resume: &Resume) -> CalloutKind {
+    match resume {
+        Resume::Keys { step, .. } => CalloutKind::from(*step),
+        Resume::Pdp(_) => CalloutKind::Pdp,
     }
 }
 
@@ -106,11 +100,11 @@ enum Outcome {
 struct Shared {
     config: Config,
     state: RefCell<State>,
-    /// What to do with each answer, and when its callout was dispatched (ms).
-    callouts: RefCell<HashMap<u32, (Resume, u64)>>,
+    /// Every callout in flight, by token, whichever context receives it.
+    callouts: RefCell<HashMap<u32, InFlight>>,
     parked: RefCell<HashMap<u32, Parked>>,
     /// Key fetches requests asked for, for the root to dispatch.
-    fetch_queue: RefCell<Vec<(usize, FetchStep, Callout)>>,
+    fetch_queue: RefCell<Vec<(Callout, Resume)>>,
     /// Whether a rewritten `:path` needs the route picked again.
     envoy: bool,
     host: host::Host,
@@ -151,13 +145,17 @@ impl Shared {
                 self.deny(&headers, &denial);
                 Outcome::Hold
             }
-            Verdict::FetchKeys {
-                issuer,
-                step,
+            Verdict::Callout {
                 callout,
-                until,
+                resume: resume @ Resume::Keys { issuer, .. },
             } => {
-                self.fetch_queue.borrow_mut().push((issuer, step, *callout));
+                let until = self
+                    .state
+                    .borrow()
+                    .keys
+                    .awaited_until(issuer, self.host.now())
+                    .unwrap_or_default();
+                self.fetch_queue.borrow_mut().push((*callout, resume));
                 self.park(id, issuer, until, headers);
                 Outcome::Hold
             }
@@ -165,24 +163,69 @@ impl Shared {
                 self.park(id, issuer, until, headers);
                 Outcome::Hold
             }
-            Verdict::AskPdp { callout, pending } => match host::dispatch(&callout) {
-                Ok(token) => {
-                    self.track(
-                        token,
-                        Resume::Pdp {
-                            request: id,
-                            pending,
-                            headers,
-                        },
-                    );
-                    Outcome::Hold
-                }
-                Err(why) => {
-                    self.count_callout(CalloutKind::Pdp, CalloutOutcome::NotDispatched, None);
-                    self.deny(&headers, &pdp_not_dispatched(&why));
-                    Outcome::Hold
-                }
-            },
+            Verdict::Callout { callout, resume } => self
+                .dispatch(&callout, resume, Some((id, headers)))
+                .unwrap_or(Outcome::Hold),
+        }
+    }
+
+    /// Dispatches a callout, or, when the host refuses, lets the core decide
+    /// what that means; the outcome is for `request` if that was decided now.
+    fn dispatch(
+        &self,
+        callout: &Callout,
+        resume: Resume,
+        request: Option<(u32, Headers)>,
+    ) -> Option<Outcome> {
+        match host::dispatch(callout) {
+            Ok(token) => {
+                self.callouts.borrow_mut().insert(
+                    token,
+                    InFlight {
+                        resume,
+                        request,
+                        started_ms: self.host.now_ms(),
+                    },
+                );
+                None
+            }
+            Err(why) => {
+                warn!("{} callout not dispatched: {why}", kind(&resume).label());
+                self.count_callout(kind(&resume), CalloutOutcome::NotDispatched, None);
+                self.settle(resume, request, Err(&why))
+            }
+        }
+    }
+
+    /// Feeds an answer (or a dispatch failure) to the core and carries out
+    /// what follows: a verdict for the waiting request, the next step of a
+    /// key fetch, or waking the requests parked on a settled one.
+    fn settle(
+        &self,
+        resume: Resume,
+        request: Option<(u32, Headers)>,
+        answer: Result<&CalloutReply, &str>,
+    ) -> Option<Outcome> {
+        let resumed = resume_callout(
+            &self.config,
+            &mut self.state.borrow_mut(),
+            resume,
+            answer,
+            self.host.now(),
+        );
+        match resumed {
+            Resumed::Decided(verdict) => {
+                let (id, headers) = request?;
+                host::set_effective_context(id).ok()?;
+                Some(self.carry_out(id, headers, verdict))
+            }
+            Resumed::Next { callout, resume } => self.dispatch(&callout, resume, None),
+            Resumed::KeysSettled { issuer, progress } => {
+                log_fetch(&self.config, issuer, &progress);
+                self.count_refresh(issuer, &progress);
+                self.wake(issuer);
+                None
+            }
         }
     }
 
@@ -195,12 +238,6 @@ impl Shared {
                 headers,
             },
         );
-    }
-
-    fn track(&self, token: u32, resume: Resume) {
-        self.callouts
-            .borrow_mut()
-            .insert(token, (resume, self.host.now_ms()));
     }
 
     /// Counts a callout that ended, with its latency if it was dispatched.
@@ -223,77 +260,29 @@ impl Shared {
         self.host.increment(Counter::KeyRefresh { issuer, ok }, 1);
     }
 
-    /// Root only: dispatches one step of a key fetch.
-    fn dispatch_fetch(&self, issuer: usize, step: FetchStep, callout: &Callout) {
-        match host::dispatch(callout) {
-            Ok(token) => self.track(token, Resume::Keys { issuer, step }),
-            Err(why) => {
-                warn!("key fetch for issuer #{issuer} not dispatched: {why}");
-                self.count_callout(step.into(), CalloutOutcome::NotDispatched, None);
-                self.host
-                    .increment(Counter::KeyRefresh { issuer, ok: false }, 1);
-                self.state
-                    .borrow_mut()
-                    .keys
-                    .on_dispatch_error(issuer, step, &why, self.host.now());
-                self.wake(issuer);
-            }
-        }
-    }
-
     /// Root only: the fetches that are due or that requests asked for.
     fn dispatch_fetches(&self) {
-        let now = self.host.now();
-        let mut fetches = self.state.borrow_mut().keys.due(now);
+        let due = self.state.borrow_mut().keys.due(self.host.now());
+        let mut fetches: Vec<(Callout, Resume)> = due
+            .into_iter()
+            .map(|(issuer, step, callout)| (callout, Resume::Keys { issuer, step }))
+            .collect();
         fetches.append(&mut self.fetch_queue.borrow_mut());
-        for (issuer, step, callout) in fetches {
-            self.dispatch_fetch(issuer, step, &callout);
+        for (callout, resume) in fetches {
+            self.dispatch(&callout, resume, None);
         }
     }
 
     /// Feeds a callout's answer to whatever waits for it.
     fn on_reply(&self, token: u32, reply: &CalloutReply) {
-        let Some((resume, started_ms)) = self.callouts.borrow_mut().remove(&token) else {
+        let Some(in_flight) = self.callouts.borrow_mut().remove(&token) else {
             return;
         };
-        self.count_callout(resume.kind(), CalloutOutcome::of(reply), Some(started_ms));
-        match resume {
-            Resume::Keys { issuer, step } => {
-                let progress =
-                    self.state
-                        .borrow_mut()
-                        .keys
-                        .on_reply(issuer, step, reply, self.host.now());
-                match progress {
-                    FetchProgress::Next(step, callout) => {
-                        self.dispatch_fetch(issuer, step, &callout)
-                    }
-                    done => {
-                        log_fetch(&self.config, issuer, &done);
-                        self.count_refresh(issuer, &done);
-                        self.wake(issuer);
-                    }
-                }
-            }
-            Resume::Pdp {
-                request,
-                pending,
-                headers,
-            } => {
-                if host::set_effective_context(request).is_err() {
-                    return;
-                }
-                let verdict = finish_pdp(
-                    &self.config,
-                    &mut self.state.borrow_mut(),
-                    *pending,
-                    reply,
-                    self.host.now(),
-                );
-                if let Outcome::Proceed = self.carry_out(request, headers, verdict) {
-                    host::resume_request();
-                }
-            }
+        let kind = kind(&in_flight.resume);
+        self.count_callout(kind, CalloutOutcome::of(reply), Some(in_flight.started_ms));
+        if let Some(Outcome::Proceed) = self.settle(in_flight.resume, in_flight.request, Ok(reply))
+        {
+            host::resume_request();
         }
     }
 
@@ -346,9 +335,9 @@ impl Shared {
     /// act on it any more.
     fn forget(&self, id: u32) {
         self.parked.borrow_mut().remove(&id);
-        self.callouts.borrow_mut().retain(
-            |_, (resume, _)| !matches!(resume, Resume::Pdp { request, .. } if *request == id),
-        );
+        self.callouts
+            .borrow_mut()
+            .retain(|_, f| !matches!(&f.request, Some((request, _)) if *request == id));
     }
 
     /// Answers the request, with one `key=value` log line: at `warn` for

@@ -6,7 +6,7 @@ import time
 
 import harness
 
-ACCESS_FORMAT = "%RESPONSE_CODE% %FILTER_STATE(wasm.oauth_pep.reason:PLAIN)%\n"
+ACCESS_FORMAT = "%REQ(X-REQUEST-ID)% %RESPONSE_CODE% %FILTER_STATE(wasm.oauth_pep.reason:PLAIN)%\n"
 
 
 def with_access_log(path):
@@ -23,10 +23,11 @@ def with_access_log(path):
     return customize
 
 
-def access_lines(path, n, timeout=10):
+def access_lines(path, prefix, n, timeout=10):
+    """The access log lines of the requests whose x-request-id starts with `prefix`, without it."""
     def enough():
         try:
-            lines = path.read_text().splitlines()
+            lines = [l.split(" ", 1)[1] for l in path.read_text().splitlines() if l.startswith(prefix)]
         except FileNotFoundError:
             return None
         return lines if len(lines) >= n else None
@@ -38,13 +39,13 @@ def test_the_access_log_shows_the_denial_reason(start_envoy, filter_config, auth
     env = start_envoy(filter_config(top={"policy": {"GET /api/??": "read"}}), customize=with_access_log(log))
     token = authserver.token()
     env.wait_status("/api/x", token=token)
-    log.write_text("")
     expired = authserver.mint(authserver.claims(iat=int(time.time()) - 900, nbf=int(time.time()) - 900,
                                                 exp=int(time.time()) - 600))
-    for kw, status in ((dict(), 401), (dict(token=expired), 401), (dict(token=token), 403), (dict(token=token), 200)):
+    cases = ((dict(), 401), (dict(token=expired), 401), (dict(token=token), 403), (dict(token=token), 200))
+    for i, (kw, status) in enumerate(cases):
         path = "/admin" if status == 403 else "/api/x"
-        assert env.get(path, **kw).status_code == status
-    assert access_lines(log, 4) == ["401 token_missing", "401 token_expired", "403 no_rule", "200 -"]
+        assert env.get(path, headers={"x-request-id": "t-%d" % i}, **kw).status_code == status
+    assert access_lines(log, "t-", 4) == ["401 token_missing", "401 token_expired", "403 no_rule", "200 -"]
 
 
 def test_one_key_value_log_line_per_denial(start_envoy, filter_config, authserver):

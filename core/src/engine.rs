@@ -13,7 +13,7 @@ use crate::grant::Grant;
 use crate::headers::spelling_key;
 use crate::jwks::KeyLookupError;
 use crate::jwt::{precheck, TokenError};
-use crate::keys::{FetchStep, KeyManager, KeyWait};
+use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait};
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
 use crate::request::{normalize_target, NormalTarget};
@@ -81,25 +81,80 @@ pub struct PendingPdp {
 pub enum Verdict {
     Allow(Allow),
     Deny(Denial),
-    /// Ask the policy decision point, then call [`finish_pdp`] with its reply.
-    AskPdp {
+    /// Make this callout, then feed its answer, or the reason it could not
+    /// be dispatched, to [`resume`]. A [`Resume::Keys`] callout is a fetch
+    /// many requests may share: the request that caused it waits like
+    /// [`Verdict::WaitForKeys`], until `state.keys.awaited_until`.
+    Callout {
         callout: Box<Callout>,
-        pending: Box<PendingPdp>,
-    },
-    /// Fetch this issuer's keys (feed the reply to `state.keys`), and wait
-    /// like [`Verdict::WaitForKeys`].
-    FetchKeys {
-        issuer: usize,
-        step: FetchStep,
-        callout: Box<Callout>,
-        until: u64,
+        resume: Resume,
     },
     /// A fetch of this issuer's keys is in flight: ask again when it has
-    /// settled, or call [`waited_too_long`] at `until`.
+    /// settled ([`Resumed::KeysSettled`]), or call [`waited_too_long`] at `until`.
     WaitForKeys {
         issuer: usize,
         until: u64,
     },
+}
+
+/// What a callout's answer is for: one value per kind of callout, so each
+/// later capability (introspection, tickets, tokens) is one more variant.
+#[derive(Debug, PartialEq)]
+pub enum Resume {
+    /// One step of `issuer`'s key fetch (discovery, then JWKS).
+    Keys { issuer: usize, step: FetchStep },
+    /// The PDP's decision for a request that passed every other check.
+    Pdp(Box<PendingPdp>),
+}
+
+/// What an answer (or a dispatch failure) leads to.
+#[derive(Debug, PartialEq)]
+pub enum Resumed {
+    /// The request that waited for the answer is decided.
+    Decided(Verdict),
+    /// The key fetch goes on (discovery → JWKS): make this callout too.
+    Next {
+        callout: Box<Callout>,
+        resume: Resume,
+    },
+    /// `issuer`'s key fetch settled, well or not (`progress` says which): the
+    /// requests waiting on it are to be decided again.
+    KeysSettled {
+        issuer: usize,
+        progress: FetchProgress,
+    },
+}
+
+/// The one entry point for every callout's outcome: its answer, or why the
+/// host would not dispatch it. Failures are decided here, not in the glue.
+pub fn resume(
+    config: &Config,
+    state: &mut State,
+    resume: Resume,
+    answer: Result<&CalloutReply, &str>,
+    now: u64,
+) -> Resumed {
+    match resume {
+        Resume::Keys { issuer, step } => {
+            let progress = match answer {
+                Ok(reply) => state.keys.on_reply(issuer, step, reply, now),
+                Err(why) => state.keys.on_dispatch_error(issuer, step, why, now),
+            };
+            match progress {
+                FetchProgress::Next(step, callout) => Resumed::Next {
+                    callout: Box::new(callout),
+                    resume: Resume::Keys { issuer, step },
+                },
+                progress => Resumed::KeysSettled { issuer, progress },
+            }
+        }
+        Resume::Pdp(pending) => Resumed::Decided(match answer {
+            Ok(reply) => finish_pdp(config, state, *pending, reply, now),
+            Err(why) => Verdict::Deny(Denial::PdpUnavailable {
+                cause: format!("the callout could not be dispatched: {why}"),
+            }),
+        }),
+    }
 }
 
 impl Verdict {
@@ -110,15 +165,9 @@ impl Verdict {
         kid: Option<String>,
     ) -> Verdict {
         match wait {
-            KeyWait::Fetch {
-                step,
-                callout,
-                until,
-            } => Verdict::FetchKeys {
-                issuer,
-                step,
+            KeyWait::Fetch { step, callout, .. } => Verdict::Callout {
                 callout: Box::new(callout),
-                until,
+                resume: Resume::Keys { issuer, step },
             },
             KeyWait::Wait { until } => Verdict::WaitForKeys { issuer, until },
             KeyWait::Unavailable(cause) => Verdict::Deny(Denial::KeysUnavailable {
@@ -147,13 +196,6 @@ pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
     }
 }
 
-/// The denial for a PDP callout the host refused to dispatch.
-pub fn pdp_not_dispatched(why: &str) -> Denial {
-    Denial::PdpUnavailable {
-        cause: format!("the callout could not be dispatched: {why}"),
-    }
-}
-
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
     let target = match normalize_target(request.path) {
         Ok(target) => target,
@@ -178,12 +220,15 @@ fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verd
             rewrite(&mut allow);
             Verdict::Allow(allow)
         }
-        Verdict::AskPdp {
+        Verdict::Callout {
             callout,
-            mut pending,
+            resume: Resume::Pdp(mut pending),
         } => {
             rewrite(&mut pending.allow);
-            Verdict::AskPdp { callout, pending }
+            Verdict::Callout {
+                callout,
+                resume: Resume::Pdp(pending),
+            }
         }
         other => other,
     }
@@ -249,13 +294,13 @@ fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now
         None => {
             let callout = Box::new(pdp.callout(&query));
             let denial = pdp_denied(&query);
-            Verdict::AskPdp {
+            Verdict::Callout {
                 callout,
-                pending: Box::new(PendingPdp {
+                resume: Resume::Pdp(Box::new(PendingPdp {
                     allow,
                     denial,
                     cache_key,
-                }),
+                })),
             }
         }
     }
@@ -294,7 +339,7 @@ fn pdp_denied(query: &PdpQuery) -> Denial {
 }
 
 /// The PDP's reply completes a request that passed every other check.
-pub fn finish_pdp(
+fn finish_pdp(
     config: &Config,
     state: &mut State,
     pending: PendingPdp,
@@ -466,6 +511,32 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    /// The PDP's answer to a request that asked it.
+    fn answer_pdp(c: &Config, s: &mut State, asked: Verdict, reply: &CalloutReply) -> Verdict {
+        let Verdict::Callout {
+            resume: resume @ Resume::Pdp(_),
+            ..
+        } = asked
+        else {
+            panic!("the PDP was not asked: {asked:?}")
+        };
+        let Resumed::Decided(verdict) = super::resume(c, s, resume, Ok(reply), vectors().now)
+        else {
+            panic!("a PDP answer decides its request")
+        };
+        verdict
+    }
+
+    fn starts_key_fetch(v: &Verdict) -> bool {
+        matches!(
+            v,
+            Verdict::Callout {
+                resume: Resume::Keys { issuer: 0, .. },
+                ..
+            }
+        )
+    }
     use crate::callout::CalloutReply;
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
@@ -692,12 +763,10 @@ mod tests {
             r#","pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}"#,
         );
         let mut s = State::new(&pdp);
-        let Verdict::AskPdp { pending, .. } = run(&pdp, &mut s, &bearer(&token), "/a/./b") else {
-            panic!()
-        };
+        let asked = run(&pdp, &mut s, &bearer(&token), "/a/./b");
         let permit = reply(200, r#"{"result":true}"#);
         assert_eq!(
-            new_path(finish_pdp(&pdp, &mut s, *pending, &permit, vectors().now)).as_deref(),
+            new_path(answer_pdp(&pdp, &mut s, asked, &permit)).as_deref(),
             Some("/a/b")
         );
     }
@@ -723,15 +792,18 @@ mod tests {
         let mut s = State::new(&c);
         let now = vectors().now;
         let token = vectors().token("good_RS256").to_string();
-        let Verdict::FetchKeys {
-            issuer: 0,
-            step: FetchStep::Discovery,
+        let Verdict::Callout {
             callout,
-            until,
+            resume:
+                Resume::Keys {
+                    issuer: 0,
+                    step: FetchStep::Discovery,
+                },
         } = run(&c, &mut s, &bearer(&token), "/")
         else {
             panic!("the first request starts the fetch")
         };
+        let until = s.keys.awaited_until(0, now).unwrap();
         assert_eq!(callout.url.path, "/.well-known/openid-configuration");
         assert_eq!(callout.upstream, "as");
         assert_eq!(until, now + 11, "2 x fetch_timeout, rounded up");
@@ -777,7 +849,7 @@ mod tests {
             };
             authorize(&c, s, &request, t)
         };
-        assert!(matches!(at(&mut s, now), Verdict::FetchKeys { .. }));
+        assert!(starts_key_fetch(&at(&mut s, now)));
         let _ = s
             .keys
             .on_reply(0, FetchStep::Discovery, &CalloutReply::default(), now);
@@ -789,7 +861,7 @@ mod tests {
             "the same second: 503, no second fetch"
         );
         assert!(
-            matches!(at(&mut s, now + 1), Verdict::FetchKeys { .. }),
+            starts_key_fetch(&at(&mut s, now + 1)),
             "a second later a request tries again, whatever the back-off"
         );
     }
@@ -884,10 +956,7 @@ mod tests {
             authorize(&c, s, &request, t)
         };
         let t = now + 1;
-        assert!(matches!(
-            at(&mut s, t, &junk),
-            Verdict::FetchKeys { issuer: 0, .. }
-        ));
+        assert!(starts_key_fetch(&at(&mut s, t, &junk)));
         assert!(
             matches!(at(&mut s, t, &junk), Verdict::WaitForKeys { issuer: 0, .. }),
             "a second request with the kid waits for the refetch"
@@ -910,10 +979,7 @@ mod tests {
             let rest = good.split_once('.').unwrap().1;
             bearer(&format!("{header}.{rest}"))
         };
-        assert!(matches!(
-            at(&mut s, t + 7, &other),
-            Verdict::FetchKeys { .. }
-        ));
+        assert!(starts_key_fetch(&at(&mut s, t + 7, &other)));
         // A refetch that fails is a 503, not a 401.
         let _ = s
             .keys
@@ -1060,15 +1126,14 @@ mod tests {
             ),
             "a failed scope check never reaches the PDP"
         );
-        let Verdict::AskPdp { callout, pending } = method_run(&c, &mut s, "GET", "/a", &good())
-        else {
+        let asked = method_run(&c, &mut s, "GET", "/a", &good());
+        let Verdict::Callout { callout, .. } = &asked else {
             panic!()
         };
         assert_eq!(callout.url.path, "/v1/data/authz");
-        let now = vectors().now;
         let permit = reply(200, r#"{"result":true}"#);
         assert!(matches!(
-            finish_pdp(&c, &mut s, *pending, &permit, now),
+            answer_pdp(&c, &mut s, asked, &permit),
             Verdict::Allow(_)
         ));
         assert!(
@@ -1090,15 +1155,22 @@ mod tests {
             (CalloutReply::default(), "pdp_unavailable"),
             (reply(200, "garbage"), "pdp_unavailable"),
         ] {
-            let Verdict::AskPdp { pending, .. } = method_run(&c, &mut s, "GET", "/a", &good())
-            else {
-                panic!()
-            };
-            let Verdict::Deny(denial) = finish_pdp(&c, &mut s, *pending, &answer, now) else {
+            let asked = method_run(&c, &mut s, "GET", "/a", &good());
+            let Verdict::Deny(denial) = answer_pdp(&c, &mut s, asked, &answer) else {
                 panic!("{answer:?}")
             };
             assert_eq!(denial.code(), denied, "{answer:?}");
         }
+        // A callout the host would not dispatch is decided in the core too.
+        let Verdict::Callout { resume, .. } = method_run(&c, &mut s, "GET", "/a", &good()) else {
+            panic!()
+        };
+        let Resumed::Decided(Verdict::Deny(denial)) =
+            super::resume(&c, &mut s, resume, Err("BadArgument"), vectors().now)
+        else {
+            panic!()
+        };
+        assert_eq!(denial.code(), "pdp_unavailable");
     }
 
     /// An HS256 token over `claims`, signed with the vectors' shared secret.

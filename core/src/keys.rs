@@ -355,13 +355,19 @@ impl KeyManager {
 
     /// The host refused to dispatch (e.g. no such cluster): a failed fetch
     /// whose reason is kept for the 503 body and the log.
-    pub fn on_dispatch_error(&mut self, issuer: usize, step: FetchStep, why: &str, now: u64) {
-        let _ = self.settle(
+    pub fn on_dispatch_error(
+        &mut self,
+        issuer: usize,
+        step: FetchStep,
+        why: &str,
+        now: u64,
+    ) -> FetchProgress {
+        self.settle(
             issuer,
             step,
             Err(CalloutError::Dispatch(why.to_string())),
             now,
-        );
+        )
     }
 
     fn settle(

@@ -8,7 +8,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use crate::callout::CalloutReply;
 use crate::config::Config;
-use crate::engine::{authorize, finish_pdp, Request, State, Verdict};
+use crate::engine::{authorize, resume, Request, Resume, State, Verdict};
 use crate::jwt::test_vectors::vectors;
 use crate::keys::FetchStep;
 use crate::policy::Policy;
@@ -109,14 +109,18 @@ fn mangled_requests_and_tokens_get_an_answer() {
             headers: &headers,
         };
         let _ = normalize_path(&path);
-        if let Verdict::AskPdp { pending, .. } = authorize(&config, &mut state, &request, v.now) {
+        if let Verdict::Callout {
+            resume: pending @ Resume::Pdp(_),
+            ..
+        } = authorize(&config, &mut state, &request, v.now)
+        {
             let body = rng.mutate(br#"{"decision":true}"#);
             let reply = CalloutReply {
                 status: Some(200),
                 body,
                 ..CalloutReply::default()
             };
-            let _ = finish_pdp(&config, &mut state, *pending, &reply, v.now);
+            let _ = resume(&config, &mut state, pending, Ok(&reply), v.now);
         }
     }
 }
