@@ -51,6 +51,102 @@ impl Host {
     }
 }
 
+/// The host calls that act on a request or make a callout: what the glue's
+/// routing (parking, waking, resuming, answering) does to the world, as a
+/// trait so that routing can be tested natively against a recording fake.
+/// Together with the clock and the metrics, the glue's whole view of the
+/// host once configured.
+pub trait Door: Clock + Metrics {
+    /// Dispatches `callout`; the token its answer will come back with.
+    fn dispatch(&self, callout: &Callout) -> Result<u32, String>;
+    /// Makes `context_id` the context later host calls act on (another
+    /// request, from a root callback). Fails when that request is gone.
+    fn set_effective_context(&self, context_id: u32) -> Result<(), ()>;
+    fn send_response(&self, response: &HttpResponse);
+    fn resume_request(&self);
+    fn remove_request_header(&self, name: &str);
+    fn set_request_header(&self, name: &str, value: &str);
+    /// Makes Envoy pick the route again, for the `:path` just set.
+    fn clear_route_cache(&self);
+    /// Puts the denial reason in the request's filter state, as
+    /// `wasm.oauth_pep.reason`, for Envoy's access log
+    /// (`%FILTER_STATE(wasm.oauth_pep.reason:PLAIN)%`). Envoy only: the SDK
+    /// panics on any status but Ok, and Envoy answers Ok for a new key set
+    /// from a request context, which is the only place this is called from.
+    fn set_reason_filter_state(&self, code: &str);
+}
+
+impl Door for Host {
+    fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(
+            &callout.upstream,
+            callout.all_headers(),
+            callout.body.as_deref(),
+            Vec::new(),
+            Duration::from_millis(callout.timeout_ms),
+        )
+        .map_err(|status| {
+            format!(
+                "{status:?} (is `{}` a configured cluster?)",
+                callout.upstream
+            )
+        })
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), ()> {
+        hostcalls::set_effective_context(context_id).map_err(|status| {
+            info!("request context {context_id} is gone: {status:?}");
+        })
+    }
+
+    fn send_response(&self, response: &HttpResponse) {
+        let headers: Vec<(&str, &str)> = response
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Err(status) =
+            hostcalls::send_http_response(response.status, headers, Some(&response.body))
+        {
+            warn!("cannot send the local reply: {status:?}");
+        }
+    }
+
+    fn resume_request(&self) {
+        if let Err(status) = hostcalls::resume_http_request() {
+            warn!("cannot resume the request: {status:?}");
+        }
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+            warn!("cannot remove request header {name}: {status:?}");
+        }
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        if let Err(status) =
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+        {
+            warn!("cannot set request header {name}: {status:?}");
+        }
+    }
+
+    fn clear_route_cache(&self) {
+        if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
+            warn!("cannot clear the route cache: {status:?}");
+        }
+    }
+
+    fn set_reason_filter_state(&self, code: &str) {
+        if let Err(status) =
+            hostcalls::set_property(vec!["oauth_pep.reason"], Some(code.as_bytes()))
+        {
+            warn!("cannot set the reason filter state: {status:?}");
+        }
+    }
+}
+
 impl Clock for Host {
     fn now_ms(&self) -> u64 {
         hostcalls::get_current_time()
@@ -141,18 +237,6 @@ pub fn request_headers() -> Vec<(String, String)> {
     }
 }
 
-pub fn remove_request_header(name: &str) {
-    if let Err(status) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-        warn!("cannot remove request header {name}: {status:?}");
-    }
-}
-
-pub fn set_request_header(name: &str, value: &str) {
-    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
-        warn!("cannot set request header {name}: {status:?}");
-    }
-}
-
 /// Whether the host is Envoy, which picks the route after this filter and so
 /// must be told when `:path` changed. Kong routes before plugins run, and
 /// its host traps on a foreign function it does not know, so it must never
@@ -163,48 +247,6 @@ pub fn is_envoy() -> bool {
         hostcalls::get_property(vec!["xds", "node"]),
         Ok(Some(node)) if !node.is_empty()
     )
-}
-
-/// Makes Envoy pick the route again, for the `:path` just set.
-pub fn clear_route_cache() {
-    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
-        warn!("cannot clear the route cache: {status:?}");
-    }
-}
-
-pub fn send_response(response: &HttpResponse) {
-    let headers: Vec<(&str, &str)> = response
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if let Err(status) =
-        hostcalls::send_http_response(response.status, headers, Some(&response.body))
-    {
-        warn!("cannot send the local reply: {status:?}");
-    }
-}
-
-pub fn resume_request() {
-    if let Err(status) = hostcalls::resume_http_request() {
-        warn!("cannot resume the request: {status:?}");
-    }
-}
-
-pub fn dispatch(callout: &Callout) -> Result<u32, String> {
-    hostcalls::dispatch_http_call(
-        &callout.upstream,
-        callout.all_headers(),
-        callout.body.as_deref(),
-        Vec::new(),
-        Duration::from_millis(callout.timeout_ms),
-    )
-    .map_err(|status| {
-        format!(
-            "{status:?} (is `{}` a configured cluster?)",
-            callout.upstream
-        )
-    })
 }
 
 /// A reply without headers is a failed call (Envoy on reset/timeout, Kong on
@@ -237,24 +279,5 @@ pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
         status,
         body,
         oversized: None,
-    }
-}
-
-/// Makes `context_id` the context later host calls act on (another request,
-/// from a root callback). Fails when that request is gone.
-pub fn set_effective_context(context_id: u32) -> Result<(), ()> {
-    hostcalls::set_effective_context(context_id).map_err(|status| {
-        info!("request context {context_id} is gone: {status:?}");
-    })
-}
-
-/// Puts the denial reason in the request's filter state, as
-/// `wasm.oauth_pep.reason`, for Envoy's access log
-/// (`%FILTER_STATE(wasm.oauth_pep.reason:PLAIN)%`). Envoy only: the SDK
-/// panics on any status but Ok, and Envoy answers Ok for a new key set from a
-/// request context, which is the only place this is called from.
-pub fn set_reason_filter_state(code: &str) {
-    if let Err(status) = hostcalls::set_property(vec!["oauth_pep.reason"], Some(code.as_bytes())) {
-        warn!("cannot set the reason filter state: {status:?}");
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return errors, never
 //! through the SDK's convenience methods, which unwrap them (a panic kills the
-//! VM, and with it this Envoy worker's filter).
+//! VM, and with it this Envoy worker's filter). Once configured, [`Shared`]
+//! reaches the host only through [`host::Door`], so the routing below is
+//! tested natively against a recording fake (`tests.rs`).
 //!
 //! # Callouts and waiting requests
 //!
@@ -34,12 +36,15 @@
 )]
 
 mod host;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use host::Door;
 use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
@@ -52,7 +57,6 @@ use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
 use oauth_pep_core::response::Denial;
-use oauth_pep_core::services::{Clock, Metrics};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -96,8 +100,9 @@ enum Outcome {
     Hold,
 }
 
-/// What a VM shares between its root context and its requests.
-struct Shared {
+/// What a VM shares between its root context and its requests, and the
+/// host it acts through (the proxy-wasm host, or a fake in tests).
+struct Shared<H> {
     config: Config,
     state: RefCell<State>,
     /// Every callout in flight, by token, whichever context receives it.
@@ -107,11 +112,29 @@ struct Shared {
     fetch_queue: RefCell<Vec<(Callout, Resume)>>,
     /// Whether a rewritten `:path` needs the route picked again.
     envoy: bool,
-    host: host::Host,
+    host: H,
     cache_counts: RefCell<CacheCounts>,
 }
 
-impl Shared {
+impl<H: Door> Shared<H> {
+    fn new(config: Config, envoy: bool, host: H) -> Self {
+        let state = State::new(&config);
+        for issuer in 0..config.issuers.len() {
+            let keys = state.keys.keys(issuer).map_or(0, |keys| keys.len());
+            host.set(Gauge::KeysLoaded { issuer }, keys as u64);
+        }
+        Shared {
+            config,
+            state: RefCell::new(state),
+            callouts: RefCell::default(),
+            parked: RefCell::default(),
+            fetch_queue: RefCell::default(),
+            envoy,
+            host,
+            cache_counts: RefCell::default(),
+        }
+    }
+
     /// Decides request `id`, the effective context, and carries it out.
     fn decide(&self, id: u32, headers: Headers) -> Outcome {
         let verdict = {
@@ -138,7 +161,7 @@ impl Shared {
         match verdict {
             Verdict::Allow(allow) => {
                 self.host.increment(Counter::Allowed, 1);
-                apply(&allow, self.envoy);
+                apply(&self.host, &allow, self.envoy);
                 Outcome::Proceed
             }
             Verdict::Deny(denial) => {
@@ -177,7 +200,7 @@ impl Shared {
         resume: Resume,
         request: Option<(u32, Headers)>,
     ) -> Option<Outcome> {
-        match host::dispatch(callout) {
+        match self.host.dispatch(callout) {
             Ok(token) => {
                 self.callouts.borrow_mut().insert(
                     token,
@@ -216,7 +239,7 @@ impl Shared {
         match resumed {
             Resumed::Decided(verdict) => {
                 let (id, headers) = request?;
-                host::set_effective_context(id).ok()?;
+                self.host.set_effective_context(id).ok()?;
                 Some(self.carry_out(id, headers, verdict))
             }
             Resumed::Next { callout, resume } => self.dispatch(&callout, resume, None),
@@ -273,6 +296,12 @@ impl Shared {
         }
     }
 
+    /// Root only: what each tick does.
+    fn on_tick(&self) {
+        self.dispatch_fetches();
+        self.expire_waits(self.host.now());
+    }
+
     /// Feeds a callout's answer to whatever waits for it.
     fn on_reply(&self, token: u32, reply: &CalloutReply) {
         let Some(in_flight) = self.callouts.borrow_mut().remove(&token) else {
@@ -282,7 +311,7 @@ impl Shared {
         self.count_callout(kind, CalloutOutcome::of(reply), Some(in_flight.started_ms));
         if let Some(Outcome::Proceed) = self.settle(in_flight.resume, in_flight.request, Ok(reply))
         {
-            host::resume_request();
+            self.host.resume_request();
         }
     }
 
@@ -299,11 +328,11 @@ impl Shared {
             let Some(parked) = self.parked.borrow_mut().remove(&id) else {
                 continue;
             };
-            if host::set_effective_context(id).is_err() {
+            if self.host.set_effective_context(id).is_err() {
                 continue;
             }
             if let Outcome::Proceed = self.decide(id, parked.headers) {
-                host::resume_request();
+                self.host.resume_request();
             }
         }
     }
@@ -322,7 +351,7 @@ impl Shared {
                 .collect()
         };
         for (id, parked) in expired {
-            if host::set_effective_context(id).is_ok() {
+            if self.host.set_effective_context(id).is_ok() {
                 self.deny(
                     &parked.headers,
                     &waited_too_long(&self.config, parked.issuer),
@@ -362,9 +391,10 @@ impl Shared {
             info!("{line}");
         }
         if self.envoy {
-            host::set_reason_filter_state(denial.code());
+            self.host.set_reason_filter_state(denial.code());
         }
-        host::send_response(&denial.render(&self.config.realm, request_id));
+        self.host
+            .send_response(&denial.render(&self.config.realm, request_id));
     }
 }
 
@@ -406,17 +436,17 @@ fn log_value(value: &str) -> String {
     out
 }
 
-fn apply(allow: &Allow, envoy: bool) {
+fn apply(door: &impl Door, allow: &Allow, envoy: bool) {
     for name in &allow.remove_headers {
-        host::remove_request_header(name);
+        door.remove_request_header(name);
     }
     for (name, value) in &allow.set_headers {
-        host::set_request_header(name, value);
+        door.set_request_header(name, value);
     }
     if let Some(path) = &allow.new_path {
-        host::set_request_header(":path", path);
+        door.set_request_header(":path", path);
         if envoy {
-            host::clear_route_cache();
+            door.clear_route_cache();
         }
     }
 }
@@ -447,7 +477,7 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
 
 #[derive(Default)]
 struct Root {
-    shared: Option<Rc<Shared>>,
+    shared: Option<Rc<Shared<host::Host>>>,
 }
 
 impl Context for Root {
@@ -498,22 +528,7 @@ impl RootContext for Root {
             }
         );
         let host = host::Host::new(&Catalogue::new(&config));
-        let state = State::new(&config);
-        for issuer in 0..config.issuers.len() {
-            let keys = state.keys.keys(issuer).map_or(0, |keys| keys.len());
-            host.set(Gauge::KeysLoaded { issuer }, keys as u64);
-        }
-        let state = RefCell::new(state);
-        let shared = Rc::new(Shared {
-            config,
-            state,
-            callouts: RefCell::default(),
-            parked: RefCell::default(),
-            fetch_queue: RefCell::default(),
-            envoy,
-            host,
-            cache_counts: RefCell::default(),
-        });
+        let shared = Rc::new(Shared::new(config, envoy, host));
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
             return false;
@@ -525,8 +540,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
-            shared.dispatch_fetches();
-            shared.expire_waits(shared.host.now());
+            shared.on_tick();
         }
     }
 
@@ -546,7 +560,7 @@ impl RootContext for Root {
 /// One request. Its state while it waits lives in [`Shared`], by `id`.
 struct Filter {
     id: u32,
-    shared: Rc<Shared>,
+    shared: Rc<Shared<host::Host>>,
 }
 
 impl Context for Filter {

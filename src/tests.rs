@@ -1,0 +1,464 @@
+//! The glue's routing against a recording fake host: which context every
+//! host call acts on, which callouts go out, who is resumed or answered.
+//! Each test plays the host: it enters a context, then calls the hook the
+//! SDK would (`decide` for request headers, `on_reply`, `on_tick`, `forget`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
+use oauth_pep_core::callout::{Callout, CalloutReply};
+use oauth_pep_core::config::Config;
+use oauth_pep_core::metrics::{Counter, Gauge, Histogram};
+use oauth_pep_core::response::HttpResponse;
+use oauth_pep_core::services::testing::{FakeClock, FakeMetrics};
+use oauth_pep_core::services::{Clock, Metrics};
+use serde_json::Value;
+
+use super::*;
+
+/// The root context's id, as the fake host numbers them.
+const ROOT: u32 = 1;
+
+/// What a host call did, to the context that was effective then.
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    /// A local reply: its status and the `reason` of its JSON body.
+    Answered(u32, String),
+    Resumed,
+    SetHeader(String, String),
+    RemovedHeader(String),
+    ClearedRoute,
+    ReasonState(String),
+}
+
+#[derive(Default)]
+struct FakeHost {
+    clock: FakeClock,
+    metrics: FakeMetrics,
+    /// The context host calls act on now.
+    current: Cell<u32>,
+    /// Every callout dispatched: the context that did it, its token, the call.
+    dispatched: RefCell<Vec<(u32, u32, Callout)>>,
+    /// Upstreams whose dispatch the host refuses.
+    refused: RefCell<HashSet<String>>,
+    /// Requests that ended: making one effective fails.
+    gone: RefCell<HashSet<u32>>,
+    /// Every `set_effective_context` that succeeded.
+    acted_on: RefCell<Vec<u32>>,
+    events: RefCell<Vec<(u32, Event)>>,
+}
+
+impl FakeHost {
+    fn record(&self, event: Event) {
+        self.events.borrow_mut().push((self.current.get(), event));
+    }
+
+    fn events_of(&self, context: u32) -> Vec<Event> {
+        self.events
+            .borrow()
+            .iter()
+            .filter(|(c, _)| *c == context)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn resumed(&self) -> Vec<u32> {
+        self.contexts_with(|e| *e == Event::Resumed)
+    }
+
+    fn answered(&self) -> Vec<(u32, u32, String)> {
+        self.events
+            .borrow()
+            .iter()
+            .filter_map(|(c, e)| match e {
+                Event::Answered(status, reason) => Some((*c, *status, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn contexts_with(&self, pick: impl Fn(&Event) -> bool) -> Vec<u32> {
+        self.events
+            .borrow()
+            .iter()
+            .filter(|(_, e)| pick(e))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// The token and URL path of every callout `context` dispatched.
+    fn callouts_of(&self, context: u32) -> Vec<(u32, String)> {
+        self.dispatched
+            .borrow()
+            .iter()
+            .filter(|(c, _, _)| *c == context)
+            .map(|(_, token, callout)| (*token, callout.url.path.clone()))
+            .collect()
+    }
+}
+
+impl Clock for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+impl Metrics for FakeHost {
+    fn increment(&self, counter: Counter, by: u64) {
+        self.metrics.increment(counter, by);
+    }
+
+    fn set(&self, gauge: Gauge, value: u64) {
+        self.metrics.set(gauge, value);
+    }
+
+    fn record(&self, histogram: Histogram, value: u64) {
+        self.metrics.record(histogram, value);
+    }
+}
+
+impl Door for FakeHost {
+    fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
+        if self.refused.borrow().contains(&callout.upstream) {
+            return Err(format!(
+                "BadArgument (is `{}` a cluster?)",
+                callout.upstream
+            ));
+        }
+        let mut dispatched = self.dispatched.borrow_mut();
+        // Tokens start at 100, apart from context ids.
+        let token = 100 + dispatched.len() as u32;
+        dispatched.push((self.current.get(), token, callout.clone()));
+        Ok(token)
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), ()> {
+        if self.gone.borrow().contains(&context_id) {
+            return Err(());
+        }
+        self.current.set(context_id);
+        self.acted_on.borrow_mut().push(context_id);
+        Ok(())
+    }
+
+    fn send_response(&self, response: &HttpResponse) {
+        let body: Value = serde_json::from_slice(&response.body).unwrap();
+        let reason = body["reason"].as_str().unwrap().to_string();
+        self.record(Event::Answered(response.status, reason));
+    }
+
+    fn resume_request(&self) {
+        self.record(Event::Resumed);
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        self.record(Event::RemovedHeader(name.to_string()));
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.record(Event::SetHeader(name.to_string(), value.to_string()));
+    }
+
+    fn clear_route_cache(&self) {
+        self.record(Event::ClearedRoute);
+    }
+
+    fn set_reason_filter_state(&self, code: &str) {
+        self.record(Event::ReasonState(code.to_string()));
+    }
+}
+
+/// core/tests/vectors.json: its `now`, a token by name, and its JWKS.
+struct Vectors(Value);
+
+impl Vectors {
+    fn load() -> Vectors {
+        Vectors(serde_json::from_str(include_str!("../core/tests/vectors.json")).unwrap())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0["now"].as_u64().unwrap() * 1000
+    }
+
+    fn token(&self, name: &str) -> String {
+        self.0["tokens"][name].as_str().unwrap().to_string()
+    }
+
+    /// Without its `oct` key, published for other tools: a configured JWKS
+    /// may not hold one (a fetched one's is skipped).
+    fn jwks(&self) -> String {
+        let mut jwks = self.0["jwks"].clone();
+        if let Some(keys) = jwks["keys"].as_array_mut() {
+            keys.retain(|k| k["kty"] != "oct");
+        }
+        jwks.to_string()
+    }
+}
+
+/// The glue over a fake host at the vectors' time, on "Envoy".
+fn glue(config: &str) -> Shared<FakeHost> {
+    let host = FakeHost::default();
+    host.clock.advance_ms(Vectors::load().now_ms());
+    host.current.set(ROOT);
+    Shared::new(Config::from_json(config.as_bytes()).unwrap(), true, host)
+}
+
+/// One issuer whose keys come from discovery, then its JWKS, on cluster `as`.
+fn fetched() -> Shared<FakeHost> {
+    glue(
+        r#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as"}]}"#,
+    )
+}
+
+/// One issuer with inline keys, and an OPA PDP on cluster `pdp`.
+fn with_pdp() -> Shared<FakeHost> {
+    let jwks = Vectors::load().jwks();
+    glue(&format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],"pdp":{{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}}}}"#
+    ))
+}
+
+/// The host runs request `id`'s header callback with a good token.
+fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
+    shared.host.current.set(id);
+    let headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), "/".to_string()),
+        (
+            "authorization".to_string(),
+            format!("Bearer {}", Vectors::load().token("good_RS256")),
+        ),
+        ("x-request-id".to_string(), format!("req-{id}")),
+    ];
+    shared.decide(id, headers)
+}
+
+/// The host runs the root's tick.
+fn tick(shared: &Shared<FakeHost>) {
+    shared.host.current.set(ROOT);
+    shared.on_tick();
+}
+
+/// The host delivers the answer to `token` to the context that dispatched it.
+fn answer(shared: &Shared<FakeHost>, token: u32, status: u16, body: &str) {
+    let context = shared
+        .host
+        .dispatched
+        .borrow()
+        .iter()
+        .find(|(_, t, _)| *t == token)
+        .map(|(c, _, _)| *c)
+        .unwrap();
+    shared.host.current.set(context);
+    let reply = CalloutReply {
+        status: Some(status),
+        body: body.as_bytes().to_vec(),
+        oversized: None,
+    };
+    shared.on_reply(token, &reply);
+}
+
+const DISCOVERY: &str = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys"}"#;
+
+/// Ticks, answers the discovery the root dispatched, then its JWKS fetch.
+fn load_keys(shared: &Shared<FakeHost>) {
+    tick(shared);
+    let [(discovery, path)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    assert_eq!(path, "/.well-known/openid-configuration");
+    answer(shared, discovery, 200, DISCOVERY);
+    let calls = shared.host.callouts_of(ROOT);
+    let [_, (jwks, path)] = calls.as_slice() else {
+        panic!("no JWKS fetch after discovery: {calls:?}")
+    };
+    assert_eq!(path, "/keys");
+    answer(shared, *jwks, 200, &Vectors::load().jwks());
+}
+
+fn is_identity(event: &Event) -> bool {
+    matches!(event, Event::SetHeader(name, _) if name == "x-oauth-client-id")
+}
+
+#[test]
+fn a_request_waiting_for_keys_is_parked_until_the_root_has_fetched_them() {
+    let shared = fetched();
+    assert!(matches!(request(&shared, 7), Outcome::Hold));
+    assert!(
+        shared.host.dispatched.borrow().is_empty(),
+        "a request never dispatches a key fetch: its context may end first"
+    );
+    assert!(
+        shared.host.events.borrow().is_empty(),
+        "parked, not answered"
+    );
+
+    load_keys(&shared);
+
+    assert_eq!(shared.host.acted_on.borrow().as_slice(), &[7]);
+    let events = shared.host.events_of(7);
+    assert!(
+        events.contains(&Event::SetHeader(
+            "x-oauth-client-id".into(),
+            "client-1".into()
+        )),
+        "{events:?}"
+    );
+    assert!(events.contains(&Event::SetHeader(
+        "x-authenticated-scope".into(),
+        "read,write".into()
+    )));
+    assert_eq!(events.last(), Some(&Event::Resumed), "headers set first");
+    assert_eq!(shared.host.resumed(), vec![7]);
+    assert_eq!(
+        shared.host.events_of(ROOT),
+        vec![],
+        "nothing acts on the root"
+    );
+    let loaded = shared.state.borrow().keys.keys(0).map(|k| k.len());
+    assert!(loaded > Some(0));
+    assert_eq!(
+        shared.host.metrics.gauge(Gauge::KeysLoaded { issuer: 0 }),
+        loaded.map(|n| n as u64)
+    );
+
+    // The keys are loaded: the next request goes on at once, without a wait.
+    assert!(matches!(request(&shared, 8), Outcome::Proceed));
+    assert!(shared.host.events_of(8).iter().any(is_identity));
+    assert_eq!(shared.host.dispatched.borrow().len(), 2);
+}
+
+#[test]
+fn twenty_requests_waiting_for_one_issuer_share_one_fetch() {
+    let shared = fetched();
+    let ids: Vec<u32> = (10..30).collect();
+    for &id in &ids {
+        assert!(matches!(request(&shared, id), Outcome::Hold));
+    }
+    load_keys(&shared);
+    tick(&shared);
+
+    assert_eq!(
+        shared.host.dispatched.borrow().len(),
+        2,
+        "one discovery and one JWKS fetch"
+    );
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, ids, "each once");
+    let mut with_identity = shared.host.contexts_with(is_identity);
+    with_identity.sort_unstable();
+    assert_eq!(with_identity, ids);
+}
+
+#[test]
+fn a_wait_past_its_deadline_is_answered_503_and_an_ended_request_is_left_alone() {
+    let shared = fetched();
+    request(&shared, 7);
+    request(&shared, 8);
+    tick(&shared);
+    let fetches = shared.host.dispatched.borrow().len();
+    assert_eq!(fetches, 1, "the discovery fetch, which never answers");
+
+    // Request 8's client goes away.
+    shared.forget(8);
+    shared.host.gone.borrow_mut().insert(8);
+
+    shared.host.clock.advance_ms(5_000);
+    tick(&shared);
+    assert!(
+        shared.host.events.borrow().is_empty(),
+        "within the deadline"
+    );
+
+    shared.host.clock.advance_ms(10_000);
+    tick(&shared);
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 503, "keys_unavailable".to_string())]
+    );
+    assert_eq!(
+        shared.host.events_of(7),
+        vec![
+            Event::ReasonState("keys_unavailable".into()),
+            Event::Answered(503, "keys_unavailable".into())
+        ]
+    );
+    assert!(!shared.host.acted_on.borrow().contains(&8));
+    assert!(shared.host.events_of(8).is_empty());
+    assert!(shared.host.resumed().is_empty());
+
+    // A late answer to the first fetch acts on no one either.
+    answer(&shared, 100, 200, DISCOVERY);
+    assert_eq!(shared.host.acted_on.borrow().as_slice(), &[7]);
+}
+
+#[test]
+fn an_ended_request_is_not_woken_when_the_keys_arrive() {
+    let shared = fetched();
+    request(&shared, 7);
+    request(&shared, 8);
+    shared.forget(8);
+    shared.host.gone.borrow_mut().insert(8);
+    load_keys(&shared);
+    assert_eq!(shared.host.acted_on.borrow().as_slice(), &[7]);
+    assert_eq!(shared.host.resumed(), vec![7]);
+    assert!(shared.host.events_of(8).is_empty());
+}
+
+#[test]
+fn a_pdp_answer_resumes_the_request_that_asked() {
+    let shared = with_pdp();
+    assert!(matches!(request(&shared, 7), Outcome::Hold));
+    assert!(matches!(request(&shared, 8), Outcome::Hold));
+    let [(token, path)] = shared.host.callouts_of(7).try_into().unwrap();
+    assert_eq!(path, "/v1/data/authz");
+    assert_eq!(shared.host.callouts_of(8).len(), 1);
+    assert!(shared.host.events.borrow().is_empty(), "both wait");
+
+    answer(&shared, token, 200, r#"{"result":true}"#);
+
+    assert_eq!(shared.host.resumed(), vec![7]);
+    let events = shared.host.events_of(7);
+    assert!(events.iter().any(is_identity), "{events:?}");
+    assert!(shared.host.events_of(8).is_empty(), "still waiting");
+    assert_eq!(
+        shared.host.acted_on.borrow().as_slice(),
+        &[7],
+        "only on the request that asked"
+    );
+    assert_eq!(shared.host.metrics.counter(Counter::Allowed), 1);
+}
+
+#[test]
+fn a_pdp_callout_the_host_refuses_is_a_503_without_resume() {
+    let shared = with_pdp();
+    shared.host.refused.borrow_mut().insert("pdp".into());
+    assert!(matches!(request(&shared, 7), Outcome::Hold));
+    assert!(shared.host.dispatched.borrow().is_empty());
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 503, "pdp_unavailable".to_string())]
+    );
+    assert!(shared.host.resumed().is_empty());
+}
+
+#[test]
+fn a_key_fetch_the_host_refuses_answers_the_parked_requests_503() {
+    let shared = fetched();
+    shared.host.refused.borrow_mut().insert("as".into());
+    request(&shared, 7);
+    request(&shared, 8);
+    tick(&shared);
+
+    assert!(shared.host.dispatched.borrow().is_empty());
+    let mut answered = shared.host.answered();
+    answered.sort();
+    assert_eq!(
+        answered,
+        vec![
+            (7, 503, "keys_unavailable".to_string()),
+            (8, 503, "keys_unavailable".to_string())
+        ]
+    );
+    assert!(shared.host.resumed().is_empty());
+    assert!(shared.host.events_of(ROOT).is_empty(), "never on the root");
+}
