@@ -43,7 +43,8 @@ struct FakeHost {
     refused: RefCell<HashSet<String>>,
     /// Requests that ended: making one effective fails.
     gone: RefCell<HashSet<u32>>,
-    /// Every `set_effective_context` that succeeded.
+    /// Every context the glue asked to make effective, gone or not: a
+    /// request that ended must not be asked for at all.
     acted_on: RefCell<Vec<u32>>,
     events: RefCell<Vec<(u32, Event)>>,
 }
@@ -133,11 +134,11 @@ impl Door for FakeHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), ()> {
+        self.acted_on.borrow_mut().push(context_id);
         if self.gone.borrow().contains(&context_id) {
             return Err(());
         }
         self.current.set(context_id);
-        self.acted_on.borrow_mut().push(context_id);
         Ok(())
     }
 
