@@ -301,3 +301,21 @@ def test_an_oversized_key_server_reply_is_a_failure_not_read(start_envoy, filter
     harness.wait_until(lambda: "more than the 1048576 accepted" in env.log_text(), 10, what="the log line")
     authserver.set_jwks_mode("ok")
     env.wait_status("/", token=token, timeout=10)
+
+
+def test_a_repeated_forgery_is_answered_from_memory(start_envoy, filter_config, authserver):
+    """Before: every request with a bad signature cost a signature check
+    (~1 ms in wasm), a denial-of-service lever; failures were not cached."""
+    env = start_envoy(filter_config())
+    env.wait_status("/", token=authserver.token())
+    good = authserver.mint()
+    header, payload, signature = good.split(".")
+    forged = "%s.%s.%s" % (header, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB"))
+    name = "wasmcustom.oauth_pep.cache_%s.cache.rejected_tokens"
+    before = env.stats("rejected_tokens")
+    for _ in range(5):
+        r = env.get("/", token=forged)
+        assert r.status_code == 401 and r.json()["reason"] == "signature_invalid", r.text
+    after = env.stats("rejected_tokens")
+    # One signature check (the miss), then four answers from memory.
+    assert [after[name % e] - before[name % e] for e in ("misses", "hits")] == [1, 4], (before, after)

@@ -42,6 +42,8 @@ struct RawConfig {
     token_cache_entries: usize,
     #[serde(default = "default_cache_bytes")]
     token_cache_bytes: usize,
+    #[serde(default = "default_rejected_cache_bytes")]
+    rejected_cache_bytes: usize,
     policy: Option<Value>,
     #[serde(default = "yes")]
     deny_by_default: bool,
@@ -71,6 +73,9 @@ fn default_cache_entries() -> usize {
 }
 fn default_cache_bytes() -> usize {
     4 << 20
+}
+fn default_rejected_cache_bytes() -> usize {
+    1 << 20
 }
 fn default_refresh() -> u64 {
     300
@@ -172,6 +177,8 @@ pub struct Config {
     pub token_sources: Vec<TokenSource>,
     pub forward: Forward,
     pub token_cache: CacheLimits,
+    /// Byte budget of the cache of tokens whose signature failed.
+    pub rejected_cache_bytes: usize,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
     /// With a policy: whether a path/method that no rule names is refused.
@@ -385,6 +392,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             payload_header,
             hide_credentials: raw.forward.hide_credentials,
         },
+        rejected_cache_bytes: raw.rejected_cache_bytes,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,
             max_entries: raw.token_cache_entries,

@@ -22,6 +22,8 @@ use crate::verify::{PureRustVerifier, SignatureVerifier};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
 const NO_EXP_CACHE_SECONDS: u64 = 300;
+/// How long a token whose signature failed is answered from memory.
+const REJECTED_CACHE_SECONDS: u64 = 60;
 
 /// The facts of one request, as the glue read them.
 pub struct Request<'a> {
@@ -38,6 +40,8 @@ pub struct State {
     pub tokens: BoundedCache<Rc<Grant>>,
     /// PDP answers, by the SHA-256 of (subject, client, method, path, scopes).
     pub decisions: BoundedCache<bool>,
+    /// Denials of tokens whose signature failed, by the SHA-256 of the token.
+    pub rejected: BoundedCache<Rc<Denial>>,
     /// Checks signatures; replaceable so tests can inject their own.
     pub verifier: Box<dyn SignatureVerifier>,
 }
@@ -52,6 +56,7 @@ impl State {
             keys: KeyManager::new(&config.issuers),
             tokens: BoundedCache::new(config.token_cache.max_bytes, config.token_cache.max_entries),
             decisions: BoundedCache::new(pdp_bytes, pdp_entries),
+            rejected: BoundedCache::new(config.rejected_cache_bytes, usize::MAX),
             verifier: Box::new(PureRustVerifier),
         }
     }
@@ -421,6 +426,9 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
     if let Some(hit) = state.tokens.get(&key, now) {
         return Ok(Rc::clone(hit));
     }
+    if let Some(denial) = state.rejected.get(&key, now) {
+        return Err(Verdict::Deny((**denial).clone()));
+    }
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
     let issuer = unverified.issuer;
@@ -443,6 +451,18 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
         Err(TokenError::Key(KeyLookupError::UnknownKid(kid))) => {
             let wait = state.keys.refetch_for_unknown_kid(issuer, &kid, now);
             Err(Verdict::from_key_wait(config, wait, issuer, Some(kid)))
+        }
+        // A signature that did not verify never will: remembering it makes a
+        // repeated forgery cost a lookup instead of ~1 ms of signature work.
+        Err(e @ (TokenError::BadSignature | TokenError::Signature(_))) => {
+            let denial = Denial::InvalidToken(TokenProblem::Jwt(e));
+            state.rejected.insert(
+                key,
+                Rc::new(denial.clone()),
+                now.saturating_add(REJECTED_CACHE_SECONDS),
+                now,
+            );
+            Err(Verdict::Deny(denial))
         }
         Err(e) => Err(invalid(e)),
     }
@@ -1321,5 +1341,51 @@ mod tests {
         // weighs a few hundred bytes, not the ~10 KB of its claims.
         assert!(s.tokens.len() > 100, "{} cached", s.tokens.len());
         assert!(s.tokens.stats().evictions > 0);
+    }
+
+    #[test]
+    fn a_repeated_forgery_costs_one_signature_check_per_minute() {
+        use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
+        use std::cell::Cell;
+        struct Counting(Rc<Cell<usize>>);
+        impl SignatureVerifier for Counting {
+            fn verify(
+                &self,
+                alg: crate::alg::Alg,
+                key: &KeyMaterial,
+                input: &[u8],
+                signature: &[u8],
+            ) -> Result<(), VerifyError> {
+                self.0.set(self.0.get() + 1);
+                PureRustVerifier.verify(alg, key, input, signature)
+            }
+        }
+        let c = inline_config("");
+        let mut s = State::new(&c);
+        let checks = Rc::new(Cell::new(0));
+        s.verifier = Box::new(Counting(Rc::clone(&checks)));
+        let forged = bearer(vectors().token("bad_signature"));
+        let at = |s: &mut State, t: u64| {
+            let request = Request {
+                method: "GET",
+                path: "/",
+                headers: &forged,
+            };
+            authorize(&c, s, &request, t)
+        };
+        let now = vectors().now;
+        for _ in 0..5 {
+            let Verdict::Deny(denial) = at(&mut s, now) else {
+                panic!()
+            };
+            assert_eq!(denial.code(), "signature_invalid");
+        }
+        assert_eq!(checks.get(), 1, "answered from memory after the first");
+        assert_eq!(s.rejected.stats().hits, 4);
+        let _ = at(&mut s, now + REJECTED_CACHE_SECONDS);
+        assert_eq!(checks.get(), 2, "remembered for a minute only");
+        // A good token is never put there.
+        let _ = run(&c, &mut s, &good(), "/");
+        assert_eq!(s.rejected.len(), 1);
     }
 }

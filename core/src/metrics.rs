@@ -100,15 +100,21 @@ impl CalloutOutcome {
 pub enum CacheName {
     Tokens,
     PdpDecisions,
+    RejectedTokens,
 }
 
 impl CacheName {
-    pub const ALL: [CacheName; 2] = [CacheName::Tokens, CacheName::PdpDecisions];
+    pub const ALL: [CacheName; 3] = [
+        CacheName::Tokens,
+        CacheName::PdpDecisions,
+        CacheName::RejectedTokens,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             CacheName::Tokens => "tokens",
             CacheName::PdpDecisions => "pdp_decisions",
+            CacheName::RejectedTokens => "rejected_tokens",
         }
     }
 }
@@ -283,6 +289,7 @@ fn issuer_label(issuer: &str) -> String {
 pub struct CacheCounts {
     tokens: CacheStats,
     decisions: CacheStats,
+    rejected: CacheStats,
 }
 
 impl CacheCounts {
@@ -298,6 +305,12 @@ impl CacheCounts {
             CacheName::PdpDecisions,
             &mut self.decisions,
             state.decisions.stats(),
+            metrics,
+        );
+        report_cache(
+            CacheName::RejectedTokens,
+            &mut self.rejected,
+            state.rejected.stats(),
             metrics,
         );
     }
@@ -372,8 +385,8 @@ mod tests {
             );
         }
         // 1 allowed + one per reason + 3 kinds x (4 outcomes + 1 histogram)
-        // + 2 caches x 3 events + 1 issuer x 3.
-        assert_eq!(names.len(), 1 + Reason::ALL.len() + 15 + 6 + 3);
+        // + 3 caches x 3 events + 1 issuer x 3.
+        assert_eq!(names.len(), 1 + Reason::ALL.len() + 15 + 9 + 3);
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {
             assert!(

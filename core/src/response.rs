@@ -183,6 +183,12 @@ pub enum Denial {
     },
 }
 
+impl crate::cache::Weigh for Denial {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Denial>().saturating_add(self.description().len())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: u32,
