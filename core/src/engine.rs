@@ -170,7 +170,7 @@ impl Verdict {
         kid: Option<String>,
     ) -> Verdict {
         match wait {
-            KeyWait::Fetch { step, callout, .. } => Verdict::Callout {
+            KeyWait::Fetch { step, callout } => Verdict::Callout {
                 callout: Box::new(callout),
                 resume: Resume::Keys { issuer, step },
             },

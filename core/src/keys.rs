@@ -120,12 +120,8 @@ pub enum FetchProgress {
 /// What a request that lacks keys (or the key its `kid` names) may do.
 #[derive(Debug, PartialEq)]
 pub enum KeyWait {
-    /// Start this fetch and wait for it, until `until`.
-    Fetch {
-        step: FetchStep,
-        callout: Callout,
-        until: u64,
-    },
+    /// Start this fetch and wait for it, until [`KeyManager::awaited_until`].
+    Fetch { step: FetchStep, callout: Callout },
     /// Wait for the fetch in flight, until `until`.
     Wait { until: u64 },
     /// No fetch can help now; the keys are unavailable for this reason (503).
@@ -273,12 +269,7 @@ impl KeyManager {
         }
         if state.may_start_for_request(now) {
             if let Some((step, callout)) = state.start(settings, now) {
-                let until = state.in_flight_until.unwrap_or(now);
-                return KeyWait::Fetch {
-                    step,
-                    callout,
-                    until,
-                };
+                return KeyWait::Fetch { step, callout };
             }
         }
         state.unavailable(settings)
@@ -311,12 +302,7 @@ impl KeyManager {
         if refetch {
             if let Some((step, callout)) = state.start(settings, now) {
                 state.wanted_kids.push(kid);
-                let until = state.in_flight_until.unwrap_or(now);
-                return KeyWait::Fetch {
-                    step,
-                    callout,
-                    until,
-                };
+                return KeyWait::Fetch { step, callout };
             }
         }
         if state.last_error.is_some() {
