@@ -777,10 +777,11 @@ fn admit(
             .insert(key, Rc::new(denial.clone()), negative_until, now);
         Err(denial)
     };
-    let exp = match introspection::check_active(&claims, settings, &config.rules, now) {
-        Ok(exp) => exp,
-        Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
-    };
+    let exp =
+        match introspection::check_active(&claims, settings, &config.rules, local.is_some(), now) {
+            Ok(exp) => exp,
+            Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
+        };
     let phantom = config.forward.phantom_token_header.as_ref().map(|_| {
         let mut answer = claims.clone();
         answer.insert("active".into(), serde_json::Value::Bool(true));
@@ -826,7 +827,7 @@ fn finish_introspection(
         issuer, key, local, ..
     } = pending;
     state.introspecting.remove(&key);
-    let shared = config.shared_cache.clone();
+    let shared = &config.shared_cache;
     shared.release(state.shared.as_ref(), &key, state.worker);
     let Some(settings) = config
         .issuers
@@ -1854,3 +1855,7 @@ mod tests {
         assert_eq!(s.rejected.len(), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "engine_introspection_tests.rs"]
+mod introspection_tests;

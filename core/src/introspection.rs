@@ -365,11 +365,14 @@ pub fn interpret(reply: &CalloutReply) -> Result<Answer, IntrospectionError> {
 /// An active answer's claims, checked as a JWT's would be: `iss` (when the
 /// server says it) must be this issuer, `token_type` (when said) a bearer
 /// access token, then times, audience and lifetime as [`check_claims`]
-/// does. `exp` is optional here (RFC 7662 makes it so). Returns `exp`.
+/// does. `exp` is optional here (RFC 7662 makes it so). An answer without
+/// `aud` fails a configured audience list, unless `verified_jwt` says the
+/// token's own `aud` was already checked. Returns `exp`.
 pub fn check_active(
     claims: &Map<String, Value>,
     issuer: &Issuer,
     rules: &JwtRules,
+    verified_jwt: bool,
     now: u64,
 ) -> Result<Option<u64>, TokenError> {
     match claims.get("iss") {
@@ -397,7 +400,12 @@ pub fn check_active(
             .filter(|_| claims.contains_key("exp")),
         ..rules.clone()
     };
-    check_claims(claims, issuer, &rules, now)
+    let audiences: &[String] = if verified_jwt && !claims.contains_key("aud") {
+        &[]
+    } else {
+        &issuer.audiences
+    };
+    check_claims(claims, audiences, &rules, now)
 }
 
 fn is_bearer_access_token(kind: &str) -> bool {
@@ -620,12 +628,18 @@ mod tests {
             r#"{"aud":"api","exp":1700000100,"iss":"https://as.test","token_type":"Bearer"}"#,
         );
         assert_eq!(
-            check_active(&ok, &issuer, &rules, now),
+            check_active(&ok, &issuer, &rules, false, now),
             Ok(Some(1_700_000_100))
         );
         // Neither exp nor the lifetime limit is required of an answer.
         assert_eq!(
-            check_active(&claims(r#"{"aud":["x","api"]}"#), &issuer, &rules, now),
+            check_active(
+                &claims(r#"{"aud":["x","api"]}"#),
+                &issuer,
+                &rules,
+                false,
+                now
+            ),
             Ok(None)
         );
         for (json, err) in [
@@ -650,7 +664,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                check_active(&claims(json), &issuer, &rules, now),
+                check_active(&claims(json), &issuer, &rules, false, now),
                 Err(err),
                 "{json}"
             );

@@ -313,7 +313,7 @@ pub fn precheck<'t>(
         return Err(TokenError::AlgNotAllowed(alg));
     }
 
-    let exp = check_claims(&claims, config, rules, now)?;
+    let exp = check_claims(&claims, &config.audiences, rules, now)?;
     Ok(Unverified {
         signing_input: segments.signing_input,
         signature,
@@ -331,7 +331,7 @@ pub fn precheck<'t>(
 /// the skew, the audience, the lifetime. Returns `exp`.
 pub fn check_claims(
     claims: &Map<String, Value>,
-    config: &Issuer,
+    audiences: &[String],
     rules: &JwtRules,
     now: u64,
 ) -> Result<Option<u64>, TokenError> {
@@ -353,7 +353,7 @@ pub fn check_claims(
     if iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
         return Err(TokenError::IssuedInFuture);
     }
-    if !config.audiences.is_empty() && !audience_matches(claims.get("aud"), &config.audiences) {
+    if !audiences.is_empty() && !audience_matches(claims.get("aud"), audiences) {
         return Err(TokenError::WrongAudience);
     }
     if let Some(max) = rules.max_lifetime_seconds {

@@ -1,0 +1,453 @@
+//! The engine with opaque tokens: when it asks the introspection endpoint,
+//! who waits, what is cached (per worker and in shared data), and what every
+//! kind of answer leads to.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::rc::Rc;
+
+use super::*;
+use crate::extract::tests::h;
+use crate::jwt::test_vectors::vectors;
+use crate::services::testing::MemoryStore;
+use crate::services::CasMismatch;
+
+const NOW: u64 = 1_700_001_000;
+
+/// One shared-data store for several workers.
+struct Shared(Rc<MemoryStore>);
+
+impl SharedStore for Shared {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        self.0.set(key, value, cas)
+    }
+}
+
+fn config(introspection: &str, extra: &str) -> Config {
+    let v = vectors();
+    let jwks = String::from_utf8(v.jwks).unwrap();
+    let json = format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks},
+            "introspection":{{"endpoint":"https://issuer.test/introspect","upstream":"as",
+            "client_id":"pep","client_secret":"pep-secret"{introspection}}}}}]{extra}}}"#
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+fn worker(c: &Config, store: &Rc<MemoryStore>, id: u64) -> State {
+    let mut s = State::new(c);
+    s.shared = Box::new(Shared(Rc::clone(store)));
+    s.worker = id;
+    s
+}
+
+fn ask(c: &Config, s: &mut State, token: &str, now: u64) -> Verdict {
+    let headers = h(&[("authorization", &format!("Bearer {token}"))]);
+    let request = Request {
+        method: "GET",
+        path: "/api",
+        headers: &headers,
+    };
+    authorize(c, s, &request, now)
+}
+
+fn ask_knowing(c: &Config, s: &mut State, token: &str, known: &Known, now: u64) -> Verdict {
+    let headers = h(&[("authorization", &format!("Bearer {token}"))]);
+    let request = Request {
+        method: "GET",
+        path: "/api",
+        headers: &headers,
+    };
+    authorize_knowing(c, s, &request, Some(known), now)
+}
+
+fn answer(status: u16, body: &str) -> CalloutReply {
+    CalloutReply {
+        status: Some(status),
+        body: body.as_bytes().to_vec(),
+        oversized: None,
+    }
+}
+
+fn active(exp: u64) -> String {
+    format!(
+        r#"{{"active":true,"scope":"read write","client_id":"app","sub":"alice","aud":"api","exp":{exp},"iss":"https://issuer.test"}}"#
+    )
+}
+
+/// The introspection callout `v` asks for, and its resume.
+fn expect_callout(v: Verdict) -> (Callout, Resume) {
+    match v {
+        Verdict::Callout {
+            callout,
+            resume: resume @ Resume::Introspect(_),
+        } => (*callout, resume),
+        other => panic!("no introspection asked: {other:?}"),
+    }
+}
+
+fn settle(
+    c: &Config,
+    s: &mut State,
+    resume: Resume,
+    reply: Result<&CalloutReply, &str>,
+    now: u64,
+) -> (Known, IntrospectionResult) {
+    match super::resume(c, s, resume, reply, now) {
+        Resumed::Introspected { known, result, .. } => (known, result),
+        other => panic!("not an introspection outcome: {other:?}"),
+    }
+}
+
+fn header<'a>(allow: &'a Allow, name: &str) -> Option<&'a str> {
+    allow
+        .set_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn an_opaque_token_is_asked_about_once_and_waiters_share_the_answer() {
+    let c = config(
+        "",
+        r#","forward":{"phantom_token_header":"x-introspection"}"#,
+    );
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let (callout, resume) = expect_callout(ask(&c, &mut s, "opaque-1", NOW));
+    assert_eq!(callout.url.path, "/introspect");
+    assert_eq!(
+        callout.body.as_deref(),
+        Some(&b"token=opaque-1&token_type_hint=access_token"[..])
+    );
+    // A second request for the same token waits for that callout.
+    assert!(matches!(
+        ask(&c, &mut s, "opaque-1", NOW),
+        Verdict::WaitForIntrospection { issuer: 0, .. }
+    ));
+    let (known, result) = settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, &active(NOW + 600))),
+        NOW,
+    );
+    assert_eq!(result, IntrospectionResult::Active);
+    let Verdict::Allow(allow) = ask_knowing(&c, &mut s, "opaque-1", &known, NOW) else {
+        panic!("the waiter is not allowed")
+    };
+    assert_eq!(header(&allow, "x-authenticated-scope"), Some("read,write"));
+    assert_eq!(header(&allow, "x-oauth-client-id"), Some("app"));
+    assert_eq!(allow.subject.as_deref(), Some("alice"));
+    let phantom: serde_json::Value =
+        serde_json::from_str(header(&allow, "x-introspection").unwrap()).unwrap();
+    assert_eq!(phantom["active"], true);
+    assert_eq!(phantom["sub"], "alice");
+    // Later requests: from the worker's cache, no callout.
+    assert!(matches!(
+        ask(&c, &mut s, "opaque-1", NOW + 1),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn another_worker_waits_for_the_first_one_and_reads_its_answer() {
+    let c = config("", "");
+    let store = Rc::new(MemoryStore::default());
+    let mut first = worker(&c, &store, 1);
+    let mut second = worker(&c, &store, 2);
+    let (_, resume) = expect_callout(ask(&c, &mut first, "opaque-2", NOW));
+    assert!(matches!(
+        ask(&c, &mut second, "opaque-2", NOW),
+        Verdict::WaitForIntrospection { .. }
+    ));
+    assert!(!second.is_introspecting(&digest(&[b"opaque-2"])));
+    settle(
+        &c,
+        &mut first,
+        resume,
+        Ok(&answer(200, &active(NOW + 600))),
+        NOW,
+    );
+    assert!(matches!(
+        ask(&c, &mut second, "opaque-2", NOW),
+        Verdict::Allow(_)
+    ));
+    assert_eq!(second.shared_stats.hits, 1);
+    // A worker that lost its marker's owner (no answer by the deadline) asks itself.
+    let (_, _lost) = expect_callout(ask(&c, &mut first, "opaque-3", NOW));
+    let Verdict::WaitForIntrospection { until, .. } = ask(&c, &mut second, "opaque-3", NOW) else {
+        panic!()
+    };
+    expect_callout(ask(&c, &mut second, "opaque-3", until));
+}
+
+#[test]
+fn failures_are_503s_that_nothing_remembers() {
+    let c = config("", "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let huge = CalloutReply {
+        status: Some(200),
+        body: Vec::new(),
+        oversized: Some(2 << 20),
+    };
+    for reply in [
+        Ok(answer(500, r#"{"active":true}"#)),
+        Ok(answer(401, r#"{"error":"invalid_client"}"#)),
+        Ok(answer(200, "<html>login</html>")),
+        Ok(answer(200, r#"{"scope":"read"}"#)),
+        Ok(CalloutReply::default()),
+        Ok(huge),
+        Err("BadArgument"),
+    ] {
+        let (_, resume) = expect_callout(ask(&c, &mut s, "opaque-f", NOW));
+        let (known, result) = settle(&c, &mut s, resume, reply.as_ref().map_err(|e| *e), NOW);
+        assert_eq!(result, IntrospectionResult::Failed);
+        let Err(denial @ Denial::IntrospectionUnavailable { .. }) = &known.1 else {
+            panic!("{:?}", known.1)
+        };
+        assert_eq!(denial.status(), 503);
+        assert!(!denial.description().contains("pep-secret"));
+    }
+    // And once the endpoint answers again, the token passes.
+    let (_, resume) = expect_callout(ask(&c, &mut s, "opaque-f", NOW));
+    settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 60))), NOW);
+    assert!(matches!(
+        ask(&c, &mut s, "opaque-f", NOW),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn an_inactive_answer_is_remembered_for_the_negative_ttl_only() {
+    let c = config(r#","negative_ttl_seconds":5"#, "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let (_, resume) = expect_callout(ask(&c, &mut s, "revoked", NOW));
+    let (known, result) = settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, r#"{"active":false}"#)),
+        NOW,
+    );
+    assert_eq!(result, IntrospectionResult::Inactive);
+    let inactive = Denial::InvalidToken(TokenProblem::Inactive);
+    assert_eq!(known.1, Err(inactive.clone()));
+    assert_eq!(inactive.code(), "token_inactive");
+    assert_eq!(
+        ask(&c, &mut s, "revoked", NOW + 4),
+        Verdict::Deny(inactive.clone())
+    );
+    // Another worker reads it from shared data.
+    let mut other = worker(&c, &store, 2);
+    assert_eq!(
+        ask(&c, &mut other, "revoked", NOW + 4),
+        Verdict::Deny(inactive)
+    );
+    expect_callout(ask(&c, &mut s, "revoked", NOW + 5));
+}
+
+#[test]
+fn an_active_answer_lives_until_exp_or_the_maximum_then_is_asked_again() {
+    let c = config(r#","max_ttl_seconds":30"#, "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW));
+    settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, &active(NOW + 3600))),
+        NOW,
+    );
+    assert!(matches!(ask(&c, &mut s, "t", NOW + 29), Verdict::Allow(_)));
+    // Revoked meanwhile: the next answer after the TTL says so.
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 30));
+    settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, r#"{"active":false}"#)),
+        NOW + 30,
+    );
+    assert!(matches!(ask(&c, &mut s, "t", NOW + 31), Verdict::Deny(_)));
+    // exp sooner than the maximum: exp less the margin.
+    let (_, resume) = expect_callout(ask(&c, &mut s, "short", NOW));
+    settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 20))), NOW);
+    assert!(matches!(
+        ask(&c, &mut s, "short", NOW + 14),
+        Verdict::Allow(_)
+    ));
+    expect_callout(ask(&c, &mut s, "short", NOW + 15));
+}
+
+#[test]
+fn active_answers_are_checked_like_jwt_claims() {
+    let c = config("", "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    for (body, reason) in [
+        (
+            r#"{"active":true,"aud":"other","exp":1700009999}"#,
+            "audience_mismatch",
+        ),
+        (
+            r#"{"active":true,"aud":"api","exp":1700000000}"#,
+            "token_expired",
+        ),
+        (
+            r#"{"active":true,"aud":"api","iss":"https://evil.test"}"#,
+            "issuer_unknown",
+        ),
+        (
+            r#"{"active":true,"aud":"api","token_type":"refresh_token"}"#,
+            "token_malformed",
+        ),
+        (
+            r#"{"active":true,"aud":"api","client_id":"a\nb"}"#,
+            "claim_unusable",
+        ),
+    ] {
+        let token = format!("tok-{reason}");
+        let (_, resume) = expect_callout(ask(&c, &mut s, &token, NOW));
+        let (known, result) = settle(&c, &mut s, resume, Ok(&answer(200, body)), NOW);
+        assert_eq!(result, IntrospectionResult::Inactive, "{body}");
+        let Err(denial) = known.1 else {
+            panic!("{body}")
+        };
+        assert_eq!((denial.status(), denial.code()), (401, reason), "{body}");
+        // Remembered like an inactive answer.
+        assert_eq!(ask(&c, &mut s, &token, NOW + 1), Verdict::Deny(denial));
+    }
+}
+
+#[test]
+fn serve_stale_bridges_an_outage_for_stale_seconds_only() {
+    let c = config(
+        r#","max_ttl_seconds":10,"failure_mode":"serve_stale","stale_seconds":60"#,
+        "",
+    );
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW));
+    settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, &active(NOW + 3600))),
+        NOW,
+    );
+    let down = answer(503, "down");
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 11));
+    let (known, result) = settle(&c, &mut s, resume, Ok(&down), NOW + 11);
+    assert_eq!(result, IntrospectionResult::StaleServed);
+    assert!(known.1.is_ok());
+    // Served for that request only: the next one asks again.
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 12));
+    settle(&c, &mut s, resume, Ok(&down), NOW + 12);
+    let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 70));
+    let (known, result) = settle(&c, &mut s, resume, Ok(&down), NOW + 70);
+    assert_eq!(result, IntrospectionResult::Failed);
+    assert!(matches!(
+        known.1,
+        Err(Denial::IntrospectionUnavailable { .. })
+    ));
+}
+
+#[test]
+fn in_introspect_mode_a_jwt_is_prechecked_then_asked_about() {
+    let c = config(r#""#, "");
+    let mut c = c;
+    if let Some(issuer) = c.issuers.get_mut(0) {
+        issuer.mode = Mode::Introspect;
+    }
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let v = vectors();
+    // Cheap checks first: no callout for a wrong audience or an expired token.
+    for name in ["wrong_aud", "expired", "alg_none"] {
+        assert!(
+            matches!(ask(&c, &mut s, v.token(name), v.now), Verdict::Deny(_)),
+            "{name}"
+        );
+    }
+    expect_callout(ask(&c, &mut s, v.token("good_RS256"), v.now));
+}
+
+#[test]
+fn jwt_then_introspect_verifies_locally_and_still_asks() {
+    let mut c = config(r#""#, r#","forward":{"claims":{"sub":"x-jwt-sub"}}"#);
+    if let Some(issuer) = c.issuers.get_mut(0) {
+        issuer.mode = Mode::JwtThenIntrospect;
+    }
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let v = vectors();
+    assert!(matches!(
+        ask(&c, &mut s, v.token("bad_signature"), v.now),
+        Verdict::Deny(_)
+    ));
+    let token = v.token("good_RS256");
+    let (_, resume) = expect_callout(ask(&c, &mut s, token, v.now));
+    let (known, _) = settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, r#"{"active":true}"#)),
+        v.now,
+    );
+    let Verdict::Allow(allow) = ask_knowing(&c, &mut s, token, &known, v.now) else {
+        panic!()
+    };
+    // The JWT's own claims are what is forwarded.
+    assert_eq!(header(&allow, "x-jwt-sub"), Some("client-1"));
+    let revoked = v.token("good_ES256");
+    let (_, resume) = expect_callout(ask(&c, &mut s, revoked, v.now));
+    let (known, _) = settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, r#"{"active":false}"#)),
+        v.now,
+    );
+    assert_eq!(known.1, Err(Denial::InvalidToken(TokenProblem::Inactive)));
+}
+
+#[test]
+fn a_flood_of_new_tokens_is_capped_in_flight() {
+    let c = config("", "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    for i in 0..MAX_INTROSPECTIONS_IN_FLIGHT {
+        expect_callout(ask(&c, &mut s, &format!("junk-{i}"), NOW));
+    }
+    let Verdict::Deny(denial) = ask(&c, &mut s, "one-more", NOW) else {
+        panic!()
+    };
+    assert_eq!(denial.code(), "introspection_unavailable");
+}
+
+#[test]
+fn opaque_tokens_go_to_the_issuer_whose_prefix_they_carry() {
+    let json = r#"{"issuers":[
+        {"issuer":"https://a.test","audiences":"any","introspection":{"endpoint":"https://a.test/i","upstream":"a","client_id":"p","client_secret":"s"}},
+        {"issuer":"https://b.test","audiences":"any","introspection":{"endpoint":"https://b.test/i","upstream":"b","client_id":"p","client_secret":"s","token_prefix":"b."}}]}"#;
+    let c = Config::from_json(json.as_bytes()).unwrap();
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    assert_eq!(
+        expect_callout(ask(&c, &mut s, "b.123", NOW)).0.upstream,
+        "b"
+    );
+    assert_eq!(expect_callout(ask(&c, &mut s, "xyz", NOW)).0.upstream, "a");
+    let two_defaults = json.replace(r#","token_prefix":"b.""#, "");
+    let e = Config::from_json(two_defaults.as_bytes()).err().unwrap();
+    assert_eq!(e.field, "issuers[1].introspection.token_prefix");
+}
