@@ -167,7 +167,7 @@ fn another_worker_waits_for_the_first_one_and_reads_its_answer() {
         Verdict::WaitForIntrospection { .. }
     ));
     assert!(!second.is_introspecting(&digest(&[b"opaque-2"])));
-    settle(
+    let _ = settle(
         &c,
         &mut first,
         resume,
@@ -217,7 +217,7 @@ fn failures_are_503s_that_nothing_remembers() {
     }
     // And once the endpoint answers again, the token passes.
     let (_, resume) = expect_callout(ask(&c, &mut s, "opaque-f", NOW));
-    settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 60))), NOW);
+    let _ = settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 60))), NOW);
     assert!(matches!(
         ask(&c, &mut s, "opaque-f", NOW),
         Verdict::Allow(_)
@@ -260,7 +260,7 @@ fn an_active_answer_lives_until_exp_or_the_maximum_then_is_asked_again() {
     let store = Rc::new(MemoryStore::default());
     let mut s = worker(&c, &store, 1);
     let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW));
-    settle(
+    let _ = settle(
         &c,
         &mut s,
         resume,
@@ -270,7 +270,7 @@ fn an_active_answer_lives_until_exp_or_the_maximum_then_is_asked_again() {
     assert!(matches!(ask(&c, &mut s, "t", NOW + 29), Verdict::Allow(_)));
     // Revoked meanwhile: the next answer after the TTL says so.
     let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 30));
-    settle(
+    let _ = settle(
         &c,
         &mut s,
         resume,
@@ -280,7 +280,7 @@ fn an_active_answer_lives_until_exp_or_the_maximum_then_is_asked_again() {
     assert!(matches!(ask(&c, &mut s, "t", NOW + 31), Verdict::Deny(_)));
     // exp sooner than the maximum: exp less the margin.
     let (_, resume) = expect_callout(ask(&c, &mut s, "short", NOW));
-    settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 20))), NOW);
+    let _ = settle(&c, &mut s, resume, Ok(&answer(200, &active(NOW + 20))), NOW);
     assert!(matches!(
         ask(&c, &mut s, "short", NOW + 14),
         Verdict::Allow(_)
@@ -337,7 +337,7 @@ fn serve_stale_bridges_an_outage_for_stale_seconds_only() {
     let store = Rc::new(MemoryStore::default());
     let mut s = worker(&c, &store, 1);
     let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW));
-    settle(
+    let _ = settle(
         &c,
         &mut s,
         resume,
@@ -351,7 +351,7 @@ fn serve_stale_bridges_an_outage_for_stale_seconds_only() {
     assert!(known.1.is_ok());
     // Served for that request only: the next one asks again.
     let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 12));
-    settle(&c, &mut s, resume, Ok(&down), NOW + 12);
+    let _ = settle(&c, &mut s, resume, Ok(&down), NOW + 12);
     let (_, resume) = expect_callout(ask(&c, &mut s, "t", NOW + 70));
     let (known, result) = settle(&c, &mut s, resume, Ok(&down), NOW + 70);
     assert_eq!(result, IntrospectionResult::Failed);
