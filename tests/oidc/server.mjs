@@ -145,6 +145,9 @@ server.on('error', (err) => {
   process.exit(1);
 });
 
-const stop = () => server.close(() => process.exit(0));
+const stop = () => {
+  server.close(() => process.exit(0));
+  server.closeAllConnections(); // keep-alive connections (Envoy's, the tests') would hold close() up
+};
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
