@@ -69,7 +69,7 @@ def start_op_envoy(op, echo, workdir, **introspection):
     names token_inactive or introspection_unavailable, not a start-up
     state)."""
     env = harness.Envoy.start(filter_config(op, **introspection), workdir, upstream_port=echo.port,
-                              clusters={"op": op.port})
+                              clusters={"op": op.port}, timeout=30)
     last = {}
 
     def reached():
