@@ -42,20 +42,18 @@ def label(issuer):
     return re.sub(r"[^A-Za-z0-9]", "_", issuer.split("://", 1)[-1])
 
 
-def filter_config(op, **introspection):
+def filter_config(op, issuer=None, **introspection):
     intro = {"client_id": PEP[0], "client_secret": PEP[1], "max_ttl_seconds": 1, "timeout_ms": 2000}
     intro.update(introspection)
-    return {
-        "realm": REALM,
-        "issuers": [{
-            "issuer": op.issuer,
-            "audiences": "any",          # oidc-provider's answers carry no `aud`
-            "discovery": True,
-            "upstream": "op",
-            "introspection": intro,      # endpoint from discovery
-        }],
-        "policy": POLICY,
+    iss = {
+        "issuer": op.issuer,
+        "audiences": "any",          # oidc-provider's answers carry no `aud`
+        "discovery": True,
+        "upstream": "op",
+        "introspection": intro,      # endpoint from discovery
     }
+    iss.update(issuer or {})
+    return {"realm": REALM, "issuers": [iss], "policy": POLICY}
 
 
 def junk_token():
@@ -63,12 +61,12 @@ def junk_token():
     return "junk-" + secrets.token_urlsafe(24)
 
 
-def start_op_envoy(op, echo, workdir, **introspection):
+def start_op_envoy(op, echo, workdir, issuer=None, **introspection):
     """Envoy with the filter configured for `op`; returns once a request with
     an unknown opaque token has reached the introspection step (the answer
     names token_inactive or introspection_unavailable, not a start-up
     state)."""
-    env = harness.Envoy.start(filter_config(op, **introspection), workdir, upstream_port=echo.port,
+    env = harness.Envoy.start(filter_config(op, issuer, **introspection), workdir, upstream_port=echo.port,
                               clusters={"op": op.port}, timeout=30)
     last = {}
 
@@ -142,8 +140,8 @@ def envoy(main_envoy, dump_on_failure):
 def own_envoy(wasm, oidc_provider, echo, tmp_path, dump_on_failure):
     started = []
 
-    def start(**introspection):
-        env = start_op_envoy(oidc_provider, echo, tmp_path / ("envoy%d" % len(started)), **introspection)
+    def start(issuer=None, **introspection):
+        env = start_op_envoy(oidc_provider, echo, tmp_path / ("envoy%d" % len(started)), issuer, **introspection)
         started.append(env)
         dump_on_failure(env)
         return env
@@ -321,3 +319,16 @@ def test_wrong_introspection_secret_is_503_introspection_unavailable(own_envoy, 
                                       and body["request_id"] in ln], 5, what="the denial's log line")
     assert "issuer=" + op.issuer in log[0], log[0]
     assert WRONG_SECRET not in env.log_text()
+
+
+def test_audience_list_refuses_tokens_without_aud(own_envoy, oidc_provider):
+    """oidc-provider's introspection answers carry no `aud` (no resource
+    indicator): an issuer with an audience list refuses them, as it would a
+    JWT without `aud`; hence "any" above."""
+    op = oidc_provider
+    env = own_envoy(issuer={"audiences": ["api"]})
+    tok = op.token("read")
+    assert "aud" not in op.introspect(tok, APP)
+    r = env.get("/read", token=tok)
+    denial(r, 401, "audience_mismatch")
+    assert [c["active"] for c in filter_calls(op, tok)] == ["true"]
