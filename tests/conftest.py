@@ -12,6 +12,8 @@ Fixtures:
   module_envoy      like start_envoy, but Envoys live for the whole module
   filter_config     factory: filter_config(issuer overrides..., **top-level keys) -> dict
   fake_pdp          tests/fake_pdp.py (one per module); .port, .stats()
+  oidc_provider     oidc-provider on Node (tests/oidc/server.mjs, one per module)
+                    -> oidc_provider.OidcProvider; fails if `make setup` did not install it
 """
 
 import sys
@@ -23,6 +25,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+import oidc_provider as oidc_op  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -144,3 +147,13 @@ def fake_pdp(tmp_path_factory):
     proc.stats = lambda: requests.get("http://127.0.0.1:%d/stats" % port, timeout=5).json()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(tmp_path_factory):
+    try:
+        op = oidc_op.OidcProvider.start(tmp_path_factory.mktemp("oidc"))
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield op
+    op.stop()

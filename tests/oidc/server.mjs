@@ -1,0 +1,153 @@
+// oidc-provider (panva/node-oidc-provider, OpenID Certified) as the
+// authorization server of oauth-pep's introspection interop tests
+// (tests/oidc_provider.py, tests/test_oidc_interop.py).
+//
+//   node tests/oidc/server.mjs PORT        (or OIDC_PORT=PORT node tests/oidc/server.mjs)
+//
+// Listens on 127.0.0.1:PORT with issuer http://127.0.0.1:PORT and prints
+// `READY port=PORT issuer=...` once it accepts connections. State (tokens)
+// lives in memory (oidc-provider's MemoryAdapter) and dies with the process.
+//
+// Endpoints (oidc-provider's defaults; discovery names them):
+//   /.well-known/openid-configuration, /jwks, /token,
+//   /token/introspection (RFC 7662), /token/revocation (RFC 7009)
+//
+// Clients:
+//   app      / app-secret       client_credentials, scopes "read write", client_secret_basic
+//   pep      / pep-secret       introspection only (the filter), client_secret_basic
+//   pep-post / pep-post-secret  introspection only, client_secret_post
+//
+// oidc-provider itself accepts client_secret_basic and client_secret_post
+// interchangeably for a client registered with either; this server is
+// strict at introspection and revocation: the method used must be the
+// client's registered token_endpoint_auth_method, else 401 invalid_client.
+// So a test with `pep-post` fails if the filter sends Basic credentials.
+//
+// Every introspection and revocation request is logged on stdout as
+//   CALL route=introspection client=pep auth=client_secret_basic hint=access_token token=<sha256[:16]> status=200 active=true
+// (never a secret, never the token itself), for tests that count callouts.
+//
+// Access tokens are opaque: client_credentials tokens are JWTs only when a
+// resource indicator selects a resource server with accessTokenFormat "jwt";
+// resource indicators are disabled here, so every token is oidc-provider's
+// opaque format (43 base64url characters, 256 random bits).
+//
+// What an active introspection answer holds for a token of `app`
+// (oidc-provider 9.13.3, lib/actions/introspection.js):
+//   {"active": true, "client_id": "app", "exp": ..., "iat": ..., "iss": "<issuer>",
+//    "scope": "read write", "token_type": "Bearer"}
+// No `aud` (no resource server), no `sub` (no end-user), no `jti` (an opaque
+// token's jti is its value, which oidc-provider does not echo).
+
+import { createHash } from 'node:crypto';
+
+import Provider, { errors } from 'oidc-provider';
+
+const port = Number(process.argv[2] ?? process.env.OIDC_PORT);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error('usage: node server.mjs PORT (or OIDC_PORT=PORT)');
+  process.exit(2);
+}
+const issuer = `http://127.0.0.1:${port}`;
+
+// Resource servers (the filter) that may introspect tokens issued to other clients.
+const INTROSPECTORS = new Set(['pep', 'pep-post']);
+
+// How the request authenticated the client: Basic header, or client_secret in the form.
+const usedAuthMethod = (ctx) => {
+  if (ctx.headers.authorization !== undefined) return 'client_secret_basic';
+  if (ctx.oidc?.params?.client_secret !== undefined) return 'client_secret_post';
+  return 'none';
+};
+
+const requireRegisteredAuthMethod = (ctx, client) => {
+  if (usedAuthMethod(ctx) !== client.clientAuthMethod) {
+    throw new errors.InvalidClientAuth(`registered ${client.clientAuthMethod}, used ${usedAuthMethod(ctx)}`);
+  }
+};
+
+const resourceServer = (clientId, secret, method) => ({
+  client_id: clientId,
+  client_secret: secret,
+  token_endpoint_auth_method: method, // also how it authenticates at introspection/revocation
+  grant_types: [],
+  response_types: [],
+  redirect_uris: [],
+});
+
+const configuration = {
+  clients: [
+    {
+      client_id: 'app',
+      client_secret: 'app-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      scope: 'read write',
+    },
+    resourceServer('pep', 'pep-secret', 'client_secret_basic'),
+    resourceServer('pep-post', 'pep-post-secret', 'client_secret_post'),
+  ],
+  scopes: ['openid', 'offline_access', 'read', 'write'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    resourceIndicators: { enabled: false },
+    introspection: {
+      enabled: true,
+      // The caller must be a registered resource server, or the token's own client.
+      allowedPolicy: async (ctx, client, token) => {
+        requireRegisteredAuthMethod(ctx, client);
+        return INTROSPECTORS.has(client.clientId) || client.clientId === token.clientId;
+      },
+    },
+    revocation: {
+      enabled: true,
+      // Only the client the token was issued to may revoke it (RFC 7009 §2.1).
+      allowedPolicy: async (ctx, client, token) => {
+        requireRegisteredAuthMethod(ctx, client);
+        return client.clientId === token.clientId;
+      },
+    },
+  },
+  ttl: {
+    ClientCredentials: () => 600,
+  },
+  cookies: { keys: ['oauth-pep-interop-tests-only'] },
+};
+
+const provider = new Provider(issuer, configuration);
+const ROUTES = { '/token/introspection': 'introspection', '/token/revocation': 'revocation' };
+provider.use(async (ctx, next) => {
+  const route = ROUTES[ctx.path];
+  try {
+    await next();
+  } finally {
+    if (route && ctx.method === 'POST') {
+      const params = ctx.oidc?.params ?? {};
+      const token = typeof params.token === 'string'
+        ? createHash('sha256').update(params.token).digest('hex').slice(0, 16) : '-';
+      const active = route === 'introspection' && ctx.body && typeof ctx.body === 'object' ? ctx.body.active : '-';
+      console.log(`CALL route=${route} client=${ctx.oidc?.client?.clientId ?? '-'} auth=${usedAuthMethod(ctx)} `
+        + `hint=${params.token_type_hint ?? '-'} token=${token} status=${ctx.status} active=${active ?? '-'}`);
+    }
+  }
+});
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+const server = provider.listen(port, '127.0.0.1', () => {
+  console.log(`READY port=${port} issuer=${issuer}`);
+});
+server.on('error', (err) => {
+  console.error(`listen failed: ${err.message}`);
+  process.exit(1);
+});
+
+const stop = () => {
+  server.close(() => process.exit(0));
+  server.closeAllConnections(); // keep-alive connections (Envoy's, the tests') would hold close() up
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

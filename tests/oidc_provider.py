@@ -1,0 +1,161 @@
+"""oidc-provider (tests/oidc/server.mjs, an OpenID Certified provider on
+Node.js) for the introspection interop tests; the `oidc_provider` fixture
+in conftest.py starts one per module.
+
+    op = OidcProvider.start(tmpdir)
+    op.issuer                      # http://127.0.0.1:PORT
+    op.discovery()                 # its /.well-known/openid-configuration
+    tok = op.token("read write")   # opaque client_credentials token of client `app`
+    op.introspect(tok)             # RFC 7662 answer to `pep` (client_secret_basic)
+    op.introspect(tok, "pep-post", "pep-post-secret", auth="client_secret_post")
+    op.revoke(tok)                 # RFC 7009, as `app`
+    op.calls("introspection", tok) # introspection requests the provider saw for tok
+    op.stop()
+
+Node modules come from `make setup` (target node-deps: npm ci in tests/oidc).
+"""
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import requests
+
+import harness
+
+OIDC_DIR = harness.TESTS / "oidc"
+SERVER = OIDC_DIR / "server.mjs"
+
+# The clients of tests/oidc/server.mjs.
+APP = ("app", "app-secret")                 # client_credentials, scopes "read write"
+PEP = ("pep", "pep-secret")                 # introspection, client_secret_basic
+PEP_POST = ("pep-post", "pep-post-secret")  # introspection, client_secret_post
+
+_CALL = re.compile(r"CALL route=(\S+) client=(\S+) auth=(\S+) hint=(\S+) token=(\S+) status=(\d+) active=(\S+)")
+
+
+def node_binary():
+    node = os.environ.get("NODE") or shutil.which("node")
+    if not node:
+        raise RuntimeError("node not found (set NODE or put Node.js 20+ on PATH)")
+    return node
+
+
+def require_node_modules():
+    if not (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
+        raise RuntimeError("%s/node_modules missing: run `make setup` (or `make node-deps`)" % OIDC_DIR)
+
+
+def token_digest(token):
+    """How server.mjs names a token in its CALL log lines."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def is_jwt_shaped(token):
+    parts = token.split(".")
+    return len(parts) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in parts)
+
+
+class OidcProvider:
+    def __init__(self, proc, port):
+        self.proc, self.port = proc, port
+        self.issuer = "http://127.0.0.1:%d" % port
+        self.http = requests.Session()
+        self._discovery = None
+
+    @classmethod
+    def start(cls, tmpdir, timeout=30):
+        require_node_modules()
+        port = harness.free_port()
+        proc = harness.Proc("oidc-provider", [node_binary(), SERVER, port],
+                            Path(tmpdir) / ("oidc-provider-%d.log" % port), cwd=OIDC_DIR)
+        proc.wait_ready_line(timeout)
+        op = cls(proc, port)
+        try:
+            harness.wait_until(lambda: op.discovery().get("issuer") == op.issuer, 10,
+                               what="oidc-provider discovery document")
+        except TimeoutError:
+            op.stop()
+            raise
+        return op
+
+    def stop(self):
+        self.http.close()
+        return self.proc.stop()
+
+    def url(self, path):
+        return self.issuer + path
+
+    def discovery(self):
+        if self._discovery is None:
+            r = self.http.get(self.url("/.well-known/openid-configuration"), timeout=5)
+            r.raise_for_status()
+            self._discovery = r.json()
+        return self._discovery
+
+    def endpoint(self, name):
+        """A discovery field, e.g. endpoint("introspection_endpoint")."""
+        return self.discovery()[name]
+
+    # --- OAuth ---
+    def token_response(self, scope="read write", client=APP):
+        data = {"grant_type": "client_credentials"}
+        if scope is not None:
+            data["scope"] = scope
+        return self.http.post(self.endpoint("token_endpoint"), data=data, auth=client, timeout=10)
+
+    def token(self, scope="read write", client=APP):
+        """An access token (opaque) for `app` from the client_credentials grant."""
+        r = self.token_response(scope, client)
+        if r.status_code != 200:
+            raise AssertionError("token request failed: %s %s" % (r.status_code, r.text[:500]))
+        tok = r.json()["access_token"]
+        if is_jwt_shaped(tok):
+            raise AssertionError("oidc-provider issued a JWT, the tests need opaque tokens: %s" % tok[:60])
+        return tok
+
+    def _authenticated(self, client, auth, data):
+        if auth == "client_secret_basic":
+            return {"data": data, "auth": client}
+        if auth == "client_secret_post":
+            return {"data": dict(data, client_id=client[0], client_secret=client[1])}
+        raise ValueError(auth)
+
+    def introspect_response(self, token, client=PEP, auth="client_secret_basic", hint="access_token"):
+        data = {"token": token}
+        if hint is not None:
+            data["token_type_hint"] = hint
+        return self.http.post(self.endpoint("introspection_endpoint"), timeout=10,
+                              headers={"accept": "application/json"}, **self._authenticated(client, auth, data))
+
+    def introspect(self, token, client=PEP, auth="client_secret_basic"):
+        r = self.introspect_response(token, client, auth)
+        if r.status_code != 200:
+            raise AssertionError("introspection failed: %s %s" % (r.status_code, r.text[:500]))
+        return r.json()
+
+    def revoke(self, token, client=APP, auth="client_secret_basic"):
+        """RFC 7009 revocation of an access token, by the client it was issued to."""
+        r = self.http.post(self.endpoint("revocation_endpoint"), timeout=10,
+                           **self._authenticated(client, auth, {"token": token, "token_type_hint": "access_token"}))
+        if r.status_code != 200:
+            raise AssertionError("revocation failed: %s %s" % (r.status_code, r.text[:500]))
+        return r
+
+    # --- what the provider saw ---
+    def calls(self, route="introspection", token=None):
+        """The requests server.mjs logged for route (introspection|revocation),
+        optionally only those for `token`, as dicts: client, auth, hint, token
+        (digest), status (int), active ("true"/"false"/"-")."""
+        out = []
+        for line in self.proc.log_text().splitlines():
+            m = _CALL.fullmatch(line.strip())
+            if not m:
+                continue
+            c = dict(zip(("route", "client", "auth", "hint", "token", "status", "active"), m.groups()))
+            c["status"] = int(c["status"])
+            if c["route"] == route and (token is None or c["token"] == token_digest(token)):
+                out.append(c)
+        return out
