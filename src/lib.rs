@@ -53,7 +53,7 @@ use oauth_pep_core::engine::{
     authorize_knowing, introspection_waited_too_long, resume as resume_callout, waited_too_long,
     Allow, Known, Request, Resume, Resumed, State, Verdict,
 };
-use oauth_pep_core::keys::FetchProgress;
+use oauth_pep_core::keys::{Due, FetchProgress};
 use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
@@ -354,10 +354,27 @@ impl<H: Door> Shared<H> {
     /// Root only: the fetches that are due or that requests asked for.
     fn dispatch_fetches(&self) {
         let due = self.state.borrow_mut().keys.due(self.host.now());
-        let mut fetches: Vec<(Callout, Resume)> = due
-            .into_iter()
-            .map(|(issuer, step, callout)| (callout, Resume::Keys { issuer, step }))
-            .collect();
+        let mut fetches: Vec<(Callout, Resume)> = Vec::new();
+        for due in due {
+            match due {
+                Due::Fetch(issuer, step, callout) => {
+                    fetches.push((callout, Resume::Keys { issuer, step }))
+                }
+                Due::Adopted(issuer, progress) => {
+                    if let FetchProgress::Loaded { keys, .. } = progress {
+                        info!(
+                            "loaded {keys} verification keys for {} that another worker fetched",
+                            self.config
+                                .issuers
+                                .get(issuer)
+                                .map_or("?", |i| i.issuer.as_str())
+                        );
+                        self.host.set(Gauge::KeysLoaded { issuer }, keys as u64);
+                    }
+                    self.wake(|wait| wait == Wait::Keys(issuer), None);
+                }
+            }
+        }
         fetches.append(&mut self.root_queue.borrow_mut());
         for (callout, resume) in fetches {
             self.dispatch(&callout, resume, None);
@@ -377,13 +394,19 @@ impl<H: Door> Shared<H> {
         self.set_tick(if polling { POLL_SHARED } else { TICK });
     }
 
-    /// Whether the request waits for an introspection another worker makes.
+    /// Whether the request waits for a callout another worker makes, whose
+    /// outcome only shows in shared data.
     fn waits_elsewhere(&self, parked: &Parked) -> bool {
-        matches!(parked.wait, Wait::Introspection { key, .. } if !self.state.borrow().is_introspecting(&key))
+        let state = self.state.borrow();
+        match parked.wait {
+            Wait::Introspection { key, .. } => !state.is_introspecting(&key),
+            Wait::Keys(issuer) => state.keys.awaited_until(issuer, self.host.now()).is_none(),
+        }
     }
 
     /// Root only: decides again the requests that wait for another worker's
-    /// introspection, whose answer (or lapsed marker) shows in shared data.
+    /// introspection or key fetch. Its answer shows in shared data; if it
+    /// failed, its marker is gone and this worker asks (or answers 503).
     fn poll_shared(&self) {
         let ids: Vec<u32> = self
             .parked
@@ -640,20 +663,22 @@ impl RootContext for Root {
         );
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
-        state.shared = Box::new(host::SharedData);
         let mut id = [0u8; 8];
         // Without randomness two workers could share an id, and each would
         // take the other's in-flight marker for its own: one extra callout.
         if let Err(e) = host.fill(&mut id) {
             warn!("oauth-pep: {e}");
         }
-        state.worker = u64::from_be_bytes(id);
+        state.share_through(Rc::new(host::SharedData), u64::from_be_bytes(id));
         let shared = Rc::new(Shared::new(config, envoy, host, state));
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
             return false;
         }
-        shared.dispatch_fetches();
+        // The first fetches go out on the first tick, not from here: Envoy
+        // configures throwaway VMs too, and one that claimed a fetch in
+        // shared data and vanished would hold every worker back.
+        shared.set_tick(DISPATCH_SOON);
         self.shared = Some(shared);
         true
     }

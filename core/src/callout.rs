@@ -171,6 +171,11 @@ impl fmt::Display for CalloutError {
             CalloutError::Dispatch(why) => write!(f, "callout could not be dispatched: {why}"),
             CalloutError::NoResponse => write!(f, "no response (connection failed or timed out)"),
             CalloutError::Status(s) => write!(f, "answered HTTP {s}"),
+            // A timeout means the server was reached and did not answer in
+            // time; anything else, that no connection was made or kept.
+            CalloutError::NoUpstream(text) if text.starts_with("upstream request timeout") => {
+                write!(f, "no answer within the timeout; Envoy replied \"{text}\"")
+            }
             CalloutError::NoUpstream(text) => write!(
                 f,
                 "no upstream answered; Envoy replied \"{text}\" (check the cluster's address, and its TLS transport socket: an https URL needs one, a plain http server must not have one)"

@@ -15,13 +15,13 @@ use crate::headers::spelling_key;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
 use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken};
-use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait};
+use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait, Sharing};
 use crate::metrics::IntrospectionResult;
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
 use crate::request::{normalize_target, NormalTarget};
 use crate::response::{Denial, RequestProblem, TokenProblem};
-use crate::services::SharedStore;
+use crate::services::{NoSharing, SharedStore};
 use crate::shared_cache::{Claim, Entry, Written};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
@@ -53,9 +53,9 @@ pub struct State {
     /// Checks signatures; replaceable so tests can inject their own.
     pub verifier: Box<dyn SignatureVerifier>,
     /// Shared data, for introspection answers every worker reads.
-    pub shared: Box<dyn SharedStore>,
+    shared: Rc<dyn SharedStore>,
     /// This worker's id in shared in-flight markers (random per VM).
-    pub worker: u64,
+    worker: u64,
     /// Introspections this worker has in flight: token digest → deadline.
     introspecting: HashMap<Digest, u64>,
     /// Reads of the shared introspection cache.
@@ -74,33 +74,27 @@ impl State {
             decisions: BoundedCache::new(pdp_bytes, pdp_entries),
             rejected: BoundedCache::new(config.rejected_cache_bytes, usize::MAX),
             verifier: Box::new(PureRustVerifier),
-            shared: Box::new(NoSharedStore),
+            shared: Rc::new(NoSharing),
             worker: 0,
             introspecting: HashMap::new(),
             shared_stats: CacheStats::default(),
         }
     }
 
+    /// Shares keys and introspection answers with the other workers through
+    /// `store` (proxy-wasm shared data); `worker` is this one's id there.
+    pub fn share_through(&mut self, store: Rc<dyn SharedStore>, worker: u64) {
+        self.keys.share_through(Sharing {
+            store: Rc::clone(&store),
+            worker,
+        });
+        self.shared = store;
+        self.worker = worker;
+    }
+
     /// Whether this worker is asking about the token with this digest.
     pub fn is_introspecting(&self, key: &Digest) -> bool {
         self.introspecting.contains_key(key)
-    }
-}
-
-/// Until the glue supplies the host's shared data: nothing is shared.
-struct NoSharedStore;
-
-impl SharedStore for NoSharedStore {
-    fn get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
-        None
-    }
-    fn set(
-        &self,
-        _key: &str,
-        _value: &[u8],
-        _cas: Option<u32>,
-    ) -> Result<(), crate::services::CasMismatch> {
-        Err(crate::services::CasMismatch)
     }
 }
 
@@ -253,9 +247,13 @@ impl Verdict {
                 issuer: issuer_name(config, issuer),
                 cause,
             }),
-            KeyWait::KidUnknown => Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
-                TokenError::Key(KeyLookupError::UnknownKid(kid.unwrap_or_default())),
-            ))),
+            // The caller looks again before it gets here; an adoption that
+            // still lacks the key is as good as an unknown kid.
+            KeyWait::Adopted | KeyWait::KidUnknown => {
+                Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(TokenError::Key(
+                    KeyLookupError::UnknownKid(kid.unwrap_or_default()),
+                ))))
+            }
         }
     }
 }
@@ -542,6 +540,19 @@ fn verify(
     if let Some(denial) = state.rejected.get(&key, now) {
         return Err(Verdict::Deny((**denial).clone()));
     }
+    verify_once(config, state, token, key, true, now)
+}
+
+/// A token no cache knows: introspected, or checked against the keys
+/// (`retry_adopted`: again, if another worker's newer keys were loaded).
+fn verify_once(
+    config: &Config,
+    state: &mut State,
+    token: &str,
+    key: Digest,
+    retry_adopted: bool,
+    now: u64,
+) -> Result<Rc<Grant>, Verdict> {
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
     if !looks_like_jwt(token) {
         if let Some(issuer) = opaque_token_issuer(config, token) {
@@ -556,9 +567,22 @@ fn verify(
         // exp costs no callout.
         return introspect(config, state, issuer, token, key, None, now);
     }
-    let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
-        let wait = state.keys.load_for_request(issuer, now);
-        return Err(Verdict::from_key_wait(config, wait, issuer, None));
+    let keys = match state.keys.keys(issuer).map(Rc::clone) {
+        Some(keys) => keys,
+        None => match state.keys.load_for_request(issuer, now) {
+            KeyWait::Adopted => match state.keys.keys(issuer).map(Rc::clone) {
+                Some(keys) => keys,
+                None => {
+                    return Err(Verdict::from_key_wait(
+                        config,
+                        KeyWait::Adopted,
+                        issuer,
+                        None,
+                    ))
+                }
+            },
+            wait => return Err(Verdict::from_key_wait(config, wait, issuer, None)),
+        },
     };
     match unverified.verify(&keys, state.verifier.as_ref()) {
         Ok(verified) => {
@@ -576,8 +600,13 @@ fn verify(
             Ok(grant)
         }
         Err(TokenError::Key(KeyLookupError::UnknownKid(kid))) => {
-            let wait = state.keys.refetch_for_unknown_kid(issuer, &kid, now);
-            Err(Verdict::from_key_wait(config, wait, issuer, Some(kid)))
+            match state.keys.refetch_for_unknown_kid(issuer, &kid, now) {
+                // Another worker's newer keys: judged again against them (once).
+                KeyWait::Adopted if retry_adopted => {
+                    verify_once(config, state, token, key, false, now)
+                }
+                wait => Err(Verdict::from_key_wait(config, wait, issuer, Some(kid))),
+            }
         }
         // A signature that did not verify never will: remembering it makes a
         // repeated forgery cost a lookup instead of ~1 ms of signature work.

@@ -40,8 +40,7 @@ fn config(introspection: &str, extra: &str) -> Config {
 
 fn worker(c: &Config, store: &Rc<MemoryStore>, id: u64) -> State {
     let mut s = State::new(c);
-    s.shared = Box::new(Shared(Rc::clone(store)));
-    s.worker = id;
+    s.share_through(Rc::new(Shared(Rc::clone(store))), id);
     s
 }
 

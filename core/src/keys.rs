@@ -12,6 +12,8 @@ use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::introspection::{Introspection, Mode};
 use crate::jwks::KeySet;
+use crate::services::SharedStore;
+use crate::shared_cache::{claim_marker, release_marker, Claim, Reader};
 
 /// How the keys of an issuer are obtained.
 #[derive(Clone)]
@@ -116,6 +118,8 @@ pub struct IssuerKeys {
     absent_kids: Vec<(Digest, u64)>,
     /// From the last discovery document.
     introspection_endpoint: Option<Url>,
+    /// When the keys in use were fetched (here or by another worker).
+    fetched_at: Option<u64>,
 }
 
 /// What one reply means for the fetch in progress.
@@ -126,9 +130,21 @@ pub enum FetchProgress {
     Failed(String),
 }
 
+/// What a tick finds to do for one issuer.
+#[derive(Debug, PartialEq)]
+pub enum Due {
+    /// Start this fetch.
+    Fetch(usize, FetchStep, Callout),
+    /// Another worker fetched newer keys, now loaded here too: the requests
+    /// waiting for this issuer's keys may go on.
+    Adopted(usize, FetchProgress),
+}
+
 /// What a request that lacks keys (or the key its `kid` names) may do.
 #[derive(Debug, PartialEq)]
 pub enum KeyWait {
+    /// Another worker's newer keys were just loaded: look again.
+    Adopted,
     /// Start this fetch and wait for it, until [`KeyManager::awaited_until`].
     Fetch { step: FetchStep, callout: Callout },
     /// Wait for the fetch in flight, until `until`.
@@ -157,11 +173,32 @@ impl IssuerKeys {
             .is_none_or(|t| now >= t.saturating_add(REQUEST_FETCH_INTERVAL_SECONDS))
     }
 
-    fn start(&mut self, issuer: &Issuer, now: u64) -> Option<(FetchStep, Callout)> {
-        let first = first_callout(issuer)?;
-        self.in_flight_until = Some(in_flight_deadline(issuer, now));
+    /// Starts a fetch, unless another worker is fetching these keys: then
+    /// `Err(until)`, when that worker's fetch is given up on.
+    fn start(
+        &mut self,
+        issuer: &Issuer,
+        shared: &Sharing,
+        now: u64,
+    ) -> Result<Option<(FetchStep, Callout)>, u64> {
+        let Some(first) = first_callout(issuer) else {
+            return Ok(None);
+        };
+        let until = in_flight_deadline(issuer, now);
+        let id = shared_id(issuer);
+        if let Claim::HeldElsewhere { until } = claim_marker(
+            shared.store.as_ref(),
+            &shared_key(&id, "in_flight"),
+            &id,
+            shared.worker,
+            until,
+            now,
+        ) {
+            return Err(until);
+        }
+        self.in_flight_until = Some(until);
         self.last_started_at = Some(now);
-        Some(first)
+        Ok(Some(first))
     }
 
     fn wait(&mut self, kid: Option<Digest>) -> KeyWait {
@@ -215,6 +252,67 @@ pub struct KeyManager {
     /// The issuers' settings, index for index with `issuers`.
     settings: Vec<Issuer>,
     issuers: Vec<IssuerKeys>,
+    shared: Sharing,
+}
+
+/// Shared data, where one worker's fetched keys serve every worker, and this
+/// worker's id in the in-flight markers there.
+#[derive(Clone)]
+pub struct Sharing {
+    pub store: Rc<dyn SharedStore>,
+    pub worker: u64,
+}
+
+const SHARED_PREFIX: &str = "oauth_pep.keys";
+const SHARED_MAGIC: &[u8; 4] = b"OPK1";
+
+/// Names an issuer's keys in shared data by what they are fetched for (the
+/// issuer and its key source), not by the index in one configuration.
+fn shared_id(issuer: &Issuer) -> Digest {
+    let source = match &issuer.source {
+        KeySource::JwksUri(url) | KeySource::Discovery(url) => {
+            format!("{}://{}{}", url.scheme, url.authority, url.path)
+        }
+        KeySource::Static(_) | KeySource::None => String::new(),
+    };
+    digest(&[issuer.issuer.as_bytes(), source.as_bytes()])
+}
+
+fn shared_key(id: &Digest, what: &str) -> String {
+    let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{SHARED_PREFIX}.{hex}.{what}")
+}
+
+/// The JWKS as fetched, when, and the discovery document's introspection
+/// endpoint: what another worker needs to load the same keys.
+fn encode_shared(fetched_at: u64, introspection: Option<&Url>, jwks: &[u8]) -> Vec<u8> {
+    let endpoint = introspection
+        .map(|u| format!("{}://{}{}", u.scheme, u.authority, u.path))
+        .unwrap_or_default();
+    let len = u16::try_from(endpoint.len()).unwrap_or(0);
+    let mut out = Vec::with_capacity(16 + endpoint.len() + jwks.len());
+    out.extend_from_slice(SHARED_MAGIC);
+    out.extend_from_slice(&fetched_at.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    if len > 0 {
+        out.extend_from_slice(endpoint.as_bytes());
+    }
+    out.extend_from_slice(jwks);
+    out
+}
+
+fn decode_shared(bytes: &[u8]) -> Option<(u64, Option<Url>, &[u8])> {
+    let mut r = Reader::new(bytes);
+    if r.take(4)? != SHARED_MAGIC {
+        return None;
+    }
+    let fetched_at = r.u64()?;
+    let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+    let endpoint = std::str::from_utf8(r.take(usize::from(len))?).ok()?;
+    let endpoint = (!endpoint.is_empty())
+        .then(|| Url::parse(endpoint).ok())
+        .flatten();
+    Some((fetched_at, endpoint, r.rest()))
 }
 
 #[derive(Deserialize)]
@@ -240,7 +338,46 @@ impl KeyManager {
         KeyManager {
             settings: issuers.to_vec(),
             issuers: states,
+            shared: Sharing {
+                store: Rc::new(crate::services::NoSharing),
+                worker: 0,
+            },
         }
+    }
+
+    /// Where fetched keys are shared with the other workers.
+    pub fn share_through(&mut self, shared: Sharing) {
+        self.shared = shared;
+    }
+
+    /// Loads the keys another worker fetched, if they are newer than ours
+    /// and not due for a refresh.
+    fn adopt(&mut self, issuer: usize, now: u64) -> Option<FetchProgress> {
+        let (Some(settings), Some(state)) =
+            (self.settings.get(issuer), self.issuers.get_mut(issuer))
+        else {
+            return None;
+        };
+        if matches!(settings.source, KeySource::Static(_) | KeySource::None) {
+            return None;
+        }
+        let id = shared_id(settings);
+        // The small version key first: the JWKS itself is copied only when newer.
+        let (version, _) = self.shared.store.get(&shared_key(&id, "version"))?;
+        let fetched_at = u64::from_be_bytes(version.get(..8)?.try_into().ok()?);
+        if state.fetched_at.is_some_and(|ours| ours >= fetched_at)
+            || fetched_at.saturating_add(settings.refresh_seconds) <= now
+        {
+            return None;
+        }
+        let (bytes, _) = self.shared.store.get(&shared_key(&id, "jwks"))?;
+        let (fetched_at, introspection, jwks) = decode_shared(&bytes)?;
+        let (keys, skipped) = settings.keys_from_jwks(jwks).ok()?;
+        if keys.is_empty() {
+            return None;
+        }
+        state.introspection_endpoint = introspection;
+        Some(loaded(state, settings, keys, skipped, fetched_at, now))
     }
 
     pub fn keys(&self, issuer: usize) -> Option<&Rc<KeySet>> {
@@ -256,15 +393,26 @@ impl KeyManager {
         self.issuers.get(issuer)
     }
 
-    /// Fetches due now (first load, retries, periodic refresh), marked in flight.
-    pub fn due(&mut self, now: u64) -> Vec<(usize, FetchStep, Callout)> {
+    /// What is due now: keys another worker fetched to load, and fetches
+    /// (first load, retries, periodic refresh), marked in flight, that no
+    /// other worker is making.
+    pub fn due(&mut self, now: u64) -> Vec<Due> {
         let mut due = Vec::new();
-        for (index, (state, issuer)) in self.issuers.iter_mut().zip(&self.settings).enumerate() {
+        for index in 0..self.issuers.len() {
+            if let Some(progress) = self.adopt(index, now) {
+                due.push(Due::Adopted(index, progress));
+                continue;
+            }
+            let (Some(state), Some(issuer)) =
+                (self.issuers.get_mut(index), self.settings.get(index))
+            else {
+                continue;
+            };
             if state.awaiting(now) || now < state.next_attempt_at {
                 continue;
             }
-            if let Some((step, callout)) = state.start(issuer, now) {
-                due.push((index, step, callout));
+            if let Ok(Some((step, callout))) = state.start(issuer, &self.shared, now) {
+                due.push(Due::Fetch(index, step, callout));
             }
         }
         due
@@ -274,6 +422,9 @@ impl KeyManager {
     /// for the fetch in flight, or start one (at most one a second), or give
     /// the reason they are unavailable.
     pub fn load_for_request(&mut self, issuer: usize, now: u64) -> KeyWait {
+        if self.adopt(issuer, now).is_some() {
+            return KeyWait::Adopted;
+        }
         let (Some(settings), Some(state)) =
             (self.settings.get(issuer), self.issuers.get_mut(issuer))
         else {
@@ -283,8 +434,10 @@ impl KeyManager {
             return state.wait(None);
         }
         if state.may_start_for_request(now) {
-            if let Some((step, callout)) = state.start(settings, now) {
-                return KeyWait::Fetch { step, callout };
+            match state.start(settings, &self.shared, now) {
+                Ok(Some((step, callout))) => return KeyWait::Fetch { step, callout },
+                Err(until) => return KeyWait::Wait { until },
+                Ok(None) => {}
             }
         }
         state.unavailable(settings)
@@ -296,6 +449,9 @@ impl KeyManager {
     /// a kid the last refetch did not find spends nothing). When the last
     /// fetch failed, the answer is "unavailable", not "unknown kid".
     pub fn refetch_for_unknown_kid(&mut self, issuer: usize, kid: &str, now: u64) -> KeyWait {
+        if self.adopt(issuer, now).is_some() {
+            return KeyWait::Adopted;
+        }
         let (Some(settings), Some(state)) =
             (self.settings.get(issuer), self.issuers.get_mut(issuer))
         else {
@@ -315,9 +471,13 @@ impl KeyManager {
             && (state.last_error.is_none() || state.may_start_for_request(now))
             && state.take_refetch_credit(settings.unknown_kid_refetch_seconds, now);
         if refetch {
-            if let Some((step, callout)) = state.start(settings, now) {
-                state.wanted_kids.push(kid);
-                return KeyWait::Fetch { step, callout };
+            match state.start(settings, &self.shared, now) {
+                Ok(Some((step, callout))) => {
+                    state.wanted_kids.push(kid);
+                    return KeyWait::Fetch { step, callout };
+                }
+                Err(until) => return KeyWait::Wait { until },
+                Ok(None) => {}
             }
         }
         if state.last_error.is_some() {
@@ -383,34 +543,42 @@ impl KeyManager {
         else {
             return FetchProgress::Failed("unknown issuer".into());
         };
+        let jwks = body.as_ref().ok().copied();
         let outcome = interpret(settings, step, body);
+        let id = shared_id(settings);
+        let store = self.shared.store.as_ref();
         match outcome {
             Ok(Interpreted::Next(next_step, callout, introspection)) => {
                 state.introspection_endpoint = introspection;
                 FetchProgress::Next(next_step, callout)
             }
             Ok(Interpreted::Keys(keys, skipped)) => {
-                let count = keys.len();
-                let remember_until = now.saturating_add(settings.unknown_kid_refetch_seconds);
-                for kid in std::mem::take(&mut state.wanted_kids) {
-                    if !keys.has_kid_digest(&kid) {
-                        if state.absent_kids.len() >= ABSENT_KIDS_REMEMBERED {
-                            state.absent_kids.remove(0);
-                        }
-                        state.absent_kids.push((kid, remember_until));
-                    }
+                // Published for the other workers before the marker goes.
+                let record = encode_shared(
+                    now,
+                    state.introspection_endpoint.as_ref(),
+                    jwks.unwrap_or_default(),
+                );
+                // If the host refuses, each worker fetches for itself, as
+                // it would without shared data.
+                if store.set(&shared_key(&id, "jwks"), &record, None).is_ok() {
+                    let _ = store.set(&shared_key(&id, "version"), &now.to_be_bytes(), None);
                 }
-                state.keys = Some(Rc::new(keys));
-                state.last_error = None;
-                state.in_flight_until = None;
-                state.failures = 0;
-                state.next_attempt_at = now.saturating_add(settings.refresh_seconds);
-                FetchProgress::Loaded {
-                    keys: count,
-                    skipped,
-                }
+                release_marker(
+                    store,
+                    &shared_key(&id, "in_flight"),
+                    &id,
+                    self.shared.worker,
+                );
+                loaded(state, settings, keys, skipped, now, now)
             }
             Err(why) => {
+                release_marker(
+                    store,
+                    &shared_key(&id, "in_flight"),
+                    &id,
+                    self.shared.worker,
+                );
                 state.wanted_kids.clear();
                 state.in_flight_until = None;
                 state.last_error = Some(why.clone());
@@ -431,6 +599,37 @@ impl KeyManager {
                 FetchProgress::Failed(why)
             }
         }
+    }
+}
+
+/// Puts keys fetched at `fetched_at` (here or by another worker) in use.
+fn loaded(
+    state: &mut IssuerKeys,
+    settings: &Issuer,
+    keys: KeySet,
+    skipped: Vec<String>,
+    fetched_at: u64,
+    now: u64,
+) -> FetchProgress {
+    let count = keys.len();
+    let remember_until = now.saturating_add(settings.unknown_kid_refetch_seconds);
+    for kid in std::mem::take(&mut state.wanted_kids) {
+        if !keys.has_kid_digest(&kid) {
+            if state.absent_kids.len() >= ABSENT_KIDS_REMEMBERED {
+                state.absent_kids.remove(0);
+            }
+            state.absent_kids.push((kid, remember_until));
+        }
+    }
+    state.keys = Some(Rc::new(keys));
+    state.fetched_at = Some(fetched_at);
+    state.last_error = None;
+    state.in_flight_until = None;
+    state.failures = 0;
+    state.next_attempt_at = fetched_at.saturating_add(settings.refresh_seconds);
+    FetchProgress::Loaded {
+        keys: count,
+        skipped,
     }
 }
 
@@ -611,5 +810,74 @@ mod tests {
             panic!()
         };
         assert_eq!((keys, skipped.len()), (1, 2), "{skipped:?}");
+    }
+
+    #[test]
+    fn one_worker_fetches_and_the_others_load_its_keys_from_shared_data() {
+        let c = config();
+        let store: Rc<crate::services::testing::MemoryStore> = Rc::default();
+        let workers: Vec<KeyManager> = (1..=2)
+            .map(|worker| {
+                let mut m = KeyManager::new(&c.issuers);
+                m.share_through(Sharing {
+                    store: store.clone(),
+                    worker,
+                });
+                m
+            })
+            .collect();
+        let [mut first, mut second] = <[KeyManager; 2]>::try_from(workers).ok().unwrap();
+        let now = 100;
+        assert!(matches!(
+            first.due(now).as_slice(),
+            [Due::Fetch(0, FetchStep::Discovery, _)]
+        ));
+        // The second worker sees the first one's marker: no fetch of its own,
+        // and a request there waits.
+        assert!(second.due(now).is_empty());
+        assert!(matches!(
+            second.load_for_request(0, now),
+            KeyWait::Wait { .. }
+        ));
+        let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks","introspection_endpoint":"https://issuer.test/introspect"}"#;
+        let reply = |body: &str| CalloutReply {
+            status: Some(200),
+            body: body.as_bytes().to_vec(),
+            ..CalloutReply::default()
+        };
+        assert!(matches!(
+            first.on_reply(0, FetchStep::Discovery, &reply(doc), now),
+            FetchProgress::Next(FetchStep::Jwks, _)
+        ));
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        assert!(matches!(
+            first.on_reply(0, FetchStep::Jwks, &reply(&jwks), now),
+            FetchProgress::Loaded { .. }
+        ));
+        // Its next tick loads the same keys and the introspection endpoint.
+        let due = second.due(now + 1);
+        assert!(
+            matches!(
+                due.as_slice(),
+                [Due::Adopted(0, FetchProgress::Loaded { .. })]
+            ),
+            "{due:?}"
+        );
+        assert_eq!(
+            second.keys(0).map(|k| k.len()),
+            first.keys(0).map(|k| k.len())
+        );
+        assert_eq!(
+            second
+                .discovered_introspection_endpoint(0)
+                .map(|u| u.path.as_str()),
+            Some("/introspect")
+        );
+        // Nothing newer: nothing to load, nothing due until the refresh.
+        assert!(second.due(now + 2).is_empty());
+        // At the refresh, one of them fetches again; the other waits for it.
+        let refresh = now + 300;
+        assert!(matches!(second.due(refresh).as_slice(), [Due::Fetch(..)]));
+        assert!(first.due(refresh).is_empty());
     }
 }

@@ -12,7 +12,7 @@
 //! back into Prometheus labels (see README, "Metrics").
 
 use crate::cache::CacheStats;
-use crate::callout::CalloutReply;
+use crate::callout::{CalloutError, CalloutReply};
 use crate::config::Config;
 use crate::engine::State;
 use crate::keys::FetchStep;
@@ -85,11 +85,15 @@ impl CalloutOutcome {
         CalloutOutcome::NotDispatched,
     ];
 
+    /// Envoy's own local reply for a cluster no server answered (connect
+    /// failure, reset, timeout) is `no_response` too: no server said 503.
     pub fn of(reply: &CalloutReply) -> Self {
-        match reply.status {
-            None => CalloutOutcome::NoResponse,
-            Some(s) if (200..300).contains(&s) && reply.oversized.is_none() => CalloutOutcome::Ok,
-            Some(_) => CalloutOutcome::Error,
+        match reply.success_body() {
+            Ok(_) => CalloutOutcome::Ok,
+            Err(CalloutError::NoResponse | CalloutError::NoUpstream(_)) => {
+                CalloutOutcome::NoResponse
+            }
+            Err(_) => CalloutOutcome::Error,
         }
     }
 

@@ -41,6 +41,20 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
 }
 
+/// No shared data (a host without it, or tests that do not need it): every
+/// read finds nothing and every write is refused, so nothing is shared.
+pub struct NoSharing;
+
+impl SharedStore for NoSharing {
+    fn get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+
+    fn set(&self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), CasMismatch> {
+        Err(CasMismatch)
+    }
+}
+
 /// Another writer changed the value since it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CasMismatch;

@@ -178,27 +178,7 @@ impl SharedCache {
         if !self.enabled() {
             return Claim::Claimed;
         }
-        let key = self.marker_key(digest);
-        let marker = encode_marker(digest, owner, until);
-        for _ in 0..2 {
-            let current = store.get(&key);
-            let cas = match &current {
-                Some((bytes, cas)) => {
-                    if let Some((held, holder, held_until)) = decode_marker(bytes) {
-                        if held == *digest && holder != owner && now < held_until {
-                            return Claim::HeldElsewhere { until: held_until };
-                        }
-                    }
-                    Some(*cas)
-                }
-                None => None,
-            };
-            if store.set(&key, &marker, cas).is_ok() {
-                return Claim::Claimed;
-            }
-        }
-        // Lost twice to other writers: one of them holds it now.
-        Claim::HeldElsewhere { until }
+        claim_marker(store, &self.marker_key(digest), digest, owner, until, now)
     }
 
     /// Clears `owner`'s marker for this token, if it is still there.
@@ -206,14 +186,7 @@ impl SharedCache {
         if !self.enabled() {
             return;
         }
-        let key = self.marker_key(digest);
-        if let Some((bytes, cas)) = store.get(&key) {
-            if matches!(decode_marker(&bytes), Some((held, holder, _)) if held == *digest && holder == owner)
-            {
-                // A lost race here means another worker already replaced it.
-                let _ = store.set(&key, &[], Some(cas));
-            }
-        }
+        release_marker(store, &self.marker_key(digest), digest, owner);
     }
 
     fn encode(&self, digest: &Digest, entry: &Entry) -> Vec<u8> {
@@ -265,6 +238,58 @@ impl SharedCache {
     }
 }
 
+/// Marks `subject` as being fetched by `owner` until `until` at `key`,
+/// unless another owner's marker for it is still live. Compare-and-swap, so
+/// of workers racing for one subject exactly one claims it.
+pub fn claim_marker(
+    store: &dyn SharedStore,
+    key: &str,
+    subject: &Digest,
+    owner: u64,
+    until: u64,
+    now: u64,
+) -> Claim {
+    let marker = encode_marker(subject, owner, until);
+    for _ in 0..2 {
+        let cas = match store.get(key) {
+            Some((bytes, cas)) => {
+                if let Some((held, holder, held_until)) = decode_marker(&bytes) {
+                    if held == *subject && holder != owner && now < held_until {
+                        return Claim::HeldElsewhere { until: held_until };
+                    }
+                }
+                Some(cas)
+            }
+            None => None,
+        };
+        if store.set(key, &marker, cas).is_ok() {
+            return Claim::Claimed;
+        }
+    }
+    // Lost twice to other writers, one of which holds it now; or the host
+    // refuses writes, and then nothing coordinates: go ahead, as without
+    // shared data, rather than wait for a marker nobody can set.
+    match store.get(key).and_then(|(bytes, _)| decode_marker(&bytes)) {
+        Some((held, holder, held_until))
+            if held == *subject && holder != owner && now < held_until =>
+        {
+            Claim::HeldElsewhere { until: held_until }
+        }
+        _ => Claim::Claimed,
+    }
+}
+
+/// Clears `owner`'s marker for `subject` at `key`, if it is still there.
+pub fn release_marker(store: &dyn SharedStore, key: &str, subject: &Digest, owner: u64) {
+    if let Some((bytes, cas)) = store.get(key) {
+        if matches!(decode_marker(&bytes), Some((held, holder, _)) if held == *subject && holder == owner)
+        {
+            // A lost race here means another worker already replaced it.
+            let _ = store.set(key, &[], Some(cas));
+        }
+    }
+}
+
 fn encode_marker(digest: &Digest, owner: u64, until: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(MARKER_BYTES);
     out.extend_from_slice(MARKER_MAGIC);
@@ -284,10 +309,18 @@ fn decode_marker(bytes: &[u8]) -> Option<(Digest, u64, u64)> {
 }
 
 /// Reads fixed-size fields off the front of a byte slice.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
+
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.0
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -296,7 +329,7 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 }
