@@ -8,6 +8,10 @@ and is always killed (fixture finalizers, plus atexit for anything left).
     echo = Echo.start(tmpdir)                   # tests/echo.py
     env = Envoy.start(filter_config, tmpdir, upstream_port=echo.port,
                       authserver_port=auth.port, clusters={"pdp": 1234})
+    env = Envoy.start(..., concurrency=2,                   # two workers
+                      env={"SECRET": "x"}, host_env_keys=["SECRET"])  # env var the VM reads
+    t = auth.opaque(scope="read")               # opaque token for /introspect
+    auth.revoke(t); auth.set_introspection_mode("error500"); auth.introspections(t)
     env.get("/api", token=auth.token())         # requests.Response
     env.log_text()
     res = Envoy.start_expecting_failure(bad_config, tmpdir, ...)
@@ -566,12 +570,13 @@ class Envoy:
 
         def ready():
             if not proc.alive():
-                raise RuntimeError("envoy exited with %s" % proc.popen.returncode)
+                return "exited"  # stop waiting (an exception would only be retried)
             r = requests.get(env.admin_url + "/ready", timeout=1)
             return r.status_code == 200 and r.text.strip() == "LIVE" and port_accepts(port)
 
         try:
-            wait_until(ready, timeout, interval=0.1, what="envoy /ready == LIVE")
+            if wait_until(ready, timeout, interval=0.1, what="envoy /ready == LIVE") == "exited":
+                raise RuntimeError("envoy exited with %s" % proc.popen.returncode)
         except (TimeoutError, RuntimeError) as e:
             proc.stop()
             raise RuntimeError("Envoy did not start (%s).\n--- envoy log ---\n%s\n--- stdout/stderr ---\n%s" % (
