@@ -74,9 +74,17 @@ pub trait Door: Clock + Metrics {
     /// panics on any status but Ok, and Envoy answers Ok for a new key set
     /// from a request context, which is the only place this is called from.
     fn set_reason_filter_state(&self, code: &str);
+    /// How often the root context's tick comes.
+    fn set_tick_period(&self, period: Duration);
 }
 
 impl Door for Host {
+    fn set_tick_period(&self, period: Duration) {
+        if let Err(why) = set_tick_period(period) {
+            warn!("cannot set the tick period to {period:?}: {why}");
+        }
+    }
+
     fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
         hostcalls::dispatch_http_call(
             &callout.upstream,
@@ -177,7 +185,10 @@ impl Metrics for Host {
     }
 }
 
-impl SharedStore for Host {
+/// Proxy-wasm shared data: one store per VM id, shared by every worker's VM.
+pub struct SharedData;
+
+impl SharedStore for SharedData {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),

@@ -39,30 +39,38 @@ mod host;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use host::Door;
 use log::{error, info, warn};
+use oauth_pep_core::cache::Digest;
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
-    authorize, resume as resume_callout, waited_too_long, Allow, Request, Resume, Resumed, State,
-    Verdict,
+    authorize_knowing, introspection_waited_too_long, resume as resume_callout, waited_too_long,
+    Allow, Known, Request, Resume, Resumed, State, Verdict,
 };
 use oauth_pep_core::keys::FetchProgress;
 use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
 use oauth_pep_core::response::Denial;
+use oauth_pep_core::services::Random;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 /// How soon the root dispatches a fetch a request asked for, and the
 /// granularity of refreshes, retries and wait deadlines.
 const TICK: Duration = Duration::from_millis(200);
+/// The tick right after a request queued a callout for the root: the soonest
+/// the root can dispatch it.
+const DISPATCH_SOON: Duration = Duration::from_millis(1);
+/// The tick while requests wait for another worker's introspection answer,
+/// which only shows in shared data: how often they look.
+const POLL_SHARED: Duration = Duration::from_millis(20);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -84,12 +92,22 @@ fn kind(resume: &Resume) -> CalloutKind {
     match resume {
         Resume::Keys { step, .. } => CalloutKind::from(*step),
         Resume::Pdp(_) => CalloutKind::Pdp,
+        Resume::Introspect(_) => CalloutKind::Introspection,
     }
 }
 
-/// A request paused until the keys of `issuer` settle, or `until`.
+/// What a parked request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The keys (or discovery document) of an issuer.
+    Keys(usize),
+    /// The introspection of the token with this digest.
+    Introspection { issuer: usize, key: Digest },
+}
+
+/// A request paused until what it waits for settles, or `until`.
 struct Parked {
-    issuer: usize,
+    wait: Wait,
     until: u64,
     headers: Headers,
 }
@@ -108,8 +126,11 @@ struct Shared<H> {
     /// Every callout in flight, by token, whichever context receives it.
     callouts: RefCell<HashMap<u32, InFlight>>,
     parked: RefCell<HashMap<u32, Parked>>,
-    /// Key fetches requests asked for, for the root to dispatch.
-    fetch_queue: RefCell<Vec<(Callout, Resume)>>,
+    /// Callouts requests asked for (key fetches, introspections), for the
+    /// root to dispatch, so that their answers reach every request waiting.
+    root_queue: RefCell<Vec<(Callout, Resume)>>,
+    /// The tick period last set.
+    tick: Cell<Duration>,
     /// Whether a rewritten `:path` needs the route picked again.
     envoy: bool,
     host: H,
@@ -117,8 +138,8 @@ struct Shared<H> {
 }
 
 impl<H: Door> Shared<H> {
-    fn new(config: Config, envoy: bool, host: H) -> Self {
-        let state = State::new(&config);
+    /// `state` is the core's state for `config`, with the host's services.
+    fn new(config: Config, envoy: bool, host: H, state: State) -> Self {
         for issuer in 0..config.issuers.len() {
             let keys = state.keys.keys(issuer).map_or(0, |keys| keys.len());
             host.set(Gauge::KeysLoaded { issuer }, keys as u64);
@@ -128,25 +149,28 @@ impl<H: Door> Shared<H> {
             state: RefCell::new(state),
             callouts: RefCell::default(),
             parked: RefCell::default(),
-            fetch_queue: RefCell::default(),
+            root_queue: RefCell::default(),
+            tick: Cell::new(TICK),
             envoy,
             host,
             cache_counts: RefCell::default(),
         }
     }
 
-    /// Decides request `id`, the effective context, and carries it out.
-    fn decide(&self, id: u32, headers: Headers) -> Outcome {
+    /// Decides request `id`, the effective context, and carries it out;
+    /// `known` is the outcome of the introspection it waited for.
+    fn decide(&self, id: u32, headers: Headers, known: Option<&Known>) -> Outcome {
         let verdict = {
             let request = Request {
                 method: header(&headers, ":method").unwrap_or_default(),
                 path: header(&headers, ":path").unwrap_or_default(),
                 headers: &headers,
             };
-            authorize(
+            authorize_knowing(
                 &self.config,
                 &mut self.state.borrow_mut(),
                 &request,
+                known,
                 self.host.now(),
             )
         };
@@ -178,12 +202,29 @@ impl<H: Door> Shared<H> {
                     .keys
                     .awaited_until(issuer, self.host.now())
                     .unwrap_or_default();
-                self.fetch_queue.borrow_mut().push((*callout, resume));
-                self.park(id, issuer, until, headers);
+                self.queue_for_root(*callout, resume);
+                self.park(id, Wait::Keys(issuer), until, headers);
+                Outcome::Hold
+            }
+            Verdict::Callout {
+                callout,
+                resume: Resume::Introspect(pending),
+            } => {
+                let wait = Wait::Introspection {
+                    issuer: pending.issuer,
+                    key: pending.key,
+                };
+                let until = pending.until;
+                self.queue_for_root(*callout, Resume::Introspect(pending));
+                self.park(id, wait, until, headers);
                 Outcome::Hold
             }
             Verdict::WaitForKeys { issuer, until } => {
-                self.park(id, issuer, until, headers);
+                self.park(id, Wait::Keys(issuer), until, headers);
+                Outcome::Hold
+            }
+            Verdict::WaitForIntrospection { issuer, key, until } => {
+                self.park(id, Wait::Introspection { issuer, key }, until, headers);
                 Outcome::Hold
             }
             Verdict::Callout { callout, resume } => self
@@ -246,21 +287,48 @@ impl<H: Door> Shared<H> {
             Resumed::KeysSettled { issuer, progress } => {
                 log_fetch(&self.config, issuer, &progress);
                 self.count_refresh(issuer, &progress);
-                self.wake(issuer);
+                self.wake(|wait| wait == Wait::Keys(issuer), None);
+                None
+            }
+            Resumed::Introspected {
+                issuer,
+                known,
+                result,
+            } => {
+                self.host
+                    .increment(Counter::Introspection { issuer, result }, 1);
+                let key = known.0;
+                self.wake(
+                    |wait| matches!(wait, Wait::Introspection { key: k, .. } if k == key),
+                    Some(&known),
+                );
                 None
             }
         }
     }
 
-    fn park(&self, id: u32, issuer: usize, until: u64, headers: Headers) {
+    fn park(&self, id: u32, wait: Wait, until: u64, headers: Headers) {
         self.parked.borrow_mut().insert(
             id,
             Parked {
-                issuer,
+                wait,
                 until,
                 headers,
             },
         );
+    }
+
+    /// Queues a callout for the root and has the root tick at once.
+    fn queue_for_root(&self, callout: Callout, resume: Resume) {
+        self.root_queue.borrow_mut().push((callout, resume));
+        self.set_tick(DISPATCH_SOON);
+    }
+
+    fn set_tick(&self, period: Duration) {
+        if self.tick.get() != period {
+            self.tick.set(period);
+            self.host.set_tick_period(period);
+        }
     }
 
     /// Counts a callout that ended, with its latency if it was dispatched.
@@ -290,7 +358,7 @@ impl<H: Door> Shared<H> {
             .into_iter()
             .map(|(issuer, step, callout)| (callout, Resume::Keys { issuer, step }))
             .collect();
-        fetches.append(&mut self.fetch_queue.borrow_mut());
+        fetches.append(&mut self.root_queue.borrow_mut());
         for (callout, resume) in fetches {
             self.dispatch(&callout, resume, None);
         }
@@ -299,7 +367,47 @@ impl<H: Door> Shared<H> {
     /// Root only: what each tick does.
     fn on_tick(&self) {
         self.dispatch_fetches();
+        self.poll_shared();
         self.expire_waits(self.host.now());
+        let polling = self
+            .parked
+            .borrow()
+            .values()
+            .any(|p| self.waits_elsewhere(p));
+        self.set_tick(if polling { POLL_SHARED } else { TICK });
+    }
+
+    /// Whether the request waits for an introspection another worker makes.
+    fn waits_elsewhere(&self, parked: &Parked) -> bool {
+        matches!(parked.wait, Wait::Introspection { key, .. } if !self.state.borrow().is_introspecting(&key))
+    }
+
+    /// Root only: decides again the requests that wait for another worker's
+    /// introspection, whose answer (or lapsed marker) shows in shared data.
+    fn poll_shared(&self) {
+        let ids: Vec<u32> = self
+            .parked
+            .borrow()
+            .iter()
+            .filter(|(_, p)| self.waits_elsewhere(p))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(parked) = self.parked.borrow_mut().remove(&id) else {
+                continue;
+            };
+            if self.host.set_effective_context(id).is_err() {
+                continue;
+            }
+            let outcome = self.decide(id, parked.headers, None);
+            // Waiting again, it keeps its first deadline.
+            if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
+                again.until = again.until.min(parked.until);
+            }
+            if let Outcome::Proceed = outcome {
+                self.host.resume_request();
+            }
+        }
     }
 
     /// Feeds a callout's answer to whatever waits for it.
@@ -315,13 +423,13 @@ impl<H: Door> Shared<H> {
         }
     }
 
-    /// Root only: decides again every request parked on `issuer`'s keys.
-    fn wake(&self, issuer: usize) {
+    /// Root only: decides again every request parked on what settled.
+    fn wake(&self, settled: impl Fn(Wait) -> bool, known: Option<&Known>) {
         let ids: Vec<u32> = self
             .parked
             .borrow()
             .iter()
-            .filter(|(_, p)| p.issuer == issuer)
+            .filter(|(_, p)| settled(p.wait))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -331,7 +439,7 @@ impl<H: Door> Shared<H> {
             if self.host.set_effective_context(id).is_err() {
                 continue;
             }
-            if let Outcome::Proceed = self.decide(id, parked.headers) {
+            if let Outcome::Proceed = self.decide(id, parked.headers, known) {
                 self.host.resume_request();
             }
         }
@@ -352,10 +460,13 @@ impl<H: Door> Shared<H> {
         };
         for (id, parked) in expired {
             if self.host.set_effective_context(id).is_ok() {
-                self.deny(
-                    &parked.headers,
-                    &waited_too_long(&self.config, parked.issuer),
-                );
+                let denial = match parked.wait {
+                    Wait::Keys(issuer) => waited_too_long(&self.config, issuer),
+                    Wait::Introspection { issuer, .. } => {
+                        introspection_waited_too_long(&self.config, issuer)
+                    }
+                };
+                self.deny(&parked.headers, &denial);
             }
         }
     }
@@ -528,7 +639,16 @@ impl RootContext for Root {
             }
         );
         let host = host::Host::new(&Catalogue::new(&config));
-        let shared = Rc::new(Shared::new(config, envoy, host));
+        let mut state = State::new(&config);
+        state.shared = Box::new(host::SharedData);
+        let mut id = [0u8; 8];
+        // Without randomness two workers could share an id, and each would
+        // take the other's in-flight marker for its own: one extra callout.
+        if let Err(e) = host.fill(&mut id) {
+            warn!("oauth-pep: {e}");
+        }
+        state.worker = u64::from_be_bytes(id);
+        let shared = Rc::new(Shared::new(config, envoy, host, state));
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");
             return false;
@@ -583,7 +703,7 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.shared.decide(self.id, host::request_headers()) {
+        match self.shared.decide(self.id, host::request_headers(), None) {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

@@ -47,6 +47,8 @@ struct FakeHost {
     /// request that ended must not be asked for at all.
     acted_on: RefCell<Vec<u32>>,
     events: RefCell<Vec<(u32, Event)>>,
+    /// Every tick period the glue set.
+    ticks: RefCell<Vec<std::time::Duration>>,
 }
 
 impl FakeHost {
@@ -164,6 +166,10 @@ impl Door for FakeHost {
         self.record(Event::ClearedRoute);
     }
 
+    fn set_tick_period(&self, period: std::time::Duration) {
+        self.ticks.borrow_mut().push(period);
+    }
+
     fn set_reason_filter_state(&self, code: &str) {
         self.record(Event::ReasonState(code.to_string()));
     }
@@ -201,7 +207,9 @@ fn glue(config: &str) -> Shared<FakeHost> {
     let host = FakeHost::default();
     host.clock.advance_ms(Vectors::load().now_ms());
     host.current.set(ROOT);
-    Shared::new(Config::from_json(config.as_bytes()).unwrap(), true, host)
+    let config = Config::from_json(config.as_bytes()).unwrap();
+    let state = State::new(&config);
+    Shared::new(config, true, host, state)
 }
 
 /// One issuer whose keys come from discovery, then its JWKS, on cluster `as`.
@@ -231,7 +239,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
         ),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
-    shared.decide(id, headers)
+    shared.decide(id, headers, None)
 }
 
 /// The host runs the root's tick.

@@ -9,15 +9,18 @@ use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cache::digest;
 use crate::callout::Url;
 pub use crate::config_error::ConfigError;
 use crate::consumer::{
     AnonymousConfig, ConsumerConfig, Consumers, ConsumersConfig, IdentityHeaderNames,
 };
 use crate::headers::{header_name, spelling_key, HeaderUse};
+use crate::introspection::{Introspection, Mode, RawIntrospection};
 use crate::jwks::{Alg, KeySet};
 use crate::pdp::{Pdp, PdpConfig};
 use crate::policy::{PathSet, Policy};
+use crate::shared_cache::SharedCache;
 
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 const MIN_SECRET_BYTES: usize = 32;
@@ -44,6 +47,10 @@ struct RawConfig {
     token_cache_bytes: usize,
     #[serde(default = "default_rejected_cache_bytes")]
     rejected_cache_bytes: usize,
+    #[serde(default = "default_introspection_cache_bytes")]
+    introspection_cache_bytes: usize,
+    #[serde(default = "default_introspection_entry_bytes")]
+    introspection_cache_entry_bytes: usize,
     policy: Option<Value>,
     #[serde(default = "yes")]
     deny_by_default: bool,
@@ -77,6 +84,12 @@ fn default_cache_bytes() -> usize {
 fn default_rejected_cache_bytes() -> usize {
     1 << 20
 }
+fn default_introspection_cache_bytes() -> usize {
+    8 << 20
+}
+fn default_introspection_entry_bytes() -> usize {
+    4096
+}
 fn default_refresh() -> u64 {
     300
 }
@@ -105,6 +118,9 @@ struct RawIssuer {
     fetch_timeout_ms: u64,
     #[serde(default = "default_refetch_interval")]
     unknown_kid_refetch_seconds: u64,
+    #[serde(default)]
+    mode: Mode,
+    introspection: Option<RawIntrospection>,
 }
 
 /// A list of accepted audiences, or `"any"` to accept tokens minted for any
@@ -131,6 +147,7 @@ struct RawForward {
     #[serde(default)]
     claims: BTreeMap<String, String>,
     payload_header: Option<String>,
+    phantom_token_header: Option<String>,
     #[serde(default)]
     hide_credentials: bool,
 }
@@ -145,6 +162,8 @@ pub struct Forward {
     pub claims: Vec<(String, String)>,
     /// Receives the verified payload, base64url-encoded as Envoy's jwt_authn does.
     pub payload_header: Option<String>,
+    /// Receives an introspected token's answer as JSON (unsigned).
+    pub phantom_token_header: Option<String>,
     /// Remove the credential from wherever it was found before forwarding.
     pub hide_credentials: bool,
 }
@@ -179,6 +198,8 @@ pub struct Config {
     pub token_cache: CacheLimits,
     /// Byte budget of the cache of tokens whose signature failed.
     pub rejected_cache_bytes: usize,
+    /// Introspection answers shared by all workers.
+    pub shared_cache: SharedCache,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
     /// With a policy: whether a path/method that no rule names is refused.
@@ -211,11 +232,19 @@ impl Config {
         }
         let raw: RawConfig =
             serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
-        compile(raw)
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(digest(&[json]).get(..8).unwrap_or(&[0; 8]));
+        compile(raw, fingerprint, &|name| std::env::var(name).ok())
     }
 }
 
-fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+/// `fingerprint` tells this configuration's shared-cache entries from another
+/// one's; `env` reads the filter's environment (`client_secret_env`).
+fn compile(
+    raw: RawConfig,
+    fingerprint: [u8; 8],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     if raw.realm.is_empty()
         || raw.realm.contains(['"', '\\'])
         || raw.realm.chars().any(char::is_control)
@@ -249,7 +278,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut issuers = Vec::with_capacity(raw.issuers.len());
     for (i, issuer) in raw.issuers.into_iter().enumerate() {
         let field = format!("issuers[{i}]");
-        let compiled = compile_issuer(issuer, &field)?;
+        let compiled = compile_issuer(issuer, &field, env)?;
         if issuers
             .iter()
             .any(|other: &Issuer| other.issuer == compiled.issuer)
@@ -261,6 +290,36 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         issuers.push(compiled);
     }
+    let unprefixed: Vec<usize> = issuers
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| {
+            i.introspection
+                .as_ref()
+                .is_some_and(|x| x.token_prefix.is_none())
+        })
+        .map(|(index, _)| index)
+        .collect();
+    if let [_, second, ..] = unprefixed.as_slice() {
+        return Err(ConfigError::new(
+            format!("issuers[{second}].introspection.token_prefix"),
+            "is required: another issuer already introspects every opaque token without a prefix, so which one asks would be a guess",
+        ));
+    }
+    if !(SharedCache::min_entry_bytes()..=65_536).contains(&raw.introspection_cache_entry_bytes) {
+        return Err(ConfigError::new(
+            "introspection_cache_entry_bytes",
+            format!(
+                "must be between {} and 65536",
+                SharedCache::min_entry_bytes()
+            ),
+        ));
+    }
+    let shared_cache = SharedCache::new(
+        raw.introspection_cache_bytes,
+        raw.introspection_cache_entry_bytes,
+        fingerprint,
+    );
 
     let token_sources = match raw.token_sources {
         None => vec![TokenSource::Header {
@@ -293,6 +352,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .forward
         .payload_header
         .map(|h| header_name(&h, "forward.payload_header", HeaderUse::Upstream))
+        .transpose()?;
+    let phantom_token_header = raw
+        .forward
+        .phantom_token_header
+        .map(|h| header_name(&h, "forward.phantom_token_header", HeaderUse::Upstream))
         .transpose()?;
 
     let policy = raw
@@ -339,6 +403,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         payload_header
             .as_deref()
             .map(|h| ("forward.payload_header".to_string(), h)),
+    );
+    forwarded.extend(
+        phantom_token_header
+            .as_deref()
+            .map(|h| ("forward.phantom_token_header".to_string(), h)),
     );
     for (i, (field, header)) in forwarded.iter().enumerate() {
         if identity_names
@@ -390,9 +459,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         forward: Forward {
             claims,
             payload_header,
+            phantom_token_header,
             hide_credentials: raw.forward.hide_credentials,
         },
         rejected_cache_bytes: raw.rejected_cache_bytes,
+        shared_cache,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,
             max_entries: raw.token_cache_entries,
@@ -408,7 +479,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
+fn compile_issuer(
+    raw: RawIssuer,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Issuer, ConfigError> {
     let f = |name: &str| format!("{field}.{name}");
     if raw.issuer.is_empty() {
         return Err(ConfigError::new(f("issuer"), "must not be empty"));
@@ -457,13 +532,42 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
             "give only one of `jwks`, `jwks_uri` and `discovery`",
         ));
     }
-    if sources == 0 && shared_secret.is_none() {
+    let keyless = sources == 0 && shared_secret.is_none();
+    if keyless && raw.introspection.is_none() {
         return Err(ConfigError::new(
             field,
-            "needs keys: one of `jwks`, `jwks_uri`, `discovery: true` or `shared_secret`",
+            "needs keys (one of `jwks`, `jwks_uri`, `discovery: true` or `shared_secret`) or an `introspection` endpoint",
         ));
     }
-    let source = if let Some(uri) = raw.jwks_uri {
+    if keyless && raw.mode == Mode::JwtThenIntrospect {
+        return Err(ConfigError::new(
+            f("mode"),
+            "\"jwt_then_introspect\" verifies JWTs locally first, so the issuer needs keys: one of `jwks`, `jwks_uri`, `discovery: true` or `shared_secret`",
+        ));
+    }
+    // Without keys, every token of the issuer is introspected.
+    let mode = if keyless { Mode::Introspect } else { raw.mode };
+    if raw.mode != Mode::Jwt && raw.introspection.is_none() {
+        return Err(ConfigError::new(
+            f("mode"),
+            "introspects tokens, so the issuer needs an `introspection` block",
+        ));
+    }
+    let introspection = raw
+        .introspection
+        .map(|x| {
+            Introspection::compile(
+                x,
+                &f("introspection"),
+                raw.upstream.as_deref(),
+                raw.discovery,
+                env,
+            )
+        })
+        .transpose()?;
+    let source = if keyless {
+        KeySource::None
+    } else if let Some(uri) = raw.jwks_uri {
         KeySource::JwksUri(Url::parse(&uri).map_err(|e| ConfigError::new(f("jwks_uri"), e))?)
     } else if raw.discovery {
         let base = Url::parse(&raw.issuer).map_err(|e| {
@@ -495,7 +599,7 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
         KeySource::Static(Rc::new(keys))
     };
     let upstream = match (&source, raw.upstream) {
-        (KeySource::Static(_), _) => String::new(),
+        (KeySource::Static(_) | KeySource::None, _) => String::new(),
         (_, Some(u)) if !u.trim().is_empty() => u,
         _ => {
             return Err(ConfigError::new(
@@ -563,6 +667,8 @@ fn compile_issuer(raw: RawIssuer, field: &str) -> Result<Issuer, ConfigError> {
         refresh_seconds: raw.refresh_seconds,
         fetch_timeout_ms: raw.fetch_timeout_ms,
         unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
+        mode,
+        introspection,
     })
 }
 

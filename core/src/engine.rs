@@ -2,28 +2,36 @@
 //! strip), deny (with a [`Denial`]), or "make this callout first". The glue
 //! runs the callout, feeds the reply to [`State`] and asks again.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::cache::{digest, BoundedCache, Digest};
+use crate::cache::{digest, BoundedCache, CacheStats, Digest};
 use crate::callout::{Callout, CalloutReply};
 use crate::config::{Config, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
 use crate::grant::Grant;
 use crate::headers::spelling_key;
+use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
-use crate::jwt::{precheck, TokenError};
+use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken};
 use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait};
+use crate::metrics::IntrospectionResult;
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
 use crate::request::{normalize_target, NormalTarget};
 use crate::response::{Denial, RequestProblem, TokenProblem};
+use crate::services::SharedStore;
+use crate::shared_cache::{Claim, Entry, Written};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
 const NO_EXP_CACHE_SECONDS: u64 = 300;
 /// How long a token whose signature failed is answered from memory.
 const REJECTED_CACHE_SECONDS: u64 = 60;
+/// Introspections one worker may have in flight at once: beyond, a flood of
+/// made-up opaque tokens gets 503s instead of as many callouts.
+pub const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 256;
 
 /// The facts of one request, as the glue read them.
 pub struct Request<'a> {
@@ -44,6 +52,14 @@ pub struct State {
     pub rejected: BoundedCache<Rc<Denial>>,
     /// Checks signatures; replaceable so tests can inject their own.
     pub verifier: Box<dyn SignatureVerifier>,
+    /// Shared data, for introspection answers every worker reads.
+    pub shared: Box<dyn SharedStore>,
+    /// This worker's id in shared in-flight markers (random per VM).
+    pub worker: u64,
+    /// Introspections this worker has in flight: token digest → deadline.
+    introspecting: HashMap<Digest, u64>,
+    /// Reads of the shared introspection cache.
+    pub shared_stats: CacheStats,
 }
 
 impl State {
@@ -58,7 +74,33 @@ impl State {
             decisions: BoundedCache::new(pdp_bytes, pdp_entries),
             rejected: BoundedCache::new(config.rejected_cache_bytes, usize::MAX),
             verifier: Box::new(PureRustVerifier),
+            shared: Box::new(NoSharedStore),
+            worker: 0,
+            introspecting: HashMap::new(),
+            shared_stats: CacheStats::default(),
         }
+    }
+
+    /// Whether this worker is asking about the token with this digest.
+    pub fn is_introspecting(&self, key: &Digest) -> bool {
+        self.introspecting.contains_key(key)
+    }
+}
+
+/// Until the glue supplies the host's shared data: nothing is shared.
+struct NoSharedStore;
+
+impl SharedStore for NoSharedStore {
+    fn get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    fn set(
+        &self,
+        _key: &str,
+        _value: &[u8],
+        _cas: Option<u32>,
+    ) -> Result<(), crate::services::CasMismatch> {
+        Err(crate::services::CasMismatch)
     }
 }
 
@@ -73,6 +115,20 @@ pub struct Allow {
     /// For logs: who was let through.
     pub subject: Option<String>,
 }
+
+/// A request waiting for an introspection answer (its own callout): which
+/// token, and the grant of its local verification under `jwt_then_introspect`.
+#[derive(Debug, PartialEq)]
+pub struct PendingIntrospection {
+    pub issuer: usize,
+    pub key: Digest,
+    /// When the requests waiting for this answer give up (seconds).
+    pub until: u64,
+    local: Option<Rc<Grant>>,
+}
+
+/// The outcome of an introspection, for the requests that waited for it.
+pub type Known = (Digest, Result<Rc<Grant>, Denial>);
 
 /// A request waiting for the PDP: what to do on permit and on deny.
 #[derive(Debug, PartialEq)]
@@ -100,6 +156,14 @@ pub enum Verdict {
         issuer: usize,
         until: u64,
     },
+    /// This token is being introspected (by this worker, or by another one
+    /// whose answer will appear in shared data): ask again when it has
+    /// settled, or give up at `until`.
+    WaitForIntrospection {
+        issuer: usize,
+        key: Digest,
+        until: u64,
+    },
 }
 
 /// What a callout's answer is for: one value per kind of callout, so each
@@ -110,6 +174,8 @@ pub enum Resume {
     Keys { issuer: usize, step: FetchStep },
     /// The PDP's decision for a request that passed every other check.
     Pdp(Box<PendingPdp>),
+    /// The introspection of one token.
+    Introspect(Box<PendingIntrospection>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -127,6 +193,13 @@ pub enum Resumed {
     KeysSettled {
         issuer: usize,
         progress: FetchProgress,
+    },
+    /// A token's introspection settled: every request waiting for it is to
+    /// be decided again with `known`.
+    Introspected {
+        issuer: usize,
+        known: Known,
+        result: IntrospectionResult,
     },
 }
 
@@ -153,6 +226,7 @@ pub fn resume(
                 progress => Resumed::KeysSettled { issuer, progress },
             }
         }
+        Resume::Introspect(pending) => finish_introspection(config, state, *pending, answer, now),
         Resume::Pdp(pending) => Resumed::Decided(match answer {
             Ok(reply) => finish_pdp(config, state, *pending, reply, now),
             Err(why) => Verdict::Deny(Denial::PdpUnavailable {
@@ -201,12 +275,33 @@ pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
     }
 }
 
+/// The denial for a request that waited for an introspection (this worker's
+/// or another's) longer than the callout could take.
+pub fn introspection_waited_too_long(config: &Config, issuer: usize) -> Denial {
+    Denial::IntrospectionUnavailable {
+        issuer: issuer_name(config, issuer),
+        cause: "no introspection answer within the timeout".into(),
+    }
+}
+
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
+    authorize_knowing(config, state, request, None, now)
+}
+
+/// [`authorize`], for a request that waited for an introspection: `known` is
+/// its outcome, used whatever the caches kept of it.
+pub fn authorize_knowing(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
     let target = match normalize_target(request.path) {
         Ok(target) => target,
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
     };
-    let verdict = decide(config, state, request, &target.path, now);
+    let verdict = decide(config, state, request, &target.path, known, now);
     forward_as_judged(verdict, &target, request.path)
 }
 
@@ -239,7 +334,14 @@ fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verd
     }
 }
 
-fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now: u64) -> Verdict {
+fn decide(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    path: &str,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
     if config.public_paths.matches(path) {
         return Verdict::Allow(Allow {
             remove_headers: forged(config, request.headers),
@@ -251,7 +353,7 @@ fn decide(config: &Config, state: &mut State, request: &Request, path: &str, now
         Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
-    let grant = match verify(config, state, &found.token, now) {
+    let grant = match verify(config, state, &found.token, known, now) {
         Ok(grant) => grant,
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let on_invalid = config
@@ -421,8 +523,19 @@ fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) 
     })
 }
 
-fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<Rc<Grant>, Verdict> {
+fn verify(
+    config: &Config,
+    state: &mut State,
+    token: &str,
+    known: Option<&Known>,
+    now: u64,
+) -> Result<Rc<Grant>, Verdict> {
     let key = digest(&[token.as_bytes()]);
+    if let Some((known_key, outcome)) = known {
+        if *known_key == key {
+            return outcome.clone().map_err(Verdict::Deny);
+        }
+    }
     if let Some(hit) = state.tokens.get(&key, now) {
         return Ok(Rc::clone(hit));
     }
@@ -430,8 +543,19 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
         return Err(Verdict::Deny((**denial).clone()));
     }
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
+    if !looks_like_jwt(token) {
+        if let Some(issuer) = opaque_token_issuer(config, token) {
+            return introspect(config, state, issuer, token, key, None, now);
+        }
+    }
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
     let issuer = unverified.issuer;
+    let mode = config.issuers.get(issuer).map_or(Mode::Jwt, |i| i.mode);
+    if mode == Mode::Introspect {
+        // The cheap checks above ran first: a JWT with a wrong iss, aud or
+        // exp costs no callout.
+        return introspect(config, state, issuer, token, key, None, now);
+    }
     let Some(keys) = state.keys.keys(issuer).map(Rc::clone) else {
         let wait = state.keys.load_for_request(issuer, now);
         return Err(Verdict::from_key_wait(config, wait, issuer, None));
@@ -440,10 +564,13 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
         Ok(verified) => {
             let grant = Grant::from_token(&verified, config)
                 .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
+            let grant = Rc::new(grant);
+            if mode == Mode::JwtThenIntrospect {
+                return introspect(config, state, issuer, token, key, Some(grant), now);
+            }
             let expires_at = grant
                 .expires_at
                 .unwrap_or(now.saturating_add(NO_EXP_CACHE_SECONDS));
-            let grant = Rc::new(grant);
             // Keyed by a digest of the whole token: a prefix or a `kid` is never enough.
             state.tokens.insert(key, Rc::clone(&grant), expires_at, now);
             Ok(grant)
@@ -466,6 +593,341 @@ fn verify(config: &Config, state: &mut State, token: &str, now: u64) -> Result<R
         }
         Err(e) => Err(invalid(e)),
     }
+}
+
+/// The issuer that introspects an opaque token: the first whose
+/// `token_prefix` starts it, else the one introspecting without a prefix
+/// (configuration allows at most one).
+fn opaque_token_issuer(config: &Config, token: &str) -> Option<usize> {
+    let introspecting = || {
+        config
+            .issuers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, issuer)| Some((index, issuer.introspection.as_ref()?)))
+    };
+    introspecting()
+        .find(|(_, x)| {
+            x.token_prefix
+                .as_deref()
+                .is_some_and(|p| token.starts_with(p))
+        })
+        .or_else(|| introspecting().find(|(_, x)| x.token_prefix.is_none()))
+        .map(|(index, _)| index)
+}
+
+/// An answer from shared data, another worker's (or an earlier one of ours),
+/// or the callout to ask, or a wait for the worker that is asking.
+fn introspect(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    token: &str,
+    key: Digest,
+    local: Option<Rc<Grant>>,
+    now: u64,
+) -> Result<Rc<Grant>, Verdict> {
+    let unavailable = |cause: String| {
+        Verdict::Deny(Denial::IntrospectionUnavailable {
+            issuer: issuer_name(config, issuer),
+            cause,
+        })
+    };
+    let Some(settings) = config
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.introspection.as_ref())
+    else {
+        return Err(unavailable(
+            "the issuer has no introspection settings".into(),
+        ));
+    };
+    if config.shared_cache.enabled() {
+        match config.shared_cache.read(state.shared.as_ref(), &key, now) {
+            Some(entry @ Entry::Active { fresh_until, .. }) if now < fresh_until => {
+                state.shared_stats.hits += 1;
+                return match use_entry(config, state, issuer, key, &entry, local.as_ref(), now) {
+                    Some(outcome) => outcome.map_err(Verdict::Deny),
+                    None => Err(unavailable("a shared cache entry could not be read".into())),
+                };
+            }
+            Some(entry @ Entry::Inactive { .. }) => {
+                state.shared_stats.hits += 1;
+                if let Some(outcome) = use_entry(config, state, issuer, key, &entry, None, now) {
+                    return outcome.map_err(Verdict::Deny);
+                }
+            }
+            _ => state.shared_stats.misses += 1,
+        }
+    }
+    if let Some(&until) = state.introspecting.get(&key) {
+        if now < until {
+            return Err(Verdict::WaitForIntrospection { issuer, key, until });
+        }
+        // Its answer never came (the host dropped it): ask again.
+        state.introspecting.remove(&key);
+    }
+    if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
+        state.introspecting.retain(|_, until| now < *until);
+        if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
+            return Err(unavailable(format!(
+                "{MAX_INTROSPECTIONS_IN_FLIGHT} introspections are already in flight on this worker"
+            )));
+        }
+    }
+    let endpoint = match (
+        &settings.endpoint,
+        state.keys.discovered_introspection_endpoint(issuer),
+    ) {
+        (Some(endpoint), _) | (None, Some(endpoint)) => endpoint.clone(),
+        (None, None) if state.keys.keys(issuer).is_some() => {
+            return Err(unavailable(
+                "the discovery document has no usable introspection_endpoint".into(),
+            ))
+        }
+        // The endpoint comes with the discovery document, not loaded yet.
+        (None, None) => {
+            let wait = state.keys.load_for_request(issuer, now);
+            return Err(Verdict::from_key_wait(config, wait, issuer, None));
+        }
+    };
+    // Two timeouts: the callout's own, and the time to dispatch it.
+    let until = now.saturating_add(settings.timeout_ms / 1000 + 2);
+    if let Claim::HeldElsewhere { until } =
+        config
+            .shared_cache
+            .claim(state.shared.as_ref(), &key, state.worker, until, now)
+    {
+        return Err(Verdict::WaitForIntrospection { issuer, key, until });
+    }
+    state.introspecting.insert(key, until);
+    Err(Verdict::Callout {
+        callout: Box::new(settings.callout(&endpoint, token)),
+        resume: Resume::Introspect(Box::new(PendingIntrospection {
+            issuer,
+            key,
+            until,
+            local,
+        })),
+    })
+}
+
+/// The grant (or denial) a cached answer stands for, cached in this worker
+/// too; `None` if the entry does not hold a JSON object.
+fn use_entry(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    entry: &Entry,
+    local: Option<&Rc<Grant>>,
+    now: u64,
+) -> Option<Result<Rc<Grant>, Denial>> {
+    match entry {
+        Entry::Active {
+            json, fresh_until, ..
+        } => {
+            let claims = serde_json::from_slice(json).ok()?;
+            Some(admit(
+                config,
+                state,
+                issuer,
+                key,
+                claims,
+                local,
+                *fresh_until,
+                now,
+            ))
+        }
+        Entry::Inactive { until, .. } => {
+            let denial = Denial::InvalidToken(TokenProblem::Inactive);
+            state
+                .rejected
+                .insert(key, Rc::new(denial.clone()), *until, now);
+            Some(Err(denial))
+        }
+    }
+}
+
+/// An active answer's claims, checked, as a grant cached until `until`; a
+/// check that fails is remembered like an inactive answer.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    claims: serde_json::Map<String, serde_json::Value>,
+    local: Option<&Rc<Grant>>,
+    until: u64,
+    now: u64,
+) -> Result<Rc<Grant>, Denial> {
+    let Some(settings) = config.issuers.get(issuer) else {
+        return Err(Denial::InvalidToken(TokenProblem::Inactive));
+    };
+    let negative_until = now.saturating_add(
+        settings
+            .introspection
+            .as_ref()
+            .map_or(0, |x| x.negative_ttl_seconds),
+    );
+    let refuse = |state: &mut State, denial: Denial| {
+        state
+            .rejected
+            .insert(key, Rc::new(denial.clone()), negative_until, now);
+        Err(denial)
+    };
+    let exp = match introspection::check_active(&claims, settings, &config.rules, now) {
+        Ok(exp) => exp,
+        Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
+    };
+    let phantom = config.forward.phantom_token_header.as_ref().map(|_| {
+        let mut answer = claims.clone();
+        answer.insert("active".into(), serde_json::Value::Bool(true));
+        introspection::ascii_json(&answer)
+    });
+    let grant = match local {
+        // Locally verified: the JWT's own claims are what is forwarded.
+        Some(local) => {
+            let mut grant = (**local).clone();
+            grant.expires_at = match (grant.expires_at, exp) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            grant.phantom = phantom;
+            grant
+        }
+        None => {
+            let token = VerifiedToken::introspected(issuer, claims, exp);
+            match Grant::from_token(&token, config) {
+                Ok(mut grant) => {
+                    grant.phantom = phantom;
+                    grant
+                }
+                Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Claim(e))),
+            }
+        }
+    };
+    let grant = Rc::new(grant);
+    state.tokens.insert(key, Rc::clone(&grant), until, now);
+    Ok(grant)
+}
+
+/// The endpoint's answer (or why there is none) for one token: cached for
+/// every worker, and the outcome handed to the requests that waited.
+fn finish_introspection(
+    config: &Config,
+    state: &mut State,
+    pending: PendingIntrospection,
+    answer: Result<&CalloutReply, &str>,
+    now: u64,
+) -> Resumed {
+    let PendingIntrospection {
+        issuer, key, local, ..
+    } = pending;
+    state.introspecting.remove(&key);
+    let shared = config.shared_cache.clone();
+    shared.release(state.shared.as_ref(), &key, state.worker);
+    let Some(settings) = config
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.introspection.as_ref())
+    else {
+        return Resumed::Introspected {
+            issuer,
+            known: (key, Err(Denial::InvalidToken(TokenProblem::Inactive))),
+            result: IntrospectionResult::Failed,
+        };
+    };
+    let interpreted = match answer {
+        Ok(reply) => introspection::interpret(reply).map_err(|e| e.to_string()),
+        Err(why) => Err(format!("the callout could not be dispatched: {why}")),
+    };
+    let issuer_u16 = u16::try_from(issuer).unwrap_or(u16::MAX);
+    let (outcome, result) = match interpreted {
+        Ok(Answer::Active(claims)) => {
+            let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+            let fresh_until = settings.fresh_until(exp, now);
+            let json = serde_json::Value::Object(claims.clone()).to_string();
+            let outcome = admit(
+                config,
+                state,
+                issuer,
+                key,
+                claims,
+                local.as_ref(),
+                fresh_until,
+                now,
+            );
+            if outcome.is_ok() && fresh_until > now {
+                let entry = Entry::Active {
+                    issuer: issuer_u16,
+                    fresh_until,
+                    stale_until: settings.stale_until(fresh_until),
+                    json: json.into_bytes(),
+                };
+                if shared.write(state.shared.as_ref(), &key, &entry, now) == Written::Evicted {
+                    state.shared_stats.evictions += 1;
+                }
+            }
+            let result = if outcome.is_ok() {
+                IntrospectionResult::Active
+            } else {
+                IntrospectionResult::Inactive
+            };
+            (outcome, result)
+        }
+        Ok(Answer::Inactive) => {
+            let until = now.saturating_add(settings.negative_ttl_seconds);
+            let denial = Denial::InvalidToken(TokenProblem::Inactive);
+            if settings.negative_ttl_seconds > 0 {
+                state
+                    .rejected
+                    .insert(key, Rc::new(denial.clone()), until, now);
+                let entry = Entry::Inactive {
+                    issuer: issuer_u16,
+                    until,
+                };
+                shared.write(state.shared.as_ref(), &key, &entry, now);
+            }
+            (Err(denial), IntrospectionResult::Inactive)
+        }
+        Err(cause) => match stale(config, state, issuer, key, local.as_ref(), now) {
+            Some(grant) => (Ok(grant), IntrospectionResult::StaleServed),
+            None => (
+                Err(Denial::IntrospectionUnavailable {
+                    issuer: issuer_name(config, issuer),
+                    cause,
+                }),
+                IntrospectionResult::Failed,
+            ),
+        },
+    };
+    Resumed::Introspected {
+        issuer,
+        known: (key, outcome),
+        result,
+    }
+}
+
+/// Under `failure_mode: serve_stale`, the cached active answer past its TTL
+/// but within `stale_seconds`, if shared data still holds it.
+fn stale(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    local: Option<&Rc<Grant>>,
+    now: u64,
+) -> Option<Rc<Grant>> {
+    let entry = config.shared_cache.read(state.shared.as_ref(), &key, now)?;
+    let Entry::Active { json, .. } = &entry else {
+        return None;
+    };
+    let claims = serde_json::from_slice(json).ok()?;
+    // Served for this request only: the next one asks the endpoint again.
+    let grant = admit(config, state, issuer, key, claims, local, now, now).ok()?;
+    Some(grant)
 }
 
 fn allow(
@@ -507,6 +969,9 @@ fn allow(
     }
     if let (Some(header), Some(payload)) = (&config.forward.payload_header, &grant.payload) {
         allow.set_headers.push((header.clone(), payload.clone()));
+    }
+    if let (Some(header), Some(answer)) = (&config.forward.phantom_token_header, &grant.phantom) {
+        allow.set_headers.push((header.clone(), answer.clone()));
     }
     if config.forward.hide_credentials {
         match &found.source {

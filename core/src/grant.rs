@@ -27,6 +27,9 @@ pub struct Grant {
     pub payload: Option<String>,
     /// The claims as JSON text, kept only when a PDP is asked about them.
     claims_json: Option<String>,
+    /// An introspected token's answer as ASCII JSON, kept only for
+    /// `forward.phantom_token_header`.
+    pub phantom: Option<String>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -107,6 +110,7 @@ impl Grant {
                 .pdp
                 .as_ref()
                 .map(|_| Value::Object(token.claims().clone()).to_string()),
+            phantom: None,
         })
     }
 
@@ -138,6 +142,7 @@ impl Weigh for Grant {
             option_weight(&self.client_id),
             option_weight(&self.payload),
             option_weight(&self.claims_json),
+            option_weight(&self.phantom),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
+use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder as _};
 use serde_json::{Map, Value};
 
 use crate::alg::Alg;
@@ -36,11 +36,17 @@ pub enum TokenError {
     Expired,
     NotYetValid,
     IssuedInFuture,
-    LifetimeTooLong { seconds: u64, max: u64 },
+    LifetimeTooLong {
+        seconds: u64,
+        max: u64,
+    },
     WrongAudience,
     Key(KeyLookupError),
     BadSignature,
     Signature(VerifyError),
+    /// An introspection answer's `token_type` names something other than a
+    /// bearer access token (a refresh token, a DPoP-bound token).
+    NotAnAccessToken(String),
 }
 
 impl fmt::Display for TokenError {
@@ -72,6 +78,12 @@ impl fmt::Display for TokenError {
             TokenError::Key(e) => write!(f, "{e}"),
             TokenError::BadSignature => write!(f, "the token signature is invalid"),
             TokenError::Signature(e) => write!(f, "the token signature is invalid: {e}"),
+            TokenError::NotAnAccessToken(kind) => {
+                write!(
+                    f,
+                    "the token is a {kind:?} token, not a bearer access token"
+                )
+            }
         }
     }
 }
@@ -100,6 +112,23 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// An active introspection answer whose claims passed [`check_claims`]:
+    /// the payload is the answer as JSON, base64url-encoded, so the payload
+    /// header carries the same kind of value for both kinds of token.
+    pub fn introspected(
+        issuer: usize,
+        claims: Map<String, Value>,
+        expires_at: Option<u64>,
+    ) -> VerifiedToken {
+        let json = Value::Object(claims.clone()).to_string();
+        VerifiedToken {
+            issuer,
+            payload: Base64UrlSafeNoPadding::encode_to_string(json).unwrap_or_default(),
+            claims,
+            expires_at,
+        }
+    }
+
     pub fn issuer_index(&self) -> usize {
         self.issuer
     }
@@ -156,6 +185,23 @@ struct Segments<'t> {
     payload: &'t str,
     signature: &'t str,
     signing_input: &'t str,
+}
+
+/// Whether the token has the compact JWS shape (three base64url segments);
+/// anything else is an opaque token, for introspection.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = 0;
+    for part in token.split('.') {
+        parts += 1;
+        if part.is_empty() && parts < 3
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    parts == 3
 }
 
 fn split(token: &str) -> Result<Segments<'_>, TokenError> {
@@ -267,12 +313,34 @@ pub fn precheck<'t>(
         return Err(TokenError::AlgNotAllowed(alg));
     }
 
+    let exp = check_claims(&claims, config, rules, now)?;
+    Ok(Unverified {
+        signing_input: segments.signing_input,
+        signature,
+        issuer,
+        alg,
+        kid,
+        payload: segments.payload,
+        claims,
+        expires_at: exp,
+    })
+}
+
+/// The checks every token's claims pass, whether they came signed in a JWT or
+/// from the introspection endpoint: `sub` a string, `exp`/`nbf`/`iat` with
+/// the skew, the audience, the lifetime. Returns `exp`.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    config: &Issuer,
+    rules: &JwtRules,
+    now: u64,
+) -> Result<Option<u64>, TokenError> {
     if claims.get("sub").is_some_and(|sub| !sub.is_string()) {
         return Err(TokenError::Malformed("sub must be a string"));
     }
-    let exp = numeric_date(&claims, "exp")?;
-    let nbf = numeric_date(&claims, "nbf")?;
-    let iat = numeric_date(&claims, "iat")?;
+    let exp = numeric_date(claims, "exp")?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
     let skew = rules.clock_skew_seconds;
     match exp {
         None if rules.require_exp => return Err(TokenError::MissingExp),
@@ -295,16 +363,7 @@ pub fn precheck<'t>(
             return Err(TokenError::LifetimeTooLong { seconds, max });
         }
     }
-    Ok(Unverified {
-        signing_input: segments.signing_input,
-        signature,
-        issuer,
-        alg,
-        kid,
-        payload: segments.payload,
-        claims,
-        expires_at: exp,
-    })
+    Ok(exp)
 }
 
 fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::alg::Alg;
 use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
+use crate::introspection::{Introspection, Mode};
 use crate::jwks::KeySet;
 
 /// How the keys of an issuer are obtained.
@@ -19,6 +20,8 @@ pub enum KeySource {
     Static(Rc<KeySet>),
     JwksUri(Url),
     Discovery(Url),
+    /// No keys: every token of the issuer is introspected.
+    None,
 }
 
 #[derive(Clone)]
@@ -34,6 +37,8 @@ pub struct Issuer {
     pub refresh_seconds: u64,
     pub fetch_timeout_ms: u64,
     pub unknown_kid_refetch_seconds: u64,
+    pub mode: Mode,
+    pub introspection: Option<Introspection>,
 }
 
 impl Issuer {
@@ -61,6 +66,8 @@ impl Issuer {
             refresh_seconds: 300,
             fetch_timeout_ms: 1000,
             unknown_kid_refetch_seconds: 30,
+            mode: Mode::Jwt,
+            introspection: None,
         }
     }
 }
@@ -107,6 +114,8 @@ pub struct IssuerKeys {
     wanted_kids: Vec<Digest>,
     /// Kids the last fetches did not find, until when they are not refetched for.
     absent_kids: Vec<(Digest, u64)>,
+    /// From the last discovery document.
+    introspection_endpoint: Option<Url>,
 }
 
 /// What one reply means for the fetch in progress.
@@ -212,6 +221,7 @@ pub struct KeyManager {
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    introspection_endpoint: Option<String>,
 }
 
 impl KeyManager {
@@ -235,6 +245,11 @@ impl KeyManager {
 
     pub fn keys(&self, issuer: usize) -> Option<&Rc<KeySet>> {
         self.issuers.get(issuer)?.keys.as_ref()
+    }
+
+    /// The `introspection_endpoint` of the issuer's last discovery document.
+    pub fn discovered_introspection_endpoint(&self, issuer: usize) -> Option<&Url> {
+        self.issuers.get(issuer)?.introspection_endpoint.as_ref()
     }
 
     pub fn state(&self, issuer: usize) -> Option<&IssuerKeys> {
@@ -370,7 +385,10 @@ impl KeyManager {
         };
         let outcome = interpret(settings, step, body);
         match outcome {
-            Ok(Interpreted::Next(next_step, callout)) => FetchProgress::Next(next_step, callout),
+            Ok(Interpreted::Next(next_step, callout, introspection)) => {
+                state.introspection_endpoint = introspection;
+                FetchProgress::Next(next_step, callout)
+            }
             Ok(Interpreted::Keys(keys, skipped)) => {
                 let count = keys.len();
                 let remember_until = now.saturating_add(settings.unknown_kid_refetch_seconds);
@@ -417,13 +435,14 @@ impl KeyManager {
 }
 
 enum Interpreted {
-    Next(FetchStep, Callout),
+    /// The next step, and the discovery document's introspection endpoint.
+    Next(FetchStep, Callout, Option<Url>),
     Keys(KeySet, Vec<String>),
 }
 
 fn first_callout(issuer: &Issuer) -> Option<(FetchStep, Callout)> {
     match &issuer.source {
-        KeySource::Static(_) => None,
+        KeySource::Static(_) | KeySource::None => None,
         KeySource::JwksUri(url) => Some((
             FetchStep::Jwks,
             Callout::get(&issuer.upstream, url.clone(), issuer.fetch_timeout_ms),
@@ -464,9 +483,12 @@ fn interpret(
             }
             let url = Url::parse(&doc.jwks_uri)
                 .map_err(|e| format!("OIDC discovery for {}: jwks_uri {e}", issuer.issuer))?;
+            // An unusable endpoint is reported when a token needs it.
+            let introspection = doc.introspection_endpoint.and_then(|u| Url::parse(&u).ok());
             Ok(Interpreted::Next(
                 FetchStep::Jwks,
                 Callout::get(&issuer.upstream, url, issuer.fetch_timeout_ms),
+                introspection,
             ))
         }
         FetchStep::Jwks => {

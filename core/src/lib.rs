@@ -28,6 +28,7 @@ pub mod engine;
 pub mod extract;
 pub mod grant;
 pub mod headers;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
@@ -37,6 +38,7 @@ pub mod policy;
 pub mod request;
 pub mod response;
 pub mod services;
+pub mod shared_cache;
 pub mod verify;
 
 #[cfg(test)]

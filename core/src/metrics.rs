@@ -32,16 +32,23 @@ pub enum CalloutKind {
     Discovery,
     Jwks,
     Pdp,
+    Introspection,
 }
 
 impl CalloutKind {
-    pub const ALL: [CalloutKind; 3] = [CalloutKind::Discovery, CalloutKind::Jwks, CalloutKind::Pdp];
+    pub const ALL: [CalloutKind; 4] = [
+        CalloutKind::Discovery,
+        CalloutKind::Jwks,
+        CalloutKind::Pdp,
+        CalloutKind::Introspection,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             CalloutKind::Discovery => "discovery",
             CalloutKind::Jwks => "jwks",
             CalloutKind::Pdp => "pdp",
+            CalloutKind::Introspection => "introspection",
         }
     }
 }
@@ -101,13 +108,18 @@ pub enum CacheName {
     Tokens,
     PdpDecisions,
     RejectedTokens,
+    /// Introspection answers in shared data, read by every worker (a miss
+    /// is a lookup that found nothing live for the token; an eviction, an
+    /// entry that replaced another token's live one).
+    IntrospectionShared,
 }
 
 impl CacheName {
-    pub const ALL: [CacheName; 3] = [
+    pub const ALL: [CacheName; 4] = [
         CacheName::Tokens,
         CacheName::PdpDecisions,
         CacheName::RejectedTokens,
+        CacheName::IntrospectionShared,
     ];
 
     pub fn label(self) -> &'static str {
@@ -115,6 +127,7 @@ impl CacheName {
             CacheName::Tokens => "tokens",
             CacheName::PdpDecisions => "pdp_decisions",
             CacheName::RejectedTokens => "rejected_tokens",
+            CacheName::IntrospectionShared => "introspection_shared",
         }
     }
 }
@@ -152,6 +165,31 @@ pub enum Counter {
         issuer: usize,
         ok: bool,
     },
+    /// An introspection that ended: what the endpoint's answer meant.
+    Introspection {
+        issuer: usize,
+        result: IntrospectionResult,
+    },
+}
+
+/// What one introspection callout came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntrospectionResult {
+    Active,
+    Inactive,
+    /// No usable answer (a 503, or a stale answer served instead).
+    Failed,
+    /// The endpoint failed and a cached answer past its TTL was served.
+    StaleServed,
+}
+
+impl IntrospectionResult {
+    pub const ALL: [IntrospectionResult; 4] = [
+        IntrospectionResult::Active,
+        IntrospectionResult::Inactive,
+        IntrospectionResult::Failed,
+        IntrospectionResult::StaleServed,
+    ];
 }
 
 impl Counter {
@@ -221,6 +259,9 @@ impl Catalogue {
                 all.push(Metric::Counter(Counter::KeyRefresh { issuer, ok }));
             }
             all.push(Metric::Gauge(Gauge::KeysLoaded { issuer }));
+            for result in IntrospectionResult::ALL {
+                all.push(Metric::Counter(Counter::Introspection { issuer, result }));
+            }
         }
         all.into_iter()
             .filter_map(|metric| Some((metric, self.name(metric)?)))
@@ -250,6 +291,22 @@ impl Catalogue {
                 self.issuers.get(issuer)?,
                 if ok { "ok" } else { "failed" }
             ),
+            Metric::Counter(Counter::Introspection { issuer, result }) => {
+                let issuer = self.issuers.get(issuer)?;
+                match result {
+                    IntrospectionResult::StaleServed => {
+                        format!("{PREFIX}.stale_served.issuer.{issuer}")
+                    }
+                    result => format!(
+                        "{PREFIX}.introspections.issuer.{issuer}.result.{}",
+                        match result {
+                            IntrospectionResult::Active => "active",
+                            IntrospectionResult::Inactive => "inactive",
+                            _ => "failed",
+                        }
+                    ),
+                }
+            }
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -290,6 +347,7 @@ pub struct CacheCounts {
     tokens: CacheStats,
     decisions: CacheStats,
     rejected: CacheStats,
+    shared: CacheStats,
 }
 
 impl CacheCounts {
@@ -311,6 +369,12 @@ impl CacheCounts {
             CacheName::RejectedTokens,
             &mut self.rejected,
             state.rejected.stats(),
+            metrics,
+        );
+        report_cache(
+            CacheName::IntrospectionShared,
+            &mut self.shared,
+            state.shared_stats,
             metrics,
         );
     }
@@ -386,7 +450,7 @@ mod tests {
         }
         // 1 allowed + one per reason + 3 kinds x (4 outcomes + 1 histogram)
         // + 3 caches x 3 events + 1 issuer x 3.
-        assert_eq!(names.len(), 1 + Reason::ALL.len() + 15 + 9 + 3);
+        assert_eq!(names.len(), 1 + Reason::ALL.len() + 20 + 12 + 7);
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {
             assert!(

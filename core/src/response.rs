@@ -35,11 +35,13 @@ pub enum Reason {
     PdpDenied,
     KeysUnavailable,
     PdpUnavailable,
+    TokenInactive,
+    IntrospectionUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -58,6 +60,8 @@ impl Reason {
         Reason::PdpDenied,
         Reason::KeysUnavailable,
         Reason::PdpUnavailable,
+        Reason::TokenInactive,
+        Reason::IntrospectionUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -80,6 +84,8 @@ impl Reason {
             Reason::PdpDenied => "pdp_denied",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::PdpUnavailable => "pdp_unavailable",
+            Reason::TokenInactive => "token_inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum TokenProblem {
     Claim(GrantError),
     /// Consumers are configured and this client is not among them.
     ClientUnknown,
+    /// The introspection endpoint says the token is not active (RFC 7662
+    /// §2.2): unknown, expired, revoked, or not for this server.
+    Inactive,
 }
 
 impl TokenProblem {
@@ -115,12 +124,14 @@ impl TokenProblem {
                 TokenError::Key(_) | TokenError::BadSignature | TokenError::Signature(_) => {
                     Reason::SignatureInvalid
                 }
-                TokenError::Malformed(_) | TokenError::MissingIssuer | TokenError::MissingExp => {
-                    Reason::TokenMalformed
-                }
+                TokenError::Malformed(_)
+                | TokenError::MissingIssuer
+                | TokenError::MissingExp
+                | TokenError::NotAnAccessToken(_) => Reason::TokenMalformed,
             },
             TokenProblem::Claim(_) => Reason::ClaimUnusable,
             TokenProblem::ClientUnknown => Reason::ClientUnknown,
+            TokenProblem::Inactive => Reason::TokenInactive,
         }
     }
 }
@@ -131,6 +142,7 @@ impl fmt::Display for TokenProblem {
             TokenProblem::Jwt(e) => write!(f, "{e}"),
             TokenProblem::Claim(e) => write!(f, "{e}"),
             TokenProblem::ClientUnknown => write!(f, "unknown client"),
+            TokenProblem::Inactive => write!(f, "the token is not active"),
         }
     }
 }
@@ -181,6 +193,12 @@ pub enum Denial {
     PdpUnavailable {
         cause: String,
     },
+    /// The issuer's introspection endpoint gave no usable answer. `cause`
+    /// is for the log only.
+    IntrospectionUnavailable {
+        issuer: String,
+        cause: String,
+    },
 }
 
 impl crate::cache::Weigh for Denial {
@@ -207,6 +225,7 @@ impl Denial {
             Denial::PdpDenied { .. } => Reason::PdpDenied,
             Denial::KeysUnavailable { .. } => Reason::KeysUnavailable,
             Denial::PdpUnavailable { .. } => Reason::PdpUnavailable,
+            Denial::IntrospectionUnavailable { .. } => Reason::IntrospectionUnavailable,
         }
     }
 
@@ -222,7 +241,9 @@ impl Denial {
             Denial::InsufficientScope { .. } | Denial::NoRule { .. } | Denial::PdpDenied { .. } => {
                 403
             }
-            Denial::KeysUnavailable { .. } | Denial::PdpUnavailable { .. } => 503,
+            Denial::KeysUnavailable { .. }
+            | Denial::PdpUnavailable { .. }
+            | Denial::IntrospectionUnavailable { .. } => 503,
         }
     }
 
@@ -245,6 +266,9 @@ impl Denial {
             Denial::PdpUnavailable { .. } => {
                 "the policy decision point is not available right now".into()
             }
+            Denial::IntrospectionUnavailable { .. } => {
+                "the authorization server cannot check this token right now".into()
+            }
         }
     }
 
@@ -253,7 +277,8 @@ impl Denial {
     pub fn log_fields(&self) -> Vec<(&'static str, String)> {
         match self {
             Denial::InsufficientScope { rule, .. } => vec![("rule", rule.clone())],
-            Denial::KeysUnavailable { issuer, cause } => {
+            Denial::KeysUnavailable { issuer, cause }
+            | Denial::IntrospectionUnavailable { issuer, cause } => {
                 vec![("issuer", issuer.clone()), ("cause", cause.clone())]
             }
             Denial::PdpUnavailable { cause } => vec![("cause", cause.clone())],
@@ -290,7 +315,9 @@ impl Denial {
                 )
             }
             Denial::NoRule { .. } | Denial::PdpDenied { .. } => ("forbidden", None),
-            Denial::KeysUnavailable { .. } | Denial::PdpUnavailable { .. } => {
+            Denial::KeysUnavailable { .. }
+            | Denial::PdpUnavailable { .. }
+            | Denial::IntrospectionUnavailable { .. } => {
                 headers.push(("retry-after".into(), "5".into()));
                 ("temporarily_unavailable", None)
             }

@@ -147,6 +147,15 @@ pub mod testing {
         last_cas: Cell<u32>,
     }
 
+    impl MemoryStore {
+        /// Every key written so far, sorted.
+        pub fn keys(&self) -> Vec<String> {
+            let mut keys: Vec<String> = self.entries.borrow().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    }
+
     impl SharedStore for MemoryStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.entries.borrow().get(key).cloned()

@@ -1,0 +1,679 @@
+//! RFC 7662 token introspection: per-issuer settings, the callout that asks
+//! the authorization server about a token, and what its answer means. The
+//! engine decides when to ask; [`crate::shared_cache`] remembers the answers
+//! for every worker.
+
+use std::fmt;
+
+use ct_codecs::{Base64, Encoder as _};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::callout::{Callout, CalloutError, CalloutReply, Url};
+use crate::config_error::ConfigError;
+use crate::jwt::{check_claims, JwtRules, TokenError};
+use crate::keys::Issuer;
+
+/// An active result is cached until this long before the token's `exp`, so
+/// that a cached answer never outlives the token on a clock a little ahead.
+pub const EXP_MARGIN_SECONDS: u64 = 5;
+/// Upper bounds for the durations an operator may configure.
+const MAX_TTL_LIMIT_SECONDS: u64 = 86_400;
+const NEGATIVE_TTL_LIMIT_SECONDS: u64 = 3_600;
+const STALE_LIMIT_SECONDS: u64 = 86_400;
+
+/// Which tokens of an issuer are verified locally and which are introspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// JWTs are verified locally; only opaque tokens are introspected.
+    #[default]
+    Jwt,
+    /// Every token is introspected, to see revocations at once.
+    Introspect,
+    /// JWTs are verified locally, then introspected (cached).
+    JwtThenIntrospect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawFailureMode {
+    #[default]
+    Deny,
+    ServeStale,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    endpoint: Option<String>,
+    upstream: Option<String>,
+    authority: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    #[serde(default)]
+    auth_method: AuthMethod,
+    #[serde(default = "default_hint")]
+    token_type_hint: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_max_ttl")]
+    max_ttl_seconds: u64,
+    #[serde(default = "default_negative_ttl")]
+    negative_ttl_seconds: u64,
+    token_prefix: Option<String>,
+    #[serde(default)]
+    failure_mode: RawFailureMode,
+    stale_seconds: Option<u64>,
+}
+
+fn default_hint() -> Option<String> {
+    Some("access_token".into())
+}
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+fn default_max_ttl() -> u64 {
+    300
+}
+fn default_negative_ttl() -> u64 {
+    10
+}
+
+/// How the gateway authenticates to the introspection endpoint. The secret
+/// lives only here and in the callout; `Debug` never shows it.
+#[derive(Clone)]
+enum ClientAuth {
+    /// The whole `Authorization: Basic …` value (RFC 6749 §2.3.1).
+    Basic(String),
+    Post {
+        client_id: String,
+        secret: String,
+    },
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAuth::Basic(_) => f.write_str("Basic(<secret>)"),
+            ClientAuth::Post { client_id, .. } => write!(f, "Post({client_id}, <secret>)"),
+        }
+    }
+}
+
+/// What to do when the endpoint gives no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// 503: nothing is let through on a guess.
+    Deny,
+    /// Serve a cached active result up to this long past its TTL (logged and
+    /// counted), then 503.
+    ServeStale { seconds: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// `None`: the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<Url>,
+    pub upstream: String,
+    authority: Option<String>,
+    auth: ClientAuth,
+    token_type_hint: Option<String>,
+    pub timeout_ms: u64,
+    pub max_ttl_seconds: u64,
+    pub negative_ttl_seconds: u64,
+    pub token_prefix: Option<String>,
+    pub failure_mode: FailureMode,
+}
+
+impl Introspection {
+    /// `issuer_upstream` is the issuer's own cluster, the default;
+    /// `discovery` whether the endpoint may come from the discovery document.
+    pub fn compile(
+        raw: RawIntrospection,
+        field: &str,
+        issuer_upstream: Option<&str>,
+        discovery: bool,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Introspection, ConfigError> {
+        let f = |name: &str| format!("{field}.{name}");
+        let endpoint = match raw.endpoint {
+            Some(url) => Some(Url::parse(&url).map_err(|e| ConfigError::new(f("endpoint"), e))?),
+            None if discovery => None,
+            None => {
+                return Err(ConfigError::new(
+                    f("endpoint"),
+                    "is required unless the issuer uses `discovery: true` (its `introspection_endpoint`)",
+                ))
+            }
+        };
+        let upstream = match raw.upstream.as_deref().or(issuer_upstream) {
+            Some(u) if !u.trim().is_empty() => u.to_string(),
+            _ => return Err(ConfigError::new(
+                f("upstream"),
+                "is required: the Envoy cluster (or Kong host:port) of the introspection endpoint",
+            )),
+        };
+        if let Some(authority) = &raw.authority {
+            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+                return Err(ConfigError::new(f("authority"), "must be a host[:port]"));
+            }
+        }
+        if raw.client_id.is_empty() || raw.client_id.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                f("client_id"),
+                "must be non-empty text without control characters",
+            ));
+        }
+        let secret = match (raw.client_secret, raw.client_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field,
+                    "give only one of `client_secret` and `client_secret_env`",
+                ))
+            }
+            (Some(secret), None) => secret,
+            (None, Some(name)) => env(&name).ok_or_else(|| {
+                ConfigError::new(
+                    f("client_secret_env"),
+                    format!("the environment variable {name:?} is not set for the filter (on Envoy, list it in vm_config.environment_variables.host_env_keys)"),
+                )
+            })?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    field,
+                    "needs the client secret: `client_secret` or `client_secret_env`",
+                ))
+            }
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::new(f("client_secret"), "must not be empty"));
+        }
+        let auth = match raw.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                let pair = format!(
+                    "{}:{}",
+                    crate::callout::form_urlencode(&raw.client_id),
+                    crate::callout::form_urlencode(&secret)
+                );
+                let encoded = Base64::encode_to_string(pair)
+                    .map_err(|e| ConfigError::new(f("client_secret"), e.to_string()))?;
+                ClientAuth::Basic(format!("Basic {encoded}"))
+            }
+            AuthMethod::ClientSecretPost => ClientAuth::Post {
+                client_id: raw.client_id,
+                secret,
+            },
+            AuthMethod::PrivateKeyJwt => {
+                return Err(ConfigError::new(
+                    f("auth_method"),
+                    "private_key_jwt is not supported yet; use client_secret_basic or client_secret_post",
+                ))
+            }
+        };
+        if !(1..=60_000).contains(&raw.timeout_ms) {
+            return Err(ConfigError::new(
+                f("timeout_ms"),
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(1..=MAX_TTL_LIMIT_SECONDS).contains(&raw.max_ttl_seconds) {
+            return Err(ConfigError::new(
+                f("max_ttl_seconds"),
+                format!("must be between 1 and {MAX_TTL_LIMIT_SECONDS}"),
+            ));
+        }
+        if raw.negative_ttl_seconds > NEGATIVE_TTL_LIMIT_SECONDS {
+            return Err(ConfigError::new(
+                f("negative_ttl_seconds"),
+                format!("must be at most {NEGATIVE_TTL_LIMIT_SECONDS}: a revoked-then-reissued token should not wait longer"),
+            ));
+        }
+        if raw.token_prefix.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                f("token_prefix"),
+                "must not be empty; leave it out to take every opaque token",
+            ));
+        }
+        let failure_mode = match (raw.failure_mode, raw.stale_seconds) {
+            (RawFailureMode::Deny, None) => FailureMode::Deny,
+            (RawFailureMode::Deny, Some(_)) => {
+                return Err(ConfigError::new(
+                    f("stale_seconds"),
+                    "applies only with `failure_mode: \"serve_stale\"`",
+                ))
+            }
+            (RawFailureMode::ServeStale, seconds) => {
+                let seconds = seconds.unwrap_or(60);
+                if !(1..=STALE_LIMIT_SECONDS).contains(&seconds) {
+                    return Err(ConfigError::new(
+                        f("stale_seconds"),
+                        format!("must be between 1 and {STALE_LIMIT_SECONDS}"),
+                    ));
+                }
+                FailureMode::ServeStale { seconds }
+            }
+        };
+        Ok(Introspection {
+            endpoint,
+            upstream,
+            authority: raw.authority,
+            auth,
+            token_type_hint: raw.token_type_hint.filter(|h| !h.is_empty()),
+            timeout_ms: raw.timeout_ms,
+            max_ttl_seconds: raw.max_ttl_seconds,
+            negative_ttl_seconds: raw.negative_ttl_seconds,
+            token_prefix: raw.token_prefix,
+            failure_mode,
+        })
+    }
+
+    /// The RFC 7662 §2.1 request for `token`.
+    pub fn callout(&self, endpoint: &Url, token: &str) -> Callout {
+        let mut fields = vec![("token", token)];
+        if let Some(hint) = &self.token_type_hint {
+            fields.push(("token_type_hint", hint));
+        }
+        if let ClientAuth::Post { client_id, secret } = &self.auth {
+            fields.push(("client_id", client_id));
+            fields.push(("client_secret", secret));
+        }
+        let mut url = endpoint.clone();
+        if let Some(authority) = &self.authority {
+            url.authority = authority.clone();
+        }
+        let mut callout = Callout::post_form(&self.upstream, url, &fields, self.timeout_ms);
+        if let ClientAuth::Basic(value) = &self.auth {
+            callout
+                .headers
+                .push(("authorization".to_string(), value.clone()));
+        }
+        callout
+    }
+
+    /// Until when an active answer may be used: `exp` less the margin, and
+    /// never more than `max_ttl_seconds` from now.
+    pub fn fresh_until(&self, exp: Option<u64>, now: u64) -> u64 {
+        let cap = now.saturating_add(self.max_ttl_seconds);
+        exp.map_or(cap, |exp| exp.saturating_sub(EXP_MARGIN_SECONDS).min(cap))
+    }
+
+    /// Until when a stale active answer may still be served, if ever.
+    pub fn stale_until(&self, fresh_until: u64) -> u64 {
+        match self.failure_mode {
+            FailureMode::Deny => fresh_until,
+            FailureMode::ServeStale { seconds } => fresh_until.saturating_add(seconds),
+        }
+    }
+}
+
+/// What the endpoint said about a token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `active: true`, with the other members of the answer.
+    Active(Map<String, Value>),
+    Inactive,
+}
+
+/// Why an answer is unusable: never a verdict on the token, always a 503.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntrospectionError {
+    Callout(CalloutError),
+    NotJson,
+    NoActive,
+}
+
+impl fmt::Display for IntrospectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntrospectionError::Callout(CalloutError::Status(401 | 403)) => write!(
+                f,
+                "the endpoint refused the gateway's client credentials (check client_id and the secret)"
+            ),
+            IntrospectionError::Callout(e) => write!(f, "{e}"),
+            IntrospectionError::NotJson => write!(f, "the answer is not a JSON object"),
+            IntrospectionError::NoActive => {
+                write!(f, "the answer has no boolean `active` member")
+            }
+        }
+    }
+}
+
+/// Reads the endpoint's reply (RFC 7662 §2.2).
+pub fn interpret(reply: &CalloutReply) -> Result<Answer, IntrospectionError> {
+    let body = reply.success_body().map_err(IntrospectionError::Callout)?;
+    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
+        return Err(IntrospectionError::NotJson);
+    };
+    match answer.remove("active") {
+        Some(Value::Bool(true)) => Ok(Answer::Active(answer)),
+        Some(Value::Bool(false)) => Ok(Answer::Inactive),
+        _ => Err(IntrospectionError::NoActive),
+    }
+}
+
+/// An active answer's claims, checked as a JWT's would be: `iss` (when the
+/// server says it) must be this issuer, `token_type` (when said) a bearer
+/// access token, then times, audience and lifetime as [`check_claims`]
+/// does. `exp` is optional here (RFC 7662 makes it so). Returns `exp`.
+pub fn check_active(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    rules: &JwtRules,
+    now: u64,
+) -> Result<Option<u64>, TokenError> {
+    match claims.get("iss") {
+        None => {}
+        Some(Value::String(iss)) if *iss == issuer.issuer => {}
+        Some(Value::String(iss)) => return Err(TokenError::UnknownIssuer(iss.clone())),
+        Some(_) => return Err(TokenError::Malformed("iss must be a string")),
+    }
+    match claims.get("token_type") {
+        None => {}
+        Some(Value::String(kind)) if is_bearer_access_token(kind) => {}
+        Some(Value::String(kind)) => {
+            return Err(TokenError::NotAnAccessToken(
+                kind.chars().take(64).collect(),
+            ))
+        }
+        Some(_) => return Err(TokenError::Malformed("token_type must be a string")),
+    }
+    let rules = JwtRules {
+        require_exp: false,
+        // Without `exp` the lifetime is unknown, not infinite: the cache
+        // TTL bounds how long such an answer is trusted.
+        max_lifetime_seconds: rules
+            .max_lifetime_seconds
+            .filter(|_| claims.contains_key("exp")),
+        ..rules.clone()
+    };
+    check_claims(claims, issuer, &rules, now)
+}
+
+fn is_bearer_access_token(kind: &str) -> bool {
+    [
+        "bearer",
+        "access_token",
+        "urn:ietf:params:oauth:token-type:access_token",
+    ]
+    .iter()
+    .any(|k| kind.eq_ignore_ascii_case(k))
+}
+
+/// The answer as compact JSON with every non-ASCII character escaped, so it
+/// can travel in a header (the phantom token) byte for byte.
+pub fn ascii_json(claims: &Map<String, Value>) -> String {
+    let json = Value::Object(claims.clone()).to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::alg::Alg;
+
+    fn compile(json: &str) -> Result<Introspection, ConfigError> {
+        let raw: RawIntrospection = serde_json::from_str(json).unwrap();
+        Introspection::compile(
+            raw,
+            "issuers[0].introspection",
+            Some("as"),
+            false,
+            &|name| (name == "PEP_SECRET").then(|| "from-env".to_string()),
+        )
+    }
+
+    fn reply(status: u16, body: &str) -> CalloutReply {
+        CalloutReply {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+            oversized: None,
+        }
+    }
+
+    #[test]
+    fn the_request_is_a_form_post_with_basic_client_authentication() {
+        let i = compile(
+            r#"{"endpoint":"https://as.test/oauth/introspect","client_id":"pep gw","client_secret":"s:e&c"}"#,
+        )
+        .unwrap();
+        let c = i.callout(i.endpoint.as_ref().unwrap(), "tok en+/=");
+        assert_eq!((c.method, c.upstream.as_str()), ("POST", "as"));
+        assert_eq!(c.url.path, "/oauth/introspect");
+        assert_eq!(
+            String::from_utf8(c.body.clone().unwrap()).unwrap(),
+            "token=tok+en%2B%2F%3D&token_type_hint=access_token"
+        );
+        let auth = c
+            .headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .unwrap();
+        // base64("pep+gw:s%3Ae%26c"): each part form-encoded first (RFC 6749 §2.3.1).
+        assert_eq!(auth.1, "Basic cGVwK2d3OnMlM0FlJTI2Yw==");
+        assert!(c.headers.contains(&(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into()
+        )));
+        assert!(
+            !format!("{i:?}").contains("s:e&c"),
+            "Debug hides the secret"
+        );
+    }
+
+    #[test]
+    fn post_authentication_and_a_secret_from_the_environment() {
+        let i = compile(
+            r#"{"endpoint":"http://as/i","client_id":"pep","client_secret_env":"PEP_SECRET","auth_method":"client_secret_post","token_type_hint":null,"authority":"login.test"}"#,
+        )
+        .unwrap();
+        let c = i.callout(i.endpoint.as_ref().unwrap(), "t");
+        assert_eq!(
+            String::from_utf8(c.body.clone().unwrap()).unwrap(),
+            "token=t&client_id=pep&client_secret=from-env"
+        );
+        assert_eq!(c.url.authority, "login.test");
+        assert!(!c.headers.iter().any(|(k, _)| k == "authorization"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_field_named() {
+        for (json, field) in [
+            (
+                r#"{"client_id":"p","client_secret":"s"}"#,
+                "issuers[0].introspection.endpoint",
+            ),
+            (
+                r#"{"endpoint":"ftp://x/","client_id":"p","client_secret":"s"}"#,
+                "issuers[0].introspection.endpoint",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"","client_secret":"s"}"#,
+                "issuers[0].introspection.client_id",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p"}"#,
+                "issuers[0].introspection",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","client_secret_env":"PEP_SECRET"}"#,
+                "issuers[0].introspection",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret_env":"UNSET"}"#,
+                "issuers[0].introspection.client_secret_env",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","timeout_ms":0}"#,
+                "issuers[0].introspection.timeout_ms",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","max_ttl_seconds":0}"#,
+                "issuers[0].introspection.max_ttl_seconds",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","negative_ttl_seconds":99999}"#,
+                "issuers[0].introspection.negative_ttl_seconds",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","stale_seconds":5}"#,
+                "issuers[0].introspection.stale_seconds",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","token_prefix":""}"#,
+                "issuers[0].introspection.token_prefix",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","auth_method":"private_key_jwt"}"#,
+                "issuers[0].introspection.auth_method",
+            ),
+        ] {
+            let e = compile(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn answers_are_active_inactive_or_a_failure_never_a_guess() {
+        assert_eq!(
+            interpret(&reply(200, r#"{"active":false}"#)),
+            Ok(Answer::Inactive)
+        );
+        let Ok(Answer::Active(claims)) =
+            interpret(&reply(200, r#"{"active":true,"scope":"a b","sub":"u"}"#))
+        else {
+            panic!()
+        };
+        assert_eq!(claims.get("sub"), Some(&Value::from("u")));
+        for (status, body, err) in [
+            (200, "<html>hi</html>", IntrospectionError::NotJson),
+            (200, "[true]", IntrospectionError::NotJson),
+            (200, r#"{"active":"true"}"#, IntrospectionError::NoActive),
+            (200, r#"{"scope":"a"}"#, IntrospectionError::NoActive),
+            (
+                500,
+                r#"{"active":true}"#,
+                IntrospectionError::Callout(CalloutError::Status(500)),
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client"}"#,
+                IntrospectionError::Callout(CalloutError::Status(401)),
+            ),
+        ] {
+            assert_eq!(interpret(&reply(status, body)), Err(err), "{status} {body}");
+        }
+        let none = CalloutReply::default();
+        assert_eq!(
+            interpret(&none),
+            Err(IntrospectionError::Callout(CalloutError::NoResponse))
+        );
+        let huge = CalloutReply {
+            status: Some(200),
+            body: Vec::new(),
+            oversized: Some(5 << 20),
+        };
+        assert!(interpret(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("5242880"));
+    }
+
+    fn claims(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn active_claims_are_checked_like_a_jwts() {
+        let issuer = Issuer::for_tests("https://as.test", &["api"], &[Alg::RS256]);
+        let rules = JwtRules {
+            clock_skew_seconds: 60,
+            max_lifetime_seconds: Some(3600),
+            require_exp: true,
+        };
+        let now = 1_700_000_000;
+        let ok = claims(
+            r#"{"aud":"api","exp":1700000100,"iss":"https://as.test","token_type":"Bearer"}"#,
+        );
+        assert_eq!(
+            check_active(&ok, &issuer, &rules, now),
+            Ok(Some(1_700_000_100))
+        );
+        // Neither exp nor the lifetime limit is required of an answer.
+        assert_eq!(
+            check_active(&claims(r#"{"aud":["x","api"]}"#), &issuer, &rules, now),
+            Ok(None)
+        );
+        for (json, err) in [
+            (r#"{"aud":"api","exp":1699990000}"#, TokenError::Expired),
+            (r#"{"aud":"api","nbf":1700009999}"#, TokenError::NotYetValid),
+            (r#"{"aud":"other"}"#, TokenError::WrongAudience),
+            (r#"{}"#, TokenError::WrongAudience),
+            (
+                r#"{"aud":"api","iss":"https://evil.test"}"#,
+                TokenError::UnknownIssuer("https://evil.test".into()),
+            ),
+            (
+                r#"{"aud":"api","token_type":"refresh_token"}"#,
+                TokenError::NotAnAccessToken("refresh_token".into()),
+            ),
+            (
+                r#"{"aud":"api","iat":1690000000,"exp":1700000100}"#,
+                TokenError::LifetimeTooLong {
+                    seconds: 10_000_100,
+                    max: 3600,
+                },
+            ),
+        ] {
+            assert_eq!(
+                check_active(&claims(json), &issuer, &rules, now),
+                Err(err),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn results_live_until_exp_less_the_margin_or_the_maximum() {
+        let i = compile(
+            r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","max_ttl_seconds":300,"failure_mode":"serve_stale","stale_seconds":30}"#,
+        )
+        .unwrap();
+        assert_eq!(i.fresh_until(Some(1_000_100), 1_000_000), 1_000_095);
+        assert_eq!(i.fresh_until(Some(9_000_000), 1_000_000), 1_000_300);
+        assert_eq!(i.fresh_until(None, 1_000_000), 1_000_300);
+        assert_eq!(i.stale_until(1_000_300), 1_000_330);
+    }
+
+    #[test]
+    fn the_phantom_json_is_ascii() {
+        let json = ascii_json(&claims(r#"{"name":"Zoë 😀","n":1}"#));
+        assert!(json.is_ascii());
+        let back: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["name"], "Zoë 😀");
+    }
+}
