@@ -8,12 +8,23 @@ the JWKS endpoint on purpose. Never expose it beyond 127.0.0.1.
 Usage:
     python tests/authserver.py --port 9000 --issuer http://127.0.0.1:9000 \
         [--keys tests/keys] [--client ID:SECRET:"SCOPE SCOPE"]... \
-        [--audience demo-api]... [--token-alg RS256]
+        [--audience demo-api]... [--token-alg RS256] \
+        [--introspection-client ID:SECRET]...
 
 Endpoints:
     GET  /.well-known/openid-configuration   (also /.well-known/oauth-authorization-server)
     GET  /jwks                               public keys (JWKS)
     POST /token                              client_credentials grant
+    POST /introspect                         RFC 7662 token introspection
+        form: token, token_type_hint. Client authentication by
+        `Authorization: Basic base64(urlenc(id):urlenc(secret))` or by
+        client_id/client_secret form fields (not both), against the
+        introspection clients (--introspection-client, default pep:pep-secret);
+        bad or missing -> 401 {"error": "invalid_client"}. Known tokens: the
+        opaque tokens of /_test/opaque (claims as set, verbatim) and the JWTs
+        this server issued (/token, /_test/mint: their claims, active while
+        nbf <= now < exp). Anything else -> {"active": false}; an inactive
+        token never reveals its claims.
     POST /_test/mint    {"claims": {...}, "kid": "rsa1", "alg": "RS256",
                          "header": {...}, "sign_with": "rsa2", "secret": "..."}
                         -> {"token": ...}
@@ -38,8 +49,33 @@ Endpoints:
                         or weak ones); {"keys": []} removes them
     POST /_test/discovery  {"override": {"issuer": "https://other"}}
                         fields replacing those of the discovery document
-    GET  /_test/stats   {"jwks": n, "discovery": n, "token": n}
-    POST /_test/reset   reset mode, keys and counters
+    POST /_test/opaque  {"claims": {...}, "prefix": "..."} -> {"token": ...}
+                        a new random opaque token (prefix + 43 base64url
+                        chars) introspecting as the default claims (active
+                        true, sub demo-user, client_id demo-client, scope
+                        "read write", exp now+3600, iat now, iss the issuer,
+                        aud "api", token_type "Bearer") updated by `claims`;
+                        a claim given as null is left out.
+                        {"token": t, "claims": {...}} updates t's claims
+                        (null removes one); 404 if t is unknown.
+    POST /_test/revoke  {"token": t}: t introspects as inactive from now on
+    POST /_test/introspection {"mode": M, "delay_ms": N}
+                        how /introspect answers from now on: ok | error500 |
+                        error400 | garbage (200, JSON content type, not JSON)
+                        | html (200 text/html page) | no_active (200 JSON
+                        without "active") | huge (the right answer padded past
+                        1 MiB) | hang (sleep 30 s, then drop the connection) |
+                        close (drop the connection) | slow (the right answer
+                        after delay_ms). Calls are counted in every mode.
+    GET  /_test/stats   {"jwks": n, "discovery": n, "token": n, "introspect": n,
+                         "introspect_by_token": {token: n},
+                         "last_introspection": {...} or null}
+                        last_introspection: method, path, headers (lowercased
+                        names), form (every field, first value), auth_method
+                        (client_secret_basic | client_secret_post | both |
+                        none), client_id, client_authenticated, status
+                        (what was answered; null for a fault without answer)
+    POST /_test/reset   reset modes, keys, counters and opaque tokens
 
 Prints READY on stdout once listening. Logs go to stderr.
 """
@@ -205,8 +241,15 @@ class State:
             cid, secret, scopes = (spec.split(":", 2) + [""])[:3]
             self.clients[cid] = (secret, scopes.split())
         self.audiences = args.audience or []
+        self.introspection_clients = {}
+        for spec in args.introspection_client or ["pep:pep-secret"]:
+            cid, _, secret = spec.partition(":")
+            self.introspection_clients[cid] = secret
         self.token_alg = args.token_alg
         self.lock = threading.Lock()
+        # JWTs this server signed (token -> claims): they introspect as
+        # themselves. Kept across resets (a token stays issued).
+        self.issued = {}
         self.reset()
 
     def reset(self):
@@ -220,6 +263,38 @@ class State:
             self.stats = {"jwks": 0, "discovery": 0, "token": 0}
             self.extra_keys = []
             self.discovery_override = {}
+            self.introspection_mode = "ok"
+            self.introspection_delay_ms = 0
+            self.introspect_total = 0
+            self.introspect_by_token = {}
+            self.last_introspection = None
+            self.opaque = {}  # token -> claims, as /introspect answers them
+
+    def stats_doc(self):
+        with self.lock:
+            return dict(self.stats, introspect=self.introspect_total,
+                        introspect_by_token=dict(self.introspect_by_token),
+                        last_introspection=self.last_introspection)
+
+    def default_opaque_claims(self):
+        now = int(time.time())
+        return {"active": True, "sub": "demo-user", "client_id": "demo-client", "scope": "read write",
+                "exp": now + 3600, "iat": now, "iss": self.issuer, "aud": "api", "token_type": "Bearer"}
+
+    def introspect(self, token):
+        """The RFC 7662 answer for `token`."""
+        with self.lock:
+            claims = self.opaque.get(token)
+            issued = self.issued.get(token)
+        if claims is not None:
+            return dict(claims) if claims.get("active") is True else {"active": False}
+        if issued is not None:
+            now = time.time()
+            exp, nbf = issued.get("exp"), issued.get("nbf")
+            if (isinstance(exp, (int, float)) and exp <= now) or (isinstance(nbf, (int, float)) and nbf > now):
+                return {"active": False}
+            return dict(issued, active=True)
+        return {"active": False}
 
     def count(self, what):
         with self.lock:
@@ -250,6 +325,8 @@ class State:
             "issuer": self.issuer,
             "jwks_uri": self.issuer + "/jwks",
             "token_endpoint": self.issuer + "/token",
+            "introspection_endpoint": self.issuer + "/introspect",
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "response_types_supported": ["token"],
@@ -272,6 +349,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---
     def _body(self):
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline(65537)
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
@@ -350,8 +437,7 @@ class Handler(BaseHTTPRequestHandler):
             if not self._broken():
                 self._send(200, st.jwks(), ctype="application/jwk-set+json")
         elif path == "/_test/stats":
-            with st.lock:
-                self._send(200, dict(st.stats))
+            self._send(200, st.stats_doc())
         elif path == "/healthz":
             self._send(200, {"ok": True})
         else:
@@ -362,6 +448,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/token":
             self.state.count("token")
             return self._token()
+        if path == "/introspect":
+            return self._introspect()
         if path.startswith("/_test/"):
             body = self._json_in()
             if not isinstance(body, dict):
@@ -428,12 +516,129 @@ class Handler(BaseHTTPRequestHandler):
         })
         header = {"alg": st.token_alg, "typ": "JWT", "kid": pub["kid"]}
         token = encode_jwt(header, claims, key=st.keys[pub["key"]])
+        with st.lock:
+            st.issued[token] = claims
         self._send(200, {
             "access_token": token, "token_type": "Bearer",
             "expires_in": 300, "scope": " ".join(scopes),
         })
 
+    # --- /introspect ---
+    def _introspect(self):
+        st = self.state
+        raw = self._body()
+        form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        f = {k: v[0] for k, v in form.items()}
+        token = f.get("token")
+        auth = self.headers.get("Authorization")
+        basic = auth is not None and auth[:6].lower() == "basic "
+        posted = "client_id" in f or "client_secret" in f
+        method = ("both" if basic and posted else "client_secret_basic" if basic
+                  else "client_secret_post" if posted else "none")
+        cid = secret = None
+        if method == "client_secret_basic":
+            try:
+                u, sep, p = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")
+                if sep:
+                    cid, secret = urllib.parse.unquote_plus(u), urllib.parse.unquote_plus(p)
+            except ValueError:
+                pass
+        elif method == "client_secret_post":
+            cid, secret = f.get("client_id"), f.get("client_secret")
+        expected = st.introspection_clients.get(cid)
+        authenticated = (expected is not None and secret is not None
+                         and hmac.compare_digest(expected.encode(), secret.encode()))
+        record = {
+            "method": self.command, "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "form": f, "body": raw.decode("utf-8", "replace"),
+            "auth_method": method, "client_id": cid, "client_authenticated": authenticated,
+            "status": None, "mode": None,
+        }
+        with st.lock:
+            st.introspect_total += 1
+            if token is not None:
+                st.introspect_by_token[token] = st.introspect_by_token.get(token, 0) + 1
+            st.last_introspection = record
+            mode, delay = st.introspection_mode, st.introspection_delay_ms
+        record["mode"] = mode
+
+        def answer(status, body, ctype="application/json", extra=None):
+            record["status"] = status
+            self._send(status, body, ctype=ctype, extra=extra)
+
+        if mode == "hang":
+            time.sleep(30)
+            return self._drop()
+        if mode == "close":
+            return self._drop()
+        if mode == "error500":
+            return answer(500, {"error": "server_error"})
+        if mode == "error400":
+            return answer(400, {"error": "invalid_request", "error_description": "introspection refused"})
+        if mode == "garbage":
+            return answer(200, '{"active": true, "sub": "x"', ctype="application/json")
+        if mode == "html":
+            return answer(200, "<!DOCTYPE html><html><body><h1>Sign in</h1></body></html>",
+                          ctype="text/html; charset=utf-8")
+        if mode == "slow":
+            time.sleep(delay / 1000.0)
+        if not authenticated:
+            return answer(401, {"error": "invalid_client", "error_description": "client authentication failed"},
+                          extra={"WWW-Authenticate": 'Basic realm="authserver"'})
+        if token is None:
+            return answer(400, {"error": "invalid_request", "error_description": "missing token"})
+        doc = st.introspect(token)
+        if mode == "no_active":
+            doc.pop("active", None)
+            doc.setdefault("sub", "demo-user")
+        elif mode == "huge":
+            doc["padding"] = "x" * ((1 << 20) + 4096)
+        answer(200, doc)
+
     # --- /_test/* ---
+    def _t_opaque(self, body):
+        st = self.state
+        claims = body.get("claims") or {}
+        if not isinstance(claims, dict):
+            raise ValueError("claims must be an object")
+        if "token" in body:
+            token = body["token"]
+            with st.lock:
+                if token not in st.opaque:
+                    return self._send(404, {"error": "unknown token"})
+                st.opaque[token] = {k: v for k, v in dict(st.opaque[token], **claims).items() if v is not None}
+                out = dict(st.opaque[token])
+            return self._send(200, {"token": token, "claims": out})
+        prefix = body.get("prefix") or ""
+        token = prefix + b64url(os.urandom(32))
+        doc = {k: v for k, v in dict(st.default_opaque_claims(), **claims).items() if v is not None}
+        with st.lock:
+            st.opaque[token] = doc
+        self._send(200, {"token": token, "claims": doc})
+
+    def _t_revoke(self, body):
+        st = self.state
+        token = body["token"]
+        with st.lock:
+            if token in st.opaque:
+                st.opaque[token]["active"] = False
+            elif token in st.issued:
+                st.opaque[token] = {"active": False}
+            else:
+                return self._send(404, {"error": "unknown token"})
+        self._send(200, {"revoked": token})
+
+    def _t_introspection(self, body):
+        modes = ("ok", "error500", "error400", "garbage", "html", "no_active", "huge", "hang", "close", "slow")
+        mode = body.get("mode")
+        if mode not in modes:
+            raise ValueError("mode must be one of " + "|".join(modes))
+        delay = int(body.get("delay_ms") or 0)
+        with self.state.lock:
+            self.state.introspection_mode, self.state.introspection_delay_ms = mode, delay
+        self._send(200, {"mode": mode, "delay_ms": delay})
+
     def _t_mint(self, body):
         st = self.state
         claims = body.get("claims") or {}
@@ -485,7 +690,11 @@ class Handler(BaseHTTPRequestHandler):
         header["alg"] = (body.get("header") or {}).get("alg", alg)
         signing_input = (b64url(json_compact(header)) + "." + b64url(json_compact(claims))).encode()
         sig = sign_input(alg, key, signing_input, secret=secret)
-        self._send(200, {"token": signing_input.decode() + "." + b64url(sig)})
+        token = signing_input.decode() + "." + b64url(sig)
+        if isinstance(claims, dict):
+            with st.lock:
+                st.issued[token] = claims
+        self._send(200, {"token": token})
 
     def _t_jwks(self, body):
         mode = body.get("mode")
@@ -540,6 +749,8 @@ def main(argv=None):
     ap.add_argument("--client", action="append", help='ID:SECRET:"scope scope" (repeatable)')
     ap.add_argument("--audience", action="append", help="aud of /token tokens (repeatable)")
     ap.add_argument("--token-alg", default="RS256")
+    ap.add_argument("--introspection-client", action="append",
+                    help="ID:SECRET allowed to call /introspect (repeatable; default pep:pep-secret)")
     args = ap.parse_args(argv)
     if args.issuer is None:
         args.issuer = "http://%s:%d" % (args.host, args.port)

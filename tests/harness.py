@@ -8,6 +8,10 @@ and is always killed (fixture finalizers, plus atexit for anything left).
     echo = Echo.start(tmpdir)                   # tests/echo.py
     env = Envoy.start(filter_config, tmpdir, upstream_port=echo.port,
                       authserver_port=auth.port, clusters={"pdp": 1234})
+    env = Envoy.start(..., concurrency=2,                   # two workers
+                      env={"SECRET": "x"}, host_env_keys=["SECRET"])  # env var the VM reads
+    t = auth.opaque(scope="read")               # opaque token for /introspect
+    auth.revoke(t); auth.set_introspection_mode("error500"); auth.introspections(t)
     env.get("/api", token=auth.token())         # requests.Response
     env.log_text()
     res = Envoy.start_expecting_failure(bad_config, tmpdir, ...)
@@ -94,14 +98,18 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
 class Proc:
     """A child process in its own process group, output to a log file."""
 
-    def __init__(self, name, argv, log_path, cwd=ROOT):
+    def __init__(self, name, argv, log_path, cwd=ROOT, env=None):
+        """env: variables added to (or, as None, removed from) this process's environment."""
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
+        penv = None
+        if env:
+            penv = _overridden(dict(os.environ), env)
         self.popen = subprocess.Popen(
             self.argv, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, env=penv,
         )
         _LIVE.append(self)
 
@@ -198,7 +206,9 @@ class AuthServer:
         self.http = requests.Session()
 
     @classmethod
-    def start(cls, tmpdir, audience="api", clients=None, token_alg="RS256", timeout=20):
+    def start(cls, tmpdir, audience="api", clients=None, token_alg="RS256", timeout=20,
+              introspection_clients=None):
+        """introspection_clients: {id: secret} allowed to call /introspect (default pep / pep-secret)."""
         clients = dict(clients or DEFAULT_CLIENTS)
         port = free_port()
         argv = [PYTHON, TESTS / "authserver.py", "--port", port, "--issuer", "http://127.0.0.1:%d" % port,
@@ -207,6 +217,8 @@ class AuthServer:
             argv += ["--audience", audience]
         for cid, (secret, scopes) in clients.items():
             argv += ["--client", "%s:%s:%s" % (cid, secret, scopes)]
+        for cid, secret in (introspection_clients or {}).items():
+            argv += ["--introspection-client", "%s:%s" % (cid, secret)]
         proc = Proc("authserver", argv, Path(tmpdir) / ("authserver-%d.log" % port))
         proc.wait_ready_line(timeout)
         return cls(proc, port, audience, clients, token_alg)
@@ -299,6 +311,49 @@ class AuthServer:
     def reset(self):
         self.http.post(self.url("/_test/reset"), json={}, timeout=10).raise_for_status()
 
+    # --- introspection ---
+    def opaque(self, _prefix="", **claims):
+        """A new opaque token for /introspect: the default claims (active true,
+        sub demo-user, client_id demo-client, scope "read write", exp now+3600,
+        iat, iss this issuer, aud "api", token_type Bearer) updated by
+        `claims`; a claim given as None is left out."""
+        body = {"claims": claims}
+        if _prefix:
+            body["prefix"] = _prefix
+        r = self.http.post(self.url("/_test/opaque"), json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()["token"]
+
+    def update_opaque(self, token, **claims):
+        """Changes what `token` introspects as (None removes a claim); returns its claims."""
+        r = self.http.post(self.url("/_test/opaque"), json={"token": token, "claims": claims}, timeout=10)
+        r.raise_for_status()
+        return r.json()["claims"]
+
+    def revoke(self, token):
+        """`token` introspects as {"active": false} from now on."""
+        self.http.post(self.url("/_test/revoke"), json={"token": token}, timeout=10).raise_for_status()
+
+    def set_introspection_mode(self, mode, delay_ms=0):
+        """ok | error500 | error400 | garbage | html | no_active | huge | hang | close | slow."""
+        self.http.post(self.url("/_test/introspection"), json={"mode": mode, "delay_ms": delay_ms},
+                       timeout=10).raise_for_status()
+
+    def introspections(self, token=None):
+        """POST /introspect calls received since the reset: all, or those for `token`."""
+        s = self.stats()
+        return s["introspect"] if token is None else s["introspect_by_token"].get(token, 0)
+
+    def last_introspection(self):
+        """The last /introspect request: method, path, headers, form, auth_method,
+        client_id, client_authenticated, status (None if unanswered), mode."""
+        return self.stats()["last_introspection"]
+
+    def introspect(self, token, auth=("pep", "pep-secret"), **form):
+        """POST /introspect directly (requests.Response)."""
+        data = dict(token=token, **form)
+        return self.http.post(self.url("/introspect"), data=data, auth=auth, timeout=10)
+
     def jwks(self):
         return self.http.get(self.url("/jwks"), timeout=10).json()
 
@@ -346,9 +401,16 @@ def static_cluster(name, port, host="127.0.0.1", connect_timeout="1s", **extra):
     return c
 
 
-def wasm_filter(filter_config, wasm_path=None, fail_open=False):
-    """The envoy.filters.http.wasm entry; filter_config is a dict (JSON-encoded) or a raw string."""
+def wasm_filter(filter_config, wasm_path=None, fail_open=False, host_env_keys=None):
+    """The envoy.filters.http.wasm entry; filter_config is a dict (JSON-encoded) or a raw string.
+    host_env_keys: names of Envoy-process environment variables the VM may read."""
     value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
+    vm_config = {
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm_path or require_wasm())}},
+    }
+    if host_env_keys:
+        vm_config["environment_variables"] = {"host_env_keys": list(host_env_keys)}
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -356,10 +418,7 @@ def wasm_filter(filter_config, wasm_path=None, fail_open=False):
             "config": {
                 "name": "oauth-pep",
                 "root_id": "oauth-pep",
-                "vm_config": {
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(wasm_path or require_wasm())}},
-                },
+                "vm_config": vm_config,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": value,
@@ -371,9 +430,10 @@ def wasm_filter(filter_config, wasm_path=None, fail_open=False):
 
 
 def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserver_port=None,
-              clusters=None, routes=None, wasm_path=None, customize=None):
+              clusters=None, routes=None, wasm_path=None, customize=None, host_env_keys=None):
     """The Envoy bootstrap as a dict.
 
+    host_env_keys: see wasm_filter.
     clusters: extra clusters, {name: port} (STATIC 127.0.0.1) or {name: full cluster dict}.
     routes: the route list of the single virtual host (default: prefix "/" -> upstream).
     customize: a function called with the bootstrap dict to edit it in place.
@@ -391,7 +451,7 @@ def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserve
         "codec_type": "AUTO",
         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
-            wasm_filter(filter_config, wasm_path),
+            wasm_filter(filter_config, wasm_path, host_env_keys=host_env_keys),
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -469,46 +529,54 @@ class Envoy:
 
     @staticmethod
     def _launch(filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
-                log_level="info", wasm_path=None, customize=None, extra_args=()):
+                log_level="info", wasm_path=None, customize=None, extra_args=(), concurrency=1,
+                env=None, host_env_keys=None):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         admin_port, port = free_port(), free_port()
         while port == admin_port:
             port = free_port()
         cfg = bootstrap(filter_config, admin_port, port, upstream_port, authserver_port, clusters, routes,
-                        wasm_path, customize)
+                        wasm_path, customize, host_env_keys)
         tag = "%d" % port
         config_path = workdir / ("envoy-%s.yaml" % tag)
         config_path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
         log_path = workdir / ("envoy-%s.log" % tag)
-        argv = [ENVOY_BIN, "-c", config_path, "--concurrency", "1", "--base-id", random.randint(1, 2**31 - 1),
+        argv = [ENVOY_BIN, "-c", config_path, "--concurrency", int(concurrency),
+                "--base-id", random.randint(1, 2**31 - 1),
                 "--disable-hot-restart", "-l", log_level, "--log-path", log_path, *extra_args]
         if "--file-flush-interval-msec" not in extra_args:
             # Tests read the log while Envoy runs: flush it promptly (default 10 s).
             argv += ["--file-flush-interval-msec", "100"]
         if not Path(ENVOY_BIN).exists():
             raise RuntimeError("%s missing: run `make setup`" % ENVOY_BIN)
-        proc = Proc("envoy", argv, workdir / ("envoy-%s.out" % tag))
+        proc = Proc("envoy", argv, workdir / ("envoy-%s.out" % tag), env=env)
         proc.log_path_envoy = log_path
         return proc, admin_port, port, config_path
 
     @classmethod
     def start(cls, filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
-              log_level="info", wasm_path=None, customize=None, extra_args=(), timeout=60):
-        """Start Envoy and wait until admin /ready says LIVE and the listener accepts."""
+              log_level="info", wasm_path=None, customize=None, extra_args=(), timeout=60, concurrency=1,
+              env=None, host_env_keys=None):
+        """Start Envoy and wait until admin /ready says LIVE and the listener accepts.
+
+        concurrency: Envoy worker threads (--concurrency). env: variables set
+        (None: removed) in Envoy's environment; host_env_keys: those of them
+        the filter's VM may read (vm_config.environment_variables)."""
         proc, admin_port, port, config_path = cls._launch(
             filter_config, workdir, upstream_port, authserver_port, clusters, routes, log_level,
-            wasm_path, customize, extra_args)
+            wasm_path, customize, extra_args, concurrency, env, host_env_keys)
         env = cls(proc, workdir, admin_port, port, config_path)
 
         def ready():
             if not proc.alive():
-                raise RuntimeError("envoy exited with %s" % proc.popen.returncode)
+                return "exited"  # stop waiting (an exception would only be retried)
             r = requests.get(env.admin_url + "/ready", timeout=1)
             return r.status_code == 200 and r.text.strip() == "LIVE" and port_accepts(port)
 
         try:
-            wait_until(ready, timeout, interval=0.1, what="envoy /ready == LIVE")
+            if wait_until(ready, timeout, interval=0.1, what="envoy /ready == LIVE") == "exited":
+                raise RuntimeError("envoy exited with %s" % proc.popen.returncode)
         except (TimeoutError, RuntimeError) as e:
             proc.stop()
             raise RuntimeError("Envoy did not start (%s).\n--- envoy log ---\n%s\n--- stdout/stderr ---\n%s" % (
