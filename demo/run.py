@@ -128,6 +128,8 @@ oauth-pep demo is up (logs in %s). Try, in another terminal:
   curl -i -X POST -H "Authorization: Bearer $READER" http://127.0.0.1:10000/api/orders     # 403 insufficient_scope, scope="write"
   curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/admin                   # 403: no rule allows it (deny_by_default)
   curl -i http://127.0.0.1:10000/health                                                    # 200: a public path
+  OPAQUE=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials -d token_format=opaque http://127.0.0.1:9000/token | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])')
+  curl -i -H "Authorization: Bearer $OPAQUE" http://127.0.0.1:10000/api/hello             # 200: an opaque token, introspected once, then cached
 
 Discovery: http://127.0.0.1:9000/.well-known/openid-configuration   JWKS: http://127.0.0.1:9000/jwks
 Envoy admin: http://127.0.0.1:9901/   Press Ctrl-C to stop.

@@ -669,7 +669,11 @@ impl RootContext for Root {
         if let Err(e) = host.fill(&mut id) {
             warn!("oauth-pep: {e}");
         }
-        state.share_through(Rc::new(host::SharedData), u64::from_be_bytes(id));
+        if config.shared_data.enabled(envoy) {
+            state.share_through(Rc::new(host::SharedData), u64::from_be_bytes(id));
+        } else {
+            info!("oauth-pep: shared data is off: each worker fetches keys and introspects for itself");
+        }
         let shared = Rc::new(Shared::new(config, envoy, host, state));
         if let Err(why) = host::set_tick_period(TICK) {
             error!("oauth-pep: cannot set the tick period: {why}");

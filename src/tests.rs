@@ -471,3 +471,92 @@ fn a_key_fetch_the_host_refuses_answers_the_parked_requests_503() {
     assert!(shared.host.resumed().is_empty());
     assert!(shared.host.events_of(ROOT).is_empty(), "never on the root");
 }
+
+/// One issuer that introspects opaque tokens on cluster `as`.
+fn introspecting() -> Shared<FakeHost> {
+    glue(
+        r#"{"issuers":[{"issuer":"https://issuer.test","audiences":"any","introspection":{"endpoint":"https://issuer.test/introspect","upstream":"as","client_id":"pep","client_secret":"s"}}]}"#,
+    )
+}
+
+/// The host runs request `id`'s header callback with an opaque token.
+fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
+    shared.host.current.set(id);
+    let headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), "/".to_string()),
+        ("authorization".to_string(), format!("Bearer {token}")),
+        ("x-request-id".to_string(), format!("req-{id}")),
+    ];
+    shared.decide(id, headers, None)
+}
+
+#[test]
+fn requests_with_one_opaque_token_share_one_introspection_the_root_makes() {
+    let shared = introspecting();
+    for id in [7, 8, 9] {
+        assert!(matches!(
+            opaque_request(&shared, id, "opaque"),
+            Outcome::Hold
+        ));
+    }
+    assert!(
+        shared.host.dispatched.borrow().is_empty(),
+        "requests never dispatch it"
+    );
+    assert_eq!(
+        shared.host.ticks.borrow().last(),
+        Some(&DISPATCH_SOON),
+        "the root is asked to tick at once"
+    );
+    tick(&shared);
+    let [(token, path)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    assert_eq!(path, "/introspect");
+    answer(
+        &shared,
+        token,
+        200,
+        r#"{"active":true,"scope":"read","client_id":"app"}"#,
+    );
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![7, 8, 9]);
+    for id in [7, 8, 9] {
+        assert!(shared.host.events_of(id).iter().any(is_identity), "{id}");
+    }
+    // Later: from the cache, no callout.
+    assert!(matches!(
+        opaque_request(&shared, 10, "opaque"),
+        Outcome::Proceed
+    ));
+    assert_eq!(shared.host.dispatched.borrow().len(), 1);
+    tick(&shared);
+    assert_eq!(
+        shared.host.ticks.borrow().last(),
+        Some(&TICK),
+        "back to the slow tick"
+    );
+}
+
+#[test]
+fn a_failed_introspection_answers_every_waiter_503_and_is_not_remembered() {
+    let shared = introspecting();
+    opaque_request(&shared, 7, "opaque");
+    opaque_request(&shared, 8, "opaque");
+    tick(&shared);
+    let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(&shared, token, 500, "oops");
+    let mut answered = shared.host.answered();
+    answered.sort();
+    assert_eq!(
+        answered,
+        vec![
+            (7, 503, "introspection_unavailable".to_string()),
+            (8, 503, "introspection_unavailable".to_string())
+        ]
+    );
+    assert!(
+        matches!(opaque_request(&shared, 9, "opaque"), Outcome::Hold),
+        "asked again"
+    );
+}

@@ -49,6 +49,8 @@ Endpoints:
                         or weak ones); {"keys": []} removes them
     POST /_test/discovery  {"override": {"issuer": "https://other"}}
                         fields replacing those of the discovery document
+    POST /token with token_format=opaque: an opaque token with the claims a
+                        JWT would have (for the demo), answered by /introspect
     POST /_test/opaque  {"claims": {...}, "prefix": "..."} -> {"token": ...}
                         a new random opaque token (prefix + 43 base64url
                         chars) introspecting as the default claims (active
@@ -503,9 +505,6 @@ class Handler(BaseHTTPRequestHandler):
             scopes = req
         else:
             scopes = registered
-        pub = st.find_alg(st.token_alg)
-        if pub is None:
-            return self._oauth_error(500, "server_error", "no published key for " + st.token_alg)
         now = int(time.time())
         claims = {"iss": st.issuer, "sub": cid, "client_id": cid}
         if st.audiences:
@@ -514,6 +513,19 @@ class Handler(BaseHTTPRequestHandler):
             "scope": " ".join(scopes),
             "iat": now, "nbf": now, "exp": now + 300, "jti": uuid.uuid4().hex,
         })
+        if f.get("token_format") == "opaque":
+            # A reference token (not standard OAuth: how the demo asks for one),
+            # answered by /introspect.
+            token = b64url(os.urandom(32))
+            with st.lock:
+                st.opaque[token] = dict(claims, active=True, token_type="Bearer")
+            return self._send(200, {
+                "access_token": token, "token_type": "Bearer",
+                "expires_in": 300, "scope": " ".join(scopes),
+            })
+        pub = st.find_alg(st.token_alg)
+        if pub is None:
+            return self._oauth_error(500, "server_error", "no published key for " + st.token_alg)
         header = {"alg": st.token_alg, "typ": "JWT", "kid": pub["kid"]}
         token = encode_jwt(header, claims, key=st.keys[pub["key"]])
         with st.lock:

@@ -47,6 +47,8 @@ struct RawConfig {
     token_cache_bytes: usize,
     #[serde(default = "default_rejected_cache_bytes")]
     rejected_cache_bytes: usize,
+    #[serde(default)]
+    shared_data: SharedData,
     #[serde(default = "default_introspection_cache_bytes")]
     introspection_cache_bytes: usize,
     #[serde(default = "default_introspection_entry_bytes")]
@@ -181,6 +183,29 @@ pub enum LogLevel {
     Critical,
 }
 
+/// Whether keys and introspection answers are shared between workers
+/// through proxy-wasm shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedData {
+    /// On Envoy; off elsewhere: the Rust SDK panics (killing the VM) on a
+    /// shared-data error, and Kong answers one without a shared-memory zone.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl SharedData {
+    pub fn enabled(self, envoy: bool) -> bool {
+        match self {
+            SharedData::Auto => envoy,
+            SharedData::On => true,
+            SharedData::Off => false,
+        }
+    }
+}
+
 /// The budget of one per-worker cache; zero in either disables it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -200,6 +225,7 @@ pub struct Config {
     pub rejected_cache_bytes: usize,
     /// Introspection answers shared by all workers.
     pub shared_cache: SharedCache,
+    pub shared_data: SharedData,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
     /// With a policy: whether a path/method that no rule names is refused.
@@ -464,6 +490,7 @@ fn compile(
         },
         rejected_cache_bytes: raw.rejected_cache_bytes,
         shared_cache,
+        shared_data: raw.shared_data,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,
             max_entries: raw.token_cache_entries,
