@@ -264,3 +264,29 @@ def test_forms_envoy_never_panicked(forms_envoy):
     assert forms_envoy.alive()
     log = forms_envoy.log_text()
     assert "panicked" not in log and "wasm trap" not in log.lower(), log[-3000:]
+
+
+def _fetches(authserver):
+    stats = authserver.stats()
+    return stats["jwks"], stats["discovery"]
+
+
+@pytest.mark.parametrize("shared_data", ["auto", "off"])
+def test_two_workers_share_one_key_fetch(start_envoy, filter_config, authserver, shared_data):
+    """Keys are fetched once per Envoy process: the other worker (and the
+    main thread's VM) load the copy in shared data. With shared_data off,
+    each VM fetches for itself."""
+    env = start_envoy(filter_config(top={"shared_data": shared_data}), concurrency=2)
+    token = authserver.token()
+    # Requests on many connections, so both workers verify tokens.
+    for _ in range(20):
+        r = harness.requests.get(env.base_url + "/", headers={"authorization": "Bearer " + token},
+                                 timeout=10)
+        assert r.status_code == 200, r.text
+    jwks, discovery = _fetches(authserver)
+    if shared_data == "auto":
+        assert (jwks, discovery) == (1, 1), (jwks, discovery)
+    else:
+        # Two workers and the main thread's VM.
+        assert jwks >= 2 and discovery >= 2, (jwks, discovery)
+    print("key fetches with 2 workers, shared_data=%s: discovery %d, jwks %d" % (shared_data, discovery, jwks))
