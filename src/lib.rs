@@ -58,9 +58,19 @@ use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
 use oauth_pep_core::response::Denial;
-use oauth_pep_core::services::Random;
+use oauth_pep_core::services::{Random, RandomError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+/// The host's randomness (WASI random_get, as [`host::Host`]'s) for the
+/// core's state, which keeps it: the jti of each client assertion.
+struct HostRandom;
+
+impl Random for HostRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
+        getrandom::getrandom(buf).map_err(|e| RandomError(e.to_string()))
+    }
+}
 
 /// How soon the root dispatches a fetch a request asked for, and the
 /// granularity of refreshes, retries and wait deadlines.
@@ -663,6 +673,7 @@ impl RootContext for Root {
         );
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
+        state.use_random(Rc::new(HostRandom));
         let mut id = [0u8; 8];
         // Without randomness two workers could share an id, and each would
         // take the other's in-flight marker for its own: one extra callout.

@@ -21,7 +21,7 @@ use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
 use crate::request::{normalize_target, NormalTarget};
 use crate::response::{Denial, RequestProblem, TokenProblem};
-use crate::services::{NoSharing, SharedStore};
+use crate::services::{NoRandom, NoSharing, Random, SharedStore};
 use crate::shared_cache::{Claim, Entry, Written};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
@@ -60,6 +60,8 @@ pub struct State {
     introspecting: HashMap<Digest, u64>,
     /// Reads of the shared introspection cache.
     pub shared_stats: CacheStats,
+    /// For the jti of client assertions (`private_key_jwt`).
+    random: Rc<dyn Random>,
 }
 
 impl State {
@@ -78,7 +80,14 @@ impl State {
             worker: 0,
             introspecting: HashMap::new(),
             shared_stats: CacheStats::default(),
+            random: Rc::new(NoRandom),
         }
+    }
+
+    /// The host's randomness, for what must be unique (the jti of client
+    /// assertions). Without it, `private_key_jwt` introspections are 503s.
+    pub fn use_random(&mut self, random: Rc<dyn Random>) {
+        self.random = random;
     }
 
     /// Shares keys and introspection answers with the other workers through
@@ -720,6 +729,11 @@ fn introspect(
             return Err(Verdict::from_key_wait(config, wait, issuer, None));
         }
     };
+    // Built before anything is claimed: a request that cannot be made
+    // (no random bytes for a client assertion) holds no worker back.
+    let callout = settings
+        .callout(&endpoint, token, now, state.random.as_ref())
+        .map_err(|e| unavailable(e.to_string()))?;
     // Two timeouts: the callout's own, and the time to dispatch it.
     let until = now.saturating_add(settings.timeout_ms / 1000 + 2);
     if let Claim::HeldElsewhere { until } =
@@ -731,7 +745,7 @@ fn introspect(
     }
     state.introspecting.insert(key, until);
     Err(Verdict::Callout {
-        callout: Box::new(settings.callout(&endpoint, token)),
+        callout: Box::new(callout),
         resume: Resume::Introspect(Box::new(PendingIntrospection {
             issuer,
             key,

@@ -4,15 +4,24 @@
 //! for every worker.
 
 use std::fmt;
+use std::rc::Rc;
 
-use ct_codecs::{Base64, Encoder as _};
+use ct_codecs::{Base64, Base64UrlSafeNoPadding, Decoder as _, Encoder as _};
+use ed25519_compact as ed25519;
+use p256::ecdsa::signature::Signer as _;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::config_error::ConfigError;
 use crate::jwt::{check_claims, JwtRules, TokenError};
 use crate::keys::Issuer;
+use crate::services::{Random, RandomError};
+
+/// How long a client assertion (RFC 7523) is valid after it is signed.
+pub const ASSERTION_LIFETIME_SECONDS: u64 = 60;
+/// The client assertion type of RFC 7523 §2.2.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// An active result is cached until this long before the token's `exp`, so
 /// that a cached answer never outlives the token on a clock a little ahead.
@@ -61,6 +70,10 @@ pub struct RawIntrospection {
     client_id: String,
     client_secret: Option<String>,
     client_secret_env: Option<String>,
+    /// A private JWK (an object, or its JSON text), for `private_key_jwt`.
+    private_key: Option<Value>,
+    /// The environment variable holding the private JWK's JSON text.
+    private_key_env: Option<String>,
     #[serde(default)]
     auth_method: AuthMethod,
     #[serde(default = "default_hint")]
@@ -90,8 +103,52 @@ fn default_negative_ttl() -> u64 {
     10
 }
 
+/// A JWK given as JSON text (`private_key_env`, or `private_key` as a
+/// string). The error never quotes the text.
+fn parse_jwk(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|_| "is not the JSON text of a private JWK".to_string())
+}
+
+/// The client secret of `client_secret_basic` and `client_secret_post`.
+fn client_secret(
+    secret: Option<String>,
+    secret_env: Option<String>,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let secret = match (secret, secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                field,
+                "give only one of `client_secret` and `client_secret_env`",
+            ))
+        }
+        (Some(secret), None) => secret,
+        (None, Some(name)) => env(&name).ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.client_secret_env"),
+                format!("the environment variable {name:?} is not set for the filter (on Envoy, list it in vm_config.environment_variables.host_env_keys)"),
+            )
+        })?,
+        (None, None) => {
+            return Err(ConfigError::new(
+                field,
+                "needs the client secret: `client_secret` or `client_secret_env`",
+            ))
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.client_secret"),
+            "must not be empty",
+        ));
+    }
+    Ok(secret)
+}
+
 /// How the gateway authenticates to the introspection endpoint. The secret
-/// lives only here and in the callout; `Debug` never shows it.
+/// (or private key) lives only here and in the callout; `Debug` never shows
+/// it.
 #[derive(Clone)]
 enum ClientAuth {
     /// The whole `Authorization: Basic …` value (RFC 6749 §2.3.1).
@@ -100,6 +157,11 @@ enum ClientAuth {
         client_id: String,
         secret: String,
     },
+    /// RFC 7523 §2.2: a JWT signed with this key for each callout.
+    PrivateKeyJwt {
+        client_id: String,
+        key: Rc<AssertionKey>,
+    },
 }
 
 impl fmt::Debug for ClientAuth {
@@ -107,6 +169,183 @@ impl fmt::Debug for ClientAuth {
         match self {
             ClientAuth::Basic(_) => f.write_str("Basic(<secret>)"),
             ClientAuth::Post { client_id, .. } => write!(f, "Post({client_id}, <secret>)"),
+            ClientAuth::PrivateKeyJwt { client_id, key } => {
+                write!(f, "PrivateKeyJwt({client_id}, {key:?})")
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum SigningKey {
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519::KeyPair),
+}
+
+/// The private key that signs client assertions, with the `kid` of its JWK.
+#[derive(Clone)]
+pub struct AssertionKey {
+    key: SigningKey,
+    kid: Option<String>,
+}
+
+impl fmt::Debug for AssertionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the private key, not even in a test failure.
+        write!(f, "{} key {:?} <private>", self.alg(), self.kid)
+    }
+}
+
+impl AssertionKey {
+    /// A private JWK: EC P-256 (ES256) or OKP Ed25519 (EdDSA), with `d` and
+    /// the public part that goes with it. Errors never quote key material.
+    pub fn from_jwk(jwk: &Value) -> Result<AssertionKey, String> {
+        let Value::Object(jwk) = jwk else {
+            return Err("must be a private JWK: a JSON object".into());
+        };
+        let text = |name: &str| -> Result<Option<&str>, String> {
+            match jwk.get(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(format!("the JWK's `{name}` must be a string")),
+            }
+        };
+        let bytes = |name: &str, len: usize| -> Result<Vec<u8>, String> {
+            let value = text(name)?.ok_or_else(|| {
+                format!("the JWK has no `{name}` (a private key needs `d` and its public part)")
+            })?;
+            let decoded = Base64UrlSafeNoPadding::decode_to_vec(value, None)
+                .map_err(|_| format!("the JWK's `{name}` is not base64url"))?;
+            if decoded.len() != len {
+                return Err(format!(
+                    "the JWK's `{name}` must be {len} bytes, not {}",
+                    decoded.len()
+                ));
+            }
+            Ok(decoded)
+        };
+        if let Some(usage) = text("use")? {
+            if usage != "sig" {
+                return Err(format!("the JWK is for `use: {usage:?}`, not `sig`"));
+            }
+        }
+        let kty = text("kty")?.ok_or("the JWK has no `kty`")?;
+        let crv = text("crv")?;
+        let (key, alg) = match (kty, crv) {
+            ("EC", Some("P-256")) => {
+                let d = bytes("d", 32)?;
+                let key = p256::ecdsa::SigningKey::from_slice(&d)
+                    .map_err(|_| "the JWK's `d` is not a P-256 private key".to_string())?;
+                let point = key.verifying_key().to_sec1_point(false);
+                let mut public = bytes("x", 32)?;
+                public.extend(bytes("y", 32)?);
+                if point.as_bytes().get(1..) != Some(public.as_slice()) {
+                    return Err("the JWK's `x` and `y` are not the public key of its `d`".into());
+                }
+                (SigningKey::Es256(key), "ES256")
+            }
+            ("OKP", Some("Ed25519")) => {
+                let seed = ed25519::Seed::from_slice(&bytes("d", 32)?)
+                    .map_err(|_| "the JWK's `d` is not an Ed25519 private key".to_string())?;
+                let pair = ed25519::KeyPair::from_seed(seed);
+                if pair.pk.as_slice() != bytes("x", 32)?.as_slice() {
+                    return Err("the JWK's `x` is not the public key of its `d`".into());
+                }
+                (SigningKey::EdDsa(pair), "EdDSA")
+            }
+            ("RSA", _) => {
+                return Err(
+                    "RSA keys are not supported for private_key_jwt; use an EC P-256 (ES256) or OKP Ed25519 (EdDSA) key"
+                        .into(),
+                )
+            }
+            (kty, crv) => {
+                return Err(format!(
+                    "kty {kty:?} with crv {crv:?} is not supported; use EC P-256 (ES256) or OKP Ed25519 (EdDSA)"
+                ))
+            }
+        };
+        if let Some(declared) = text("alg")? {
+            if declared != alg {
+                return Err(format!(
+                    "the JWK says alg {declared:?}, but its key signs {alg}"
+                ));
+            }
+        }
+        let kid = text("kid")?.map(str::to_string);
+        Ok(AssertionKey { key, kid })
+    }
+
+    pub fn alg(&self) -> &'static str {
+        match self.key {
+            SigningKey::Es256(_) => "ES256",
+            SigningKey::EdDsa(_) => "EdDSA",
+        }
+    }
+
+    fn sign(&self, input: &[u8]) -> Result<Vec<u8>, AssertionError> {
+        match &self.key {
+            SigningKey::Es256(key) => {
+                let signature: p256::ecdsa::Signature =
+                    key.try_sign(input).map_err(|_| AssertionError::Signing)?;
+                Ok(signature.to_bytes().to_vec())
+            }
+            // No noise: deterministic (RFC 8032), like RFC 6979 for ES256.
+            SigningKey::EdDsa(pair) => Ok(pair.sk.sign(input, None).to_vec()),
+        }
+    }
+
+    /// A client assertion (RFC 7523 §3): `iss` and `sub` the client,
+    /// `aud` the endpoint, valid for [`ASSERTION_LIFETIME_SECONDS`] from
+    /// `now`, with a `jti` of 16 random bytes. No random bytes, no assertion.
+    pub fn assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+        now: u64,
+        random: &dyn Random,
+    ) -> Result<String, AssertionError> {
+        let mut nonce = [0u8; 16];
+        random.fill(&mut nonce).map_err(AssertionError::Random)?;
+        let jti: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let mut header = json!({"alg": self.alg(), "typ": "JWT"});
+        if let (Some(kid), Value::Object(header)) = (&self.kid, &mut header) {
+            header.insert("kid".into(), Value::from(kid.as_str()));
+        }
+        let claims = json!({
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now.saturating_add(ASSERTION_LIFETIME_SECONDS),
+            "jti": jti,
+        });
+        let encode = |bytes: &[u8]| {
+            Base64UrlSafeNoPadding::encode_to_string(bytes).map_err(|_| AssertionError::Signing)
+        };
+        let input = format!(
+            "{}.{}",
+            encode(header.to_string().as_bytes())?,
+            encode(claims.to_string().as_bytes())?
+        );
+        let signature = encode(&self.sign(input.as_bytes())?)?;
+        Ok(format!("{input}.{signature}"))
+    }
+}
+
+/// Why no introspection request could be made: a 503, never a request
+/// without proper client authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionError {
+    Random(RandomError),
+    Signing,
+}
+
+impl fmt::Display for AssertionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AssertionError::Random(e) => write!(f, "no client assertion (its jti needs them): {e}"),
+            AssertionError::Signing => f.write_str("the client assertion could not be signed"),
         }
     }
 }
@@ -175,50 +414,70 @@ impl Introspection {
                 "must be non-empty text without control characters",
             ));
         }
-        let secret = match (raw.client_secret, raw.client_secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    field,
-                    "give only one of `client_secret` and `client_secret_env`",
-                ))
-            }
-            (Some(secret), None) => secret,
-            (None, Some(name)) => env(&name).ok_or_else(|| {
-                ConfigError::new(
-                    f("client_secret_env"),
-                    format!("the environment variable {name:?} is not set for the filter (on Envoy, list it in vm_config.environment_variables.host_env_keys)"),
-                )
-            })?,
-            (None, None) => {
-                return Err(ConfigError::new(
-                    field,
-                    "needs the client secret: `client_secret` or `client_secret_env`",
-                ))
-            }
-        };
-        if secret.is_empty() {
-            return Err(ConfigError::new(f("client_secret"), "must not be empty"));
-        }
         let auth = match raw.auth_method {
-            AuthMethod::ClientSecretBasic => {
-                let pair = format!(
-                    "{}:{}",
-                    crate::callout::form_urlencode(&raw.client_id),
-                    crate::callout::form_urlencode(&secret)
-                );
-                let encoded = Base64::encode_to_string(pair)
-                    .map_err(|e| ConfigError::new(f("client_secret"), e.to_string()))?;
-                ClientAuth::Basic(format!("Basic {encoded}"))
-            }
-            AuthMethod::ClientSecretPost => ClientAuth::Post {
-                client_id: raw.client_id,
-                secret,
-            },
             AuthMethod::PrivateKeyJwt => {
-                return Err(ConfigError::new(
-                    f("auth_method"),
-                    "private_key_jwt is not supported yet; use client_secret_basic or client_secret_post",
-                ))
+                if raw.client_secret.is_some() || raw.client_secret_env.is_some() {
+                    return Err(ConfigError::new(
+                        field,
+                        "private_key_jwt signs with `private_key` (or `private_key_env`); leave out `client_secret` and `client_secret_env`",
+                    ));
+                }
+                let (jwk, key_field) = match (raw.private_key, raw.private_key_env) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::new(
+                            field,
+                            "give only one of `private_key` and `private_key_env`",
+                        ))
+                    }
+                    (Some(Value::String(text)), None) => (parse_jwk(&text), f("private_key")),
+                    (Some(jwk), None) => (Ok(jwk), f("private_key")),
+                    (None, Some(name)) => {
+                        let text = env(&name).ok_or_else(|| {
+                            ConfigError::new(
+                                f("private_key_env"),
+                                format!("the environment variable {name:?} is not set for the filter (on Envoy, list it in vm_config.environment_variables.host_env_keys)"),
+                            )
+                        })?;
+                        (parse_jwk(&text), f("private_key_env"))
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            f("private_key"),
+                            "is required with `auth_method: \"private_key_jwt\"`: a private JWK (EC P-256 or OKP Ed25519, with `d`), or `private_key_env`",
+                        ))
+                    }
+                };
+                let key = jwk
+                    .and_then(|jwk| AssertionKey::from_jwk(&jwk))
+                    .map_err(|e| ConfigError::new(key_field, e))?;
+                ClientAuth::PrivateKeyJwt {
+                    client_id: raw.client_id,
+                    key: Rc::new(key),
+                }
+            }
+            method => {
+                if raw.private_key.is_some() || raw.private_key_env.is_some() {
+                    return Err(ConfigError::new(
+                        f("auth_method"),
+                        "must be \"private_key_jwt\" when a `private_key` or `private_key_env` is given",
+                    ));
+                }
+                let secret = client_secret(raw.client_secret, raw.client_secret_env, field, env)?;
+                if method == AuthMethod::ClientSecretBasic {
+                    let pair = format!(
+                        "{}:{}",
+                        crate::callout::form_urlencode(&raw.client_id),
+                        crate::callout::form_urlencode(&secret)
+                    );
+                    let encoded = Base64::encode_to_string(pair)
+                        .map_err(|e| ConfigError::new(f("client_secret"), e.to_string()))?;
+                    ClientAuth::Basic(format!("Basic {encoded}"))
+                } else {
+                    ClientAuth::Post {
+                        client_id: raw.client_id,
+                        secret,
+                    }
+                }
             }
         };
         if !(1..=60_000).contains(&raw.timeout_ms) {
@@ -278,15 +537,39 @@ impl Introspection {
         })
     }
 
-    /// The RFC 7662 §2.1 request for `token`.
-    pub fn callout(&self, endpoint: &Url, token: &str) -> Callout {
+    /// The RFC 7662 §2.1 request for `token`. With `private_key_jwt`, a
+    /// fresh client assertion signed at `now` with a jti from `random`
+    /// (servers such as oidc-provider refuse a jti they have seen).
+    pub fn callout(
+        &self,
+        endpoint: &Url,
+        token: &str,
+        now: u64,
+        random: &dyn Random,
+    ) -> Result<Callout, AssertionError> {
         let mut fields = vec![("token", token)];
         if let Some(hint) = &self.token_type_hint {
             fields.push(("token_type_hint", hint));
         }
-        if let ClientAuth::Post { client_id, secret } = &self.auth {
-            fields.push(("client_id", client_id));
-            fields.push(("client_secret", secret));
+        let assertion;
+        match &self.auth {
+            ClientAuth::Basic(_) => {}
+            ClientAuth::Post { client_id, secret } => {
+                fields.push(("client_id", client_id));
+                fields.push(("client_secret", secret));
+            }
+            ClientAuth::PrivateKeyJwt { client_id, key } => {
+                // The endpoint as configured or discovered, before any
+                // `authority` override: the URL the server knows itself by.
+                let audience = format!(
+                    "{}://{}{}",
+                    endpoint.scheme, endpoint.authority, endpoint.path
+                );
+                assertion = key.assertion(client_id, &audience, now, random)?;
+                fields.push(("client_id", client_id));
+                fields.push(("client_assertion_type", JWT_BEARER));
+                fields.push(("client_assertion", &assertion));
+            }
         }
         let mut url = endpoint.clone();
         if let Some(authority) = &self.authority {
@@ -298,7 +581,7 @@ impl Introspection {
                 .headers
                 .push(("authorization".to_string(), value.clone()));
         }
-        callout
+        Ok(callout)
     }
 
     /// Until when an active answer may be used: `exp` less the margin, and
@@ -338,7 +621,7 @@ impl fmt::Display for IntrospectionError {
         match self {
             IntrospectionError::Callout(CalloutError::Status(401 | 403)) => write!(
                 f,
-                "the endpoint refused the gateway's client credentials (check client_id and the secret)"
+                "the endpoint refused the gateway's client credentials (check client_id and the secret or private key)"
             ),
             IntrospectionError::Callout(e) => write!(f, "{e}"),
             IntrospectionError::NotJson => write!(f, "the answer is not a JSON object"),
@@ -443,6 +726,14 @@ mod tests {
 
     use super::*;
     use crate::alg::Alg;
+    use crate::services::testing::CountingRandom;
+    use crate::services::NoRandom;
+    use crate::verify::{KeyMaterial, PureRustVerifier, SignatureVerifier as _};
+
+    // Test keys only (not those of tests/oidc).
+    const ES256_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"k-es","x":"nwG8DSp8G6J-WXVtfzoKMinE3a3FHwdjTifZ8D4ZtRo","y":"sV_R5wNzFJPtishYtK7xGuOxp0XTK9T4EHHBaL5WYyo","d":"mpWhvk6JTa9whsH--944EixqDgVK7sw1_oI24qz7ook"}"#;
+    const ED25519_JWK: &str = r#"{"kty":"OKP","crv":"Ed25519","x":"9GahbjkaFmHvVuz7VdIcWKNLpk9ZoJ6a_sDFMRzfCPM","d":"AQXxWxNExKUS791-DUQTwuW_A7RJY4YfSIVYTvp25MA"}"#;
+    const NOW: u64 = 1_700_000_000;
 
     fn compile(json: &str) -> Result<Introspection, ConfigError> {
         let raw: RawIntrospection = serde_json::from_str(json).unwrap();
@@ -451,8 +742,66 @@ mod tests {
             "issuers[0].introspection",
             Some("as"),
             false,
-            &|name| (name == "PEP_SECRET").then(|| "from-env".to_string()),
+            &|name| match name {
+                "PEP_SECRET" => Some("from-env".to_string()),
+                "PEP_JWK" => Some(ED25519_JWK.to_string()),
+                "PEP_BAD_JWK" => Some("{not json".to_string()),
+                _ => None,
+            },
         )
+    }
+
+    fn body_of(c: &Callout) -> String {
+        String::from_utf8(c.body.clone().unwrap()).unwrap()
+    }
+
+    fn form(body: &str) -> Vec<(String, String)> {
+        body.split('&')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap();
+                let decode = |s: &str| {
+                    let s = s.replace('+', " ");
+                    let mut out = Vec::new();
+                    let bytes = s.as_bytes();
+                    let mut i = 0;
+                    while i < bytes.len() {
+                        if bytes[i] == b'%' {
+                            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                            i += 3;
+                        } else {
+                            out.push(bytes[i]);
+                            i += 1;
+                        }
+                    }
+                    String::from_utf8(out).unwrap()
+                };
+                (decode(k), decode(v))
+            })
+            .collect()
+    }
+
+    /// The assertion's header and claims, after its signature verified with
+    /// the public part of `jwk`.
+    fn verified(assertion: &str, jwk: &str) -> (Value, Value) {
+        let jwk: Value = serde_json::from_str(jwk).unwrap();
+        let b64 = |name: &str| {
+            Base64UrlSafeNoPadding::decode_to_vec(jwk[name].as_str().unwrap(), None).unwrap()
+        };
+        let (key, alg) = match jwk["kty"].as_str().unwrap() {
+            "EC" => (KeyMaterial::p256(&b64("x"), &b64("y")).unwrap(), Alg::ES256),
+            _ => (KeyMaterial::ed25519(&b64("x")).unwrap(), Alg::EdDSA),
+        };
+        let (input, signature) = assertion.rsplit_once('.').unwrap();
+        let signature = Base64UrlSafeNoPadding::decode_to_vec(signature, None).unwrap();
+        PureRustVerifier
+            .verify(alg, &key, input.as_bytes(), &signature)
+            .expect("the assertion verifies with the public key");
+        let part = |s: &str| -> Value {
+            serde_json::from_slice(&Base64UrlSafeNoPadding::decode_to_vec(s, None).unwrap())
+                .unwrap()
+        };
+        let (header, claims) = input.split_once('.').unwrap();
+        (part(header), part(claims))
     }
 
     fn reply(status: u16, body: &str) -> CalloutReply {
@@ -469,7 +818,9 @@ mod tests {
             r#"{"endpoint":"https://as.test/oauth/introspect","client_id":"pep gw","client_secret":"s:e&c"}"#,
         )
         .unwrap();
-        let c = i.callout(i.endpoint.as_ref().unwrap(), "tok en+/=");
+        let c = i
+            .callout(i.endpoint.as_ref().unwrap(), "tok en+/=", NOW, &NoRandom)
+            .unwrap();
         assert_eq!((c.method, c.upstream.as_str()), ("POST", "as"));
         assert_eq!(c.url.path, "/oauth/introspect");
         assert_eq!(
@@ -499,7 +850,9 @@ mod tests {
             r#"{"endpoint":"http://as/i","client_id":"pep","client_secret_env":"PEP_SECRET","auth_method":"client_secret_post","token_type_hint":null,"authority":"login.test"}"#,
         )
         .unwrap();
-        let c = i.callout(i.endpoint.as_ref().unwrap(), "t");
+        let c = i
+            .callout(i.endpoint.as_ref().unwrap(), "t", NOW, &NoRandom)
+            .unwrap();
         assert_eq!(
             String::from_utf8(c.body.clone().unwrap()).unwrap(),
             "token=t&client_id=pep&client_secret=from-env"
@@ -557,12 +910,265 @@ mod tests {
             ),
             (
                 r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","auth_method":"private_key_jwt"}"#,
+                "issuers[0].introspection",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt"}"#,
+                "issuers[0].introspection.private_key",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","client_secret":"s","private_key_env":"PEP_JWK"}"#,
                 "issuers[0].introspection.auth_method",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt","private_key_env":"UNSET"}"#,
+                "issuers[0].introspection.private_key_env",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt","private_key_env":"PEP_BAD_JWK"}"#,
+                "issuers[0].introspection.private_key_env",
+            ),
+            (
+                r#"{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt","private_key_env":"PEP_JWK","private_key":{}}"#,
+                "issuers[0].introspection",
             ),
         ] {
             let e = compile(json).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
+    }
+
+    fn jwt_settings(jwk: &str) -> Introspection {
+        compile(&format!(
+            r#"{{"endpoint":"https://as.test/token/introspection","client_id":"pep-jwt","auth_method":"private_key_jwt","private_key":{jwk},"authority":"internal:8443"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn private_key_jwt_sends_a_signed_assertion_for_the_endpoint() {
+        for (jwk, alg, kid) in [
+            (ES256_JWK, "ES256", Some("k-es")),
+            (ED25519_JWK, "EdDSA", None),
+        ] {
+            let i = jwt_settings(jwk);
+            let random = CountingRandom::default();
+            let c = i
+                .callout(i.endpoint.as_ref().unwrap(), "opaque", NOW, &random)
+                .unwrap();
+            assert!(!c.headers.iter().any(|(k, _)| k == "authorization"));
+            assert_eq!(c.url.authority, "internal:8443");
+            let fields = form(&body_of(&c));
+            let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "token",
+                    "token_type_hint",
+                    "client_id",
+                    "client_assertion_type",
+                    "client_assertion"
+                ]
+            );
+            assert_eq!(fields[2].1, "pep-jwt");
+            assert_eq!(
+                fields[3].1,
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            );
+            let (header, claims) = verified(&fields[4].1, jwk);
+            let mut expected_header = json!({"alg": alg, "typ": "JWT"});
+            if let Some(kid) = kid {
+                expected_header["kid"] = Value::from(kid);
+            }
+            assert_eq!(header, expected_header, "{alg}");
+            assert_eq!(
+                claims,
+                json!({
+                    "iss": "pep-jwt",
+                    "sub": "pep-jwt",
+                    // The endpoint's own URL, not the authority it is sent to.
+                    "aud": "https://as.test/token/introspection",
+                    "iat": NOW,
+                    "exp": NOW + 60,
+                    "jti": "000102030405060708090a0b0c0d0e0f",
+                }),
+                "{alg}"
+            );
+            // The next callout: a new assertion with a new jti.
+            let again = i
+                .callout(i.endpoint.as_ref().unwrap(), "opaque", NOW + 1, &random)
+                .unwrap();
+            let (_, claims) = verified(&form(&body_of(&again))[4].1, jwk);
+            assert_eq!(claims["jti"], "101112131415161718191a1b1c1d1e1f");
+            assert_eq!(claims["iat"], NOW + 1);
+        }
+    }
+
+    #[test]
+    fn no_random_bytes_no_assertion() {
+        let i = jwt_settings(ES256_JWK);
+        let e = i
+            .callout(i.endpoint.as_ref().unwrap(), "opaque", NOW, &NoRandom)
+            .unwrap_err();
+        assert!(matches!(e, AssertionError::Random(_)), "{e}");
+        assert!(e.to_string().contains("jti"), "{e}");
+    }
+
+    #[test]
+    fn the_private_key_can_come_from_the_environment_or_as_text() {
+        let i = compile(
+            r#"{"endpoint":"http://as/i","client_id":"p","auth_method":"private_key_jwt","private_key_env":"PEP_JWK"}"#,
+        )
+        .unwrap();
+        let c = i
+            .callout(
+                i.endpoint.as_ref().unwrap(),
+                "t",
+                NOW,
+                &CountingRandom::default(),
+            )
+            .unwrap();
+        let (header, _) = verified(&form(&body_of(&c))[4].1, ED25519_JWK);
+        assert_eq!(header["alg"], "EdDSA");
+        let as_text = serde_json::to_string(ES256_JWK).unwrap();
+        let i = jwt_settings(&as_text);
+        assert!(format!("{i:?}").contains("ES256"));
+    }
+
+    #[test]
+    fn the_private_key_never_shows() {
+        for jwk in [ES256_JWK, ED25519_JWK] {
+            let i = jwt_settings(jwk);
+            let d: Value = serde_json::from_str(jwk).unwrap();
+            let d = d["d"].as_str().unwrap();
+            let debug = format!("{i:?}");
+            assert!(debug.contains("<private>") && !debug.contains(d), "{debug}");
+            let c = i
+                .callout(
+                    i.endpoint.as_ref().unwrap(),
+                    "t",
+                    NOW,
+                    &CountingRandom::default(),
+                )
+                .unwrap();
+            assert!(!body_of(&c).contains(d));
+            assert!(!format!("{c:?}").contains(d));
+        }
+        // Nor in the refusal of a key that does not match its public part.
+        let wrong = ES256_JWK.replace(
+            "sV_R5wNzFJPtishYtK7xGuOxp0XTK9T4EHHBaL5WYyo",
+            "rt21Xi4fE-1Vv4mIABtjqdE3Xr-l_PHbeORjaMwMMj0",
+        );
+        let e = compile(&format!(
+            r#"{{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt","private_key":{wrong}}}"#
+        ))
+        .unwrap_err();
+        assert!(!e.to_string().contains("mpWhvk6J"), "{e}");
+    }
+
+    #[test]
+    fn unusable_private_keys_are_refused_at_load() {
+        let public_only =
+            ES256_JWK.replace(r#","d":"mpWhvk6JTa9whsH--944EixqDgVK7sw1_oI24qz7ook""#, "");
+        let short_d = ED25519_JWK.replace("AQXxWxNExKUS791-DUQTwuW_A7RJY4YfSIVYTvp25MA", "AQXx");
+        let other_x = ED25519_JWK.replace(
+            "9GahbjkaFmHvVuz7VdIcWKNLpk9ZoJ6a_sDFMRzfCPM",
+            "1SrWhADyEBvbZOFwka_QLi6Dk4vV_tRHOoU-lCJ0fO0",
+        );
+        let wrong_alg = ES256_JWK.replace(r#""kid""#, r#""alg":"ES384","kid""#);
+        let enc = ES256_JWK.replace(r#""kid""#, r#""use":"enc","kid""#);
+        let p384 = ES256_JWK.replace("P-256", "P-384");
+        for (jwk, problem) in [
+            (public_only.as_str(), "no `d`"),
+            (short_d.as_str(), "32 bytes"),
+            (other_x.as_str(), "not the public key"),
+            (wrong_alg.as_str(), "ES384"),
+            (enc.as_str(), "sig"),
+            (p384.as_str(), "P-384"),
+            (
+                r#"{"kty":"RSA","n":"AQAB","e":"AQAB","d":"AQAB"}"#,
+                "RSA keys are not supported",
+            ),
+            (r#"{"kty":"oct","k":"c2VjcmV0"}"#, "not supported"),
+            (r#""{not json""#, "JSON text"),
+            ("[1]", "JSON object"),
+        ] {
+            let e = compile(&format!(
+                r#"{{"endpoint":"http://x/","client_id":"p","auth_method":"private_key_jwt","private_key":{jwk}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(
+                e.field, "issuers[0].introspection.private_key",
+                "{jwk}: {e}"
+            );
+            assert!(e.to_string().contains(problem), "{jwk}: {e}");
+        }
+    }
+
+    #[test]
+    fn without_random_bytes_the_engine_denies_503_and_holds_no_worker_back() {
+        use crate::config::Config;
+        use crate::engine::{authorize, Request, State, Verdict};
+        use crate::response::Denial;
+        use crate::services::testing::MemoryStore;
+        use crate::services::{CasMismatch, SharedStore};
+
+        struct Shared(Rc<MemoryStore>);
+        impl SharedStore for Shared {
+            fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+                self.0.get(key)
+            }
+            fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+                self.0.set(key, value, cas)
+            }
+        }
+        let c = Config::from_json(
+            format!(
+                r#"{{"issuers":[{{"issuer":"https://as.test","audiences":"any","introspection":{{
+                "endpoint":"https://as.test/token/introspection","upstream":"as","client_id":"pep-jwt",
+                "auth_method":"private_key_jwt","private_key":{ES256_JWK}}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let store = Rc::new(MemoryStore::default());
+        let headers = crate::extract::tests::h(&[("authorization", "Bearer opaque-token")]);
+        let request = Request {
+            method: "GET",
+            path: "/api",
+            headers: &headers,
+        };
+        let denied = |state: &mut State| match authorize(&c, state, &request, NOW) {
+            Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {
+                assert_eq!(denial.status(), 503);
+                let Denial::IntrospectionUnavailable { cause, .. } = &denial else {
+                    unreachable!()
+                };
+                assert!(cause.contains("jti"), "{cause}");
+            }
+            other => panic!("{other:?}"),
+        };
+        let asks = |state: &mut State| {
+            let Verdict::Callout { callout, .. } = authorize(&c, state, &request, NOW) else {
+                panic!("no callout");
+            };
+            let (_, claims) = verified(&form(&body_of(&callout))[4].1, ES256_JWK);
+            assert_eq!(claims["aud"], "https://as.test/token/introspection");
+        };
+        // The glue gave this worker no random source: 503, and no in-flight
+        // marker in shared data, so another worker asks at once.
+        let mut first = State::new(&c);
+        first.share_through(Rc::new(Shared(Rc::clone(&store))), 1);
+        denied(&mut first);
+        let mut second = State::new(&c);
+        second.share_through(Rc::new(Shared(Rc::clone(&store))), 2);
+        second.use_random(Rc::new(CountingRandom::default()));
+        asks(&mut second);
+        // Nor a marker of its own: once it has randomness, it asks too.
+        let mut lone = State::new(&c);
+        denied(&mut lone);
+        lone.use_random(Rc::new(CountingRandom::default()));
+        asks(&mut lone);
     }
 
     #[test]

@@ -64,6 +64,18 @@ pub trait Random {
     fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError>;
 }
 
+/// No randomness (a state the glue has not given its host's): every fill
+/// fails, so nothing that needs a unique value is made without one.
+pub struct NoRandom;
+
+impl Random for NoRandom {
+    fn fill(&self, _buf: &mut [u8]) -> Result<(), RandomError> {
+        Err(RandomError(
+            "the host gave the filter no random source".into(),
+        ))
+    }
+}
+
 /// The host could not supply random bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RandomError(pub String);
