@@ -8,6 +8,7 @@ in conftest.py starts one per module.
     tok = op.token("read write")   # opaque client_credentials token of client `app`
     op.introspect(tok)             # RFC 7662 answer to `pep` (client_secret_basic)
     op.introspect(tok, "pep-post", "pep-post-secret", auth="client_secret_post")
+    op.introspect_response(tok, PEP_JWT, auth="private_key_jwt", assertion=jwt)   # RFC 7523
     op.revoke(tok)                 # RFC 7009, as `app`
     op.calls("introspection", tok) # introspection requests the provider saw for tok
     op.stop()
@@ -16,11 +17,15 @@ Node modules come from `make setup` (target node-deps: npm ci in tests/oidc).
 """
 
 import hashlib
+import json
 import os
 import re
+import secrets
 import shutil
+import time
 from pathlib import Path
 
+import jwt as pyjwt
 import requests
 
 import harness
@@ -32,8 +37,13 @@ SERVER = OIDC_DIR / "server.mjs"
 APP = ("app", "app-secret")                 # client_credentials, scopes "read write"
 PEP = ("pep", "pep-secret")                 # introspection, client_secret_basic
 PEP_POST = ("pep-post", "pep-post-secret")  # introspection, client_secret_post
+PEP_JWT = ("pep-jwt", None)                 # introspection, private_key_jwt (keys below)
 
-_CALL = re.compile(r"CALL route=(\S+) client=(\S+) auth=(\S+) hint=(\S+) token=(\S+) status=(\d+) active=(\S+)")
+# pep-jwt's private JWKs (test keys), by kid: pep-jwt-es256 (ES256), pep-jwt-eddsa (EdDSA).
+PEP_JWT_KEYS = {k["kid"]: k for k in json.loads((OIDC_DIR / "pep-jwt-keys.json").read_text())["keys"]}
+
+_CALL = re.compile(r"CALL route=(\S+) client=(\S+) auth=(\S+) hint=(\S+) token=(\S+) status=(\d+) active=(\S+)"
+                   r" jti=(\S+)")
 
 
 def node_binary():
@@ -116,19 +126,32 @@ class OidcProvider:
             raise AssertionError("oidc-provider issued a JWT, the tests need opaque tokens: %s" % tok[:60])
         return tok
 
-    def _authenticated(self, client, auth, data):
+    def client_assertion(self, kid="pep-jwt-es256", aud=None, jti=None, client_id=PEP_JWT[0], lifetime=60):
+        """An RFC 7523 client assertion of pep-jwt, signed with its key `kid`,
+        for `aud` (default: the introspection endpoint's URL)."""
+        jwk = PEP_JWT_KEYS[kid]
+        now = int(time.time())
+        claims = {"iss": client_id, "sub": client_id, "aud": aud or self.endpoint("introspection_endpoint"),
+                  "iat": now, "exp": now + lifetime, "jti": jti or secrets.token_hex(16)}
+        return pyjwt.encode(claims, pyjwt.PyJWK(jwk).key, algorithm=jwk["alg"], headers={"kid": kid})
+
+    def _authenticated(self, client, auth, data, assertion=None):
         if auth == "client_secret_basic":
             return {"data": data, "auth": client}
         if auth == "client_secret_post":
             return {"data": dict(data, client_id=client[0], client_secret=client[1])}
+        if auth == "private_key_jwt":
+            return {"data": dict(data, client_id=client[0], client_assertion=assertion or self.client_assertion(),
+                                 client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")}
         raise ValueError(auth)
 
-    def introspect_response(self, token, client=PEP, auth="client_secret_basic", hint="access_token"):
+    def introspect_response(self, token, client=PEP, auth="client_secret_basic", hint="access_token", assertion=None):
         data = {"token": token}
         if hint is not None:
             data["token_type_hint"] = hint
         return self.http.post(self.endpoint("introspection_endpoint"), timeout=10,
-                              headers={"accept": "application/json"}, **self._authenticated(client, auth, data))
+                              headers={"accept": "application/json"},
+                              **self._authenticated(client, auth, data, assertion))
 
     def introspect(self, token, client=PEP, auth="client_secret_basic"):
         r = self.introspect_response(token, client, auth)
@@ -148,13 +171,14 @@ class OidcProvider:
     def calls(self, route="introspection", token=None):
         """The requests server.mjs logged for route (introspection|revocation),
         optionally only those for `token`, as dicts: client, auth, hint, token
-        (digest), status (int), active ("true"/"false"/"-")."""
+        (digest), status (int), active ("true"/"false"/"-"), jti (the client
+        assertion's, "-" without one)."""
         out = []
         for line in self.proc.log_text().splitlines():
             m = _CALL.fullmatch(line.strip())
             if not m:
                 continue
-            c = dict(zip(("route", "client", "auth", "hint", "token", "status", "active"), m.groups()))
+            c = dict(zip(("route", "client", "auth", "hint", "token", "status", "active", "jti"), m.groups()))
             c["status"] = int(c["status"])
             if c["route"] == route and (token is None or c["token"] == token_digest(token)):
                 out.append(c)

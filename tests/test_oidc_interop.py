@@ -4,9 +4,10 @@ tests/oidc/package-lock.json, installed by `make setup`), through a real
 Envoy with the filter.
 
 The provider issues opaque client_credentials tokens to `app` and answers
-introspection to `pep` (client_secret_basic) and `pep-post`
-(client_secret_post), and it is strict about which of the two a client
-uses, so the post variant fails if the filter sends Basic credentials.
+introspection to `pep` (client_secret_basic), `pep-post`
+(client_secret_post) and `pep-jwt` (private_key_jwt, RFC 7523), and it is
+strict about which method a client uses, so the post variant fails if the
+filter sends Basic credentials.
 Its active answers are
     {"active": true, "client_id": "app", "exp": ..., "iat": ...,
      "iss": "<issuer>", "scope": "read write", "token_type": "Bearer"}
@@ -28,7 +29,7 @@ import time
 import pytest
 
 import harness
-from oidc_provider import APP, PEP, PEP_POST, is_jwt_shaped
+from oidc_provider import APP, PEP, PEP_JWT, PEP_JWT_KEYS, PEP_POST, is_jwt_shaped
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,6 +46,7 @@ def label(issuer):
 def filter_config(op, issuer=None, **introspection):
     intro = {"client_id": PEP[0], "client_secret": PEP[1], "max_ttl_seconds": 1, "timeout_ms": 2000}
     intro.update(introspection)
+    intro = {k: v for k, v in intro.items() if v is not None}   # None: leave the field out
     iss = {
         "issuer": op.issuer,
         "audiences": "any",          # oidc-provider's answers carry no `aud`
@@ -61,13 +63,14 @@ def junk_token():
     return "junk-" + secrets.token_urlsafe(24)
 
 
-def start_op_envoy(op, echo, workdir, issuer=None, **introspection):
+def start_op_envoy(op, echo, workdir, issuer=None, envoy_env=None, **introspection):
     """Envoy with the filter configured for `op`; returns once a request with
     an unknown opaque token has reached the introspection step (the answer
     names token_inactive or introspection_unavailable, not a start-up
-    state)."""
+    state). envoy_env: environment variables of Envoy the VM may read."""
+    extra = {"env": envoy_env, "host_env_keys": list(envoy_env)} if envoy_env else {}
     env = harness.Envoy.start(filter_config(op, issuer, **introspection), workdir, upstream_port=echo.port,
-                              clusters={"op": op.port}, timeout=30)
+                              clusters={"op": op.port}, timeout=30, **extra)
     last = {}
 
     def reached():
@@ -140,8 +143,9 @@ def envoy(main_envoy, dump_on_failure):
 def own_envoy(wasm, oidc_provider, echo, tmp_path, dump_on_failure):
     started = []
 
-    def start(issuer=None, **introspection):
-        env = start_op_envoy(oidc_provider, echo, tmp_path / ("envoy%d" % len(started)), issuer, **introspection)
+    def start(issuer=None, envoy_env=None, **introspection):
+        env = start_op_envoy(oidc_provider, echo, tmp_path / ("envoy%d" % len(started)), issuer, envoy_env,
+                             **introspection)
         started.append(env)
         dump_on_failure(env)
         return env
@@ -194,6 +198,33 @@ def test_provider_insists_on_the_registered_client_auth_method(oidc_provider):
     assert op.introspect_response(tok, PEP, "client_secret_post").status_code == 401
     assert op.introspect_response(tok, (PEP[0], WRONG_SECRET)).status_code == 401
     assert op.introspect(tok, PEP)["active"] is True
+
+
+@pytest.mark.parametrize("kid", ["pep-jwt-es256", "pep-jwt-eddsa"])
+def test_provider_takes_each_client_assertion_once(oidc_provider, kid):
+    """What the filter's private_key_jwt must do: oidc-provider accepts an
+    assertion for the endpoint's URL or the issuer, and refuses an assertion
+    (a jti) it has seen, so the filter cannot reuse one across callouts."""
+    op = oidc_provider
+    tok = op.token("read")
+    once = op.client_assertion(kid)
+    r = op.introspect_response(tok, PEP_JWT, "private_key_jwt", assertion=once)
+    assert r.status_code == 200 and r.json()["active"] is True, r.text
+    again = op.introspect_response(tok, PEP_JWT, "private_key_jwt", assertion=once)
+    assert again.status_code == 401, again.text
+    assert again.json()["error"] == "invalid_client", again.text
+    # Same key, a new jti: accepted.
+    fresh = op.introspect_response(tok, PEP_JWT, "private_key_jwt", assertion=op.client_assertion(kid))
+    assert fresh.status_code == 200, fresh.text
+    assert op.introspect_response(tok, PEP_JWT, "private_key_jwt",
+                                  assertion=op.client_assertion(kid, aud=op.issuer)).status_code == 200
+    assert op.introspect_response(tok, PEP_JWT, "private_key_jwt",
+                                  assertion=op.client_assertion(kid, aud=op.url("/elsewhere"))).status_code == 401
+    # A secret is no way in for pep-jwt (registered private_key_jwt).
+    assert op.introspect_response(tok, ("pep-jwt", "guess"), "client_secret_basic").status_code == 401
+    seen = [c for c in op.calls("introspection", tok) if c["client"] == "pep-jwt"]
+    assert [(c["auth"], c["status"]) for c in seen] == \
+        [("private_key_jwt", s) for s in (200, 401, 200, 200, 401)] + [("client_secret_basic", 401)], seen
 
 
 def test_provider_revocation_makes_the_token_inactive(oidc_provider):
@@ -332,3 +363,57 @@ def test_audience_list_refuses_tokens_without_aud(own_envoy, oidc_provider):
     r = env.get("/read", token=tok)
     denial(r, 401, "audience_mismatch")
     assert [c["active"] for c in filter_calls(op, tok)] == ["true"]
+
+
+def private_key_settings(kid):
+    """The filter's introspection settings for pep-jwt with its key `kid`."""
+    return {"client_id": PEP_JWT[0], "client_secret": None, "auth_method": "private_key_jwt",
+            "private_key": PEP_JWT_KEYS[kid]}
+
+
+@pytest.mark.parametrize("kid", ["pep-jwt-es256", "pep-jwt-eddsa"])
+def test_private_key_jwt_with_pep_jwt(own_envoy, oidc_provider, kid):
+    """Every callout carries a fresh assertion: two tokens, two callouts,
+    both accepted, with different jtis (oidc-provider refuses a reused one)."""
+    op = oidc_provider
+    jwk = PEP_JWT_KEYS[kid]
+    env = own_envoy(**private_key_settings(kid))
+    first, second = op.token("read"), op.token("read write")
+    for tok, scope in ((first, "read"), (second, "read,write")):
+        h = upstream_headers(env.get("/read", token=tok))
+        assert h.get("x-oauth-client-id") == "app", h
+        assert h.get("x-authenticated-scope") == scope, h
+    calls = filter_calls(op, first, client=PEP_JWT[0]) + filter_calls(op, second, client=PEP_JWT[0])
+    assert [(c["auth"], c["status"], c["active"]) for c in calls] == [("private_key_jwt", 200, "true")] * 2, calls
+    jtis = [c["jti"] for c in calls]
+    assert len(set(jtis)) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", j) for j in jtis), jtis
+    # Cached: the same token again makes no callout.
+    upstream_headers(env.get("/read", token=first))
+    assert len(filter_calls(op, first, client=PEP_JWT[0])) == 1
+    assert jwk["d"] not in env.log_text()
+
+
+def test_private_key_jwt_key_from_the_environment(own_envoy, oidc_provider):
+    op = oidc_provider
+    settings = dict(private_key_settings("pep-jwt-eddsa"), private_key=None, private_key_env="PEP_JWT_KEY")
+    env = own_envoy(envoy_env={"PEP_JWT_KEY": json.dumps(PEP_JWT_KEYS["pep-jwt-eddsa"])}, **settings)
+    tok = op.token("read")
+    upstream_headers(env.get("/read", token=tok))
+    assert [(c["auth"], c["status"]) for c in filter_calls(op, tok, client=PEP_JWT[0])] == \
+        [("private_key_jwt", 200)]
+
+
+def test_private_key_jwt_with_a_key_the_provider_does_not_know_is_503(own_envoy, oidc_provider):
+    """pep-jwt signing with another (valid) key: the provider refuses the
+    assertion, the filter says introspection_unavailable and never leaks its key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import jwt as pyjwt
+
+    op = oidc_provider
+    other = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1())))
+    env = own_envoy(**dict(private_key_settings("pep-jwt-es256"), private_key=other))
+    tok = op.token("read")
+    r = env.get("/read", token=tok)
+    denial(r, 503, "introspection_unavailable")
+    assert [c["status"] for c in filter_calls(op, tok, client=PEP_JWT[0])] == [401]
+    assert other["d"] not in env.log_text() and other["d"] not in r.text

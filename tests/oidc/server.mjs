@@ -16,6 +16,15 @@
 //   app      / app-secret       client_credentials, scopes "read write", client_secret_basic
 //   pep      / pep-secret       introspection only (the filter), client_secret_basic
 //   pep-post / pep-post-secret  introspection only, client_secret_post
+//   pep-jwt                     introspection only, private_key_jwt (RFC 7523): its JWKS is the
+//                               public part of pep-jwt-keys.json (kids pep-jwt-es256, pep-jwt-eddsa;
+//                               test keys, committed on purpose)
+//
+// oidc-provider accepts a client assertion whose `aud` is the endpoint's URL,
+// the issuer or the token endpoint's URL, and refuses a `jti` it has seen
+// before ("client assertion tokens must only be used once", 401
+// invalid_client; lib/shared/token_jwt_auth.js, ReplayDetection): every
+// introspection needs a fresh assertion.
 //
 // oidc-provider itself accepts client_secret_basic and client_secret_post
 // interchangeably for a client registered with either; this server is
@@ -24,8 +33,9 @@
 // So a test with `pep-post` fails if the filter sends Basic credentials.
 //
 // Every introspection and revocation request is logged on stdout as
-//   CALL route=introspection client=pep auth=client_secret_basic hint=access_token token=<sha256[:16]> status=200 active=true
-// (never a secret, never the token itself), for tests that count callouts.
+//   CALL route=introspection client=pep auth=client_secret_basic hint=access_token token=<sha256[:16]> status=200 active=true jti=-
+// (never a secret, never the token itself; jti: the client assertion's, for
+// private_key_jwt), for tests that count callouts.
 //
 // Access tokens are opaque: client_credentials tokens are JWTs only when a
 // resource indicator selects a resource server with accessTokenFormat "jwt";
@@ -40,6 +50,7 @@
 // token's jti is its value, which oidc-provider does not echo).
 
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -51,13 +62,32 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 const issuer = `http://127.0.0.1:${port}`;
 
 // Resource servers (the filter) that may introspect tokens issued to other clients.
-const INTROSPECTORS = new Set(['pep', 'pep-post']);
+const INTROSPECTORS = new Set(['pep', 'pep-post', 'pep-jwt']);
 
-// How the request authenticated the client: Basic header, or client_secret in the form.
+// pep-jwt's keys, public part only: what the provider verifies its assertions with.
+const PEP_JWT_JWKS = {
+  keys: JSON.parse(readFileSync(new URL('./pep-jwt-keys.json', import.meta.url), 'utf8'))
+    .keys.map(({ d, ...pub }) => pub),
+};
+
+// How the request authenticated the client: Basic header, client assertion, or client_secret in the form.
 const usedAuthMethod = (ctx) => {
   if (ctx.headers.authorization !== undefined) return 'client_secret_basic';
+  if (ctx.oidc?.params?.client_assertion !== undefined) return 'private_key_jwt';
   if (ctx.oidc?.params?.client_secret !== undefined) return 'client_secret_post';
   return 'none';
+};
+
+// The jti of the request's client assertion (not verified: for the log only).
+const assertionJti = (ctx) => {
+  const assertion = ctx.oidc?.params?.client_assertion;
+  if (typeof assertion !== 'string') return '-';
+  try {
+    const claims = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8'));
+    return typeof claims.jti === 'string' && /^[\x21-\x7e]+$/.test(claims.jti) ? claims.jti : '?';
+  } catch {
+    return '?';
+  }
 };
 
 const requireRegisteredAuthMethod = (ctx, client) => {
@@ -88,9 +118,17 @@ const configuration = {
     },
     resourceServer('pep', 'pep-secret', 'client_secret_basic'),
     resourceServer('pep-post', 'pep-post-secret', 'client_secret_post'),
+    {
+      client_id: 'pep-jwt',
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: PEP_JWT_JWKS,
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
   ],
   scopes: ['openid', 'offline_access', 'read', 'write'],
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -131,7 +169,8 @@ provider.use(async (ctx, next) => {
         ? createHash('sha256').update(params.token).digest('hex').slice(0, 16) : '-';
       const active = route === 'introspection' && ctx.body && typeof ctx.body === 'object' ? ctx.body.active : '-';
       console.log(`CALL route=${route} client=${ctx.oidc?.client?.clientId ?? '-'} auth=${usedAuthMethod(ctx)} `
-        + `hint=${params.token_type_hint ?? '-'} token=${token} status=${ctx.status} active=${active ?? '-'}`);
+        + `hint=${params.token_type_hint ?? '-'} token=${token} status=${ctx.status} active=${active ?? '-'} `
+        + `jti=${assertionJti(ctx)}`);
     }
   }
 });
