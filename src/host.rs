@@ -219,6 +219,16 @@ impl Random for Host {
     }
 }
 
+/// Envoy's `verify_signature` foreign function: serialized
+/// `VerifySignatureArguments` in, `VerifySignatureResult` out. Envoy only:
+/// Kong fails the call of a foreign function it does not know.
+pub fn verify_signature(arguments: &[u8]) -> Result<Vec<u8>, String> {
+    match hostcalls::call_foreign_function("verify_signature", Some(arguments)) {
+        Ok(reply) => Ok(reply.unwrap_or_default()),
+        Err(status) => Err(format!("{status:?}")),
+    }
+}
+
 pub fn plugin_configuration() -> Vec<u8> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()

@@ -48,7 +48,7 @@ use host::Door;
 use log::{error, info, warn};
 use oauth_pep_core::cache::Digest;
 use oauth_pep_core::callout::{Callout, CalloutReply};
-use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
+use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
     authorize_knowing, introspection_waited_too_long, resume as resume_callout, waited_too_long,
     Allow, Known, Request, Resume, Resumed, State, Verdict,
@@ -59,6 +59,7 @@ use oauth_pep_core::metrics::{
 };
 use oauth_pep_core::response::Denial;
 use oauth_pep_core::services::Random;
+use oauth_pep_core::verify::{self_test, HostVerifier};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -663,6 +664,33 @@ impl RootContext for Root {
         );
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
+        let host_crypto = HostVerifier::new(host::verify_signature);
+        let crypto = match (config.crypto, envoy) {
+            (Crypto::Wasm, _) => Ok(false),
+            (Crypto::Auto | Crypto::Host, true) => self_test(&host_crypto).map(|()| true),
+            (_, false) => Err("the host has no verify_signature function (it is not Envoy)".into()),
+        };
+        let on_host = matches!(crypto, Ok(true));
+        match crypto {
+            Ok(true) => state.verifier = Box::new(host_crypto),
+            Ok(false) => {}
+            Err(why) if config.crypto == Crypto::Host => {
+                error!("oauth-pep: `crypto: \"host\"` cannot be used: {why}");
+                return false;
+            }
+            Err(why) if envoy => {
+                warn!("oauth-pep: host crypto unusable, signatures are checked in wasm: {why}")
+            }
+            Err(_) => {}
+        }
+        info!(
+            "oauth-pep: RS*/ES* signatures are checked by {}",
+            if on_host {
+                "the host (Envoy's BoringSSL)"
+            } else {
+                "pure Rust in wasm"
+            }
+        );
         let mut id = [0u8; 8];
         // Without randomness two workers could share an id, and each would
         // take the other's in-flight marker for its own: one extra callout.

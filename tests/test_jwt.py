@@ -559,3 +559,42 @@ def test_main_envoy_never_panicked(main_envoy):
     assert main_envoy.alive()
     log = main_envoy.log_text()
     assert "panicked" not in log and "wasm trap" not in log.lower(), log[-3000:]
+
+
+# --------------------------------------------------------------------------
+# both crypto paths: Envoy's verify_signature (host) and pure Rust (wasm)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=["host", "wasm"])
+def crypto_envoy(request, module_envoy, authserver_module):
+    authserver_module.reset()
+    publish_extra_keys(authserver_module)
+    cfg = main_config(authserver_module, crypto=request.param)
+    env = start_and_load(module_envoy, authserver_module, cfg)
+    env.crypto = request.param
+    return env
+
+
+@pytest.mark.parametrize("alg,kid", ALGS, ids=[a for a, _ in ALGS])
+def test_every_algorithm_on_both_crypto_paths(crypto_envoy, auth, alg, kid):
+    """RS*/ES* go to the host's crypto with crypto "host" (PS*, EdDSA and HS*
+    stay in wasm: Envoy's verify_signature has no PSS padding and no EdDSA);
+    everything is pure Rust with "wasm". Each path accepts a good signature
+    and refuses one over other claims."""
+    where = "the host (Envoy's BoringSSL)" if crypto_envoy.crypto == "host" else "pure Rust in wasm"
+    assert "signatures are checked by " + where in crypto_envoy.log_text()
+
+    def mint(**extra):
+        claims = auth.claims(sub="user-" + alg, scope="read", **extra)
+        if alg.startswith("HS"):
+            claims["iss"] = HS_ISSUER
+            return auth.mint(claims, alg=alg, secret=HS_SECRET, kid=None)
+        return auth.mint(claims, alg=alg, kid=kid)
+
+    good = mint()
+    r = send(crypto_envoy, "/api/items", token=good)
+    assert r.status == 200, r
+    header, _, signature = good.split(".")
+    other = mint(jti="other-" + alg).split(".")[1]
+    r = send(crypto_envoy, "/api/items", token="%s.%s.%s" % (header, other, signature))
+    assert r.status == 401 and r.json()["reason"] == "signature_invalid", r
