@@ -1839,6 +1839,46 @@ mod tests {
     }
 
     #[test]
+    fn cheap_checks_run_before_any_signature_work() {
+        use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
+        use std::cell::Cell;
+        struct Counting(Rc<Cell<usize>>);
+        impl SignatureVerifier for Counting {
+            fn verify(
+                &self,
+                alg: crate::alg::Alg,
+                key: &KeyMaterial,
+                input: &[u8],
+                signature: &[u8],
+            ) -> Result<(), VerifyError> {
+                self.0.set(self.0.get() + 1);
+                PureRustVerifier.verify(alg, key, input, signature)
+            }
+        }
+        let c = inline_config("");
+        let mut s = State::new(&c);
+        let checks = Rc::new(Cell::new(0));
+        s.verifier = Box::new(Counting(Rc::clone(&checks)));
+        for name in [
+            "wrong_iss",
+            "wrong_aud",
+            "expired",
+            "not_yet_valid",
+            "alg_none",
+        ] {
+            let headers = bearer(vectors().token(name));
+            assert!(
+                matches!(run(&c, &mut s, &headers, "/"), Verdict::Deny(_)),
+                "{name}"
+            );
+        }
+        assert_eq!(checks.get(), 0, "no signature was checked");
+        let good = bearer(vectors().token("good_RS256"));
+        assert!(matches!(run(&c, &mut s, &good, "/"), Verdict::Allow(_)));
+        assert_eq!(checks.get(), 1, "the counter counts");
+    }
+
+    #[test]
     fn a_repeated_forgery_costs_one_signature_check_per_minute() {
         use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
         use std::cell::Cell;
