@@ -409,29 +409,8 @@ impl<H: Door> Shared<H> {
     /// introspection or key fetch. Its answer shows in shared data; if it
     /// failed, its marker is gone and this worker asks (or answers 503).
     fn poll_shared(&self) {
-        let ids: Vec<u32> = self
-            .parked
-            .borrow()
-            .iter()
-            .filter(|(_, p)| self.waits_elsewhere(p))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some(parked) = self.parked.borrow_mut().remove(&id) else {
-                continue;
-            };
-            if self.host.set_effective_context(id).is_err() {
-                continue;
-            }
-            let outcome = self.decide(id, parked.headers, None);
-            // Waiting again, it keeps its first deadline.
-            if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
-                again.until = again.until.min(parked.until);
-            }
-            if let Outcome::Proceed = outcome {
-                self.host.resume_request();
-            }
-        }
+        // Waiting again, a request keeps its first deadline.
+        self.decide_again(|p| self.waits_elsewhere(p), None, true);
     }
 
     /// Feeds a callout's answer to whatever waits for it.
@@ -449,11 +428,21 @@ impl<H: Door> Shared<H> {
 
     /// Root only: decides again every request parked on what settled.
     fn wake(&self, settled: impl Fn(Wait) -> bool, known: Option<&Known>) {
+        self.decide_again(|p| settled(p.wait), known, false);
+    }
+
+    /// Root only: decides again the parked requests `pick` chooses.
+    fn decide_again(
+        &self,
+        pick: impl Fn(&Parked) -> bool,
+        known: Option<&Known>,
+        keep_deadline: bool,
+    ) {
         let ids: Vec<u32> = self
             .parked
             .borrow()
             .iter()
-            .filter(|(_, p)| settled(p.wait))
+            .filter(|(_, p)| pick(p))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -463,7 +452,13 @@ impl<H: Door> Shared<H> {
             if self.host.set_effective_context(id).is_err() {
                 continue;
             }
-            if let Outcome::Proceed = self.decide(id, parked.headers, known) {
+            let outcome = self.decide(id, parked.headers, known);
+            if keep_deadline {
+                if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
+                    again.until = again.until.min(parked.until);
+                }
+            }
+            if let Outcome::Proceed = outcome {
                 self.host.resume_request();
             }
         }

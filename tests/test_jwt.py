@@ -8,7 +8,6 @@ tests that need fresh key state start their own.
 """
 
 import base64
-import http.client
 import json
 import re
 import time
@@ -45,37 +44,8 @@ def auth(authserver):
 # helpers
 # --------------------------------------------------------------------------
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return "Resp(%d, %r, %r)" % (self.status, self.headers, self.body[:600])
-
-
-def send(env, path="/", headers=(), token=None):
-    """GET through Envoy with http.client: repeated headers and raw
-    (latin-1) bytes go out exactly as given."""
-    headers = list(headers)
-    if token is not None:
-        headers.append(("Authorization", "Bearer " + token))
-    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
-    try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        body = r.read()
-        out = {}
-        for k, v in r.getheaders():
-            out[k.lower()] = out[k.lower()] + ", " + v if k.lower() in out else v
-        return Resp(r.status, out, body)
-    finally:
-        conn.close()
+Resp = harness.Resp
+send = harness.send_raw
 
 
 def b64decode(segment):

@@ -1838,11 +1838,10 @@ mod tests {
         assert!(s.tokens.stats().evictions > 0);
     }
 
-    #[test]
-    fn cheap_checks_run_before_any_signature_work() {
+    /// Makes `state` count its signature checks, in the returned cell.
+    fn count_signature_checks(state: &mut State) -> Rc<std::cell::Cell<usize>> {
         use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
-        use std::cell::Cell;
-        struct Counting(Rc<Cell<usize>>);
+        struct Counting(Rc<std::cell::Cell<usize>>);
         impl SignatureVerifier for Counting {
             fn verify(
                 &self,
@@ -1855,10 +1854,16 @@ mod tests {
                 PureRustVerifier.verify(alg, key, input, signature)
             }
         }
+        let checks = Rc::new(std::cell::Cell::new(0));
+        state.verifier = Box::new(Counting(Rc::clone(&checks)));
+        checks
+    }
+
+    #[test]
+    fn cheap_checks_run_before_any_signature_work() {
         let c = inline_config("");
         let mut s = State::new(&c);
-        let checks = Rc::new(Cell::new(0));
-        s.verifier = Box::new(Counting(Rc::clone(&checks)));
+        let checks = count_signature_checks(&mut s);
         for name in [
             "wrong_iss",
             "wrong_aud",
@@ -1880,25 +1885,9 @@ mod tests {
 
     #[test]
     fn a_repeated_forgery_costs_one_signature_check_per_minute() {
-        use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
-        use std::cell::Cell;
-        struct Counting(Rc<Cell<usize>>);
-        impl SignatureVerifier for Counting {
-            fn verify(
-                &self,
-                alg: crate::alg::Alg,
-                key: &KeyMaterial,
-                input: &[u8],
-                signature: &[u8],
-            ) -> Result<(), VerifyError> {
-                self.0.set(self.0.get() + 1);
-                PureRustVerifier.verify(alg, key, input, signature)
-            }
-        }
         let c = inline_config("");
         let mut s = State::new(&c);
-        let checks = Rc::new(Cell::new(0));
-        s.verifier = Box::new(Counting(Rc::clone(&checks)));
+        let checks = count_signature_checks(&mut s);
         let forged = bearer(vectors().token("bad_signature"));
         let at = |s: &mut State, t: u64| {
             let request = Request {
