@@ -242,13 +242,17 @@ pub fn set_tick_period(period: Duration) -> Result<(), String> {
 
 pub fn request_headers() -> Vec<(String, String)> {
     match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+        // Envoy's names are lowercase already, and most values UTF-8: both
+        // are kept as they came, without another copy.
         Ok(headers) => headers
             .into_iter()
-            .map(|(name, value)| {
-                (
-                    name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&value).into_owned(),
-                )
+            .map(|(mut name, value)| {
+                if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    name.make_ascii_lowercase();
+                }
+                let value = String::from_utf8(value)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                (name, value)
             })
             .collect(),
         Err(status) => {

@@ -11,7 +11,7 @@ use crate::config::{Config, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
 use crate::grant::Grant;
-use crate::headers::spelling_key;
+use crate::headers::cmp_spelling;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
 use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken};
@@ -487,7 +487,7 @@ fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
         .filter(|name| {
             config
                 .strip_headers
-                .binary_search(&spelling_key(name))
+                .binary_search_by(|key| cmp_spelling(key, name))
                 .is_ok()
         })
         .cloned()
