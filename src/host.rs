@@ -219,6 +219,16 @@ impl Random for Host {
     }
 }
 
+/// Envoy's `verify_signature` foreign function: serialized
+/// `VerifySignatureArguments` in, `VerifySignatureResult` out. Envoy only:
+/// Kong fails the call of a foreign function it does not know.
+pub fn verify_signature(arguments: &[u8]) -> Result<Vec<u8>, String> {
+    match hostcalls::call_foreign_function("verify_signature", Some(arguments)) {
+        Ok(reply) => Ok(reply.unwrap_or_default()),
+        Err(status) => Err(format!("{status:?}")),
+    }
+}
+
 pub fn plugin_configuration() -> Vec<u8> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()
@@ -232,13 +242,17 @@ pub fn set_tick_period(period: Duration) -> Result<(), String> {
 
 pub fn request_headers() -> Vec<(String, String)> {
     match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+        // Envoy's names are lowercase already, and most values UTF-8: both
+        // are kept as they came, without another copy.
         Ok(headers) => headers
             .into_iter()
-            .map(|(name, value)| {
-                (
-                    name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&value).into_owned(),
-                )
+            .map(|(mut name, value)| {
+                if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    name.make_ascii_lowercase();
+                }
+                let value = String::from_utf8(value)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                (name, value)
             })
             .collect(),
         Err(status) => {

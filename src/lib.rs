@@ -48,7 +48,7 @@ use host::Door;
 use log::{error, info, warn};
 use oauth_pep_core::cache::Digest;
 use oauth_pep_core::callout::{Callout, CalloutReply};
-use oauth_pep_core::config::{Config, LogLevel as ConfigLogLevel};
+use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
     authorize_knowing, introspection_waited_too_long, resume as resume_callout, waited_too_long,
     Allow, Known, Request, Resume, Resumed, State, Verdict,
@@ -59,6 +59,7 @@ use oauth_pep_core::metrics::{
 };
 use oauth_pep_core::response::Denial;
 use oauth_pep_core::services::{Random, RandomError};
+use oauth_pep_core::verify::{self_test, HostVerifier};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -418,29 +419,8 @@ impl<H: Door> Shared<H> {
     /// introspection or key fetch. Its answer shows in shared data; if it
     /// failed, its marker is gone and this worker asks (or answers 503).
     fn poll_shared(&self) {
-        let ids: Vec<u32> = self
-            .parked
-            .borrow()
-            .iter()
-            .filter(|(_, p)| self.waits_elsewhere(p))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some(parked) = self.parked.borrow_mut().remove(&id) else {
-                continue;
-            };
-            if self.host.set_effective_context(id).is_err() {
-                continue;
-            }
-            let outcome = self.decide(id, parked.headers, None);
-            // Waiting again, it keeps its first deadline.
-            if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
-                again.until = again.until.min(parked.until);
-            }
-            if let Outcome::Proceed = outcome {
-                self.host.resume_request();
-            }
-        }
+        // Waiting again, a request keeps its first deadline.
+        self.decide_again(|p| self.waits_elsewhere(p), None, true);
     }
 
     /// Feeds a callout's answer to whatever waits for it.
@@ -458,11 +438,21 @@ impl<H: Door> Shared<H> {
 
     /// Root only: decides again every request parked on what settled.
     fn wake(&self, settled: impl Fn(Wait) -> bool, known: Option<&Known>) {
+        self.decide_again(|p| settled(p.wait), known, false);
+    }
+
+    /// Root only: decides again the parked requests `pick` chooses.
+    fn decide_again(
+        &self,
+        pick: impl Fn(&Parked) -> bool,
+        known: Option<&Known>,
+        keep_deadline: bool,
+    ) {
         let ids: Vec<u32> = self
             .parked
             .borrow()
             .iter()
-            .filter(|(_, p)| settled(p.wait))
+            .filter(|(_, p)| pick(p))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -472,7 +462,13 @@ impl<H: Door> Shared<H> {
             if self.host.set_effective_context(id).is_err() {
                 continue;
             }
-            if let Outcome::Proceed = self.decide(id, parked.headers, known) {
+            let outcome = self.decide(id, parked.headers, known);
+            if keep_deadline {
+                if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
+                    again.until = again.until.min(parked.until);
+                }
+            }
+            if let Outcome::Proceed = outcome {
                 self.host.resume_request();
             }
         }
@@ -674,6 +670,33 @@ impl RootContext for Root {
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
         state.use_random(Rc::new(HostRandom));
+        let host_crypto = HostVerifier::new(host::verify_signature);
+        let crypto = match (config.crypto, envoy) {
+            (Crypto::Wasm, _) => Ok(false),
+            (Crypto::Auto | Crypto::Host, true) => self_test(&host_crypto).map(|()| true),
+            (_, false) => Err("the host has no verify_signature function (it is not Envoy)".into()),
+        };
+        let on_host = matches!(crypto, Ok(true));
+        match crypto {
+            Ok(true) => state.verifier = Box::new(host_crypto),
+            Ok(false) => {}
+            Err(why) if config.crypto == Crypto::Host => {
+                error!("oauth-pep: `crypto: \"host\"` cannot be used: {why}");
+                return false;
+            }
+            Err(why) if envoy => {
+                warn!("oauth-pep: host crypto unusable, signatures are checked in wasm: {why}")
+            }
+            Err(_) => {}
+        }
+        info!(
+            "oauth-pep: RS*/ES* signatures are checked by {}",
+            if on_host {
+                "the host (Envoy's BoringSSL)"
+            } else {
+                "pure Rust in wasm"
+            }
+        );
         let mut id = [0u8; 8];
         // Without randomness two workers could share an id, and each would
         // take the other's in-flight marker for its own: one extra callout.

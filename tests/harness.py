@@ -20,6 +20,7 @@ and is always killed (fixture finalizers, plus atexit for anything left).
 
 import atexit
 import base64
+import http.client
 import json
 import os
 import random
@@ -53,6 +54,42 @@ def bearer_params(www):
     if not www or not re.fullmatch(r'Bearer \w+=%s(, \w+=%s)*' % (_QUOTED, _QUOTED), www):
         return None
     return {k: re.sub(r"\\(.)", r"\1", v) for k, v in re.findall(r'(\w+)=' + _QUOTED, www)}
+
+
+class Resp:
+    """A response as http.client read it: status, headers (lowercase names,
+    repeats joined by ", ") and the raw body."""
+
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "Resp(%d, %r, %r)" % (self.status, self.headers, self.body[:600])
+
+
+def send_raw(env, path="/", headers=(), token=None, timeout=10):
+    """GET through Envoy with http.client on a new connection (closed after):
+    repeated headers and raw (latin-1) bytes go out exactly as given."""
+    headers = list(headers)
+    if token is not None:
+        headers.append(("Authorization", "Bearer " + token))
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=timeout)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        body = r.read()
+        out = {}
+        for k, v in r.getheaders():
+            out[k.lower()] = out[k.lower()] + ", " + v if k.lower() in out else v
+        return Resp(r.status, out, body)
+    finally:
+        conn.close()
 
 
 def free_port():

@@ -11,7 +11,6 @@ read back from /_test/stats. Envoys that can be shared live for the module.
 """
 
 import base64
-import http.client
 import json
 import re
 import threading
@@ -84,37 +83,9 @@ def config(*issuers, **top):
     return cfg
 
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return "Resp(%d, %r, %r)" % (self.status, self.headers, self.body[:600])
-
-
 def send(env, path="/", token=None, headers=(), timeout=10):
-    """GET through Envoy on a new connection (closed afterwards), headers sent
-    exactly as given. A new connection is a new chance of another worker."""
-    headers = list(headers)
-    if token is not None:
-        headers.append(("Authorization", "Bearer " + token))
-    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=timeout)
-    try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        body = r.read()
-        out = {}
-        for k, v in r.getheaders():
-            out[k.lower()] = out[k.lower()] + ", " + v if k.lower() in out else v
-        return Resp(r.status, out, body)
-    finally:
-        conn.close()
+    """GET on a new connection (a new chance of another worker)."""
+    return harness.send_raw(env, path, headers, token, timeout)
 
 
 def upstream_headers(r):

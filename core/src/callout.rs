@@ -29,13 +29,17 @@ impl Callout {
     }
 
     pub fn post_json(upstream: &str, url: Url, body: Vec<u8>, timeout_ms: u64) -> Self {
+        Callout::post(upstream, url, "application/json", body, timeout_ms)
+    }
+
+    fn post(upstream: &str, url: Url, content_type: &str, body: Vec<u8>, timeout_ms: u64) -> Self {
         Callout {
             upstream: upstream.to_string(),
             method: "POST",
             url,
             headers: vec![
                 ("accept".to_string(), "application/json".to_string()),
-                ("content-type".to_string(), "application/json".to_string()),
+                ("content-type".to_string(), content_type.to_string()),
             ],
             body: Some(body),
             timeout_ms,
@@ -53,20 +57,13 @@ impl Callout {
             body.push('=');
             body.push_str(&form_urlencode(value));
         }
-        Callout {
-            upstream: upstream.to_string(),
-            method: "POST",
+        Callout::post(
+            upstream,
             url,
-            headers: vec![
-                ("accept".to_string(), "application/json".to_string()),
-                (
-                    "content-type".to_string(),
-                    "application/x-www-form-urlencoded".to_string(),
-                ),
-            ],
-            body: Some(body.into_bytes()),
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
             timeout_ms,
-        }
+        )
     }
 
     /// The pseudo and regular headers in the order a proxy-wasm host wants them.

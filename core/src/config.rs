@@ -49,6 +49,8 @@ struct RawConfig {
     rejected_cache_bytes: usize,
     #[serde(default)]
     shared_data: SharedData,
+    #[serde(default)]
+    crypto: Crypto,
     #[serde(default = "default_introspection_cache_bytes")]
     introspection_cache_bytes: usize,
     #[serde(default = "default_introspection_entry_bytes")]
@@ -206,6 +208,20 @@ impl SharedData {
     }
 }
 
+/// Who checks RS* and ES* signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crypto {
+    /// The host's crypto where it has it (Envoy's `verify_signature`) and
+    /// passes the self-test at load; pure Rust otherwise.
+    #[default]
+    Auto,
+    /// The host's crypto, or the filter refuses to start.
+    Host,
+    /// Pure Rust in the VM.
+    Wasm,
+}
+
 /// The budget of one per-worker cache; zero in either disables it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -226,6 +242,7 @@ pub struct Config {
     /// Introspection answers shared by all workers.
     pub shared_cache: SharedCache,
     pub shared_data: SharedData,
+    pub crypto: Crypto,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
     /// With a policy: whether a path/method that no rule names is refused.
@@ -491,6 +508,7 @@ fn compile(
         rejected_cache_bytes: raw.rejected_cache_bytes,
         shared_cache,
         shared_data: raw.shared_data,
+        crypto: raw.crypto,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,
             max_entries: raw.token_cache_entries,

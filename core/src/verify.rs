@@ -22,12 +22,22 @@ use crate::alg::Alg;
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 4096;
 
-/// A verification key, validated at load.
+/// A verification key, validated at load. RSA and EC keys also carry their
+/// DER SubjectPublicKeyInfo, built once, for the host's crypto.
 #[derive(Clone)]
 pub enum KeyMaterial {
-    Rsa(Box<PKey<Public>>),
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    Rsa {
+        key: Box<PKey<Public>>,
+        spki: Box<[u8]>,
+    },
+    P256 {
+        key: p256::ecdsa::VerifyingKey,
+        spki: Box<[u8]>,
+    },
+    P384 {
+        key: p384::ecdsa::VerifyingKey,
+        spki: Box<[u8]>,
+    },
     Ed25519(ed25519::PublicKey),
     /// An HMAC secret (from `shared_secret` only).
     Secret(Vec<u8>),
@@ -37,9 +47,9 @@ impl fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print a secret, not even in a test failure.
         f.write_str(match self {
-            KeyMaterial::Rsa(_) => "KeyMaterial::Rsa",
-            KeyMaterial::P256(_) => "KeyMaterial::P256",
-            KeyMaterial::P384(_) => "KeyMaterial::P384",
+            KeyMaterial::Rsa { .. } => "KeyMaterial::Rsa",
+            KeyMaterial::P256 { .. } => "KeyMaterial::P256",
+            KeyMaterial::P384 { .. } => "KeyMaterial::P384",
             KeyMaterial::Ed25519(_) => "KeyMaterial::Ed25519",
             KeyMaterial::Secret(_) => "KeyMaterial::Secret",
         })
@@ -65,30 +75,38 @@ impl KeyMaterial {
             return Err("the RSA exponent must be 65537".into());
         }
         let bad = |e: superboring::error::ErrorStack| format!("unusable RSA key: {e}");
+        let spki = der::rsa_spki(n, trim_leading_zeros(e));
         let (n, e) = (
             BigNum::from_slice(n).map_err(bad)?,
             BigNum::from_slice(e).map_err(bad)?,
         );
         let rsa = Rsa::from_public_components(n, e).map_err(bad)?;
-        Ok(KeyMaterial::Rsa(Box::new(
-            PKey::from_rsa(rsa).map_err(bad)?,
-        )))
+        Ok(KeyMaterial::Rsa {
+            key: Box::new(PKey::from_rsa(rsa).map_err(bad)?),
+            spki: spki.into_boxed_slice(),
+        })
     }
 
     /// A P-256 point from its affine coordinates.
     pub fn p256(x: &[u8], y: &[u8]) -> Result<KeyMaterial, String> {
         let point = uncompressed_point(x, y, 32)?;
-        p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-            .map(KeyMaterial::P256)
-            .map_err(|_| "the point is not on the P-256 curve".into())
+        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+            .map_err(|_| "the point is not on the P-256 curve".to_string())?;
+        Ok(KeyMaterial::P256 {
+            key,
+            spki: der::ec_spki(der::OID_P256, &point).into_boxed_slice(),
+        })
     }
 
     /// A P-384 point from its affine coordinates.
     pub fn p384(x: &[u8], y: &[u8]) -> Result<KeyMaterial, String> {
         let point = uncompressed_point(x, y, 48)?;
-        p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-            .map(KeyMaterial::P384)
-            .map_err(|_| "the point is not on the P-384 curve".into())
+        let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+            .map_err(|_| "the point is not on the P-384 curve".to_string())?;
+        Ok(KeyMaterial::P384 {
+            key,
+            spki: der::ec_spki(der::OID_P384, &point).into_boxed_slice(),
+        })
     }
 
     /// An Ed25519 public key (32 bytes).
@@ -176,14 +194,14 @@ impl SignatureVerifier for PureRustVerifier {
         let ok = match (alg, key) {
             (
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-                KeyMaterial::Rsa(pkey),
+                KeyMaterial::Rsa { key: pkey, .. },
             ) => rsa_verify(alg, pkey, signing_input, signature),
-            (Alg::ES256, KeyMaterial::P256(key)) => {
+            (Alg::ES256, KeyMaterial::P256 { key, .. }) => {
                 let sig = p256::ecdsa::Signature::from_slice(fixed::<64>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;
                 key.verify(signing_input, &sig).is_ok()
             }
-            (Alg::ES384, KeyMaterial::P384(key)) => {
+            (Alg::ES384, KeyMaterial::P384 { key, .. }) => {
                 let sig = p384::ecdsa::Signature::from_slice(fixed::<96>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;
                 key.verify(signing_input, &sig).is_ok()
@@ -238,6 +256,231 @@ fn rsa_verify(alg: Alg, pkey: &PKey<Public>, signing_input: &[u8], signature: &[
     verifier.set_rsa_padding(padding).is_ok()
         && verifier.update(signing_input).is_ok()
         && verifier.verify(signature).unwrap_or(false)
+}
+
+/// Verification by the host's crypto (Envoy's BoringSSL, through the
+/// `verify_signature` foreign function) for RS256/384/512 and ES256/384;
+/// everything else, and any call the host cannot answer, in pure Rust. A
+/// host error is never a pass: it falls back to checking here.
+///
+/// `call` sends a serialized `VerifySignatureArguments` and returns the
+/// serialized `VerifySignatureResult` (Envoy's
+/// `source/extensions/common/wasm/ext/verify_signature.proto`).
+pub struct HostVerifier<F> {
+    call: F,
+}
+
+impl<F: Fn(&[u8]) -> Result<Vec<u8>, String>> HostVerifier<F> {
+    pub fn new(call: F) -> Self {
+        HostVerifier { call }
+    }
+}
+
+impl<F: Fn(&[u8]) -> Result<Vec<u8>, String>> SignatureVerifier for HostVerifier<F> {
+    fn verify(
+        &self,
+        alg: Alg,
+        key: &KeyMaterial,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), VerifyError> {
+        let (hash, spki, der_signature) = match (alg, key) {
+            (Alg::RS256, KeyMaterial::Rsa { spki, .. }) => ("sha256", spki, None),
+            (Alg::RS384, KeyMaterial::Rsa { spki, .. }) => ("sha384", spki, None),
+            (Alg::RS512, KeyMaterial::Rsa { spki, .. }) => ("sha512", spki, None),
+            // JOSE's r || s becomes the DER the host's EVP verify expects.
+            (Alg::ES256, KeyMaterial::P256 { spki, .. }) => (
+                "sha256",
+                spki,
+                Some(der::ecdsa_signature(fixed::<64>(alg, signature)?)),
+            ),
+            (Alg::ES384, KeyMaterial::P384 { spki, .. }) => (
+                "sha384",
+                spki,
+                Some(der::ecdsa_signature(fixed::<96>(alg, signature)?)),
+            ),
+            _ => return PureRustVerifier.verify(alg, key, signing_input, signature),
+        };
+        let arguments = host_arguments(
+            hash,
+            spki,
+            der_signature.as_deref().unwrap_or(signature),
+            signing_input,
+        );
+        match (self.call)(&arguments).and_then(|reply| host_result(&reply)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VerifyError::Mismatch),
+            Err(_) => PureRustVerifier.verify(alg, key, signing_input, signature),
+        }
+    }
+}
+
+/// `VerifySignatureArguments { hash_function = 1; public_key = 2 (DER);
+/// signature = 3; text = 4 }`, protobuf wire format.
+fn host_arguments(hash: &str, spki: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + hash.len() + spki.len() + signature.len() + text.len());
+    for (field, bytes) in [(1u8, hash.as_bytes()), (2, spki), (3, signature), (4, text)] {
+        out.push(field << 3 | 2);
+        let mut len = bytes.len();
+        loop {
+            let low = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(low);
+                break;
+            }
+            out.push(low | 0x80);
+        }
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// `VerifySignatureResult { bool result = 1; string error = 2 }`: the
+/// verdict, or the host's error.
+fn host_result(reply: &[u8]) -> Result<bool, String> {
+    let mut rest = reply;
+    let mut result = false;
+    let mut error = None;
+    while let Some((&key, tail)) = rest.split_first() {
+        let (value, tail) = varint(tail).ok_or("a truncated answer")?;
+        match (key >> 3, key & 7) {
+            (1, 0) => {
+                result = value == 1;
+                rest = tail;
+            }
+            (field, 2) => {
+                let len = usize::try_from(value).map_err(|_| "a field too long")?;
+                let (bytes, tail) = (tail.get(..len), tail.get(len..));
+                let (Some(bytes), Some(tail)) = (bytes, tail) else {
+                    return Err("a truncated answer".into());
+                };
+                if field == 2 && !bytes.is_empty() {
+                    error = Some(String::from_utf8_lossy(bytes).into_owned());
+                }
+                rest = tail;
+            }
+            (_, 0) => rest = tail,
+            _ => return Err("an answer that is not a VerifySignatureResult".into()),
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, bytes.get(i + 1..)?));
+        }
+    }
+    None
+}
+
+/// Checks a verifier on fixed RS256 and ES256 vectors: each good signature
+/// passes, and the same signature over other text fails (a host that says
+/// yes to everything is caught here, at load).
+pub fn self_test(verifier: &dyn SignatureVerifier) -> Result<(), String> {
+    use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
+    let b64 = |s: &str| Base64UrlSafeNoPadding::decode_to_vec(s, None).unwrap_or_default();
+    let rsa = KeyMaterial::rsa(&b64(SELF_TEST_RSA_N), &[1, 0, 1])?;
+    let ec = KeyMaterial::p256(&b64(SELF_TEST_EC_X), &b64(SELF_TEST_EC_Y))?;
+    for (alg, key, signature) in [
+        (Alg::RS256, &rsa, b64(SELF_TEST_RSA_SIG)),
+        (Alg::ES256, &ec, b64(SELF_TEST_EC_SIG)),
+    ] {
+        verifier
+            .verify(alg, key, SELF_TEST_TEXT, &signature)
+            .map_err(|e| format!("{alg} self-test: a good signature failed ({e})"))?;
+        if verifier
+            .verify(alg, key, b"another text", &signature)
+            .is_ok()
+        {
+            return Err(format!("{alg} self-test: a wrong signature passed"));
+        }
+    }
+    Ok(())
+}
+
+const SELF_TEST_TEXT: &[u8] = b"oauth-pep host crypto self-test";
+const SELF_TEST_RSA_N: &str = "qyToITBHdppCNpVpYiKD7pKqgom5TOQKYxMVlbJMCTq7lB3fJGs9b2iGkVlDI9sBQTM7i7kw6lUl-EfS4yAESYo2BQY6vMP2iXfq0JdE2WkaSwsRFghrp8ZqjBWk1VFasTiUU8EouZ0GF4u7hCpqQuUWdPWHecRStDXcjlmFtCxHvqpzmRAZYxkD91xxHI3jhjNlmAMr6Cu6b96_J_wPa1X-akT8uwADgjtqgVGLTLDCPy47j4InE7F3xz9ZqEc7LMfGHpV8Fst_I6WOXqqEc34IqR9OdcQful661vTkl7NOLCrc3lE7ewC0e-w9gUM4D-k0jIuX6o-cHlq_b7aW4w";
+const SELF_TEST_RSA_SIG: &str = "nQXe-na9XvfBSp49ZluGqPG6iyc8i_gSONTRN5zGjl-cwxOprqfBrxYLpi7aM1d6-y1fSK1jPbzqIQo6qqPm4rFi5psNAq9CnGvd5u-aUqA4pd_e5bNiXivK89JE_qW-vBDAq0XriIzSMCG-UUwqkEGFt4g-Wq-Ifa1vIvsEqt7RXp_D8ps8M4XJI25nr3cbUpFbw5CdaRTRPWUeleoDDC3tBP6H9P56nyvifKml-HJQPPD7SBFA0zQ2czgVAwHT45eeZoQmaAmqSWbTb7NDU2V8IkeW7qRStp04--8mDDSIqV4qRhvwXUQtowCPIk9ulxV9X-zTF23dk9niHKCT3Q";
+const SELF_TEST_EC_X: &str = "FlJm2-OfbXrHQbu-79EZq77njXFtiesFaGCGpdBPhtM";
+const SELF_TEST_EC_Y: &str = "auBCQdgcpCyG7IITPxEVSvVST2hPJ8JkoyUdQSGN3jM";
+const SELF_TEST_EC_SIG: &str =
+    "lmmvSiCfFnykEowjDBHDBASOgGWIq_ipoC3UAQWVjaKqiTXGucrNTdQ4S1WajaE3C0qe6shaWyYuO_fgMxvK4Q";
+
+/// The few DER structures the host's crypto needs: SubjectPublicKeyInfo for
+/// RSA and EC keys (RFC 5280, RFC 3279, RFC 5480) and ECDSA signatures.
+mod der {
+    /// 1.2.840.10045.3.1.7 (prime256v1) and 1.3.132.0.34 (secp384r1).
+    pub const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    pub const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    /// 1.2.840.10045.2.1 (id-ecPublicKey) and 1.2.840.113549.1.1.1 (rsaEncryption).
+    const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let first = bytes
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(bytes.len() - 1);
+            let significant = bytes.get(first..).unwrap_or_default();
+            out.push(0x80 | significant.len() as u8);
+            out.extend_from_slice(significant);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A non-negative INTEGER from big-endian bytes: minimal, with a 0 byte
+    /// in front when the top bit is set.
+    fn unsigned(bytes: &[u8]) -> Vec<u8> {
+        let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        let trimmed = bytes.get(first..).unwrap_or_default();
+        let mut content = Vec::with_capacity(trimmed.len() + 1);
+        if trimmed.first().is_none_or(|&b| b & 0x80 != 0) {
+            content.push(0);
+        }
+        content.extend_from_slice(trimmed);
+        tlv(0x02, &content)
+    }
+
+    fn bit_string(content: &[u8]) -> Vec<u8> {
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(content);
+        tlv(0x03, &bits)
+    }
+
+    pub fn rsa_spki(n: &[u8], e: &[u8]) -> Vec<u8> {
+        let algorithm = tlv(0x30, &[tlv(0x06, OID_RSA), vec![0x05, 0x00]].concat());
+        let key = tlv(0x30, &[unsigned(n), unsigned(e)].concat());
+        tlv(0x30, &[algorithm, bit_string(&key)].concat())
+    }
+
+    pub fn ec_spki(curve: &[u8], point: &[u8]) -> Vec<u8> {
+        let algorithm = tlv(
+            0x30,
+            &[tlv(0x06, OID_EC_PUBLIC_KEY), tlv(0x06, curve)].concat(),
+        );
+        tlv(0x30, &[algorithm, bit_string(point)].concat())
+    }
+
+    /// JOSE's fixed-size `r || s` as a DER `SEQUENCE { r, s }`.
+    pub fn ecdsa_signature(rs: &[u8]) -> Vec<u8> {
+        let (r, s) = rs.split_at(rs.len() / 2);
+        tlv(0x30, &[unsigned(r), unsigned(s)].concat())
+    }
 }
 
 #[cfg(test)]
@@ -387,5 +630,112 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("104"),
             "{shown}"
         );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn b64(s: &str) -> Vec<u8> {
+        Base64UrlSafeNoPadding::decode_to_vec(s, None).unwrap()
+    }
+
+    #[test]
+    fn keys_carry_the_der_spki_the_host_parses() {
+        let ec = KeyMaterial::p256(&b64(SELF_TEST_EC_X), &b64(SELF_TEST_EC_Y)).unwrap();
+        let KeyMaterial::P256 { spki, .. } = &ec else {
+            panic!()
+        };
+        // What Python's cryptography encodes for the same key.
+        assert_eq!(hex(spki), "3059301306072a8648ce3d020106082a8648ce3d03010703420004165266dbe39f6d7ac741bbbeefd119abbee78d716d89eb05686086a5d04f86d36ae04241d81ca42c86ec82133f11154af5524f684f27c264a3251d41218dde33");
+        let rsa = KeyMaterial::rsa(&b64(SELF_TEST_RSA_N), &[1, 0, 1]).unwrap();
+        let KeyMaterial::Rsa { spki, .. } = &rsa else {
+            panic!()
+        };
+        assert_eq!(
+            hex(&hmac_sha256::Hash::hash(spki)),
+            "e1f323ecc93f3ebcc48bbc0b49601ef23799559eb20c3c739e6bc85a048dc95e"
+        );
+    }
+
+    #[test]
+    fn ecdsa_signatures_become_minimal_der_integers() {
+        let mut rs = [0u8; 64];
+        rs[0] = 0x80; // r with its top bit set: a 0 byte in front
+        rs[63] = 1; // s = 1: one byte
+        let der = der::ecdsa_signature(&rs);
+        assert_eq!(&der[..4], &[0x30, 38, 0x02, 33]);
+        assert_eq!(&der[4..6], &[0x00, 0x80]);
+        assert_eq!(&der[der.len() - 3..], &[0x02, 1, 1]);
+    }
+
+    /// A host whose verdict is fixed, that records what it was asked.
+    fn host(
+        verdict: Result<Vec<u8>, String>,
+    ) -> HostVerifier<impl Fn(&[u8]) -> Result<Vec<u8>, String>> {
+        HostVerifier::new(move |args: &[u8]| {
+            assert_eq!(&args[..8], b"\x0a\x06sha256", "hash_function first");
+            verdict.clone()
+        })
+    }
+
+    #[test]
+    fn the_hosts_verdict_counts_and_its_errors_fall_back_to_pure_rust() {
+        let ec = KeyMaterial::p256(&b64(SELF_TEST_EC_X), &b64(SELF_TEST_EC_Y)).unwrap();
+        let good = b64(SELF_TEST_EC_SIG);
+        let yes = vec![0x08, 0x01];
+        let no = vec![0x08, 0x00];
+        let error = [vec![0x12, 0x03], b"bad".to_vec()].concat();
+        assert_eq!(
+            host(Ok(yes.clone())).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+            Ok(())
+        );
+        assert_eq!(
+            host(Ok(no)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+            Err(VerifyError::Mismatch)
+        );
+        // A host error is re-checked here: the good signature passes, a bad one does not.
+        for failing in [Ok(error), Ok(vec![0xff]), Err("NotFound".to_string())] {
+            let h = host(failing);
+            assert_eq!(h.verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good), Ok(()));
+            assert_eq!(
+                h.verify(Alg::ES256, &ec, b"other", &good),
+                Err(VerifyError::Mismatch)
+            );
+        }
+        // The length is checked before the host is asked.
+        assert!(matches!(
+            host(Ok(yes)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good[..63]),
+            Err(VerifyError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn the_self_test_catches_a_host_that_says_yes_to_everything() {
+        assert_eq!(self_test(&PureRustVerifier), Ok(()));
+        let liar = HostVerifier::new(|_: &[u8]| Ok(vec![0x08, 0x01]));
+        assert!(self_test(&liar)
+            .unwrap_err()
+            .contains("a wrong signature passed"));
+        let broken = HostVerifier::new(|_: &[u8]| Ok(vec![0x08, 0x00]));
+        assert!(self_test(&broken)
+            .unwrap_err()
+            .contains("a good signature failed"));
+    }
+
+    #[test]
+    fn the_arguments_are_the_protobuf_envoy_reads() {
+        let args = host_arguments("sha384", &[1, 2], &[3; 200], b"t");
+        assert_eq!(
+            args,
+            [
+                &b"\x0a\x06sha384\x12\x02\x01\x02\x1a\xc8\x01"[..],
+                &[3; 200][..],
+                b"\x22\x01t"
+            ]
+            .concat()
+        );
+        assert_eq!(host_result(&[]), Ok(false));
+        assert_eq!(host_result(&[0x08, 0x01]), Ok(true));
     }
 }
