@@ -213,7 +213,11 @@ impl SharedStore for SharedData {
     }
 }
 
-impl Random for Host {
+/// WASI `random_get` (proxy-wasm has no random hostcall): for in-flight
+/// marker ids and the jti of client assertions.
+pub struct HostRandom;
+
+impl Random for HostRandom {
     fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
         getrandom::getrandom(buf).map_err(|e| RandomError(e.to_string()))
     }

@@ -58,20 +58,10 @@ use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
 };
 use oauth_pep_core::response::Denial;
-use oauth_pep_core::services::{Random, RandomError};
+use oauth_pep_core::services::Random;
 use oauth_pep_core::verify::{self_test, HostVerifier};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
-
-/// The host's randomness (WASI random_get, as [`host::Host`]'s) for the
-/// core's state, which keeps it: the jti of each client assertion.
-struct HostRandom;
-
-impl Random for HostRandom {
-    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
-        getrandom::getrandom(buf).map_err(|e| RandomError(e.to_string()))
-    }
-}
 
 /// How soon the root dispatches a fetch a request asked for, and the
 /// granularity of refreshes, retries and wait deadlines.
@@ -669,7 +659,7 @@ impl RootContext for Root {
         );
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
-        state.use_random(Rc::new(HostRandom));
+        state.use_random(Rc::new(host::HostRandom));
         let host_crypto = HostVerifier::new(host::verify_signature);
         let crypto = match (config.crypto, envoy) {
             (Crypto::Wasm, _) => Ok(false),
@@ -700,7 +690,7 @@ impl RootContext for Root {
         let mut id = [0u8; 8];
         // Without randomness two workers could share an id, and each would
         // take the other's in-flight marker for its own: one extra callout.
-        if let Err(e) = host.fill(&mut id) {
+        if let Err(e) = host::HostRandom.fill(&mut id) {
             warn!("oauth-pep: {e}");
         }
         if config.shared_data.enabled(envoy) {
