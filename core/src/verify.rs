@@ -365,10 +365,15 @@ fn host_result(reply: &[u8]) -> Result<bool, String> {
         }
     }
     match error {
+        // Envoy's words for a signature that does not match (its
+        // `UtilityImpl::verifySignature`): an answer, not a failure to give one.
+        Some(e) if e.starts_with(MISMATCH_TEXT) => Ok(false),
         Some(e) => Err(e),
         None => Ok(result),
     }
 }
+
+const MISMATCH_TEXT: &str = "Failed to verify digest.";
 
 fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut value = 0u64;
@@ -703,6 +708,16 @@ mod tests {
                 Err(VerifyError::Mismatch)
             );
         }
+        // Envoy's own "no" comes with an error text: still a no, not re-checked.
+        let envoy_no = [
+            vec![0x12, 38],
+            b"Failed to verify digest. Error code: 0".to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            host(Ok(envoy_no)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+            Err(VerifyError::Mismatch)
+        );
         // The length is checked before the host is asked.
         assert!(matches!(
             host(Ok(yes)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good[..63]),
