@@ -16,7 +16,7 @@ Before measuring, each row's first token is sent once and its status checked
 non-2xx answers must be 0 (valid rows) or all requests (rejected rows), else
 the row is marked.
 
-    .venv/bin/python bench/run.py [--duration 3] [--repeats 3] [--only NAME,...]
+    .venv/bin/python bench/run.py [--duration 3] [--repeats 3] [--only 'NAME;NAME...'] [--keep]
 
 Prints the table and writes bench/RESULTS.md.
 """
@@ -78,10 +78,14 @@ class Tokens:
 
     def forgery(self, template):
         """A token with a real header (kid rsa1, RS256), valid-looking fresh
-        claims and a random signature of the right length."""
+        claims and a random signature: a random number below the key's
+        modulus, so that every forgery costs a full RSA check (random bytes
+        at or above the modulus are refused before any arithmetic)."""
         head, _, sig = template.split(".")
-        n = len(base64_decode(sig))
-        return "%s.%s.%s" % (head, b64url(json.dumps(self.claims(), separators=(",", ":"))), b64url(os.urandom(n)))
+        size = len(base64_decode(sig))
+        modulus = self.keys["rsa1"].public_key().public_numbers().n
+        forged = (int.from_bytes(os.urandom(size + 8), "big") % modulus).to_bytes(size, "big")
+        return "%s.%s.%s" % (head, b64url(json.dumps(self.claims(), separators=(",", ":"))), b64url(forged))
 
     def write(self, name, tokens):
         p = self.dir / ("%s.tokens" % name)
@@ -253,6 +257,26 @@ def wrk(url, token_file, duration, start=0):
 # main
 # --------------------------------------------------------------------------
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pgid):
+    """User + system CPU time of every process in process group `pgid` (the
+    harness starts Envoy, behind its Python launcher, in its own group)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def machine():
     cpu = "?"
     try:
@@ -278,14 +302,15 @@ def fmt_ratio(a, b):
 def table(rows, by_name):
     pas = by_name["pass-through (no filter)"].rps
     floor = by_name["no-op wasm filter (floor)"].rps
-    lines = ["| setup | req/s | p50 ms | p99 ms | vs pass-through | vs floor | vs native jwt_authn |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setup | req/s | p50 ms | p99 ms | vs pass-through | vs floor | vs native jwt_authn "
+             "| Envoy CPU µs/req |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         nat = by_name.get(r.native)
         flags = (" (%s)" % ", ".join(sorted(r.flags))) if r.flags else ""
-        lines.append("| %s%s | %.0f | %.2f | %.2f | %s | %s | %s |" % (
+        lines.append("| %s%s | %.0f | %.2f | %.2f | %s | %s | %s | %.0f |" % (
             r.name, flags, r.rps, r.p50, r.p99, fmt_ratio(r.rps, pas), fmt_ratio(r.rps, floor),
-            fmt_ratio(r.rps, nat.rps) if nat else "–"))
+            fmt_ratio(r.rps, nat.rps) if nat else "–", r.cpu_us))
     return "\n".join(lines)
 
 
@@ -293,7 +318,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma-separated row names or Envoy names (plus their references)")
+    ap.add_argument("--only", default="", help="';'-separated row names or Envoy names (plus their references)")
     ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, token files)")
     args = ap.parse_args()
@@ -310,7 +335,7 @@ def main():
         auth = harness.AuthServer.start(work)
         started.append(auth)
         tok = Tokens(auth, work)
-        rows = make_rows(tok, auth, [s for s in args.only.split(",") if s])
+        rows = make_rows(tok, auth, [s for s in args.only.split(";") if s])
         specs = envoy_specs(auth)
         envoys = {}
         dummy_upstream = harness.free_port()  # the direct_response route never uses it
@@ -346,7 +371,10 @@ def main():
         for rep in range(args.repeats):
             for r in rows:
                 f = token_file(r, rep)
+                pgid = envoys[r.envoy].proc.pid
+                cpu0 = cpu_seconds(pgid)
                 res = wrk(envoys[r.envoy].url(PATH), f, args.duration)
+                res["cpu_us"] = (cpu_seconds(pgid) - cpu0) * 1e6 / max(res["requests"], 1)
                 if r.unique and res["requests"] > UNIQUE:
                     r.flags.add("tokens wrapped")
                 bad = res["non2xx"] if r.status == 200 else res["requests"] - res["non2xx"]
@@ -355,12 +383,13 @@ def main():
                 if res["socket_errors"]:
                     r.flags.add("socket errors")
                 r.runs.append(res)
-                print("  run %d  %-58s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms" % (
-                    rep + 1, r.name, res["rps"], res["p50"], res["p99"]), flush=True)
+                print("  run %d  %-58s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  %6.1f us CPU/req" % (
+                    rep + 1, r.name, res["rps"], res["p50"], res["p99"], res["cpu_us"]), flush=True)
         for r in rows:
             r.rps = statistics.median(x["rps"] for x in r.runs)
             r.p50 = statistics.median(x["p50"] for x in r.runs)
             r.p99 = statistics.median(x["p99"] for x in r.runs)
+            r.cpu_us = statistics.median(x["cpu_us"] for x in r.runs)
             r.spread = (min(x["rps"] for x in r.runs), max(x["rps"] for x in r.runs))
         for name, env in envoys.items():
             if not env.alive():
@@ -401,6 +430,10 @@ Generated by `bench/run.py` (`make bench`); one real run, not edited.
 
 %(table)s
 
+"Envoy CPU µs/req" is the user + system CPU time of the Envoy process (all its threads) during
+the run divided by the requests answered: less sensitive to other load on the machine than req/s,
+which also depends on how much CPU wrk and the neighbours got.
+
 "vs native jwt_authn" compares with the native row of the same cache setting and the same tokens:
 cached oauth-pep rows with `jwt_cache_config` (size 4096), cache-off rows with native without cache,
 rejection rows with native rejecting the same tokens. Native jwt_authn runs with a `local_jwks`
@@ -408,7 +441,7 @@ inline copy of the authorization server's JWKS (`forward: true`); oauth-pep load
 by discovery. "distinct" rows rotate through %(rot)d tokens with the caches off (every request
 verified); the oauth-pep bad-signature row without a crypto suffix runs the default configuration
 (`crypto: "auto"`, caches on), the other two the cache-off Envoys; bad-signature rows send %(uniq)d never-repeated forgeries per run (a real header and
-`kid`, fresh valid claims, random signature bytes).
+`kid`, fresh valid claims, a random signature below the RSA modulus).
 
 %(notes)s
 
