@@ -31,7 +31,11 @@ impl Context for Noop {}
 
 impl HttpContext for Noop {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let seen = if self.get_http_request_header("authorization").is_some() { "1" } else { "0" };
+        let seen = if self.get_http_request_header("authorization").is_some() {
+            "1"
+        } else {
+            "0"
+        };
         self.set_http_request_header("x-noop", Some(seen));
         Action::Continue
     }
