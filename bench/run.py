@@ -22,6 +22,7 @@ Prints the table and writes bench/RESULTS.md.
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -94,7 +95,6 @@ class Tokens:
 
 
 def base64_decode(s):
-    import base64
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
@@ -290,7 +290,7 @@ def machine():
     m = re.search(r"version: \S+/([\d.]+)/", envoy)
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "envoy": m.group(1) if m else envoy.strip(),
-            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" Copyright")[0].strip(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wasm": harness.WASM.stat().st_size, "noop": NOOP_WASM.stat().st_size}
 
