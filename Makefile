@@ -4,6 +4,7 @@
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
+#   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
 #   make vectors       regenerate core/tests/vectors.json
 
@@ -30,10 +31,10 @@ PYTEST_ARGS    ?=
 NATIVE_TEST_ARGS ?= --workspace
 
 .PHONY: help setup rust-targets venv wasm-bindgen node-deps build test fmt-check clippy test-native test-wasm \
-        test-integration demo bench-policy vectors
+        test-integration demo bench bench-noop wrk bench-policy vectors
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 setup: rust-targets venv wasm-bindgen node-deps
@@ -110,6 +111,24 @@ test-integration: $(VENV_STAMP)
 # ---------------------------------------------------------------- other
 demo: setup build
 	$(VPY) demo/run.py
+
+# Not part of `make test`: several minutes of load (under 10), noisy on a shared machine.
+NOOP_WASM := target/bench-noop/wasm32-wasip1/release/bench_noop.wasm
+BENCH_ARGS ?=
+
+bench: setup build bench-noop wrk
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+# The wasm floor: its own manifest and Cargo.lock (not a workspace member), built offline.
+bench-noop:
+	cargo build --release --offline --locked --target wasm32-wasip1 \
+	  --manifest-path bench/noop/Cargo.toml --target-dir target/bench-noop
+	@echo "$(NOOP_WASM): $$(stat -c %s $(NOOP_WASM)) bytes"
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+	  else sudo apt-get update && sudo apt-get install -y wrk; fi; }
 
 bench-policy:
 	cargo run --release -p oauth-pep-core --example policy_bench
