@@ -14,7 +14,7 @@ use crate::grant::Grant;
 use crate::headers::cmp_spelling;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
-use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken};
+use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
 use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait, Sharing};
 use crate::metrics::IntrospectionResult;
 use crate::pdp::{Pdp, PdpQuery};
@@ -565,6 +565,10 @@ fn verify_once(
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
     if !looks_like_jwt(token) {
         if let Some(issuer) = opaque_token_issuer(config, token) {
+            // The same bound as for JWTs: no 60 KiB token goes out in a callout.
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(invalid(TokenError::Malformed("longer than 16 KiB")));
+            }
             return introspect(config, state, issuer, token, key, None, now);
         }
     }

@@ -420,6 +420,18 @@ fn jwt_then_introspect_verifies_locally_and_still_asks() {
 }
 
 #[test]
+fn an_opaque_token_over_16_kib_is_refused_without_a_callout() {
+    let c = config("", "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let Verdict::Deny(denial) = ask(&c, &mut s, &"x".repeat(16 * 1024 + 1), NOW) else {
+        panic!()
+    };
+    assert_eq!((denial.status(), denial.code()), (401, "token_malformed"));
+    expect_callout(ask(&c, &mut s, &"x".repeat(16 * 1024), NOW));
+}
+
+#[test]
 fn a_flood_of_new_tokens_is_capped_in_flight() {
     let c = config("", "");
     let store = Rc::new(MemoryStore::default());
