@@ -49,7 +49,7 @@ pub struct State {
     /// PDP answers, by the SHA-256 of (subject, client, method, path, scopes).
     pub decisions: BoundedCache<bool>,
     /// Denials of tokens whose signature failed, by the SHA-256 of the token.
-    pub rejected: BoundedCache<Rc<Denial>>,
+    pub rejected: BoundedCache<Denial>,
     /// Checks signatures; replaceable so tests can inject their own.
     pub verifier: Box<dyn SignatureVerifier>,
     /// Shared data, for introspection answers every worker reads.
@@ -547,7 +547,7 @@ fn verify(
         return Ok(Rc::clone(hit));
     }
     if let Some(denial) = state.rejected.get(&key, now) {
-        return Err(Verdict::Deny((**denial).clone()));
+        return Err(Verdict::Deny(denial.clone()));
     }
     verify_once(config, state, token, key, true, now)
 }
@@ -627,7 +627,7 @@ fn verify_once(
             let denial = Denial::InvalidToken(TokenProblem::Jwt(e));
             state.rejected.insert(
                 key,
-                Rc::new(denial.clone()),
+                denial.clone(),
                 now.saturating_add(REJECTED_CACHE_SECONDS),
                 now,
             );
@@ -788,9 +788,7 @@ fn use_entry(
         }
         Entry::Inactive { until, .. } => {
             let denial = Denial::InvalidToken(TokenProblem::Inactive);
-            state
-                .rejected
-                .insert(key, Rc::new(denial.clone()), *until, now);
+            state.rejected.insert(key, denial.clone(), *until, now);
             Some(Err(denial))
         }
     }
@@ -821,7 +819,7 @@ fn admit(
     let refuse = |state: &mut State, denial: Denial| {
         state
             .rejected
-            .insert(key, Rc::new(denial.clone()), negative_until, now);
+            .insert(key, denial.clone(), negative_until, now);
         Err(denial)
     };
     let exp =
@@ -929,9 +927,7 @@ fn finish_introspection(
             let until = now.saturating_add(settings.negative_ttl_seconds);
             let denial = Denial::InvalidToken(TokenProblem::Inactive);
             if settings.negative_ttl_seconds > 0 {
-                state
-                    .rejected
-                    .insert(key, Rc::new(denial.clone()), until, now);
+                state.rejected.insert(key, denial.clone(), until, now);
                 let entry = Entry::Inactive {
                     issuer: issuer_u16,
                     until,
