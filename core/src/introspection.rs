@@ -1111,17 +1111,6 @@ mod tests {
         use crate::engine::{authorize, Request, State, Verdict};
         use crate::response::Denial;
         use crate::services::testing::MemoryStore;
-        use crate::services::{CasMismatch, SharedStore};
-
-        struct Shared(Rc<MemoryStore>);
-        impl SharedStore for Shared {
-            fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-                self.0.get(key)
-            }
-            fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-                self.0.set(key, value, cas)
-            }
-        }
         let c = Config::from_json(
             format!(
                 r#"{{"issuers":[{{"issuer":"https://as.test","audiences":"any","introspection":{{
@@ -1158,10 +1147,10 @@ mod tests {
         // The glue gave this worker no random source: 503, and no in-flight
         // marker in shared data, so another worker asks at once.
         let mut first = State::new(&c);
-        first.share_through(Rc::new(Shared(Rc::clone(&store))), 1);
+        first.share_through(store.clone(), 1);
         denied(&mut first);
         let mut second = State::new(&c);
-        second.share_through(Rc::new(Shared(Rc::clone(&store))), 2);
+        second.share_through(store.clone(), 2);
         second.use_random(Rc::new(CountingRandom::default()));
         asks(&mut second);
         // Nor a marker of its own: once it has randomness, it asks too.
