@@ -794,8 +794,9 @@ fn use_entry(
     }
 }
 
-/// An active answer's claims, checked, as a grant cached until `until`; a
-/// check that fails is remembered like an inactive answer.
+/// An active answer's claims, checked, as a grant cached until its checked
+/// `exp` (less the margin, within `max_ttl_seconds`) and never past
+/// `max_until`; a check that fails is remembered like an inactive answer.
 #[allow(clippy::too_many_arguments)]
 fn admit(
     config: &Config,
@@ -804,7 +805,7 @@ fn admit(
     key: Digest,
     claims: serde_json::Map<String, serde_json::Value>,
     local: Option<&Rc<Grant>>,
-    until: u64,
+    max_until: u64,
     now: u64,
 ) -> Result<Rc<Grant>, Denial> {
     let Some(settings) = config.issuers.get(issuer) else {
@@ -854,6 +855,13 @@ fn admit(
             }
         }
     };
+    // From the checked `exp` (a fractional one included) and, after a local
+    // verification, the JWT's own: the cache never outlives either.
+    let until = settings
+        .introspection
+        .as_ref()
+        .map_or(max_until, |x| x.fresh_until(grant.expires_at, now))
+        .min(max_until);
     let grant = Rc::new(grant);
     state.tokens.insert(key, Rc::clone(&grant), until, now);
     Ok(grant)
@@ -892,8 +900,6 @@ fn finish_introspection(
     let issuer_u16 = u16::try_from(issuer).unwrap_or(u16::MAX);
     let (outcome, result) = match interpreted {
         Ok(Answer::Active(claims)) => {
-            let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
-            let fresh_until = settings.fresh_until(exp, now);
             let json = serde_json::Value::Object(claims.clone()).to_string();
             let outcome = admit(
                 config,
@@ -902,10 +908,13 @@ fn finish_introspection(
                 key,
                 claims,
                 local.as_ref(),
-                fresh_until,
+                u64::MAX,
                 now,
             );
-            if outcome.is_ok() && fresh_until > now {
+            let fresh_until = outcome
+                .as_ref()
+                .map_or(now, |grant| settings.fresh_until(grant.expires_at, now));
+            if fresh_until > now {
                 let entry = Entry::Active {
                     issuer: issuer_u16,
                     fresh_until,

@@ -11,21 +11,8 @@ use super::*;
 use crate::extract::tests::h;
 use crate::jwt::test_vectors::vectors;
 use crate::services::testing::MemoryStore;
-use crate::services::CasMismatch;
 
 const NOW: u64 = 1_700_001_000;
-
-/// One shared-data store for several workers.
-struct Shared(Rc<MemoryStore>);
-
-impl SharedStore for Shared {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.0.get(key)
-    }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        self.0.set(key, value, cas)
-    }
-}
 
 fn config(introspection: &str, extra: &str) -> Config {
     let v = vectors();
@@ -40,7 +27,7 @@ fn config(introspection: &str, extra: &str) -> Config {
 
 fn worker(c: &Config, store: &Rc<MemoryStore>, id: u64) -> State {
     let mut s = State::new(c);
-    s.share_through(Rc::new(Shared(Rc::clone(store))), id);
+    s.share_through(store.clone(), id);
     s
 }
 
@@ -285,6 +272,49 @@ fn an_active_answer_lives_until_exp_or_the_maximum_then_is_asked_again() {
         Verdict::Allow(_)
     ));
     expect_callout(ask(&c, &mut s, "short", NOW + 15));
+}
+
+#[test]
+fn the_cache_never_outlives_a_fractional_exp_nor_the_jwts_own() {
+    let c = config(r#","max_ttl_seconds":86400"#, "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    let (_, resume) = expect_callout(ask(&c, &mut s, "frac", NOW));
+    let body = format!(r#"{{"active":true,"aud":"api","exp":{}.5}}"#, NOW + 20);
+    let _ = settle(&c, &mut s, resume, Ok(&answer(200, &body)), NOW);
+    assert!(matches!(
+        ask(&c, &mut s, "frac", NOW + 14),
+        Verdict::Allow(_)
+    ));
+    expect_callout(ask(&c, &mut s, "frac", NOW + 15));
+    // Another worker reads the shared entry: no longer either.
+    let mut other = worker(&c, &store, 2);
+    assert!(matches!(
+        ask(&c, &mut other, "frac", NOW + 14),
+        Verdict::Allow(_)
+    ));
+
+    let mut c = config(r#","max_ttl_seconds":86400"#, "");
+    if let Some(issuer) = c.issuers.get_mut(0) {
+        issuer.mode = Mode::JwtThenIntrospect;
+    }
+    let mut s = worker(&c, &Rc::new(MemoryStore::default()), 1);
+    let v = vectors();
+    let token = v.token("good_RS256");
+    let (_, resume) = expect_callout(ask(&c, &mut s, token, v.now));
+    // An answer without exp: the JWT's exp (1700003600) bounds the cache.
+    let _ = settle(
+        &c,
+        &mut s,
+        resume,
+        Ok(&answer(200, r#"{"active":true}"#)),
+        v.now,
+    );
+    assert!(matches!(
+        ask(&c, &mut s, token, 1_700_003_594),
+        Verdict::Allow(_)
+    ));
+    expect_callout(ask(&c, &mut s, token, 1_700_003_595));
 }
 
 #[test]
