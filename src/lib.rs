@@ -50,8 +50,9 @@ use oauth_pep_core::cache::Digest;
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
-    authorize_knowing, introspection_waited_too_long, resume as resume_callout, waited_too_long,
-    Allow, Known, Request, Resume, Resumed, State, Verdict,
+    authorize_knowing, client_token_waited_too_long, introspection_waited_too_long,
+    resume as resume_callout, waited_too_long, Allow, Known, Request, Resume, Resumed, State,
+    Verdict,
 };
 use oauth_pep_core::keys::{Due, FetchProgress};
 use oauth_pep_core::metrics::{
@@ -59,6 +60,7 @@ use oauth_pep_core::metrics::{
 };
 use oauth_pep_core::response::Denial;
 use oauth_pep_core::services::Random;
+use oauth_pep_core::token_client::Fetched;
 use oauth_pep_core::verify::{self_test, HostVerifier};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -94,6 +96,8 @@ fn kind(resume: &Resume) -> CalloutKind {
         Resume::Keys { step, .. } => CalloutKind::from(*step),
         Resume::Pdp(_) => CalloutKind::Pdp,
         Resume::Introspect(_) => CalloutKind::Introspection,
+        Resume::ClientToken { .. } => CalloutKind::Token,
+        Resume::Ticket(_) => CalloutKind::Permission,
     }
 }
 
@@ -104,6 +108,8 @@ enum Wait {
     Keys(usize),
     /// The introspection of the token with this digest.
     Introspection { issuer: usize, key: Digest },
+    /// The token of one of the gateway's clients.
+    ClientToken(usize),
 }
 
 /// A request paused until what it waits for settles, or `until`.
@@ -220,6 +226,24 @@ impl<H: Door> Shared<H> {
                 self.park(id, wait, until, headers);
                 Outcome::Hold
             }
+            Verdict::Callout {
+                callout,
+                resume: resume @ Resume::ClientToken { client },
+            } => {
+                let until = self
+                    .state
+                    .borrow()
+                    .clients
+                    .awaited_until(client, self.host.now())
+                    .unwrap_or_default();
+                self.queue_for_root(*callout, resume);
+                self.park(id, Wait::ClientToken(client), until, headers);
+                Outcome::Hold
+            }
+            Verdict::WaitForClientToken { client, until } => {
+                self.park(id, Wait::ClientToken(client), until, headers);
+                Outcome::Hold
+            }
             Verdict::WaitForKeys { issuer, until } => {
                 self.park(id, Wait::Keys(issuer), until, headers);
                 Outcome::Hold
@@ -289,6 +313,23 @@ impl<H: Door> Shared<H> {
                 log_fetch(&self.config, issuer, &progress);
                 self.count_refresh(issuer, &progress);
                 self.wake(|wait| wait == Wait::Keys(issuer), None);
+                None
+            }
+            Resumed::ClientTokenSettled { client, fetched } => {
+                let name = self
+                    .config
+                    .clients
+                    .get(client)
+                    .map_or("?", |c| c.name.as_str());
+                let ok = matches!(fetched, Fetched::Token { .. });
+                match &fetched {
+                    Fetched::Token { lifetime } => {
+                        info!("got a token for client {name}, usable for {lifetime} s")
+                    }
+                    Fetched::Failed(why) => warn!("{why}"),
+                }
+                self.host.increment(Counter::ClientToken { client, ok }, 1);
+                self.wake(|wait| wait == Wait::ClientToken(client), None);
                 None
             }
             Resumed::Introspected {
@@ -376,6 +417,15 @@ impl<H: Door> Shared<H> {
                 }
             }
         }
+        let (tokens, adopted) = self.state.borrow_mut().client_tokens_due(self.host.now());
+        for client in adopted {
+            self.wake(|wait| wait == Wait::ClientToken(client), None);
+        }
+        fetches.extend(
+            tokens
+                .into_iter()
+                .map(|(client, callout)| (callout, Resume::ClientToken { client })),
+        );
         fetches.append(&mut self.root_queue.borrow_mut());
         for (callout, resume) in fetches {
             self.dispatch(&callout, resume, None);
@@ -402,6 +452,10 @@ impl<H: Door> Shared<H> {
         match parked.wait {
             Wait::Introspection { key, .. } => !state.is_introspecting(&key),
             Wait::Keys(issuer) => state.keys.awaited_until(issuer, self.host.now()).is_none(),
+            Wait::ClientToken(client) => state
+                .clients
+                .awaited_until(client, self.host.now())
+                .is_none(),
         }
     }
 
@@ -484,6 +538,7 @@ impl<H: Door> Shared<H> {
                     Wait::Introspection { issuer, .. } => {
                         introspection_waited_too_long(&self.config, issuer)
                     }
+                    Wait::ClientToken(client) => client_token_waited_too_long(&self.config, client),
                 };
                 self.deny(&parked.headers, &denial);
             }

@@ -21,6 +21,9 @@ use crate::jwks::{Alg, KeySet};
 use crate::pdp::{Pdp, PdpConfig};
 use crate::policy::{PathSet, Policy};
 use crate::shared_cache::SharedCache;
+use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
+use crate::uma::{RawUma, Uma, UmaIssuer};
+use crate::upstream_oauth::{RawUpstreamOAuth, UpstreamOAuth};
 
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 const MIN_SECRET_BYTES: usize = 32;
@@ -68,6 +71,11 @@ struct RawConfig {
     allow_unregistered_clients: bool,
     anonymous: Option<AnonymousConfig>,
     pdp: Option<PdpConfig>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawTokenClient>,
+    #[serde(default)]
+    upstream_oauth: Vec<RawUpstreamOAuth>,
+    uma: Option<RawUma>,
 }
 
 fn default_realm() -> String {
@@ -113,7 +121,7 @@ struct RawIssuer {
     jwks: Option<Value>,
     jwks_uri: Option<String>,
     #[serde(default)]
-    discovery: bool,
+    discovery: RawDiscovery,
     upstream: Option<String>,
     shared_secret: Option<Value>,
     #[serde(default = "default_refresh")]
@@ -125,6 +133,41 @@ struct RawIssuer {
     #[serde(default)]
     mode: Mode,
     introspection: Option<RawIntrospection>,
+}
+
+/// `true` for `/.well-known/openid-configuration`, or the name of another
+/// well-known metadata document of the issuer (`"uma2-configuration"`, whose
+/// `permission_endpoint` UMA needs, or `"oauth-authorization-server"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDiscovery {
+    Flag(bool),
+    Document(String),
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery::Flag(false)
+    }
+}
+
+impl RawDiscovery {
+    fn document(&self, field: &str) -> Result<Option<&str>, ConfigError> {
+        match self {
+            RawDiscovery::Flag(false) => Ok(None),
+            RawDiscovery::Flag(true) => Ok(Some("openid-configuration")),
+            RawDiscovery::Document(name)
+                if ["openid-configuration", "uma2-configuration", "oauth-authorization-server"]
+                    .contains(&name.as_str()) =>
+            {
+                Ok(Some(name))
+            }
+            RawDiscovery::Document(_) => Err(ConfigError::new(
+                field,
+                "must be true, \"openid-configuration\", \"uma2-configuration\" or \"oauth-authorization-server\"",
+            )),
+        }
+    }
 }
 
 /// A list of accepted audiences, or `"any"` to accept tokens minted for any
@@ -256,6 +299,11 @@ pub struct Config {
     /// Where the anonymous consumer (if any) may go without a valid token.
     pub anonymous_paths: PathSet,
     pub pdp: Option<Pdp>,
+    /// The gateway's own OAuth clients (client credentials), by name order.
+    pub clients: Vec<TokenClient>,
+    /// Where the gateway sends its own token upstream; first match wins.
+    pub upstream_oauth: Vec<UpstreamOAuth>,
+    pub uma: Option<Uma>,
     /// Every header this filter may set upstream, as spelling keys
     /// ([`spelling_key`]): incoming headers with one of these keys are
     /// stripped first, so a client cannot forge them in any spelling.
@@ -436,6 +484,62 @@ fn compile(
     };
     let pdp = raw.pdp.as_ref().map(Pdp::compile).transpose()?;
 
+    let issuer_refs: Vec<IssuerRef> = issuers
+        .iter()
+        .map(|i| IssuerRef {
+            issuer: &i.issuer,
+            discovery: matches!(i.source, KeySource::Discovery(_)),
+            upstream: (!i.upstream.is_empty()).then_some(i.upstream.as_str()),
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(raw.clients.len());
+    for (name, client) in raw.clients {
+        let field = format!("clients.{name}");
+        clients.push(TokenClient::compile(
+            &name,
+            client,
+            &field,
+            &issuer_refs,
+            env,
+        )?);
+    }
+    let client_names: Vec<&str> = clients.iter().map(|c| c.name.as_str()).collect();
+    let token_headers: Vec<&str> = token_sources
+        .iter()
+        .filter_map(|s| match s {
+            TokenSource::Header { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let upstream_oauth = raw
+        .upstream_oauth
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            UpstreamOAuth::compile(
+                rule,
+                &format!("upstream_oauth[{i}]"),
+                &client_names,
+                &token_headers,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let uma = raw
+        .uma
+        .map(|uma| {
+            let issuers: Vec<UmaIssuer> = issuer_refs
+                .iter()
+                .map(|i| UmaIssuer {
+                    issuer: i.issuer,
+                    upstream: i.upstream,
+                    discovery: i.discovery,
+                })
+                .collect();
+            Uma::compile(uma, &issuers, &client_names)
+        })
+        .transpose()?;
+    drop(issuer_refs);
+
     // Two sources for one header would leave its value to ordering.
     let identity_names = identity.all();
     let mut forwarded: Vec<(String, &str)> = claims
@@ -452,6 +556,15 @@ fn compile(
             .as_deref()
             .map(|h| ("forward.phantom_token_header".to_string(), h)),
     );
+    for (i, rule) in upstream_oauth.iter().enumerate() {
+        for header in rule.owned_headers() {
+            // `authorization` is replaced where a rule applies, never stripped
+            // elsewhere: it carries the client's own token.
+            if header != "authorization" {
+                forwarded.push((format!("upstream_oauth[{i}]"), header));
+            }
+        }
+    }
     for (i, (field, header)) in forwarded.iter().enumerate() {
         if identity_names
             .iter()
@@ -521,6 +634,9 @@ fn compile(
         consumers,
         anonymous_paths,
         pdp,
+        clients,
+        upstream_oauth,
+        uma,
     })
 }
 
@@ -568,9 +684,10 @@ fn compile_issuer(
             algs
         }
     };
+    let discovery = raw.discovery.document(&f("discovery"))?;
     let sources = usize::from(raw.jwks.is_some())
         + usize::from(raw.jwks_uri.is_some())
-        + usize::from(raw.discovery);
+        + usize::from(discovery.is_some());
     if sources > 1 {
         return Err(ConfigError::new(
             field,
@@ -605,7 +722,7 @@ fn compile_issuer(
                 x,
                 &f("introspection"),
                 raw.upstream.as_deref(),
-                raw.discovery,
+                discovery.is_some(),
                 env,
             )
         })
@@ -614,14 +731,14 @@ fn compile_issuer(
         KeySource::None
     } else if let Some(uri) = raw.jwks_uri {
         KeySource::JwksUri(Url::parse(&uri).map_err(|e| ConfigError::new(f("jwks_uri"), e))?)
-    } else if raw.discovery {
+    } else if let Some(document) = discovery {
         let base = Url::parse(&raw.issuer).map_err(|e| {
             ConfigError::new(
                 f("issuer"),
                 format!("discovery needs the issuer to be a URL: {e}"),
             )
         })?;
-        KeySource::Discovery(base.join_path("/.well-known/openid-configuration"))
+        KeySource::Discovery(base.join_path(&format!("/.well-known/{document}")))
     } else {
         let (mut keys, _) = match raw.jwks {
             Some(jwks) => {

@@ -23,6 +23,9 @@ use crate::request::{normalize_target, NormalTarget};
 use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::services::{NoRandom, NoSharing, Random, SharedStore};
 use crate::shared_cache::{Claim, Entry, Written};
+use crate::token_client::{ClientTokens, Fetched, TokenWait};
+use crate::uma::{granted_scopes, Insufficient, Resource, Uma};
+use crate::upstream_oauth::{rule_for, ClientCredential, UpstreamOAuth};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
@@ -62,6 +65,8 @@ pub struct State {
     pub shared_stats: CacheStats,
     /// For the jti of client assertions (`private_key_jwt`).
     random: Rc<dyn Random>,
+    /// The gateway's own tokens (UMA PAT, upstream OAuth).
+    pub clients: ClientTokens,
 }
 
 impl State {
@@ -81,6 +86,7 @@ impl State {
             introspecting: HashMap::new(),
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
+            clients: ClientTokens::new(&config.clients),
         }
     }
 
@@ -97,8 +103,20 @@ impl State {
             store: Rc::clone(&store),
             worker,
         });
+        self.clients.share_through(Sharing {
+            store: Rc::clone(&store),
+            worker,
+        });
         self.shared = store;
         self.worker = worker;
+    }
+
+    /// Root only, on each tick: the gateway's token requests that are due,
+    /// and the clients whose token another worker fetched.
+    pub fn client_tokens_due(&mut self, now: u64) -> (Vec<(usize, Callout)>, Vec<usize>) {
+        let keys = &self.keys;
+        let discovered = |issuer: usize| keys.discovered(issuer).and_then(|e| e.token.clone());
+        self.clients.due(&discovered, self.random.as_ref(), now)
     }
 
     /// Whether this worker is asking about the token with this digest.
@@ -167,6 +185,12 @@ pub enum Verdict {
         key: Digest,
         until: u64,
     },
+    /// The gateway's own token of `client` is being fetched (here or by
+    /// another worker): ask again when it has settled, or give up at `until`.
+    WaitForClientToken {
+        client: usize,
+        until: u64,
+    },
 }
 
 /// What a callout's answer is for: one value per kind of callout, so each
@@ -179,6 +203,19 @@ pub enum Resume {
     Pdp(Box<PendingPdp>),
     /// The introspection of one token.
     Introspect(Box<PendingIntrospection>),
+    /// The token request of one of the gateway's clients, which every
+    /// request waiting for it shares (like a key fetch).
+    ClientToken { client: usize },
+    /// A UMA permission ticket for the request that waits for it.
+    Ticket(Box<PendingTicket>),
+}
+
+/// A request waiting for its UMA permission ticket.
+#[derive(Debug, PartialEq)]
+pub struct PendingTicket {
+    resource_id: String,
+    /// Why the request needs a ticket, for the log.
+    why: String,
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -204,6 +241,9 @@ pub enum Resumed {
         known: Known,
         result: IntrospectionResult,
     },
+    /// A client's token request settled: the requests waiting for it are to
+    /// be decided again.
+    ClientTokenSettled { client: usize, fetched: Fetched },
 }
 
 /// The one entry point for every callout's outcome: its answer, or why the
@@ -230,6 +270,13 @@ pub fn resume(
             }
         }
         Resume::Introspect(pending) => finish_introspection(config, state, *pending, answer, now),
+        Resume::ClientToken { client } => Resumed::ClientTokenSettled {
+            client,
+            fetched: state.clients.on_reply(client, answer, now),
+        },
+        Resume::Ticket(pending) => Resumed::Decided(Verdict::Deny(finish_ticket(
+            config, state, *pending, answer,
+        ))),
         Resume::Pdp(pending) => Resumed::Decided(match answer {
             Ok(reply) => finish_pdp(config, state, *pending, reply, now),
             Err(why) => Verdict::Deny(Denial::PdpUnavailable {
@@ -291,6 +338,18 @@ pub fn introspection_waited_too_long(config: &Config, issuer: usize) -> Denial {
     }
 }
 
+/// The denial for a request whose wait for one of the gateway's own tokens
+/// outlived the token request.
+pub fn client_token_waited_too_long(config: &Config, client: usize) -> Denial {
+    Denial::ClientTokenUnavailable {
+        client: config
+            .clients
+            .get(client)
+            .map_or_else(String::new, |c| c.name.clone()),
+        cause: "the token request did not settle within its timeout".into(),
+    }
+}
+
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
     authorize_knowing(config, state, request, None, now)
 }
@@ -341,7 +400,247 @@ fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verd
     }
 }
 
+/// The verdict, with the gateway's own token added where upstream OAuth
+/// applies: whatever let the request through, the upstream gets the token.
 fn decide(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    path: &str,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
+    let verdict = judge(config, state, request, path, known, now);
+    let Some(rule) = rule_for(&config.upstream_oauth, request.method, path) else {
+        return verdict;
+    };
+    let mut add_token = |allow: &mut Allow| -> Result<(), Verdict> {
+        let token = client_token(config, state, rule.client, now)?;
+        allow
+            .set_headers
+            .push((rule.header.clone(), format!("Bearer {token}")));
+        Ok(())
+    };
+    match verdict {
+        Verdict::Allow(mut allow) => match add_token(&mut allow) {
+            Ok(()) => Verdict::Allow(allow),
+            Err(wait) => wait,
+        },
+        Verdict::Callout {
+            callout,
+            resume: Resume::Pdp(mut pending),
+        } => match add_token(&mut pending.allow) {
+            Ok(()) => Verdict::Callout {
+                callout,
+                resume: Resume::Pdp(pending),
+            },
+            Err(wait) => wait,
+        },
+        other => other,
+    }
+}
+
+/// The token of one of the gateway's clients, or what the request must do
+/// (wait for the fetch, or a 503) while there is none that may be sent.
+fn client_token(
+    config: &Config,
+    state: &mut State,
+    client: usize,
+    now: u64,
+) -> Result<Rc<str>, Verdict> {
+    let keys = &state.keys;
+    let discovered = |issuer: usize| keys.discovered(issuer).and_then(|e| e.token.clone());
+    let wait = state
+        .clients
+        .for_request(client, &discovered, state.random.as_ref(), now);
+    let unavailable = |cause: String| {
+        Verdict::Deny(Denial::ClientTokenUnavailable {
+            client: config
+                .clients
+                .get(client)
+                .map_or_else(String::new, |c| c.name.clone()),
+            cause,
+        })
+    };
+    match wait {
+        TokenWait::Ready(token) => Ok(token),
+        TokenWait::Fetch { callout, .. } => Err(Verdict::Callout {
+            callout,
+            resume: Resume::ClientToken { client },
+        }),
+        TokenWait::Wait { until } => Err(Verdict::WaitForClientToken { client, until }),
+        TokenWait::NeedsDiscovery(issuer) if state.keys.keys(issuer).is_some() => Err(unavailable(
+            "the issuer's discovery document has no usable token_endpoint".into(),
+        )),
+        TokenWait::NeedsDiscovery(issuer) => {
+            let wait = state.keys.load_for_request(issuer, now);
+            Err(Verdict::from_key_wait(config, wait, issuer, None))
+        }
+        TokenWait::Unavailable(cause) => Err(unavailable(cause)),
+    }
+}
+
+/// A request for a UMA-protected resource: let through with an RPT whose
+/// permissions cover it, else answered with a new permission ticket.
+#[allow(clippy::too_many_arguments)]
+fn judge_uma(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    path: &str,
+    uma: &Uma,
+    resource: &Resource,
+    required: Vec<String>,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
+    let found = match find_token(&config.token_sources, request.headers, request.path) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return ticket(
+                config,
+                state,
+                uma,
+                resource,
+                &required,
+                "no RPT".into(),
+                now,
+            )
+        }
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
+    };
+    let grant = match verify(config, state, &found.token, known, now) {
+        Ok(grant) => grant,
+        // UMA's answer to an unusable RPT is a new ticket, not a Bearer error.
+        Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
+            let why = format!("the RPT is not usable: {}", denial.description());
+            return ticket(config, state, uma, resource, &required, why, now);
+        }
+        Err(verdict) => return verdict,
+    };
+    if grant.issuer != uma.issuer {
+        let why = "the token is not an RPT of the UMA authorization server".to_string();
+        return ticket(config, state, uma, resource, &required, why, now);
+    }
+    let consumer = match consumer_for(config, &grant) {
+        Ok(consumer) => consumer,
+        Err(denial) => return Verdict::Deny(denial),
+    };
+    let scopes = granted_scopes(&grant.permissions, &resource.id, now);
+    match resource.decide(request.method, path, &scopes) {
+        PolicyDecision::Allow { .. } => {
+            Verdict::Allow(allow(config, request, path, &found, &grant, consumer))
+        }
+        PolicyDecision::InsufficientScope { rule, required } => {
+            if uma.on_insufficient == Insufficient::Forbidden {
+                return Verdict::Deny(Denial::InsufficientScope {
+                    rule,
+                    scopes: required,
+                });
+            }
+            let why = format!("the RPT has no permission for rule \"{rule}\"");
+            ticket(config, state, uma, resource, &required, why, now)
+        }
+        PolicyDecision::NoRule => {
+            let why = "the RPT has no permission for this request".to_string();
+            ticket(config, state, uma, resource, &required, why, now)
+        }
+    }
+}
+
+/// The permission ticket request, made with the PAT once there is one.
+fn ticket(
+    config: &Config,
+    state: &mut State,
+    uma: &Uma,
+    resource: &Resource,
+    scopes: &[String],
+    why: String,
+    now: u64,
+) -> Verdict {
+    let pat = match client_token(config, state, uma.client, now) {
+        Ok(pat) => pat,
+        Err(Verdict::Deny(Denial::ClientTokenUnavailable { cause, .. })) => {
+            return Verdict::Deny(Denial::UmaUnavailable {
+                cause: format!("no protection API token: {cause}"),
+            })
+        }
+        Err(wait) => return wait,
+    };
+    let discovered = state
+        .keys
+        .discovered(uma.issuer)
+        .and_then(|e| e.permission.clone());
+    let endpoint = match (&uma.permission_endpoint, discovered) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(endpoint)) => endpoint,
+        (None, None) if state.keys.keys(uma.issuer).is_some() => {
+            return Verdict::Deny(Denial::UmaUnavailable {
+                cause: "the discovery document has no usable permission_endpoint".into(),
+            })
+        }
+        (None, None) => {
+            let wait = state.keys.load_for_request(uma.issuer, now);
+            return Verdict::from_key_wait(config, wait, uma.issuer, None);
+        }
+    };
+    Verdict::Callout {
+        callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
+        resume: Resume::Ticket(Box::new(PendingTicket {
+            resource_id: resource.id.clone(),
+            why,
+        })),
+    }
+}
+
+/// The permission endpoint's answer: the ticket for the 401, or a 503. A
+/// PAT the endpoint refuses is dropped, so the next request gets a new one.
+fn finish_ticket(
+    config: &Config,
+    state: &mut State,
+    pending: PendingTicket,
+    answer: Result<&CalloutReply, &str>,
+) -> Denial {
+    let Some(uma) = &config.uma else {
+        return Denial::UmaUnavailable {
+            cause: "UMA is not configured".into(),
+        };
+    };
+    let reply = match answer {
+        Ok(reply) => reply,
+        Err(why) => {
+            return Denial::UmaUnavailable {
+                cause: format!("the permission request could not be dispatched: {why}"),
+            }
+        }
+    };
+    match crate::uma::ticket(reply) {
+        Ok(ticket) => Denial::UmaTicket {
+            as_uri: uma.as_uri.clone(),
+            ticket,
+            resource_id: pending.resource_id,
+            why: pending.why,
+        },
+        Err(cause) => {
+            if reply.status == Some(401) {
+                state.clients.invalidate(uma.client);
+            }
+            Denial::UmaUnavailable { cause }
+        }
+    }
+}
+
+/// The consumer the token's client maps to, if consumers are configured.
+fn consumer_for<'c>(config: &'c Config, grant: &Grant) -> Result<Option<&'c Consumer>, Denial> {
+    match config.consumers.lookup(grant.client_id.as_deref()) {
+        ConsumerLookup::Known(consumer) => Ok(Some(consumer)),
+        ConsumerLookup::NotConfigured => Ok(None),
+        ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => Ok(None),
+        ConsumerLookup::Unregistered => Err(Denial::InvalidToken(TokenProblem::ClientUnknown)),
+    }
+}
+
+fn judge(
     config: &Config,
     state: &mut State,
     request: &Request,
@@ -354,6 +653,13 @@ fn decide(
             remove_headers: forged(config, request.headers),
             ..Allow::default()
         });
+    }
+    if let Some(uma) = &config.uma {
+        if let Some((resource, required)) = uma.resource_for(request.method, path) {
+            return judge_uma(
+                config, state, request, path, uma, resource, required, known, now,
+            );
+        }
     }
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
@@ -375,19 +681,15 @@ fn decide(
         }
         Err(verdict) => return verdict,
     };
-    let consumer = match config.consumers.lookup(grant.client_id.as_deref()) {
-        ConsumerLookup::Known(consumer) => Some(consumer),
-        ConsumerLookup::NotConfigured => None,
-        ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => None,
-        ConsumerLookup::Unregistered => {
-            return Verdict::Deny(Denial::InvalidToken(TokenProblem::ClientUnknown));
-        }
+    let consumer = match consumer_for(config, &grant) {
+        Ok(consumer) => consumer,
+        Err(denial) => return Verdict::Deny(denial),
     };
     let rule = match check_policy(config, request.method, path, &grant.scopes) {
         Ok(rule) => rule,
         Err(denial) => return Verdict::Deny(denial),
     };
-    let allow = allow(config, request, &found, &grant, consumer);
+    let allow = allow(config, request, path, &found, &grant, consumer);
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };
@@ -986,6 +1288,7 @@ fn stale(
 fn allow(
     config: &Config,
     request: &Request,
+    path: &str,
     found: &FoundToken,
     grant: &Grant,
     consumer: Option<&Consumer>,
@@ -1026,7 +1329,24 @@ fn allow(
     if let (Some(header), Some(answer)) = (&config.forward.phantom_token_header, &grant.phantom) {
         allow.set_headers.push((header.clone(), answer.clone()));
     }
-    if config.forward.hide_credentials {
+    let upstream = rule_for(&config.upstream_oauth, request.method, path);
+    if let Some(UpstreamOAuth {
+        credential: ClientCredential::MoveTo(to),
+        ..
+    }) = upstream
+    {
+        let value = match &found.source {
+            TokenSource::Header { name, .. } => request
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or_else(|| found.token.clone(), |(_, v)| v.clone()),
+            _ => found.token.clone(),
+        };
+        allow.set_headers.push((to.clone(), value));
+    }
+    let moved_or_replaced = upstream.is_some_and(|r| r.credential != ClientCredential::Keep);
+    if config.forward.hide_credentials || moved_or_replaced {
         match &found.source {
             TokenSource::Header { name, .. } => allow.remove_headers.push(name.clone()),
             TokenSource::Query(name) => {

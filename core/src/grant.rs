@@ -11,6 +11,7 @@ use crate::cache::{string_weight, Weigh};
 use crate::config::Config;
 use crate::headers::is_header_value;
 use crate::jwt::VerifiedToken;
+use crate::uma::{permissions, Permission};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -30,6 +31,8 @@ pub struct Grant {
     /// An introspected token's answer as ASCII JSON, kept only for
     /// `forward.phantom_token_header`.
     pub phantom: Option<String>,
+    /// An RPT's UMA permissions (only for the UMA issuer's tokens).
+    pub permissions: Vec<Permission>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -111,6 +114,12 @@ impl Grant {
                 .as_ref()
                 .map(|_| Value::Object(token.claims().clone()).to_string()),
             phantom: None,
+            permissions: match &config.uma {
+                Some(uma) if uma.issuer == token.issuer_index() => {
+                    permissions(token.claims().get("permissions"))
+                }
+                _ => Vec::new(),
+            },
         })
     }
 
@@ -134,6 +143,12 @@ impl Weigh for Grant {
             .iter()
             .map(|s| string_weight(s))
             .chain(self.forwarded.iter().map(|(_, v)| string_weight(v) + 8))
+            .chain(self.permissions.iter().map(|p| {
+                p.scopes
+                    .iter()
+                    .map(|s| string_weight(s))
+                    .fold(string_weight(&p.resource_id) + 24, usize::saturating_add)
+            }))
             .fold(0usize, usize::saturating_add);
         [
             std::mem::size_of::<Grant>(),

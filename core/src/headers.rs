@@ -14,6 +14,9 @@ pub enum HeaderUse {
     /// Sent on the filter's own callouts (e.g. to a PDP), where an
     /// `authorization` header is the point.
     Callout,
+    /// Carries the gateway's own token upstream (upstream OAuth), where
+    /// `authorization` is the usual place.
+    UpstreamToken,
 }
 
 /// Headers the filter must never set or strip: doing so would break framing or
@@ -62,7 +65,7 @@ pub fn header_name(name: &str, field: &str, role: HeaderUse) -> Result<String, C
     let allowed = match role {
         HeaderUse::Read => true,
         HeaderUse::Upstream => !reserved,
-        HeaderUse::Callout => !reserved || key == "authorization",
+        HeaderUse::Callout | HeaderUse::UpstreamToken => !reserved || key == "authorization",
     };
     if !allowed {
         return problem(format!(

@@ -117,7 +117,8 @@ pub struct IssuerKeys {
     /// Kids the last fetches did not find, until when they are not refetched for.
     absent_kids: Vec<(Digest, u64)>,
     /// From the last discovery document.
-    introspection_endpoint: Option<Url>,
+    /// The endpoints the last discovery document named.
+    endpoints: Endpoints,
     /// When the keys in use were fetched (here or by another worker).
     fetched_at: Option<u64>,
 }
@@ -264,7 +265,7 @@ pub struct Sharing {
 }
 
 const SHARED_PREFIX: &str = "oauth_pep.keys";
-const SHARED_MAGIC: &[u8; 4] = b"OPK1";
+const SHARED_MAGIC: &[u8; 4] = b"OPK2";
 
 /// Names an issuer's keys in shared data by what they are fetched for (the
 /// issuer and its key source), not by the index in one configuration.
@@ -283,36 +284,58 @@ fn shared_key(id: &Digest, what: &str) -> String {
     format!("{SHARED_PREFIX}.{hex}.{what}")
 }
 
-/// The JWKS as fetched, when, and the discovery document's introspection
-/// endpoint: what another worker needs to load the same keys.
-fn encode_shared(fetched_at: u64, introspection: Option<&Url>, jwks: &[u8]) -> Vec<u8> {
-    let endpoint = introspection
-        .map(|u| format!("{}://{}{}", u.scheme, u.authority, u.path))
-        .unwrap_or_default();
-    let len = u16::try_from(endpoint.len()).unwrap_or(0);
-    let mut out = Vec::with_capacity(16 + endpoint.len() + jwks.len());
+/// The endpoints of a discovery document the filter uses besides `jwks_uri`
+/// (an unusable one is left out, and reported when a request needs it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub introspection: Option<Url>,
+    pub token: Option<Url>,
+    /// UMA 2.0's permission endpoint (`uma2-configuration`).
+    pub permission: Option<Url>,
+}
+
+impl Endpoints {
+    fn all(&self) -> [&Option<Url>; 3] {
+        [&self.introspection, &self.token, &self.permission]
+    }
+}
+
+/// The JWKS as fetched, when, and the discovery document's endpoints: what
+/// another worker needs to load the same keys.
+fn encode_shared(fetched_at: u64, endpoints: &Endpoints, jwks: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + jwks.len());
     out.extend_from_slice(SHARED_MAGIC);
     out.extend_from_slice(&fetched_at.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
-    if len > 0 {
-        out.extend_from_slice(endpoint.as_bytes());
+    for endpoint in endpoints.all() {
+        let text = endpoint
+            .as_ref()
+            .map(|u| format!("{}://{}{}", u.scheme, u.authority, u.path))
+            .unwrap_or_default();
+        let len = u16::try_from(text.len()).unwrap_or(0);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(text.as_bytes().get(..usize::from(len)).unwrap_or_default());
     }
     out.extend_from_slice(jwks);
     out
 }
 
-fn decode_shared(bytes: &[u8]) -> Option<(u64, Option<Url>, &[u8])> {
+fn decode_shared(bytes: &[u8]) -> Option<(u64, Endpoints, &[u8])> {
     let mut r = Reader::new(bytes);
     if r.take(4)? != SHARED_MAGIC {
         return None;
     }
     let fetched_at = r.u64()?;
-    let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
-    let endpoint = std::str::from_utf8(r.take(usize::from(len))?).ok()?;
-    let endpoint = (!endpoint.is_empty())
-        .then(|| Url::parse(endpoint).ok())
-        .flatten();
-    Some((fetched_at, endpoint, r.rest()))
+    let mut endpoint = || -> Option<Option<Url>> {
+        let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+        let text = std::str::from_utf8(r.take(usize::from(len))?).ok()?;
+        Some((!text.is_empty()).then(|| Url::parse(text).ok()).flatten())
+    };
+    let endpoints = Endpoints {
+        introspection: endpoint()?,
+        token: endpoint()?,
+        permission: endpoint()?,
+    };
+    Some((fetched_at, endpoints, r.rest()))
 }
 
 #[derive(Deserialize)]
@@ -320,6 +343,8 @@ struct Discovery {
     issuer: String,
     jwks_uri: String,
     introspection_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    permission_endpoint: Option<String>,
 }
 
 impl KeyManager {
@@ -371,12 +396,12 @@ impl KeyManager {
             return None;
         }
         let (bytes, _) = self.shared.store.get(&shared_key(&id, "jwks"))?;
-        let (fetched_at, introspection, jwks) = decode_shared(&bytes)?;
+        let (fetched_at, endpoints, jwks) = decode_shared(&bytes)?;
         let (keys, skipped) = settings.keys_from_jwks(jwks).ok()?;
         if keys.is_empty() {
             return None;
         }
-        state.introspection_endpoint = introspection;
+        state.endpoints = endpoints;
         Some(loaded(state, settings, keys, skipped, fetched_at, now))
     }
 
@@ -386,7 +411,12 @@ impl KeyManager {
 
     /// The `introspection_endpoint` of the issuer's last discovery document.
     pub fn discovered_introspection_endpoint(&self, issuer: usize) -> Option<&Url> {
-        self.issuers.get(issuer)?.introspection_endpoint.as_ref()
+        self.issuers.get(issuer)?.endpoints.introspection.as_ref()
+    }
+
+    /// The endpoints of the issuer's last discovery document.
+    pub fn discovered(&self, issuer: usize) -> Option<&Endpoints> {
+        Some(&self.issuers.get(issuer)?.endpoints)
     }
 
     pub fn state(&self, issuer: usize) -> Option<&IssuerKeys> {
@@ -548,17 +578,13 @@ impl KeyManager {
         let id = shared_id(settings);
         let store = self.shared.store.as_ref();
         match outcome {
-            Ok(Interpreted::Next(next_step, callout, introspection)) => {
-                state.introspection_endpoint = introspection;
+            Ok(Interpreted::Next(next_step, callout, endpoints)) => {
+                state.endpoints = *endpoints;
                 FetchProgress::Next(next_step, callout)
             }
             Ok(Interpreted::Keys(keys, skipped)) => {
                 // Published for the other workers before the marker goes.
-                let record = encode_shared(
-                    now,
-                    state.introspection_endpoint.as_ref(),
-                    jwks.unwrap_or_default(),
-                );
+                let record = encode_shared(now, &state.endpoints, jwks.unwrap_or_default());
                 // If the host refuses, each worker fetches for itself, as
                 // it would without shared data.
                 if store.set(&shared_key(&id, "jwks"), &record, None).is_ok() {
@@ -634,8 +660,8 @@ fn loaded(
 }
 
 enum Interpreted {
-    /// The next step, and the discovery document's introspection endpoint.
-    Next(FetchStep, Callout, Option<Url>),
+    /// The next step, and the discovery document's endpoints.
+    Next(FetchStep, Callout, Box<Endpoints>),
     Keys(KeySet, Vec<String>),
 }
 
@@ -683,11 +709,16 @@ fn interpret(
             let url = Url::parse(&doc.jwks_uri)
                 .map_err(|e| format!("OIDC discovery for {}: jwks_uri {e}", issuer.issuer))?;
             // An unusable endpoint is reported when a token needs it.
-            let introspection = doc.introspection_endpoint.and_then(|u| Url::parse(&u).ok());
+            let url_of = |u: Option<String>| u.and_then(|u| Url::parse(&u).ok());
+            let endpoints = Endpoints {
+                introspection: url_of(doc.introspection_endpoint),
+                token: url_of(doc.token_endpoint),
+                permission: url_of(doc.permission_endpoint),
+            };
             Ok(Interpreted::Next(
                 FetchStep::Jwks,
                 Callout::get(&issuer.upstream, url, issuer.fetch_timeout_ms),
-                introspection,
+                Box::new(endpoints),
             ))
         }
         FetchStep::Jwks => {

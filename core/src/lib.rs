@@ -21,6 +21,7 @@
 pub mod alg;
 pub mod cache;
 pub mod callout;
+pub mod client_auth;
 pub mod config;
 pub mod config_error;
 pub mod consumer;
@@ -39,6 +40,9 @@ pub mod request;
 pub mod response;
 pub mod services;
 pub mod shared_cache;
+pub mod token_client;
+pub mod uma;
+pub mod upstream_oauth;
 pub mod verify;
 
 #[cfg(test)]

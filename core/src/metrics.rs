@@ -33,14 +33,20 @@ pub enum CalloutKind {
     Jwks,
     Pdp,
     Introspection,
+    /// A token request of one of the gateway's clients.
+    Token,
+    /// A UMA permission (ticket) request.
+    Permission,
 }
 
 impl CalloutKind {
-    pub const ALL: [CalloutKind; 4] = [
+    pub const ALL: [CalloutKind; 6] = [
         CalloutKind::Discovery,
         CalloutKind::Jwks,
         CalloutKind::Pdp,
         CalloutKind::Introspection,
+        CalloutKind::Token,
+        CalloutKind::Permission,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,6 +55,8 @@ impl CalloutKind {
             CalloutKind::Jwks => "jwks",
             CalloutKind::Pdp => "pdp",
             CalloutKind::Introspection => "introspection",
+            CalloutKind::Token => "token",
+            CalloutKind::Permission => "uma_permission",
         }
     }
 }
@@ -174,6 +182,12 @@ pub enum Counter {
         issuer: usize,
         result: IntrospectionResult,
     },
+    /// A token request of the gateway's client `client` that ended with a
+    /// usable token (`ok`) or without.
+    ClientToken {
+        client: usize,
+        ok: bool,
+    },
 }
 
 /// What one introspection callout came to.
@@ -226,6 +240,8 @@ pub enum Metric {
 pub struct Catalogue {
     /// The `issuer` label of each configured issuer, by index.
     issuers: Vec<String>,
+    /// The configured client names (already metric-safe), by index.
+    clients: Vec<String>,
 }
 
 impl Catalogue {
@@ -238,7 +254,10 @@ impl Catalogue {
             }
             issuers.push(label);
         }
-        Catalogue { issuers }
+        Catalogue {
+            issuers,
+            clients: config.clients.iter().map(|c| c.name.clone()).collect(),
+        }
     }
 
     /// Every metric, with its name: what the host defines at configure time.
@@ -265,6 +284,11 @@ impl Catalogue {
             all.push(Metric::Gauge(Gauge::KeysLoaded { issuer }));
             for result in IntrospectionResult::ALL {
                 all.push(Metric::Counter(Counter::Introspection { issuer, result }));
+            }
+        }
+        for client in 0..self.clients.len() {
+            for ok in [true, false] {
+                all.push(Metric::Counter(Counter::ClientToken { client, ok }));
             }
         }
         all.into_iter()
@@ -311,6 +335,11 @@ impl Catalogue {
                     ),
                 }
             }
+            Metric::Counter(Counter::ClientToken { client, ok }) => format!(
+                "{PREFIX}.client_tokens.client.{}.outcome.{}",
+                self.clients.get(client)?,
+                if ok { "ok" } else { "failed" }
+            ),
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -452,9 +481,10 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
-        // 1 allowed + one per reason + 3 kinds x (4 outcomes + 1 histogram)
-        // + 3 caches x 3 events + 1 issuer x 3.
-        assert_eq!(names.len(), 1 + Reason::ALL.len() + 20 + 12 + 7);
+        // 1 allowed + one per reason + 6 kinds x (4 outcomes + 1 histogram)
+        // + 4 caches x 3 events + 1 issuer x (2 refresh outcomes + 1 gauge
+        // + 4 introspection results).
+        assert_eq!(names.len(), 1 + Reason::ALL.len() + 30 + 12 + 7);
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {
             assert!(

@@ -37,11 +37,14 @@ pub enum Reason {
     PdpUnavailable,
     TokenInactive,
     IntrospectionUnavailable,
+    UmaTicket,
+    UmaUnavailable,
+    ClientTokenUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 23] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -62,6 +65,9 @@ impl Reason {
         Reason::PdpUnavailable,
         Reason::TokenInactive,
         Reason::IntrospectionUnavailable,
+        Reason::UmaTicket,
+        Reason::UmaUnavailable,
+        Reason::ClientTokenUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -86,6 +92,9 @@ impl Reason {
             Reason::PdpUnavailable => "pdp_unavailable",
             Reason::TokenInactive => "token_inactive",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::UmaTicket => "uma_ticket",
+            Reason::UmaUnavailable => "uma_unavailable",
+            Reason::ClientTokenUnavailable => "client_token_unavailable",
         }
     }
 }
@@ -199,6 +208,26 @@ pub enum Denial {
         issuer: String,
         cause: String,
     },
+    /// A UMA-protected resource without an RPT that covers the request: the
+    /// permission ticket for the client to take to the authorization server
+    /// (UMA 2.0 Grant §3.2). `why` says what was missing, for the log.
+    UmaTicket {
+        as_uri: String,
+        ticket: String,
+        resource_id: String,
+        why: String,
+    },
+    /// No permission ticket could be had (the permission endpoint failed, or
+    /// the PAT). `cause` is for the log only.
+    UmaUnavailable {
+        cause: String,
+    },
+    /// The gateway's own token (upstream OAuth) cannot be had. `cause` is
+    /// for the log only.
+    ClientTokenUnavailable {
+        client: String,
+        cause: String,
+    },
 }
 
 impl crate::cache::Weigh for Denial {
@@ -226,6 +255,9 @@ impl Denial {
             Denial::KeysUnavailable { .. } => Reason::KeysUnavailable,
             Denial::PdpUnavailable { .. } => Reason::PdpUnavailable,
             Denial::IntrospectionUnavailable { .. } => Reason::IntrospectionUnavailable,
+            Denial::UmaTicket { .. } => Reason::UmaTicket,
+            Denial::UmaUnavailable { .. } => Reason::UmaUnavailable,
+            Denial::ClientTokenUnavailable { .. } => Reason::ClientTokenUnavailable,
         }
     }
 
@@ -236,14 +268,16 @@ impl Denial {
 
     pub fn status(&self) -> u32 {
         match self {
-            Denial::NoToken | Denial::InvalidToken(_) => 401,
+            Denial::NoToken | Denial::InvalidToken(_) | Denial::UmaTicket { .. } => 401,
             Denial::InvalidRequest(_) => 400,
             Denial::InsufficientScope { .. } | Denial::NoRule { .. } | Denial::PdpDenied { .. } => {
                 403
             }
             Denial::KeysUnavailable { .. }
             | Denial::PdpUnavailable { .. }
-            | Denial::IntrospectionUnavailable { .. } => 503,
+            | Denial::IntrospectionUnavailable { .. }
+            | Denial::UmaUnavailable { .. }
+            | Denial::ClientTokenUnavailable { .. } => 503,
         }
     }
 
@@ -269,6 +303,15 @@ impl Denial {
             Denial::IntrospectionUnavailable { .. } => {
                 "the authorization server cannot check this token right now".into()
             }
+            Denial::UmaTicket { .. } => {
+                "a requesting party token with permission for this resource is required; obtain one from the authorization server with the ticket".into()
+            }
+            Denial::UmaUnavailable { .. } => {
+                "the authorization server cannot issue a permission ticket right now".into()
+            }
+            Denial::ClientTokenUnavailable { .. } => {
+                "the gateway cannot obtain its credentials for the upstream right now".into()
+            }
         }
     }
 
@@ -281,7 +324,19 @@ impl Denial {
             | Denial::IntrospectionUnavailable { issuer, cause } => {
                 vec![("issuer", issuer.clone()), ("cause", cause.clone())]
             }
-            Denial::PdpUnavailable { cause } => vec![("cause", cause.clone())],
+            Denial::PdpUnavailable { cause } | Denial::UmaUnavailable { cause } => {
+                vec![("cause", cause.clone())]
+            }
+            Denial::ClientTokenUnavailable { client, cause } => {
+                vec![("client", client.clone()), ("cause", cause.clone())]
+            }
+            // Never the ticket: it is the client's to redeem.
+            Denial::UmaTicket {
+                resource_id, why, ..
+            } => vec![
+                ("resource_id", resource_id.clone()),
+                ("detail", why.clone()),
+            ],
             other => vec![("detail", other.description())],
         }
     }
@@ -315,9 +370,21 @@ impl Denial {
                 )
             }
             Denial::NoRule { .. } | Denial::PdpDenied { .. } => ("forbidden", None),
+            // UMA 2.0 Grant §3.2: `UMA realm, as_uri, ticket`.
+            Denial::UmaTicket { as_uri, ticket, .. } => (
+                "uma_ticket",
+                Some(format!(
+                    "UMA realm=\"{}\", as_uri=\"{}\", ticket=\"{}\"",
+                    quotable(realm),
+                    quotable(as_uri),
+                    quotable(ticket)
+                )),
+            ),
             Denial::KeysUnavailable { .. }
             | Denial::PdpUnavailable { .. }
-            | Denial::IntrospectionUnavailable { .. } => {
+            | Denial::IntrospectionUnavailable { .. }
+            | Denial::UmaUnavailable { .. }
+            | Denial::ClientTokenUnavailable { .. } => {
                 headers.push(("retry-after".into(), "5".into()));
                 ("temporarily_unavailable", None)
             }
@@ -332,6 +399,10 @@ impl Denial {
         if let Denial::InsufficientScope { rule, scopes } = self {
             body.insert("scope".into(), json!(scopes.join(" ")));
             body.insert("rule".into(), json!(rule));
+        }
+        if let Denial::UmaTicket { as_uri, ticket, .. } = self {
+            body.insert("ticket".into(), json!(ticket));
+            body.insert("as_uri".into(), json!(as_uri));
         }
         if let Some(id) = request_id {
             body.insert("request_id".into(), json!(id));

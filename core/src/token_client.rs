@@ -1,0 +1,713 @@
+//! The gateway's own access tokens, got by the client credentials grant
+//! (RFC 6749 §4.4): the UMA protection API token (PAT) and the tokens it
+//! sends upstream. Each configured client holds at most one token, used until
+//! shortly before it expires and refreshed ahead of that on the root's tick,
+//! with one request in flight for all workers (shared data). A token that
+//! cannot be used any more is never sent: the request gets a 503.
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cache::{digest, Digest};
+use crate::callout::{Callout, CalloutReply, Url};
+use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
+use crate::config_error::ConfigError;
+use crate::headers::is_header_value;
+use crate::keys::Sharing;
+use crate::services::{NoSharing, Random};
+use crate::shared_cache::{claim_marker, release_marker, Claim, Reader};
+
+/// A token is not sent once it is this close to its `expires_in`: a clock
+/// a little behind the server's, or a slow upstream, never receives an
+/// expired token.
+pub const EXPIRY_MARGIN_SECONDS: u64 = 5;
+/// The longest access token accepted (a JWT with many claims fits).
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Retry delays after failed fetches while there is no usable token.
+const RETRY_SECONDS: [u64; 5] = [1, 2, 4, 8, 15];
+const SHARED_PREFIX: &str = "oauth_pep.client_token";
+const SHARED_MAGIC: &[u8; 4] = b"OCT1";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenClient {
+    token_endpoint: Option<String>,
+    /// An issuer with `discovery: true`, whose `token_endpoint` is used.
+    issuer: Option<String>,
+    upstream: Option<String>,
+    authority: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    private_key: Option<Value>,
+    private_key_env: Option<String>,
+    #[serde(default)]
+    auth_method: AuthMethod,
+    #[serde(default)]
+    scopes: Vec<String>,
+    resource: Option<String>,
+    audience: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_refresh_before")]
+    refresh_before_seconds: u64,
+    #[serde(default = "default_expires_in")]
+    default_expires_in_seconds: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+fn default_refresh_before() -> u64 {
+    60
+}
+fn default_expires_in() -> u64 {
+    300
+}
+
+/// Where the token endpoint comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    Fixed(Url),
+    /// The `token_endpoint` of this issuer's discovery document.
+    Discovered(usize),
+}
+
+/// One configured client, compiled.
+#[derive(Debug, Clone)]
+pub struct TokenClient {
+    pub name: String,
+    pub endpoint: TokenEndpoint,
+    upstream: String,
+    authority: Option<String>,
+    auth: ClientAuth,
+    scope: Option<String>,
+    resource: Option<String>,
+    audience: Option<String>,
+    pub timeout_ms: u64,
+    refresh_before_seconds: u64,
+    default_expires_in_seconds: u64,
+    /// Names this client's token in shared data: what it is fetched for.
+    shared_id: Digest,
+}
+
+/// What the compiler needs to know of an issuer a client names.
+pub struct IssuerRef<'a> {
+    pub issuer: &'a str,
+    pub discovery: bool,
+    pub upstream: Option<&'a str>,
+}
+
+impl TokenClient {
+    pub fn compile(
+        name: &str,
+        raw: RawTokenClient,
+        field: &str,
+        issuers: &[IssuerRef],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<TokenClient, ConfigError> {
+        let f = |n: &str| format!("{field}.{n}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::new(
+                field,
+                "a client's name must be ASCII letters, digits, `_` or `-` (it names the client in metrics)",
+            ));
+        }
+        let mut issuer_upstream = None;
+        let endpoint = match (raw.token_endpoint, raw.issuer) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field,
+                    "give only one of `token_endpoint` and `issuer`",
+                ))
+            }
+            (Some(url), None) => TokenEndpoint::Fixed(
+                Url::parse(&url).map_err(|e| ConfigError::new(f("token_endpoint"), e))?,
+            ),
+            (None, Some(wanted)) => {
+                let (index, issuer) = issuers
+                    .iter()
+                    .enumerate()
+                    .find(|(_, i)| i.issuer == wanted)
+                    .ok_or_else(|| {
+                        ConfigError::new(f("issuer"), format!("{wanted:?} is not one of `issuers`"))
+                    })?;
+                if !issuer.discovery {
+                    return Err(ConfigError::new(
+                        f("issuer"),
+                        format!("{wanted:?} has no `discovery`, so its token_endpoint is unknown: give `token_endpoint`"),
+                    ));
+                }
+                issuer_upstream = issuer.upstream;
+                TokenEndpoint::Discovered(index)
+            }
+            (None, None) => return Err(ConfigError::new(
+                f("token_endpoint"),
+                "is required (or `issuer`, an issuer with discovery whose token_endpoint is used)",
+            )),
+        };
+        let upstream = match raw.upstream.as_deref().or(issuer_upstream) {
+            Some(u) if !u.trim().is_empty() => u.to_string(),
+            _ => {
+                return Err(ConfigError::new(
+                    f("upstream"),
+                    "is required: the Envoy cluster (or Kong host:port) of the token endpoint",
+                ))
+            }
+        };
+        if let Some(authority) = &raw.authority {
+            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+                return Err(ConfigError::new(f("authority"), "must be a host[:port]"));
+            }
+        }
+        for scope in &raw.scopes {
+            if scope.is_empty()
+                || !scope
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+            {
+                return Err(ConfigError::new(
+                    f("scopes"),
+                    format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
+                ));
+            }
+        }
+        for (value, name) in [(&raw.resource, "resource"), (&raw.audience, "audience")] {
+            if value
+                .as_deref()
+                .is_some_and(|v| v.is_empty() || v.chars().any(char::is_control))
+            {
+                return Err(ConfigError::new(
+                    f(name),
+                    "must be non-empty text without control characters",
+                ));
+            }
+        }
+        let auth = ClientAuth::compile(
+            RawCredentials {
+                client_id: raw.client_id.clone(),
+                client_secret: raw.client_secret,
+                client_secret_env: raw.client_secret_env,
+                private_key: raw.private_key,
+                private_key_env: raw.private_key_env,
+                auth_method: raw.auth_method,
+            },
+            field,
+            env,
+        )?;
+        if !(1..=60_000).contains(&raw.timeout_ms) {
+            return Err(ConfigError::new(
+                f("timeout_ms"),
+                "must be between 1 and 60000",
+            ));
+        }
+        if !(10..=86_400).contains(&raw.default_expires_in_seconds) {
+            return Err(ConfigError::new(
+                f("default_expires_in_seconds"),
+                "must be between 10 and 86400",
+            ));
+        }
+        if raw.refresh_before_seconds > 3_600 {
+            return Err(ConfigError::new(
+                f("refresh_before_seconds"),
+                "must be at most 3600",
+            ));
+        }
+        let scope = (!raw.scopes.is_empty()).then(|| raw.scopes.join(" "));
+        let endpoint_text = match &endpoint {
+            TokenEndpoint::Fixed(url) => format!("{}://{}{}", url.scheme, url.authority, url.path),
+            TokenEndpoint::Discovered(i) => issuers
+                .get(*i)
+                .map_or_else(String::new, |i| i.issuer.to_string()),
+        };
+        let shared_id = digest(&[
+            endpoint_text.as_bytes(),
+            raw.client_id.as_bytes(),
+            scope.as_deref().unwrap_or("").as_bytes(),
+            raw.resource.as_deref().unwrap_or("").as_bytes(),
+            raw.audience.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        Ok(TokenClient {
+            name: name.to_string(),
+            endpoint,
+            upstream,
+            authority: raw.authority,
+            auth,
+            scope,
+            resource: raw.resource,
+            audience: raw.audience,
+            timeout_ms: raw.timeout_ms,
+            refresh_before_seconds: raw.refresh_before_seconds,
+            default_expires_in_seconds: raw.default_expires_in_seconds,
+            shared_id,
+        })
+    }
+
+    /// The token request (RFC 6749 §4.4.2), with RFC 8707 `resource` and
+    /// the `audience` many servers take.
+    pub fn callout(
+        &self,
+        endpoint: &Url,
+        now: u64,
+        random: &dyn Random,
+    ) -> Result<Callout, AssertionError> {
+        let mut fields = vec![("grant_type", "client_credentials")];
+        for (name, value) in [
+            ("scope", &self.scope),
+            ("resource", &self.resource),
+            ("audience", &self.audience),
+        ] {
+            if let Some(value) = value {
+                fields.push((name, value.as_str()));
+            }
+        }
+        self.auth.form_post(
+            &self.upstream,
+            endpoint,
+            self.authority.as_deref(),
+            &fields,
+            self.timeout_ms,
+            now,
+            random,
+        )
+    }
+
+    fn in_flight_deadline(&self, now: u64) -> u64 {
+        now.saturating_add(self.timeout_ms / 1000 + 2)
+    }
+}
+
+/// A token the server gave, and when to stop using and to renew it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// The access token, checked to be a valid header value.
+    token: Rc<str>,
+    obtained_at: u64,
+    /// Not sent from this time on.
+    usable_until: u64,
+    /// Renewed on the tick from this time on.
+    refresh_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct ClientState {
+    held: Option<Held>,
+    in_flight_until: Option<u64>,
+    next_attempt_at: u64,
+    failures: usize,
+    last_error: Option<String>,
+    /// Tokens obtained before this were refused by the server: not adopted.
+    refused_before: u64,
+}
+
+impl ClientState {
+    fn usable(&self, now: u64) -> Option<&Held> {
+        self.held.as_ref().filter(|h| now < h.usable_until)
+    }
+
+    fn awaiting(&self, now: u64) -> bool {
+        self.in_flight_until.is_some_and(|until| now < until)
+    }
+}
+
+/// What a request that needs a client's token may do.
+#[derive(Debug, PartialEq)]
+pub enum TokenWait {
+    Ready(Rc<str>),
+    /// Make this fetch (for everyone) and wait for it until `until`.
+    Fetch {
+        callout: Box<Callout>,
+        until: u64,
+    },
+    /// A fetch is in flight (here or on another worker): wait until `until`.
+    Wait {
+        until: u64,
+    },
+    /// The discovery document with the token endpoint is not loaded yet.
+    NeedsDiscovery(usize),
+    /// No token can be had now, for this reason (503).
+    Unavailable(String),
+}
+
+/// The tokens of every configured client, for one worker.
+pub struct ClientTokens {
+    clients: Vec<TokenClient>,
+    states: Vec<ClientState>,
+    shared: Sharing,
+}
+
+/// How a fetch ended, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// A token usable for this many seconds.
+    Token {
+        lifetime: u64,
+    },
+    Failed(String),
+}
+
+impl ClientTokens {
+    pub fn new(clients: &[TokenClient]) -> Self {
+        ClientTokens {
+            clients: clients.to_vec(),
+            states: clients.iter().map(|_| ClientState::default()).collect(),
+            shared: Sharing {
+                store: Rc::new(NoSharing),
+                worker: 0,
+            },
+        }
+    }
+
+    pub fn share_through(&mut self, shared: Sharing) {
+        self.shared = shared;
+    }
+
+    pub fn client(&self, index: usize) -> Option<&TokenClient> {
+        self.clients.get(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    fn shared_key(&self, index: usize, what: &str) -> Option<String> {
+        let id = &self.clients.get(index)?.shared_id;
+        let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Some(format!("{SHARED_PREFIX}.{hex}.{what}"))
+    }
+
+    /// Takes a newer token another worker fetched; whether one was taken.
+    fn adopt(&mut self, index: usize, now: u64) -> bool {
+        let Some(key) = self.shared_key(index, "token") else {
+            return false;
+        };
+        let Some((bytes, _)) = self.shared.store.get(&key) else {
+            return false;
+        };
+        let Some(theirs) = decode(&bytes) else {
+            return false;
+        };
+        let Some(state) = self.states.get_mut(index) else {
+            return false;
+        };
+        let newer = state
+            .held
+            .as_ref()
+            .is_none_or(|ours| theirs.obtained_at > ours.obtained_at)
+            && theirs.obtained_at >= state.refused_before;
+        if !newer || now >= theirs.usable_until {
+            return false;
+        }
+        state.held = Some(theirs);
+        state.in_flight_until = None;
+        state.failures = 0;
+        state.last_error = None;
+        true
+    }
+
+    /// The token of client `index` for a request; `endpoint` gives the
+    /// discovered token endpoint of an issuer, if it is known.
+    pub fn for_request(
+        &mut self,
+        index: usize,
+        endpoint: &dyn Fn(usize) -> Option<Url>,
+        random: &dyn Random,
+        now: u64,
+    ) -> TokenWait {
+        if let Some(held) = self.states.get(index).and_then(|s| s.usable(now)) {
+            return TokenWait::Ready(Rc::clone(&held.token));
+        }
+        if self.adopt(index, now) {
+            if let Some(held) = self.states.get(index).and_then(|s| s.usable(now)) {
+                return TokenWait::Ready(Rc::clone(&held.token));
+            }
+        }
+        let Some(state) = self.states.get(index) else {
+            return TokenWait::Unavailable("no such client".into());
+        };
+        if let Some(until) = state.in_flight_until.filter(|u| now < *u) {
+            return TokenWait::Wait { until };
+        }
+        if now < state.next_attempt_at {
+            return TokenWait::Unavailable(self.unavailable(index));
+        }
+        match self.start(index, endpoint, random, now) {
+            Ok(Some((callout, until))) => TokenWait::Fetch {
+                callout: Box::new(callout),
+                until,
+            },
+            Ok(None) => TokenWait::Unavailable(self.unavailable(index)),
+            Err(wait) => wait,
+        }
+    }
+
+    fn unavailable(&self, index: usize) -> String {
+        let name = self.clients.get(index).map_or("?", |c| c.name.as_str());
+        match self.states.get(index).and_then(|s| s.last_error.as_deref()) {
+            Some(error) => format!("no token for client {name}: {error}"),
+            None => format!("no token for client {name} yet"),
+        }
+    }
+
+    /// Claims the fetch for this worker and builds it: `Ok(None)` when it
+    /// cannot be built, `Err` with the wait when another worker is fetching
+    /// (or the endpoint needs discovery first).
+    #[allow(clippy::type_complexity)]
+    fn start(
+        &mut self,
+        index: usize,
+        endpoint: &dyn Fn(usize) -> Option<Url>,
+        random: &dyn Random,
+        now: u64,
+    ) -> Result<Option<(Callout, u64)>, TokenWait> {
+        let Some(client) = self.clients.get(index) else {
+            return Ok(None);
+        };
+        let url = match &client.endpoint {
+            TokenEndpoint::Fixed(url) => url.clone(),
+            TokenEndpoint::Discovered(issuer) => match endpoint(*issuer) {
+                Some(url) => url,
+                None => return Err(TokenWait::NeedsDiscovery(*issuer)),
+            },
+        };
+        // Built before anything is claimed: one that cannot be made (no
+        // random bytes for an assertion) holds no worker back.
+        let callout = match client.callout(&url, now, random) {
+            Ok(callout) => callout,
+            Err(e) => {
+                if let Some(state) = self.states.get_mut(index) {
+                    state.last_error = Some(e.to_string());
+                }
+                return Ok(None);
+            }
+        };
+        let until = client.in_flight_deadline(now);
+        let id = client.shared_id;
+        let Some(key) = self.shared_key(index, "in_flight") else {
+            return Ok(None);
+        };
+        if let Claim::HeldElsewhere { until } = claim_marker(
+            self.shared.store.as_ref(),
+            &key,
+            &id,
+            self.shared.worker,
+            until,
+            now,
+        ) {
+            return Err(TokenWait::Wait { until });
+        }
+        if let Some(state) = self.states.get_mut(index) {
+            state.in_flight_until = Some(until);
+        }
+        Ok(Some((callout, until)))
+    }
+
+    /// Root only, on each tick: fetches that are due (a first token, or a
+    /// refresh ahead of expiry), claimed for this worker; and the clients
+    /// whose token another worker fetched (`adopted`), whose waiters may go on.
+    pub fn due(
+        &mut self,
+        endpoint: &dyn Fn(usize) -> Option<Url>,
+        random: &dyn Random,
+        now: u64,
+    ) -> (Vec<(usize, Callout)>, Vec<usize>) {
+        let mut fetches = Vec::new();
+        let mut adopted = Vec::new();
+        for index in 0..self.clients.len() {
+            let due = self.states.get(index).is_some_and(|s| {
+                !s.awaiting(now)
+                    && now >= s.next_attempt_at
+                    && s.held.as_ref().is_none_or(|h| now >= h.refresh_at)
+            });
+            if !due {
+                continue;
+            }
+            if self.adopt(index, now) {
+                adopted.push(index);
+                continue;
+            }
+            if let Ok(Some((callout, _))) = self.start(index, endpoint, random, now) {
+                fetches.push((index, callout));
+            }
+        }
+        (fetches, adopted)
+    }
+
+    /// Drops client `index`'s token, which the server refused: the next
+    /// request that needs one gets a new one.
+    pub fn invalidate(&mut self, index: usize) {
+        if let Some(state) = self.states.get_mut(index) {
+            if let Some(held) = state.held.take() {
+                state.refused_before = held.obtained_at.saturating_add(1);
+            }
+        }
+    }
+
+    /// Until when requests wait for client `index`'s fetch, if one is in flight here.
+    pub fn awaited_until(&self, index: usize, now: u64) -> Option<u64> {
+        self.states
+            .get(index)
+            .and_then(|s| s.in_flight_until)
+            .filter(|until| now < *until)
+    }
+
+    /// The token endpoint's answer (or why there is none).
+    pub fn on_reply(
+        &mut self,
+        index: usize,
+        answer: Result<&CalloutReply, &str>,
+        now: u64,
+    ) -> Fetched {
+        let Some(client) = self.clients.get(index) else {
+            return Fetched::Failed("no such client".into());
+        };
+        let parsed = match answer {
+            Ok(reply) => parse_token_response(reply, client.default_expires_in_seconds),
+            Err(why) => Err(format!("the token request could not be dispatched: {why}")),
+        };
+        let id = client.shared_id;
+        let refresh_before = client.refresh_before_seconds;
+        let name = client.name.clone();
+        if let Some(key) = self.shared_key(index, "in_flight") {
+            release_marker(self.shared.store.as_ref(), &key, &id, self.shared.worker);
+        }
+        let token_key = self.shared_key(index, "token");
+        let Some(state) = self.states.get_mut(index) else {
+            return Fetched::Failed("no such client".into());
+        };
+        state.in_flight_until = None;
+        match parsed {
+            Ok((token, expires_in)) if expires_in > EXPIRY_MARGIN_SECONDS => {
+                let usable_until = now.saturating_add(expires_in - EXPIRY_MARGIN_SECONDS);
+                // Renewed ahead of expiry, but never sooner than halfway
+                // through its life: a short-lived token is not refetched on
+                // every tick.
+                let refresh_at = now
+                    .saturating_add(
+                        expires_in
+                            .saturating_sub(refresh_before)
+                            .max(expires_in / 2),
+                    )
+                    .min(usable_until);
+                let held = Held {
+                    token: Rc::from(token.as_str()),
+                    obtained_at: now,
+                    usable_until,
+                    refresh_at,
+                };
+                if let Some(key) = token_key {
+                    let _ = self.shared.store.set(&key, &encode(&held), None);
+                }
+                state.held = Some(held);
+                state.failures = 0;
+                state.last_error = None;
+                state.next_attempt_at = 0;
+                Fetched::Token {
+                    lifetime: usable_until.saturating_sub(now),
+                }
+            }
+            other => {
+                let why = match other {
+                    Ok((_, expires_in)) => {
+                        format!("the token expires in {expires_in} s, too soon to be used")
+                    }
+                    Err(why) => why,
+                };
+                let why = format!("token request for client {name}: {why}");
+                let delay = RETRY_SECONDS
+                    .get(state.failures.min(RETRY_SECONDS.len() - 1))
+                    .copied()
+                    .unwrap_or(15);
+                state.failures = state.failures.saturating_add(1);
+                state.next_attempt_at = now.saturating_add(delay);
+                state.last_error = Some(why.clone());
+                Fetched::Failed(why)
+            }
+        }
+    }
+}
+
+/// RFC 6749 §5.1: a Bearer `access_token` and its `expires_in` (the default
+/// when the server gives none). Never quotes the token in an error.
+fn parse_token_response(
+    reply: &CalloutReply,
+    default_expires_in: u64,
+) -> Result<(String, u64), String> {
+    let body = reply
+        .success_body()
+        .map_err(|e| format!("the token endpoint {e}"))?;
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
+        return Err("the token endpoint's answer is not a JSON object".into());
+    };
+    let token = match answer.get("access_token") {
+        Some(Value::String(t)) if !t.is_empty() => t,
+        _ => return Err("the answer has no access_token".into()),
+    };
+    if token.len() > MAX_TOKEN_BYTES || !is_header_value(token) || token.contains(' ') {
+        return Err(format!(
+            "the access_token is not a bearer token of at most {MAX_TOKEN_BYTES} visible ASCII bytes"
+        ));
+    }
+    match answer.get("token_type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => {
+            let named: String = t.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(format!("the token_type is {named:?}, not Bearer"));
+        }
+        _ => return Err("the answer has no token_type".into()),
+    }
+    let expires_in = match answer.get("expires_in") {
+        None | Some(Value::Null) => default_expires_in,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if s >= 0.0 => s as u64,
+            _ => return Err("expires_in is not a number of seconds".into()),
+        },
+        // Some servers send it as a string.
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| "expires_in is not a number of seconds".to_string())?,
+        Some(_) => return Err("expires_in is not a number of seconds".into()),
+    };
+    Ok((token.clone(), expires_in))
+}
+
+fn encode(held: &Held) -> Vec<u8> {
+    let mut out = Vec::with_capacity(28 + held.token.len());
+    out.extend_from_slice(SHARED_MAGIC);
+    out.extend_from_slice(&held.obtained_at.to_be_bytes());
+    out.extend_from_slice(&held.usable_until.to_be_bytes());
+    out.extend_from_slice(&held.refresh_at.to_be_bytes());
+    out.extend_from_slice(held.token.as_bytes());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<Held> {
+    let mut r = Reader::new(bytes);
+    if r.take(4)? != SHARED_MAGIC {
+        return None;
+    }
+    let obtained_at = r.u64()?;
+    let usable_until = r.u64()?;
+    let refresh_at = r.u64()?;
+    let token = std::str::from_utf8(r.rest()).ok()?;
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES || !is_header_value(token) {
+        return None;
+    }
+    Some(Held {
+        token: Rc::from(token),
+        obtained_at,
+        usable_until,
+        refresh_at,
+    })
+}

@@ -1,0 +1,307 @@
+//! UMA 2.0 resource server (policy enforcement point): which resource and
+//! scopes a request needs, the permission ticket request (UMA 2.0 Federated
+//! Authorization §4) with the protection API token, and whether the
+//! permissions of a requesting party token (RPT) cover the request.
+//!
+//! An RPT is checked like any other token of the UMA issuer (introspected,
+//! or verified locally when it is a JWT); its `permissions` are kept in the
+//! grant ([`Permission`]).
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::callout::{Callout, CalloutReply, Url};
+use crate::config_error::ConfigError;
+use crate::policy::{Policy, PolicyDecision};
+
+/// The most permissions of one RPT kept, and scopes per permission: an RPT
+/// naming more is still checked against the first ones (never more access).
+pub const MAX_PERMISSIONS: usize = 64;
+pub const MAX_SCOPES_PER_PERMISSION: usize = 64;
+const MAX_TICKET_BYTES: usize = 2048;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUma {
+    /// One of `issuers`: its tokens are the RPTs, and it is the `as_uri`.
+    issuer: String,
+    /// A name from `clients`: gets the PAT.
+    client: String,
+    /// Else the issuer's `permission_endpoint` (`discovery: "uma2-configuration"`).
+    permission_endpoint: Option<String>,
+    upstream: Option<String>,
+    authority: Option<String>,
+    resources: Vec<RawResource>,
+    /// A valid RPT without the needed permission: a new ticket (UMA's way)
+    /// or a 403.
+    #[serde(default)]
+    on_insufficient: Insufficient,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Insufficient {
+    #[default]
+    Ticket,
+    Forbidden,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    resource_id: String,
+    /// Rules in either policy format (Gluu's `uma_scope_expression`, or the
+    /// readable form), over the scopes the RPT grants for this resource.
+    policy: Value,
+}
+
+#[derive(Debug)]
+pub struct Resource {
+    pub id: String,
+    policy: Policy,
+}
+
+#[derive(Debug)]
+pub struct Uma {
+    pub issuer: usize,
+    pub as_uri: String,
+    pub client: usize,
+    pub permission_endpoint: Option<Url>,
+    pub upstream: String,
+    authority: Option<String>,
+    pub resources: Vec<Resource>,
+    pub on_insufficient: Insufficient,
+    pub timeout_ms: u64,
+}
+
+/// What the issuer list tells the UMA settings.
+pub struct UmaIssuer<'a> {
+    pub issuer: &'a str,
+    pub upstream: Option<&'a str>,
+    pub discovery: bool,
+}
+
+impl Uma {
+    pub fn compile(
+        raw: RawUma,
+        issuers: &[UmaIssuer],
+        clients: &[&str],
+    ) -> Result<Uma, ConfigError> {
+        let (issuer, settings) = issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == raw.issuer)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "uma.issuer",
+                    format!("{:?} is not one of `issuers`", raw.issuer),
+                )
+            })?;
+        let client = clients
+            .iter()
+            .position(|c| *c == raw.client)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "uma.client",
+                    format!("{:?} is not one of `clients`", raw.client),
+                )
+            })?;
+        let permission_endpoint = match raw.permission_endpoint {
+            Some(url) => {
+                Some(Url::parse(&url).map_err(|e| ConfigError::new("uma.permission_endpoint", e))?)
+            }
+            None if settings.discovery => None,
+            None => {
+                return Err(ConfigError::new(
+                    "uma.permission_endpoint",
+                    "is required unless the issuer uses `discovery: \"uma2-configuration\"`",
+                ))
+            }
+        };
+        let upstream =
+            match raw.upstream.as_deref().or(settings.upstream) {
+                Some(u) if !u.trim().is_empty() => u.to_string(),
+                _ => return Err(ConfigError::new(
+                    "uma.upstream",
+                    "is required: the Envoy cluster (or Kong host:port) of the permission endpoint",
+                )),
+            };
+        if let Some(authority) = &raw.authority {
+            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+                return Err(ConfigError::new("uma.authority", "must be a host[:port]"));
+            }
+        }
+        if raw.resources.is_empty() {
+            return Err(ConfigError::new(
+                "uma.resources",
+                "must list at least one resource with its `resource_id` and `policy`",
+            ));
+        }
+        let mut resources: Vec<Resource> = Vec::with_capacity(raw.resources.len());
+        for (i, resource) in raw.resources.into_iter().enumerate() {
+            let field = format!("uma.resources[{i}]");
+            if resource.resource_id.is_empty()
+                || resource.resource_id.len() > 512
+                || resource.resource_id.chars().any(char::is_control)
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.resource_id"),
+                    "must be 1 to 512 characters without control characters",
+                ));
+            }
+            if resources.iter().any(|r| r.id == resource.resource_id) {
+                return Err(ConfigError::new(
+                    format!("{field}.resource_id"),
+                    format!("{:?} is listed twice", resource.resource_id),
+                ));
+            }
+            let policy = Policy::compile(&resource.policy)
+                .map_err(|e| ConfigError::new(format!("{field}.policy"), e.to_string()))?;
+            resources.push(Resource {
+                id: resource.resource_id,
+                policy,
+            });
+        }
+        if !(1..=60_000).contains(&raw.timeout_ms) {
+            return Err(ConfigError::new(
+                "uma.timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        Ok(Uma {
+            issuer,
+            as_uri: raw.issuer,
+            client,
+            permission_endpoint,
+            upstream,
+            authority: raw.authority,
+            resources,
+            on_insufficient: raw.on_insufficient,
+            timeout_ms: raw.timeout_ms,
+        })
+    }
+
+    /// The first resource with a rule for this method and path (normalised),
+    /// and the scopes a ticket for it asks for.
+    pub fn resource_for(&self, method: &str, path: &str) -> Option<(&Resource, Vec<String>)> {
+        self.resources
+            .iter()
+            .find_map(|r| match r.policy.decide(method, path, &[]) {
+                PolicyDecision::NoRule => None,
+                PolicyDecision::Allow { .. } => Some((r, Vec::new())),
+                PolicyDecision::InsufficientScope { required, .. } => Some((r, required)),
+            })
+    }
+
+    /// The permission request for `resource` and `scopes`, with the PAT.
+    pub fn ticket_callout(
+        &self,
+        endpoint: &Url,
+        pat: &str,
+        resource: &str,
+        scopes: &[String],
+    ) -> Callout {
+        let body = json!({"resource_id": resource, "resource_scopes": scopes});
+        let mut url = endpoint.clone();
+        if let Some(authority) = &self.authority {
+            url.authority = authority.clone();
+        }
+        let mut callout = Callout::post_json(
+            &self.upstream,
+            url,
+            body.to_string().into_bytes(),
+            self.timeout_ms,
+        );
+        callout
+            .headers
+            .push(("authorization".to_string(), format!("Bearer {pat}")));
+        callout
+    }
+}
+
+impl Resource {
+    /// The policy's verdict on the scopes an RPT grants for this resource.
+    pub fn decide(&self, method: &str, path: &str, scopes: &[String]) -> PolicyDecision {
+        self.policy.decide(method, path, scopes)
+    }
+}
+
+/// One permission of an RPT (UMA 2.0 Federated Authorization §5.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub resource_id: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<u64>,
+}
+
+/// The `permissions` claim of an RPT (introspected or a JWT's); entries that
+/// are not well-formed are left out (they grant nothing).
+pub fn permissions(claim: Option<&Value>) -> Vec<Permission> {
+    let Some(Value::Array(items)) = claim else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let resource_id = item.get("resource_id")?.as_str()?.to_string();
+            let scopes = match item.get("resource_scopes") {
+                Some(Value::Array(scopes)) => scopes
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .take(MAX_SCOPES_PER_PERMISSION)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let expires_at = match item.get("exp") {
+                None | Some(Value::Null) => None,
+                Some(exp) => Some(exp.as_f64().filter(|e| *e >= 0.0)? as u64),
+            };
+            Some(Permission {
+                resource_id,
+                scopes,
+                expires_at,
+            })
+        })
+        .take(MAX_PERMISSIONS)
+        .collect()
+}
+
+/// The scopes `permissions` grant for `resource` at `now`.
+pub fn granted_scopes(permissions: &[Permission], resource: &str, now: u64) -> Vec<String> {
+    let mut scopes: Vec<String> = permissions
+        .iter()
+        .filter(|p| p.resource_id == resource && p.expires_at.is_none_or(|exp| now < exp))
+        .flat_map(|p| p.scopes.iter().cloned())
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes
+}
+
+/// The ticket in the permission endpoint's answer (201 `{"ticket": …}`).
+pub fn ticket(reply: &CalloutReply) -> Result<String, String> {
+    let body = reply
+        .success_body()
+        .map_err(|e| format!("the permission endpoint {e}"))?;
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|_| "the permission endpoint's answer is not JSON".to_string())?;
+    match answer.get("ticket") {
+        Some(Value::String(t))
+            if !t.is_empty()
+                && t.len() <= MAX_TICKET_BYTES
+                && t.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+        {
+            Ok(t.clone())
+        }
+        Some(_) => Err(format!(
+            "the permission endpoint's ticket is not 1 to {MAX_TICKET_BYTES} visible ASCII characters"
+        )),
+        None => Err("the permission endpoint's answer has no ticket".into()),
+    }
+}
