@@ -77,6 +77,27 @@ Endpoints:
                         (client_secret_basic | client_secret_post | both |
                         none), client_id, client_authenticated, status
                         (what was answered; null for a fault without answer)
+    POST /_test/token   {"mode": "ok"|"error500"|"garbage"|"hang", "expires_in": N}
+                        how the client_credentials grant answers from now on;
+                        answers {"last_request": {headers, form (no secret),
+                        client_id}} of the last /token call
+    POST /_test/uma     {"resources": {id: [scopes]}, "permission_mode": "ok"|
+                        "error500"|"garbage"|"hang", "require_claims": bool,
+                        "rpt_format": "opaque"|"jwt", "rpt_expires_in": N}
+                        UMA settings; answers them with "permission_requests"
+                        (headers and body of every permission request)
+
+UMA 2.0 (seed 001's flows; see README "UMA 2.0"):
+    GET  /.well-known/uma2-configuration   the metadata with permission_endpoint
+    POST /uma/resource_set  (PAT) {"resource_scopes": [...], "_id"?} -> 201 {"_id"}
+    POST /uma/permission    (PAT) {"resource_id", "resource_scopes"} -> 201 {"ticket"}
+    POST /token grant_type=urn:ietf:params:oauth:grant-type:uma-ticket&ticket=T
+                        [&claim_token=base64url({"country": "US", "city": "NY"})]
+                        -> an RPT (introspects with "permissions"), or, when
+                        claims are required and missing, 403 need_info with a
+                        new ticket and redirect_user
+    GET  /uma/gather_claims?ticket=T&claims_redirect_uri=U&country=US&city=NY
+                        -> 302 to U?ticket=NEW (an HTML form without country/city)
     POST /_test/reset   reset modes, keys, counters and opaque tokens
 
 Prints READY on stdout once listening. Logs go to stderr.
@@ -86,6 +107,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import html
 import json
 import os
 import socket
@@ -122,6 +144,9 @@ HASHLIB = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 # --------------------------------------------------------------------------
 # JOSE helpers (shared with tools/gen_vectors.py)
 # --------------------------------------------------------------------------
+
+UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
+
 
 def b64url(data):
     if isinstance(data, str):
@@ -262,7 +287,7 @@ class State:
                 for kid, name, alg in DEFAULT_PUBLISHED
                 if name in self.keys
             ]
-            self.stats = {"jwks": 0, "discovery": 0, "token": 0}
+            self.stats = {"jwks": 0, "discovery": 0, "token": 0, "uma2_discovery": 0, "permission": 0}
             self.extra_keys = []
             self.discovery_override = {}
             self.introspection_mode = "ok"
@@ -271,6 +296,21 @@ class State:
             self.introspect_by_token = {}
             self.last_introspection = None
             self.opaque = {}  # token -> claims, as /introspect answers them
+            # The client_credentials grant: a fault mode, the expires_in it
+            # gives, and the last request (to check client authentication).
+            self.token_mode = "ok"
+            self.token_expires_in = 300
+            self.last_token_request = None
+            # UMA 2.0: registered resources, tickets, the permission
+            # endpoint's fault mode, and whether seed 001's claims policy
+            # (country=US and city=NY) applies.
+            self.uma_resources = {}  # id -> {"name", "resource_scopes"}
+            self.tickets = {}  # ticket -> {"permissions": [...], "claims": {...}}
+            self.permission_mode = "ok"
+            self.permission_requests = []
+            self.uma_require_claims = False
+            self.rpt_format = "opaque"
+            self.rpt_expires_in = 300
 
     def stats_doc(self):
         with self.lock:
@@ -339,6 +379,29 @@ class State:
         with self.lock:
             doc.update(self.discovery_override)
         return doc
+
+    def uma2_discovery(self):
+        """UMA 2.0 Grant §2 / Federated Authorization §2: the AS metadata
+        with the UMA endpoints."""
+        doc = self.discovery()
+        doc.update({
+            "permission_endpoint": self.issuer + "/uma/permission",
+            "resource_registration_endpoint": self.issuer + "/uma/resource_set",
+            "claims_interaction_endpoint": self.issuer + "/uma/gather_claims",
+            "uma_profiles_supported": [],
+            "grant_types_supported": ["client_credentials", UMA_GRANT],
+        })
+        return doc
+
+    def bearer_scopes(self, header):
+        """The scopes of an active token this server issued, from an
+        `Authorization: Bearer` header; None if there is none."""
+        if not header or header[:7].lower() != "bearer ":
+            return None
+        doc = self.introspect(header[7:].strip())
+        if not doc.get("active"):
+            return None
+        return (doc.get("scope") or "").split()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -434,6 +497,15 @@ class Handler(BaseHTTPRequestHandler):
             st.count("discovery")
             if not self._broken():
                 self._send(200, st.discovery())
+        elif path == "/.well-known/uma2-configuration":
+            st.count("uma2_discovery")
+            if not self._broken():
+                self._send(200, st.uma2_discovery())
+        elif path == "/uma/gather_claims":
+            self._gather_claims()
+        elif path == "/uma/resource_set":
+            with st.lock:
+                self._send(200, sorted(st.uma_resources))
         elif path == "/jwks":
             st.count("jwks")
             if not self._broken():
@@ -452,6 +524,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._token()
         if path == "/introspect":
             return self._introspect()
+        if path == "/uma/permission":
+            self.state.count("permission")
+            return self._permission()
+        if path == "/uma/resource_set":
+            return self._register_resource()
         if path.startswith("/_test/"):
             body = self._json_in()
             if not isinstance(body, dict):
@@ -492,8 +569,24 @@ class Handler(BaseHTTPRequestHandler):
                 extra={"WWW-Authenticate": 'Basic realm="authserver"'},
             )
         grant = f.get("grant_type")
+        with st.lock:
+            st.last_token_request = {
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "form": {k: v for k, v in f.items() if k != "client_secret"},
+                "client_id": cid,
+            }
+            mode = st.token_mode
+        if mode == "error500":
+            return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
+        if mode == "garbage":
+            return self._send(200, "<html>not a token", ctype="text/html")
+        if mode == "hang":
+            time.sleep(30)
+            return self._drop()
         if not grant:
             return self._oauth_error(400, "invalid_request", "missing grant_type")
+        if grant == UMA_GRANT:
+            return self._uma_grant(cid, f)
         if grant != "client_credentials":
             return self._oauth_error(400, "unsupported_grant_type", "only client_credentials")
         registered = client[1]
@@ -511,7 +604,7 @@ class Handler(BaseHTTPRequestHandler):
             claims["aud"] = st.audiences[0] if len(st.audiences) == 1 else list(st.audiences)
         claims.update({
             "scope": " ".join(scopes),
-            "iat": now, "nbf": now, "exp": now + 300, "jti": uuid.uuid4().hex,
+            "iat": now, "nbf": now, "exp": now + st.token_expires_in, "jti": uuid.uuid4().hex,
         })
         if f.get("token_format") == "opaque":
             # A reference token (not standard OAuth: how the demo asks for one),
@@ -521,7 +614,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.opaque[token] = dict(claims, active=True, token_type="Bearer")
             return self._send(200, {
                 "access_token": token, "token_type": "Bearer",
-                "expires_in": 300, "scope": " ".join(scopes),
+                "expires_in": st.token_expires_in, "scope": " ".join(scopes),
             })
         pub = st.find_alg(st.token_alg)
         if pub is None:
@@ -532,7 +625,7 @@ class Handler(BaseHTTPRequestHandler):
             st.issued[token] = claims
         self._send(200, {
             "access_token": token, "token_type": "Bearer",
-            "expires_in": 300, "scope": " ".join(scopes),
+            "expires_in": st.token_expires_in, "scope": " ".join(scopes),
         })
 
     # --- /introspect ---
@@ -607,6 +700,177 @@ class Handler(BaseHTTPRequestHandler):
         elif mode == "huge":
             doc["padding"] = "x" * ((1 << 20) + 4096)
         answer(200, doc)
+
+    # --- UMA 2.0 ---
+    def _register_resource(self):
+        """Federated Authorization §3.2: a resource, registered with the PAT."""
+        st = self.state
+        scopes = st.bearer_scopes(self.headers.get("Authorization"))
+        doc = self._json_in()
+        if scopes is None or "uma_protection" not in scopes:
+            return self._oauth_error(401, "invalid_token", "a PAT (scope uma_protection) is required")
+        if not isinstance(doc, dict) or not isinstance(doc.get("resource_scopes"), list):
+            return self._oauth_error(400, "invalid_request", "resource_scopes is required")
+        rid = doc.get("_id") or uuid.uuid4().hex
+        with st.lock:
+            st.uma_resources[rid] = {"name": doc.get("name", rid), "resource_scopes": doc["resource_scopes"]}
+        self._send(201, {"_id": rid})
+
+    def _permission(self):
+        """Federated Authorization §4: a permission ticket for the resource
+        (and scopes) the resource server asks about, with the PAT."""
+        st = self.state
+        raw = self._body()
+        auth = self.headers.get("Authorization")
+        with st.lock:
+            mode = st.permission_mode
+            st.permission_requests.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                                           "body": raw.decode("utf-8", "replace")})
+        if mode == "error500":
+            return self._oauth_error(500, "server_error", "the permission endpoint is broken (test mode)")
+        if mode == "garbage":
+            return self._send(201, "{\"tick", ctype="application/json")
+        if mode == "hang":
+            time.sleep(30)
+            return self._drop()
+        scopes = st.bearer_scopes(auth)
+        if scopes is None or "uma_protection" not in scopes:
+            return self._oauth_error(401, "invalid_token", "a PAT (scope uma_protection) is required",
+                                     extra={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return self._oauth_error(400, "invalid_request", "the body is not JSON")
+        requests_ = doc if isinstance(doc, list) else [doc]
+        permissions = []
+        with st.lock:
+            for r in requests_:
+                rid = r.get("resource_id") if isinstance(r, dict) else None
+                res = st.uma_resources.get(rid)
+                if res is None:
+                    return self._oauth_error(400, "invalid_resource_id", "unknown resource %r" % rid)
+                wanted = r.get("resource_scopes") or []
+                bad = [x for x in wanted if x not in res["resource_scopes"]]
+                if bad:
+                    return self._oauth_error(400, "invalid_scope", "not a scope of the resource: %s" % bad)
+                permissions.append({"resource_id": rid, "resource_scopes": wanted})
+            ticket = uuid.uuid4().hex
+            st.tickets[ticket] = {"permissions": permissions, "claims": {}}
+        self._send(201, {"ticket": ticket})
+
+    def _uma_grant(self, cid, f):
+        """UMA 2.0 Grant §3.3: the ticket for an RPT, or need_info with a
+        new ticket and the claims gathering URL (seed 001's policy)."""
+        st = self.state
+        ticket = f.get("ticket")
+        with st.lock:
+            entry = st.tickets.pop(ticket, None) if ticket else None
+            require = st.uma_require_claims
+            rpt_format, lifetime = st.rpt_format, st.rpt_expires_in
+        if entry is None:
+            return self._oauth_error(400, "invalid_grant", "the ticket is unknown or was used")
+        claims = dict(entry["claims"])
+        if f.get("claim_token"):
+            # Pushed claims (§3.3.1): base64url JSON, a format this demo server defines.
+            try:
+                pad = "=" * (-len(f["claim_token"]) % 4)
+                claims.update(json.loads(base64.urlsafe_b64decode(f["claim_token"] + pad)))
+            except ValueError:
+                return self._oauth_error(400, "invalid_request", "claim_token is not base64url JSON")
+        if require and not (claims.get("country") == "US" and claims.get("city") == "NY"):
+            new = uuid.uuid4().hex
+            with st.lock:
+                st.tickets[new] = {"permissions": entry["permissions"], "claims": claims}
+            return self._send(403, {
+                "error": "need_info", "ticket": new,
+                "required_claims": [
+                    {"name": "country", "friendly_name": "country", "claim_type": "string",
+                     "claim_token_format": ["https://demo.oauth-pep/claims+json"]},
+                    {"name": "city", "friendly_name": "city", "claim_type": "string",
+                     "claim_token_format": ["https://demo.oauth-pep/claims+json"]},
+                ],
+                "redirect_user": st.issuer + "/uma/gather_claims",
+            })
+        now = int(time.time())
+        exp = now + lifetime
+        perms = [dict(p, exp=exp) for p in entry["permissions"]]
+        claims = {"iss": st.issuer, "sub": cid, "client_id": cid, "iat": now, "exp": exp,
+                  "permissions": perms, "scope": ""}
+        if st.audiences:
+            claims["aud"] = st.audiences[0]
+        if rpt_format == "jwt":
+            pub = st.find_alg(st.token_alg)
+            header = {"alg": st.token_alg, "typ": "JWT", "kid": pub["kid"]}
+            token = encode_jwt(header, claims, key=st.keys[pub["key"]])
+            with st.lock:
+                st.issued[token] = claims
+        else:
+            token = b64url(os.urandom(32))
+            with st.lock:
+                st.opaque[token] = dict(claims, active=True, token_type="Bearer")
+        self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": lifetime,
+                         "upgraded": False})
+
+    def _gather_claims(self):
+        """Claims gathering by redirect (UMA 2.0 Grant §3.3.2): the user's
+        browser brings the ticket; country and city come from the form (or
+        the query), and the browser goes back with a new ticket."""
+        st = self.state
+        q = {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).items()}
+        ticket, back = q.get("ticket"), q.get("claims_redirect_uri")
+        with st.lock:
+            entry = st.tickets.get(ticket) if ticket else None
+        if entry is None or not back:
+            return self._send(400, {"error": "invalid_request", "error_description": "ticket and claims_redirect_uri are required"})
+        if "country" not in q or "city" not in q:
+            form = ("<!DOCTYPE html><html><body><form method=get>"
+                    "<input type=hidden name=ticket value=%s><input type=hidden name=claims_redirect_uri value=%s>"
+                    "Country <input name=country> City <input name=city> <button>Send</button></form></body></html>"
+                    % (html.escape(ticket, quote=True), html.escape(back, quote=True)))
+            return self._send(200, form, ctype="text/html; charset=utf-8")
+        new = uuid.uuid4().hex
+        with st.lock:
+            st.tickets.pop(ticket, None)
+            st.tickets[new] = {"permissions": entry["permissions"],
+                               "claims": dict(entry["claims"], country=q["country"], city=q["city"])}
+        sep = "&" if "?" in back else "?"
+        target = back + sep + urllib.parse.urlencode({"authorization_state": "claims_submitted", "ticket": new,
+                                                       **({"state": q["state"]} if "state" in q else {})})
+        self._send(302, {"location": target}, extra={"Location": target})
+
+    def _t_token(self, body):
+        modes = ("ok", "error500", "garbage", "hang")
+        mode = body.get("mode")
+        if mode is not None and mode not in modes:
+            raise ValueError("mode must be one of " + "|".join(modes))
+        with self.state.lock:
+            if mode is not None:
+                self.state.token_mode = mode
+            mode = self.state.token_mode
+            if "expires_in" in body:
+                self.state.token_expires_in = int(body["expires_in"])
+            last = self.state.last_token_request
+        self._send(200, {"mode": mode, "last_request": last})
+
+    def _t_uma(self, body):
+        st = self.state
+        modes = ("ok", "error500", "garbage", "hang")
+        with st.lock:
+            for rid, scopes in (body.get("resources") or {}).items():
+                st.uma_resources[rid] = {"name": rid, "resource_scopes": list(scopes)}
+            if "permission_mode" in body:
+                if body["permission_mode"] not in modes:
+                    raise ValueError("permission_mode must be one of " + "|".join(modes))
+                st.permission_mode = body["permission_mode"]
+            if "require_claims" in body:
+                st.uma_require_claims = bool(body["require_claims"])
+            if "rpt_format" in body:
+                st.rpt_format = body["rpt_format"]
+            if "rpt_expires_in" in body:
+                st.rpt_expires_in = int(body["rpt_expires_in"])
+            doc = {"resources": dict(st.uma_resources), "permission_requests": list(st.permission_requests),
+                   "permission_mode": st.permission_mode, "require_claims": st.uma_require_claims}
+        self._send(200, doc)
 
     # --- /_test/* ---
     def _t_opaque(self, body):

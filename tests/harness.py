@@ -394,6 +394,32 @@ class AuthServer:
     def jwks(self):
         return self.http.get(self.url("/jwks"), timeout=10).json()
 
+    # --- the gateway's own tokens, UMA ---
+    def set_token_mode(self, mode="ok", expires_in=None):
+        """How the client_credentials grant answers: ok | error500 | garbage |
+        hang; expires_in of its tokens. Returns the last /token request
+        (headers, form without the secret, client_id) or None."""
+        body = {"mode": mode}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        r = self.http.post(self.url("/_test/token"), json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()["last_request"]
+
+    def last_token_request(self):
+        return self.http.post(self.url("/_test/token"), json={}, timeout=10).json()["last_request"]
+
+    def token_calls(self):
+        """POST /token calls since the reset."""
+        return self.stats()["token"]
+
+    def uma(self, **settings):
+        """UMA settings (resources={id: [scopes]}, permission_mode, require_claims,
+        rpt_format, rpt_expires_in); returns them with permission_requests."""
+        r = self.http.post(self.url("/_test/uma"), json=settings, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
     def issuer_config(self, **overrides):
         """An entry for the filter's `issuers` list: discovery through the
         `authserver` cluster, audience = this server's audience."""
