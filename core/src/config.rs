@@ -527,12 +527,13 @@ fn compile(
     let uma = raw
         .uma
         .map(|uma| {
-            let issuers: Vec<UmaIssuer> = issuer_refs
+            let issuers: Vec<UmaIssuer> = issuers
                 .iter()
                 .map(|i| UmaIssuer {
-                    issuer: i.issuer,
-                    upstream: i.upstream,
-                    discovery: i.discovery,
+                    issuer: &i.issuer,
+                    upstream: (!i.upstream.is_empty()).then_some(i.upstream.as_str()),
+                    uma2_discovery: matches!(&i.source, KeySource::Discovery(url)
+                        if url.path.ends_with("/.well-known/uma2-configuration")),
                 })
                 .collect();
             Uma::compile(uma, &issuers, &client_names)

@@ -84,7 +84,9 @@ pub struct Uma {
 pub struct UmaIssuer<'a> {
     pub issuer: &'a str,
     pub upstream: Option<&'a str>,
-    pub discovery: bool,
+    /// Whether its discovery document is `uma2-configuration`, which names
+    /// the permission endpoint.
+    pub uma2_discovery: bool,
 }
 
 impl Uma {
@@ -116,7 +118,7 @@ impl Uma {
             Some(url) => {
                 Some(Url::parse(&url).map_err(|e| ConfigError::new("uma.permission_endpoint", e))?)
             }
-            None if settings.discovery => None,
+            None if settings.uma2_discovery => None,
             None => {
                 return Err(ConfigError::new(
                     "uma.permission_endpoint",
