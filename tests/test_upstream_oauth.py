@@ -126,7 +126,8 @@ def test_the_token_endpoint_down_is_a_503_and_it_recovers(start_envoy, authserve
     a = authserver
     token = a.token()  # before the grant breaks
     a.set_token_mode("error500")
-    env = start_envoy(config(a, [{"client": "billing", "paths": ["/billing/??"]}]))
+    env = start_envoy(config(a, [{"client": "billing", "paths": ["/billing/??"]}]),
+                      customize=harness.with_stats_tags)
     # Paths without the rule are not affected.
     env.wait_status("/other", 200, token=token, timeout=20)
     r = send(env, "/billing/x", token=token)
@@ -140,6 +141,12 @@ def test_the_token_endpoint_down_is_a_503_and_it_recovers(start_envoy, authserve
     assert send(env, "/billing/x", token=token).status == 503
     a.set_token_mode("ok")
     env.wait_status("/billing/x", 200, token=token, timeout=25)
+    # The failures and the success, as Prometheus labels (envoy/demo.yaml's stats_tags).
+    p = env.prometheus()
+    assert p.get(("oauth_pep_client_tokens", (("client", "billing"), ("outcome", "ok")))) == 1, p
+    assert p.get(("oauth_pep_client_tokens", (("client", "billing"), ("outcome", "failed")))) >= 1, p
+    assert p.get(("oauth_pep_denied", (("reason", "client_token_unavailable"),))) >= 2, p
+    assert p.get(("oauth_pep_callouts", (("kind", "token"), ("outcome", "ok")))) == 1, p
     assert claims_of(upstream(send(env, "/billing/x", token=token)).get("authorization"))["client_id"] == GATEWAY[0]
     log = env.log_text()
     assert "client_token_unavailable" in log and "token request for client billing" in log
