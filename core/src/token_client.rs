@@ -711,3 +711,229 @@ fn decode(bytes: &[u8]) -> Option<Held> {
         refresh_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::services::testing::MemoryStore;
+    use crate::services::NoRandom;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn client(json: &str) -> Result<TokenClient, ConfigError> {
+        let raw: RawTokenClient = serde_json::from_str(json).unwrap();
+        let issuers = [IssuerRef {
+            issuer: "https://as.test",
+            discovery: true,
+            upstream: Some("as"),
+        }];
+        TokenClient::compile("pat", raw, "clients.pat", &issuers, &|_| None)
+    }
+
+    fn manager() -> ClientTokens {
+        let c = client(
+            r#"{"token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"s3","scopes":["uma_protection","x"],"resource":"https://api.test"}"#,
+        )
+        .unwrap();
+        ClientTokens::new(&[c])
+    }
+
+    fn no_discovery(_: usize) -> Option<Url> {
+        None
+    }
+
+    fn reply(status: u16, body: &str) -> CalloutReply {
+        CalloutReply {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+            oversized: None,
+        }
+    }
+
+    fn fetch(m: &mut ClientTokens, now: u64) -> Callout {
+        match m.for_request(0, &no_discovery, &NoRandom, now) {
+            TokenWait::Fetch { callout, .. } => *callout,
+            other => panic!("expected a fetch, got {other:?}"),
+        }
+    }
+
+    fn ready(m: &mut ClientTokens, now: u64) -> Option<String> {
+        match m.for_request(0, &no_discovery, &NoRandom, now) {
+            TokenWait::Ready(t) => Some(t.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_request_is_a_client_credentials_grant_with_scope_and_resource() {
+        let mut m = manager();
+        let c = fetch(&mut m, NOW);
+        assert_eq!(c.method, "POST");
+        assert_eq!(c.url.path, "/token");
+        let body = String::from_utf8(c.body.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            "grant_type=client_credentials&scope=uma_protection+x&resource=https%3A%2F%2Fapi.test"
+        );
+        assert!(c
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.starts_with("Basic ")));
+        // One request in flight: the next request waits for it.
+        assert!(matches!(
+            m.for_request(0, &no_discovery, &NoRandom, NOW),
+            TokenWait::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn a_token_is_used_until_its_margin_and_renewed_from_halfway() {
+        let mut m = manager();
+        fetch(&mut m, NOW);
+        let got = m.on_reply(
+            0,
+            Ok(&reply(
+                200,
+                r#"{"access_token":"t1","token_type":"bearer","expires_in":100}"#,
+            )),
+            NOW,
+        );
+        assert_eq!(got, Fetched::Token { lifetime: 95 });
+        assert_eq!(ready(&mut m, NOW + 94).as_deref(), Some("t1"));
+        // The tick renews at max(expires_in - refresh_before, expires_in / 2).
+        assert!(m.due(&no_discovery, &NoRandom, NOW + 49).0.is_empty());
+        assert_eq!(m.due(&no_discovery, &NoRandom, NOW + 50).0.len(), 1);
+        // While the renewal is out, the old token is still sent, but never
+        // within EXPIRY_MARGIN_SECONDS of its expiry.
+        assert_eq!(ready(&mut m, NOW + 51).as_deref(), Some("t1"));
+        assert_eq!(ready(&mut m, NOW + 95), None);
+    }
+
+    #[test]
+    fn bad_answers_are_failures_that_back_off_and_never_a_token() {
+        for (status, body) in [
+            (500, r#"{"error":"server_error"}"#),
+            (200, "<html>"),
+            (200, r#"{"token_type":"Bearer"}"#),
+            (200, r#"{"access_token":"a b","token_type":"Bearer"}"#),
+            (200, r#"{"access_token":"t","token_type":"DPoP"}"#),
+            (200, r#"{"access_token":"t"}"#),
+            (
+                200,
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":-3}"#,
+            ),
+            (
+                200,
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":5}"#,
+            ),
+        ] {
+            let mut m = manager();
+            fetch(&mut m, NOW);
+            let got = m.on_reply(0, Ok(&reply(status, body)), NOW);
+            assert!(matches!(got, Fetched::Failed(_)), "{body}: {got:?}");
+            // Backing off: a 503 with the reason, no new request for a second.
+            match m.for_request(0, &no_discovery, &NoRandom, NOW) {
+                TokenWait::Unavailable(why) => assert!(why.contains("client pat"), "{why}"),
+                other => panic!("{body}: {other:?}"),
+            }
+            fetch(&mut m, NOW + 1);
+        }
+        // A string expires_in (some servers) and no expires_in (the default) are fine.
+        for (body, lifetime) in [
+            (
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":"60"}"#,
+                55,
+            ),
+            (r#"{"access_token":"t","token_type":"Bearer"}"#, 295),
+        ] {
+            let mut m = manager();
+            fetch(&mut m, NOW);
+            assert_eq!(
+                m.on_reply(0, Ok(&reply(200, body)), NOW),
+                Fetched::Token { lifetime }
+            );
+        }
+    }
+
+    #[test]
+    fn one_worker_fetches_and_the_others_adopt_its_token_but_not_a_refused_one() {
+        let store: Rc<dyn crate::services::SharedStore> = Rc::new(MemoryStore::default());
+        let mut a = manager();
+        let mut b = manager();
+        a.share_through(Sharing {
+            store: Rc::clone(&store),
+            worker: 1,
+        });
+        b.share_through(Sharing {
+            store: Rc::clone(&store),
+            worker: 2,
+        });
+        fetch(&mut a, NOW);
+        // b sees a's claim and waits rather than asking too.
+        assert!(matches!(
+            b.for_request(0, &no_discovery, &NoRandom, NOW),
+            TokenWait::Wait { .. }
+        ));
+        a.on_reply(
+            0,
+            Ok(&reply(
+                200,
+                r#"{"access_token":"shared","token_type":"Bearer","expires_in":300}"#,
+            )),
+            NOW,
+        );
+        assert_eq!(ready(&mut b, NOW).as_deref(), Some("shared"));
+        // The server refused it (e.g. revoked): b drops it and does not take
+        // the same one back from shared data.
+        b.invalidate(0);
+        fetch(&mut b, NOW + 1);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_field_named() {
+        for (json, field) in [
+            (
+                r#"{"client_id":"a","client_secret":"b"}"#,
+                "clients.pat.token_endpoint",
+            ),
+            (
+                r#"{"issuer":"https://other","client_id":"a","client_secret":"b"}"#,
+                "clients.pat.issuer",
+            ),
+            (
+                r#"{"issuer":"https://as.test","token_endpoint":"https://as.test/t","client_id":"a","client_secret":"b"}"#,
+                "clients.pat",
+            ),
+            (
+                r#"{"issuer":"https://as.test","client_id":"a","client_secret":"b","scopes":["a b"]}"#,
+                "clients.pat.scopes",
+            ),
+            (
+                r#"{"issuer":"https://as.test","client_id":"a"}"#,
+                "clients.pat",
+            ),
+            (
+                r#"{"issuer":"https://as.test","client_id":"a","client_secret":"b","timeout_ms":0}"#,
+                "clients.pat.timeout_ms",
+            ),
+        ] {
+            let e = client(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+        let ok =
+            client(r#"{"issuer":"https://as.test","client_id":"a","client_secret":"b"}"#).unwrap();
+        assert_eq!(ok.endpoint, TokenEndpoint::Discovered(0));
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let c = client(
+            r#"{"issuer":"https://as.test","client_id":"a","client_secret":"hunter2-secret"}"#,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -307,3 +307,132 @@ pub fn ticket(reply: &CalloutReply) -> Result<String, String> {
         None => Err("the permission endpoint's answer has no ticket".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn uma(extra: Value) -> Result<Uma, ConfigError> {
+        let mut raw = json!({
+            "issuer": "https://as.test", "client": "pat",
+            "resources": [
+                {"resource_id": "photos", "policy": {"GET /photos/??": "view", "POST /photos/??": "view and edit"}},
+                {"resource_id": "open", "policy": {"GET /open": "true"}},
+            ],
+        });
+        if let (Value::Object(raw), Value::Object(extra)) = (&mut raw, extra) {
+            raw.extend(extra);
+        }
+        let issuers = [UmaIssuer {
+            issuer: "https://as.test",
+            upstream: Some("as"),
+            uma2_discovery: true,
+        }];
+        Uma::compile(serde_json::from_value(raw).unwrap(), &issuers, &["pat"])
+    }
+
+    #[test]
+    fn the_resource_and_the_scopes_a_ticket_asks_for() {
+        let u = uma(json!({})).unwrap();
+        let (r, scopes) = u.resource_for("GET", "/photos/1").unwrap();
+        assert_eq!(
+            (r.id.as_str(), scopes),
+            ("photos", vec!["view".to_string()])
+        );
+        let (_, scopes) = u.resource_for("POST", "/photos/1").unwrap();
+        assert_eq!(scopes, ["view", "edit"]);
+        assert!(u.resource_for("GET", "/elsewhere").is_none());
+        let c = u.ticket_callout(
+            &Url::parse("https://as.test/perm").unwrap(),
+            "pat-token",
+            "photos",
+            &["view".to_string()],
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&c.body.unwrap()).unwrap(),
+            json!({"resource_id": "photos", "resource_scopes": ["view"]})
+        );
+        assert!(c
+            .headers
+            .contains(&("authorization".to_string(), "Bearer pat-token".to_string())));
+    }
+
+    #[test]
+    fn permissions_grant_their_resources_scopes_until_they_expire() {
+        let p = permissions(Some(&json!([
+            {"resource_id": "photos", "resource_scopes": ["view"], "exp": 200},
+            {"resource_id": "photos", "resource_scopes": ["edit", 7]},
+            {"resource_id": "docs", "resource_scopes": ["read"]},
+            {"resource_scopes": ["view"]},
+            {"resource_id": "photos", "resource_scopes": ["admin"], "exp": "soon"},
+            "junk",
+        ])));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(granted_scopes(&p, "photos", 100), ["edit", "view"]);
+        assert_eq!(granted_scopes(&p, "photos", 200), ["edit"]);
+        assert!(granted_scopes(&p, "other", 100).is_empty());
+        assert!(permissions(Some(&json!({"resource_id": "x"}))).is_empty());
+        let many: Vec<Value> = (0..500)
+            .map(|i| json!({"resource_id": format!("r{i}")}))
+            .collect();
+        assert_eq!(
+            permissions(Some(&Value::Array(many))).len(),
+            MAX_PERMISSIONS
+        );
+    }
+
+    #[test]
+    fn a_ticket_is_taken_only_from_a_well_formed_answer() {
+        let reply = |status: u16, body: &str| CalloutReply {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+            oversized: None,
+        };
+        assert_eq!(
+            ticket(&reply(201, r#"{"ticket":"abc-123"}"#)).unwrap(),
+            "abc-123"
+        );
+        for (status, body) in [
+            (500, r#"{"ticket":"abc"}"#),
+            (201, r#"{"tick"#),
+            (201, r#"{"ticket":""}"#),
+            (201, r#"{"ticket":"a\"b"}"#),
+            (201, r#"{"ticket":42}"#),
+            (201, r#"{}"#),
+        ] {
+            assert!(ticket(&reply(status, body)).is_err(), "{status} {body}");
+        }
+        let long = format!(r#"{{"ticket":"{}"}}"#, "a".repeat(MAX_TICKET_BYTES + 1));
+        assert!(ticket(&reply(201, &long)).is_err());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_field_named() {
+        for (extra, field) in [
+            (json!({"issuer": "https://nope"}), "uma.issuer"),
+            (json!({"client": "nope"}), "uma.client"),
+            (json!({"resources": []}), "uma.resources"),
+            (
+                json!({"resources": [{"resource_id": "", "policy": {"GET /a": "x"}}]}),
+                "uma.resources[0].resource_id",
+            ),
+            (
+                json!({"resources": [{"resource_id": "a", "policy": {"GET /a": "x"}}, {"resource_id": "a", "policy": {"GET /b": "x"}}]}),
+                "uma.resources[1].resource_id",
+            ),
+            (
+                json!({"resources": [{"resource_id": "a", "policy": {"GET /a": "x and"}}]}),
+                "uma.resources[0].policy",
+            ),
+            (json!({"timeout_ms": 0}), "uma.timeout_ms"),
+        ] {
+            let e = uma(extra.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{extra}: {e}");
+        }
+    }
+}
