@@ -5,7 +5,7 @@
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
-#   make compose       demo/docker-compose.yml and demo/envoy-compose.yaml (rendered from envoy/demo.yaml)
+#   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
 #   make vectors       regenerate core/tests/vectors.json
