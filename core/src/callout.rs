@@ -111,11 +111,32 @@ pub struct CalloutReply {
 /// decision): a larger one is a failure, never read into memory.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
+/// The most an answer that describes one token or one decision may hold (an
+/// introspection answer, a token response, a permission ticket): anything
+/// larger is not what the server meant to send, and is not parsed.
+pub const MAX_SMALL_REPLY_BYTES: usize = 64 * 1024;
+
 impl CalloutReply {
+    /// [`CalloutReply::success_body`], for answers that are never large
+    /// ([`MAX_SMALL_REPLY_BYTES`]).
+    pub fn small_success_body(&self) -> Result<&[u8], CalloutError> {
+        let body = self.success_body()?;
+        if body.len() > MAX_SMALL_REPLY_BYTES {
+            return Err(CalloutError::TooLarge {
+                bytes: body.len(),
+                limit: MAX_SMALL_REPLY_BYTES,
+            });
+        }
+        Ok(body)
+    }
+
     /// The body of a 2xx answer, or why there is none.
     pub fn success_body(&self) -> Result<&[u8], CalloutError> {
         if let Some(bytes) = self.oversized {
-            return Err(CalloutError::TooLarge(bytes));
+            return Err(CalloutError::TooLarge {
+                bytes,
+                limit: MAX_REPLY_BYTES,
+            });
         }
         match self.status {
             None => Err(CalloutError::NoResponse),
@@ -158,8 +179,12 @@ pub enum CalloutError {
     /// The host answered for the cluster (Envoy's router local reply): no
     /// upstream answered at all. Carries the host's text.
     NoUpstream(String),
-    /// A body of this many bytes, more than [`MAX_REPLY_BYTES`].
-    TooLarge(usize),
+    /// A body of `bytes`, more than the `limit` for its kind of answer
+    /// ([`MAX_REPLY_BYTES`], or [`MAX_SMALL_REPLY_BYTES`]).
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl fmt::Display for CalloutError {
@@ -177,10 +202,9 @@ impl fmt::Display for CalloutError {
                 f,
                 "no upstream answered; Envoy replied \"{text}\" (check the cluster's address, and its TLS transport socket: an https URL needs one, a plain http server must not have one)"
             ),
-            CalloutError::TooLarge(bytes) => write!(
-                f,
-                "answered {bytes} bytes, more than the {MAX_REPLY_BYTES} accepted"
-            ),
+            CalloutError::TooLarge { bytes, limit } => {
+                write!(f, "answered {bytes} bytes, more than the {limit} accepted")
+            }
         }
     }
 }
@@ -292,7 +316,10 @@ mod tests {
         };
         assert_eq!(
             r.success_body(),
-            Err(CalloutError::TooLarge(MAX_REPLY_BYTES + 1))
+            Err(CalloutError::TooLarge {
+                bytes: MAX_REPLY_BYTES + 1,
+                limit: MAX_REPLY_BYTES
+            })
         );
     }
 }

@@ -288,7 +288,9 @@ impl fmt::Display for IntrospectionError {
 
 /// Reads the endpoint's reply (RFC 7662 §2.2).
 pub fn interpret(reply: &CalloutReply) -> Result<Answer, IntrospectionError> {
-    let body = reply.success_body().map_err(IntrospectionError::Callout)?;
+    let body = reply
+        .small_success_body()
+        .map_err(IntrospectionError::Callout)?;
     let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
         return Err(IntrospectionError::NotJson);
     };
@@ -831,6 +833,15 @@ mod tests {
             panic!()
         };
         assert_eq!(claims.get("sub"), Some(&Value::from("u")));
+        // An answer about one token is never 64 KiB: not even parsed.
+        let padded = format!(
+            r#"{{"active":true,"sub":"u","pad":"{}"}}"#,
+            "x".repeat(crate::callout::MAX_SMALL_REPLY_BYTES)
+        );
+        assert!(matches!(
+            interpret(&reply(200, &padded)),
+            Err(IntrospectionError::Callout(CalloutError::TooLarge { .. }))
+        ));
         for (status, body, err) in [
             (200, "<html>hi</html>", IntrospectionError::NotJson),
             (200, "[true]", IntrospectionError::NotJson),

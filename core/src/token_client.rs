@@ -644,7 +644,7 @@ fn parse_token_response(
     default_expires_in: u64,
 ) -> Result<(String, u64), String> {
     let body = reply
-        .success_body()
+        .small_success_body()
         .map_err(|e| format!("the token endpoint {e}"))?;
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err("the token endpoint's answer is not a JSON object".into());

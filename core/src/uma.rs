@@ -289,7 +289,7 @@ pub fn granted_scopes(permissions: &[Permission], resource: &str, now: u64) -> V
 /// The ticket in the permission endpoint's answer (201 `{"ticket": …}`).
 pub fn ticket(reply: &CalloutReply) -> Result<String, String> {
     let body = reply
-        .success_body()
+        .small_success_body()
         .map_err(|e| format!("the permission endpoint {e}"))?;
     let answer: Value = serde_json::from_slice(body)
         .map_err(|_| "the permission endpoint's answer is not JSON".to_string())?;
