@@ -317,7 +317,7 @@ pub fn check_active(
     match claims.get("iss") {
         None => {}
         Some(Value::String(iss)) if *iss == issuer.issuer => {}
-        Some(Value::String(iss)) => return Err(TokenError::UnknownIssuer(iss.clone())),
+        Some(Value::String(iss)) => return Err(TokenError::UnknownIssuer(crate::jwt::echoed(iss))),
         Some(_) => return Err(TokenError::Malformed("iss must be a string")),
     }
     match claims.get("token_type") {

@@ -256,6 +256,19 @@ fn typ_is_jwt(typ: &str) -> bool {
         || subtype.strip_suffix("+jwt").is_some_and(|s| !s.is_empty())
 }
 
+/// The most of a value from a token that an error repeats (the body, the
+/// log): a 16 KiB `iss` is not sent back whole.
+const MAX_ECHOED_CHARS: usize = 200;
+
+/// `text` as an error may quote it: at most [`MAX_ECHOED_CHARS`] characters.
+pub(crate) fn echoed(text: &str) -> String {
+    let mut out: String = text.chars().take(MAX_ECHOED_CHARS).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Everything that needs no key. `issuers` is the compiled list; the token's
 /// `iss` picks exactly one of them.
 pub fn precheck<'t>(
@@ -302,13 +315,12 @@ pub fn precheck<'t>(
         Some(Value::String(iss)) => iss,
         Some(_) => return Err(TokenError::Malformed("iss must be a string")),
     };
+    let unknown = || TokenError::UnknownIssuer(echoed(iss));
     let issuer = issuers
         .iter()
         .position(|i| &i.issuer == iss)
-        .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?;
-    let config = issuers
-        .get(issuer)
-        .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?;
+        .ok_or_else(unknown)?;
+    let config = issuers.get(issuer).ok_or_else(unknown)?;
     if !config.algorithms.contains(&alg) {
         return Err(TokenError::AlgNotAllowed(alg));
     }
@@ -813,5 +825,15 @@ mod tests {
             precheck(&long, &issuers, &rules(), v.now).err(),
             Some(TokenError::Malformed("longer than 16 KiB"))
         );
+    }
+
+    #[test]
+    fn an_untrusted_iss_is_echoed_at_most_200_characters() {
+        assert_eq!(echoed("https://a.test"), "https://a.test");
+        let long = "x".repeat(5000);
+        let e = echoed(&long);
+        assert_eq!(e.chars().count(), MAX_ECHOED_CHARS + 1);
+        assert!(e.ends_with('…'));
+        assert!(TokenError::UnknownIssuer(e).to_string().len() < 300);
     }
 }
