@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::cache::{digest, BoundedCache, CacheStats, Digest};
-use crate::callout::{Callout, CalloutReply};
+use crate::callout::{Callout, CalloutReply, Url};
 use crate::config::{Config, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
@@ -15,7 +15,7 @@ use crate::headers::cmp_spelling;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
 use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
-use crate::keys::{FetchProgress, FetchStep, KeyManager, KeyWait, Sharing};
+use crate::keys::{Endpoints, FetchProgress, FetchStep, KeyManager, KeyWait, Sharing};
 use crate::metrics::IntrospectionResult;
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
@@ -469,14 +469,40 @@ fn client_token(
             resume: Resume::ClientToken { client },
         }),
         TokenWait::Wait { until } => Err(Verdict::WaitForClientToken { client, until }),
-        TokenWait::NeedsDiscovery(issuer) if state.keys.keys(issuer).is_some() => Err(unavailable(
-            "the issuer's discovery document has no usable token_endpoint".into(),
-        )),
         TokenWait::NeedsDiscovery(issuer) => {
-            let wait = state.keys.load_for_request(issuer, now);
-            Err(Verdict::from_key_wait(config, wait, issuer, None))
+            match discovered_endpoint(config, state, issuer, now, |e| &e.token)? {
+                // Loaded just now (another worker's): asked again with it.
+                Some(_) => client_token(config, state, client, now),
+                None => Err(unavailable(
+                    "the issuer's discovery document has no usable token_endpoint".into(),
+                )),
+            }
         }
         TokenWait::Unavailable(cause) => Err(unavailable(cause)),
+    }
+}
+
+/// The endpoint `pick` takes from the issuer's discovery document: `None`
+/// when the document is loaded and has none, or what the request must do
+/// while it is not loaded (wait for the fetch, or a 503).
+fn discovered_endpoint(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    now: u64,
+    pick: impl Fn(&Endpoints) -> &Option<Url>,
+) -> Result<Option<Url>, Verdict> {
+    let known = |state: &State| state.keys.discovered(issuer).and_then(|e| pick(e).clone());
+    if let Some(endpoint) = known(state) {
+        return Ok(Some(endpoint));
+    }
+    if state.keys.keys(issuer).is_some() {
+        return Ok(None);
+    }
+    match state.keys.load_for_request(issuer, now) {
+        // Another worker's document was just loaded.
+        KeyWait::Adopted => Ok(known(state)),
+        wait => Err(Verdict::from_key_wait(config, wait, issuer, None)),
     }
 }
 
@@ -567,22 +593,17 @@ fn ticket(
         }
         Err(wait) => return wait,
     };
-    let discovered = state
-        .keys
-        .discovered(uma.issuer)
-        .and_then(|e| e.permission.clone());
-    let endpoint = match (&uma.permission_endpoint, discovered) {
-        (Some(endpoint), _) => endpoint.clone(),
-        (None, Some(endpoint)) => endpoint,
-        (None, None) if state.keys.keys(uma.issuer).is_some() => {
-            return Verdict::Deny(Denial::UmaUnavailable {
-                cause: "the discovery document has no usable permission_endpoint".into(),
-            })
-        }
-        (None, None) => {
-            let wait = state.keys.load_for_request(uma.issuer, now);
-            return Verdict::from_key_wait(config, wait, uma.issuer, None);
-        }
+    let endpoint = match &uma.permission_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => match discovered_endpoint(config, state, uma.issuer, now, |e| &e.permission) {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => {
+                return Verdict::Deny(Denial::UmaUnavailable {
+                    cause: "the discovery document has no usable permission_endpoint".into(),
+                })
+            }
+            Err(wait) => return wait,
+        },
     };
     Verdict::Callout {
         callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
@@ -1019,21 +1040,16 @@ fn introspect(
             )));
         }
     }
-    let endpoint = match (
-        &settings.endpoint,
-        state.keys.discovered_introspection_endpoint(issuer),
-    ) {
-        (Some(endpoint), _) | (None, Some(endpoint)) => endpoint.clone(),
-        (None, None) if state.keys.keys(issuer).is_some() => {
-            return Err(unavailable(
-                "the discovery document has no usable introspection_endpoint".into(),
-            ))
-        }
-        // The endpoint comes with the discovery document, not loaded yet.
-        (None, None) => {
-            let wait = state.keys.load_for_request(issuer, now);
-            return Err(Verdict::from_key_wait(config, wait, issuer, None));
-        }
+    let endpoint = match &settings.endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => match discovered_endpoint(config, state, issuer, now, |e| &e.introspection)? {
+            Some(endpoint) => endpoint,
+            None => {
+                return Err(unavailable(
+                    "the discovery document has no usable introspection_endpoint".into(),
+                ))
+            }
+        },
     };
     // Built before anything is claimed: a request that cannot be made
     // (no random bytes for a client assertion) holds no worker back.

@@ -492,3 +492,29 @@ fn opaque_tokens_go_to_the_issuer_whose_prefix_they_carry() {
     let e = Config::from_json(two_defaults.as_bytes()).err().unwrap();
     assert_eq!(e.field, "issuers[1].introspection.token_prefix");
 }
+
+#[test]
+fn a_request_that_adopts_another_workers_discovery_document_is_introspected_not_refused() {
+    // The race seen through Envoy with two workers: the first worker loaded
+    // the discovery document; the second has not ticked yet when an opaque
+    // token arrives. It must load the document then and there and ask the
+    // discovered endpoint, not answer 401 "no key with kid".
+    let json = r#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,
+        "upstream":"as","introspection":{"client_id":"pep","client_secret":"pep-secret"}}]}"#;
+    let c = Config::from_json(json.as_bytes()).unwrap();
+    let store: Rc<MemoryStore> = Rc::default();
+    let mut first = worker(&c, &store, 1);
+    let mut second = worker(&c, &store, 2);
+    assert_eq!(first.keys.due(NOW).len(), 1);
+    let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks","introspection_endpoint":"https://issuer.test/oauth/introspect"}"#;
+    first
+        .keys
+        .on_reply(0, crate::keys::FetchStep::Discovery, &answer(200, doc), NOW);
+    let jwks = String::from_utf8(vectors().jwks).unwrap();
+    first
+        .keys
+        .on_reply(0, crate::keys::FetchStep::Jwks, &answer(200, &jwks), NOW);
+
+    let (callout, _) = expect_callout(ask(&c, &mut second, "opaque-token", NOW));
+    assert_eq!(callout.url.path, "/oauth/introspect");
+}
