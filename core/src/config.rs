@@ -594,6 +594,7 @@ fn compile(
 
     let mut warnings = Vec::new();
     if let Some(policy) = &policy {
+        warnings.extend(policy.warnings().iter().cloned());
         for (public, rule) in policy.shadowed_by(&public_paths) {
             warnings.push(format!(
                 "`public_paths` entry \"{public}\" overlaps the policy rule \"{rule}\": on the paths both match, the public path wins and the rule is never checked"

@@ -5,14 +5,25 @@
 //! the Gluu format gives a JsonLogic rule plus `data`, the readable form gives
 //! `read and (fido or otp)` and the scope list is collected from the text.
 //!
+//! The expression is evaluated as JsonLogic (json-logic-js, which Gluu's Lua
+//! evaluator ported) over `data` = one boolean per scope: operators return
+//! values, not just booleans (`and` yields an operand, `var ""` the whole
+//! array), equality is JavaScript's, and the rule passes when its value is
+//! truthy (`false`, `null`, `0`, `""` and `[]` are not).
+//!
 //! Scopes themselves (plain or spontaneous) are in `scope.rs`, the two parsers
 //! in `json_logic.rs` and `readable.rs`.
 
+use super::path::Capture;
 use super::scope::Scope;
 
 /// Deeper expressions are refused so that compiling and evaluating them cannot
 /// exhaust the wasm stack.
 pub(super) const MAX_DEPTH: usize = 64;
+
+/// Up to this many scopes the required-scope hint is the true smallest set
+/// (2^n evaluations at load); beyond, scopes are dropped one at a time.
+const EXACT_HINT_SCOPES: usize = 12;
 
 /// A JsonLogic literal.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,77 +34,220 @@ pub(crate) enum Lit {
     Str(String),
 }
 
+/// How `some`, `all` and `none` judge the elements.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Quantifier {
+    Some,
+    All,
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expr {
     Lit(Lit),
-    /// Whether scope `data[i]` is granted.
+    /// A JSON array inside a rule: its elements, each evaluated.
+    Array(Vec<Expr>),
+    /// Whether scope `data[i]` is granted (`var` outside `some`/`all`/`none`).
     Var(usize),
+    /// `{"var": ""}` outside `some`/`all`/`none`: the whole `data`.
+    AllData,
+    /// `var` inside a `some`/`all`/`none` predicate: the element (`index`
+    /// `None`) or its `index`-th item; `default` (else `null`) when absent.
+    Elem {
+        index: Option<usize>,
+        default: Option<Box<Expr>>,
+    },
+    /// `missing` (`need: None`) and `missing_some`: the keys, as written,
+    /// that have no value (`null` or `""`) in the current data.
+    Missing {
+        keys: Vec<(usize, Lit)>,
+        need: Option<f64>,
+        in_element: bool,
+    },
     Not(Box<Expr>),
     Truthy(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
     /// JsonLogic `if`: `[cond1, then1, cond2, then2, …, else]`, else optional.
     If(Vec<Expr>),
-    /// Loose equality; `true` for `!=`.
-    Eq(Box<Expr>, Box<Expr>, bool),
+    /// `==` / `!=` (loose) and `===` / `!==` (strict).
+    Eq {
+        a: Box<Expr>,
+        b: Box<Expr>,
+        strict: bool,
+        negated: bool,
+    },
+    /// `in`: `a` is an element of the array `b` (strictly equal), or a
+    /// substring of the string `b`.
+    In(Box<Expr>, Box<Expr>),
+    /// `some` / `all` / `none` over an array, the predicate seeing each element.
+    Each {
+        kind: Quantifier,
+        array: Box<Expr>,
+        predicate: Box<Expr>,
+    },
 }
 
-/// What an expression evaluates to, as in JsonLogic (`and` yields an operand,
-/// not a boolean).
-#[derive(Debug, Clone, Copy)]
+/// What an expression evaluates to, as in JsonLogic.
+#[derive(Debug, Clone, PartialEq)]
 enum Val<'e> {
     Null,
     Bool(bool),
     Num(f64),
     Str(&'e str),
+    Arr(Vec<Val<'e>>),
+}
+
+impl Lit {
+    fn val(&self) -> Val<'_> {
+        match self {
+            Lit::Null => Val::Null,
+            Lit::Bool(b) => Val::Bool(*b),
+            Lit::Num(n) => Val::Num(*n),
+            Lit::Str(s) => Val::Str(s),
+        }
+    }
+}
+
+/// JavaScript's `Number(text)` for the decimal forms JSON configs use; `NaN`
+/// for anything else (Rust would also read `inf` and `nan`).
+fn str_number(text: &str) -> f64 {
+    let t = text.trim();
+    if t.is_empty() {
+        return 0.0;
+    }
+    if t.bytes()
+        .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E')
+    {
+        return f64::NAN;
+    }
+    t.parse().unwrap_or(f64::NAN)
 }
 
 impl Val<'_> {
-    fn truthy(self) -> bool {
+    fn truthy(&self) -> bool {
         match self {
             Val::Null => false,
-            Val::Bool(b) => b,
-            Val::Num(n) => n != 0.0 && !n.is_nan(),
+            Val::Bool(b) => *b,
+            Val::Num(n) => *n != 0.0 && !n.is_nan(),
             Val::Str(s) => !s.is_empty(),
+            Val::Arr(items) => !items.is_empty(),
         }
     }
 
-    fn number(self) -> Option<f64> {
+    /// JavaScript's `String(value)`.
+    fn js_string(&self) -> String {
         match self {
-            Val::Null => None,
-            Val::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
-            Val::Num(n) => Some(n),
-            Val::Str(s) if s.trim().is_empty() => Some(0.0),
-            Val::Str(s) => s.trim().parse().ok(),
+            Val::Null => "null".to_string(),
+            Val::Arr(items) => {
+                // `Array.prototype.join`: `null` elements are empty.
+                let parts: Vec<String> = items
+                    .iter()
+                    .map(|v| match v {
+                        Val::Null => String::new(),
+                        v => v.js_string(),
+                    })
+                    .collect();
+                parts.join(",")
+            }
+            Val::Bool(b) => b.to_string(),
+            Val::Num(n) => n.to_string(),
+            Val::Str(s) => s.to_string(),
         }
     }
 
-    /// JavaScript `==`, which is what JsonLogic `==` means, minus objects.
-    fn loose_eq(self, other: Val<'_>) -> bool {
+    /// JavaScript `===`: arrays are distinct objects, never equal.
+    fn strict_eq(&self, other: &Val<'_>) -> bool {
+        match (self, other) {
+            (Val::Null, Val::Null) => true,
+            (Val::Bool(a), Val::Bool(b)) => a == b,
+            (Val::Num(a), Val::Num(b)) => a == b,
+            (Val::Str(a), Val::Str(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// JavaScript `==` (the abstract equality algorithm, for these types).
+    fn loose_eq(&self, other: &Val<'_>) -> bool {
         match (self, other) {
             (Val::Null, Val::Null) => true,
             (Val::Null, _) | (_, Val::Null) => false,
-            (Val::Str(a), Val::Str(b)) => a == b,
+            (Val::Arr(_), Val::Arr(_)) => false,
             (Val::Bool(a), Val::Bool(b)) => a == b,
-            (a, b) => matches!((a.number(), b.number()), (Some(x), Some(y)) if x == y),
+            (Val::Bool(b), o) | (o, Val::Bool(b)) => Val::Num(f64::from(u8::from(*b))).loose_eq(o),
+            (Val::Num(a), Val::Num(b)) => a == b,
+            (Val::Str(a), Val::Str(b)) => a == b,
+            (Val::Num(n), Val::Str(s)) | (Val::Str(s), Val::Num(n)) => *n == str_number(s),
+            // An array against a string or number is compared as its text.
+            (Val::Arr(_), o) | (o, Val::Arr(_)) => {
+                let text = if matches!(self, Val::Arr(_)) {
+                    self.js_string()
+                } else {
+                    other.js_string()
+                };
+                match o {
+                    Val::Num(n) => *n == str_number(&text),
+                    Val::Str(s) => *s == text,
+                    _ => false,
+                }
+            }
         }
     }
 }
 
+/// The evaluation environment: scope `i` granted, and how many there are.
+struct Env<'f, F> {
+    var: &'f mut F,
+    len: usize,
+}
+
 impl Expr {
-    fn eval<'e>(&'e self, var: &mut impl FnMut(usize) -> bool) -> Val<'e> {
+    fn eval<'e, F: FnMut(usize) -> bool>(
+        &'e self,
+        env: &mut Env<'_, F>,
+        elem: Option<&Val<'e>>,
+    ) -> Val<'e> {
         match self {
-            Expr::Lit(Lit::Null) => Val::Null,
-            Expr::Lit(Lit::Bool(b)) => Val::Bool(*b),
-            Expr::Lit(Lit::Num(n)) => Val::Num(*n),
-            Expr::Lit(Lit::Str(s)) => Val::Str(s),
-            Expr::Var(i) => Val::Bool(var(*i)),
-            Expr::Not(e) => Val::Bool(!e.eval(var).truthy()),
-            Expr::Truthy(e) => Val::Bool(e.eval(var).truthy()),
+            Expr::Lit(l) => l.val(),
+            Expr::Array(items) => Val::Arr(items.iter().map(|e| e.eval(env, elem)).collect()),
+            Expr::Var(i) => Val::Bool((env.var)(*i)),
+            Expr::AllData => Val::Arr((0..env.len).map(|i| Val::Bool((env.var)(i))).collect()),
+            Expr::Elem { index, default } => match lookup(elem, *index) {
+                Some(v) => v,
+                None => default.as_ref().map_or(Val::Null, |d| d.eval(env, elem)),
+            },
+            Expr::Missing {
+                keys,
+                need,
+                in_element,
+            } => {
+                let missing: Vec<Val<'e>> = keys
+                    .iter()
+                    .filter(|(index, _)| {
+                        if *in_element {
+                            matches!(
+                                lookup(elem, Some(*index)),
+                                None | Some(Val::Null) | Some(Val::Str(""))
+                            )
+                        } else {
+                            // Every scope of `data` has a boolean value.
+                            *index >= env.len
+                        }
+                    })
+                    .map(|(_, written)| written.val())
+                    .collect();
+                match need {
+                    // `missing_some`: nothing is missing once enough are there.
+                    Some(n) if (keys.len() - missing.len()) as f64 >= *n => Val::Arr(Vec::new()),
+                    _ => Val::Arr(missing),
+                }
+            }
+            Expr::Not(e) => Val::Bool(!e.eval(env, elem).truthy()),
+            Expr::Truthy(e) => Val::Bool(e.eval(env, elem).truthy()),
             Expr::And(items) => {
                 let mut last = Val::Bool(true);
                 for item in items {
-                    last = item.eval(var);
+                    last = item.eval(env, elem);
                     if !last.truthy() {
                         break;
                     }
@@ -103,7 +257,7 @@ impl Expr {
             Expr::Or(items) => {
                 let mut last = Val::Bool(false);
                 for item in items {
-                    last = item.eval(var);
+                    last = item.eval(env, elem);
                     if last.truthy() {
                         break;
                     }
@@ -115,96 +269,126 @@ impl Expr {
                 loop {
                     match rest {
                         [] => return Val::Null,
-                        [otherwise] => return otherwise.eval(var),
+                        [otherwise] => return otherwise.eval(env, elem),
                         [cond, then, tail @ ..] => {
-                            if cond.eval(var).truthy() {
-                                return then.eval(var);
+                            if cond.eval(env, elem).truthy() {
+                                return then.eval(env, elem);
                             }
                             rest = tail;
                         }
                     }
                 }
             }
-            Expr::Eq(a, b, negated) => {
-                let (a, b) = (a.eval(var), b.eval(var));
-                Val::Bool(a.loose_eq(b) != *negated)
+            Expr::Eq {
+                a,
+                b,
+                strict,
+                negated,
+            } => {
+                let (a, b) = (a.eval(env, elem), b.eval(env, elem));
+                let equal = if *strict {
+                    a.strict_eq(&b)
+                } else {
+                    a.loose_eq(&b)
+                };
+                Val::Bool(equal != *negated)
+            }
+            Expr::In(needle, haystack) => {
+                let needle = needle.eval(env, elem);
+                Val::Bool(match haystack.eval(env, elem) {
+                    Val::Arr(items) => items.iter().any(|v| v.strict_eq(&needle)),
+                    Val::Str(s) => s.contains(needle.js_string().as_str()),
+                    _ => false,
+                })
+            }
+            Expr::Each {
+                kind,
+                array,
+                predicate,
+            } => {
+                // Anything but an array is an empty one.
+                let items = match array.eval(env, elem) {
+                    Val::Arr(items) => items,
+                    _ => Vec::new(),
+                };
+                let mut passing = items
+                    .iter()
+                    .map(|item| predicate.eval(env, Some(item)).truthy());
+                Val::Bool(match kind {
+                    Quantifier::Some => passing.any(|p| p),
+                    Quantifier::None => !passing.any(|p| p),
+                    // json-logic-js: `all` of an empty array is false.
+                    Quantifier::All => !items.is_empty() && passing.all(|p| p),
+                })
             }
         }
     }
 
-    /// The data indices of the simplest way to satisfy this expression, `None`
-    /// if it cannot be satisfied. Negated parts need nothing: a missing scope
-    /// is not something a client can ask for.
-    fn need(&self) -> Option<Vec<usize>> {
-        match self {
-            Expr::Lit(l) => {
-                let v = match l {
-                    Lit::Null => Val::Null,
-                    Lit::Bool(b) => Val::Bool(*b),
-                    Lit::Num(n) => Val::Num(*n),
-                    Lit::Str(s) => Val::Str(s),
-                };
-                v.truthy().then(Vec::new)
-            }
-            Expr::Var(i) => Some(vec![*i]),
-            Expr::Not(_) => Some(Vec::new()),
-            Expr::Truthy(e) => e.need(),
-            Expr::And(items) => {
-                let mut all = Vec::new();
-                for item in items {
-                    union(&mut all, item.need()?);
+    /// Whether the expression passes when exactly the scopes in `granted`
+    /// (indices into `data`, of which there are `len`) are granted.
+    pub(super) fn passes_with(&self, granted: &[usize], len: usize) -> bool {
+        let mut var = |i: usize| granted.contains(&i);
+        let mut env = Env { var: &mut var, len };
+        self.eval(&mut env, None).truthy()
+    }
+}
+
+/// The element itself (`index` `None`), or its `index`-th item.
+fn lookup<'e>(elem: Option<&Val<'e>>, index: Option<usize>) -> Option<Val<'e>> {
+    let elem = elem?;
+    match index {
+        None => Some(elem.clone()),
+        Some(i) => match elem {
+            Val::Arr(items) => items.get(i).cloned(),
+            _ => None,
+        },
+    }
+}
+
+/// The data indices of the smallest set of scopes that satisfies `expr` when
+/// only those are granted (the first such set in `data` order on a tie),
+/// `None` if there is none. Negated scopes are simply left out: a missing
+/// scope is not something a client can ask for.
+fn simplest(expr: &Expr, len: usize) -> Option<Vec<usize>> {
+    if len <= EXACT_HINT_SCOPES {
+        for size in 0..=len {
+            // Combinations of `size` indices in lexicographic order.
+            let mut combo: Vec<usize> = (0..size).collect();
+            loop {
+                if expr.passes_with(&combo, len) {
+                    return Some(combo);
                 }
-                Some(all)
-            }
-            Expr::Or(items) => simplest(items.iter().map(Expr::need)),
-            Expr::If(items) => {
-                let mut options = Vec::new();
-                let mut rest = items.as_slice();
-                loop {
-                    match rest {
-                        [] => break,
-                        [otherwise] => {
-                            options.push(otherwise.need());
-                            break;
-                        }
-                        [cond, then, tail @ ..] => {
-                            options.push(cond.need().and_then(|mut c| {
-                                union(&mut c, then.need()?);
-                                Some(c)
-                            }));
-                            rest = tail;
-                        }
+                let Some(i) = (0..size)
+                    .rev()
+                    .find(|&i| combo.get(i) != Some(&(len - size + i)))
+                else {
+                    break;
+                };
+                if let Some(first) = combo.get(i).copied() {
+                    for (k, slot) in combo.iter_mut().enumerate().skip(i) {
+                        *slot = first + 1 + (k - i);
                     }
                 }
-                simplest(options.into_iter())
             }
-            Expr::Eq(a, b, negated) => match (a.as_ref(), b.as_ref()) {
-                (Expr::Lit(Lit::Bool(want)), e) | (e, Expr::Lit(Lit::Bool(want)))
-                    if *want != *negated =>
-                {
-                    e.need()
-                }
-                _ => Some(Vec::new()),
-            },
+        }
+        return None;
+    }
+    if expr.passes_with(&[], len) {
+        return Some(Vec::new());
+    }
+    let mut set: Vec<usize> = (0..len).collect();
+    if !expr.passes_with(&set, len) {
+        return None;
+    }
+    let mut i = 0;
+    while i < set.len() {
+        let removed = set.remove(i);
+        if !expr.passes_with(&set, len) {
+            set.insert(i, removed);
+            i += 1;
         }
     }
-}
-
-fn union(into: &mut Vec<usize>, more: Vec<usize>) {
-    for i in more {
-        if !into.contains(&i) {
-            into.push(i);
-        }
-    }
-}
-
-fn simplest(options: impl Iterator<Item = Option<Vec<usize>>>) -> Option<Vec<usize>> {
-    options
-        .flatten()
-        .fold(None, |best: Option<Vec<usize>>, o| match best {
-            Some(b) if b.len() <= o.len() => Some(b),
-            _ => Some(o),
-        })
+    Some(set)
 }
 
 /// A compiled scope requirement of one condition.
@@ -212,19 +396,24 @@ fn simplest(options: impl Iterator<Item = Option<Vec<usize>>>) -> Option<Vec<usi
 pub(crate) struct Check {
     expr: Expr,
     data: Vec<Scope>,
-    /// Precomputed [`Expr::need`].
+    /// Precomputed [`simplest`].
     need: Option<Vec<usize>>,
 }
 
 impl Check {
     pub(super) fn new(expr: Expr, data: Vec<Scope>) -> Check {
-        let need = expr.need();
+        let need = simplest(&expr, data.len());
         Check { expr, data, need }
+    }
+
+    /// For a check over no scopes at all: whether it always passes.
+    pub(super) fn constant(&self) -> Option<bool> {
+        self.data.is_empty().then(|| self.expr.passes_with(&[], 0))
     }
 
     /// Whether a token with `scopes` satisfies this check for a request whose
     /// path produced `captures`.
-    pub(crate) fn allows(&self, scopes: &[String], captures: &[&str]) -> bool {
+    pub(crate) fn allows(&self, scopes: &[String], captures: &[Capture<'_>]) -> bool {
         // A scope may be referenced many times; its regex runs at most once.
         let mut memo: Vec<Option<bool>> = vec![None; self.data.len()];
         let mut var = |i: usize| -> bool {
@@ -240,12 +429,16 @@ impl Check {
             }
             granted
         };
-        self.expr.eval(&mut var).truthy()
+        let mut env = Env {
+            var: &mut var,
+            len: self.data.len(),
+        };
+        self.expr.eval(&mut env, None).truthy()
     }
 
     /// The scopes of the simplest way to satisfy this check, with path captures
     /// filled into spontaneous scopes where possible.
-    pub(crate) fn required(&self, captures: &[&str]) -> Vec<String> {
+    pub(crate) fn required(&self, captures: &[Capture<'_>]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for i in self.need.iter().flatten() {
             if let Some(scope) = self.data.get(*i) {
@@ -265,14 +458,20 @@ pub(super) mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::policy::scope::Captures;
     use serde_json::{json, Value};
 
     pub(crate) fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
     }
 
+    /// Path captures that all took part in the match.
+    pub(crate) fn caps<'a>(c: &[&'a str]) -> Vec<Capture<'a>> {
+        c.iter().map(|x| Some(*x)).collect()
+    }
+
     pub(crate) fn logic(rule: Value, data: &[&str], captures: usize) -> Check {
-        Check::from_json_logic(&rule, &strings(data), captures, "GET /r").unwrap()
+        Check::from_json_logic(&rule, &strings(data), Captures::up_to(captures), "GET /r").unwrap()
     }
 
     #[test]
@@ -337,6 +536,110 @@ pub(super) mod tests {
             (json!({"and": [true, "x"]}), &[], true),
             (json!({"and": [true, ""]}), &[], false),
             (json!({"or": [0, null]}), &[], false),
+            // The rest of JsonLogic that means something on booleans, with
+            // json-logic-js's results.
+            (
+                json!({"?:": [{"var": 0}, true, {"var": 1}]}),
+                &["read"],
+                true,
+            ),
+            (json!({"===": [{"var": 0}, true]}), &["admin"], true),
+            (json!({"===": [{"var": 0}, 1]}), &["admin"], false),
+            (json!({"!==": [{"var": 0}, 1]}), &["admin"], true),
+            (json!({"==": [[], false]}), &[], true),
+            (json!({"==": [[true], "true"]}), &[], true),
+            (json!({"==": [[true, false], "true,false"]}), &[], true),
+            (
+                json!({"==": [{"var": ""}, "true,false,false"]}),
+                &["admin"],
+                true,
+            ),
+            (json!({"==": [[], []]}), &[], false),
+            (json!({"==": [null, 0]}), &[], false),
+            (json!({"==": ["", 0]}), &[], true),
+            (json!({"==": ["1e0", true]}), &[], true),
+            (json!({"==": ["inf", "inf"]}), &[], true),
+            (json!({"==": ["inf", 0]}), &[], false),
+            (json!({"==": [" 12 ", 12]}), &[], true),
+            // `in`: strict membership in an array, substring of a string.
+            (
+                json!({"in": [true, [{"var": 0}, {"var": 1}]]}),
+                &["read"],
+                true,
+            ),
+            (
+                json!({"in": [true, [{"var": 0}, {"var": 1}]]}),
+                &["write"],
+                false,
+            ),
+            (json!({"in": [true, {"var": ""}]}), &["write"], true),
+            (
+                json!({"in": [false, {"var": ""}]}),
+                &["admin", "read", "write"],
+                false,
+            ),
+            (json!({"in": [1, [true]]}), &[], false),
+            (json!({"in": [true, "it is true"]}), &[], true),
+            (json!({"in": ["x", null]}), &[], false),
+            // some / all / none: `var` in the predicate reads the element.
+            (
+                json!({"some": [{"var": ""}, {"var": ""}]}),
+                &["write"],
+                true,
+            ),
+            (json!({"some": [{"var": ""}, {"var": ""}]}), &[], false),
+            (
+                json!({"all": [{"var": ""}, {"var": ""}]}),
+                &["admin", "read"],
+                false,
+            ),
+            (
+                json!({"all": [{"var": ""}, {"==": [{"var": ""}, true]}]}),
+                &["admin", "read", "write"],
+                true,
+            ),
+            (json!({"all": [[], true]}), &[], false),
+            (
+                json!({"none": [[{"var": 0}, {"var": 2}], {"var": ""}]}),
+                &["read"],
+                true,
+            ),
+            (
+                json!({"none": [[{"var": 0}, {"var": 2}], {"var": ""}]}),
+                &["write"],
+                false,
+            ),
+            (json!({"some": [{"var": 0}, true]}), &["admin"], false),
+            (json!({"none": [{"var": 0}, true]}), &["admin"], true),
+            (
+                json!({"some": [[[{"var": 0}, true], [false, false]], {"var": 0}]}),
+                &["admin"],
+                true,
+            ),
+            (
+                json!({"some": [[[false, false]], {"var": [5, true]}]}),
+                &[],
+                true,
+            ),
+            (json!({"some": [[[false]], {"var": [0, true]}]}), &[], false),
+            (json!({"some": [[null], {"var": ["", true]}]}), &[], false),
+            // missing: every scope of `data` has a value; past its end, none.
+            (json!({"missing": [0, 2]}), &[], false),
+            (json!({"missing": [0, 7]}), &[], true),
+            (json!({"!": {"missing": [[0, 1]]}}), &[], true),
+            (json!({"missing_some": [1, [0, 9]]}), &[], false),
+            (json!({"missing_some": [2, [0, 9]]}), &[], true),
+            (
+                json!({"some": [[[1, null], [1, 2]], {"missing": [1]}]}),
+                &[],
+                true,
+            ),
+            (json!({"all": [[[1, ""]], {"missing": [1]}]}), &[], true),
+            // `var` with a default: scopes of `data` always have a value.
+            (json!({"var": [0, true]}), &[], false),
+            (json!({"var": [9, true]}), &[], true),
+            (json!({"var": []}), &[], true),
+            (json!({"!!": [{"var": null}]}), &[], true),
         ];
         for (rule, granted, want) in cases {
             let check = logic(rule.clone(), &data, 0);
@@ -382,9 +685,9 @@ pub(super) mod tests {
             ("^posts:.+$", &[], &["^posts:.+$"]),
             ("^a(?<PC1>[)])$", &[")"], &["a)"]),
         ];
-        for (text, caps, want) in cases {
-            let check = Check::from_readable(text, caps.len(), "r").unwrap();
-            assert_eq!(check.required(caps), strings(want), "{text}");
+        for (text, path, want) in cases {
+            let check = Check::from_readable(text, Captures::up_to(path.len()), "r").unwrap();
+            assert_eq!(check.required(&caps(path)), strings(want), "{text}");
         }
         // JsonLogic shapes the readable form cannot express.
         let logic_cases: Vec<(Value, &[&str])> = vec![
@@ -397,6 +700,13 @@ pub(super) mod tests {
             (json!({"==": [{"var": 2}, true]}), &["c"]),
             (json!({"!=": [{"var": 2}, true]}), &[]),
             (json!({"!!": {"var": 1}}), &["b"]),
+            (json!({"in": [true, [{"var": 2}, {"var": 1}]]}), &["b"]),
+            (
+                json!({"all": [[{"var": 2}, {"var": 0}], {"var": ""}]}),
+                &["a", "c"],
+            ),
+            (json!({"none": [{"var": ""}, {"var": ""}]}), &[]),
+            (json!({"some": [[], true]}), &[]),
         ];
         for (rule, want) in logic_cases {
             let check = logic(rule.clone(), &["a", "b", "c"], 0);

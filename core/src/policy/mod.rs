@@ -25,6 +25,7 @@ mod scope;
 mod source;
 
 use expr::Check;
+use scope::Captures;
 use source::{CheckSource, Format};
 
 pub use path::PathSet;
@@ -37,6 +38,8 @@ pub struct Policy {
     condition_count: usize,
     /// Each rule's path as written and compiled, for load-time checks.
     patterns: Vec<(String, path::Pattern)>,
+    /// Things that load but deserve a line in the log.
+    warnings: Vec<String>,
 }
 
 /// One path pattern and its per-method conditions.
@@ -157,18 +160,26 @@ pub enum PolicyError {
         rule: String,
         operator: String,
     },
+    /// A JsonLogic operator that does not apply to the scope booleans
+    /// (arithmetic, comparisons, strings, `map`, …).
+    UnsupportedOperator {
+        rule: String,
+        operator: String,
+    },
     VarOutOfRange {
         rule: String,
         index: usize,
         data_len: usize,
     },
     /// A `PCn` group in a spontaneous scope with n = 0 or above the number of
-    /// captures the path pattern makes.
+    /// captures the path pattern makes (in Gluu's format: before its `??`);
+    /// `note` says why when that is not obvious.
     CaptureOutOfRange {
         rule: String,
         scope: String,
         group: String,
         captures: usize,
+        note: String,
     },
     /// Bad arguments to a JsonLogic operator, or a malformed readable
     /// expression.
@@ -221,9 +232,24 @@ impl fmt::Display for PolicyError {
                 scope,
                 problem,
             } => write!(f, "policy rule `{rule}`: scope `{scope}`: {problem}"),
-            PolicyError::UnknownOperator { rule, operator } => {
-                write!(f, "policy rule `{rule}`: unknown operator `{operator}`")
-            }
+            PolicyError::UnknownOperator { rule, operator } => write!(
+                f,
+                "policy rule `{rule}`: unknown operator `{operator}` (supported: {})",
+                json_logic::SUPPORTED
+            ),
+            PolicyError::UnsupportedOperator { rule, operator } => write!(
+                f,
+                "policy rule `{rule}`: JsonLogic operator `{operator}` is not supported: it does not apply to the scope booleans of `data` (supported: {})",
+                json_logic::SUPPORTED
+            ),
+            PolicyError::VarOutOfRange {
+                rule,
+                index,
+                data_len: 0,
+            } => write!(
+                f,
+                "policy rule `{rule}`: `var` {index} is out of range: the condition has no `data` (list the scopes in `data`; Gluu Gateway failed on such a rule with a 500)"
+            ),
             PolicyError::VarOutOfRange {
                 rule,
                 index,
@@ -237,9 +263,10 @@ impl fmt::Display for PolicyError {
                 scope,
                 group,
                 captures,
+                note,
             } => write!(
                 f,
-                "policy rule `{rule}`: scope `{scope}` uses group `{group}` but the path has {captures} capture(s)"
+                "policy rule `{rule}`: scope `{scope}` uses group `{group}` but the path has {captures} capture(s){note}"
             ),
             PolicyError::BadExpression {
                 rule,
@@ -282,6 +309,7 @@ fn is_any_method(m: &str) -> bool {
 /// Rules for one pattern, gathered before compiling: the readable form may
 /// give the same pattern in several keys.
 struct Group {
+    format: Format,
     pattern: path::Pattern,
     name: String,
     path: String,
@@ -316,6 +344,7 @@ impl Policy {
                 None => {
                     by_pattern.insert(canonical, groups.len());
                     groups.push(Group {
+                        format,
                         pattern,
                         name: src.name,
                         path: src.path,
@@ -329,9 +358,10 @@ impl Policy {
             rules: Vec::with_capacity(groups.len()),
             condition_count: 0,
             patterns: Vec::with_capacity(groups.len()),
+            warnings: Vec::new(),
         };
         for group in groups {
-            let rule = compile_rule(&group)?;
+            let rule = compile_rule(&group, &mut policy.warnings)?;
             policy.condition_count += rule.conditions.len();
             policy
                 .patterns
@@ -383,6 +413,12 @@ impl Policy {
         pairs
     }
 
+    /// Things that loaded but are probably not what was meant, one line each
+    /// (a Gluu condition without `data`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// The number of conditions (a path with conditions for `GET` and for
     /// `POST,PUT` counts two).
     pub fn rule_count(&self) -> usize {
@@ -390,8 +426,15 @@ impl Policy {
     }
 }
 
-fn compile_rule(group: &Group) -> Result<PathRule, PolicyError> {
-    let captures = group.pattern.captures;
+fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, PolicyError> {
+    // Gluu's format keeps Gluu's numbering: nothing from `??` on.
+    let captures = match group.format {
+        Format::Gluu => Captures {
+            available: group.pattern.gluu_captures,
+            cut_at_multi: group.pattern.multi,
+        },
+        Format::Readable => Captures::up_to(group.pattern.captures),
+    };
     let mut rule = PathRule {
         conditions: Vec::with_capacity(group.conditions.len()),
         any: None,
@@ -433,8 +476,23 @@ fn compile_rule(group: &Group) -> Result<PathRule, PolicyError> {
         }
         let check = match &cond.check {
             CheckSource::Anything => None,
-            CheckSource::Logic { rule: logic, data } => {
-                Some(Check::from_json_logic(logic, data, captures, &name)?)
+            CheckSource::Logic {
+                rule: logic,
+                data,
+                no_data,
+            } => {
+                let check = Check::from_json_logic(logic, data, captures, &name)?;
+                // It loaded, so the rule reads no scope: it is a constant.
+                if *no_data {
+                    let outcome = match check.constant() {
+                        Some(true) => "allows every valid token",
+                        _ => "denies every request",
+                    };
+                    warnings.push(format!(
+                        "policy rule `{name}`: `scope_expression` has no `data`, so its rule `{logic}` tests no scope and {outcome} (Gluu Gateway answered 500 for it)"
+                    ));
+                }
+                Some(check)
             }
             CheckSource::Readable(text) => Some(Check::from_readable(text, captures, &name)?),
         };
@@ -633,19 +691,35 @@ mod tests {
     }
 
     #[test]
-    fn spec_gluu_example_uses_pc1_on_double_wildcard() {
-        // `??` captures what it consumed, so Gluu's own example compiles and
-        // PC1 is the rest of the path.
-        let value = json!([{"path": "/posts/??", "conditions": [{
-            "httpMethods": ["GET", "POST"],
-            "scope_expression": {
-                "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
-                "data": ["admin", "^posts:(?<PC1>.+)$", "email"]
-            }
-        }]}]);
+    fn double_wildcard_captures_by_format() {
+        let posts = |path: &str, pc: &str| {
+            json!([{"path": path, "conditions": [{
+                "httpMethods": ["GET", "POST"],
+                "scope_expression": {
+                    "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
+                    "data": ["admin", format!("^posts:(?<{pc}>.+)$"), "email"]
+                }
+            }]}])
+        };
+        // Gluu's format keeps Gluu's numbering: `??` captures nothing, so a
+        // PC1 there could never pass in Gluu and is refused here.
+        let err = Policy::compile(&posts("/posts/??", "PC1")).unwrap_err();
+        assert!(
+            err.to_string().contains("uses group `PC1` but the path has 0 capture(s) before its `??` (in Gluu's format `??` and the segments after it capture nothing"),
+            "{err}"
+        );
+        // Nor does anything after it (Gluu's docs list one capture for
+        // `/users/??/?`; its code gave none).
+        let err = Policy::compile(&posts("/users/??/?", "PC1")).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::CaptureOutOfRange { captures: 0, .. }),
+            "{err}"
+        );
+        // The readable form numbers `??` (what it consumed) and what follows.
+        let readable = json!({"GET,POST /posts/??": "admin and (^posts:(?<PC1>.+)$ or email)"});
         let rule = "GET,POST /posts/??";
         check(
-            &Policy::compile(&value).unwrap(),
+            &Policy::compile(&readable).unwrap(),
             &[
                 ("GET", "/posts/1", &["admin", "posts:1"][..], allow(rule)),
                 ("POST", "/posts/1", &["admin", "email"][..], allow(rule)),
@@ -663,32 +737,243 @@ mod tests {
                 ),
             ],
         );
-        // With a capturing segment it compiles and PC1 binds to it.
-        let value = json!([{"path": "/posts/?/??", "conditions": [{
-            "httpMethods": ["GET", "POST"],
-            "scope_expression": {
-                "rule": {"and": [{"var": 0}, {"or": [{"var": 1}, {"var": 2}]}]},
-                "data": ["admin", "^posts:(?<PC1>.+)$", "email"]
-            }
-        }]}]);
-        let rule = "GET,POST /posts/?/??";
+        let readable = json!({"GET /users/??/?": "^u:(?<PC2>.+)$"});
         check(
-            &Policy::compile(&value).unwrap(),
+            &Policy::compile(&readable).unwrap(),
             &[
                 (
                     "GET",
-                    "/posts/7/comments",
-                    &["admin", "posts:7"][..],
+                    "/users/a/b/7",
+                    &["u:7"][..],
+                    allow("GET /users/??/?"),
+                ),
+                (
+                    "GET",
+                    "/users/7",
+                    &["u:8"][..],
+                    insufficient("GET /users/??/?", &["u:7"]),
+                ),
+            ],
+        );
+        // Before the `??` both formats agree: PC1 is the `?`.
+        let rule = "GET,POST /posts/?/??";
+        let cases = [
+            (
+                "GET",
+                "/posts/7/comments",
+                &["admin", "posts:7"][..],
+                allow(rule),
+            ),
+            (
+                "GET",
+                "/posts/7/comments",
+                &["admin", "posts:8"][..],
+                insufficient(rule, &["admin", "posts:7"]),
+            ),
+            ("POST", "/posts/7", &["admin", "email"][..], allow(rule)),
+        ];
+        check(
+            &Policy::compile(&posts("/posts/?/??", "PC1")).unwrap(),
+            &cases,
+        );
+        let readable = json!({rule: "admin and (^posts:(?<PC1>.+)$ or email)"});
+        check(&Policy::compile(&readable).unwrap(), &cases);
+    }
+
+    /// Gluu's documented spontaneous-scope examples (docs-gg-prod
+    /// `plugin/common-features.md`, "Scopes to URI mapping"), exactly as
+    /// written there.
+    #[test]
+    fn gluu_documented_regex_group_captures() {
+        let todos = json!([{
+            "path": "/todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}",
+            "conditions": [{
+                "httpMethods": ["GET", "POST"],
+                "scope_expression": {
+                    "rule": {"and": [{"var": 0}]},
+                    "data": [
+                        "^todos:(?<PC1>.+)$",
+                        "^command:(?<PC2>\\d\\d\\d)$",
+                        "^subcommand:(?<PC3>[a-d]{4})$",
+                        "^profile:.+$",
+                        "email"
+                    ]
+                }
+            }]
+        }, {
+            "path": "/command/{^(\\d\\d\\d)-([a-d]{4})$}",
+            "conditions": [{
+                "httpMethods": ["GET", "POST"],
+                "scope_expression": {
+                    "rule": {"and": [{"var": 0}, {"var": 1}]},
+                    "data": ["^command:(?<PC1>\\d\\d\\d)$", "^subcommand:(?<PC2>[a-d]{4})$"]
+                }
+            }]
+        }]);
+        let policy = Policy::compile(&todos).unwrap();
+        let rule = "GET,POST /todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}";
+        let other = "GET,POST /command/{^(\\d\\d\\d)-([a-d]{4})$}";
+        check(
+            &policy,
+            &[
+                // The docs' rule only tests `var` 0, i.e. PC1 = `hh`.
+                (
+                    "GET",
+                    "/todos/hh/command/123-abcd",
+                    &["todos:hh"][..],
                     allow(rule),
                 ),
                 (
                     "GET",
-                    "/posts/7/comments",
-                    &["admin", "posts:8"][..],
-                    insufficient(rule, &["admin", "posts:7"]),
+                    "/todos/hh/command/123-abcd",
+                    &["todos:zz"][..],
+                    insufficient(rule, &["todos:hh"]),
                 ),
-                ("POST", "/posts/7", &["admin", "email"][..], allow(rule)),
+                // Anchored: Gluu's unanchored match would take `1234-abcde`.
+                (
+                    "GET",
+                    "/todos/hh/command/1234-abcde",
+                    &["todos:hh"][..],
+                    PolicyDecision::NoRule,
+                ),
+                // The same scopes, numbered from this path's own captures.
+                (
+                    "POST",
+                    "/command/123-abcd",
+                    &["command:123", "subcommand:abcd"][..],
+                    allow(other),
+                ),
+                (
+                    "POST",
+                    "/command/123-abcd",
+                    &["command:123", "subcommand:abcc"][..],
+                    insufficient(other, &["command:123", "subcommand:abcd"]),
+                ),
             ],
+        );
+        // All three captures bound: PC3 is `abcd`.
+        let all = json!({"GET /todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}":
+            "^todos:(?<PC1>.+)$ and ^command:(?<PC2>\\d\\d\\d)$ and ^subcommand:(?<PC3>[a-d]{4})$"});
+        let rule = "GET /todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}";
+        let granted = ["todos:hh", "command:123", "subcommand:abcd"];
+        check(
+            &Policy::compile(&all).unwrap(),
+            &[
+                (
+                    "GET",
+                    "/todos/hh/command/123-abcd",
+                    &granted[..],
+                    allow(rule),
+                ),
+                (
+                    "GET",
+                    "/todos/hh/command/123-abcc",
+                    &granted[..],
+                    insufficient(rule, &["todos:hh", "command:123", "subcommand:abcc"]),
+                ),
+            ],
+        );
+        // `/images/?/{(.+)\.(jpg|png)}`: PC1 the folder, PC2 the name, PC3 the type.
+        let images = json!([{"path": "/images/?/{(.+)\\.(jpg|png)}", "conditions": [{
+            "httpMethods": ["GET"],
+            "scope_expression": {
+                "rule": {"or": [{"var": 0}, {"and": [{"var": 1}, {"var": 2}]}]},
+                "data": ["^img:(?<PC1>[a-z]+)$", "^imgname:(?<PC2>.+)$", "^imgtype:(?<PC3>.+)$"]
+            }
+        }]}]);
+        let rule = "GET /images/?/{(.+)\\.(jpg|png)}";
+        check(
+            &Policy::compile(&images).unwrap(),
+            &[
+                ("GET", "/images/me/cat.png", &["img:me"][..], allow(rule)),
+                (
+                    "GET",
+                    "/images/me/cat.png",
+                    &["imgname:cat", "imgtype:png"][..],
+                    allow(rule),
+                ),
+                (
+                    "GET",
+                    "/images/me/cat.png",
+                    &["imgname:cat", "imgtype:jpg"][..],
+                    insufficient(rule, &["img:me"]),
+                ),
+                (
+                    "GET",
+                    "/images/me/cat.gif",
+                    &["img:me"][..],
+                    PolicyDecision::NoRule,
+                ),
+            ],
+        );
+        // A fourth capture does not exist, and the error says how many do.
+        let mut bad = images.clone();
+        bad[0]["conditions"][0]["scope_expression"]["data"][2] = json!("^imgtype:(?<PC4>.+)$");
+        let err = Policy::compile(&bad).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "policy rule `GET /images/?/{(.+)\\.(jpg|png)}`: scope `^imgtype:(?<PC4>.+)$` uses group `PC4` but the path has 3 capture(s)"
+        );
+    }
+
+    #[test]
+    fn optional_regex_group_is_absent() {
+        // `(x)?` that did not match: PC1 exists (numbering is stable) but is
+        // absent, so no scope satisfies it and the hint is the regex itself.
+        let policy =
+            Policy::compile(&json!({"GET /f/{a(x)?}/?": "^f:(?<PC1>.*)$ or ^g:(?<PC2>.+)$"}))
+                .unwrap();
+        let rule = "GET /f/{a(x)?}/?";
+        check(
+            &policy,
+            &[
+                ("GET", "/f/ax/1", &["f:x"][..], allow(rule)),
+                (
+                    "GET",
+                    "/f/a/1",
+                    &["f:"][..],
+                    insufficient(rule, &["^f:(?<PC1>.*)$"]),
+                ),
+                ("GET", "/f/a/1", &["g:1"][..], allow(rule)),
+            ],
+        );
+    }
+
+    #[test]
+    fn condition_without_data() {
+        // Gluu raised a Lua error (Kong: 500). Here a rule that reads no scope
+        // loads, with a warning; one that does is refused, saying why.
+        let policy = Policy::compile(&json!([
+            {"path": "/open", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": true}}]},
+            {"path": "/shut", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"!": true}, "data": null}}]},
+            {"path": "/empty", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": false, "data": []}}]}
+        ]))
+        .unwrap();
+        check(
+            &policy,
+            &[
+                ("GET", "/open", &[][..], allow("GET /open")),
+                ("GET", "/shut", &["x"][..], insufficient("GET /shut", &[])),
+                ("GET", "/empty", &[][..], insufficient("GET /empty", &[])),
+            ],
+        );
+        assert_eq!(
+            policy.warnings(),
+            [
+                "policy rule `GET /open`: `scope_expression` has no `data`, so its rule `true` tests no scope and allows every valid token (Gluu Gateway answered 500 for it)",
+                "policy rule `GET /shut`: `scope_expression` has no `data`, so its rule `{\"!\":true}` tests no scope and denies every request (Gluu Gateway answered 500 for it)",
+            ]
+        );
+        let err = Policy::compile(
+            &json!([{"path": "/x", "conditions": [{"httpMethods": ["GET"],
+            "scope_expression": {"rule": {"var": 0}}}]}]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy rule `GET /x`: `var` 0 is out of range: the condition has no `data` (list the scopes in `data`; Gluu Gateway failed on such a rule with a 500)"
         );
     }
 

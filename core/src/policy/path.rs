@@ -11,15 +11,28 @@
 //! * a literal, normalised like a request segment (`.`/`..` are refused);
 //! * `?`: exactly one segment, captured;
 //! * `{name}` where name is `[A-Za-z_][A-Za-z0-9_]*`: the same as `?`;
-//! * `{regex}`: one segment that the regex matches as a whole, captured; a
-//!   leading `^` and trailing `$` are stripped and the regex is wrapped as
-//!   `^(?:regex)$`, so `{[0-9]+}` does not match `abc123x`;
-//! * `??`: zero or more segments, at most one per pattern, captured as the
-//!   segments it consumed joined by `/` (empty when none). So `/x/??` matches
-//!   `/x`, `/x/y` and `/x/y/z` (capturing ``, `y`, `y/z`), and Gluu's
-//!   `/posts/??` with `^posts:(?<PC1>.+)$` needs `posts:1` for `/posts/1`.
+//! * `{regex}`: one segment that the regex matches as a whole; a leading `^`
+//!   and trailing `$` are stripped and the regex is wrapped as `^(?:regex)$`,
+//!   so `{[0-9]+}` does not match `abc123x` (Gluu matched unanchored, which
+//!   was a bug);
+//! * `??`: zero or more segments, at most one per pattern. So `/x/??` matches
+//!   `/x`, `/x/y` and `/x/y/z`.
 //!
-//! Captures are numbered `PC1`, `PC2`, … left to right.
+//! # Captures
+//!
+//! Captures are numbered `PC1`, `PC2`, … left to right, as Gluu documented:
+//! `?` and `{name}` capture their segment; `{regex}` captures one value per
+//! capture group of the regex (`(?:…)` is not a capture group), or the whole
+//! segment if it has none. So `/todos/?/command/{^(\d\d\d)-([a-d]{4})$}`
+//! on `/todos/hh/command/123-abcd` captures `hh`, `123`, `abcd`. A group that
+//! did not take part in the match (`b` in `{(a)|(b)}` on `a`) keeps its number
+//! and is *absent*: a scope that names it is never satisfied.
+//!
+//! `??` captures the segments it consumed joined by `/` (empty when none), so
+//! `/x/??` captures ``, `y`, `y/z` above. Gluu's format gives no capture for
+//! `??` nor for anything after it; since those come last, Gluu's numbering is
+//! this numbering cut at the `??` ([`Pattern::gluu_captures`]), and the walk
+//! records the same captures for both formats.
 //!
 //! # Match order
 //!
@@ -74,6 +87,8 @@ pub(crate) enum Seg {
     Regex {
         source: String,
         regex: Regex,
+        /// Its capture groups (0: the whole segment is the capture).
+        groups: usize,
     },
     Single,
     Multi,
@@ -83,7 +98,12 @@ pub(crate) enum Seg {
 #[derive(Debug, Clone)]
 pub(crate) struct Pattern {
     pub(crate) segments: Vec<Seg>,
+    /// How many captures a match makes (see the module documentation).
     pub(crate) captures: usize,
+    /// How many of them Gluu's format numbers: those before a `??`.
+    pub(crate) gluu_captures: usize,
+    /// Whether the pattern has a `??`.
+    pub(crate) multi: bool,
 }
 
 impl Pattern {
@@ -246,6 +266,7 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
     };
     let mut segments = Vec::new();
     let mut captures = 0usize;
+    let mut gluu_captures = None;
     let mut seen_multi = false;
     for part in split_pattern(pattern, rule)? {
         let seg = match part {
@@ -257,6 +278,7 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
                     });
                 }
                 seen_multi = true;
+                gluu_captures = Some(captures);
                 captures += 1;
                 Seg::Multi
             }
@@ -266,11 +288,11 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
             }
             _ => {
                 if let Some(inner) = braced(part) {
-                    captures += 1;
                     if inner.is_empty() {
                         return Err(bad(part, "empty `{}`"));
                     }
                     if is_identifier(inner) {
+                        captures += 1;
                         Seg::Single
                     } else {
                         let source = strip_anchors(inner).to_string();
@@ -283,7 +305,14 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
                         // wrapped it would escape the anchors.
                         Regex::new(&source).map_err(bad_regex)?;
                         let regex = Regex::new(&format!("^(?:{source})$")).map_err(bad_regex)?;
-                        Seg::Regex { source, regex }
+                        // The wrapper adds no group; group 0 is the whole match.
+                        let groups = regex.captures_len().saturating_sub(1);
+                        captures += groups.max(1);
+                        Seg::Regex {
+                            source,
+                            regex,
+                            groups,
+                        }
                     }
                 } else if part.contains(['{', '}']) {
                     return Err(bad(part, "`{...}` must be a whole segment"));
@@ -304,7 +333,12 @@ pub(crate) fn parse_pattern(pattern: &str, rule: &str) -> Result<Pattern, Policy
         };
         segments.push(seg);
     }
-    Ok(Pattern { segments, captures })
+    Ok(Pattern {
+        segments,
+        captures,
+        gluu_captures: gluu_captures.unwrap_or(captures),
+        multi: seen_multi,
+    })
 }
 
 #[derive(Debug, Default)]
@@ -321,8 +355,12 @@ struct Node {
 struct RegexChild {
     source: String,
     regex: Regex,
+    groups: usize,
     node: Node,
 }
+
+/// One path capture: `None` for a regex group that took no part in the match.
+pub(crate) type Capture<'p> = Option<&'p str>;
 
 /// Patterns compiled into a segment trie; each pattern carries a `usize` value
 /// (an index into the caller's rules).
@@ -345,7 +383,7 @@ impl Trie {
         &self,
         path: &'p str,
         accept: impl FnMut(usize) -> Option<T>,
-    ) -> Option<(T, Vec<&'p str>)> {
+    ) -> Option<(T, Vec<Capture<'p>>)> {
         let segments = split_path(path);
         let mut walk = Walk {
             path,
@@ -372,7 +410,11 @@ fn insert(node: &mut Node, mut rest: std::vec::IntoIter<Seg>, value: usize) -> R
         Seg::Literal(s) => insert(node.literal.entry(s).or_default(), rest, value),
         Seg::Single => insert(node.single.get_or_insert_with(Box::default), rest, value),
         Seg::Multi => insert(node.multi.get_or_insert_with(Box::default), rest, value),
-        Seg::Regex { source, regex } => {
+        Seg::Regex {
+            source,
+            regex,
+            groups,
+        } => {
             for child in node.regex.iter_mut() {
                 if child.source == source {
                     return insert(&mut child.node, rest, value);
@@ -381,6 +423,7 @@ fn insert(node: &mut Node, mut rest: std::vec::IntoIter<Seg>, value: usize) -> R
             let mut child = RegexChild {
                 source,
                 regex,
+                groups,
                 node: Node::default(),
             };
             insert(&mut child.node, rest, value)?;
@@ -393,7 +436,7 @@ fn insert(node: &mut Node, mut rest: std::vec::IntoIter<Seg>, value: usize) -> R
 struct Walk<'s, 'p, F> {
     path: &'p str,
     segments: &'s [&'p str],
-    captures: Vec<&'p str>,
+    captures: Vec<Capture<'p>>,
     accept: F,
 }
 
@@ -406,16 +449,16 @@ impl<'p, T, F: FnMut(usize) -> Option<T>> Walk<'_, 'p, F> {
                 }
             }
             for child in &node.regex {
-                if child.regex.is_match(segment) {
-                    if let Some(found) = self.captured(&child.node, pos, segment) {
-                        return Some(found);
-                    }
+                if let Some(found) = self.regex(child, pos, segment) {
+                    return Some(found);
                 }
             }
             if let Some(child) = &node.single {
-                if let Some(found) = self.captured(child, pos, segment) {
+                self.captures.push(Some(segment));
+                if let Some(found) = self.node(child, pos + 1) {
                     return Some(found);
                 }
+                self.captures.pop();
             }
         } else if let Some(value) = node.terminal {
             if let Some(found) = (self.accept)(value) {
@@ -424,7 +467,7 @@ impl<'p, T, F: FnMut(usize) -> Option<T>> Walk<'_, 'p, F> {
         }
         if let Some(child) = &node.multi {
             for next in pos..=self.segments.len() {
-                self.captures.push(self.span(pos, next));
+                self.captures.push(Some(self.span(pos, next)));
                 if let Some(found) = self.node(child, next) {
                     return Some(found);
                 }
@@ -455,11 +498,22 @@ impl<'p, T, F: FnMut(usize) -> Option<T>> Walk<'_, 'p, F> {
         self.path.get(start..end).unwrap_or("")
     }
 
-    fn captured(&mut self, child: &Node, pos: usize, segment: &'p str) -> Option<T> {
-        self.captures.push(segment);
-        let found = self.node(child, pos + 1);
+    /// Tries a `{regex}` child; its captures are its groups, or the segment.
+    fn regex(&mut self, child: &RegexChild, pos: usize, segment: &'p str) -> Option<T> {
+        let before = self.captures.len();
+        if child.groups == 0 {
+            if !child.regex.is_match(segment) {
+                return None;
+            }
+            self.captures.push(Some(segment));
+        } else {
+            let found = child.regex.captures(segment)?;
+            self.captures
+                .extend((1..=child.groups).map(|g| found.get(g).map(|m| m.as_str())));
+        }
+        let found = self.node(&child.node, pos + 1);
         if found.is_none() {
-            self.captures.pop();
+            self.captures.truncate(before);
         }
         found
     }
@@ -603,9 +657,30 @@ mod tests {
     #[test]
     fn captures_and_canonical() {
         let p = parse_pattern("/a/?/{id}/{^[0-9]+$}/??/b", "r").unwrap();
-        assert_eq!(p.captures, 4);
+        assert_eq!((p.captures, p.gluu_captures, p.multi), (4, 3, true));
         assert_eq!(p.canonical(), "/a/?/?/{[0-9]+}/??/b");
         assert_eq!(parse_pattern("/", "r").unwrap().canonical(), "/");
+        // (pattern, captures, Gluu's numbering): one per regex group, else one.
+        let cases: &[(&str, usize, usize)] = &[
+            ("/todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}", 3, 3),
+            ("/images/?/{(.+)\\.(jpg|png)}", 3, 3),
+            ("/comments/{\\d\\d\\d}", 1, 1),
+            ("/c/{(?:a|b)c}", 1, 1),
+            ("/c/{(?:a|b)(c)}", 1, 1),
+            ("/c/{(?<name>a)(b)}", 2, 2),
+            ("/posts/?/??", 2, 1),
+            ("/users/??/?", 2, 0),
+            ("/??", 1, 0),
+            ("/x/{(a)}/??/{(b)(c)}", 4, 1),
+        ];
+        for (pattern, captures, gluu) in cases {
+            let p = parse_pattern(pattern, pattern).unwrap();
+            assert_eq!(
+                (p.captures, p.gluu_captures),
+                (*captures, *gluu),
+                "{pattern}"
+            );
+        }
     }
 
     #[test]
@@ -628,6 +703,7 @@ mod tests {
     fn trie_order_and_backtracking() {
         // (patterns, path, index of the winner, captures)
         type Case<'a> = (&'a [&'a str], &'a str, Option<usize>, &'a [&'a str]);
+        // (Captures here all took part; `regex_group_captures` has absent ones.)
         let cases: &[Case<'_>] = &[
             (&["/??", "/posts"], "/posts/1", Some(0), &["posts/1"]),
             (&["/??", "/posts"], "/posts", Some(1), &[]),
@@ -658,6 +734,7 @@ mod tests {
                 None => assert!(got.is_none(), "{patterns:?} {path}: {got:?}"),
                 Some(w) => {
                     let (i, c) = got.unwrap();
+                    let c: Vec<&str> = c.into_iter().map(Option::unwrap).collect();
                     assert_eq!((i, c.as_slice()), (*w, *caps), "{patterns:?} {path}");
                 }
             }
@@ -676,8 +753,198 @@ mod tests {
         let t = trie(&["/a/b", "/a/?", "/??"]);
         // Pretend only pattern 1 and 2 have a condition for this method.
         let got = t.find("/a/b", |v| (v != 0).then_some(v));
-        assert_eq!(got, Some((1, vec!["b"])));
+        assert_eq!(got, Some((1, vec![Some("b")])));
         let got = t.find("/a/b", |v| (v == 2).then_some(v));
-        assert_eq!(got, Some((2, vec!["a/b"])));
+        assert_eq!(got, Some((2, vec![Some("a/b")])));
+    }
+
+    /// Gluu Gateway's own path tables: the "Dynamic Resource Protection"
+    /// examples of its docs (docs-gg-prod `plugin/common-features.md`, all
+    /// paths registered in one plugin) and its `t/specs/path-wildcard-tree`
+    /// test, which adds paths one at a time. Each case has Gluu's documented
+    /// winner, or ours with the reason where Gluu differs on purpose.
+    #[test]
+    fn gluu_path_tables() {
+        let docs = [
+            "/??",
+            "/folder/file.ext",
+            "/folder/file",
+            "/folder/?/file",
+            "/path/??",
+            "/path/??/image.jpg",
+            "/path/?/image.jpg",
+            "/path/{abc|xyz}/image.jpg",
+            "/users/?/{todos|photos}",
+            "/users/?/{todos|photos}/?",
+        ];
+        let docs_cases: &[(&str, &str)] = &[
+            ("/folder/file.ext", "/folder/file.ext"),
+            ("/folder/file2", "/??"),
+            ("/folder/file", "/folder/file"),
+            ("/folder/file/123", "/??"),
+            ("/folder/123/file", "/folder/?/file"),
+            ("/folder/xxx/file", "/folder/?/file"),
+            ("/path", "/path/??"),
+            ("/path/", "/path/??"),
+            ("/path/xxx", "/path/??"),
+            ("/path/xxx/yyy/file", "/path/??"),
+            ("/path/one/two/image.jpg", "/path/??/image.jpg"),
+            ("/path/image.jpg", "/path/??/image.jpg"),
+            ("/path/xxx/image.jpg", "/path/?/image.jpg"),
+            ("/path/abc/image.jpg", "/path/{abc|xyz}/image.jpg"),
+            ("/path/xyz/image.jpg", "/path/{abc|xyz}/image.jpg"),
+            ("/users/123/todos", "/users/?/{todos|photos}"),
+            ("/users/xxx/photos", "/users/?/{todos|photos}"),
+            ("/users/123/todos/321", "/users/?/{todos|photos}/?"),
+            ("/users/123/photos/321", "/users/?/{todos|photos}/?"),
+            // Ours, not Gluu's: a trailing `/` does not make another path
+            // here (Gluu matched `/folder/file/` as `/??` and let the last
+            // `?` of `/users/?/{todos|photos}/?` match the empty segment).
+            ("/folder/file/", "/folder/file"),
+            ("/users/123/todos/", "/users/?/{todos|photos}"),
+            // Ours: the regex must match the whole segment (Gluu's `abc|xyz`
+            // matched `abcd` and `xxyzz`).
+            ("/path/abcd/image.jpg", "/path/?/image.jpg"),
+            ("/users/1/todosx", "/??"),
+        ];
+        let t = trie(&docs);
+        for (raw, want) in docs_cases {
+            let path = crate::request::normalize_path(raw).unwrap();
+            let got = t.find(&path, Some).map(|(i, _)| docs[i]);
+            assert_eq!(got, Some(*want), "{raw}");
+        }
+
+        // The test script: (paths added so far, request, winner).
+        let script: &[(usize, &str, Option<&str>)] = &[
+            (1, "/folder/file.ext", Some("/folder/file.ext")),
+            (1, "/folder/file", None),
+            (2, "/folder/xxx/file", Some("/folder/?/file")),
+            (3, "/path/xxx/file", Some("/path/??")),
+            (3, "/path/", Some("/path/??")),
+            // Gluu's test said "slash is required before multiple wildcards"
+            // (no match); its later docs list `/path` as matched, as here.
+            (3, "/path", Some("/path/??")),
+            (4, "/path/one/two/image.jpg", Some("/path/??/image.jpg")),
+            (4, "/path/image.jpg", Some("/path/??/image.jpg")),
+            // "ensure wildcard has a priority on multiple wildcard"
+            (5, "/path/xxx/image.jpg", Some("/path/?/image.jpg")),
+            (6, "/path/abc/image.jpg", Some("/path/{abc|xyz}/image.jpg")),
+            (6, "/path/xyz/image.jpg", Some("/path/{abc|xyz}/image.jpg")),
+            // "regexp doesn't match, wildcard does"
+            (6, "/path/123/image.jpg", Some("/path/?/image.jpg")),
+            (7, "/users/123/todos", Some("/users/?/{todos|photos}")),
+            (9, "/users/123/todos/321", Some("/users/?/{todos|photos}/?")),
+            (
+                9,
+                "/users/123/todos/123",
+                Some("/users/?/{todos|photos}/123"),
+            ),
+            // Gluu: `/users/?/{todos|photos}/?` (empty last segment); ours
+            // ignores the trailing `/`, as above.
+            (9, "/users/123/todos/", Some("/users/?/{todos|photos}")),
+        ];
+        // (Gluu's script also sent each pattern itself as a request, e.g.
+        // `/folder/?/file`; in a URL `?` starts the query, so that request is
+        // `/folder/` here and is not repeated.)
+        let added = [
+            "/folder/file.ext",
+            "/folder/?/file",
+            "/path/??",
+            "/path/??/image.jpg",
+            "/path/?/image.jpg",
+            "/path/{abc|xyz}/image.jpg",
+            "/users/?/{todos|photos}",
+            "/users/?/{todos|photos}/?",
+            "/users/?/{todos|photos}/123",
+        ];
+        for (n, raw, want) in script {
+            let patterns = added.get(..*n).unwrap();
+            let path = crate::request::normalize_path(raw).unwrap();
+            let got = trie(patterns).find(&path, Some).map(|(i, _)| added[i]);
+            assert_eq!(got, *want, "{n} patterns, {raw}");
+        }
+    }
+
+    #[test]
+    fn regex_group_captures() {
+        // (patterns, path, winner, captures): Gluu's documented examples first.
+        type Case<'a> = (&'a [&'a str], &'a str, Option<usize>, &'a [Option<&'a str>]);
+        let cases: &[Case<'_>] = &[
+            (
+                &["/todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}"],
+                "/todos/hh/command/123-abcd",
+                Some(0),
+                &[Some("hh"), Some("123"), Some("abcd")],
+            ),
+            (
+                &["/images/?/{(.+)\\.(jpg|png)}"],
+                "/images/me/cat.png",
+                Some(0),
+                &[Some("me"), Some("cat"), Some("png")],
+            ),
+            // Greedy `(.+)` takes all it can, as PCRE does.
+            (
+                &["/images/?/{(.+)\\.(jpg|png)}"],
+                "/images/me/a.b.jpg",
+                Some(0),
+                &[Some("me"), Some("a.b"), Some("jpg")],
+            ),
+            (
+                &["/images/?/{(.+)\\.(jpg|png)}"],
+                "/images/me/cat.gif",
+                None,
+                &[],
+            ),
+            // Anchored (Gluu was not): `abcde` is not `[a-d]{4}` as a whole.
+            (
+                &["/todos/?/command/{^(\\d\\d\\d)-([a-d]{4})$}"],
+                "/todos/hh/command/123-abcde",
+                None,
+                &[],
+            ),
+            (
+                &["/comments/{\\d\\d\\d}"],
+                "/comments/123",
+                Some(0),
+                &[Some("123")],
+            ),
+            (&["/c/{(?:a|b)c}"], "/c/bc", Some(0), &[Some("bc")]),
+            // A group that takes no part keeps its number and is absent
+            // (Gluu's Lua took a first absent group for "no groups" and
+            // captured the whole segment instead, shifting the numbers).
+            (
+                &["/c/{(a)|(b)}/?"],
+                "/c/b/x",
+                Some(0),
+                &[None, Some("b"), Some("x")],
+            ),
+            (
+                &["/c/{(a)|(b)}/?"],
+                "/c/a/x",
+                Some(0),
+                &[Some("a"), None, Some("x")],
+            ),
+            (&["/c/{x(y)?}"], "/c/x", Some(0), &[None]),
+            // A regex branch that dead-ends gives its captures back.
+            (
+                &["/r/{(a)(b)}/z", "/r/?/y"],
+                "/r/ab/y",
+                Some(1),
+                &[Some("ab")],
+            ),
+            (
+                &["/posts/?/??"],
+                "/posts/1/a/b",
+                Some(0),
+                &[Some("1"), Some("a/b")],
+            ),
+        ];
+        for (patterns, path, want, caps) in cases {
+            let got = trie(patterns).find(path, Some);
+            match want {
+                None => assert!(got.is_none(), "{patterns:?} {path}: {got:?}"),
+                Some(w) => assert_eq!(got, Some((*w, caps.to_vec())), "{patterns:?} {path}"),
+            }
+        }
     }
 }

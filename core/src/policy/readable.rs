@@ -2,14 +2,14 @@
 //! into a [`Check`]; the condition's scope list is collected from the text.
 
 use super::expr::{Check, Expr, Lit, MAX_DEPTH};
-use super::scope::Scope;
+use super::scope::{Captures, Scope};
 use super::PolicyError;
 
 impl Check {
     /// The readable form, e.g. `read and (fido or otp)`.
     pub(crate) fn from_readable(
         text: &str,
-        captures: usize,
+        captures: Captures,
         name: &str,
     ) -> Result<Check, PolicyError> {
         let mut parser = Parser {
@@ -191,6 +191,7 @@ mod tests {
 
     use super::*;
     use crate::policy::expr::tests::strings;
+    use crate::policy::scope::Captures;
 
     #[test]
     fn readable_parsing() {
@@ -280,7 +281,7 @@ mod tests {
             ("((a)", "unbalanced `(`"),
         ];
         for (text, fragment) in cases {
-            let err = Check::from_readable(text, 0, "GET /r").unwrap_err();
+            let err = Check::from_readable(text, Captures::up_to(0), "GET /r").unwrap_err();
             let message = err.to_string();
             assert!(
                 matches!(err, PolicyError::BadExpression { .. }) && message.contains(fragment),
@@ -289,7 +290,7 @@ mod tests {
             assert!(message.contains("GET /r"), "{message}");
         }
         let deep = format!("{}a{}", "(".repeat(100), ")".repeat(100));
-        assert!(Check::from_readable(&deep, 0, "r")
+        assert!(Check::from_readable(&deep, Captures::up_to(0), "r")
             .unwrap_err()
             .to_string()
             .contains("nested too deeply"));

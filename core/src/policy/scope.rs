@@ -10,7 +10,28 @@
 
 use regex_lite::Regex;
 
+use super::path::Capture;
 use super::PolicyError;
+
+/// The `PCn` groups a rule's scopes may name, checked at load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Captures {
+    /// `PC1` … `PC{available}` exist.
+    pub(crate) available: usize,
+    /// Gluu's format on a pattern with `??`: the numbers stop at the `??`,
+    /// which the error then says.
+    pub(crate) cut_at_multi: bool,
+}
+
+impl Captures {
+    /// `PC1` … `PC{n}`, with nothing more to say when a higher one is named.
+    pub(crate) fn up_to(n: usize) -> Captures {
+        Captures {
+            available: n,
+            cut_at_multi: false,
+        }
+    }
+}
 
 /// A piece of a scope regex that [`ScopePattern::fill`] can turn back into a scope.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +224,7 @@ fn literal_prefix(source: &str) -> String {
 }
 
 impl ScopePattern {
-    fn accepts(&self, scope: &str, captures: &[&str]) -> bool {
+    fn accepts(&self, scope: &str, captures: &[Capture<'_>]) -> bool {
         if !scope.starts_with(self.prefix.as_str()) {
             return false;
         }
@@ -213,19 +234,24 @@ impl ScopePattern {
         let Some(found) = self.regex.captures(scope) else {
             return false;
         };
+        // An absent path capture (a regex group that took no part) is never
+        // equal to anything, not even to a scope group that is absent too.
         self.groups.iter().all(|&(group, capture)| {
-            found.get(group).map(|m| m.as_str()) == captures.get(capture).copied()
+            match (found.get(group), captures.get(capture).copied().flatten()) {
+                (Some(m), Some(c)) => m.as_str() == c,
+                _ => false,
+            }
         })
     }
 
     /// The concrete scope this regex asks for given the path captures, if it
     /// is a template and the result really is accepted.
-    fn fill(&self, captures: &[&str]) -> Option<String> {
+    fn fill(&self, captures: &[Capture<'_>]) -> Option<String> {
         let mut out = String::new();
         for piece in self.template.as_ref()? {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Capture(i) => out.push_str(captures.get(*i)?),
+                Piece::Capture(i) => out.push_str(captures.get(*i).copied().flatten()?),
             }
         }
         self.accepts(&out, captures).then_some(out)
@@ -233,8 +259,12 @@ impl ScopePattern {
 }
 
 impl Scope {
-    /// `captures` is how many captures the rule's path pattern makes.
-    pub(crate) fn compile(text: &str, captures: usize, rule: &str) -> Result<Scope, PolicyError> {
+    /// `captures` says which `PCn` the rule's path pattern makes.
+    pub(crate) fn compile(
+        text: &str,
+        captures: Captures,
+        rule: &str,
+    ) -> Result<Scope, PolicyError> {
         let bad = |problem: String| PolicyError::BadScope {
             rule: rule.to_string(),
             scope: text.to_string(),
@@ -255,12 +285,19 @@ impl Scope {
             let Some(n) = name.and_then(capture_number) else {
                 continue;
             };
-            if n == 0 || n > captures {
+            if n == 0 || n > captures.available {
+                let note = if captures.cut_at_multi && n > 0 {
+                    " before its `??` (in Gluu's format `??` and the segments after it capture \
+                     nothing, as in Gluu; the readable form numbers them)"
+                } else {
+                    ""
+                };
                 return Err(PolicyError::CaptureOutOfRange {
                     rule: rule.to_string(),
                     scope: text.to_string(),
                     group: name.unwrap_or_default().to_string(),
-                    captures,
+                    captures: captures.available,
+                    note: note.to_string(),
                 });
             }
             groups.push((index, n - 1));
@@ -274,14 +311,14 @@ impl Scope {
         }))
     }
 
-    pub(super) fn granted(&self, scopes: &[String], captures: &[&str]) -> bool {
+    pub(super) fn granted(&self, scopes: &[String], captures: &[Capture<'_>]) -> bool {
         match self {
             Scope::Plain(p) => scopes.iter().any(|s| s == p),
             Scope::Pattern(p) => scopes.iter().any(|s| p.accepts(s, captures)),
         }
     }
 
-    pub(super) fn hint(&self, captures: &[&str]) -> String {
+    pub(super) fn hint(&self, captures: &[Capture<'_>]) -> String {
         match self {
             Scope::Plain(p) => p.clone(),
             Scope::Pattern(p) => p.fill(captures).unwrap_or_else(|| p.source.clone()),
@@ -295,7 +332,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::policy::expr::tests::{logic, strings};
+    use crate::policy::expr::tests::{caps, logic, strings};
     use serde_json::json;
 
     #[test]
@@ -309,12 +346,13 @@ mod tests {
             ("^t:(?<PC0>[0-9]+)$", 1, "CaptureOutOfRange"),
             ("^t:(?<pc3>[0-9]+)$", 2, "CaptureOutOfRange"),
         ];
+        let limit = Captures::up_to;
         for (scope, captures, want) in cases {
-            let err = Scope::compile(scope, *captures, "r").unwrap_err();
+            let err = Scope::compile(scope, limit(*captures), "r").unwrap_err();
             assert!(format!("{err:?}").starts_with(want), "{scope}: {err:?}");
         }
-        assert!(Scope::compile("^t:(?<PC2>.+)$", 2, "r").is_ok());
-        assert!(Scope::compile("^t:(?<other>.+)$", 0, "r").is_ok());
+        assert!(Scope::compile("^t:(?<PC2>.+)$", limit(2), "r").is_ok());
+        assert!(Scope::compile("^t:(?<other>.+)$", limit(0), "r").is_ok());
     }
 
     #[test]
@@ -334,19 +372,26 @@ mod tests {
             (&["transactions:"], &[""], false),
             (&["xtransactions:45"], &["45"], false),
         ];
-        for (granted, caps, want) in cases {
+        for (granted, path, want) in cases {
             assert_eq!(
-                check.allows(&strings(granted), caps),
+                check.allows(&strings(granted), &caps(path)),
                 *want,
-                "{granted:?} {caps:?}"
+                "{granted:?} {path:?}"
             );
         }
         let p_spelling = logic(json!({"var": 0}), &["^t:(?P<PC2>.+)$"], 2);
-        assert!(p_spelling.allows(&strings(&["t:b"]), &["a", "b"]));
-        assert!(!p_spelling.allows(&strings(&["t:a"]), &["a", "b"]));
+        assert!(p_spelling.allows(&strings(&["t:b"]), &caps(&["a", "b"])));
+        assert!(!p_spelling.allows(&strings(&["t:a"]), &caps(&["a", "b"])));
         let no_groups = logic(json!({"var": 0}), &["^posts:.+$"], 0);
         assert!(no_groups.allows(&strings(&["posts:1"]), &[]));
         assert!(!no_groups.allows(&strings(&["posts:"]), &[]));
+        // An absent capture (a regex group that took no part) satisfies
+        // nothing, not even an optional scope group that is absent too.
+        let optional = logic(json!({"var": 0}), &["^t:x(?<PC1>y)?$"], 1);
+        assert!(!optional.allows(&strings(&["t:x"]), &[None]));
+        assert!(!optional.allows(&strings(&["t:xy"]), &[None]));
+        assert!(optional.allows(&strings(&["t:xy"]), &[Some("y")]));
+        assert_eq!(optional.required(&[None]), strings(&["^t:x(?<PC1>y)?$"]));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(crate) enum CheckSource {
     Logic {
         rule: Value,
         data: Vec<String>,
+        /// `data` was left out (or `null`): Gluu failed on such a condition
+        /// at request time (a Lua error, so Kong answered 500).
+        no_data: bool,
     },
     Readable(String),
 }
@@ -153,13 +156,14 @@ fn gluu_condition(value: &Value, path: &str, rule: &str) -> Result<ConditionSour
             let logic = expr
                 .get("rule")
                 .ok_or_else(|| malformed(rule, "`scope_expression` is missing `rule`"))?;
-            let data = match expr.get("data") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(d) => strings(d, "data", rule)?,
+            let (data, no_data) = match expr.get("data") {
+                None | Some(Value::Null) => (Vec::new(), true),
+                Some(d) => (strings(d, "data", rule)?, false),
             };
             CheckSource::Logic {
                 rule: logic.clone(),
                 data,
+                no_data,
             }
         }
         Some(_) => {
