@@ -601,6 +601,9 @@ fn compile(
             ));
         }
     }
+    if let Some(uma) = &uma {
+        warnings.extend(uma.warnings());
+    }
 
     Ok(Config {
         warnings,

@@ -201,6 +201,19 @@ impl Uma {
             })
     }
 
+    /// What the resources' policies warn about at load, each named.
+    pub fn warnings(&self) -> Vec<String> {
+        self.resources
+            .iter()
+            .flat_map(|r| {
+                r.policy
+                    .warnings()
+                    .iter()
+                    .map(move |w| format!("uma resource {:?}: {w}", r.id))
+            })
+            .collect()
+    }
+
     /// The permission request for `resource` and `scopes`, with the PAT.
     pub fn ticket_callout(
         &self,
