@@ -448,6 +448,18 @@ fn client_token(
     client: usize,
     now: u64,
 ) -> Result<Rc<str>, Verdict> {
+    client_token_once(config, state, client, true, now)
+}
+
+/// [`client_token`] (`retry_adopted`: again, if another worker's discovery
+/// document was adopted for the token endpoint).
+fn client_token_once(
+    config: &Config,
+    state: &mut State,
+    client: usize,
+    retry_adopted: bool,
+    now: u64,
+) -> Result<Rc<str>, Verdict> {
     let keys = &state.keys;
     let discovered = |issuer: usize| keys.discovered(issuer).and_then(|e| e.token.clone());
     let wait = state
@@ -472,10 +484,15 @@ fn client_token(
         TokenWait::NeedsDiscovery(issuer) if state.keys.keys(issuer).is_some() => Err(unavailable(
             "the issuer's discovery document has no usable token_endpoint".into(),
         )),
-        TokenWait::NeedsDiscovery(issuer) => {
-            let wait = state.keys.load_for_request(issuer, now);
-            Err(Verdict::from_key_wait(config, wait, issuer, None))
-        }
+        TokenWait::NeedsDiscovery(issuer) => match state.keys.load_for_request(issuer, now) {
+            // A worker's first requests after start: the document another
+            // worker fetched, adopted just now, names the token endpoint.
+            // Without this, a request without any token got a 401 "unknown kid".
+            KeyWait::Adopted if retry_adopted => {
+                client_token_once(config, state, client, false, now)
+            }
+            wait => Err(Verdict::from_key_wait(config, wait, issuer, None)),
+        },
         TokenWait::Unavailable(cause) => Err(unavailable(cause)),
     }
 }
@@ -567,22 +584,31 @@ fn ticket(
         }
         Err(wait) => return wait,
     };
-    let discovered = state
-        .keys
-        .discovered(uma.issuer)
-        .and_then(|e| e.permission.clone());
-    let endpoint = match (&uma.permission_endpoint, discovered) {
+    let discovered = |state: &State| {
+        state
+            .keys
+            .discovered(uma.issuer)
+            .and_then(|e| e.permission.clone())
+    };
+    let no_endpoint = || {
+        Verdict::Deny(Denial::UmaUnavailable {
+            cause: "the discovery document has no usable permission_endpoint".into(),
+        })
+    };
+    let endpoint = match (&uma.permission_endpoint, discovered(state)) {
         (Some(endpoint), _) => endpoint.clone(),
         (None, Some(endpoint)) => endpoint,
-        (None, None) if state.keys.keys(uma.issuer).is_some() => {
-            return Verdict::Deny(Denial::UmaUnavailable {
-                cause: "the discovery document has no usable permission_endpoint".into(),
-            })
-        }
-        (None, None) => {
-            let wait = state.keys.load_for_request(uma.issuer, now);
-            return Verdict::from_key_wait(config, wait, uma.issuer, None);
-        }
+        (None, None) if state.keys.keys(uma.issuer).is_some() => return no_endpoint(),
+        (None, None) => match state.keys.load_for_request(uma.issuer, now) {
+            // Another worker's discovery document, adopted just now (a
+            // worker's first requests after start): look again. Without
+            // this, a request without any token got a 401 "unknown kid".
+            KeyWait::Adopted => match discovered(state) {
+                Some(endpoint) => endpoint,
+                None => return no_endpoint(),
+            },
+            wait => return Verdict::from_key_wait(config, wait, uma.issuer, None),
+        },
     };
     Verdict::Callout {
         callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
@@ -1691,6 +1717,85 @@ mod tests {
             run(&c, &mut s, &bearer(&token), "/"),
             Verdict::Allow(_)
         ));
+    }
+
+    /// A worker that has not fetched anything yet adopts the discovery
+    /// document and keys another worker published: its first UMA request
+    /// without an RPT goes on to the PAT and the ticket, whether the PAT's
+    /// token endpoint is discovered or fixed (before the fix, a 401 "unknown
+    /// kid", seen on the demo's first request after start).
+    #[test]
+    fn a_worker_adopting_the_uma_discovery_goes_on_to_the_pat_and_the_ticket() {
+        for pat_endpoint in [
+            r#""issuer":"https://issuer.test""#,
+            r#""token_endpoint":"https://issuer.test/token","upstream":"as""#,
+        ] {
+            let json = format!(
+                r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],
+                    "discovery":"uma2-configuration","upstream":"as"}}],
+                  "clients":{{"pat":{{{pat_endpoint},"client_id":"rs","client_secret":"rs-secret"}}}},
+                  "uma":{{"issuer":"https://issuer.test","client":"pat",
+                    "resources":[{{"resource_id":"photos","policy":{{"GET /photos/??":"view"}}}}]}}}}"#
+            );
+            let c = Config::from_json(json.as_bytes()).unwrap();
+            let now = vectors().now;
+            let store = std::rc::Rc::new(crate::services::testing::MemoryStore::default());
+            let worker = |id| {
+                let mut s = State::new(&c);
+                s.share_through(store.clone(), id);
+                s
+            };
+            // The first worker loads the discovery document and the keys.
+            let mut first = worker(1);
+            assert!(matches!(
+                first.keys.load_for_request(0, now),
+                KeyWait::Fetch { .. }
+            ));
+            let discovery = reply(
+                200,
+                r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys",
+                    "token_endpoint":"https://issuer.test/token","permission_endpoint":"https://issuer.test/perm"}"#,
+            );
+            let _ = first
+                .keys
+                .on_reply(0, FetchStep::Discovery, &discovery, now);
+            let jwks = String::from_utf8(vectors().jwks).unwrap();
+            assert!(matches!(
+                first
+                    .keys
+                    .on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now),
+                crate::keys::FetchProgress::Loaded { .. }
+            ));
+
+            let mut second = worker(2);
+            let Verdict::Callout {
+                callout,
+                resume: Resume::ClientToken { client: 0 },
+            } = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("the second worker does not ask for the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/token");
+            let pat = reply(
+                200,
+                r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+            );
+            let _ = super::resume(
+                &c,
+                &mut second,
+                Resume::ClientToken { client: 0 },
+                Ok(&pat),
+                now,
+            );
+            let Verdict::Callout {
+                callout,
+                resume: Resume::Ticket(_),
+            } = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("no ticket request with the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/perm");
+        }
     }
 
     #[test]
