@@ -5,6 +5,7 @@
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
+#   make demo-uma      against a running `make demo`: the UMA and upstream OAuth walk-through (prints each exchange)
 #   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
@@ -40,10 +41,10 @@ PYTEST_ARGS    ?=
 NATIVE_TEST_ARGS ?= --workspace
 
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool compose build test fmt-check clippy test-native test-wasm \
-        test-integration demo bench bench-noop wrk bench-policy vectors
+        test-integration demo demo-uma bench bench-noop wrk bench-policy vectors
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 setup: demo-setup wasm-bindgen node-deps compose-tool
@@ -132,6 +133,10 @@ test-integration: $(VENV_STAMP)
 # ---------------------------------------------------------------- other
 demo: demo-setup build
 	$(VPY) demo/run.py
+
+# Seed 001's UMA flows and seed 003's upstream OAuth, as a client; needs `make demo` running.
+demo-uma: $(VENV_STAMP)
+	$(VPY) demo/uma_walkthrough.py
 
 # The compose files are rendered from envoy/demo.yaml (the one source of truth), and committed.
 compose: $(VENV_STAMP)

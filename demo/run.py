@@ -30,9 +30,18 @@ WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
 LOGS = None  # a temporary directory, made by main()
 # The demo's authorization server; demo/docker-compose.yml runs it with the same
 # arguments (tests/test_compose.py checks that they agree).
+# resource-server is the PEP's own client for its protection API token (the filter's
+# `clients.pat`), gateway the client whose token upstream OAuth sends to /backend
+# (`clients.backend`). The UMA resources photos and vault are registered at start
+# (envoy/demo.yaml's `uma.resources` name them); vault's scope "open" carries seed
+# 001's claims policy (country=US, city=NY), photos' scopes none.
 AUTHSERVER_ARGS = ["--port", "9000", "--issuer", "http://127.0.0.1:9000",
                    "--client", "demo-client:demo-secret:read write",
-                   "--client", "reader:reader-secret:read", "--audience", "demo-api"]
+                   "--client", "reader:reader-secret:read",
+                   "--client", "resource-server:rs-secret:uma_protection",
+                   "--client", "gateway:gateway-secret:backend.read", "--audience", "demo-api",
+                   "--uma-resource", "photos:view,edit", "--uma-resource", "vault:open",
+                   "--uma-claims-scope", "open"]
 ECHO_ARGS = ["--port", "9001"]
 
 procs = []
@@ -137,6 +146,9 @@ oauth-pep demo is up (logs in %s). Try, in another terminal:
   curl -i http://127.0.0.1:10000/health                                                    # 200: a public path
   OPAQUE=$(curl -s -u demo-client:demo-secret -d grant_type=client_credentials -d token_format=opaque http://127.0.0.1:9000/token | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])')
   curl -i -H "Authorization: Bearer $OPAQUE" http://127.0.0.1:10000/api/hello             # 200: an opaque token, introspected once, then cached
+  curl -i http://127.0.0.1:10000/photos/1                                                  # 401, WWW-Authenticate: UMA realm="demo", as_uri=..., ticket=...
+  curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/backend/reports         # 200: the upstream got the gateway's own token (upstream OAuth)
+  make demo-uma                                                                            # seed 001's UMA flows and seed 003's upstream OAuth, step by step
 
 Discovery: http://127.0.0.1:9000/.well-known/openid-configuration   JWKS: http://127.0.0.1:9000/jwks
 Envoy admin: http://127.0.0.1:9901/   Press Ctrl-C to stop.

@@ -9,7 +9,8 @@ Usage:
     python tests/authserver.py --port 9000 --issuer http://127.0.0.1:9000 \
         [--keys tests/keys] [--client ID:SECRET:"SCOPE SCOPE"]... \
         [--audience demo-api]... [--token-alg RS256] \
-        [--introspection-client ID:SECRET]...
+        [--introspection-client ID:SECRET]... \
+        [--uma-resource ID:SCOPE,SCOPE]... [--uma-claims-scope SCOPE]...
 
 Endpoints:
     GET  /.well-known/openid-configuration   (also /.well-known/oauth-authorization-server)
@@ -98,7 +99,17 @@ UMA 2.0 (seed 001's flows; see README "UMA 2.0"):
                         new ticket and redirect_user
     GET  /uma/gather_claims?ticket=T&claims_redirect_uri=U&country=US&city=NY
                         -> 302 to U?ticket=NEW (an HTML form without country/city)
-    POST /_test/reset   reset modes, keys, counters and opaque tokens
+    POST /_test/reset   reset modes, keys, counters and opaque tokens (the
+                        --uma-resource registrations stay)
+
+    --uma-resource ID:SCOPE,SCOPE   a resource registered at start, with `_id`
+                        ID, as its resource server would with its PAT (the
+                        filter's `uma.resources` name these ids)
+    --uma-claims-scope SCOPE   seed 001's policy (country=US and city=NY) is
+                        attached to this scope, as Gluu attaches an
+                        uma_rpt_policy to a UMA scope: a ticket asking for it
+                        gets need_info until the claims are there; other
+                        scopes need none (unless /_test/uma require_claims)
 
 Prints READY on stdout once listening. Logs go to stderr.
 """
@@ -273,6 +284,13 @@ class State:
             cid, _, secret = spec.partition(":")
             self.introspection_clients[cid] = secret
         self.token_alg = args.token_alg
+        self.preregistered = {}
+        for spec in args.uma_resource or []:
+            rid, sep, scopes = spec.partition(":")
+            if not rid or not sep or not scopes:
+                raise SystemExit("--uma-resource %r: expected ID:SCOPE,SCOPE" % spec)
+            self.preregistered[rid] = {"name": rid, "resource_scopes": scopes.split(",")}
+        self.claims_scopes = set(args.uma_claims_scope or [])
         self.lock = threading.Lock()
         # JWTs this server signed (token -> claims): they introspect as
         # themselves. Kept across resets (a token stays issued).
@@ -304,7 +322,7 @@ class State:
             # UMA 2.0: registered resources, tickets, the permission
             # endpoint's fault mode, and whether seed 001's claims policy
             # (country=US and city=NY) applies.
-            self.uma_resources = {}  # id -> {"name", "resource_scopes"}
+            self.uma_resources = {rid: dict(r) for rid, r in self.preregistered.items()}  # id -> {"name", "resource_scopes"}
             self.tickets = {}  # ticket -> {"permissions": [...], "claims": {...}}
             self.permission_mode = "ok"
             self.permission_requests = []
@@ -765,10 +783,12 @@ class Handler(BaseHTTPRequestHandler):
         ticket = f.get("ticket")
         with st.lock:
             entry = st.tickets.pop(ticket, None) if ticket else None
-            require = st.uma_require_claims
+            require_all = st.uma_require_claims
             rpt_format, lifetime = st.rpt_format, st.rpt_expires_in
         if entry is None:
             return self._oauth_error(400, "invalid_grant", "the ticket is unknown or was used")
+        require = require_all or any(s in st.claims_scopes for p in entry["permissions"]
+                                     for s in p["resource_scopes"])
         claims = dict(entry["claims"])
         if f.get("claim_token"):
             # Pushed claims (§3.3.1): base64url JSON, a format this demo server defines.
@@ -1027,6 +1047,9 @@ def main(argv=None):
     ap.add_argument("--token-alg", default="RS256")
     ap.add_argument("--introspection-client", action="append",
                     help="ID:SECRET allowed to call /introspect (repeatable; default pep:pep-secret)")
+    ap.add_argument("--uma-resource", action="append", help="ID:SCOPE,SCOPE registered at start (repeatable)")
+    ap.add_argument("--uma-claims-scope", action="append",
+                    help="a UMA scope that needs the claims country=US, city=NY (repeatable)")
     args = ap.parse_args(argv)
     if args.issuer is None:
         args.issuer = "http://%s:%d" % (args.host, args.port)

@@ -1709,6 +1709,86 @@ mod tests {
         ));
     }
 
+
+    /// A worker that has not fetched anything yet adopts the discovery
+    /// document and keys another worker published: its first UMA request
+    /// without an RPT goes on to the PAT and the ticket, whether the PAT's
+    /// token endpoint is discovered or fixed (before the fix, a 401 "unknown
+    /// kid", seen on the demo's first request after start).
+    #[test]
+    fn a_worker_adopting_the_uma_discovery_goes_on_to_the_pat_and_the_ticket() {
+        for pat_endpoint in [
+            r#""issuer":"https://issuer.test""#,
+            r#""token_endpoint":"https://issuer.test/token","upstream":"as""#,
+        ] {
+            let json = format!(
+                r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],
+                    "discovery":"uma2-configuration","upstream":"as"}}],
+                  "clients":{{"pat":{{{pat_endpoint},"client_id":"rs","client_secret":"rs-secret"}}}},
+                  "uma":{{"issuer":"https://issuer.test","client":"pat",
+                    "resources":[{{"resource_id":"photos","policy":{{"GET /photos/??":"view"}}}}]}}}}"#
+            );
+            let c = Config::from_json(json.as_bytes()).unwrap();
+            let now = vectors().now;
+            let store = std::rc::Rc::new(crate::services::testing::MemoryStore::default());
+            let worker = |id| {
+                let mut s = State::new(&c);
+                s.share_through(store.clone(), id);
+                s
+            };
+            // The first worker loads the discovery document and the keys.
+            let mut first = worker(1);
+            assert!(matches!(
+                first.keys.load_for_request(0, now),
+                KeyWait::Fetch { .. }
+            ));
+            let discovery = reply(
+                200,
+                r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys",
+                    "token_endpoint":"https://issuer.test/token","permission_endpoint":"https://issuer.test/perm"}"#,
+            );
+            let _ = first
+                .keys
+                .on_reply(0, FetchStep::Discovery, &discovery, now);
+            let jwks = String::from_utf8(vectors().jwks).unwrap();
+            assert!(matches!(
+                first
+                    .keys
+                    .on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now),
+                crate::keys::FetchProgress::Loaded { .. }
+            ));
+
+            let mut second = worker(2);
+            let Verdict::Callout {
+                callout,
+                resume: Resume::ClientToken { client: 0 },
+            } = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("the second worker does not ask for the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/token");
+            let pat = reply(
+                200,
+                r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+            );
+            let _ = super::resume(
+                &c,
+                &mut second,
+                Resume::ClientToken { client: 0 },
+                Ok(&pat),
+                now,
+            );
+            let Verdict::Callout {
+                callout,
+                resume: Resume::Ticket(_),
+            } = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("no ticket request with the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/perm");
+        }
+    }
+
     #[test]
     fn while_the_server_is_down_requests_retry_at_most_once_a_second() {
         let c = fetched_config();
