@@ -1709,7 +1709,6 @@ mod tests {
         ));
     }
 
-
     /// A worker that has not fetched anything yet adopts the discovery
     /// document and keys another worker published: its first UMA request
     /// without an RPT goes on to the PAT and the ticket, whether the PAT's
