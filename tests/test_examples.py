@@ -3,6 +3,7 @@ the filter's on_configure, so a refused filter configuration fails it), and
 the main ones really run against tests/authserver.py and tests/echo.py: 200
 with a good token, 401 without, and what each file is about."""
 
+import base64
 import json
 
 import pytest
@@ -16,11 +17,19 @@ VALIDATE_ONLY = {"tls-authserver.yaml"}
 FILES = sorted(p.name for p in ENVOY_DIR.glob("*.yaml"))
 
 
+# The demo's own clients beside the defaults (demo/run.py): the UMA resource
+# server (its PAT) and the gateway's client for upstream OAuth.
+DEMO_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{"resource-server": ("rs-secret", "uma_protection"),
+                                                "gateway": ("gateway-secret", "backend.read")})
+
+
 @pytest.fixture(scope="module")
 def demo_as(tmp_path_factory):
     """The authorization server as the demo runs it: audience demo-api, clients
-    demo-client (read write), reader (read), admin (read write admin)."""
-    a = harness.AuthServer.start(tmp_path_factory.mktemp("as"), audience="demo-api")
+    demo-client (read write), reader (read), admin (read write admin),
+    resource-server (uma_protection), gateway (backend.read); UMA resource photos."""
+    a = harness.AuthServer.start(tmp_path_factory.mktemp("as"), audience="demo-api", clients=DEMO_CLIENTS)
+    a.uma(resources={"photos": ["view", "edit"]})
     yield a
     a.stop()
 
@@ -44,7 +53,7 @@ def run(request, tmp_path, wasm, echo, demo_as):
 def test_every_file_is_listed():
     assert {"jwt-inline-jwks.yaml", "jwt-discovery.yaml", "introspection.yaml", "policy-gluu.yaml",
             "policy-readable.yaml", "several-issuers.yaml", "two-routes.yaml", "tls-authserver.yaml",
-            "access-log.yaml", "demo.yaml"} <= set(FILES)
+            "access-log.yaml", "demo.yaml", "uma.yaml", "upstream-oauth.yaml"} <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -165,3 +174,31 @@ def test_access_log_has_the_reason(run, demo_as):
     assert by_path["/api/none"] == ["401", "token_missing"]
     assert by_path["/api/old"] == ["401", "token_expired"]
     assert by_path["/api/ok"] == ["200", "-"]
+
+
+def test_uma_ticket_then_rpt(run, demo_as):
+    env = run("uma.yaml")
+    def ticketed():
+        r = env.get("/photos/1")
+        # A list: a 401 Response is falsy.
+        return [r] if r.headers.get("www-authenticate", "").startswith("UMA ") else None
+
+    r = harness.wait_until(ticketed, 20, what="a UMA ticket")[0]
+    assert r.status_code == 401
+    body = r.json()
+    assert body["reason"] == "uma_ticket" and body["as_uri"] == demo_as.issuer, body
+    rpt = demo_as.http.post(demo_as.url("/token"), auth=("demo-client", "demo-secret"), timeout=10, data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:uma-ticket", "ticket": body["ticket"]})
+    assert rpt.status_code == 200, rpt.text
+    assert env.get("/photos/1", token=rpt.json()["access_token"]).status_code == 200
+
+
+def test_upstream_oauth_sends_the_gateways_token(run, demo_as):
+    env = run("upstream-oauth.yaml")
+    token = demo_as.token("demo-client")
+    r = env.wait_status("/backend/reports", 200, token=token)
+    headers = json.loads(r.text)["headers"]
+    assert headers["x-client-authorization"] == "Bearer " + token
+    payload = headers["authorization"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["client_id"] == "gateway" and claims["scope"] == "backend.read", claims
