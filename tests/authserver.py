@@ -81,7 +81,8 @@ Endpoints:
     POST /_test/token   {"mode": "ok"|"error500"|"garbage"|"hang", "expires_in": N}
                         how the client_credentials grant answers from now on;
                         answers {"last_request": {headers, form (no secret),
-                        client_id}} of the last /token call
+                        client_id}} of the last /token call, and
+                        "last_by_client": {client_id: the same} per client
     POST /_test/uma     {"resources": {id: [scopes]}, "permission_mode": "ok"|
                         "error500"|"garbage"|"hang", "require_claims": bool,
                         "rpt_format": "opaque"|"jwt", "rpt_expires_in": N}
@@ -319,6 +320,7 @@ class State:
             self.token_mode = "ok"
             self.token_expires_in = 300
             self.last_token_request = None
+            self.token_requests_by_client = {}
             # UMA 2.0: registered resources, tickets, the permission
             # endpoint's fault mode, and whether seed 001's claims policy
             # (country=US and city=NY) applies.
@@ -593,6 +595,7 @@ class Handler(BaseHTTPRequestHandler):
                 "form": {k: v for k, v in f.items() if k != "client_secret"},
                 "client_id": cid,
             }
+            st.token_requests_by_client[str(cid)] = st.last_token_request
             mode = st.token_mode
         if mode == "error500":
             return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
@@ -870,7 +873,8 @@ class Handler(BaseHTTPRequestHandler):
             if "expires_in" in body:
                 self.state.token_expires_in = int(body["expires_in"])
             last = self.state.last_token_request
-        self._send(200, {"mode": mode, "last_request": last})
+            by_client = dict(self.state.token_requests_by_client)
+        self._send(200, {"mode": mode, "last_request": last, "last_by_client": by_client})
 
     def _t_uma(self, body):
         st = self.state

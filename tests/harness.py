@@ -406,8 +406,10 @@ class AuthServer:
         r.raise_for_status()
         return r.json()["last_request"]
 
-    def last_token_request(self):
-        return self.http.post(self.url("/_test/token"), json={}, timeout=10).json()["last_request"]
+    def last_token_request(self, client_id=None):
+        """The last /token request (of `client_id`, if given), or None."""
+        doc = self.http.post(self.url("/_test/token"), json={}, timeout=10).json()
+        return doc["last_request"] if client_id is None else doc["last_by_client"].get(client_id)
 
     def token_calls(self):
         """POST /token calls since the reset."""

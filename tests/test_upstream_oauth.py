@@ -80,7 +80,7 @@ def test_the_upstream_gets_the_gateways_token_and_the_client_token_is_checked_fi
     assert h.get("x-oauth-client-id") == "demo-client", h
 
     # The token request, as the server received it.
-    req = a.last_token_request()
+    req = a.last_token_request(GATEWAY[0])
     assert req["client_id"] == GATEWAY[0], req
     assert req["headers"]["authorization"].startswith("Basic "), req
     assert req["form"] == {"grant_type": "client_credentials", "scope": "billing.read"}, req
@@ -215,3 +215,20 @@ def test_interop_oidc_provider_client_credentials(start_envoy, authserver, oidc_
     answer = op.introspect(sent[len("Bearer "):])
     assert answer["active"] is True and answer["client_id"] == "app", answer
     assert answer["scope"] == "read", answer
+
+
+def test_client_secret_post_and_a_secret_from_the_environment(start_envoy, authserver):
+    a = authserver
+    c = client(a, auth_method="client_secret_post", client_secret=None,
+               client_secret_env="OAUTH_PEP_TEST_GATEWAY_SECRET")
+    env = started(start_envoy, a, config(a, [{"client": "billing"}], clients={"billing": c}),
+                  env={"OAUTH_PEP_TEST_GATEWAY_SECRET": GATEWAY[1]},
+                  host_env_keys=["OAUTH_PEP_TEST_GATEWAY_SECRET"])
+    h = upstream(send(env, "/x", token=a.token()))
+    assert claims_of(h.get("authorization"))["client_id"] == GATEWAY[0]
+    req = a.last_token_request(GATEWAY[0])
+    assert "authorization" not in req["headers"], req
+    assert req["form"] == {"grant_type": "client_credentials", "scope": "billing.read",
+                           "client_id": GATEWAY[0]}, req
+    time.sleep(0.3)
+    assert GATEWAY[1] not in env.log_text()
