@@ -219,11 +219,11 @@ def test_a_pasted_config_gets_every_error_at_once(envoy_failure, authserver):
     assert len(lines) == 1, res.log[-3000:]
     line = lines[0]
     for expected in [
-        "`oxd_id`: unknown field; `oxd_id` only served oxd: put the Gluu plugin config inside `gluu`",
-        "`oauth_scope_expression`: unknown field; `oauth_scope_expression` goes under `policy` or inside `gluu`",
+        "`oxd_id`: unknown field `oxd_id`; `oxd_id` only served oxd: put the Gluu plugin config inside `gluu`",
+        "`oauth_scope_expression`: unknown field `oauth_scope_expression`; `oauth_scope_expression` goes under `policy` or inside `gluu`",
         "`pass_credentials`: unknown field",
         "`client_secret`: unknown field",
-        "`gluu.gluu-oauth-pep.oauth_scope_expresion`: unknown field; did you mean `oauth_scope_expression`?",
+        "`gluu.gluu-oauth-pep.oauth_scope_expresion`: unknown field `oauth_scope_expresion`; did you mean `oauth_scope_expression`?",
         "`gluu.gluu-oauth-auth.hide_credentials`: give `pass_credentials` (4.x) or `hide_credentials` (3.x), not both",
         "`issuers[0]`: is set both here and by `gluu.gluu-oauth-auth.op_url`",
     ]:

@@ -510,7 +510,7 @@ fn compile(
     if raw.issuers.is_empty() {
         return Err(ConfigError::new(
             "issuers",
-            "at least one issuer is required",
+            "at least one issuer is required: list it in `issuers`, or give a `gluu` block",
         ));
     }
     let mut issuers = Vec::with_capacity(raw.issuers.len());
@@ -1154,7 +1154,10 @@ mod tests {
         let table: &[(&str, &str)] = &[
             ("", "the configuration is empty"),
             ("{", "EOF"),
-            (r#"{"issuers":[],"bogus":1}"#, "`bogus`: unknown field"),
+            (
+                r#"{"issuers":[],"bogus":1}"#,
+                "`bogus`: unknown field `bogus`",
+            ),
             (r#"{"issuers":[]}"#, "`issuers`: at least one issuer"),
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any"}]}"#,
@@ -1403,10 +1406,10 @@ mod tests {
         );
         for expected in [
             "6 problems",
-            "`oxd_id`: unknown field; `oxd_id` only served oxd: put the Gluu plugin config inside `gluu`",
-            "`oauth_scope_expression`: unknown field; `oauth_scope_expression` goes under `policy` or inside `gluu`",
-            "`pass_credentials`: unknown field; `pass_credentials` is `forward.hide_credentials`",
-            "`realmm`: unknown field; did you mean `realm`?",
+            "`oxd_id`: unknown field `oxd_id`; `oxd_id` only served oxd: put the Gluu plugin config inside `gluu`",
+            "`oauth_scope_expression`: unknown field `oauth_scope_expression`; `oauth_scope_expression` goes under `policy` or inside `gluu`",
+            "`pass_credentials`: unknown field `pass_credentials`; `pass_credentials` is `forward.hide_credentials`",
+            "`realmm`: unknown field `realmm`; did you mean `realm`?",
             "`gluu.gluu-oauth-auth.bogus`: unknown field",
             "`gluu.extra`: unknown field",
         ] {

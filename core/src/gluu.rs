@@ -101,55 +101,64 @@ fn known_fields(plugin: &str) -> Vec<&'static str> {
 /// A hint for an unknown field of the document's top level: where a Gluu
 /// field goes, else the closest known field.
 pub fn top_level_hint(field: &str, known: &[&str]) -> String {
+    format!("unknown field `{field}`{}", top_level_tail(field, known))
+}
+
+fn top_level_tail(field: &str, known: &[&str]) -> String {
     if OXD_FIELDS.contains(&field) {
         return format!(
-            "unknown field; `{field}` only served oxd: put the Gluu plugin config inside `gluu` (e.g. `\"gluu\": {{\"{OAUTH_AUTH}\": {{…}}}}`)"
+            "; `{field}` only served oxd: put the Gluu plugin config inside `gluu` (e.g. `\"gluu\": {{\"{OAUTH_AUTH}\": {{…}}}}`)"
         );
     }
     match field {
         "oauth_scope_expression" => {
-            return "unknown field; `oauth_scope_expression` goes under `policy` or inside `gluu`"
+            return "; `oauth_scope_expression` goes under `policy` or inside `gluu`"
                 .into()
         }
         "uma_scope_expression" => {
-            return "unknown field; `uma_scope_expression` goes under `uma.resources[].policy` or inside `gluu`".into()
+            return "; `uma_scope_expression` goes under `uma.resources[].policy` or inside `gluu`".into()
         }
         "pass_credentials" => {
-            return "unknown field; `pass_credentials` is `forward.hide_credentials` / `forward.phantom_token_header`, or goes inside `gluu`".into()
+            return "; `pass_credentials` is `forward.hide_credentials` / `forward.phantom_token_header`, or goes inside `gluu`".into()
         }
         "op_url" => {
-            return "unknown field; `op_url` is `issuers[].issuer` with `discovery: true`, or goes inside `gluu`".into()
+            return "; `op_url` is `issuers[].issuer` with `discovery: true`, or goes inside `gluu`".into()
         }
         "hide_credentials" => {
-            return "unknown field; `hide_credentials` goes under `forward`".into()
+            return "; `hide_credentials` goes under `forward`".into()
         }
         "consumer_mapping" | "custom_headers" | "method_path_tree" | "obtain_rpt"
         | "require_id_token" | "claims_redirect_path" | "redirect_claim_gathering_url" => {
-            return format!("unknown field; `{field}` is a Gluu plugin field: it goes inside `gluu`")
+            return format!("; `{field}` is a Gluu plugin field: it goes inside `gluu`")
         }
         "name" | "config" | "data" => {
-            return format!("unknown field; a Kong plugin object (`{field}`) goes inside `gluu.plugins`")
+            return format!("; a Kong plugin object (`{field}`) goes inside `gluu.plugins`")
         }
         _ => {}
     }
     if PLUGINS.contains(&field) {
-        return format!("unknown field; the `{field}` plugin config goes inside `gluu`");
+        return format!("; the `{field}` plugin config goes inside `gluu`");
     }
-    closest(field, known)
+    closest_tail(field, known)
 }
 
-/// "unknown field", with the nearest known name when one is near.
+/// "unknown field", with the nearest known name when one is near, else the
+/// known ones (as serde words it).
 pub fn closest(field: &str, known: &[&str]) -> String {
+    format!("unknown field `{field}`{}", closest_tail(field, known))
+}
+
+fn closest_tail(field: &str, known: &[&str]) -> String {
     let best = known
         .iter()
         .map(|k| (distance(field, k), *k))
         .min_by_key(|(d, _)| *d);
     match best {
         Some((d, k)) if d <= 2 || (d <= 4 && field.len() > 8) => {
-            format!("unknown field; did you mean `{k}`?")
+            format!("; did you mean `{k}`?")
         }
         _ => format!(
-            "unknown field; known fields: {}",
+            ", expected one of {}",
             known
                 .iter()
                 .map(|k| format!("`{k}`"))
@@ -222,9 +231,11 @@ pub fn merge(doc: &mut Map<String, Value>) -> Result<Vec<String>, Vec<ConfigErro
             known.extend(PLUGINS);
             let hint = match key.as_str() {
                 k if OXD_FIELDS.contains(&k) || k == "op_url" => format!(
-                    "unknown field; `{k}` is a field of a plugin's config: put it under the plugin's name (e.g. `gluu.{OAUTH_AUTH}.{k}`)"
+                    "unknown field `{k}`; it is a field of a plugin's config: put it under the plugin's name (e.g. `gluu.{OAUTH_AUTH}.{k}`)"
                 ),
-                "data" | "name" | "config" => "unknown field; Kong's admin API output goes under `gluu.plugins`".into(),
+                k @ ("data" | "name" | "config") => {
+                    format!("unknown field `{k}`; Kong's admin API output goes under `gluu.plugins`")
+                }
                 _ => closest(key, &known),
             };
             errors.push(ConfigError::new(format!("gluu.{key}"), hint));
@@ -242,7 +253,7 @@ pub fn merge(doc: &mut Map<String, Value>) -> Result<Vec<String>, Vec<ConfigErro
         for key in plugin.config.keys() {
             if !known.contains(&key.as_str()) {
                 let hint = if key == "ignore_scope" {
-                    "unknown field; not supported: every path is judged by the policy".to_string()
+                    "unknown field `ignore_scope`; not supported: every path is judged by the policy".to_string()
                 } else {
                     closest(key, &known)
                 };
@@ -1204,9 +1215,9 @@ mod tests {
             "gluu-oauth-pep": {"op_url": "https://other.example.com", "oauth_scope_expression": "[{"},
         }));
         for expected in [
-            "gluu.upstrem: unknown field; did you mean `upstream`?",
+            "gluu.upstrem: unknown field `upstrem`; did you mean `upstream`?",
             "gluu.upstream: is required",
-            "gluu.gluu-oauth-auth.oxd_idd: unknown field; did you mean `oxd_id`?",
+            "gluu.gluu-oauth-auth.oxd_idd: unknown field `oxd_idd`; did you mean `oxd_id`?",
             "gluu.gluu-oauth-pep.op_url: \"https://other.example.com\" differs",
             "gluu.gluu-oauth-pep.oauth_scope_expression: is not JSON",
             "gluu.gluu-oauth-auth.pass_credentials: must be \"pass\", \"hide\" or \"phantom_token\"",
@@ -1380,8 +1391,9 @@ mod tests {
             .contains("goes under `policy` or inside `gluu`"));
         assert_eq!(
             top_level_hint("polcy", &known),
-            "unknown field; did you mean `policy`?"
+            "unknown field `polcy`; did you mean `policy`?"
         );
-        assert!(top_level_hint("zzz", &known).contains("known fields: `issuers`, `policy`"));
+        assert!(top_level_hint("zzz", &known)
+            .contains("unknown field `zzz`, expected one of `issuers`, `policy`"));
     }
 }
