@@ -578,8 +578,11 @@ impl<H: Door> Shared<H> {
         if self.envoy {
             self.host.set_reason_filter_state(denial.code());
         }
-        self.host
-            .send_response(&denial.render(&self.config.realm, request_id));
+        self.host.send_response(&denial.render(
+            &self.config.realm,
+            request_id,
+            self.config.error_body,
+        ));
     }
 }
 
@@ -701,6 +704,9 @@ impl RootContext for Root {
         });
         for warning in &config.warnings {
             warn!("oauth-pep configuration: {warning}");
+        }
+        for note in &config.notes {
+            info!("oauth-pep configuration: {note}");
         }
         let envoy = host::is_envoy();
         info!(

@@ -153,7 +153,7 @@ def repo_configs():
     - YAML files envoy/*.yaml, demo/*.yaml, kong/*.yml and ```yaml blocks in Markdown:
       `filter_configs` finds them; a string is parsed as JSON, as the filter does.
     - ```json blocks in Markdown: a whole configuration when it is an object with
-      `issuers`; otherwise the block must be marked `<!-- schema: PATH -->` with the
+      `issuers` (or `gluu`); otherwise the block must be marked `<!-- schema: PATH -->` with the
       part of the configuration it shows (`policy`, `issuers[]`, `.` for top-level
       members shown without their braces), or `<!-- schema: none -->` when it is no
       configuration at all. An unmarked fragment fails the test, so a new example
@@ -181,7 +181,7 @@ def repo_configs():
                 assert marker, "%s: a JSON fragment without a <!-- schema: PATH --> marker" % at
                 value, members = json.loads("{%s}" % text), True
             if marker is None:
-                assert isinstance(value, dict) and "issuers" in value, \
+                assert isinstance(value, dict) and ("issuers" in value or "gluu" in value), \
                     "%s: not a whole configuration; mark it <!-- schema: PATH --> or none" % at
             out.append((at, value, marker or ".", members))
     return out
@@ -207,6 +207,7 @@ def test_every_config_in_the_repository_is_schema_valid(where, config, path, mem
     if members:
         # Some members of the object, shown without their braces: not all it requires.
         schema.pop("required", None)
+        schema.pop("anyOf", None)  # `issuers` or `gluu`: also a requirement
     found = errors(config, jsonschema.Draft4Validator(schema))
     assert not found, "%s: %s" % (where, "; ".join("%s: %s" % (e.json_path, e.message)
                                                     for e in found))

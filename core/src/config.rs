@@ -15,11 +15,13 @@ pub use crate::config_error::ConfigError;
 use crate::consumer::{
     AnonymousConfig, ConsumerConfig, Consumers, ConsumersConfig, IdentityHeaderNames,
 };
+use crate::gluu;
 use crate::headers::{header_name, spelling_key, HeaderUse};
 use crate::introspection::{Introspection, Mode, RawIntrospection};
 use crate::jwks::{Alg, KeySet};
 use crate::pdp::{Pdp, PdpConfig};
 use crate::policy::{PathSet, Policy};
+pub use crate::response::ErrorBody;
 use crate::shared_cache::SharedCache;
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
 use crate::uma::{RawUma, Uma, UmaIssuer};
@@ -35,6 +37,8 @@ struct RawConfig {
     realm: String,
     #[serde(default)]
     log_level: LogLevel,
+    /// May be empty when the `gluu` block gives the issuer.
+    #[serde(default)]
     issuers: Vec<RawIssuer>,
     #[serde(default = "default_skew")]
     clock_skew_seconds: u64,
@@ -76,7 +80,44 @@ struct RawConfig {
     #[serde(default)]
     upstream_oauth: Vec<RawUpstreamOAuth>,
     uma: Option<RawUma>,
+    #[serde(default)]
+    error_body: Option<ErrorBody>,
 }
+
+/// The top-level fields of [`RawConfig`] plus `gluu` (merged away before
+/// serde sees the document): unknown ones are reported all together, with
+/// hints, before serde would stop at the first.
+const TOP_FIELDS: &[&str] = &[
+    "realm",
+    "log_level",
+    "issuers",
+    "clock_skew_seconds",
+    "max_lifetime_seconds",
+    "require_exp",
+    "token_sources",
+    "forward",
+    "token_cache_entries",
+    "token_cache_bytes",
+    "rejected_cache_bytes",
+    "shared_data",
+    "crypto",
+    "introspection_cache_bytes",
+    "introspection_cache_entry_bytes",
+    "policy",
+    "deny_by_default",
+    "public_paths",
+    "scope_claims",
+    "identity_headers",
+    "consumers",
+    "allow_unregistered_clients",
+    "anonymous",
+    "pdp",
+    "clients",
+    "upstream_oauth",
+    "uma",
+    "error_body",
+    "gluu",
+];
 
 fn default_realm() -> String {
     "oauth-pep".into()
@@ -196,7 +237,75 @@ struct RawForward {
     payload_header: Option<String>,
     phantom_token_header: Option<String>,
     #[serde(default)]
+    phantom_token_format: PhantomFormat,
+    #[serde(default)]
     hide_credentials: bool,
+    /// Claims (or the whole payload) sent in a chosen encoding: Gluu's
+    /// `custom_headers`.
+    #[serde(default)]
+    headers: Vec<RawForwardHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardHeader {
+    header: String,
+    /// None: the whole payload (or introspection answer).
+    claim: Option<String>,
+    format: Option<RawClaimFormat>,
+    separator: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawClaimFormat {
+    String,
+    List,
+    Base64,
+    Jwt,
+    Urlencoded,
+}
+
+/// How `forward.phantom_token_header` carries an introspection answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhantomFormat {
+    /// Compact ASCII JSON.
+    #[default]
+    Json,
+    /// `Bearer ` and an unsigned (`alg: none`) JWT of the answer, as Gluu's
+    /// `pass_credentials: phantom_token` sent it in `authorization`.
+    Jwt,
+}
+
+/// How a forwarded value is written into its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimFormat {
+    /// `forward.claims`: text, numbers and booleans as they are, arrays of
+    /// strings joined by spaces; anything else is not sent.
+    Text,
+    /// Text as it is, numbers and booleans written out, arrays and objects as
+    /// JSON.
+    String,
+    /// An array's items joined by the separator.
+    List(String),
+    /// Standard base64 (padded) of the text, or of the JSON.
+    Base64,
+    /// An object as an unsigned (`alg: none`) JWT.
+    Jwt,
+    /// Percent-encoded text, or JSON.
+    Urlencoded,
+    /// Gluu's default: `String` for text and numbers, `Base64` otherwise.
+    Auto,
+}
+
+/// One value sent upstream from the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardClaim {
+    /// None: the whole payload (or introspection answer).
+    pub claim: Option<String>,
+    pub header: String,
+    pub format: ClaimFormat,
 }
 
 pub use crate::extract::TokenSource;
@@ -205,12 +314,13 @@ pub use crate::keys::{Issuer, KeySource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forward {
-    /// (claim, header) pairs.
-    pub claims: Vec<(String, String)>,
+    /// `forward.claims`, then `forward.headers`.
+    pub claims: Vec<ForwardClaim>,
     /// Receives the verified payload, base64url-encoded as Envoy's jwt_authn does.
     pub payload_header: Option<String>,
     /// Receives an introspected token's answer as JSON (unsigned).
     pub phantom_token_header: Option<String>,
+    pub phantom_token_format: PhantomFormat,
     /// Remove the credential from wherever it was found before forwarding.
     pub hide_credentials: bool,
 }
@@ -311,6 +421,10 @@ pub struct Config {
     /// Things that load but probably do not do what was meant; the glue logs
     /// them at `warn` when the filter starts.
     pub warnings: Vec<String>,
+    /// Facts about the configuration the glue logs at `info` when the filter
+    /// starts (what the `gluu` block ignored and why).
+    pub notes: Vec<String>,
+    pub error_body: ErrorBody,
 }
 
 impl Config {
@@ -321,12 +435,45 @@ impl Config {
                 "the configuration is empty; at least `issuers` is required",
             ));
         }
-        let raw: RawConfig =
-            serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(digest(&[json]).get(..8).unwrap_or(&[0; 8]));
-        compile(raw, fingerprint, &|name| std::env::var(name).ok())
+        let document: Value =
+            serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
+        let (raw, notes) = prepare(document)?;
+        let mut config = compile(raw, fingerprint, &|name| std::env::var(name).ok())?;
+        config.notes = notes;
+        Ok(config)
     }
+}
+
+/// Before serde: every unknown top-level field (with a hint) and every
+/// problem of the `gluu` block at once, then the block merged into the
+/// document's own fields.
+fn prepare(document: Value) -> Result<(RawConfig, Vec<String>), ConfigError> {
+    let Value::Object(mut doc) = document else {
+        return Err(ConfigError::new(
+            "",
+            "the configuration must be a JSON object",
+        ));
+    };
+    let mut errors: Vec<ConfigError> = doc
+        .keys()
+        .filter(|k| !TOP_FIELDS.contains(&k.as_str()))
+        .map(|k| ConfigError::new(k.as_str(), gluu::top_level_hint(k, TOP_FIELDS)))
+        .collect();
+    let notes = match gluu::merge(&mut doc) {
+        Ok(notes) => notes,
+        Err(more) => {
+            errors.extend(more);
+            Vec::new()
+        }
+    };
+    if let Some(e) = ConfigError::many(errors) {
+        return Err(e);
+    }
+    let raw = serde_json::from_value(Value::Object(doc))
+        .map_err(|e| ConfigError::new("", e.to_string()))?;
+    Ok((raw, notes))
 }
 
 /// `fingerprint` tells this configuration's shared-cache entries from another
@@ -363,7 +510,7 @@ fn compile(
     if raw.issuers.is_empty() {
         return Err(ConfigError::new(
             "issuers",
-            "at least one issuer is required",
+            "at least one issuer is required: list it in `issuers`, or give a `gluu` block",
         ));
     }
     let mut issuers = Vec::with_capacity(raw.issuers.len());
@@ -430,25 +577,81 @@ fn compile(
             .collect::<Result<_, _>>()?,
     };
 
-    let mut claims = Vec::with_capacity(raw.forward.claims.len());
+    let mut claims = Vec::with_capacity(raw.forward.claims.len() + raw.forward.headers.len());
+    let mut claim_fields = Vec::with_capacity(claims.capacity());
     for (claim, header) in raw.forward.claims {
-        let header = header_name(
-            &header,
-            &format!("forward.claims.{claim}"),
-            HeaderUse::Upstream,
-        )?;
-        claims.push((claim, header));
+        let field = format!("forward.claims.{claim}");
+        let header = header_name(&header, &field, HeaderUse::Upstream)?;
+        claims.push(ForwardClaim {
+            claim: Some(claim),
+            header,
+            format: ClaimFormat::Text,
+        });
+        claim_fields.push(field);
+    }
+    for (i, h) in raw.forward.headers.into_iter().enumerate() {
+        let field = format!("forward.headers[{i}]");
+        let header = header_name(&h.header, &format!("{field}.header"), HeaderUse::Upstream)?;
+        if h.claim.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                format!("{field}.claim"),
+                "must name a claim; leave it out to send the whole payload",
+            ));
+        }
+        let format = match (h.format, h.separator) {
+            (Some(RawClaimFormat::List), sep) => {
+                ClaimFormat::List(sep.unwrap_or_else(|| ",".into()))
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{field}.separator"),
+                    "only goes with `\"format\": \"list\"`",
+                ))
+            }
+            (None, None) => ClaimFormat::Auto,
+            (Some(RawClaimFormat::String), None) => ClaimFormat::String,
+            (Some(RawClaimFormat::Base64), None) => ClaimFormat::Base64,
+            (Some(RawClaimFormat::Jwt), None) => ClaimFormat::Jwt,
+            (Some(RawClaimFormat::Urlencoded), None) => ClaimFormat::Urlencoded,
+        };
+        if let ClaimFormat::List(sep) = &format {
+            if !crate::headers::is_header_value(sep) {
+                return Err(ConfigError::new(
+                    format!("{field}.separator"),
+                    "cannot be carried in a header",
+                ));
+            }
+        }
+        claims.push(ForwardClaim {
+            claim: h.claim,
+            header,
+            format,
+        });
+        claim_fields.push(field);
     }
     let payload_header = raw
         .forward
         .payload_header
         .map(|h| header_name(&h, "forward.payload_header", HeaderUse::Upstream))
         .transpose()?;
+    let phantom_token_format = raw.forward.phantom_token_format;
     let phantom_token_header = raw
         .forward
         .phantom_token_header
-        .map(|h| header_name(&h, "forward.phantom_token_header", HeaderUse::Upstream))
+        .map(|h| match phantom_token_format {
+            // Gluu's phantom token replaces the caller's token upstream.
+            PhantomFormat::Jwt if h.eq_ignore_ascii_case("authorization") => {
+                Ok("authorization".to_string())
+            }
+            _ => header_name(&h, "forward.phantom_token_header", HeaderUse::Upstream),
+        })
         .transpose()?;
+    if phantom_token_header.is_none() && phantom_token_format != PhantomFormat::Json {
+        return Err(ConfigError::new(
+            "forward.phantom_token_format",
+            "needs `forward.phantom_token_header`",
+        ));
+    }
 
     let policy = raw
         .policy
@@ -543,18 +746,21 @@ fn compile(
 
     // Two sources for one header would leave its value to ordering.
     let identity_names = identity.all();
-    let mut forwarded: Vec<(String, &str)> = claims
+    let mut forwarded: Vec<(String, &str)> = claim_fields
         .iter()
-        .map(|(claim, h)| (format!("forward.claims.{claim}"), h.as_str()))
+        .zip(&claims)
+        .map(|(field, c)| (field.clone(), c.header.as_str()))
         .collect();
     forwarded.extend(
         payload_header
             .as_deref()
             .map(|h| ("forward.payload_header".to_string(), h)),
     );
+    // `authorization` carries the caller's token in: never stripped.
     forwarded.extend(
         phantom_token_header
             .as_deref()
+            .filter(|h| *h != "authorization")
             .map(|h| ("forward.phantom_token_header".to_string(), h)),
     );
     for (i, rule) in upstream_oauth.iter().enumerate() {
@@ -605,8 +811,14 @@ fn compile(
         warnings.extend(uma.warnings());
     }
 
+    // A configuration with a `gluu` block defaults to Kong's bodies
+    // (gluu::merge sets it); others to RFC 6750's.
+    let error_body = raw.error_body.unwrap_or_default();
+
     Ok(Config {
         warnings,
+        notes: Vec::new(),
+        error_body,
         strip_headers,
         realm: raw.realm,
         log_level: raw.log_level,
@@ -621,6 +833,7 @@ fn compile(
             claims,
             payload_header,
             phantom_token_header,
+            phantom_token_format,
             hide_credentials: raw.forward.hide_credentials,
         },
         rejected_cache_bytes: raw.rejected_cache_bytes,
@@ -941,7 +1154,10 @@ mod tests {
         let table: &[(&str, &str)] = &[
             ("", "the configuration is empty"),
             ("{", "EOF"),
-            (r#"{"issuers":[],"bogus":1}"#, "unknown field `bogus`"),
+            (
+                r#"{"issuers":[],"bogus":1}"#,
+                "`bogus`: unknown field `bogus`",
+            ),
             (r#"{"issuers":[]}"#, "`issuers`: at least one issuer"),
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any"}]}"#,
@@ -1159,6 +1375,128 @@ mod tests {
             c.warnings.len(),
             1,
             "a catch-all rule overlaps every public path"
+        );
+    }
+
+    #[test]
+    fn the_top_level_field_list_is_serdes() {
+        // serde names its fields in the unknown-field error: the pre-pass
+        // list must be exactly those plus `gluu`.
+        let e = match serde_json::from_str::<RawConfig>(r#"{"zz":1}"#) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        let listed: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        let mut expected: Vec<&str> = TOP_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| *f != "gluu")
+            .collect();
+        let mut listed = listed;
+        listed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_together_with_hints() {
+        let e = err(
+            r#"{"oxd_id":"x","oauth_scope_expression":"[]","pass_credentials":"hide","realmm":"a",
+                "gluu":{"upstream":"as","gluu-oauth-auth":{"op_url":"https://op","consumer_mapping":false,"bogus":1},"extra":2}}"#,
+        );
+        for expected in [
+            "6 problems",
+            "`oxd_id`: unknown field `oxd_id`; `oxd_id` only served oxd: put the Gluu plugin config inside `gluu`",
+            "`oauth_scope_expression`: unknown field `oauth_scope_expression`; `oauth_scope_expression` goes under `policy` or inside `gluu`",
+            "`pass_credentials`: unknown field `pass_credentials`; `pass_credentials` is `forward.hide_credentials`",
+            "`realmm`: unknown field `realmm`; did you mean `realm`?",
+            "`gluu.gluu-oauth-auth.bogus`: unknown field",
+            "`gluu.extra`: unknown field",
+        ] {
+            assert!(e.contains(expected), "{expected}\n in {e}");
+        }
+    }
+
+    #[test]
+    fn a_gluu_block_compiles_onto_the_same_fields() {
+        let json = r#"{"gluu": {
+            "upstream": "gluu",
+            "introspection": {"client_id": "gw", "client_secret": "s"},
+            "consumers": [{"id": "c-1", "username": "app", "custom_id": "client-1"}],
+            "gluu-oauth-auth": {"oxd_id": "x", "oxd_url": "https://oxd", "client_id": "c", "client_secret": "s",
+                                "op_url": "https://op.example.com", "anonymous": " ", "pass_credentials": "phantom_token",
+                                "custom_headers": [{"header_name": "x-token", "value_lua_exp": "introspect_data", "format": "jwt"}]},
+            "gluu-oauth-pep": {"op_url": "https://op.example.com", "deny_by_default": true,
+                               "oauth_scope_expression": "[{\"path\":\"/api/??\",\"conditions\":[{\"httpMethods\":[\"GET\"],\"scope_expression\":{\"rule\":{\"var\":0},\"data\":[\"read\"]}}]}]"}
+        }}"#;
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        let issuer = c.issuers.first().unwrap();
+        assert_eq!(issuer.issuer, "https://op.example.com");
+        assert!(
+            matches!(&issuer.source, KeySource::Discovery(url) if url.path == "/.well-known/openid-configuration")
+        );
+        assert!(issuer.audiences.is_empty(), "audiences default to \"any\"");
+        assert!(issuer.introspection.is_some());
+        assert!(c.policy.is_some());
+        assert_eq!(c.error_body, ErrorBody::Kong);
+        assert_eq!(
+            c.forward.phantom_token_header.as_deref(),
+            Some("authorization")
+        );
+        assert_eq!(c.forward.phantom_token_format, PhantomFormat::Jwt);
+        assert!(!c.strip_headers.iter().any(|h| h == "authorization"));
+        assert_eq!(
+            c.forward.claims,
+            vec![ForwardClaim {
+                claim: None,
+                header: "x-token".into(),
+                format: ClaimFormat::Jwt
+            }]
+        );
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        // Without the block the default stays RFC 6750; it may be chosen either way.
+        let plain = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+        );
+        assert_eq!(
+            Config::from_json(plain.as_bytes()).unwrap().error_body,
+            ErrorBody::Rfc6750
+        );
+        let overridden = json.replacen("{\"gluu\"", "{\"error_body\": \"rfc6750\", \"gluu\"", 1);
+        assert_eq!(
+            Config::from_json(overridden.as_bytes()).unwrap().error_body,
+            ErrorBody::Rfc6750
+        );
+    }
+
+    #[test]
+    fn forward_headers_formats_are_checked() {
+        let with = |headers: &str| {
+            format!(
+                r#"{{"forward":{{"headers":{headers}}},"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+            )
+        };
+        let c = Config::from_json(
+            with(r#"[{"header":"X-G","claim":"groups","format":"list","separator":";"}]"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.forward.claims.first().unwrap().format,
+            ClaimFormat::List(";".into())
+        );
+        assert!(
+            err(&with(r#"[{"header":"x-g","claim":"g","separator":";"}]"#))
+                .contains("`forward.headers[0].separator`: only goes with")
+        );
+        assert!(err(&with(r#"[{"header":"host","claim":"g"}]"#))
+            .contains("`forward.headers[0].header`: \"host\" is reserved"));
+        let phantom = format!(
+            r#"{{"forward":{{"phantom_token_header":"authorization"}},"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+        );
+        assert!(
+            err(&phantom).contains("\"authorization\" is reserved"),
+            "only the jwt format may replace authorization"
         );
     }
 }

@@ -18,6 +18,27 @@ impl ConfigError {
             problem: problem.into(),
         }
     }
+
+    /// Several problems found in one pass (unknown fields, the `gluu`
+    /// block), reported together so a pasted configuration is fixed in one
+    /// round rather than one field at a time. One problem stays itself.
+    pub fn many(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            n => Some(ConfigError::new(
+                "",
+                format!(
+                    "{n} problems: {}",
+                    errors
+                        .iter()
+                        .map(|e| format!("`{}`: {}", e.field, e.problem))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {

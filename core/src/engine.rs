@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use crate::cache::{digest, BoundedCache, CacheStats, Digest};
 use crate::callout::{Callout, CalloutReply, Url};
-use crate::config::{Config, TokenSource};
+use crate::config::{Config, PhantomFormat, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
 use crate::grant::Grant;
@@ -1146,10 +1146,14 @@ fn admit(
             Ok(exp) => exp,
             Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
         };
-    let phantom = config.forward.phantom_token_header.as_ref().map(|_| {
+    let phantom = config.forward.phantom_token_header.as_ref().and_then(|_| {
         let mut answer = claims.clone();
         answer.insert("active".into(), serde_json::Value::Bool(true));
-        introspection::ascii_json(&answer)
+        match config.forward.phantom_token_format {
+            PhantomFormat::Json => Some(introspection::ascii_json(&answer)),
+            PhantomFormat::Jwt => crate::grant::unsigned_jwt(&serde_json::Value::Object(answer))
+                .map(|jwt| format!("Bearer {jwt}")),
+        }
     });
     let grant = match local {
         // Locally verified: the JWT's own claims are what is forwarded.
@@ -1335,8 +1339,10 @@ fn allow(
             .extend(consumer.upstream_headers(identity));
     }
     for (i, value) in &grant.forwarded {
-        if let Some((_, header)) = config.forward.claims.get(*i) {
-            allow.set_headers.push((header.clone(), value.clone()));
+        if let Some(forward) = config.forward.claims.get(*i) {
+            allow
+                .set_headers
+                .push((forward.header.clone(), value.clone()));
         }
     }
     if let (Some(header), Some(payload)) = (&config.forward.payload_header, &grant.payload) {

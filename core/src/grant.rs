@@ -7,8 +7,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use ct_codecs::{Base64, Base64UrlSafeNoPadding, Encoder as _};
+
 use crate::cache::{string_weight, Weigh};
-use crate::config::Config;
+use crate::config::{ClaimFormat, Config};
 use crate::headers::is_header_value;
 use crate::jwt::VerifiedToken;
 use crate::uma::{permissions, Permission};
@@ -73,6 +75,75 @@ fn header_safe(claim: &str, value: Option<String>) -> Result<Option<String>, Gra
     }
 }
 
+/// A value in one of Gluu's `custom_headers` formats; `None` when the value
+/// does not fit the format (Gluu sent no header then either).
+pub fn render(value: &Value, format: &ClaimFormat) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => None,
+        other => Some(ascii_json(other)),
+    };
+    match format {
+        ClaimFormat::Text | ClaimFormat::String => text(value),
+        ClaimFormat::List(sep) => match value {
+            Value::Array(items) if !items.is_empty() => {
+                let parts: Option<Vec<String>> = items.iter().map(text).collect();
+                parts.map(|p| p.join(sep))
+            }
+            _ => None,
+        },
+        ClaimFormat::Base64 => text(value).and_then(|t| Base64::encode_to_string(t).ok()),
+        ClaimFormat::Urlencoded => text(value).map(|t| percent_encode(&t)),
+        ClaimFormat::Jwt => match value {
+            Value::Object(_) => unsigned_jwt(value),
+            _ => None,
+        },
+        ClaimFormat::Auto => match value {
+            Value::Array(_) | Value::Object(_) => render(value, &ClaimFormat::Base64),
+            other => text(other),
+        },
+    }
+}
+
+/// `header.payload.` with `{"typ":"JWT","alg":"none"}`: what Gluu sent for
+/// its phantom token and `jwt` headers. Unsigned: the upstream must trust
+/// the network path from the gateway.
+pub fn unsigned_jwt(payload: &Value) -> Option<String> {
+    let header = Base64UrlSafeNoPadding::encode_to_string(r#"{"typ":"JWT","alg":"none"}"#).ok()?;
+    let body = Base64UrlSafeNoPadding::encode_to_string(payload.to_string()).ok()?;
+    Some(format!("{header}.{body}."))
+}
+
+fn ascii_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => crate::introspection::ascii_json(map),
+        other => {
+            let mut map = Map::new();
+            map.insert(String::new(), other.clone());
+            // `{"":X}` → `X`: the same escaping for arrays as for objects.
+            let json = crate::introspection::ascii_json(&map);
+            json.get(4..json.len().saturating_sub(1))
+                .unwrap_or_default()
+                .to_string()
+        }
+    }
+}
+
+/// Every byte but `A-Z a-z 0-9 - _ . ~` as `%XX` (RFC 3986 unreserved kept).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Grant {
     pub fn from_token(token: &VerifiedToken, config: &Config) -> Result<Grant, GrantError> {
         let client_id = match token.claim_text("client_id") {
@@ -92,8 +163,14 @@ impl Grant {
             }
         }
         let mut forwarded = Vec::new();
-        for (i, (claim, _header)) in config.forward.claims.iter().enumerate() {
-            if let Some(value) = header_safe(claim, token.claim_text(claim))? {
+        for (i, forward) in config.forward.claims.iter().enumerate() {
+            let value = match (&forward.claim, &forward.format) {
+                (Some(claim), ClaimFormat::Text) => token.claim_text(claim),
+                (Some(claim), format) => token.claims().get(claim).and_then(|v| render(v, format)),
+                (None, format) => render(&Value::Object(token.claims().clone()), format),
+            };
+            let name = forward.claim.as_deref().unwrap_or("payload");
+            if let Some(value) = header_safe(name, value)? {
                 forwarded.push((i, value));
             }
         }
@@ -161,5 +238,50 @@ impl Weigh for Grant {
         ]
         .into_iter()
         .fold(0, usize::saturating_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn gluu_header_formats() {
+        let list = ClaimFormat::List(", ".into());
+        let table: &[(Value, &ClaimFormat, Option<&str>)] = &[
+            (json!("alice"), &ClaimFormat::String, Some("alice")),
+            (json!(17), &ClaimFormat::String, Some("17")),
+            (
+                json!({"a": "é"}),
+                &ClaimFormat::String,
+                Some(r#"{"a":"\u00e9"}"#),
+            ),
+            (json!(["a", "b"]), &list, Some("a, b")),
+            (json!([]), &list, None),
+            (json!("a b"), &list, None),
+            (json!("alice"), &ClaimFormat::Base64, Some("YWxpY2U=")),
+            (json!("a b/c"), &ClaimFormat::Urlencoded, Some("a%20b%2Fc")),
+            (
+                json!({"sub": "a"}),
+                &ClaimFormat::Jwt,
+                Some("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0."),
+            ),
+            (json!("a"), &ClaimFormat::Jwt, None),
+            (json!("a"), &ClaimFormat::Auto, Some("a")),
+            (json!(["a"]), &ClaimFormat::Auto, Some("WyJhIl0=")),
+            (Value::Null, &ClaimFormat::String, None),
+        ];
+        for (value, format, expected) in table {
+            assert_eq!(
+                render(value, format).as_deref(),
+                *expected,
+                "{value} as {format:?}"
+            );
+        }
     }
 }

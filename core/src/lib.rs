@@ -27,6 +27,7 @@ pub mod config_error;
 pub mod consumer;
 pub mod engine;
 pub mod extract;
+pub mod gluu;
 pub mod grant;
 pub mod headers;
 pub mod introspection;

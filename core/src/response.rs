@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::extract::ExtractError;
@@ -343,7 +344,7 @@ impl Denial {
 
     /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
     /// goes in every body so a caller can quote it to the operator.
-    pub fn render(&self, realm: &str, request_id: Option<&str>) -> HttpResponse {
+    pub fn render(&self, realm: &str, request_id: Option<&str>, shape: ErrorBody) -> HttpResponse {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         let description = self.description();
         let challenge = |error: &str, extra: &str| {
@@ -393,6 +394,17 @@ impl Denial {
             headers.push(("www-authenticate".into(), www));
         }
         let mut body = serde_json::Map::new();
+        if shape == ErrorBody::Kong {
+            body.insert("message".into(), json!(self.kong_message()));
+            if let Some(id) = request_id {
+                body.insert("request_id".into(), json!(id));
+            }
+            return HttpResponse {
+                status: self.status(),
+                headers,
+                body: serde_json::Value::Object(body).to_string().into_bytes(),
+            };
+        }
         body.insert("error".into(), json!(error));
         body.insert("error_description".into(), json!(description));
         body.insert("reason".into(), json!(self.code()));
@@ -411,6 +423,48 @@ impl Denial {
             status: self.status(),
             headers,
             body: serde_json::Value::Object(body).to_string().into_bytes(),
+        }
+    }
+}
+
+/// The shape of denial bodies. Status codes and `WWW-Authenticate` are the
+/// same in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorBody {
+    /// `{"error", "error_description", "reason", …}`: RFC 6750's codes and
+    /// the filter's reason.
+    #[default]
+    Rfc6750,
+    /// `{"message": …}` as Kong (and so Gluu Gateway) answered, with Gluu's
+    /// own messages where Gluu had the case, plus `request_id`.
+    Kong,
+}
+
+impl Denial {
+    /// The `message` Gluu Gateway's plugins answered for this case (their
+    /// `kong.response.exit` calls); the filter's description where Gluu had
+    /// no such case.
+    pub fn kong_message(&self) -> String {
+        match self {
+            Denial::NoToken => "Failed to get bearer token from Authorization header".into(),
+            Denial::InvalidToken(TokenProblem::Inactive) => {
+                "Invalid access token provided in Authorization header".into()
+            }
+            Denial::InvalidToken(TokenProblem::ClientUnknown) => "Unknown consumer".into(),
+            Denial::InsufficientScope { .. } | Denial::PdpDenied { .. } => {
+                "You are not authorized to access this resource".into()
+            }
+            Denial::NoRule { .. } => "Unprotected path/method are not allowed".into(),
+            Denial::UmaTicket { .. } => "Unauthorized".into(),
+            // Gluu answered these 502 with this text (its spelling kept, as
+            // clients may compare it); the status here stays 503.
+            Denial::KeysUnavailable { .. }
+            | Denial::PdpUnavailable { .. }
+            | Denial::IntrospectionUnavailable { .. }
+            | Denial::UmaUnavailable { .. }
+            | Denial::ClientTokenUnavailable { .. } => "An unexpected error ocurred".into(),
+            Denial::InvalidRequest(_) | Denial::InvalidToken(_) => self.description(),
         }
     }
 }
@@ -453,7 +507,7 @@ mod tests {
 
     #[test]
     fn each_denial_has_its_status_challenge_body_and_code() {
-        let r = Denial::NoToken.render("api", None);
+        let r = Denial::NoToken.render("api", None, ErrorBody::Rfc6750);
         assert_eq!(
             (r.status, header(&r, "www-authenticate")),
             (401, Some("Bearer realm=\"api\""))
@@ -461,7 +515,7 @@ mod tests {
         assert_eq!(body(&r)["reason"], "token_missing");
 
         let r = Denial::InvalidToken(TokenProblem::Jwt(TokenError::UnknownIssuer("x\"y".into())))
-            .render("api", Some("req-1"));
+            .render("api", Some("req-1"), ErrorBody::Rfc6750);
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
@@ -485,7 +539,7 @@ mod tests {
             rule: "GET /a".into(),
             scopes: vec!["read".into(), "otp".into()],
         }
-        .render("api", None);
+        .render("api", None, ErrorBody::Rfc6750);
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate")
             .unwrap()
@@ -496,7 +550,7 @@ mod tests {
             method: "GET".into(),
             path: "/b".into(),
         }
-        .render("api", None);
+        .render("api", None, ErrorBody::Rfc6750);
         assert_eq!((r.status, header(&r, "www-authenticate")), (403, None));
         assert_eq!(body(&r)["reason"], "no_rule");
     }
@@ -508,7 +562,7 @@ mod tests {
             cause: "JWKS fetch: callout could not be dispatched: BadArgument (cluster `authsever`)"
                 .into(),
         };
-        let r = d.render("api", Some("abc"));
+        let r = d.render("api", Some("abc"), ErrorBody::Rfc6750);
         assert_eq!(r.status, 503);
         assert_eq!(header(&r, "retry-after"), Some("5"));
         let text = String::from_utf8(r.body.clone()).unwrap();
@@ -554,5 +608,61 @@ mod tests {
         // `^orders:\\d+$` and unquotes to what the body says.
         assert_eq!(quotable("a\"b\\c\u{e9}\n"), "a\\\"b\\\\c??");
         assert_eq!(quotable(r"^orders:\d+$"), r"^orders:\\d+$");
+    }
+
+    #[test]
+    fn kong_bodies_carry_gluus_messages_and_keep_status_and_challenge() {
+        let kong = |d: &Denial| {
+            let r = d.render("api", Some("r-1"), ErrorBody::Kong);
+            (
+                r.status,
+                body(&r),
+                header(&r, "www-authenticate").map(str::to_string),
+            )
+        };
+        let (status, b, www) = kong(&Denial::NoToken);
+        assert_eq!(
+            (status, www.as_deref()),
+            (401, Some("Bearer realm=\"api\""))
+        );
+        assert_eq!(
+            b,
+            json!({"message": "Failed to get bearer token from Authorization header", "request_id": "r-1"})
+        );
+        let (status, b, www) = kong(&Denial::InsufficientScope {
+            rule: "GET /a".into(),
+            scopes: vec!["read".into()],
+        });
+        assert_eq!(
+            (status, &b["message"]),
+            (
+                403,
+                &json!("You are not authorized to access this resource")
+            )
+        );
+        assert!(www.unwrap().contains("error=\"insufficient_scope\""));
+        let (_, b, _) = kong(&Denial::NoRule {
+            method: "GET".into(),
+            path: "/b".into(),
+        });
+        assert_eq!(b["message"], "Unprotected path/method are not allowed");
+        let (status, b, _) = kong(&Denial::InvalidToken(TokenProblem::Inactive));
+        assert_eq!(
+            (status, &b["message"]),
+            (
+                401,
+                &json!("Invalid access token provided in Authorization header")
+            )
+        );
+        let (status, b, _) = kong(&Denial::IntrospectionUnavailable {
+            issuer: "i".into(),
+            cause: "c".into(),
+        });
+        assert_eq!(
+            (status, &b["message"]),
+            (503, &json!("An unexpected error ocurred"))
+        );
+        let (_, b, _) = kong(&Denial::InvalidToken(TokenProblem::ClientUnknown));
+        assert_eq!(b["message"], "Unknown consumer");
     }
 }
