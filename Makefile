@@ -9,6 +9,7 @@
 #   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
+#   make profile-hot-path  the cached decision's cost in V8 (Node) and natively
 #   make vectors       regenerate core/tests/vectors.json
 
 SHELL := /bin/bash
@@ -41,7 +42,7 @@ PYTEST_ARGS    ?=
 NATIVE_TEST_ARGS ?= --workspace
 
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool compose build test fmt-check clippy test-native test-wasm \
-        test-integration demo demo-uma bench bench-noop wrk bench-policy vectors
+        test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path vectors
 
 help:
 	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
@@ -162,6 +163,13 @@ wrk:
 
 bench-policy:
 	cargo run --release -p oauth-pep-core --example policy_bench
+
+# The cached path's decision and its parts inside V8 (Node's, the engine Envoy
+# embeds), then natively: where the filter's own time goes (README, Performance).
+profile-hot-path:
+	cargo build --release -p oauth-pep-core --example hot_path --target wasm32-wasip1
+	node --no-warnings bench/wasi-run.mjs target/wasm32-wasip1/release/examples/hot_path.wasm
+	cargo run --release -q -p oauth-pep-core --example hot_path
 
 vectors: $(VENV_STAMP)
 	$(VPY) tools/gen_vectors.py > core/tests/vectors.json.tmp
