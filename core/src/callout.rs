@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::config_error::ConfigError;
+
 /// Where a callout goes: an Envoy cluster name, or `host:port` on Kong.
 /// The URL supplies `:scheme`, `:authority` and `:path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,48 @@ impl Callout {
         ];
         all.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         all
+    }
+}
+
+/// The longest timeout a callout may be given.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// Checks a callout's `timeout_ms` (1 to [`MAX_TIMEOUT_MS`]) at `field`.
+pub fn check_timeout_ms(timeout_ms: u64, field: &str) -> Result<(), ConfigError> {
+    if (1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+        ))
+    }
+}
+
+/// The Envoy cluster (on Kong, `host:port`) a callout to `endpoint` goes
+/// through: the block's own `upstream`, else `fallback` (its issuer's).
+pub fn upstream_or(
+    own: Option<&str>,
+    fallback: Option<&str>,
+    field: &str,
+    endpoint: &str,
+) -> Result<String, ConfigError> {
+    match own.or(fallback) {
+        Some(u) if !u.trim().is_empty() => Ok(u.to_string()),
+        _ => Err(ConfigError::new(
+            field,
+            format!("is required: the Envoy cluster (or Kong host:port) of the {endpoint}"),
+        )),
+    }
+}
+
+/// Checks an `authority` that replaces an endpoint's in the callout.
+pub fn check_authority(authority: Option<&str>, field: &str) -> Result<(), ConfigError> {
+    match authority {
+        Some(a) if a.is_empty() || a.contains(['/', ' ', '@']) => {
+            Err(ConfigError::new(field, "must be a host[:port]"))
+        }
+        _ => Ok(()),
     }
 }
 

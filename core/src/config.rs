@@ -999,12 +999,7 @@ fn compile_issuer(
             "must be at least 1",
         ));
     }
-    if !(1..=60_000).contains(&raw.fetch_timeout_ms) {
-        return Err(ConfigError::new(
-            f("fetch_timeout_ms"),
-            "must be between 1 and 60000",
-        ));
-    }
+    crate::callout::check_timeout_ms(raw.fetch_timeout_ms, &f("fetch_timeout_ms"))?;
     // Without an audience check, a token the same server minted for any
     // other API would pass here too.
     let audiences = match raw.audiences {

@@ -8,7 +8,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::callout::{Callout, CalloutError, CalloutReply, Url};
+use crate::callout::{
+    check_authority, check_timeout_ms, upstream_or, Callout, CalloutError, CalloutReply, Url,
+};
 use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
 use crate::config_error::ConfigError;
 use crate::jwt::{check_claims, JwtRules, TokenError};
@@ -132,18 +134,13 @@ impl Introspection {
                 ))
             }
         };
-        let upstream = match raw.upstream.as_deref().or(issuer_upstream) {
-            Some(u) if !u.trim().is_empty() => u.to_string(),
-            _ => return Err(ConfigError::new(
-                f("upstream"),
-                "is required: the Envoy cluster (or Kong host:port) of the introspection endpoint",
-            )),
-        };
-        if let Some(authority) = &raw.authority {
-            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
-                return Err(ConfigError::new(f("authority"), "must be a host[:port]"));
-            }
-        }
+        let upstream = upstream_or(
+            raw.upstream.as_deref(),
+            issuer_upstream,
+            &f("upstream"),
+            "introspection endpoint",
+        )?;
+        check_authority(raw.authority.as_deref(), &f("authority"))?;
         let auth = ClientAuth::compile(
             RawCredentials {
                 client_id: raw.client_id,
@@ -156,12 +153,7 @@ impl Introspection {
             field,
             env,
         )?;
-        if !(1..=60_000).contains(&raw.timeout_ms) {
-            return Err(ConfigError::new(
-                f("timeout_ms"),
-                "must be between 1 and 60000",
-            ));
-        }
+        check_timeout_ms(raw.timeout_ms, &f("timeout_ms"))?;
         if !(1..=MAX_TTL_LIMIT_SECONDS).contains(&raw.max_ttl_seconds) {
             return Err(ConfigError::new(
                 f("max_ttl_seconds"),

@@ -14,7 +14,6 @@ use std::fmt;
 
 const AUTHZEN_EVALUATION_PATH: &str = "/access/v1/evaluation";
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
-const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_CACHE_SECONDS: u64 = 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -168,12 +167,7 @@ impl Pdp {
             }
             _ => {}
         }
-        if !(1..=MAX_TIMEOUT_MS).contains(&cfg.timeout_ms) {
-            return Err(ConfigError::new(
-                "pdp.timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
+        crate::callout::check_timeout_ms(cfg.timeout_ms, "pdp.timeout_ms")?;
         if cfg.cache_seconds > MAX_CACHE_SECONDS {
             return Err(ConfigError::new(
                 "pdp.cache_seconds",

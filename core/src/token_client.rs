@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cache::{digest, Digest};
-use crate::callout::{Callout, CalloutReply, Url};
+use crate::callout::{check_authority, check_timeout_ms, upstream_or, Callout, CalloutReply, Url};
 use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
 use crate::config_error::ConfigError;
 use crate::headers::is_header_value;
@@ -152,20 +152,13 @@ impl TokenClient {
                 "is required (or `issuer`, an issuer with discovery whose token_endpoint is used)",
             )),
         };
-        let upstream = match raw.upstream.as_deref().or(issuer_upstream) {
-            Some(u) if !u.trim().is_empty() => u.to_string(),
-            _ => {
-                return Err(ConfigError::new(
-                    f("upstream"),
-                    "is required: the Envoy cluster (or Kong host:port) of the token endpoint",
-                ))
-            }
-        };
-        if let Some(authority) = &raw.authority {
-            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
-                return Err(ConfigError::new(f("authority"), "must be a host[:port]"));
-            }
-        }
+        let upstream = upstream_or(
+            raw.upstream.as_deref(),
+            issuer_upstream,
+            &f("upstream"),
+            "token endpoint",
+        )?;
+        check_authority(raw.authority.as_deref(), &f("authority"))?;
         for scope in &raw.scopes {
             if scope.is_empty()
                 || !scope
@@ -201,12 +194,7 @@ impl TokenClient {
             field,
             env,
         )?;
-        if !(1..=60_000).contains(&raw.timeout_ms) {
-            return Err(ConfigError::new(
-                f("timeout_ms"),
-                "must be between 1 and 60000",
-            ));
-        }
+        check_timeout_ms(raw.timeout_ms, &f("timeout_ms"))?;
         if !(10..=86_400).contains(&raw.default_expires_in_seconds) {
             return Err(ConfigError::new(
                 f("default_expires_in_seconds"),

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::callout::{Callout, CalloutReply, Url};
+use crate::callout::{check_authority, check_timeout_ms, upstream_or, Callout, CalloutReply, Url};
 use crate::config_error::ConfigError;
 use crate::policy::{Policy, PolicyDecision};
 
@@ -126,19 +126,13 @@ impl Uma {
                 ))
             }
         };
-        let upstream =
-            match raw.upstream.as_deref().or(settings.upstream) {
-                Some(u) if !u.trim().is_empty() => u.to_string(),
-                _ => return Err(ConfigError::new(
-                    "uma.upstream",
-                    "is required: the Envoy cluster (or Kong host:port) of the permission endpoint",
-                )),
-            };
-        if let Some(authority) = &raw.authority {
-            if authority.is_empty() || authority.contains(['/', ' ', '@']) {
-                return Err(ConfigError::new("uma.authority", "must be a host[:port]"));
-            }
-        }
+        let upstream = upstream_or(
+            raw.upstream.as_deref(),
+            settings.upstream,
+            "uma.upstream",
+            "permission endpoint",
+        )?;
+        check_authority(raw.authority.as_deref(), "uma.authority")?;
         if raw.resources.is_empty() {
             return Err(ConfigError::new(
                 "uma.resources",
@@ -170,12 +164,7 @@ impl Uma {
                 policy,
             });
         }
-        if !(1..=60_000).contains(&raw.timeout_ms) {
-            return Err(ConfigError::new(
-                "uma.timeout_ms",
-                "must be between 1 and 60000",
-            ));
-        }
+        check_timeout_ms(raw.timeout_ms, "uma.timeout_ms")?;
         Ok(Uma {
             issuer,
             as_uri: raw.issuer,
