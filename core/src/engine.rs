@@ -410,8 +410,9 @@ fn decide(
     known: Option<&Known>,
     now: u64,
 ) -> Verdict {
-    let verdict = judge(config, state, request, path, known, now);
-    let Some(rule) = rule_for(&config.upstream_oauth, request.method, path) else {
+    let upstream = rule_for(&config.upstream_oauth, request.method, path);
+    let verdict = judge(config, state, request, path, upstream, known, now);
+    let Some(rule) = upstream else {
         return verdict;
     };
     let mut add_token = |allow: &mut Allow| -> Result<(), Verdict> {
@@ -514,6 +515,7 @@ fn judge_uma(
     state: &mut State,
     request: &Request,
     path: &str,
+    upstream: Option<&UpstreamOAuth>,
     uma: &Uma,
     resource: &Resource,
     required: Vec<String>,
@@ -555,7 +557,7 @@ fn judge_uma(
     let scopes = granted_scopes(&grant.permissions, &resource.id, now);
     match resource.decide(request.method, path, &scopes) {
         PolicyDecision::Allow { .. } => {
-            Verdict::Allow(allow(config, request, path, &found, &grant, consumer))
+            Verdict::Allow(allow(config, request, upstream, &found, &grant, consumer))
         }
         PolicyDecision::InsufficientScope { rule, required } => {
             if uma.on_insufficient == Insufficient::Forbidden {
@@ -661,11 +663,14 @@ fn consumer_for<'c>(config: &'c Config, grant: &Grant) -> Result<Option<&'c Cons
     }
 }
 
+/// The verdict before upstream OAuth adds the gateway's token; `upstream`
+/// is the upstream OAuth rule for the request, if any.
 fn judge(
     config: &Config,
     state: &mut State,
     request: &Request,
     path: &str,
+    upstream: Option<&UpstreamOAuth>,
     known: Option<&Known>,
     now: u64,
 ) -> Verdict {
@@ -678,7 +683,7 @@ fn judge(
     if let Some(uma) = &config.uma {
         if let Some((resource, required)) = uma.resource_for(request.method, path) {
             return judge_uma(
-                config, state, request, path, uma, resource, required, known, now,
+                config, state, request, path, upstream, uma, resource, required, known, now,
             );
         }
     }
@@ -710,7 +715,7 @@ fn judge(
         Ok(rule) => rule,
         Err(denial) => return Verdict::Deny(denial),
     };
-    let allow = allow(config, request, path, &found, &grant, consumer);
+    let allow = allow(config, request, upstream, &found, &grant, consumer);
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };
@@ -1305,10 +1310,12 @@ fn stale(
     Some(grant)
 }
 
+/// The upstream request of a caller let through; `upstream` is the upstream
+/// OAuth rule for the request, which decides what becomes of its credential.
 fn allow(
     config: &Config,
     request: &Request,
-    path: &str,
+    upstream: Option<&UpstreamOAuth>,
     found: &FoundToken,
     grant: &Grant,
     consumer: Option<&Consumer>,
@@ -1351,7 +1358,6 @@ fn allow(
     if let (Some(header), Some(answer)) = (&config.forward.phantom_token_header, &grant.phantom) {
         allow.set_headers.push((header.clone(), answer.clone()));
     }
-    let upstream = rule_for(&config.upstream_oauth, request.method, path);
     if let Some(UpstreamOAuth {
         credential: ClientCredential::MoveTo(to),
         ..
