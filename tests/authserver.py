@@ -40,9 +40,11 @@ Endpoints:
           bytes; {"base64url": "..."}: those bytes), else if `sign_with`
           names a key, the PEM (SubjectPublicKeyInfo) of its PUBLIC key (the
           classic algorithm-confusion attack), else the default HS secret.
-    POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"huge"|"hang"|"close"}
+    POST /_test/jwks    {"mode": "ok"|"error500"|"garbage"|"huge"|"hang"|"close",
+                         "delay_ms": N}
                         how /jwks and discovery answer from now on
-                        (hang = sleep 30 s then close; close = drop connection)
+                        (hang = sleep 30 s then close; close = drop connection),
+                        each after delay_ms (default 0) in every mode
     POST /_test/rotate  {"add": "rsa2", "kid": "rsa2", "alg": "RS256"?} or
                         {"remove": "rsa1"}
     POST /_test/jwks-extra {"keys": [{...JWK...}, ...]}
@@ -69,7 +71,8 @@ Endpoints:
                         without "active") | huge (the right answer padded past
                         1 MiB) | hang (sleep 30 s, then drop the connection) |
                         close (drop the connection) | slow (the right answer
-                        after delay_ms). Calls are counted in every mode.
+                        after delay_ms). delay_ms (default 0) delays every
+                        mode's answer. Calls are counted in every mode.
     GET  /_test/stats   {"jwks": n, "discovery": n, "token": n, "introspect": n,
                          "introspect_by_token": {token: n},
                          "last_introspection": {...} or null}
@@ -78,13 +81,16 @@ Endpoints:
                         (client_secret_basic | client_secret_post | both |
                         none), client_id, client_authenticated, status
                         (what was answered; null for a fault without answer)
-    POST /_test/token   {"mode": "ok"|"error500"|"garbage"|"hang", "expires_in": N}
-                        how the client_credentials grant answers from now on;
+    POST /_test/token   {"mode": "ok"|"error500"|"garbage"|"hang", "expires_in": N,
+                         "delay_ms": N}
+                        how the client_credentials grant answers from now on
+                        (each answer after delay_ms, default 0, once given);
                         answers {"last_request": {headers, form (no secret),
                         client_id}} of the last /token call, and
                         "last_by_client": {client_id: the same} per client
     POST /_test/uma     {"resources": {id: [scopes]}, "permission_mode": "ok"|
-                        "error500"|"garbage"|"hang", "require_claims": bool,
+                        "error500"|"garbage"|"hang", "permission_delay_ms": N,
+                        "require_claims": bool,
                         "rpt_format": "opaque"|"jwt", "rpt_expires_in": N}
                         UMA settings; answers them with "permission_requests"
                         (headers and body of every permission request)
@@ -301,6 +307,7 @@ class State:
     def reset(self):
         with self.lock:
             self.mode = "ok"
+            self.jwks_delay_ms = 0  # before every /jwks and discovery answer
             self.published = [
                 {"kid": kid, "key": name, "alg": alg}
                 for kid, name, alg in DEFAULT_PUBLISHED
@@ -318,6 +325,7 @@ class State:
             # The client_credentials grant: a fault mode, the expires_in it
             # gives, and the last request (to check client authentication).
             self.token_mode = "ok"
+            self.token_delay_ms = 0
             self.token_expires_in = 300
             self.last_token_request = None
             self.token_requests_by_client = {}
@@ -327,6 +335,7 @@ class State:
             self.uma_resources = {rid: dict(r) for rid, r in self.preregistered.items()}  # id -> {"name", "resource_scopes"}
             self.tickets = {}  # ticket -> {"permissions": [...], "claims": {...}}
             self.permission_mode = "ok"
+            self.permission_delay_ms = 0
             self.permission_requests = []
             self.uma_require_claims = False
             self.rpt_format = "opaque"
@@ -477,8 +486,10 @@ class Handler(BaseHTTPRequestHandler):
         return path
 
     def _broken(self):
-        """Apply the /_test/jwks mode; True if the response was handled."""
-        mode = self.state.mode
+        """Apply the /_test/jwks mode (after its delay); True if the response was handled."""
+        mode, delay = self.state.mode, self.state.jwks_delay_ms
+        if delay:
+            time.sleep(delay / 1000.0)
         if mode == "ok":
             return False
         if mode == "error500":
@@ -596,7 +607,9 @@ class Handler(BaseHTTPRequestHandler):
                 "client_id": cid,
             }
             st.token_requests_by_client[str(cid)] = st.last_token_request
-            mode = st.token_mode
+            mode, delay = st.token_mode, st.token_delay_ms
+        if delay:
+            time.sleep(delay / 1000.0)
         if mode == "error500":
             return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
         if mode == "garbage":
@@ -693,6 +706,8 @@ class Handler(BaseHTTPRequestHandler):
             record["status"] = status
             self._send(status, body, ctype=ctype, extra=extra)
 
+        if delay:
+            time.sleep(delay / 1000.0)  # every mode ("slow" is "ok" after it)
         if mode == "hang":
             time.sleep(30)
             return self._drop()
@@ -707,8 +722,6 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "html":
             return answer(200, "<!DOCTYPE html><html><body><h1>Sign in</h1></body></html>",
                           ctype="text/html; charset=utf-8")
-        if mode == "slow":
-            time.sleep(delay / 1000.0)
         if not authenticated:
             return answer(401, {"error": "invalid_client", "error_description": "client authentication failed"},
                           extra={"WWW-Authenticate": 'Basic realm="authserver"'})
@@ -744,9 +757,11 @@ class Handler(BaseHTTPRequestHandler):
         raw = self._body()
         auth = self.headers.get("Authorization")
         with st.lock:
-            mode = st.permission_mode
+            mode, delay = st.permission_mode, st.permission_delay_ms
             st.permission_requests.append({"headers": {k.lower(): v for k, v in self.headers.items()},
                                            "body": raw.decode("utf-8", "replace")})
+        if delay:
+            time.sleep(delay / 1000.0)
         if mode == "error500":
             return self._oauth_error(500, "server_error", "the permission endpoint is broken (test mode)")
         if mode == "garbage":
@@ -872,6 +887,8 @@ class Handler(BaseHTTPRequestHandler):
             mode = self.state.token_mode
             if "expires_in" in body:
                 self.state.token_expires_in = int(body["expires_in"])
+            if "delay_ms" in body:
+                self.state.token_delay_ms = int(body["delay_ms"] or 0)
             last = self.state.last_token_request
             by_client = dict(self.state.token_requests_by_client)
         self._send(200, {"mode": mode, "last_request": last, "last_by_client": by_client})
@@ -886,6 +903,8 @@ class Handler(BaseHTTPRequestHandler):
                 if body["permission_mode"] not in modes:
                     raise ValueError("permission_mode must be one of " + "|".join(modes))
                 st.permission_mode = body["permission_mode"]
+            if "permission_delay_ms" in body:
+                st.permission_delay_ms = int(body["permission_delay_ms"] or 0)
             if "require_claims" in body:
                 st.uma_require_claims = bool(body["require_claims"])
             if "rpt_format" in body:
@@ -1000,8 +1019,10 @@ class Handler(BaseHTTPRequestHandler):
         mode = body.get("mode")
         if mode not in ("ok", "error500", "garbage", "huge", "hang", "close"):
             raise ValueError("mode must be ok|error500|garbage|huge|hang|close")
-        self.state.mode = mode
-        self._send(200, {"mode": mode})
+        delay = int(body.get("delay_ms") or 0)
+        with self.state.lock:
+            self.state.mode, self.state.jwks_delay_ms = mode, delay
+        self._send(200, {"mode": mode, "delay_ms": delay})
 
     def _t_rotate(self, body):
         st = self.state

@@ -4,7 +4,8 @@ Fixtures:
   wasm              path of the built filter; fails (not skips) if it is missing
   echo              the echo upstream (one per session)               -> harness.Echo
   authserver        the authorization server, reset before each test   -> harness.AuthServer
-                    (one process per test module: authserver_module)
+                    (one process per test module: authserver_module; a module's
+                    AUTHSERVER_CLIENTS / AUTHSERVER_INTROSPECTION_CLIENTS name its clients)
   mint              authserver.mint: sign arbitrary claims
   start_envoy       factory: start_envoy(filter_config, clusters=..., routes=..., ...) -> harness.Envoy
                     (stopped after the test; its log is printed if the test failed)
@@ -56,8 +57,14 @@ def echo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def authserver_module(tmp_path_factory):
-    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"))
+def authserver_module(request, tmp_path_factory):
+    """One authorization server per test module. A module may name the server's clients:
+    AUTHSERVER_CLIENTS ({id: (secret, scopes)}, default harness.DEFAULT_CLIENTS) and
+    AUTHSERVER_INTROSPECTION_CLIENTS ({id: secret}, default pep / pep-secret)."""
+    module = request.module
+    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"),
+                                 clients=getattr(module, "AUTHSERVER_CLIENTS", None),
+                                 introspection_clients=getattr(module, "AUTHSERVER_INTROSPECTION_CLIENTS", None))
     yield a
     a.stop()
 

@@ -93,6 +93,24 @@ def send_raw(env, path="/", headers=(), token=None, timeout=10):
         conn.close()
 
 
+def now():
+    """The current time in whole seconds (as JWT claims count it)."""
+    return int(time.time())
+
+
+def label(issuer):
+    """The filter's `issuer` metric label (README, Metrics): the URL without
+    its scheme, each run of other characters than letters, digits and `-`
+    as one `_`, none at either end."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", issuer.split("://", 1)[-1]).strip("_")
+
+
+def wasm_stats(env):
+    """The filter's stats on `env`'s admin /stats, without the `wasmcustom.` prefix."""
+    return {k[len("wasmcustom."):]: v for k, v in env.stats("wasmcustom").items()
+            if k.startswith("wasmcustom.oauth_pep.")}
+
+
 def free_port():
     """A port that was free a moment ago on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -319,9 +337,11 @@ class AuthServer:
         r.raise_for_status()
         return r.json()["token"]
 
-    def set_jwks_mode(self, mode):
-        """ok | error500 | garbage | hang | close."""
-        self.http.post(self.url("/_test/jwks"), json={"mode": mode}, timeout=10).raise_for_status()
+    def set_jwks_mode(self, mode, delay_ms=0):
+        """ok | error500 | garbage | huge | hang | close; each /jwks and discovery
+        answer comes after delay_ms."""
+        self.http.post(self.url("/_test/jwks"), json={"mode": mode, "delay_ms": delay_ms},
+                       timeout=10).raise_for_status()
 
     def rotate(self, add=None, kid=None, remove=None, alg=None):
         body = {}
@@ -374,7 +394,8 @@ class AuthServer:
         self.http.post(self.url("/_test/revoke"), json={"token": token}, timeout=10).raise_for_status()
 
     def set_introspection_mode(self, mode, delay_ms=0):
-        """ok | error500 | error400 | garbage | html | no_active | huge | hang | close | slow."""
+        """ok | error500 | error400 | garbage | html | no_active | huge | hang | close | slow;
+        each answer comes after delay_ms ("slow" is "ok" with it)."""
         self.http.post(self.url("/_test/introspection"), json={"mode": mode, "delay_ms": delay_ms},
                        timeout=10).raise_for_status()
 
@@ -397,11 +418,11 @@ class AuthServer:
         return self.http.get(self.url("/jwks"), timeout=10).json()
 
     # --- the gateway's own tokens, UMA ---
-    def set_token_mode(self, mode="ok", expires_in=None):
+    def set_token_mode(self, mode="ok", expires_in=None, delay_ms=0):
         """How the client_credentials grant answers: ok | error500 | garbage |
-        hang; expires_in of its tokens. Returns the last /token request
-        (headers, form without the secret, client_id) or None."""
-        body = {"mode": mode}
+        hang, after delay_ms; expires_in of its tokens. Returns the last /token
+        request (headers, form without the secret, client_id) or None."""
+        body = {"mode": mode, "delay_ms": delay_ms}
         if expires_in is not None:
             body["expires_in"] = expires_in
         r = self.http.post(self.url("/_test/token"), json=body, timeout=10)
@@ -418,8 +439,8 @@ class AuthServer:
         return self.stats()["token"]
 
     def uma(self, **settings):
-        """UMA settings (resources={id: [scopes]}, permission_mode, require_claims,
-        rpt_format, rpt_expires_in); returns them with permission_requests."""
+        """UMA settings (resources={id: [scopes]}, permission_mode, permission_delay_ms,
+        require_claims, rpt_format, rpt_expires_in); returns them with permission_requests."""
         r = self.http.post(self.url("/_test/uma"), json=settings, timeout=10)
         r.raise_for_status()
         return r.json()

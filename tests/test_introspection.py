@@ -29,31 +29,13 @@ ODD_ID = "pep odd"
 ODD_SECRET = "s3c:r&t+=/%Zq-6d1f"
 ENV_SECRET = "env-secret-91c2e07b"
 ENV_VAR = "OAUTH_PEP_TEST_INTROSPECTION_SECRET"
-INTROSPECTION_CLIENTS = {"pep": "pep-secret", ODD_ID: ODD_SECRET, "pep-env": ENV_SECRET}
-
-
-@pytest.fixture(scope="module")
-def authserver_module(tmp_path_factory):
-    """Overrides conftest's: the same server, with the introspection clients above."""
-    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"),
-                                 introspection_clients=INTROSPECTION_CLIENTS)
-    yield a
-    a.stop()
+# This module's authorization server has these introspection clients (conftest's authserver_module).
+AUTHSERVER_INTROSPECTION_CLIENTS = {"pep": "pep-secret", ODD_ID: ODD_SECRET, "pep-env": ENV_SECRET}
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-def label(issuer):
-    """The filter's `issuer` metric label (README, Metrics)."""
-    return re.sub(r"[^A-Za-z0-9-]+", "_", issuer.split("://", 1)[-1]).strip("_")
-
-
-def wasm_stats(env):
-    """/stats of the filter, without the `wasmcustom.` prefix."""
-    return {k[len("wasmcustom."):]: v for k, v in env.stats("wasmcustom").items()
-            if k.startswith("wasmcustom.oauth_pep.")}
 
 
 def delta(before, after, name):
@@ -61,7 +43,7 @@ def delta(before, after, name):
 
 
 def result_counter(issuer, result):
-    return "oauth_pep.introspections.issuer.%s.result.%s" % (label(issuer), result)
+    return "oauth_pep.introspections.issuer.%s.result.%s" % (harness.label(issuer), result)
 
 
 def introspection(a, **over):
@@ -178,7 +160,7 @@ def test_opaque_token_passes_with_identity_headers_then_is_answered_from_cache(m
     a, env = authserver, main_envoy
     exp = int(time.time()) + 900
     token = a.opaque(sub="user-7", client_id="orders-app", scope="read write", exp=exp)
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
 
     h = upstream_headers(send(env, "/orders/1", token=token))
     assert h.get("x-authenticated-scope") == "read,write", h
@@ -200,7 +182,7 @@ def test_opaque_token_passes_with_identity_headers_then_is_answered_from_cache(m
         {k: h.get(k) for k in ("x-authenticated-scope", "x-oauth-client-id", "x-oauth-expiration")}
     assert a.introspections(token) == 1, "the second request made a callout"
 
-    after = wasm_stats(env)
+    after = harness.wasm_stats(env)
     assert delta(before, after, result_counter(a.issuer, "active")) == 1, after
     assert delta(before, after, "oauth_pep.callouts.kind.introspection.outcome.ok") == 1, after
     assert delta(before, after, "oauth_pep.allowed") == 2, after
@@ -229,7 +211,7 @@ def test_introspected_scopes_feed_the_policy(main_envoy, authserver):
 
 def test_inactive_token_is_401_invalid_token_and_remembered(main_envoy, authserver):
     a, env = authserver, main_envoy
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
     unknown = "opaque-" + "q" * 40
     check_inactive(send(env, token=unknown))
     assert a.introspections(unknown) == 1
@@ -239,13 +221,9 @@ def test_inactive_token_is_401_invalid_token_and_remembered(main_envoy, authserv
     # negative_ttl_seconds defaults to 10: the answer is remembered
     check_inactive(send(env, token=unknown))
     assert a.introspections(unknown) == 1, "an inactive answer was not cached"
-    after = wasm_stats(env)
+    after = harness.wasm_stats(env)
     assert delta(before, after, "oauth_pep.denied.reason.token_inactive") == 3, after
     assert delta(before, after, result_counter(a.issuer, "inactive")) == 2, after
-
-
-def _now():
-    return int(time.time())
 
 
 # name, claim overrides (now), expected status, expected reason (None: any 401 invalid_token)
@@ -265,7 +243,7 @@ ACTIVE_CLAIMS = [
 
 @pytest.mark.parametrize("name,claims,status,reason", ACTIVE_CLAIMS, ids=[c[0] for c in ACTIVE_CLAIMS])
 def test_active_answer_claims_are_checked_like_jwt_claims(main_envoy, authserver, name, claims, status, reason):
-    token = authserver.opaque(**claims(_now()))
+    token = authserver.opaque(**claims(harness.now()))
     r = send(main_envoy, token=token)
     assert r.status == status, r
     if status == 401:
@@ -312,7 +290,7 @@ def test_phantom_token_header_carries_the_answer_and_forgeries_are_stripped(main
 def test_active_result_is_cached_until_5s_before_exp(main_envoy, authserver):
     """max_ttl_seconds is 300 here: a token expiring in 8 s is cached until exp - 5 s."""
     a, env = authserver, main_envoy
-    token = a.opaque(exp=_now() + 8)
+    token = a.opaque(exp=harness.now() + 8)
     t0 = time.monotonic()
     assert send(env, token=token).status == 200
     assert a.introspections(token) == 1
@@ -348,13 +326,13 @@ OBSERVED = {}
 
 def test_two_workers_share_one_callout_per_token(two_workers, authserver):
     a, env = authserver, two_workers
-    before_cx, before = worker_connections(env), wasm_stats(env)
+    before_cx, before = worker_connections(env), harness.wasm_stats(env)
     tokens = [a.opaque(sub="w%d" % i) for i in range(5)]
     for _ in range(16):
         for t in tokens:
             r = send(env, token=t)
             assert r.status == 200, r
-    after_cx, after = worker_connections(env), wasm_stats(env)
+    after_cx, after = worker_connections(env), harness.wasm_stats(env)
     used = {w: after_cx[w] - before_cx.get(w, 0) for w in after_cx}
     assert len(used) == 2 and all(n > 0 for n in used.values()), "both workers must serve: %r" % used
     counts = {t[:8]: a.introspections(t) for t in tokens}
@@ -476,13 +454,13 @@ def fault_request(a, env, fault):
     `fault`; returns (token, issuer, response, seconds, stats before, after)."""
     iss = DEAD_ISSUER if fault == "refused" else a.issuer
     token = a.opaque(_prefix="dead_" if fault == "refused" else "", iss=iss)
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
     if fault != "refused":
         a.set_introspection_mode(fault)
     t0 = time.monotonic()
     r = send(env, "/f/" + fault, token=token)
     elapsed = time.monotonic() - t0
-    return token, iss, r, elapsed, before, wasm_stats(env)
+    return token, iss, r, elapsed, before, harness.wasm_stats(env)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -552,13 +530,13 @@ def test_wrong_client_secret_is_an_outage_not_the_callers_fault(start_envoy, aut
     wrong = "wrong-secret-5be0a9f3"
     env = start_envoy(config(issuer(a, {"client_secret": wrong, "auth_method": method})))
     token = a.opaque()
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
     r = send(env, token=token)
     check_unavailable(r)
     req = a.last_introspection()
     assert req["status"] == 401 and not req["client_authenticated"], req
     assert wrong not in r.body.decode() and wrong not in json.dumps(r.headers)
-    assert delta(before, wasm_stats(env), result_counter(a.issuer, "failed")) == 1
+    assert delta(before, harness.wasm_stats(env), result_counter(a.issuer, "failed")) == 1
     check_unavailable(send(env, token=token))
     assert a.introspections(token) == 2, "a failed introspection was cached"
     assert_not_in_log(env, *secret_spellings("pep", wrong))
@@ -591,7 +569,7 @@ def stale_envoy(module_envoy, authserver_module):
 def test_serve_stale_serves_a_cached_answer_while_the_server_is_down(stale_envoy, authserver):
     a, env = authserver, stale_envoy
     token = a.opaque()
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
     t0 = time.monotonic()
     assert send(env, token=token).status == 200
     a.set_introspection_mode("error500")
@@ -603,8 +581,8 @@ def test_serve_stale_serves_a_cached_answer_while_the_server_is_down(stale_envoy
     assert r[0] == 503, r
     check_unavailable(send(env, token=token))
     assert any(calls >= 2 for _, calls in seen), "the server was never asked again before the 503: %r" % seen
-    after = wasm_stats(env)
-    assert delta(before, after, "oauth_pep.stale_served.issuer." + label(a.issuer)) >= 1, after
+    after = harness.wasm_stats(env)
+    assert delta(before, after, "oauth_pep.stale_served.issuer." + harness.label(a.issuer)) >= 1, after
     # stale from the TTL's end (1-2 s) for STALE s
     assert TTL + STALE - 1 - 0.05 <= t - t0 <= TTL + STALE + 1.5, "503 %.2fs after the first callout" % (t - t0)
 

@@ -185,10 +185,6 @@ def _t(a, **claims):
     return a.mint(a.claims(**claims))
 
 
-def _now():
-    return int(time.time())
-
-
 def bearer(tok):
     return [("Authorization", "Bearer " + tok)]
 
@@ -197,10 +193,11 @@ def bearer(tok):
 REJECTIONS = [
     ("no_token", lambda a: ("/", []), 401, None, None),
     ("basic_scheme_only", lambda a: ("/", [("Authorization", "Basic ZGVtbzpzZWNyZXQ=")]), 401, None, None),
-    ("expired", lambda a: ("/", bearer(_t(a, iat=_now() - 400, nbf=_now() - 400, exp=_now() - 120))),
+    ("expired",
+     lambda a: ("/", bearer(_t(a, iat=harness.now() - 400, nbf=harness.now() - 400, exp=harness.now() - 120))),
      401, "invalid_token", "expired"),
-    ("nbf_in_future", lambda a: ("/", bearer(_t(a, nbf=_now() + 120))), 401, "invalid_token", "not valid yet"),
-    ("iat_in_future", lambda a: ("/", bearer(_t(a, iat=_now() + 120, nbf=None))), 401, "invalid_token",
+    ("nbf_in_future", lambda a: ("/", bearer(_t(a, nbf=harness.now() + 120))), 401, "invalid_token", "not valid yet"),
+    ("iat_in_future", lambda a: ("/", bearer(_t(a, iat=harness.now() + 120, nbf=None))), 401, "invalid_token",
      "issued in the future"),
     ("missing_exp", lambda a: ("/", bearer(_t(a, exp=None))), 401, "invalid_token", "no exp"),
     ("wrong_aud", lambda a: ("/", bearer(_t(a, aud="other-api"))), 401, "invalid_token", "audience"),
@@ -220,8 +217,8 @@ REJECTIONS = [
     ("es256_header_with_rsa_kid",
      lambda a: ("/", bearer(a.mint(alg="ES256", kid="rsa1", sign_with="ec256"))), 401, "invalid_token",
      'kid "rsa1"'),
-    ("lifetime_too_long", lambda a: ("/", bearer(_t(a, iat=_now(), exp=_now() + 7200))), 401, "invalid_token",
-     "lifetime"),
+    ("lifetime_too_long", lambda a: ("/", bearer(_t(a, iat=harness.now(), exp=harness.now() + 7200))), 401,
+     "invalid_token", "lifetime"),
     ("two_parts", lambda a: ("/", bearer("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0")), 401, "invalid_token",
      "malformed"),
     ("garbage_base64", lambda a: ("/", bearer("Zm9v.YmFy.YmF6")), 401, "invalid_token", "malformed"),
@@ -263,7 +260,7 @@ TIMES = [
 
 @pytest.mark.parametrize("name,claims,passes,desc", TIMES, ids=[c[0] for c in TIMES])
 def test_clock_skew_and_max_lifetime(main_envoy, auth, name, claims, passes, desc):
-    r = send(main_envoy, token=auth.mint(auth.claims(**claims(_now()))))
+    r = send(main_envoy, token=auth.mint(auth.claims(**claims(harness.now()))))
     if passes:
         check_ok(r)
     else:
@@ -279,7 +276,7 @@ FORGED = [("x-jwt-sub", "admin"), ("x-authenticated-scope", "admin"), ("x-oauth-
 
 
 def test_forged_identity_headers_are_replaced_by_the_real_values(main_envoy, auth):
-    exp = _now() + 200
+    exp = harness.now() + 200
     token = auth.mint(auth.claims(sub="alice", client_id="app-1", scope="read", exp=exp))
     h = check_ok(send(main_envoy, headers=FORGED, token=token))["headers"]
     assert (h.get("x-jwt-sub"), h.get("x-authenticated-scope"), h.get("x-oauth-client-id"),
@@ -386,7 +383,7 @@ def test_same_token_twice_passes_without_another_fetch(main_envoy, auth):
 
 
 def test_token_expiring_while_cached_is_refused_after_expiry(hide_envoy, auth):
-    exp = _now() + 2
+    exp = harness.now() + 2
     token = auth.mint(auth.claims(iat=exp - 2, nbf=exp - 2, exp=exp))
     check_ok(send(hide_envoy, token=token))
     check_ok(send(hide_envoy, token=token))  # served from the cache

@@ -10,7 +10,6 @@
   is still refused says why.
 """
 
-import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -193,10 +192,6 @@ def forms_envoy(module_envoy, authserver_module):
     return env
 
 
-def _now():
-    return int(time.time())
-
-
 ALLOWED_FORMS = [
     ("typ_JOSE", lambda a: a.mint(header={"typ": "JOSE"})),
     ("typ_at_jwt", lambda a: a.mint(header={"typ": "at+jwt"})),
@@ -204,7 +199,7 @@ ALLOWED_FORMS = [
     ("numeric_nonce", lambda a: a.mint(a.claims(nonce=7))),
     ("embedded_own_jwk", lambda a: a.mint(header={"jwk": public_jwk(KEYS["rsa1"], "rsa1")}, kid="rsa1")),
     ("jku_x5u_x5c", lambda a: a.mint(header={"jku": a.url("/jwks"), "x5u": a.url("/cert"), "x5c": ["MIIB"]})),
-    ("float_exp_and_nbf", lambda a: a.mint(a.claims(exp=_now() + 200.5, nbf=_now() - 0.25))),
+    ("float_exp_and_nbf", lambda a: a.mint(a.claims(exp=harness.now() + 200.5, nbf=harness.now() - 0.25))),
 ]
 
 
@@ -218,7 +213,7 @@ def test_tokens_in_forms_the_rfcs_allow_pass(forms_envoy, authserver, name, make
 
 
 def test_a_fractional_exp_is_cut_to_the_second(forms_envoy, authserver):
-    exp = _now() + 200
+    exp = harness.now() + 200
     r = forms_envoy.get("/", token=authserver.mint(authserver.claims(exp=exp + 0.9)))
     assert r.status_code == 200, r.text
     assert r.json()["headers"]["x-oauth-expiration"] == str(exp)
@@ -245,7 +240,8 @@ def _es256_with_der_signature(a):
 
 STILL_REFUSED = [
     ("float_exp_in_the_past",
-     lambda a: a.mint(a.claims(iat=_now() - 400, nbf=_now() - 400, exp=_now() - 120.5)), "has expired"),
+     lambda a: a.mint(a.claims(iat=harness.now() - 400, nbf=harness.now() - 400, exp=harness.now() - 120.5)),
+     "has expired"),
     ("negative_exp", lambda a: a.mint(a.claims(exp=-1)), "must be finite and not negative"),
     ("crit", lambda a: a.mint(header={"crit": ["exp"], "exp": 1}), "critical header extensions"),
     ("typ_not_a_jwt", lambda a: a.mint(header={"typ": "secevent+jws"}), "typ must be JWT, JOSE"),

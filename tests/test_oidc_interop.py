@@ -38,11 +38,6 @@ POLICY = {"GET /read": "read"}
 WRONG_SECRET = "not-the-pep-secret-5f1c9a"
 
 
-def label(issuer):
-    """The filter's issuer label in metric names (README, Metrics)."""
-    return re.sub(r"[^A-Za-z0-9]", "_", issuer.split("://", 1)[-1])
-
-
 def filter_config(op, issuer=None, **introspection):
     intro = {"client_id": PEP[0], "client_secret": PEP[1], "max_ttl_seconds": 1, "timeout_ms": 2000}
     intro.update(introspection)
@@ -88,11 +83,6 @@ def start_op_envoy(op, echo, workdir, issuer=None, envoy_env=None, **introspecti
         env.stop()
         raise AssertionError(msg)
     return env
-
-
-def wasm_stats(env):
-    return {k[len("wasmcustom."):]: v for k, v in env.stats("wasmcustom").items()
-            if k.startswith("wasmcustom.oauth_pep.")}
 
 
 def upstream_headers(r):
@@ -300,15 +290,15 @@ def test_revoked_token_is_401_token_inactive_once_the_cache_ttl_passed(envoy, oi
 
 def test_garbage_token_is_401_token_inactive(envoy, oidc_provider):
     tok = junk_token()
-    before = wasm_stats(envoy)
+    before = harness.wasm_stats(envoy)
     r = envoy.get("/read", token=tok)
     denial(r, 401, "token_inactive")
     params = harness.bearer_params(r.headers.get("www-authenticate"))
     assert params and params["error"] == "invalid_token", r.headers.get("www-authenticate")
     calls = filter_calls(oidc_provider, tok)
     assert [(c["status"], c["active"]) for c in calls] == [(200, "false")], calls
-    after = wasm_stats(envoy)
-    key = "oauth_pep.introspections.issuer.%s.result.inactive" % label(oidc_provider.issuer)
+    after = harness.wasm_stats(envoy)
+    key = "oauth_pep.introspections.issuer.%s.result.inactive" % harness.label(oidc_provider.issuer)
     assert after.get(key, 0) - before.get(key, 0) == 1, {k: v for k, v in after.items() if "introspect" in k}
 
 
@@ -328,7 +318,7 @@ def test_wrong_introspection_secret_is_503_introspection_unavailable(own_envoy, 
     op = oidc_provider
     env = own_envoy(client_secret=WRONG_SECRET)
     tok = op.token("read")
-    before = wasm_stats(env)
+    before = harness.wasm_stats(env)
     r = env.get("/read", token=tok)
     body = denial(r, 503, "introspection_unavailable")
     assert WRONG_SECRET not in r.text and WRONG_SECRET not in json.dumps(dict(r.headers)), r.text
@@ -339,8 +329,8 @@ def test_wrong_introspection_secret_is_503_introspection_unavailable(own_envoy, 
     denial(env.get("/read", token=tok), 503, "introspection_unavailable")
     assert len(filter_calls(op, tok)) == len(calls) + 1, filter_calls(op, tok)
 
-    after = wasm_stats(env)
-    key = "oauth_pep.introspections.issuer.%s.result.failed" % label(op.issuer)
+    after = harness.wasm_stats(env)
+    key = "oauth_pep.introspections.issuer.%s.result.failed" % harness.label(op.issuer)
     assert after.get(key, 0) - before.get(key, 0) == 2, {k: v for k, v in after.items() if "introspect" in k}
     assert after.get("oauth_pep.denied.reason.introspection_unavailable", 0) - \
         before.get("oauth_pep.denied.reason.introspection_unavailable", 0) == 2

@@ -11,24 +11,13 @@ HS_ISSUER = "https://hs.example"
 HS_SECRET = "stats-test-shared-secret-0123456789abcdef"
 
 
-def label(issuer):
-    """The filter's `issuer` label: the URL without scheme, `_` for the rest."""
-    return re.sub(r"[^A-Za-z0-9-]+", "_", issuer.split("://", 1)[-1]).strip("_")
-
-
-def wasm_stats(env):
-    """/stats of the filter, without the `wasmcustom.` prefix."""
-    return {k[len("wasmcustom."):]: v for k, v in env.stats("wasmcustom").items()
-            if k.startswith("wasmcustom.oauth_pep.")}
-
-
 def settled(env, auth, timeout=20):
     """Waits until the fetches the authserver received are the ones the
     filter counted (no fetch in flight), then returns both."""
     last = {}
 
     def same():
-        a, s = auth.stats(), wasm_stats(env)
+        a, s = auth.stats(), harness.wasm_stats(env)
         last.update(auth=a, stats=s)
         count = lambda kind, *outcomes: sum(  # noqa: E731
             s.get("oauth_pep.callouts.kind.%s.outcome.%s" % (kind, o), 0) for o in outcomes)
@@ -50,7 +39,7 @@ def test_counts_after_known_traffic(start_envoy, authserver, filter_config):
     cfg = filter_config(top={"policy": {"GET /admin": "admin", "GET /??": "read"}})
     env = start_envoy(cfg, customize=harness.with_stats_tags)
     fetched, before = settled(env, auth)
-    issuer = label(auth.issuer)
+    issuer = harness.label(auth.issuer)
     loaded = harness.wait_until(lambda: [int(n) for n in re.findall(
         r"loaded (\d+) verification keys for " + re.escape(auth.issuer), env.log_text())], 10,
         what="the key count in the log")
@@ -137,7 +126,7 @@ def test_pdp_callouts_and_decision_cache_without_stats_tags(start_envoy, authser
     assert env.get("/pdp/deny/1", token=token).status_code == 403    # asks: pdp_denied
     assert fake_pdp.stats()["calls"] == calls + 2
 
-    s = wasm_stats(env)
+    s = harness.wasm_stats(env)
     expected = {
         "oauth_pep.allowed": 2,
         "oauth_pep.denied.reason.pdp_denied": 1,
@@ -165,7 +154,7 @@ def test_failed_fetches_and_undispatched_callouts_are_counted(start_envoy, auths
                            "algorithms": ["HS256"]})
     env = start_envoy(cfg, customize=harness.with_stats_tags)
     fetched, s = settled(env, auth)
-    issuer, hs = label(auth.issuer), label(HS_ISSUER)
+    issuer, hs = harness.label(auth.issuer), harness.label(HS_ISSUER)
     # The test AS answers discovery with 500 too: no JWKS is asked for.
     assert fetched["discovery"] >= 1 and fetched["jwks"] == 0
     expected = {
@@ -183,7 +172,7 @@ def test_failed_fetches_and_undispatched_callouts_are_counted(start_envoy, auths
 
     r = env.get("/pdp/allow/1", token=hs_token(auth))
     assert r.status_code == 503, r.text
-    s = wasm_stats(env)
+    s = harness.wasm_stats(env)
     assert s["oauth_pep.callouts.kind.pdp.outcome.not_dispatched"] == 1, s
     assert s["oauth_pep.callouts.kind.pdp.outcome.ok"] == 0, s
     assert s["oauth_pep.denied.reason.pdp_unavailable"] == 1, s

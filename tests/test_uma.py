@@ -24,16 +24,9 @@ import harness
 REALM = "uma-test"
 UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
 RS = ("resource-server", "rs-secret", "uma_protection")
-CLIENTS = dict(harness.DEFAULT_CLIENTS, **{RS[0]: (RS[1], RS[2])})
+# This module's authorization server has the resource server's client too (conftest's authserver_module).
+AUTHSERVER_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{RS[0]: (RS[1], RS[2])})
 RESOURCES = {"photos": ["view", "edit"], "docs": ["read"]}
-
-
-@pytest.fixture(scope="module")
-def authserver_module(tmp_path_factory):
-    """Overrides conftest's: the same server, with the resource server's client."""
-    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"), clients=CLIENTS)
-    yield a
-    a.stop()
 
 
 @pytest.fixture

@@ -18,15 +18,8 @@ import pytest
 import harness
 
 GATEWAY = ("gateway", "gateway-secret", "billing.read billing.write")
-CLIENTS = dict(harness.DEFAULT_CLIENTS, **{GATEWAY[0]: (GATEWAY[1], GATEWAY[2])})
-
-
-@pytest.fixture(scope="module")
-def authserver_module(tmp_path_factory):
-    """Overrides conftest's: the same server, with the gateway's client."""
-    a = harness.AuthServer.start(tmp_path_factory.mktemp("authserver"), clients=CLIENTS)
-    yield a
-    a.stop()
+# This module's authorization server has the gateway's client too (conftest's authserver_module).
+AUTHSERVER_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{GATEWAY[0]: (GATEWAY[1], GATEWAY[2])})
 
 
 def client(a, **over):
