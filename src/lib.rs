@@ -40,40 +40,39 @@ mod host;
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
 use host::Door;
 use log::{error, info, warn};
-use oauth_pep_core::cache::Digest;
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
-    authorize_knowing, client_token_waited_too_long, introspection_waited_too_long,
-    resume as resume_callout, waited_too_long, Allow, Known, Request, Resume, Resumed, State,
-    Verdict,
+    authorize_knowing, due, fetching_here, resume as resume_callout, timed_out, Allow, Due, Fetch,
+    Known, Request, Resume, Resumed, State, Verdict,
 };
-use oauth_pep_core::keys::{Due, FetchProgress};
 use oauth_pep_core::metrics::{
-    CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Gauge, Histogram,
+    CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Histogram,
 };
 use oauth_pep_core::response::Denial;
 use oauth_pep_core::services::Random;
-use oauth_pep_core::token_client::Fetched;
 use oauth_pep_core::verify::{self_test, HostVerifier};
+use oauth_pep_core::wait::{Bound, Note, WaitKey, Waits};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-/// How soon the root dispatches a fetch a request asked for, and the
-/// granularity of refreshes, retries and wait deadlines.
+/// The granularity of refreshes, retries and wait deadlines.
 const TICK: Duration = Duration::from_millis(200);
-/// The tick right after a request queued a callout for the root: the soonest
-/// the root can dispatch it.
+/// The tick while the root has work queued (fetches to dispatch, parked
+/// requests to decide in batches): the soonest it can come.
 const DISPATCH_SOON: Duration = Duration::from_millis(1);
-/// The tick while requests wait for another worker's introspection answer,
-/// which only shows in shared data: how often they look.
+/// The tick while requests wait for another worker's fetch, which only
+/// shows in shared data: how often they look.
 const POLL_SHARED: Duration = Duration::from_millis(20);
+/// Requests' own callouts (PDP, permission tickets) in flight per worker:
+/// beyond, a flood gets 503s instead of as many callouts.
+const MAX_OWN_CALLOUTS: usize = 256;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -83,46 +82,145 @@ proxy_wasm::main! {{
 type Headers = Vec<(String, String)>;
 
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
-/// request that waits for it alone (none for a key fetch, which wakes every
-/// request parked on its issuer), and when it was dispatched (ms).
+/// request that made it for itself (none for a fetch requests share), and
+/// when it was dispatched (ms).
 struct InFlight {
     resume: Resume,
     request: Option<(u32, Headers)>,
     started_ms: u64,
 }
 
-fn kind(resume: &Resume) -> CalloutKind {
-    match resume {
-        Resume::Keys { step, .. } => CalloutKind::from(*step),
-        Resume::Pdp(_) => CalloutKind::Pdp,
-        Resume::Introspect(_) => CalloutKind::Introspection,
-        Resume::ClientToken { .. } => CalloutKind::Token,
-        Resume::Ticket(_) => CalloutKind::Permission,
+/// A request paused until what it waits for settles, or `until` (its first
+/// deadline, which holds across every wake).
+struct Parked {
+    on: WaitKey,
+    until: u64,
+    headers: Headers,
+}
+
+/// A request taken off its wait, to be decided in a later batch.
+enum Ready {
+    /// What it waited on settled (with `known` for a token's introspection),
+    /// or it probes whether another worker's fetch has.
+    Decide {
+        id: u32,
+        parked: Parked,
+        known: Option<Rc<Known>>,
+    },
+    /// Its deadline passed.
+    Answer {
+        id: u32,
+        headers: Headers,
+        denial: Denial,
+    },
+}
+
+impl Ready {
+    fn id(&self) -> u32 {
+        match self {
+            Ready::Decide { id, .. } | Ready::Answer { id, .. } => *id,
+        }
+    }
+
+    fn headers(&self) -> &Headers {
+        match self {
+            Ready::Decide { parked, .. } => &parked.headers,
+            Ready::Answer { headers, .. } => headers,
+        }
     }
 }
 
-/// What a parked request waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// The keys (or discovery document) of an issuer.
-    Keys(usize),
-    /// The introspection of the token with this digest.
-    Introspection { issuer: usize, key: Digest },
-    /// The token of one of the gateway's clients.
-    ClientToken(usize),
-}
-
-/// A request paused until what it waits for settles, or `until`.
-struct Parked {
-    wait: Wait,
-    until: u64,
-    headers: Headers,
+/// The bytes a request's header copy holds, with a fixed cost per header
+/// for the two `String`s.
+fn weight(headers: &Headers) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.len().saturating_add(v.len()).saturating_add(48))
+        .sum()
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
 enum Outcome {
     Proceed,
     Hold,
+}
+
+/// Every request that waits: parked by what it waits for, or ready to be
+/// decided again; counted per key and in bytes, within [`Waits`].
+#[derive(Default)]
+struct Waiting {
+    parked: HashMap<u32, Parked>,
+    per_key: HashMap<WaitKey, usize>,
+    ready: VecDeque<Ready>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Parked> {
+        let bytes = weight(&parked.headers);
+        let on_key = self.per_key.get(&parked.on).copied().unwrap_or(0);
+        if on_key >= bounds.max_per_key
+            || self.parked.len().saturating_add(self.ready.len()) >= bounds.max_per_worker
+            || self.bytes.saturating_add(bytes) > bounds.max_parked_bytes
+        {
+            return Err(parked);
+        }
+        self.per_key.insert(parked.on, on_key.saturating_add(1));
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.parked.insert(id, parked);
+        Ok(())
+    }
+
+    /// Takes request `id` off its wait; its bytes stay counted until it
+    /// leaves the ready queue too.
+    fn unpark(&mut self, id: u32) -> Option<Parked> {
+        let parked = self.parked.remove(&id)?;
+        if let Some(count) = self.per_key.get_mut(&parked.on) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_key.remove(&parked.on);
+            }
+        }
+        Some(parked)
+    }
+
+    fn waiting_on(&self, on: &WaitKey) -> bool {
+        self.per_key.contains_key(on)
+    }
+
+    /// The requests parked on `on`, oldest first (ids grow).
+    fn on(&self, on: &WaitKey) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.on == *on)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn pop_ready(&mut self) -> Option<Ready> {
+        let ready = self.ready.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(weight(ready.headers()));
+        Some(ready)
+    }
+
+    /// Drops every trace of request `id` (it ended).
+    fn forget(&mut self, id: u32) {
+        if let Some(parked) = self.unpark(id) {
+            self.bytes = self.bytes.saturating_sub(weight(&parked.headers));
+        }
+        let mut kept = VecDeque::with_capacity(self.ready.len());
+        for ready in std::mem::take(&mut self.ready) {
+            if ready.id() == id {
+                self.bytes = self.bytes.saturating_sub(weight(ready.headers()));
+            } else {
+                kept.push_back(ready);
+            }
+        }
+        self.ready = kept;
+    }
 }
 
 /// What a VM shares between its root context and its requests, and the
@@ -132,10 +230,11 @@ struct Shared<H> {
     state: RefCell<State>,
     /// Every callout in flight, by token, whichever context receives it.
     callouts: RefCell<HashMap<u32, InFlight>>,
-    parked: RefCell<HashMap<u32, Parked>>,
-    /// Callouts requests asked for (key fetches, introspections), for the
-    /// root to dispatch, so that their answers reach every request waiting.
-    root_queue: RefCell<Vec<(Callout, Resume)>>,
+    waiting: RefCell<Waiting>,
+    waits: Waits,
+    /// Fetches requests asked for, for the root to dispatch, so that their
+    /// answers reach every request waiting.
+    root_queue: RefCell<Vec<Fetch>>,
     /// The tick period last set.
     tick: Cell<Duration>,
     /// Whether a rewritten `:path` needs the route picked again.
@@ -147,15 +246,13 @@ struct Shared<H> {
 impl<H: Door> Shared<H> {
     /// `state` is the core's state for `config`, with the host's services.
     fn new(config: Config, envoy: bool, host: H, state: State) -> Self {
-        for issuer in 0..config.issuers.len() {
-            let keys = state.keys.keys(issuer).map_or(0, |keys| keys.len());
-            host.set(Gauge::KeysLoaded { issuer }, keys as u64);
-        }
+        state.report_keys(&host);
         Shared {
+            waits: Waits::default(),
             config,
             state: RefCell::new(state),
             callouts: RefCell::default(),
-            parked: RefCell::default(),
+            waiting: RefCell::default(),
             root_queue: RefCell::default(),
             tick: Cell::new(TICK),
             envoy,
@@ -165,8 +262,15 @@ impl<H: Door> Shared<H> {
     }
 
     /// Decides request `id`, the effective context, and carries it out;
-    /// `known` is the outcome of the introspection it waited for.
-    fn decide(&self, id: u32, headers: Headers, known: Option<&Known>) -> Outcome {
+    /// `known` is the outcome of the introspection it waited for, `until`
+    /// its first deadline if it waited before.
+    fn decide(
+        &self,
+        id: u32,
+        headers: Headers,
+        known: Option<&Known>,
+        until: Option<u64>,
+    ) -> Outcome {
         let verdict = {
             let request = Request {
                 method: header(&headers, ":method").unwrap_or_default(),
@@ -181,10 +285,16 @@ impl<H: Door> Shared<H> {
                 self.host.now(),
             )
         };
-        self.carry_out(id, headers, verdict)
+        self.carry_out(id, headers, verdict, until)
     }
 
-    fn carry_out(&self, id: u32, headers: Headers, verdict: Verdict) -> Outcome {
+    fn carry_out(
+        &self,
+        id: u32,
+        headers: Headers,
+        verdict: Verdict,
+        until: Option<u64>,
+    ) -> Outcome {
         // Every cache lookup happens in a decision, which ends here.
         self.cache_counts
             .borrow_mut()
@@ -199,62 +309,50 @@ impl<H: Door> Shared<H> {
                 self.deny(&headers, &denial);
                 Outcome::Hold
             }
-            Verdict::Callout {
-                callout,
-                resume: resume @ Resume::Keys { issuer, .. },
-            } => {
-                let until = self
-                    .state
+            Verdict::Call { callout, resume } => {
+                let own = self
+                    .callouts
                     .borrow()
-                    .keys
-                    .awaited_until(issuer, self.host.now())
-                    .unwrap_or_default();
-                self.queue_for_root(*callout, resume);
-                self.park(id, Wait::Keys(issuer), until, headers);
-                Outcome::Hold
+                    .values()
+                    .filter(|f| f.request.is_some())
+                    .count();
+                if own >= MAX_OWN_CALLOUTS {
+                    self.deny(
+                        &headers,
+                        &Denial::Overloaded {
+                            bound: Bound::InFlight,
+                        },
+                    );
+                    return Outcome::Hold;
+                }
+                self.dispatch(&callout, resume, Some((id, headers)))
+                    .unwrap_or(Outcome::Hold)
             }
-            Verdict::Callout {
-                callout,
-                resume: Resume::Introspect(pending),
-            } => {
-                let wait = Wait::Introspection {
-                    issuer: pending.issuer,
-                    key: pending.key,
+            Verdict::Wait(wait) => {
+                if let Some(fetch) = wait.fetch {
+                    self.queue_for_root(fetch);
+                }
+                let until = until.map_or(wait.until, |first| first.min(wait.until));
+                if until <= self.host.now() {
+                    self.deny(&headers, &timed_out(&self.config, &wait.on));
+                    return Outcome::Hold;
+                }
+                let parked = Parked {
+                    on: wait.on,
+                    until,
+                    headers,
                 };
-                let until = pending.until;
-                self.queue_for_root(*callout, Resume::Introspect(pending));
-                self.park(id, wait, until, headers);
+                let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
+                if let Err(parked) = refused {
+                    self.deny(
+                        &parked.headers,
+                        &Denial::Overloaded {
+                            bound: Bound::Waiters,
+                        },
+                    );
+                }
                 Outcome::Hold
             }
-            Verdict::Callout {
-                callout,
-                resume: resume @ Resume::ClientToken { client },
-            } => {
-                let until = self
-                    .state
-                    .borrow()
-                    .clients
-                    .awaited_until(client, self.host.now())
-                    .unwrap_or_default();
-                self.queue_for_root(*callout, resume);
-                self.park(id, Wait::ClientToken(client), until, headers);
-                Outcome::Hold
-            }
-            Verdict::WaitForClientToken { client, until } => {
-                self.park(id, Wait::ClientToken(client), until, headers);
-                Outcome::Hold
-            }
-            Verdict::WaitForKeys { issuer, until } => {
-                self.park(id, Wait::Keys(issuer), until, headers);
-                Outcome::Hold
-            }
-            Verdict::WaitForIntrospection { issuer, key, until } => {
-                self.park(id, Wait::Introspection { issuer, key }, until, headers);
-                Outcome::Hold
-            }
-            Verdict::Callout { callout, resume } => self
-                .dispatch(&callout, resume, Some((id, headers)))
-                .unwrap_or(Outcome::Hold),
         }
     }
 
@@ -279,16 +377,17 @@ impl<H: Door> Shared<H> {
                 None
             }
             Err(why) => {
-                warn!("{} callout not dispatched: {why}", kind(&resume).label());
-                self.count_callout(kind(&resume), CalloutOutcome::NotDispatched, None);
+                let kind = resume.kind();
+                warn!("{} callout not dispatched: {why}", kind.label());
+                self.count_callout(kind, CalloutOutcome::NotDispatched, None);
                 self.settle(resume, request, Err(&why))
             }
         }
     }
 
     /// Feeds an answer (or a dispatch failure) to the core and carries out
-    /// what follows: a verdict for the waiting request, the next step of a
-    /// key fetch, or waking the requests parked on a settled one.
+    /// what follows: a verdict for the request that made its own callout,
+    /// the next step of a fetch, or waking the requests parked on it.
     fn settle(
         &self,
         resume: Resume,
@@ -298,6 +397,7 @@ impl<H: Door> Shared<H> {
         let resumed = resume_callout(
             &self.config,
             &mut self.state.borrow_mut(),
+            &self.host,
             resume,
             answer,
             self.host.now(),
@@ -306,63 +406,20 @@ impl<H: Door> Shared<H> {
             Resumed::Decided(verdict) => {
                 let (id, headers) = request?;
                 self.host.set_effective_context(id).ok()?;
-                Some(self.carry_out(id, headers, verdict))
+                Some(self.carry_out(id, headers, verdict, None))
             }
-            Resumed::Next { callout, resume } => self.dispatch(&callout, resume, None),
-            Resumed::KeysSettled { issuer, progress } => {
-                log_fetch(&self.config, issuer, &progress);
-                self.count_refresh(issuer, &progress);
-                self.wake(|wait| wait == Wait::Keys(issuer), None);
-                None
-            }
-            Resumed::ClientTokenSettled { client, fetched } => {
-                let name = self
-                    .config
-                    .clients
-                    .get(client)
-                    .map_or("?", |c| c.name.as_str());
-                let ok = matches!(fetched, Fetched::Token { .. });
-                match &fetched {
-                    Fetched::Token { lifetime } => {
-                        info!("got a token for client {name}, usable for {lifetime} s")
-                    }
-                    Fetched::Failed(why) => warn!("{why}"),
-                }
-                self.host.increment(Counter::ClientToken { client, ok }, 1);
-                self.wake(|wait| wait == Wait::ClientToken(client), None);
-                None
-            }
-            Resumed::Introspected {
-                issuer,
-                known,
-                result,
-            } => {
-                self.host
-                    .increment(Counter::Introspection { issuer, result }, 1);
-                let key = known.0;
-                self.wake(
-                    |wait| matches!(wait, Wait::Introspection { key: k, .. } if k == key),
-                    Some(&known),
-                );
+            Resumed::Next(fetch) => self.dispatch(&fetch.callout, fetch.resume, None),
+            Resumed::Settled { on, known, notes } => {
+                notes.iter().for_each(log_note);
+                self.wake(&on, known);
                 None
             }
         }
     }
 
-    fn park(&self, id: u32, wait: Wait, until: u64, headers: Headers) {
-        self.parked.borrow_mut().insert(
-            id,
-            Parked {
-                wait,
-                until,
-                headers,
-            },
-        );
-    }
-
-    /// Queues a callout for the root and has the root tick at once.
-    fn queue_for_root(&self, callout: Callout, resume: Resume) {
-        self.root_queue.borrow_mut().push((callout, resume));
+    /// Queues a fetch for the root and has the root tick at once.
+    fn queue_for_root(&self, fetch: Fetch) {
+        self.root_queue.borrow_mut().push(fetch);
         self.set_tick(DISPATCH_SOON);
     }
 
@@ -382,165 +439,163 @@ impl<H: Door> Shared<H> {
         }
     }
 
-    fn count_refresh(&self, issuer: usize, progress: &FetchProgress) {
-        let ok = match progress {
-            FetchProgress::Loaded { keys, .. } => {
-                self.host.set(Gauge::KeysLoaded { issuer }, *keys as u64);
-                true
-            }
-            _ => false,
-        };
-        self.host.increment(Counter::KeyRefresh { issuer, ok }, 1);
-    }
-
-    /// Root only: the fetches that are due or that requests asked for.
-    fn dispatch_fetches(&self) {
-        let due = self.state.borrow_mut().keys.due(self.host.now());
-        let mut fetches: Vec<(Callout, Resume)> = Vec::new();
-        for due in due {
-            match due {
-                Due::Fetch(issuer, step, callout) => {
-                    fetches.push((callout, Resume::Keys { issuer, step }))
-                }
-                Due::Adopted(issuer, progress) => {
-                    if let FetchProgress::Loaded { keys, .. } = progress {
-                        info!(
-                            "loaded {keys} verification keys for {} that another worker fetched",
-                            self.config
-                                .issuers
-                                .get(issuer)
-                                .map_or("?", |i| i.issuer.as_str())
-                        );
-                        self.host.set(Gauge::KeysLoaded { issuer }, keys as u64);
-                    }
-                    self.wake(|wait| wait == Wait::Keys(issuer), None);
-                }
-            }
-        }
-        let (tokens, adopted) = self.state.borrow_mut().client_tokens_due(self.host.now());
-        for client in adopted {
-            self.wake(|wait| wait == Wait::ClientToken(client), None);
-        }
-        fetches.extend(
-            tokens
-                .into_iter()
-                .map(|(client, callout)| (callout, Resume::ClientToken { client })),
-        );
-        fetches.append(&mut self.root_queue.borrow_mut());
-        for (callout, resume) in fetches {
-            self.dispatch(&callout, resume, None);
-        }
-    }
-
     /// Root only: what each tick does.
     fn on_tick(&self) {
-        self.dispatch_fetches();
-        self.poll_shared();
-        self.expire_waits(self.host.now());
-        let polling = self
-            .parked
-            .borrow()
-            .values()
-            .any(|p| self.waits_elsewhere(p));
-        self.set_tick(if polling { POLL_SHARED } else { TICK });
+        let now = self.host.now();
+        let found = due(&self.config, &mut self.state.borrow_mut(), &self.host, now);
+        for item in found {
+            match item {
+                Due::Dispatch(fetch) => self.root_queue.borrow_mut().push(fetch),
+                Due::Wake { on, notes } => {
+                    notes.iter().for_each(log_note);
+                    self.wake(&on, None);
+                }
+            }
+        }
+        let queued = std::mem::take(&mut *self.root_queue.borrow_mut());
+        for fetch in queued {
+            self.dispatch(&fetch.callout, fetch.resume, None);
+        }
+        self.poll_elsewhere(now);
+        self.expire_waits(now);
+        self.answer_ready();
     }
 
-    /// Whether the request waits for a callout another worker makes, whose
-    /// outcome only shows in shared data.
-    fn waits_elsewhere(&self, parked: &Parked) -> bool {
-        let state = self.state.borrow();
-        match parked.wait {
-            Wait::Introspection { key, .. } => !state.is_introspecting(&key),
-            Wait::Keys(issuer) => state.keys.awaited_until(issuer, self.host.now()).is_none(),
-            Wait::ClientToken(client) => state
-                .clients
-                .awaited_until(client, self.host.now())
-                .is_none(),
+    /// Root only: for each fetch another worker makes, one parked request
+    /// is decided again, as a probe: if it no longer waits on that fetch,
+    /// the fetch settled and every request parked on it follows.
+    fn poll_elsewhere(&self, now: u64) {
+        let keys: Vec<WaitKey> = {
+            let waiting = self.waiting.borrow();
+            let state = self.state.borrow();
+            waiting
+                .per_key
+                .keys()
+                .filter(|on| !fetching_here(&state, on, now))
+                .copied()
+                .collect()
+        };
+        let mut waiting = self.waiting.borrow_mut();
+        for on in keys {
+            let probe = waiting.on(&on).into_iter().next();
+            if let Some(parked) = probe.and_then(|id| waiting.unpark(id).map(|p| (id, p))) {
+                let (id, parked) = parked;
+                waiting.ready.push_back(Ready::Decide {
+                    id,
+                    parked,
+                    known: None,
+                });
+            }
         }
     }
 
-    /// Root only: decides again the requests that wait for another worker's
-    /// introspection or key fetch. Its answer shows in shared data; if it
-    /// failed, its marker is gone and this worker asks (or answers 503).
-    fn poll_shared(&self) {
-        // Waiting again, a request keeps its first deadline.
-        self.decide_again(|p| self.waits_elsewhere(p), None, true);
-    }
-
-    /// Feeds a callout's answer to whatever waits for it.
-    fn on_reply(&self, token: u32, reply: &CalloutReply) {
+    /// Feeds a callout's answer to whatever waits for it; `root` when the
+    /// root context received it, which alone may act on other requests.
+    fn on_reply(&self, token: u32, reply: &CalloutReply, root: bool) {
         let Some(in_flight) = self.callouts.borrow_mut().remove(&token) else {
             return;
         };
-        let kind = kind(&in_flight.resume);
+        let kind = in_flight.resume.kind();
         self.count_callout(kind, CalloutOutcome::of(reply), Some(in_flight.started_ms));
         if let Some(Outcome::Proceed) = self.settle(in_flight.resume, in_flight.request, Ok(reply))
         {
             self.host.resume_request();
         }
+        if root {
+            self.answer_ready();
+        } else if !self.waiting.borrow().ready.is_empty() {
+            self.set_tick(DISPATCH_SOON);
+        }
     }
 
-    /// Root only: decides again every request parked on what settled.
-    fn wake(&self, settled: impl Fn(Wait) -> bool, known: Option<&Known>) {
-        self.decide_again(|p| settled(p.wait), known, false);
-    }
-
-    /// Root only: decides again the parked requests `pick` chooses.
-    fn decide_again(
-        &self,
-        pick: impl Fn(&Parked) -> bool,
-        known: Option<&Known>,
-        keep_deadline: bool,
-    ) {
-        let ids: Vec<u32> = self
-            .parked
-            .borrow()
-            .iter()
-            .filter(|(_, p)| pick(p))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some(parked) = self.parked.borrow_mut().remove(&id) else {
-                continue;
-            };
-            if self.host.set_effective_context(id).is_err() {
-                continue;
-            }
-            let outcome = self.decide(id, parked.headers, known);
-            if keep_deadline {
-                if let Some(again) = self.parked.borrow_mut().get_mut(&id) {
-                    again.until = again.until.min(parked.until);
-                }
-            }
-            if let Outcome::Proceed = outcome {
-                self.host.resume_request();
+    /// Moves every request parked on `on` to the ready queue, to be decided
+    /// in batches by the root.
+    fn wake(&self, on: &WaitKey, known: Option<Rc<Known>>) {
+        let mut waiting = self.waiting.borrow_mut();
+        for id in waiting.on(on) {
+            if let Some(parked) = waiting.unpark(id) {
+                waiting.ready.push_back(Ready::Decide {
+                    id,
+                    parked,
+                    known: known.clone(),
+                });
             }
         }
     }
 
-    /// Root only: answers the requests whose wait outlived its deadline.
-    fn expire_waits(&self, now: u64) {
-        let expired: Vec<(u32, Parked)> = {
-            let mut parked = self.parked.borrow_mut();
-            let ids: Vec<u32> = parked
-                .iter()
-                .filter(|(_, p)| p.until <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| parked.remove(&id).map(|p| (id, p)))
-                .collect()
-        };
-        for (id, parked) in expired {
-            if self.host.set_effective_context(id).is_ok() {
-                let denial = match parked.wait {
-                    Wait::Keys(issuer) => waited_too_long(&self.config, issuer),
-                    Wait::Introspection { issuer, .. } => {
-                        introspection_waited_too_long(&self.config, issuer)
+    /// Root only: decides or answers at most one batch of ready requests.
+    /// Local replies nest in the VM's stack until the callback returns, so
+    /// the rest wait for the next tick.
+    fn answer_ready(&self) {
+        for _ in 0..self.waits.replies_per_callback {
+            let Some(ready) = self.waiting.borrow_mut().pop_ready() else {
+                break;
+            };
+            if self.host.set_effective_context(ready.id()).is_err() {
+                continue;
+            }
+            match ready {
+                Ready::Decide { id, parked, known } => {
+                    let on = parked.on;
+                    let outcome =
+                        self.decide(id, parked.headers, known.as_deref(), Some(parked.until));
+                    if let Outcome::Proceed = outcome {
+                        self.host.resume_request();
                     }
-                    Wait::ClientToken(client) => client_token_waited_too_long(&self.config, client),
-                };
-                self.deny(&parked.headers, &denial);
+                    let still_waits = self
+                        .waiting
+                        .borrow()
+                        .parked
+                        .get(&id)
+                        .is_some_and(|p| p.on == on);
+                    // A probe that no longer waits: the fetch settled
+                    // elsewhere, and the others parked on it follow.
+                    if !still_waits && self.waiting.borrow().waiting_on(&on) {
+                        self.wake(&on, None);
+                    }
+                }
+                Ready::Answer {
+                    headers, denial, ..
+                } => self.deny(&headers, &denial),
+            }
+        }
+        let busy = !self.waiting.borrow().ready.is_empty() || !self.root_queue.borrow().is_empty();
+        let polling = {
+            let state = self.state.borrow();
+            let now = self.host.now();
+            self.waiting
+                .borrow()
+                .per_key
+                .keys()
+                .any(|on| !fetching_here(&state, on, now))
+        };
+        self.set_tick(if busy {
+            DISPATCH_SOON
+        } else if polling {
+            POLL_SHARED
+        } else {
+            TICK
+        });
+    }
+
+    /// Root only: the requests whose wait reached its deadline are queued
+    /// for their 503.
+    fn expire_waits(&self, now: u64) {
+        let mut waiting = self.waiting.borrow_mut();
+        let expired: Vec<u32> = waiting
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(parked) = waiting.unpark(id) {
+                let denial = timed_out(&self.config, &parked.on);
+                waiting.ready.push_back(Ready::Answer {
+                    id,
+                    headers: parked.headers,
+                    denial,
+                });
             }
         }
     }
@@ -548,7 +603,7 @@ impl<H: Door> Shared<H> {
     /// The request is over (answered, or reset by the client): nothing may
     /// act on it any more.
     fn forget(&self, id: u32) {
-        self.parked.borrow_mut().remove(&id);
+        self.waiting.borrow_mut().forget(id);
         self.callouts
             .borrow_mut()
             .retain(|_, f| !matches!(&f.request, Some((request, _)) if *request == id));
@@ -557,7 +612,9 @@ impl<H: Door> Shared<H> {
     /// Answers the request, with one `key=value` log line: at `warn` for
     /// outages (the operator must act), `info` for a refused caller.
     fn deny(&self, headers: &Headers, denial: &Denial) {
-        self.host.increment(Counter::denied(denial), 1);
+        for counter in Counter::of_denial(denial) {
+            self.host.increment(counter, 1);
+        }
         let request_id = header(headers, "x-request-id");
         let mut line = format!(
             "denied status={} reason={} request_id={} method={} path={}",
@@ -583,6 +640,13 @@ impl<H: Door> Shared<H> {
             request_id,
             self.config.error_body,
         ));
+    }
+}
+
+fn log_note(note: &Note) {
+    match note {
+        Note::Info(text) => info!("{text}"),
+        Note::Warn(text) => warn!("{text}"),
     }
 }
 
@@ -639,23 +703,6 @@ fn apply(door: &impl Door, allow: &Allow, envoy: bool) {
     }
 }
 
-fn log_fetch(config: &Config, issuer: usize, progress: &FetchProgress) {
-    let name = config
-        .issuers
-        .get(issuer)
-        .map_or("?", |i| i.issuer.as_str());
-    match progress {
-        FetchProgress::Loaded { keys, skipped } => {
-            info!("loaded {keys} verification keys for {name}");
-            for note in skipped {
-                info!("skipped a key of {name}: {note}");
-            }
-        }
-        FetchProgress::Failed(why) => warn!("key fetch failed: {why}"),
-        FetchProgress::Next(..) => {}
-    }
-}
-
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers
         .iter()
@@ -677,7 +724,7 @@ impl Context for Root {
         _trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
-            shared.on_reply(token, &host::callout_reply(num_headers, body_size));
+            shared.on_reply(token, &host::callout_reply(num_headers, body_size), true);
         }
     }
 }
@@ -806,7 +853,7 @@ impl Context for Filter {
         _trailers: usize,
     ) {
         self.shared
-            .on_reply(token, &host::callout_reply(num_headers, body_size));
+            .on_reply(token, &host::callout_reply(num_headers, body_size), false);
     }
 
     fn on_done(&mut self) -> bool {
@@ -817,7 +864,10 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.shared.decide(self.id, host::request_headers(), None) {
+        match self
+            .shared
+            .decide(self.id, host::request_headers(), None, None)
+        {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

@@ -239,7 +239,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
         ),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
-    shared.decide(id, headers, None)
+    shared.decide(id, headers, None, None)
 }
 
 /// The host runs the root's tick.
@@ -264,7 +264,7 @@ fn answer(shared: &Shared<FakeHost>, token: u32, status: u16, body: &str) {
         body: body.as_bytes().to_vec(),
         oversized: None,
     };
-    shared.on_reply(token, &reply);
+    shared.on_reply(token, &reply, context == ROOT);
 }
 
 const DISCOVERY: &str = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys"}"#;
@@ -488,7 +488,7 @@ fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
         ("authorization".to_string(), format!("Bearer {token}")),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
-    shared.decide(id, headers, None)
+    shared.decide(id, headers, None, None)
 }
 
 #[test]

@@ -10,23 +10,27 @@ use crate::callout::{Callout, CalloutReply, Url};
 use crate::config::{Config, PhantomFormat, TokenSource};
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{cookies_without, find_token, path_without_param, FoundToken};
+use crate::flight::{Flight, Marker};
 use crate::grant::Grant;
 use crate::headers::cmp_spelling;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
 use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
-use crate::keys::{Endpoints, FetchProgress, FetchStep, KeyManager, KeyWait, Sharing};
-use crate::metrics::IntrospectionResult;
+use crate::keys::{
+    Due as KeysDue, Endpoints, FetchProgress, FetchStep, KeyManager, KeyWait, Sharing,
+};
+use crate::metrics::{CalloutKind, Counter, Gauge, IntrospectionResult};
 use crate::pdp::{Pdp, PdpQuery};
 use crate::policy::PolicyDecision;
 use crate::request::{normalize_target, NormalTarget};
 use crate::response::{Denial, RequestProblem, TokenProblem};
-use crate::services::{NoRandom, NoSharing, Random, SharedStore};
-use crate::shared_cache::{Claim, Entry, Written};
+use crate::services::{Metrics, NoRandom, NoSharing, Random, SharedStore};
+use crate::shared_cache::{Entry, Written};
 use crate::token_client::{ClientTokens, Fetched, TokenWait};
 use crate::uma::{granted_scopes, Insufficient, Resource, Uma};
 use crate::upstream_oauth::{rule_for, ClientCredential, UpstreamOAuth};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
+use crate::wait::{Note, WaitKey};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
 const NO_EXP_CACHE_SECONDS: u64 = 300;
@@ -59,8 +63,8 @@ pub struct State {
     shared: Rc<dyn SharedStore>,
     /// This worker's id in shared in-flight markers (random per VM).
     worker: u64,
-    /// Introspections this worker has in flight: token digest → deadline.
-    introspecting: HashMap<Digest, u64>,
+    /// Introspections this worker has in flight, by token digest.
+    introspecting: HashMap<Digest, Flight>,
     /// Reads of the shared introspection cache.
     pub shared_stats: CacheStats,
     /// For the jti of client assertions (`private_key_jwt`).
@@ -119,6 +123,14 @@ impl State {
         self.clients.due(&discovered, self.random.as_ref(), now)
     }
 
+    /// The keys each issuer has now (configured ones, at start), as gauges.
+    pub fn report_keys(&self, metrics: &dyn Metrics) {
+        for issuer in 0..self.keys.len() {
+            let keys = self.keys.keys(issuer).map_or(0, |keys| keys.len());
+            metrics.set(Gauge::KeysLoaded { issuer }, keys as u64);
+        }
+    }
+
     /// Whether this worker is asking about the token with this digest.
     pub fn is_introspecting(&self, key: &Digest) -> bool {
         self.introspecting.contains_key(key)
@@ -163,34 +175,34 @@ pub struct PendingPdp {
 pub enum Verdict {
     Allow(Allow),
     Deny(Denial),
-    /// Make this callout, then feed its answer, or the reason it could not
-    /// be dispatched, to [`resume`]. A [`Resume::Keys`] callout is a fetch
-    /// many requests may share: the request that caused it waits like
-    /// [`Verdict::WaitForKeys`], until `state.keys.awaited_until`.
-    Callout {
+    /// This request's own callout (the PDP, a permission ticket): make it,
+    /// then feed its answer, or why it could not be dispatched, to [`resume`]
+    /// for this request.
+    Call {
         callout: Box<Callout>,
         resume: Resume,
     },
-    /// A fetch of this issuer's keys is in flight: ask again when it has
-    /// settled ([`Resumed::KeysSettled`]), or call [`waited_too_long`] at `until`.
-    WaitForKeys {
-        issuer: usize,
-        until: u64,
-    },
-    /// This token is being introspected (by this worker, or by another one
-    /// whose answer will appear in shared data): ask again when it has
-    /// settled, or give up at `until`.
-    WaitForIntrospection {
-        issuer: usize,
-        key: Digest,
-        until: u64,
-    },
-    /// The gateway's own token of `client` is being fetched (here or by
-    /// another worker): ask again when it has settled, or give up at `until`.
-    WaitForClientToken {
-        client: usize,
-        until: u64,
-    },
+    /// Park the request on what it waits for, shared with other requests.
+    Wait(Wait),
+}
+
+/// A request parked on `on` until it settles ([`Resumed::Settled`] or a
+/// [`Due::Wake`] names it), then decided again; at `until` at the latest it
+/// is answered with [`timed_out`].
+#[derive(Debug, PartialEq)]
+pub struct Wait {
+    pub on: WaitKey,
+    pub until: u64,
+    /// The fetch to dispatch from the root, which outlives every request and
+    /// so receives the answer whichever request caused it.
+    pub fetch: Option<Fetch>,
+}
+
+/// A callout many requests may wait for, and what its answer is for.
+#[derive(Debug, PartialEq)]
+pub struct Fetch {
+    pub callout: Box<Callout>,
+    pub resume: Resume,
 }
 
 /// What a callout's answer is for: one value per kind of callout, so each
@@ -221,29 +233,40 @@ pub struct PendingTicket {
 /// What an answer (or a dispatch failure) leads to.
 #[derive(Debug, PartialEq)]
 pub enum Resumed {
-    /// The request that waited for the answer is decided.
+    /// The request that made its own callout is decided.
     Decided(Verdict),
-    /// The key fetch goes on (discovery → JWKS): make this callout too.
-    Next {
-        callout: Box<Callout>,
-        resume: Resume,
+    /// The fetch goes on (discovery → JWKS): make this callout too.
+    Next(Fetch),
+    /// A shared fetch settled, well or not: every request parked on `on` is
+    /// to be decided again, with `known` if the answer was about one token.
+    Settled {
+        on: WaitKey,
+        known: Option<Rc<Known>>,
+        notes: Vec<Note>,
     },
-    /// `issuer`'s key fetch settled, well or not (`progress` says which): the
-    /// requests waiting on it are to be decided again.
-    KeysSettled {
-        issuer: usize,
-        progress: FetchProgress,
-    },
-    /// A token's introspection settled: every request waiting for it is to
-    /// be decided again with `known`.
-    Introspected {
-        issuer: usize,
-        known: Known,
-        result: IntrospectionResult,
-    },
-    /// A client's token request settled: the requests waiting for it are to
-    /// be decided again.
-    ClientTokenSettled { client: usize, fetched: Fetched },
+}
+
+/// What the root does on a tick, besides expiring waits.
+#[derive(Debug, PartialEq)]
+pub enum Due {
+    /// Dispatch this fetch (a refresh, a retry, a first load).
+    Dispatch(Fetch),
+    /// Another worker's fetch left its result in shared data, now taken
+    /// here: the requests parked on `on` may go on.
+    Wake { on: WaitKey, notes: Vec<Note> },
+}
+
+impl Resume {
+    /// For the callout metrics.
+    pub fn kind(&self) -> CalloutKind {
+        match self {
+            Resume::Keys { step, .. } => CalloutKind::from(*step),
+            Resume::Pdp(_) => CalloutKind::Pdp,
+            Resume::Introspect(_) => CalloutKind::Introspection,
+            Resume::ClientToken { .. } => CalloutKind::Token,
+            Resume::Ticket(_) => CalloutKind::Permission,
+        }
+    }
 }
 
 /// The one entry point for every callout's outcome: its answer, or why the
@@ -251,6 +274,7 @@ pub enum Resumed {
 pub fn resume(
     config: &Config,
     state: &mut State,
+    metrics: &dyn Metrics,
     resume: Resume,
     answer: Result<&CalloutReply, &str>,
     now: u64,
@@ -262,18 +286,47 @@ pub fn resume(
                 Err(why) => state.keys.on_dispatch_error(issuer, step, why, now),
             };
             match progress {
-                FetchProgress::Next(step, callout) => Resumed::Next {
+                FetchProgress::Next(step, callout) => Resumed::Next(Fetch {
                     callout: Box::new(callout),
                     resume: Resume::Keys { issuer, step },
+                }),
+                progress => Resumed::Settled {
+                    on: WaitKey::Keys(issuer),
+                    known: None,
+                    notes: keys_settled(config, metrics, issuer, &progress),
                 },
-                progress => Resumed::KeysSettled { issuer, progress },
             }
         }
-        Resume::Introspect(pending) => finish_introspection(config, state, *pending, answer, now),
-        Resume::ClientToken { client } => Resumed::ClientTokenSettled {
-            client,
-            fetched: state.clients.on_reply(client, answer, now),
-        },
+        Resume::Introspect(pending) => {
+            let (issuer, known, result) =
+                finish_introspection(config, state, *pending, answer, now);
+            metrics.increment(Counter::Introspection { issuer, result }, 1);
+            Resumed::Settled {
+                on: WaitKey::Introspection {
+                    issuer,
+                    token: known.0,
+                },
+                known: Some(Rc::new(known)),
+                notes: Vec::new(),
+            }
+        }
+        Resume::ClientToken { client } => {
+            let fetched = state.clients.on_reply(client, answer, now);
+            let ok = matches!(fetched, Fetched::Token { .. });
+            metrics.increment(Counter::ClientToken { client, ok }, 1);
+            let note = match fetched {
+                Fetched::Token { lifetime } => Note::Info(format!(
+                    "got a token for client {}, usable for {lifetime} s",
+                    client_name(config, client)
+                )),
+                Fetched::Failed(why) => Note::Warn(why),
+            };
+            Resumed::Settled {
+                on: WaitKey::ClientToken(client),
+                known: None,
+                notes: vec![note],
+            }
+        }
         Resume::Ticket(pending) => Resumed::Decided(Verdict::Deny(finish_ticket(
             config, state, *pending, answer,
         ))),
@@ -286,6 +339,102 @@ pub fn resume(
     }
 }
 
+/// The log lines and metrics of a key fetch that settled.
+fn keys_settled(
+    config: &Config,
+    metrics: &dyn Metrics,
+    issuer: usize,
+    progress: &FetchProgress,
+) -> Vec<Note> {
+    let name = issuer_name(config, issuer);
+    let mut notes = Vec::new();
+    match progress {
+        FetchProgress::Loaded { keys, skipped } => {
+            metrics.set(Gauge::KeysLoaded { issuer }, *keys as u64);
+            notes.push(Note::Info(format!(
+                "loaded {keys} verification keys for {name}"
+            )));
+            for note in skipped {
+                notes.push(Note::Info(format!("skipped a key of {name}: {note}")));
+            }
+        }
+        FetchProgress::Failed(why) => notes.push(Note::Warn(format!("key fetch failed: {why}"))),
+        FetchProgress::Next(..) => {}
+    }
+    let ok = matches!(progress, FetchProgress::Loaded { .. });
+    metrics.increment(Counter::KeyRefresh { issuer, ok }, 1);
+    notes
+}
+
+/// Root only, on each tick: the fetches that are due (first loads, retries,
+/// refreshes ahead of expiry), and what other workers fetched meanwhile.
+pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) -> Vec<Due> {
+    let mut due = Vec::new();
+    for found in state.keys.due(now) {
+        due.push(match found {
+            KeysDue::Fetch(issuer, step, callout) => Due::Dispatch(Fetch {
+                callout: Box::new(callout),
+                resume: Resume::Keys { issuer, step },
+            }),
+            KeysDue::Adopted(issuer, progress) => {
+                let mut notes = Vec::new();
+                if let FetchProgress::Loaded { keys, .. } = progress {
+                    metrics.set(Gauge::KeysLoaded { issuer }, keys as u64);
+                    notes.push(Note::Info(format!(
+                        "loaded {keys} verification keys for {} that another worker fetched",
+                        issuer_name(config, issuer)
+                    )));
+                }
+                Due::Wake {
+                    on: WaitKey::Keys(issuer),
+                    notes,
+                }
+            }
+        });
+    }
+    let (tokens, adopted) = state.client_tokens_due(now);
+    due.extend(adopted.into_iter().map(|client| Due::Wake {
+        on: WaitKey::ClientToken(client),
+        notes: Vec::new(),
+    }));
+    due.extend(tokens.into_iter().map(|(client, callout)| {
+        Due::Dispatch(Fetch {
+            callout: Box::new(callout),
+            resume: Resume::ClientToken { client },
+        })
+    }));
+    due
+}
+
+/// Whether this worker is making the fetch `on` names. If not, another
+/// worker is, and its outcome shows only in shared data: the glue polls,
+/// deciding the parked requests again.
+pub fn fetching_here(state: &State, on: &WaitKey, now: u64) -> bool {
+    match on {
+        WaitKey::Keys(issuer) => state.keys.awaited_until(*issuer, now).is_some(),
+        WaitKey::Introspection { token, .. } => state.introspecting.contains_key(token),
+        WaitKey::ClientToken(client) => state.clients.awaited_until(*client, now).is_some(),
+    }
+}
+
+/// The answer for a request whose wait on `on` reached its deadline.
+pub fn timed_out(config: &Config, on: &WaitKey) -> Denial {
+    match on {
+        WaitKey::Keys(issuer) => Denial::KeysUnavailable {
+            issuer: issuer_name(config, *issuer),
+            cause: "the key fetch did not settle within twice its timeout".into(),
+        },
+        WaitKey::Introspection { issuer, .. } => Denial::IntrospectionUnavailable {
+            issuer: issuer_name(config, *issuer),
+            cause: "no introspection answer within the timeout".into(),
+        },
+        WaitKey::ClientToken(client) => Denial::ClientTokenUnavailable {
+            client: client_name(config, *client),
+            cause: "the token request did not settle within its timeout".into(),
+        },
+    }
+}
+
 impl Verdict {
     fn from_key_wait(
         config: &Config,
@@ -294,11 +443,23 @@ impl Verdict {
         kid: Option<String>,
     ) -> Verdict {
         match wait {
-            KeyWait::Fetch { step, callout } => Verdict::Callout {
-                callout: Box::new(callout),
-                resume: Resume::Keys { issuer, step },
-            },
-            KeyWait::Wait { until } => Verdict::WaitForKeys { issuer, until },
+            KeyWait::Fetch {
+                step,
+                callout,
+                until,
+            } => Verdict::Wait(Wait {
+                on: WaitKey::Keys(issuer),
+                until,
+                fetch: Some(Fetch {
+                    callout: Box::new(callout),
+                    resume: Resume::Keys { issuer, step },
+                }),
+            }),
+            KeyWait::Wait { until } => Verdict::Wait(Wait {
+                on: WaitKey::Keys(issuer),
+                until,
+                fetch: None,
+            }),
             KeyWait::Unavailable(cause) => Verdict::Deny(Denial::KeysUnavailable {
                 issuer: issuer_name(config, issuer),
                 cause,
@@ -321,33 +482,11 @@ fn issuer_name(config: &Config, issuer: usize) -> String {
         .map_or_else(String::new, |i| i.issuer.clone())
 }
 
-/// The denial for a request whose wait for keys outlived the fetch.
-pub fn waited_too_long(config: &Config, issuer: usize) -> Denial {
-    Denial::KeysUnavailable {
-        issuer: issuer_name(config, issuer),
-        cause: "the key fetch did not settle within twice its timeout".into(),
-    }
-}
-
-/// The denial for a request that waited for an introspection (this worker's
-/// or another's) longer than the callout could take.
-pub fn introspection_waited_too_long(config: &Config, issuer: usize) -> Denial {
-    Denial::IntrospectionUnavailable {
-        issuer: issuer_name(config, issuer),
-        cause: "no introspection answer within the timeout".into(),
-    }
-}
-
-/// The denial for a request whose wait for one of the gateway's own tokens
-/// outlived the token request.
-pub fn client_token_waited_too_long(config: &Config, client: usize) -> Denial {
-    Denial::ClientTokenUnavailable {
-        client: config
-            .clients
-            .get(client)
-            .map_or_else(String::new, |c| c.name.clone()),
-        cause: "the token request did not settle within its timeout".into(),
-    }
+fn client_name(config: &Config, client: usize) -> String {
+    config
+        .clients
+        .get(client)
+        .map_or_else(String::new, |c| c.name.clone())
 }
 
 pub fn authorize(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
@@ -386,12 +525,12 @@ fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verd
             rewrite(&mut allow);
             Verdict::Allow(allow)
         }
-        Verdict::Callout {
+        Verdict::Call {
             callout,
             resume: Resume::Pdp(mut pending),
         } => {
             rewrite(&mut pending.allow);
-            Verdict::Callout {
+            Verdict::Call {
                 callout,
                 resume: Resume::Pdp(pending),
             }
@@ -427,11 +566,11 @@ fn decide(
             Ok(()) => Verdict::Allow(allow),
             Err(wait) => wait,
         },
-        Verdict::Callout {
+        Verdict::Call {
             callout,
             resume: Resume::Pdp(mut pending),
         } => match add_token(&mut pending.allow) {
-            Ok(()) => Verdict::Callout {
+            Ok(()) => Verdict::Call {
                 callout,
                 resume: Resume::Pdp(pending),
             },
@@ -451,25 +590,32 @@ fn client_token(
 ) -> Result<Rc<str>, Verdict> {
     let keys = &state.keys;
     let discovered = |issuer: usize| keys.discovered(issuer).and_then(|e| e.token.clone());
-    let wait = state
+    let wait_for = state
         .clients
         .for_request(client, &discovered, state.random.as_ref(), now);
     let unavailable = |cause: String| {
         Verdict::Deny(Denial::ClientTokenUnavailable {
-            client: config
-                .clients
-                .get(client)
-                .map_or_else(String::new, |c| c.name.clone()),
+            client: client_name(config, client),
             cause,
         })
     };
-    match wait {
+    let wait = |until: u64, fetch: Option<Fetch>| {
+        Verdict::Wait(Wait {
+            on: WaitKey::ClientToken(client),
+            until,
+            fetch,
+        })
+    };
+    match wait_for {
         TokenWait::Ready(token) => Ok(token),
-        TokenWait::Fetch { callout, .. } => Err(Verdict::Callout {
-            callout,
-            resume: Resume::ClientToken { client },
-        }),
-        TokenWait::Wait { until } => Err(Verdict::WaitForClientToken { client, until }),
+        TokenWait::Fetch { callout, until } => Err(wait(
+            until,
+            Some(Fetch {
+                callout,
+                resume: Resume::ClientToken { client },
+            }),
+        )),
+        TokenWait::Wait { until } => Err(wait(until, None)),
         TokenWait::NeedsDiscovery(issuer) => {
             match discovered_endpoint(config, state, issuer, now, |e| &e.token)? {
                 // Loaded just now (another worker's): asked again with it.
@@ -607,7 +753,7 @@ fn ticket(
             Err(wait) => return wait,
         },
     };
-    Verdict::Callout {
+    Verdict::Call {
         callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
         resume: Resume::Ticket(Box::new(PendingTicket {
             resource_id: resource.id.clone(),
@@ -736,7 +882,7 @@ fn judge(
         None => {
             let callout = Box::new(pdp.callout(&query));
             let denial = pdp_denied(&query);
-            Verdict::Callout {
+            Verdict::Call {
                 callout,
                 resume: Resume::Pdp(Box::new(PendingPdp {
                     allow,
@@ -1030,15 +1176,24 @@ fn introspect(
             _ => state.shared_stats.misses += 1,
         }
     }
-    if let Some(&until) = state.introspecting.get(&key) {
-        if now < until {
-            return Err(Verdict::WaitForIntrospection { issuer, key, until });
-        }
-        // Its answer never came (the host dropped it): ask again.
-        state.introspecting.remove(&key);
+    let wait = |until: u64, fetch: Option<Fetch>| {
+        Verdict::Wait(Wait {
+            on: WaitKey::Introspection { issuer, token: key },
+            until,
+            fetch,
+        })
+    };
+    if let Some(until) = state
+        .introspecting
+        .get(&key)
+        .and_then(|f| f.awaited_until(now))
+    {
+        return Err(wait(until, None));
     }
+    // Its answer never came (the host dropped it): ask again.
+    state.introspecting.remove(&key);
     if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
-        state.introspecting.retain(|_, until| now < *until);
+        state.introspecting.retain(|_, f| f.awaiting(now));
         if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
             return Err(unavailable(format!(
                 "{MAX_INTROSPECTIONS_IN_FLIGHT} introspections are already in flight on this worker"
@@ -1063,22 +1218,34 @@ fn introspect(
         .map_err(|e| unavailable(e.to_string()))?;
     // Two timeouts: the callout's own, and the time to dispatch it.
     let until = now.saturating_add(settings.timeout_ms / 1000 + 2);
-    if let Claim::HeldElsewhere { until } =
-        config
-            .shared_cache
-            .claim(state.shared.as_ref(), &key, state.worker, until, now)
-    {
-        return Err(Verdict::WaitForIntrospection { issuer, key, until });
+    let mut flight = Flight::default();
+    let marker = introspection_marker(config, state, &key);
+    if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
+        return Err(wait(theirs, None));
     }
-    state.introspecting.insert(key, until);
-    Err(Verdict::Callout {
-        callout: Box::new(callout),
-        resume: Resume::Introspect(Box::new(PendingIntrospection {
-            issuer,
-            key,
-            until,
-            local,
-        })),
+    state.introspecting.insert(key, flight);
+    Err(wait(
+        until,
+        Some(Fetch {
+            callout: Box::new(callout),
+            resume: Resume::Introspect(Box::new(PendingIntrospection {
+                issuer,
+                key,
+                until,
+                local,
+            })),
+        }),
+    ))
+}
+
+/// Where a token's introspection is claimed in shared data, when the
+/// shared cache is on.
+fn introspection_marker<'a>(config: &Config, state: &'a State, key: &Digest) -> Option<Marker<'a>> {
+    config.shared_cache.enabled().then(|| Marker {
+        store: state.shared.as_ref(),
+        key: config.shared_cache.marker_key(key),
+        subject: *key,
+        worker: state.worker,
     })
 }
 
@@ -1202,23 +1369,40 @@ fn finish_introspection(
     pending: PendingIntrospection,
     answer: Result<&CalloutReply, &str>,
     now: u64,
-) -> Resumed {
+) -> (usize, Known, IntrospectionResult) {
     let PendingIntrospection {
         issuer, key, local, ..
     } = pending;
-    state.introspecting.remove(&key);
+    let flight = state.introspecting.remove(&key);
+    let outcome = settle_introspection(config, state, issuer, key, local, answer, now);
+    // Released once the answer is in shared data: a worker that polls and
+    // finds no marker finds the answer.
+    if let Some(mut flight) = flight {
+        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+    }
+    outcome
+}
+
+fn settle_introspection(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    local: Option<Rc<Grant>>,
+    answer: Result<&CalloutReply, &str>,
+    now: u64,
+) -> (usize, Known, IntrospectionResult) {
     let shared = &config.shared_cache;
-    shared.release(state.shared.as_ref(), &key, state.worker);
     let Some(settings) = config
         .issuers
         .get(issuer)
         .and_then(|i| i.introspection.as_ref())
     else {
-        return Resumed::Introspected {
+        return (
             issuer,
-            known: (key, Err(Denial::InvalidToken(TokenProblem::Inactive))),
-            result: IntrospectionResult::Failed,
-        };
+            (key, Err(Denial::InvalidToken(TokenProblem::Inactive))),
+            IntrospectionResult::Failed,
+        );
     };
     let interpreted = match answer {
         Ok(reply) => introspection::interpret(reply).map_err(|e| e.to_string()),
@@ -1283,11 +1467,7 @@ fn finish_introspection(
             ),
         },
     };
-    Resumed::Introspected {
-        issuer,
-        known: (key, outcome),
-        result,
-    }
+    (issuer, (key, outcome), result)
 }
 
 /// Under `failure_mode: serve_stale`, the cached active answer past its TTL
@@ -1397,18 +1577,25 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::services::testing::FakeMetrics;
 
     /// The PDP's answer to a request that asked it.
     fn answer_pdp(c: &Config, s: &mut State, asked: Verdict, reply: &CalloutReply) -> Verdict {
-        let Verdict::Callout {
+        let Verdict::Call {
             resume: resume @ Resume::Pdp(_),
             ..
         } = asked
         else {
             panic!("the PDP was not asked: {asked:?}")
         };
-        let Resumed::Decided(verdict) = super::resume(c, s, resume, Ok(reply), vectors().now)
-        else {
+        let Resumed::Decided(verdict) = super::resume(
+            c,
+            s,
+            &FakeMetrics::default(),
+            resume,
+            Ok(reply),
+            vectors().now,
+        ) else {
             panic!("a PDP answer decides its request")
         };
         verdict
@@ -1417,10 +1604,13 @@ mod tests {
     fn starts_key_fetch(v: &Verdict) -> bool {
         matches!(
             v,
-            Verdict::Callout {
-                resume: Resume::Keys { issuer: 0, .. },
+            Verdict::Wait(Wait {
+                fetch: Some(Fetch {
+                    resume: Resume::Keys { issuer: 0, .. },
+                    ..
+                }),
                 ..
-            }
+            })
         )
     }
     use crate::callout::CalloutReply;
@@ -1678,14 +1868,18 @@ mod tests {
         let mut s = State::new(&c);
         let now = vectors().now;
         let token = vectors().token("good_RS256").to_string();
-        let Verdict::Callout {
-            callout,
-            resume:
-                Resume::Keys {
-                    issuer: 0,
-                    step: FetchStep::Discovery,
-                },
-        } = run(&c, &mut s, &bearer(&token), "/")
+        let Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume:
+                        Resume::Keys {
+                            issuer: 0,
+                            step: FetchStep::Discovery,
+                        },
+                }),
+            ..
+        }) = run(&c, &mut s, &bearer(&token), "/")
         else {
             panic!("the first request starts the fetch")
         };
@@ -1695,7 +1889,11 @@ mod tests {
         assert_eq!(until, now + 11, "2 x fetch_timeout, rounded up");
         assert_eq!(
             run(&c, &mut s, &bearer(&token), "/"),
-            Verdict::WaitForKeys { issuer: 0, until },
+            Verdict::Wait(Wait {
+                on: WaitKey::Keys(0),
+                until,
+                fetch: None
+            }),
             "the next one waits for it"
         );
         assert!(s.keys.due(now).is_empty(), "one fetch at a time");
@@ -1770,10 +1968,14 @@ mod tests {
             ));
 
             let mut second = worker(2);
-            let Verdict::Callout {
-                callout,
-                resume: Resume::ClientToken { client: 0 },
-            } = run(&c, &mut second, &[], "/photos/1")
+            let Verdict::Wait(Wait {
+                fetch:
+                    Some(Fetch {
+                        callout,
+                        resume: Resume::ClientToken { client: 0 },
+                    }),
+                ..
+            }) = run(&c, &mut second, &[], "/photos/1")
             else {
                 panic!("the second worker does not ask for the PAT ({pat_endpoint})")
             };
@@ -1785,11 +1987,12 @@ mod tests {
             let _ = super::resume(
                 &c,
                 &mut second,
+                &FakeMetrics::default(),
                 Resume::ClientToken { client: 0 },
                 Ok(&pat),
                 now,
             );
-            let Verdict::Callout {
+            let Verdict::Call {
                 callout,
                 resume: Resume::Ticket(_),
             } = run(&c, &mut second, &[], "/photos/1")
@@ -1923,7 +2126,13 @@ mod tests {
         let t = now + 1;
         assert!(starts_key_fetch(&at(&mut s, t, &junk)));
         assert!(
-            matches!(at(&mut s, t, &junk), Verdict::WaitForKeys { issuer: 0, .. }),
+            matches!(
+                at(&mut s, t, &junk),
+                Verdict::Wait(Wait {
+                    on: WaitKey::Keys(0),
+                    ..
+                })
+            ),
             "a second request with the kid waits for the refetch"
         );
         let _ = loaded(&mut s, t);
@@ -2092,7 +2301,7 @@ mod tests {
             "a failed scope check never reaches the PDP"
         );
         let asked = method_run(&c, &mut s, "GET", "/a", &good());
-        let Verdict::Callout { callout, .. } = &asked else {
+        let Verdict::Call { callout, .. } = &asked else {
             panic!()
         };
         assert_eq!(callout.url.path, "/v1/data/authz");
@@ -2127,12 +2336,17 @@ mod tests {
             assert_eq!(denial.code(), denied, "{answer:?}");
         }
         // A callout the host would not dispatch is decided in the core too.
-        let Verdict::Callout { resume, .. } = method_run(&c, &mut s, "GET", "/a", &good()) else {
+        let Verdict::Call { resume, .. } = method_run(&c, &mut s, "GET", "/a", &good()) else {
             panic!()
         };
-        let Resumed::Decided(Verdict::Deny(denial)) =
-            super::resume(&c, &mut s, resume, Err("BadArgument"), vectors().now)
-        else {
+        let Resumed::Decided(Verdict::Deny(denial)) = super::resume(
+            &c,
+            &mut s,
+            &FakeMetrics::default(),
+            resume,
+            Err("BadArgument"),
+            vectors().now,
+        ) else {
             panic!()
         };
         assert_eq!(denial.code(), "pdp_unavailable");

@@ -10,7 +10,8 @@ use std::rc::Rc;
 use super::*;
 use crate::extract::tests::h;
 use crate::jwt::test_vectors::vectors;
-use crate::services::testing::MemoryStore;
+use crate::metrics::Counter;
+use crate::services::testing::{FakeMetrics, MemoryStore};
 
 const NOW: u64 = 1_700_001_000;
 
@@ -68,10 +69,14 @@ fn active(exp: u64) -> String {
 /// The introspection callout `v` asks for, and its resume.
 fn expect_callout(v: Verdict) -> (Callout, Resume) {
     match v {
-        Verdict::Callout {
-            callout,
-            resume: resume @ Resume::Introspect(_),
-        } => (*callout, resume),
+        Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume: resume @ Resume::Introspect(_),
+                }),
+            ..
+        }) => (*callout, resume),
         other => panic!("no introspection asked: {other:?}"),
     }
 }
@@ -83,8 +88,18 @@ fn settle(
     reply: Result<&CalloutReply, &str>,
     now: u64,
 ) -> (Known, IntrospectionResult) {
-    match super::resume(c, s, resume, reply, now) {
-        Resumed::Introspected { known, result, .. } => (known, result),
+    let metrics = FakeMetrics::default();
+    match super::resume(c, s, &metrics, resume, reply, now) {
+        Resumed::Settled {
+            known: Some(known), ..
+        } => {
+            let counted = |result| metrics.counter(Counter::Introspection { issuer: 0, result });
+            let result = IntrospectionResult::ALL
+                .into_iter()
+                .find(|r| counted(*r) == 1)
+                .expect("the outcome is counted");
+            ((*known).clone(), result)
+        }
         other => panic!("not an introspection outcome: {other:?}"),
     }
 }
@@ -114,7 +129,11 @@ fn an_opaque_token_is_asked_about_once_and_waiters_share_the_answer() {
     // A second request for the same token waits for that callout.
     assert!(matches!(
         ask(&c, &mut s, "opaque-1", NOW),
-        Verdict::WaitForIntrospection { issuer: 0, .. }
+        Verdict::Wait(Wait {
+            on: WaitKey::Introspection { issuer: 0, .. },
+            fetch: None,
+            ..
+        })
     ));
     let (known, result) = settle(
         &c,
@@ -150,7 +169,7 @@ fn another_worker_waits_for_the_first_one_and_reads_its_answer() {
     let (_, resume) = expect_callout(ask(&c, &mut first, "opaque-2", NOW));
     assert!(matches!(
         ask(&c, &mut second, "opaque-2", NOW),
-        Verdict::WaitForIntrospection { .. }
+        Verdict::Wait(Wait { fetch: None, .. })
     ));
     assert!(!second.is_introspecting(&digest(&[b"opaque-2"])));
     let _ = settle(
@@ -167,7 +186,7 @@ fn another_worker_waits_for_the_first_one_and_reads_its_answer() {
     assert_eq!(second.shared_stats.hits, 1);
     // A worker that lost its marker's owner (no answer by the deadline) asks itself.
     let (_, _lost) = expect_callout(ask(&c, &mut first, "opaque-3", NOW));
-    let Verdict::WaitForIntrospection { until, .. } = ask(&c, &mut second, "opaque-3", NOW) else {
+    let Verdict::Wait(Wait { until, .. }) = ask(&c, &mut second, "opaque-3", NOW) else {
         panic!()
     };
     expect_callout(ask(&c, &mut second, "opaque-3", until));

@@ -791,7 +791,11 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let asks = |state: &mut State| {
-            let Verdict::Callout { callout, .. } = authorize(&c, state, &request, NOW) else {
+            let Verdict::Wait(crate::engine::Wait {
+                fetch: Some(crate::engine::Fetch { callout, .. }),
+                ..
+            }) = authorize(&c, state, &request, NOW)
+            else {
                 panic!("no callout");
             };
             let (_, claims) = verified(&form(&body_of(&callout))[4].1, ES256_JWK);

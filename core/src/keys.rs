@@ -10,10 +10,11 @@ use serde::Deserialize;
 use crate::alg::Alg;
 use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
+use crate::flight::{backoff, Flight, Marker};
 use crate::introspection::{Introspection, Mode};
 use crate::jwks::KeySet;
 use crate::services::SharedStore;
-use crate::shared_cache::{claim_marker, release_marker, Claim, Reader};
+use crate::shared_cache::Reader;
 
 /// How the keys of an issuer are obtained.
 #[derive(Clone)]
@@ -74,9 +75,6 @@ impl Issuer {
     }
 }
 
-/// Retry delays while an issuer has never had keys: fast at first, so the
-/// filter recovers quickly once the authorization server comes up.
-const FIRST_LOAD_RETRY_SECONDS: [u64; 5] = [1, 2, 4, 8, 15];
 /// Retry delay after a failed refresh while older keys are still in use.
 const REFRESH_RETRY_SECONDS: u64 = 15;
 /// A request may start a fetch itself (keys never loaded, or an unknown
@@ -100,15 +98,8 @@ pub enum FetchStep {
 #[derive(Default)]
 pub struct IssuerKeys {
     pub keys: Option<Rc<KeySet>>,
-    pub last_error: Option<String>,
-    /// Until when a dispatched fetch is awaited. A request that started a
-    /// fetch can be reset, and the host then drops the callout without a
-    /// reply; the deadline keeps that from blocking fetches for good.
-    in_flight_until: Option<u64>,
-    next_attempt_at: u64,
-    failures: usize,
-    /// When the last fetch of any kind was started.
-    last_started_at: Option<u64>,
+    /// The fetch of discovery and JWKS, in flight or not.
+    pub flight: Flight,
     /// Unknown-kid refetch allowance: tokens left, as of `refetch_credit_at`.
     refetch_credit: u64,
     refetch_credit_at: u64,
@@ -146,8 +137,12 @@ pub enum Due {
 pub enum KeyWait {
     /// Another worker's newer keys were just loaded: look again.
     Adopted,
-    /// Start this fetch and wait for it, until [`KeyManager::awaited_until`].
-    Fetch { step: FetchStep, callout: Callout },
+    /// Start this fetch and wait for it, until `until`.
+    Fetch {
+        step: FetchStep,
+        callout: Callout,
+        until: u64,
+    },
     /// Wait for the fetch in flight, until `until`.
     Wait { until: u64 },
     /// No fetch can help now; the keys are unavailable for this reason (503).
@@ -166,12 +161,11 @@ impl IssuerKeys {
     }
 
     fn awaiting(&self, now: u64) -> bool {
-        self.in_flight_until.is_some_and(|until| now < until)
+        self.flight.awaiting(now)
     }
 
     fn may_start_for_request(&self, now: u64) -> bool {
-        self.last_started_at
-            .is_none_or(|t| now >= t.saturating_add(REQUEST_FETCH_INTERVAL_SECONDS))
+        self.flight.quiet_for(REQUEST_FETCH_INTERVAL_SECONDS, now)
     }
 
     /// Starts a fetch, unless another worker is fetching these keys: then
@@ -181,40 +175,29 @@ impl IssuerKeys {
         issuer: &Issuer,
         shared: &Sharing,
         now: u64,
-    ) -> Result<Option<(FetchStep, Callout)>, u64> {
-        let Some(first) = first_callout(issuer) else {
+    ) -> Result<Option<(FetchStep, Callout, u64)>, u64> {
+        let Some((step, callout)) = first_callout(issuer) else {
             return Ok(None);
         };
         let until = in_flight_deadline(issuer, now);
-        let id = shared_id(issuer);
-        if let Claim::HeldElsewhere { until } = claim_marker(
-            shared.store.as_ref(),
-            &shared_key(&id, "in_flight"),
-            &id,
-            shared.worker,
-            until,
-            now,
-        ) {
-            return Err(until);
-        }
-        self.in_flight_until = Some(until);
-        self.last_started_at = Some(now);
-        Ok(Some(first))
+        self.flight
+            .start(Some(&marker(issuer, shared)), until, now)?;
+        Ok(Some((step, callout, until)))
     }
 
-    fn wait(&mut self, kid: Option<Digest>) -> KeyWait {
+    fn wait(&mut self, kid: Option<Digest>, now: u64) -> KeyWait {
         if let Some(kid) = kid {
             if !self.wanted_kids.contains(&kid) && self.wanted_kids.len() < ABSENT_KIDS_REMEMBERED {
                 self.wanted_kids.push(kid);
             }
         }
         KeyWait::Wait {
-            until: self.in_flight_until.unwrap_or_default(),
+            until: self.flight.awaited_until(now).unwrap_or(now),
         }
     }
 
     fn unavailable(&self, issuer: &Issuer) -> KeyWait {
-        KeyWait::Unavailable(match &self.last_error {
+        KeyWait::Unavailable(match self.flight.last_error() {
             Some(error) => format!(
                 "the signing keys of {} are not available: {error}",
                 issuer.issuer
@@ -247,6 +230,17 @@ impl IssuerKeys {
 /// Discovery and JWKS are two callouts, each bounded by the fetch timeout.
 fn in_flight_deadline(issuer: &Issuer, now: u64) -> u64 {
     now.saturating_add(issuer.fetch_timeout_ms.saturating_mul(2) / 1000 + 1)
+}
+
+/// Where the issuer's key fetch is claimed in shared data.
+fn marker<'a>(issuer: &Issuer, shared: &'a Sharing) -> Marker<'a> {
+    let id = shared_id(issuer);
+    Marker {
+        store: shared.store.as_ref(),
+        key: shared_key(&id, "in_flight"),
+        subject: id,
+        worker: shared.worker,
+    }
 }
 
 pub struct KeyManager {
@@ -405,6 +399,15 @@ impl KeyManager {
         Some(loaded(state, settings, keys, skipped, fetched_at, now))
     }
 
+    /// How many issuers there are.
+    pub fn len(&self) -> usize {
+        self.issuers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
     pub fn keys(&self, issuer: usize) -> Option<&Rc<KeySet>> {
         self.issuers.get(issuer)?.keys.as_ref()
     }
@@ -438,10 +441,10 @@ impl KeyManager {
             else {
                 continue;
             };
-            if state.awaiting(now) || now < state.next_attempt_at {
+            if state.awaiting(now) || !state.flight.retry_due(now) {
                 continue;
             }
-            if let Ok(Some((step, callout))) = state.start(issuer, &self.shared, now) {
+            if let Ok(Some((step, callout, _))) = state.start(issuer, &self.shared, now) {
                 due.push(Due::Fetch(index, step, callout));
             }
         }
@@ -461,11 +464,17 @@ impl KeyManager {
             return KeyWait::Unavailable("unknown issuer".into());
         };
         if state.awaiting(now) {
-            return state.wait(None);
+            return state.wait(None, now);
         }
         if state.may_start_for_request(now) {
             match state.start(settings, &self.shared, now) {
-                Ok(Some((step, callout))) => return KeyWait::Fetch { step, callout },
+                Ok(Some((step, callout, until))) => {
+                    return KeyWait::Fetch {
+                        step,
+                        callout,
+                        until,
+                    }
+                }
                 Err(until) => return KeyWait::Wait { until },
                 Ok(None) => {}
             }
@@ -492,25 +501,29 @@ impl KeyManager {
         }
         let kid = digest(&[kid.as_bytes()]);
         if state.awaiting(now) {
-            return state.wait(Some(kid));
+            return state.wait(Some(kid), now);
         }
         state.absent_kids.retain(|(_, until)| now < *until);
         // After a failed fetch, the requests that waited for it get their
         // 503 rather than each starting another fetch at once.
         let refetch = !state.absent_kids.iter().any(|(k, _)| *k == kid)
-            && (state.last_error.is_none() || state.may_start_for_request(now))
+            && (state.flight.last_error().is_none() || state.may_start_for_request(now))
             && state.take_refetch_credit(settings.unknown_kid_refetch_seconds, now);
         if refetch {
             match state.start(settings, &self.shared, now) {
-                Ok(Some((step, callout))) => {
+                Ok(Some((step, callout, until))) => {
                     state.wanted_kids.push(kid);
-                    return KeyWait::Fetch { step, callout };
+                    return KeyWait::Fetch {
+                        step,
+                        callout,
+                        until,
+                    };
                 }
                 Err(until) => return KeyWait::Wait { until },
                 Ok(None) => {}
             }
         }
-        if state.last_error.is_some() {
+        if state.flight.last_error().is_some() {
             state.unavailable(settings)
         } else {
             KeyWait::KidUnknown
@@ -519,18 +532,7 @@ impl KeyManager {
 
     /// When the fetch in flight for `issuer` is given up on, if one is.
     pub fn awaited_until(&self, issuer: usize, now: u64) -> Option<u64> {
-        let state = self.issuers.get(issuer)?;
-        state.awaiting(now).then_some(state.in_flight_until?)
-    }
-
-    /// The request that dispatched a fetch is gone, and with it (on Envoy
-    /// with the Rust SDK) the reply: stop waiting for it, so the next request
-    /// can start another at once.
-    pub fn abandon(&mut self, issuer: usize) {
-        if let Some(state) = self.issuers.get_mut(issuer) {
-            state.in_flight_until = None;
-            state.last_started_at = None;
-        }
+        self.issuers.get(issuer)?.flight.awaited_until(now)
     }
 
     /// Feeds one reply into the fetch of `issuer`.
@@ -577,6 +579,7 @@ impl KeyManager {
         let outcome = interpret(settings, step, body);
         let id = shared_id(settings);
         let store = self.shared.store.as_ref();
+        let marker = marker(settings, &self.shared);
         match outcome {
             Ok(Interpreted::Next(next_step, callout, endpoints)) => {
                 state.endpoints = *endpoints;
@@ -590,38 +593,22 @@ impl KeyManager {
                 if store.set(&shared_key(&id, "jwks"), &record, None).is_ok() {
                     let _ = store.set(&shared_key(&id, "version"), &now.to_be_bytes(), None);
                 }
-                release_marker(
-                    store,
-                    &shared_key(&id, "in_flight"),
-                    &id,
-                    self.shared.worker,
-                );
-                loaded(state, settings, keys, skipped, now, now)
+                let progress = loaded(state, settings, keys, skipped, now, now);
+                state
+                    .flight
+                    .succeeded(Some(&marker), now.saturating_add(settings.refresh_seconds));
+                progress
             }
             Err(why) => {
-                release_marker(
-                    store,
-                    &shared_key(&id, "in_flight"),
-                    &id,
-                    self.shared.worker,
-                );
                 state.wanted_kids.clear();
-                state.in_flight_until = None;
-                state.last_error = Some(why.clone());
-                state.failures = state.failures.saturating_add(1);
+                // While older keys are still in use a failed refresh is no
+                // emergency; a first load retries fast.
                 let delay = if state.keys.is_some() {
                     REFRESH_RETRY_SECONDS.min(settings.refresh_seconds)
                 } else {
-                    let i = state
-                        .failures
-                        .saturating_sub(1)
-                        .min(FIRST_LOAD_RETRY_SECONDS.len() - 1);
-                    FIRST_LOAD_RETRY_SECONDS
-                        .get(i)
-                        .copied()
-                        .unwrap_or(REFRESH_RETRY_SECONDS)
+                    backoff(state.flight.failures().saturating_add(1))
                 };
-                state.next_attempt_at = now.saturating_add(delay);
+                state.flight.failed(Some(&marker), why.clone(), delay, now);
                 FetchProgress::Failed(why)
             }
         }
@@ -649,10 +636,9 @@ fn loaded(
     }
     state.keys = Some(Rc::new(keys));
     state.fetched_at = Some(fetched_at);
-    state.last_error = None;
-    state.in_flight_until = None;
-    state.failures = 0;
-    state.next_attempt_at = fetched_at.saturating_add(settings.refresh_seconds);
+    state
+        .flight
+        .adopted(fetched_at.saturating_add(settings.refresh_seconds));
     FetchProgress::Loaded {
         keys: count,
         skipped,
@@ -796,7 +782,10 @@ mod tests {
                     && error.contains(why),
                 "{error}"
             );
-            assert_eq!(m.state(0).unwrap().last_error.as_ref(), Some(&error));
+            assert_eq!(
+                m.state(0).unwrap().flight.last_error(),
+                Some(error.as_str())
+            );
             assert!(m.keys(0).is_none());
         }
         let mut m = KeyManager::new(&c.issuers);

@@ -27,6 +27,7 @@ pub mod config_error;
 pub mod consumer;
 pub mod engine;
 pub mod extract;
+pub mod flight;
 pub mod gluu;
 pub mod grant;
 pub mod headers;
@@ -45,6 +46,7 @@ pub mod token_client;
 pub mod uma;
 pub mod upstream_oauth;
 pub mod verify;
+pub mod wait;
 
 #[cfg(test)]
 mod robustness;

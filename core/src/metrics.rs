@@ -18,6 +18,7 @@ use crate::engine::State;
 use crate::keys::FetchStep;
 use crate::response::{Denial, Reason};
 use crate::services::Metrics;
+use crate::wait::Bound;
 
 /// The first segment of every metric name.
 pub const PREFIX: &str = "oauth_pep";
@@ -188,6 +189,8 @@ pub enum Counter {
         client: usize,
         ok: bool,
     },
+    /// A request refused by a bound on waiting or on callouts.
+    Overload(Bound),
 }
 
 /// What one introspection callout came to.
@@ -213,6 +216,16 @@ impl IntrospectionResult {
 impl Counter {
     pub fn denied(denial: &Denial) -> Counter {
         Counter::Denied(denial.reason())
+    }
+
+    /// The counters one denial increments: its reason, and for an overload
+    /// the bound that refused it.
+    pub fn of_denial(denial: &Denial) -> Vec<Counter> {
+        let mut counters = vec![Counter::denied(denial)];
+        if let Denial::Overloaded { bound } = denial {
+            counters.push(Counter::Overload(*bound));
+        }
+        counters
     }
 }
 
@@ -271,6 +284,9 @@ impl Catalogue {
                 all.push(Metric::Counter(Counter::Callout(kind, outcome)));
             }
             all.push(Metric::Histogram(Histogram::CalloutLatencyMs(kind)));
+        }
+        for bound in Bound::ALL {
+            all.push(Metric::Counter(Counter::Overload(bound)));
         }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
@@ -340,6 +356,9 @@ impl Catalogue {
                 self.clients.get(client)?,
                 if ok { "ok" } else { "failed" }
             ),
+            Metric::Counter(Counter::Overload(bound)) => {
+                format!("{PREFIX}.overload.{}", bound.label())
+            }
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -475,6 +494,8 @@ mod tests {
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.ok",
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.failed",
             "oauth_pep.keys_loaded.issuer.login_example_com_realms_a",
+            "oauth_pep.overload.waiters",
+            "oauth_pep.overload.introspection_budget",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),
@@ -482,9 +503,12 @@ mod tests {
             );
         }
         // 1 allowed + one per reason + 6 kinds x (4 outcomes + 1 histogram)
-        // + 4 caches x 3 events + 1 issuer x (2 refresh outcomes + 1 gauge
-        // + 4 introspection results).
-        assert_eq!(names.len(), 1 + Reason::ALL.len() + 30 + 12 + 7);
+        // + one per overload bound + 4 caches x 3 events + 1 issuer x (2
+        // refresh outcomes + 1 gauge + 4 introspection results).
+        assert_eq!(
+            names.len(),
+            1 + Reason::ALL.len() + 30 + Bound::ALL.len() + 12 + 7
+        );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {
             assert!(

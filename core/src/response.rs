@@ -13,6 +13,7 @@ use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
 use crate::request::PathError;
+use crate::wait::Bound;
 
 /// Why a request was refused: a stable machine code for logs, metrics,
 /// access logs and tests. Codes never change meaning once released.
@@ -41,11 +42,12 @@ pub enum Reason {
     UmaTicket,
     UmaUnavailable,
     ClientTokenUnavailable,
+    Overloaded,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -69,6 +71,7 @@ impl Reason {
         Reason::UmaTicket,
         Reason::UmaUnavailable,
         Reason::ClientTokenUnavailable,
+        Reason::Overloaded,
     ];
 
     pub fn code(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Reason {
             Reason::UmaTicket => "uma_ticket",
             Reason::UmaUnavailable => "uma_unavailable",
             Reason::ClientTokenUnavailable => "client_token_unavailable",
+            Reason::Overloaded => "overloaded",
         }
     }
 }
@@ -229,6 +233,12 @@ pub enum Denial {
         client: String,
         cause: String,
     },
+    /// A bound on waiting or on callouts refused the request before any
+    /// work (parked requests, callouts in flight, a callout budget): the
+    /// caller may retry in a second.
+    Overloaded {
+        bound: Bound,
+    },
 }
 
 impl crate::cache::Weigh for Denial {
@@ -259,6 +269,7 @@ impl Denial {
             Denial::UmaTicket { .. } => Reason::UmaTicket,
             Denial::UmaUnavailable { .. } => Reason::UmaUnavailable,
             Denial::ClientTokenUnavailable { .. } => Reason::ClientTokenUnavailable,
+            Denial::Overloaded { .. } => Reason::Overloaded,
         }
     }
 
@@ -278,7 +289,8 @@ impl Denial {
             | Denial::PdpUnavailable { .. }
             | Denial::IntrospectionUnavailable { .. }
             | Denial::UmaUnavailable { .. }
-            | Denial::ClientTokenUnavailable { .. } => 503,
+            | Denial::ClientTokenUnavailable { .. }
+            | Denial::Overloaded { .. } => 503,
         }
     }
 
@@ -313,6 +325,9 @@ impl Denial {
             Denial::ClientTokenUnavailable { .. } => {
                 "the gateway cannot obtain its credentials for the upstream right now".into()
             }
+            Denial::Overloaded { .. } => {
+                "too many requests are waiting for the authorization server; retry shortly".into()
+            }
         }
     }
 
@@ -331,6 +346,7 @@ impl Denial {
             Denial::ClientTokenUnavailable { client, cause } => {
                 vec![("client", client.clone()), ("cause", cause.clone())]
             }
+            Denial::Overloaded { bound } => vec![("bound", bound.label().to_string())],
             // Never the ticket: it is the client's to redeem.
             Denial::UmaTicket {
                 resource_id, why, ..
@@ -387,6 +403,10 @@ impl Denial {
             | Denial::UmaUnavailable { .. }
             | Denial::ClientTokenUnavailable { .. } => {
                 headers.push(("retry-after".into(), "5".into()));
+                ("temporarily_unavailable", None)
+            }
+            Denial::Overloaded { .. } => {
+                headers.push(("retry-after".into(), "1".into()));
                 ("temporarily_unavailable", None)
             }
         };
@@ -463,7 +483,8 @@ impl Denial {
             | Denial::PdpUnavailable { .. }
             | Denial::IntrospectionUnavailable { .. }
             | Denial::UmaUnavailable { .. }
-            | Denial::ClientTokenUnavailable { .. } => "An unexpected error ocurred".into(),
+            | Denial::ClientTokenUnavailable { .. }
+            | Denial::Overloaded { .. } => "An unexpected error ocurred".into(),
             Denial::InvalidRequest(_) | Denial::InvalidToken(_) => self.description(),
         }
     }

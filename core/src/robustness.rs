@@ -109,7 +109,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             headers: &headers,
         };
         let _ = normalize_path(&path);
-        if let Verdict::Callout {
+        if let Verdict::Call {
             resume: pending @ Resume::Pdp(_),
             ..
         } = authorize(&config, &mut state, &request, v.now)
@@ -120,7 +120,8 @@ fn mangled_requests_and_tokens_get_an_answer() {
                 body,
                 ..CalloutReply::default()
             };
-            let _ = resume(&config, &mut state, pending, Ok(&reply), v.now);
+            let metrics = crate::services::testing::FakeMetrics::default();
+            let _ = resume(&config, &mut state, &metrics, pending, Ok(&reply), v.now);
         }
     }
 }

@@ -116,7 +116,7 @@ impl SharedCache {
         format!("{PREFIX}.{}", self.slot(digest))
     }
 
-    fn marker_key(&self, digest: &Digest) -> String {
+    pub fn marker_key(&self, digest: &Digest) -> String {
         format!("{PREFIX}.{}.in_flight", self.slot(digest))
     }
 
@@ -162,31 +162,6 @@ impl SharedCache {
             Ok(()) => Written::Stored,
             Err(_) => Written::Skipped,
         }
-    }
-
-    /// Marks this token as being asked about by `owner` until `until`, unless
-    /// another worker's marker for it is still live. Compare-and-swap, so of
-    /// workers racing for one token exactly one claims it.
-    pub fn claim(
-        &self,
-        store: &dyn SharedStore,
-        digest: &Digest,
-        owner: u64,
-        until: u64,
-        now: u64,
-    ) -> Claim {
-        if !self.enabled() {
-            return Claim::Claimed;
-        }
-        claim_marker(store, &self.marker_key(digest), digest, owner, until, now)
-    }
-
-    /// Clears `owner`'s marker for this token, if it is still there.
-    pub fn release(&self, store: &dyn SharedStore, digest: &Digest, owner: u64) {
-        if !self.enabled() {
-            return;
-        }
-        release_marker(store, &self.marker_key(digest), digest, owner);
     }
 
     fn encode(&self, digest: &Digest, entry: &Entry) -> Vec<u8> {
@@ -423,20 +398,16 @@ mod tests {
         let store = MemoryStore::default();
         let cache = SharedCache::new(1 << 20, 1024, [0; 8]);
         let t = digest(&[b"t"]);
-        assert_eq!(cache.claim(&store, &t, 1, 10, 0), Claim::Claimed);
-        assert_eq!(
-            cache.claim(&store, &t, 2, 12, 1),
-            Claim::HeldElsewhere { until: 10 }
-        );
+        let key = cache.marker_key(&t);
+        let claim = |owner, until, now| claim_marker(&store, &key, &t, owner, until, now);
+        assert_eq!(claim(1, 10, 0), Claim::Claimed);
+        assert_eq!(claim(2, 12, 1), Claim::HeldElsewhere { until: 10 });
         // Past its deadline a marker no longer holds anyone back.
-        assert_eq!(cache.claim(&store, &t, 2, 20, 10), Claim::Claimed);
-        cache.release(&store, &t, 1); // not the holder: no effect
-        assert_eq!(
-            cache.claim(&store, &t, 3, 30, 11),
-            Claim::HeldElsewhere { until: 20 }
-        );
-        cache.release(&store, &t, 2);
-        assert_eq!(cache.claim(&store, &t, 3, 30, 11), Claim::Claimed);
+        assert_eq!(claim(2, 20, 10), Claim::Claimed);
+        release_marker(&store, &key, &t, 1); // not the holder: no effect
+        assert_eq!(claim(3, 30, 11), Claim::HeldElsewhere { until: 20 });
+        release_marker(&store, &key, &t, 2);
+        assert_eq!(claim(3, 30, 11), Claim::Claimed);
     }
 
     #[test]
@@ -453,7 +424,10 @@ mod tests {
             store.set(&cache.entry_key(&t), junk, None).unwrap();
             store.set(&cache.marker_key(&t), junk, None).unwrap();
             assert_eq!(cache.read(&store, &t, 0), None);
-            assert_eq!(cache.claim(&store, &t, 1, 5, 0), Claim::Claimed);
+            assert_eq!(
+                claim_marker(&store, &cache.marker_key(&t), &t, 1, 5, 0),
+                Claim::Claimed
+            );
         }
     }
 
@@ -466,7 +440,6 @@ mod tests {
             cache.write(&store, &t, &active(9, "{}"), 0),
             Written::Skipped
         );
-        assert_eq!(cache.claim(&store, &t, 1, 5, 0), Claim::Claimed);
         assert!(store.keys().is_empty());
     }
 }

@@ -14,10 +14,11 @@ use crate::cache::{digest, Digest};
 use crate::callout::{check_authority, check_timeout_ms, upstream_or, Callout, CalloutReply, Url};
 use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
 use crate::config_error::ConfigError;
+use crate::flight::{backoff, Flight, Marker};
 use crate::headers::is_header_value;
 use crate::keys::Sharing;
 use crate::services::{NoSharing, Random};
-use crate::shared_cache::{claim_marker, release_marker, Claim, Reader};
+use crate::shared_cache::Reader;
 
 /// A token is not sent once it is this close to its `expires_in`: a clock
 /// a little behind the server's, or a slow upstream, never receives an
@@ -26,7 +27,6 @@ pub const EXPIRY_MARGIN_SECONDS: u64 = 5;
 /// The longest access token accepted (a JWT with many claims fits).
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Retry delays after failed fetches while there is no usable token.
-const RETRY_SECONDS: [u64; 5] = [1, 2, 4, 8, 15];
 const SHARED_PREFIX: &str = "oauth_pep.client_token";
 const SHARED_MAGIC: &[u8; 4] = b"OCT1";
 
@@ -286,10 +286,7 @@ struct Held {
 #[derive(Debug, Default)]
 struct ClientState {
     held: Option<Held>,
-    in_flight_until: Option<u64>,
-    next_attempt_at: u64,
-    failures: usize,
-    last_error: Option<String>,
+    flight: Flight,
     /// Tokens obtained before this were refused by the server: not adopted.
     refused_before: u64,
 }
@@ -297,10 +294,6 @@ struct ClientState {
 impl ClientState {
     fn usable(&self, now: u64) -> Option<&Held> {
         self.held.as_ref().filter(|h| now < h.usable_until)
-    }
-
-    fn awaiting(&self, now: u64) -> bool {
-        self.in_flight_until.is_some_and(|until| now < until)
     }
 }
 
@@ -369,9 +362,7 @@ impl ClientTokens {
     }
 
     fn shared_key(&self, index: usize, what: &str) -> Option<String> {
-        let id = &self.clients.get(index)?.shared_id;
-        let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Some(format!("{SHARED_PREFIX}.{hex}.{what}"))
+        Some(shared_key(&self.clients.get(index)?.shared_id, what))
     }
 
     /// Takes a newer token another worker fetched; whether one was taken.
@@ -397,9 +388,7 @@ impl ClientTokens {
             return false;
         }
         state.held = Some(theirs);
-        state.in_flight_until = None;
-        state.failures = 0;
-        state.last_error = None;
+        state.flight.adopted(0);
         true
     }
 
@@ -423,10 +412,10 @@ impl ClientTokens {
         let Some(state) = self.states.get(index) else {
             return TokenWait::Unavailable("no such client".into());
         };
-        if let Some(until) = state.in_flight_until.filter(|u| now < *u) {
+        if let Some(until) = state.flight.awaited_until(now) {
             return TokenWait::Wait { until };
         }
-        if now < state.next_attempt_at {
+        if !state.flight.retry_due(now) {
             return TokenWait::Unavailable(self.unavailable(index));
         }
         match self.start(index, endpoint, random, now) {
@@ -441,7 +430,7 @@ impl ClientTokens {
 
     fn unavailable(&self, index: usize) -> String {
         let name = self.clients.get(index).map_or("?", |c| c.name.as_str());
-        match self.states.get(index).and_then(|s| s.last_error.as_deref()) {
+        match self.states.get(index).and_then(|s| s.flight.last_error()) {
             Some(error) => format!("no token for client {name}: {error}"),
             None => format!("no token for client {name} yet"),
         }
@@ -474,29 +463,20 @@ impl ClientTokens {
             Ok(callout) => callout,
             Err(e) => {
                 if let Some(state) = self.states.get_mut(index) {
-                    state.last_error = Some(e.to_string());
+                    state.flight.could_not_start(e.to_string());
                 }
                 return Ok(None);
             }
         };
         let until = client.in_flight_deadline(now);
-        let id = client.shared_id;
-        let Some(key) = self.shared_key(index, "in_flight") else {
+        let marker = marker(&self.shared, client);
+        let Some(state) = self.states.get_mut(index) else {
             return Ok(None);
         };
-        if let Claim::HeldElsewhere { until } = claim_marker(
-            self.shared.store.as_ref(),
-            &key,
-            &id,
-            self.shared.worker,
-            until,
-            now,
-        ) {
-            return Err(TokenWait::Wait { until });
-        }
-        if let Some(state) = self.states.get_mut(index) {
-            state.in_flight_until = Some(until);
-        }
+        state
+            .flight
+            .start(Some(&marker), until, now)
+            .map_err(|until| TokenWait::Wait { until })?;
         Ok(Some((callout, until)))
     }
 
@@ -513,8 +493,8 @@ impl ClientTokens {
         let mut adopted = Vec::new();
         for index in 0..self.clients.len() {
             let due = self.states.get(index).is_some_and(|s| {
-                !s.awaiting(now)
-                    && now >= s.next_attempt_at
+                !s.flight.awaiting(now)
+                    && s.flight.retry_due(now)
                     && s.held.as_ref().is_none_or(|h| now >= h.refresh_at)
             });
             if !due {
@@ -543,10 +523,7 @@ impl ClientTokens {
 
     /// Until when requests wait for client `index`'s fetch, if one is in flight here.
     pub fn awaited_until(&self, index: usize, now: u64) -> Option<u64> {
-        self.states
-            .get(index)
-            .and_then(|s| s.in_flight_until)
-            .filter(|until| now < *until)
+        self.states.get(index)?.flight.awaited_until(now)
     }
 
     /// The token endpoint's answer (or why there is none).
@@ -563,17 +540,13 @@ impl ClientTokens {
             Ok(reply) => parse_token_response(reply, client.default_expires_in_seconds),
             Err(why) => Err(format!("the token request could not be dispatched: {why}")),
         };
-        let id = client.shared_id;
         let refresh_before = client.refresh_before_seconds;
         let name = client.name.clone();
-        if let Some(key) = self.shared_key(index, "in_flight") {
-            release_marker(self.shared.store.as_ref(), &key, &id, self.shared.worker);
-        }
-        let token_key = self.shared_key(index, "token");
+        let token_key = shared_key(&client.shared_id, "token");
+        let marker = marker(&self.shared, client);
         let Some(state) = self.states.get_mut(index) else {
             return Fetched::Failed("no such client".into());
         };
-        state.in_flight_until = None;
         match parsed {
             Ok((token, expires_in)) if expires_in > EXPIRY_MARGIN_SECONDS => {
                 let usable_until = now.saturating_add(expires_in - EXPIRY_MARGIN_SECONDS);
@@ -593,13 +566,9 @@ impl ClientTokens {
                     usable_until,
                     refresh_at,
                 };
-                if let Some(key) = token_key {
-                    let _ = self.shared.store.set(&key, &encode(&held), None);
-                }
+                let _ = self.shared.store.set(&token_key, &encode(&held), None);
                 state.held = Some(held);
-                state.failures = 0;
-                state.last_error = None;
-                state.next_attempt_at = 0;
+                state.flight.succeeded(Some(&marker), 0);
                 Fetched::Token {
                     lifetime: usable_until.saturating_sub(now),
                 }
@@ -612,16 +581,26 @@ impl ClientTokens {
                     Err(why) => why,
                 };
                 let why = format!("token request for client {name}: {why}");
-                let delay = RETRY_SECONDS
-                    .get(state.failures.min(RETRY_SECONDS.len() - 1))
-                    .copied()
-                    .unwrap_or(15);
-                state.failures = state.failures.saturating_add(1);
-                state.next_attempt_at = now.saturating_add(delay);
-                state.last_error = Some(why.clone());
+                let delay = backoff(state.flight.failures().saturating_add(1));
+                state.flight.failed(Some(&marker), why.clone(), delay, now);
                 Fetched::Failed(why)
             }
         }
+    }
+}
+
+fn shared_key(id: &Digest, what: &str) -> String {
+    let hex: String = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{SHARED_PREFIX}.{hex}.{what}")
+}
+
+/// Where a client's token request is claimed in shared data.
+fn marker<'a>(shared: &'a Sharing, client: &TokenClient) -> Marker<'a> {
+    Marker {
+        store: shared.store.as_ref(),
+        key: shared_key(&client.shared_id, "in_flight"),
+        subject: client.shared_id,
+        worker: shared.worker,
     }
 }
 
