@@ -732,7 +732,7 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let json = host::plugin_configuration();
-        let config = match Config::from_json(&json) {
+        let config = match Config::from_json(&json, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(e) => {
                 // Returning false makes Envoy refuse the filter instead of

@@ -207,7 +207,7 @@ fn glue(config: &str) -> Shared<FakeHost> {
     let host = FakeHost::default();
     host.clock.advance_ms(Vectors::load().now_ms());
     host.current.set(ROOT);
-    let config = Config::from_json(config.as_bytes()).unwrap();
+    let config = Config::from_json(config.as_bytes(), &|_| None).unwrap();
     let state = State::new(&config);
     Shared::new(config, true, host, state)
 }

@@ -54,7 +54,7 @@ fn main() {
         r#"{{"issuers":[{{"issuer":"https://as.example.com","audiences":["api"],"shared_secret":"{SECRET}","algorithms":["HS256"]}}],
             "policy":{{"GET /orders/??":"orders:read"}},"forward":{{"claims":{{"sub":"x-jwt-sub"}}}}}}"#
     );
-    let Ok(config) = Config::from_json(json.as_bytes()) else {
+    let Ok(config) = Config::from_json(json.as_bytes(), &|_| None) else {
         eprintln!("the example's configuration does not load");
         return;
     };

@@ -1623,7 +1623,7 @@ mod tests {
         let json = format!(
             r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}]{extra}}}"#
         );
-        Config::from_json(json.as_bytes()).unwrap()
+        Config::from_json(json.as_bytes(), &|_| None).unwrap()
     }
 
     fn bearer(token: &str) -> Vec<(String, String)> {
@@ -1850,6 +1850,7 @@ mod tests {
     fn fetched_config() -> Config {
         Config::from_json(
             br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as","unknown_kid_refetch_seconds":30}]}"#,
+            &|_| None,
         )
         .unwrap()
     }
@@ -1937,7 +1938,7 @@ mod tests {
                   "uma":{{"issuer":"https://issuer.test","client":"pat",
                     "resources":[{{"resource_id":"photos","policy":{{"GET /photos/??":"view"}}}}]}}}}"#
             );
-            let c = Config::from_json(json.as_bytes()).unwrap();
+            let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
             let now = vectors().now;
             let store = std::rc::Rc::new(crate::services::testing::MemoryStore::default());
             let worker = |id| {
@@ -2370,7 +2371,7 @@ mod tests {
             r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}"}}]{extra}}}"#,
             vectors().hs_secret
         );
-        Config::from_json(json.as_bytes()).unwrap()
+        Config::from_json(json.as_bytes(), &|_| None).unwrap()
     }
 
     fn hs_claims(extra: serde_json::Value) -> serde_json::Value {

@@ -23,7 +23,7 @@ fn config(introspection: &str, extra: &str) -> Config {
             "introspection":{{"endpoint":"https://issuer.test/introspect","upstream":"as",
             "client_id":"pep","client_secret":"pep-secret"{introspection}}}}}]{extra}}}"#
     );
-    Config::from_json(json.as_bytes()).unwrap()
+    Config::from_json(json.as_bytes(), &|_| None).unwrap()
 }
 
 fn worker(c: &Config, store: &Rc<MemoryStore>, id: u64) -> State {
@@ -499,7 +499,7 @@ fn opaque_tokens_go_to_the_issuer_whose_prefix_they_carry() {
     let json = r#"{"issuers":[
         {"issuer":"https://a.test","audiences":"any","introspection":{"endpoint":"https://a.test/i","upstream":"a","client_id":"p","client_secret":"s"}},
         {"issuer":"https://b.test","audiences":"any","introspection":{"endpoint":"https://b.test/i","upstream":"b","client_id":"p","client_secret":"s","token_prefix":"b."}}]}"#;
-    let c = Config::from_json(json.as_bytes()).unwrap();
+    let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
     let store = Rc::new(MemoryStore::default());
     let mut s = worker(&c, &store, 1);
     assert_eq!(
@@ -508,7 +508,9 @@ fn opaque_tokens_go_to_the_issuer_whose_prefix_they_carry() {
     );
     assert_eq!(expect_callout(ask(&c, &mut s, "xyz", NOW)).0.upstream, "a");
     let two_defaults = json.replace(r#","token_prefix":"b.""#, "");
-    let e = Config::from_json(two_defaults.as_bytes()).err().unwrap();
+    let e = Config::from_json(two_defaults.as_bytes(), &|_| None)
+        .err()
+        .unwrap();
     assert_eq!(e.field, "issuers[1].introspection.token_prefix");
 }
 
@@ -520,7 +522,7 @@ fn a_request_that_adopts_another_workers_discovery_document_is_introspected_not_
     // discovered endpoint, not answer 401 "no key with kid".
     let json = r#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,
         "upstream":"as","introspection":{"client_id":"pep","client_secret":"pep-secret"}}]}"#;
-    let c = Config::from_json(json.as_bytes()).unwrap();
+    let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
     let store: Rc<MemoryStore> = Rc::default();
     let mut first = worker(&c, &store, 1);
     let mut second = worker(&c, &store, 2);

@@ -771,6 +771,7 @@ mod tests {
                 "auth_method":"private_key_jwt","private_key":{ES256_JWK}}}}}]}}"#
             )
             .as_bytes(),
+            &|_| None,
         )
         .unwrap();
         let store = Rc::new(MemoryStore::default());

@@ -115,7 +115,7 @@ impl VerifiedToken {
     /// An active introspection answer whose claims passed [`check_claims`]:
     /// the payload is the answer as JSON, base64url-encoded, so the payload
     /// header carries the same kind of value for both kinds of token.
-    pub fn introspected(
+    pub(crate) fn introspected(
         issuer: usize,
         claims: Map<String, Value>,
         expires_at: Option<u64>,

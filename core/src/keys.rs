@@ -738,6 +738,7 @@ mod tests {
     fn config() -> Config {
         Config::from_json(
             br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as"}]}"#,
+            &|_| None,
         )
         .unwrap()
     }

@@ -461,7 +461,11 @@ mod tests {
             .iter()
             .map(|i| format!(r#"{{"issuer":"{i}","audiences":["api"],"shared_secret":"0123456789abcdef0123456789abcdef"}}"#))
             .collect();
-        Config::from_json(format!(r#"{{"issuers":[{}]}}"#, list.join(",")).as_bytes()).unwrap()
+        Config::from_json(
+            format!(r#"{{"issuers":[{}]}}"#, list.join(",")).as_bytes(),
+            &|_| None,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -73,9 +73,9 @@ fn full_config() -> String {
 fn mangled_configurations_are_refused_or_accepted_never_a_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let config = full_config();
-    assert!(Config::from_json(config.as_bytes()).is_ok());
+    assert!(Config::from_json(config.as_bytes(), &|_| None).is_ok());
     for _ in 0..ROUNDS {
-        let _ = Config::from_json(&rng.mutate(config.as_bytes()));
+        let _ = Config::from_json(&rng.mutate(config.as_bytes()), &|_| None);
     }
     let gluu = br#"[{"path":"/posts/??","conditions":[{"httpMethods":["GET","POST"],"scope_expression":{"rule":{"and":[{"var":0},{"or":[{"var":1},{"if":[{"var":2},true,false]}]}]},"data":["admin","^posts:(?<PC1>.+)$","email"]}}]}]"#;
     for _ in 0..ROUNDS {
@@ -90,7 +90,7 @@ fn mangled_configurations_are_refused_or_accepted_never_a_panic() {
 #[test]
 fn mangled_requests_and_tokens_get_an_answer() {
     let mut rng = Rng(0xdead_beef_cafe_f00d);
-    let config = Config::from_json(full_config().as_bytes()).unwrap();
+    let config = Config::from_json(full_config().as_bytes(), &|_| None).unwrap();
     let mut state = State::new(&config);
     let v = vectors();
     let good = format!("Bearer {}", v.token("good_RS256"));
@@ -129,7 +129,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
 #[test]
 fn mangled_key_server_replies_are_failures_never_a_panic() {
     let mut rng = Rng(0x0123_4567_89ab_cdef);
-    let config = Config::from_json(full_config().as_bytes()).unwrap();
+    let config = Config::from_json(full_config().as_bytes(), &|_| None).unwrap();
     let mut state = State::new(&config);
     let jwks = vectors().jwks;
     let discovery = br#"{"issuer":"https://as.test","jwks_uri":"https://as.test/jwks"}"#;

@@ -30,7 +30,7 @@ fn cases(kind: &str) -> Vec<Value> {
 
 fn load(config: &Value) -> Result<Config, String> {
     let bytes = serde_json::to_vec(config).expect("serialisable");
-    Config::from_json(&bytes).map_err(|e| e.to_string())
+    Config::from_json(&bytes, &|_| None).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -1,0 +1,319 @@
+//! The filter's JSON configuration: serde structs that refuse unknown fields
+//! (`raw`), compiled once (in `on_configure`) into an immutable [`Config`].
+//! Every error names the field and the problem; the request path never sees
+//! raw config.
+
+mod compile;
+mod hints;
+mod issuer;
+mod raw;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cache::digest;
+pub use crate::config_error::ConfigError;
+use crate::consumer::{Consumers, IdentityHeaderNames};
+pub use crate::extract::TokenSource;
+pub use crate::jwt::JwtRules;
+pub use crate::keys::{Issuer, KeySource};
+use crate::pdp::Pdp;
+use crate::policy::{PathSet, Policy};
+pub use crate::response::ErrorBody;
+use crate::shared_cache::SharedCache;
+use crate::token_client::TokenClient;
+use crate::uma::Uma;
+use crate::upstream_oauth::UpstreamOAuth;
+
+/// How `forward.phantom_token_header` carries an introspection answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhantomFormat {
+    /// Compact ASCII JSON.
+    #[default]
+    Json,
+    /// `Bearer ` and an unsigned (`alg: none`) JWT of the answer, as Gluu's
+    /// `pass_credentials: phantom_token` sent it in `authorization`.
+    Jwt,
+}
+
+/// How a forwarded value is written into its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimFormat {
+    /// `forward.claims`: text, numbers and booleans as they are, arrays of
+    /// strings joined by spaces; anything else is not sent.
+    Text,
+    /// Text as it is, numbers and booleans written out, arrays and objects as
+    /// JSON.
+    String,
+    /// An array's items joined by the separator.
+    List(String),
+    /// Standard base64 (padded) of the text, or of the JSON.
+    Base64,
+    /// An object as an unsigned (`alg: none`) JWT.
+    Jwt,
+    /// Percent-encoded text, or JSON.
+    Urlencoded,
+    /// Gluu's default: `String` for text and numbers, `Base64` otherwise.
+    Auto,
+}
+
+/// One value sent upstream from the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardClaim {
+    /// None: the whole payload (or introspection answer).
+    pub claim: Option<String>,
+    pub header: String,
+    pub format: ClaimFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forward {
+    /// `forward.claims`, then `forward.headers`.
+    pub claims: Vec<ForwardClaim>,
+    /// Receives the verified payload, base64url-encoded as Envoy's jwt_authn does.
+    pub payload_header: Option<String>,
+    /// Receives an introspected token's answer as JSON (unsigned).
+    pub phantom_token_header: Option<String>,
+    pub phantom_token_format: PhantomFormat,
+    /// Remove the credential from wherever it was found before forwarding.
+    pub hide_credentials: bool,
+}
+
+/// How much the filter logs; the host's own log level filters on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+/// Whether keys and introspection answers are shared between workers
+/// through proxy-wasm shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedData {
+    /// On Envoy; off elsewhere: the Rust SDK panics (killing the VM) on a
+    /// shared-data error, and Kong answers one without a shared-memory zone.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl SharedData {
+    pub fn enabled(self, envoy: bool) -> bool {
+        match self {
+            SharedData::Auto => envoy,
+            SharedData::On => true,
+            SharedData::Off => false,
+        }
+    }
+}
+
+/// Who checks RS* and ES* signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crypto {
+    /// The host's crypto where it has it (Envoy's `verify_signature`) and
+    /// passes the self-test at load; pure Rust otherwise.
+    #[default]
+    Auto,
+    /// The host's crypto, or the filter refuses to start.
+    Host,
+    /// Pure Rust in the VM.
+    Wasm,
+}
+
+/// The budget of one per-worker cache; zero in either disables it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub max_bytes: usize,
+    pub max_entries: usize,
+}
+
+pub struct Config {
+    pub realm: String,
+    pub log_level: LogLevel,
+    pub issuers: Vec<Issuer>,
+    pub rules: JwtRules,
+    pub token_sources: Vec<TokenSource>,
+    pub forward: Forward,
+    pub token_cache: CacheLimits,
+    /// Byte budget of the cache of tokens whose signature failed.
+    pub rejected_cache_bytes: usize,
+    /// Introspection answers shared by all workers.
+    pub shared_cache: SharedCache,
+    pub shared_data: SharedData,
+    pub crypto: Crypto,
+    /// Scope rules per path and method; without one, any valid token passes.
+    pub policy: Option<Policy>,
+    /// With a policy: whether a path/method that no rule names is refused.
+    pub deny_by_default: bool,
+    /// Paths that need no token at all.
+    pub public_paths: PathSet,
+    /// Where granted scopes are read from, first present wins.
+    pub scope_claims: Vec<String>,
+    pub identity: IdentityHeaderNames,
+    pub consumers: Consumers,
+    /// Where the anonymous consumer (if any) may go without a valid token.
+    pub anonymous_paths: PathSet,
+    pub pdp: Option<Pdp>,
+    /// The gateway's own OAuth clients (client credentials), by name order.
+    pub clients: Vec<TokenClient>,
+    /// Where the gateway sends its own token upstream; first match wins.
+    pub upstream_oauth: Vec<UpstreamOAuth>,
+    pub uma: Option<Uma>,
+    /// Every header this filter may set upstream, as spelling keys
+    /// ([`spelling_key`]): incoming headers with one of these keys are
+    /// stripped first, so a client cannot forge them in any spelling.
+    pub strip_headers: Vec<String>,
+    /// Things that load but probably do not do what was meant; the glue logs
+    /// them at `warn` when the filter starts.
+    pub warnings: Vec<String>,
+    /// Facts about the configuration the glue logs at `info` when the filter
+    /// starts (what the `gluu` block ignored and why).
+    pub notes: Vec<String>,
+    pub error_body: ErrorBody,
+}
+
+impl Config {
+    /// `env` reads the filter's environment, for the settings that name a
+    /// variable instead of holding a secret (`client_secret_env`,
+    /// `private_key_env`); the glue passes the process environment.
+    pub fn from_json(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "",
+                "the configuration is empty; at least `issuers` is required",
+            ));
+        }
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(digest(&[json]).get(..8).unwrap_or(&[0; 8]));
+        let document: Value =
+            serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
+        let (raw, notes) = hints::prepare(document)?;
+        let mut config = compile::compile(raw, fingerprint, env)?;
+        config.notes = notes;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::jwks::Alg;
+
+    /// The message of a refused configuration.
+    pub(super) fn err(json: &str) -> String {
+        match Config::from_json(json.as_bytes(), &|_| None) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A shared secret long enough for HMAC.
+    pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn minimal_discovery_config_compiles_with_safe_defaults() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://as.test/realm","audiences":["api"],"discovery":true,"upstream":"as"}]}"#,
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.rules,
+            JwtRules {
+                clock_skew_seconds: 60,
+                max_lifetime_seconds: None,
+                require_exp: true
+            }
+        );
+        assert_eq!(
+            c.token_sources,
+            vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer".into())
+            }]
+        );
+        let issuer = c.issuers.first().unwrap();
+        assert!(
+            !issuer.algorithms.contains(&Alg::HS256),
+            "no HMAC without a secret"
+        );
+        match &issuer.source {
+            KeySource::Discovery(url) => {
+                assert_eq!(url.path, "/realm/.well-known/openid-configuration")
+            }
+            _ => panic!("expected discovery"),
+        }
+    }
+
+    #[test]
+    fn a_gluu_block_compiles_onto_the_same_fields() {
+        let json = r#"{"gluu": {
+            "upstream": "gluu",
+            "introspection": {"client_id": "gw", "client_secret": "s"},
+            "consumers": [{"id": "c-1", "username": "app", "custom_id": "client-1"}],
+            "gluu-oauth-auth": {"oxd_id": "x", "oxd_url": "https://oxd", "client_id": "c", "client_secret": "s",
+                                "op_url": "https://op.example.com", "anonymous": " ", "pass_credentials": "phantom_token",
+                                "custom_headers": [{"header_name": "x-token", "value_lua_exp": "introspect_data", "format": "jwt"}]},
+            "gluu-oauth-pep": {"op_url": "https://op.example.com", "deny_by_default": true,
+                               "oauth_scope_expression": "[{\"path\":\"/api/??\",\"conditions\":[{\"httpMethods\":[\"GET\"],\"scope_expression\":{\"rule\":{\"var\":0},\"data\":[\"read\"]}}]}]"}
+        }}"#;
+        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        let issuer = c.issuers.first().unwrap();
+        assert_eq!(issuer.issuer, "https://op.example.com");
+        assert!(
+            matches!(&issuer.source, KeySource::Discovery(url) if url.path == "/.well-known/openid-configuration")
+        );
+        assert!(issuer.audiences.is_empty(), "audiences default to \"any\"");
+        assert!(issuer.introspection.is_some());
+        assert!(c.policy.is_some());
+        assert_eq!(c.error_body, ErrorBody::Kong);
+        assert_eq!(
+            c.forward.phantom_token_header.as_deref(),
+            Some("authorization")
+        );
+        assert_eq!(c.forward.phantom_token_format, PhantomFormat::Jwt);
+        assert!(!c.strip_headers.iter().any(|h| h == "authorization"));
+        assert_eq!(
+            c.forward.claims,
+            vec![ForwardClaim {
+                claim: None,
+                header: "x-token".into(),
+                format: ClaimFormat::Jwt
+            }]
+        );
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        // Without the block the default stays RFC 6750; it may be chosen either way.
+        let plain = format!(
+            r#"{{"issuers":[{{"issuer":"x","audiences":"any","shared_secret":"{SECRET}"}}]}}"#
+        );
+        assert_eq!(
+            Config::from_json(plain.as_bytes(), &|_| None)
+                .unwrap()
+                .error_body,
+            ErrorBody::Rfc6750
+        );
+        let overridden = json.replacen("{\"gluu\"", "{\"error_body\": \"rfc6750\", \"gluu\"", 1);
+        assert_eq!(
+            Config::from_json(overridden.as_bytes(), &|_| None)
+                .unwrap()
+                .error_body,
+            ErrorBody::Rfc6750
+        );
+    }
+}
