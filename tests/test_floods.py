@@ -247,11 +247,12 @@ def test_introspection_failing(start_envoy, authserver, tmp_path, fail_open, fau
 
 @pytest.mark.parametrize("fail_open", FAIL_OPEN)
 def test_key_fetch_failing(start_envoy, authserver, tmp_path, fail_open):
-    """Envoy starts while discovery and the JWKS answer 500 after 3 s: 1,000
-    JWTs wait for the keys and get 503 (keys_unavailable, or overloaded)."""
+    """Envoy starts while discovery and the JWKS answer 500 after 1.5 s
+    (fetch_timeout_ms 2000: a wait for keys ends by ~5 s): 1,000 JWTs wait
+    for the keys and get 503 (keys_unavailable, or overloaded)."""
     a = authserver
-    a.set_jwks_mode("error500", delay_ms=3000)
-    env = start(start_envoy, config(jwt_issuer(a)), fail_open)
+    a.set_jwks_mode("error500", delay_ms=1500)
+    env = start(start_envoy, config(jwt_issuer(a, fetch_timeout_ms=2000)), fail_open)
     flood = h2load(env, tmp_path, "/keys", token=a.mint())
     check_answered(env, flood, {503})
     a.set_jwks_mode("ok")
