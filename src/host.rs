@@ -266,6 +266,27 @@ pub fn request_headers() -> Vec<(String, String)> {
     }
 }
 
+/// The client's address without its port (Envoy's `source.address`, which
+/// is the peer, or the `X-Forwarded-For` address with `use_remote_address:
+/// false`); `None` where the host has no such attribute.
+pub fn client_address() -> Option<String> {
+    let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
+    let raw = std::str::from_utf8(&raw).ok()?;
+    Some(without_port(raw).to_string())
+}
+
+/// `10.0.0.1:443` → `10.0.0.1`, `[::1]:443` → `::1`; an address without a
+/// port is kept whole.
+fn without_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.split_once(':') {
+        Some((host, port)) if !port.contains(':') => host,
+        _ => address,
+    }
+}
+
 /// Whether the host is Envoy, which picks the route after this filter and so
 /// must be told when `:path` changed. Kong routes before plugins run, and
 /// its host traps on a foreign function it does not know, so it must never
@@ -308,5 +329,18 @@ pub fn callout_reply(num_headers: usize, body_size: usize) -> CalloutReply {
         status,
         body,
         oversized: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_port;
+
+    #[test]
+    fn the_port_is_dropped_from_either_address_family() {
+        assert_eq!(without_port("10.0.0.1:443"), "10.0.0.1");
+        assert_eq!(without_port("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(without_port("2001:db8::1"), "2001:db8::1");
+        assert_eq!(without_port("10.0.0.1"), "10.0.0.1");
     }
 }

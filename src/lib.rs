@@ -81,12 +81,19 @@ proxy_wasm::main! {{
 
 type Headers = Vec<(String, String)>;
 
+/// What the glue reads of a request once, and keeps while it waits.
+struct Facts {
+    headers: Headers,
+    /// The client's address, for its share of callout budgets.
+    client: Option<Rc<str>>,
+}
+
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
 /// request that made it for itself (none for a fetch requests share), and
 /// when it was dispatched (ms).
 struct InFlight {
     resume: Resume,
-    request: Option<(u32, Headers)>,
+    request: Option<(u32, Facts)>,
     started_ms: u64,
 }
 
@@ -95,7 +102,7 @@ struct InFlight {
 struct Parked {
     on: WaitKey,
     until: u64,
-    headers: Headers,
+    request: Facts,
 }
 
 /// A request taken off its wait, to be decided in a later batch.
@@ -110,7 +117,7 @@ enum Ready {
     /// Its deadline passed.
     Answer {
         id: u32,
-        headers: Headers,
+        request: Facts,
         denial: Denial,
     },
 }
@@ -122,21 +129,23 @@ impl Ready {
         }
     }
 
-    fn headers(&self) -> &Headers {
+    fn request(&self) -> &Facts {
         match self {
-            Ready::Decide { parked, .. } => &parked.headers,
-            Ready::Answer { headers, .. } => headers,
+            Ready::Decide { parked, .. } => &parked.request,
+            Ready::Answer { request, .. } => request,
         }
     }
 }
 
-/// The bytes a request's header copy holds, with a fixed cost per header
-/// for the two `String`s.
-fn weight(headers: &Headers) -> usize {
-    headers
+/// The bytes a request's copy holds, with a fixed cost per header for the
+/// two `String`s.
+fn weight(request: &Facts) -> usize {
+    request
+        .headers
         .iter()
         .map(|(n, v)| n.len().saturating_add(v.len()).saturating_add(48))
-        .sum()
+        .sum::<usize>()
+        .saturating_add(request.client.as_ref().map_or(0, |c| c.len()))
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
@@ -157,7 +166,7 @@ struct Waiting {
 
 impl Waiting {
     fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Parked> {
-        let bytes = weight(&parked.headers);
+        let bytes = weight(&parked.request);
         let on_key = self.per_key.get(&parked.on).copied().unwrap_or(0);
         if on_key >= bounds.max_per_key
             || self.parked.len().saturating_add(self.ready.len()) >= bounds.max_per_worker
@@ -202,19 +211,19 @@ impl Waiting {
 
     fn pop_ready(&mut self) -> Option<Ready> {
         let ready = self.ready.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(weight(ready.headers()));
+        self.bytes = self.bytes.saturating_sub(weight(ready.request()));
         Some(ready)
     }
 
     /// Drops every trace of request `id` (it ended).
     fn forget(&mut self, id: u32) {
         if let Some(parked) = self.unpark(id) {
-            self.bytes = self.bytes.saturating_sub(weight(&parked.headers));
+            self.bytes = self.bytes.saturating_sub(weight(&parked.request));
         }
         let mut kept = VecDeque::with_capacity(self.ready.len());
         for ready in std::mem::take(&mut self.ready) {
             if ready.id() == id {
-                self.bytes = self.bytes.saturating_sub(weight(ready.headers()));
+                self.bytes = self.bytes.saturating_sub(weight(ready.request()));
             } else {
                 kept.push_back(ready);
             }
@@ -248,7 +257,7 @@ impl<H: Door> Shared<H> {
     fn new(config: Config, envoy: bool, host: H, state: State) -> Self {
         state.report_keys(&host);
         Shared {
-            waits: Waits::default(),
+            waits: config.waits,
             config,
             state: RefCell::new(state),
             callouts: RefCell::default(),
@@ -264,18 +273,14 @@ impl<H: Door> Shared<H> {
     /// Decides request `id`, the effective context, and carries it out;
     /// `known` is the outcome of the introspection it waited for, `until`
     /// its first deadline if it waited before.
-    fn decide(
-        &self,
-        id: u32,
-        headers: Headers,
-        known: Option<&Known>,
-        until: Option<u64>,
-    ) -> Outcome {
+    fn decide(&self, id: u32, facts: Facts, known: Option<&Known>, until: Option<u64>) -> Outcome {
         let verdict = {
+            let headers = &facts.headers;
             let request = Request {
-                method: header(&headers, ":method").unwrap_or_default(),
-                path: header(&headers, ":path").unwrap_or_default(),
-                headers: &headers,
+                method: header(headers, ":method").unwrap_or_default(),
+                path: header(headers, ":path").unwrap_or_default(),
+                headers,
+                client: facts.client.as_deref(),
             };
             authorize_knowing(
                 &self.config,
@@ -285,16 +290,10 @@ impl<H: Door> Shared<H> {
                 self.host.now(),
             )
         };
-        self.carry_out(id, headers, verdict, until)
+        self.carry_out(id, facts, verdict, until)
     }
 
-    fn carry_out(
-        &self,
-        id: u32,
-        headers: Headers,
-        verdict: Verdict,
-        until: Option<u64>,
-    ) -> Outcome {
+    fn carry_out(&self, id: u32, request: Facts, verdict: Verdict, until: Option<u64>) -> Outcome {
         // Every cache lookup happens in a decision, which ends here.
         self.cache_counts
             .borrow_mut()
@@ -306,7 +305,7 @@ impl<H: Door> Shared<H> {
                 Outcome::Proceed
             }
             Verdict::Deny(denial) => {
-                self.deny(&headers, &denial);
+                self.deny(&request.headers, &denial);
                 Outcome::Hold
             }
             Verdict::Call { callout, resume } => {
@@ -318,14 +317,14 @@ impl<H: Door> Shared<H> {
                     .count();
                 if own >= MAX_OWN_CALLOUTS {
                     self.deny(
-                        &headers,
+                        &request.headers,
                         &Denial::Overloaded {
                             bound: Bound::InFlight,
                         },
                     );
                     return Outcome::Hold;
                 }
-                self.dispatch(&callout, resume, Some((id, headers)))
+                self.dispatch(&callout, resume, Some((id, request)))
                     .unwrap_or(Outcome::Hold)
             }
             Verdict::Wait(wait) => {
@@ -334,18 +333,18 @@ impl<H: Door> Shared<H> {
                 }
                 let until = until.map_or(wait.until, |first| first.min(wait.until));
                 if until <= self.host.now() {
-                    self.deny(&headers, &timed_out(&self.config, &wait.on));
+                    self.deny(&request.headers, &timed_out(&self.config, &wait.on));
                     return Outcome::Hold;
                 }
                 let parked = Parked {
                     on: wait.on,
                     until,
-                    headers,
+                    request,
                 };
                 let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
                 if let Err(parked) = refused {
                     self.deny(
-                        &parked.headers,
+                        &parked.request.headers,
                         &Denial::Overloaded {
                             bound: Bound::Waiters,
                         },
@@ -362,7 +361,7 @@ impl<H: Door> Shared<H> {
         &self,
         callout: &Callout,
         resume: Resume,
-        request: Option<(u32, Headers)>,
+        request: Option<(u32, Facts)>,
     ) -> Option<Outcome> {
         match self.host.dispatch(callout) {
             Ok(token) => {
@@ -391,7 +390,7 @@ impl<H: Door> Shared<H> {
     fn settle(
         &self,
         resume: Resume,
-        request: Option<(u32, Headers)>,
+        request: Option<(u32, Facts)>,
         answer: Result<&CalloutReply, &str>,
     ) -> Option<Outcome> {
         let resumed = resume_callout(
@@ -404,9 +403,9 @@ impl<H: Door> Shared<H> {
         );
         match resumed {
             Resumed::Decided(verdict) => {
-                let (id, headers) = request?;
+                let (id, request) = request?;
                 self.host.set_effective_context(id).ok()?;
-                Some(self.carry_out(id, headers, verdict, None))
+                Some(self.carry_out(id, request, verdict, None))
             }
             Resumed::Next(fetch) => self.dispatch(&fetch.callout, fetch.resume, None),
             Resumed::Settled { on, known, notes } => {
@@ -538,7 +537,7 @@ impl<H: Door> Shared<H> {
                 Ready::Decide { id, parked, known } => {
                     let on = parked.on;
                     let outcome =
-                        self.decide(id, parked.headers, known.as_deref(), Some(parked.until));
+                        self.decide(id, parked.request, known.as_deref(), Some(parked.until));
                     if let Outcome::Proceed = outcome {
                         self.host.resume_request();
                     }
@@ -555,8 +554,8 @@ impl<H: Door> Shared<H> {
                     }
                 }
                 Ready::Answer {
-                    headers, denial, ..
-                } => self.deny(&headers, &denial),
+                    request, denial, ..
+                } => self.deny(&request.headers, &denial),
             }
         }
         let busy = !self.waiting.borrow().ready.is_empty() || !self.root_queue.borrow().is_empty();
@@ -593,7 +592,7 @@ impl<H: Door> Shared<H> {
                 let denial = timed_out(&self.config, &parked.on);
                 waiting.ready.push_back(Ready::Answer {
                     id,
-                    headers: parked.headers,
+                    request: parked.request,
                     denial,
                 });
             }
@@ -864,10 +863,15 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self
-            .shared
-            .decide(self.id, host::request_headers(), None, None)
-        {
+        match self.shared.decide(
+            self.id,
+            Facts {
+                headers: host::request_headers(),
+                client: host::client_address().map(Rc::from),
+            },
+            None,
+            None,
+        ) {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

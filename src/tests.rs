@@ -239,7 +239,11 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
         ),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
-    shared.decide(id, headers, None, None)
+    let facts = Facts {
+        headers,
+        client: None,
+    };
+    shared.decide(id, facts, None, None)
 }
 
 /// The host runs the root's tick.
@@ -488,7 +492,11 @@ fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
         ("authorization".to_string(), format!("Bearer {token}")),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
-    shared.decide(id, headers, None, None)
+    let facts = Facts {
+        headers,
+        client: None,
+    };
+    shared.decide(id, facts, None, None)
 }
 
 #[test]

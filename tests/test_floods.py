@@ -412,7 +412,7 @@ def test_the_introspection_budget_bounds_junk_and_lets_a_legitimate_token_throug
     after = harness.wasm_stats(env)
     overloaded = delta(before, after, "oauth_pep.denied.reason.overloaded")
     assert overloaded == refused, (overloaded, flood)
-    by_budget = delta(before, after, "oauth_pep.overload.introspection_budget")
+    by_budget = delta(before, after, "oauth_pep.overloaded.bound.introspection_budget")
     assert by_budget >= 1, {k: v for k, v in after.items() if "overload" in k}
     # What a refused one looks like (the client's bucket refills at about 1/s: a few tries at most).
     tries = [harness.send_raw(env, "/junk", token=junk_opaque()) for _ in range(4)]

@@ -76,6 +76,7 @@ fn main() {
         method: "GET",
         path: "/orders/42?x=1",
         headers: &headers,
+        client: None,
     };
     match authorize(&config, &mut state, &request, NOW) {
         Verdict::Allow(_) => {}

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::budget::Spender;
 use crate::cache::{digest, BoundedCache, CacheStats, Digest};
 use crate::callout::{Callout, CalloutReply, Url};
 use crate::config::{Config, PhantomFormat, TokenSource};
@@ -13,9 +14,10 @@ use crate::extract::{cookies_without, find_token, path_without_param, FoundToken
 use crate::flight::{Flight, Marker};
 use crate::grant::Grant;
 use crate::headers::cmp_spelling;
+use crate::introspection::Introspection;
 use crate::introspection::{self, Answer, Mode};
 use crate::jwks::KeyLookupError;
-use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
+use crate::jwt::{looks_like_jwt, precheck, TokenError, VerifiedToken};
 use crate::keys::{
     Due as KeysDue, Endpoints, FetchProgress, FetchStep, KeyManager, KeyWait, Sharing,
 };
@@ -30,7 +32,7 @@ use crate::token_client::{ClientTokens, Fetched, TokenWait};
 use crate::uma::{granted_scopes, Insufficient, Resource, Uma};
 use crate::upstream_oauth::{rule_for, ClientCredential, UpstreamOAuth};
 use crate::verify::{PureRustVerifier, SignatureVerifier};
-use crate::wait::{Note, WaitKey};
+use crate::wait::{Bound, Note, WaitKey};
 
 /// A token without `exp` (allowed only when `require_exp` is off) is cached this long.
 const NO_EXP_CACHE_SECONDS: u64 = 300;
@@ -46,6 +48,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Lowercase names, in arrival order, repeats kept.
     pub headers: &'a [(String, String)],
+    /// The client's address (Envoy's `source.address`, without the port),
+    /// when the host tells it: whose share of a callout budget is spent.
+    pub client: Option<&'a str>,
 }
 
 /// Mutable state shared by all requests of one VM (one Envoy worker).
@@ -63,8 +68,13 @@ pub struct State {
     shared: Rc<dyn SharedStore>,
     /// This worker's id in shared in-flight markers (random per VM).
     worker: u64,
-    /// Introspections this worker has in flight, by token digest.
-    introspecting: HashMap<Digest, Flight>,
+    /// Introspections this worker has in flight, by token digest, with the
+    /// address of the client whose token it is.
+    introspecting: HashMap<Digest, (Flight, Option<Rc<str>>)>,
+    /// Per issuer (index for index): introspections left this second.
+    introspection_budgets: Vec<Spender>,
+    /// UMA permission requests left this second.
+    permission_budget: Spender,
     /// Reads of the shared introspection cache.
     pub shared_stats: CacheStats,
     /// For the jti of client assertions (`private_key_jwt`).
@@ -88,6 +98,25 @@ impl State {
             shared: Rc::new(NoSharing),
             worker: 0,
             introspecting: HashMap::new(),
+            introspection_budgets: config
+                .issuers
+                .iter()
+                .map(|i| {
+                    Spender::new(
+                        i.introspection
+                            .as_ref()
+                            .map_or(introspection::DEFAULT_BUDGET, |x| x.budget),
+                    )
+                })
+                .collect(),
+            permission_budget: Spender::new(
+                config
+                    .uma
+                    .as_ref()
+                    .map_or(crate::uma::DEFAULT_PERMISSION_BUDGET, |u| {
+                        u.permission_budget
+                    }),
+            ),
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
             clients: ClientTokens::new(&config.clients),
@@ -674,6 +703,7 @@ fn judge_uma(
             return ticket(
                 config,
                 state,
+                request.client,
                 uma,
                 resource,
                 &required,
@@ -683,18 +713,36 @@ fn judge_uma(
         }
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
-    let grant = match verify(config, state, &found.token, known, now) {
+    let grant = match verify(config, state, &found.token, request.client, known, now) {
         Ok(grant) => grant,
         // UMA's answer to an unusable RPT is a new ticket, not a Bearer error.
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let why = format!("the RPT is not usable: {}", denial.description());
-            return ticket(config, state, uma, resource, &required, why, now);
+            return ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            );
         }
         Err(verdict) => return verdict,
     };
     if grant.issuer != uma.issuer {
         let why = "the token is not an RPT of the UMA authorization server".to_string();
-        return ticket(config, state, uma, resource, &required, why, now);
+        return ticket(
+            config,
+            state,
+            request.client,
+            uma,
+            resource,
+            &required,
+            why,
+            now,
+        );
     }
     let consumer = match consumer_for(config, &grant) {
         Ok(consumer) => consumer,
@@ -713,19 +761,39 @@ fn judge_uma(
                 });
             }
             let why = format!("the RPT has no permission for rule \"{rule}\"");
-            ticket(config, state, uma, resource, &required, why, now)
+            ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            )
         }
         PolicyDecision::NoRule => {
             let why = "the RPT has no permission for this request".to_string();
-            ticket(config, state, uma, resource, &required, why, now)
+            ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            )
         }
     }
 }
 
 /// The permission ticket request, made with the PAT once there is one.
+#[allow(clippy::too_many_arguments)]
 fn ticket(
     config: &Config,
     state: &mut State,
+    client: Option<&str>,
     uma: &Uma,
     resource: &Resource,
     scopes: &[String],
@@ -753,6 +821,11 @@ fn ticket(
             Err(wait) => return wait,
         },
     };
+    if !state.permission_budget.spend(client, now) {
+        return Verdict::Deny(Denial::Overloaded {
+            bound: Bound::PermissionBudget,
+        });
+    }
     Verdict::Call {
         callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
         resume: Resume::Ticket(Box::new(PendingTicket {
@@ -838,7 +911,7 @@ fn judge(
         Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
-    let grant = match verify(config, state, &found.token, known, now) {
+    let grant = match verify(config, state, &found.token, request.client, known, now) {
         Ok(grant) => grant,
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let on_invalid = config
@@ -1008,6 +1081,7 @@ fn verify(
     config: &Config,
     state: &mut State,
     token: &str,
+    client: Option<&str>,
     known: Option<&Known>,
     now: u64,
 ) -> Result<Rc<Grant>, Verdict> {
@@ -1023,7 +1097,7 @@ fn verify(
     if let Some(denial) = state.rejected.get(&key, now) {
         return Err(Verdict::Deny(denial.clone()));
     }
-    verify_once(config, state, token, key, true, now)
+    verify_once(config, state, token, client, key, true, now)
 }
 
 /// A token no cache knows: introspected, or checked against the keys
@@ -1032,18 +1106,21 @@ fn verify_once(
     config: &Config,
     state: &mut State,
     token: &str,
+    client: Option<&str>,
     key: Digest,
     retry_adopted: bool,
     now: u64,
 ) -> Result<Rc<Grant>, Verdict> {
     let invalid = |e: TokenError| Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(e)));
     if !looks_like_jwt(token) {
-        if let Some(issuer) = opaque_token_issuer(config, token) {
-            // The same bound as for JWTs: no 60 KiB token goes out in a callout.
-            if token.len() > MAX_TOKEN_BYTES {
-                return Err(invalid(TokenError::Malformed("longer than 16 KiB")));
-            }
-            return introspect(config, state, issuer, token, key, None, now);
+        if let Some((issuer, settings)) = opaque_token_issuer(config, token) {
+            // Junk of the wrong shape (and no 60 KiB token) goes out in no callout.
+            settings
+                .token_shape
+                .admits(token)
+                .map_err(|why| invalid(TokenError::Malformed(why)))?;
+            let asking = Asking { issuer, client };
+            return introspect(config, state, asking, token, key, None, now);
         }
     }
     let unverified = precheck(token, &config.issuers, &config.rules, now).map_err(invalid)?;
@@ -1052,7 +1129,8 @@ fn verify_once(
     if mode == Mode::Introspect {
         // The cheap checks above ran first: a JWT with a wrong iss, aud or
         // exp costs no callout.
-        return introspect(config, state, issuer, token, key, None, now);
+        let asking = Asking { issuer, client };
+        return introspect(config, state, asking, token, key, None, now);
     }
     let keys = match state.keys.keys(issuer).map(Rc::clone) {
         Some(keys) => keys,
@@ -1077,7 +1155,8 @@ fn verify_once(
                 .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
             let grant = Rc::new(grant);
             if mode == Mode::JwtThenIntrospect {
-                return introspect(config, state, issuer, token, key, Some(grant), now);
+                let asking = Asking { issuer, client };
+                return introspect(config, state, asking, token, key, Some(grant), now);
             }
             let expires_at = grant
                 .expires_at
@@ -1090,7 +1169,7 @@ fn verify_once(
             match state.keys.refetch_for_unknown_kid(issuer, &kid, now) {
                 // Another worker's newer keys: judged again against them (once).
                 KeyWait::Adopted if retry_adopted => {
-                    verify_once(config, state, token, key, false, now)
+                    verify_once(config, state, token, client, key, false, now)
                 }
                 wait => Err(Verdict::from_key_wait(config, wait, issuer, Some(kid))),
             }
@@ -1114,7 +1193,7 @@ fn verify_once(
 /// The issuer that introspects an opaque token: the first whose
 /// `token_prefix` starts it, else the one introspecting without a prefix
 /// (configuration allows at most one).
-fn opaque_token_issuer(config: &Config, token: &str) -> Option<usize> {
+fn opaque_token_issuer<'c>(config: &'c Config, token: &str) -> Option<(usize, &'c Introspection)> {
     let introspecting = || {
         config
             .issuers
@@ -1129,7 +1208,13 @@ fn opaque_token_issuer(config: &Config, token: &str) -> Option<usize> {
                 .is_some_and(|p| token.starts_with(p))
         })
         .or_else(|| introspecting().find(|(_, x)| x.token_prefix.is_none()))
-        .map(|(index, _)| index)
+}
+
+/// Which issuer is asked about a token, for which client address.
+#[derive(Clone, Copy)]
+struct Asking<'a> {
+    issuer: usize,
+    client: Option<&'a str>,
 }
 
 /// An answer from shared data, another worker's (or an earlier one of ours),
@@ -1137,12 +1222,13 @@ fn opaque_token_issuer(config: &Config, token: &str) -> Option<usize> {
 fn introspect(
     config: &Config,
     state: &mut State,
-    issuer: usize,
+    asking: Asking,
     token: &str,
     key: Digest,
     local: Option<Rc<Grant>>,
     now: u64,
 ) -> Result<Rc<Grant>, Verdict> {
+    let issuer = asking.issuer;
     let unavailable = |cause: String| {
         Verdict::Deny(Denial::IntrospectionUnavailable {
             issuer: issuer_name(config, issuer),
@@ -1186,19 +1272,14 @@ fn introspect(
     if let Some(until) = state
         .introspecting
         .get(&key)
-        .and_then(|f| f.awaited_until(now))
+        .and_then(|(f, _)| f.awaited_until(now))
     {
         return Err(wait(until, None));
     }
     // Its answer never came (the host dropped it): ask again.
     state.introspecting.remove(&key);
-    if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
-        state.introspecting.retain(|_, f| f.awaiting(now));
-        if state.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
-            return Err(unavailable(format!(
-                "{MAX_INTROSPECTIONS_IN_FLIGHT} introspections are already in flight on this worker"
-            )));
-        }
+    if let Some(bound) = introspection_refused(state, asking, now) {
+        return Err(Verdict::Deny(Denial::Overloaded { bound }));
     }
     let endpoint = match &settings.endpoint {
         Some(endpoint) => endpoint.clone(),
@@ -1223,7 +1304,9 @@ fn introspect(
     if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
         return Err(wait(theirs, None));
     }
-    state.introspecting.insert(key, flight);
+    state
+        .introspecting
+        .insert(key, (flight, asking.client.map(Rc::from)));
     Err(wait(
         until,
         Some(Fetch {
@@ -1236,6 +1319,35 @@ fn introspect(
             })),
         }),
     ))
+}
+
+/// Why a new introspection may not start now, if it may not: the worker's
+/// in-flight cap (of which one client address may hold three quarters, so
+/// one flooding address leaves room for the others), or the issuer's budget
+/// per second (spent here, when it allows).
+fn introspection_refused(state: &mut State, asking: Asking, now: u64) -> Option<Bound> {
+    let in_flight = |state: &State| {
+        let all = state.introspecting.len();
+        let theirs = asking.client.map_or(0, |client| {
+            state
+                .introspecting
+                .values()
+                .filter(|(_, c)| c.as_deref() == Some(client))
+                .count()
+        });
+        (all, theirs)
+    };
+    let full = |(all, theirs): (usize, usize)| {
+        all >= MAX_INTROSPECTIONS_IN_FLIGHT || theirs >= MAX_INTROSPECTIONS_IN_FLIGHT / 4 * 3
+    };
+    if full(in_flight(state)) {
+        state.introspecting.retain(|_, (f, _)| f.awaiting(now));
+        if full(in_flight(state)) {
+            return Some(Bound::InFlight);
+        }
+    }
+    let budget = state.introspection_budgets.get_mut(asking.issuer)?;
+    (!budget.spend(asking.client, now)).then_some(Bound::IntrospectionBudget)
 }
 
 /// Where a token's introspection is claimed in shared data, when the
@@ -1377,7 +1489,7 @@ fn finish_introspection(
     let outcome = settle_introspection(config, state, issuer, key, local, answer, now);
     // Released once the answer is in shared data: a worker that polls and
     // finds no marker finds the answer.
-    if let Some(mut flight) = flight {
+    if let Some((mut flight, _)) = flight {
         flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
     }
     outcome
@@ -1640,6 +1752,7 @@ mod tests {
             method: "GET",
             path,
             headers,
+            client: None,
         };
         authorize(config, state, &request, vectors().now)
     }
@@ -1732,6 +1845,7 @@ mod tests {
             method: "GET",
             path: "/",
             headers: &bearer(&token),
+            client: None,
         };
         // exp is 1700003600; the cache must not outlive it.
         assert!(matches!(
@@ -2015,6 +2129,7 @@ mod tests {
                 method: "GET",
                 path: "/",
                 headers: &bearer(&token),
+                client: None,
             };
             authorize(&c, s, &request, t)
         };
@@ -2121,6 +2236,7 @@ mod tests {
                 method: "GET",
                 path: "/",
                 headers,
+                client: None,
             };
             authorize(&c, s, &request, t)
         };
@@ -2180,6 +2296,7 @@ mod tests {
             method,
             path,
             headers,
+            client: None,
         };
         authorize(c, s, &request, vectors().now)
     }
@@ -2559,6 +2676,7 @@ mod tests {
                 method: "GET",
                 path: "/",
                 headers: &forged,
+                client: None,
             };
             authorize(&c, s, &request, t)
         };

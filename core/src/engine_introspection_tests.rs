@@ -12,6 +12,7 @@ use crate::extract::tests::h;
 use crate::jwt::test_vectors::vectors;
 use crate::metrics::Counter;
 use crate::services::testing::{FakeMetrics, MemoryStore};
+use crate::wait::Bound;
 
 const NOW: u64 = 1_700_001_000;
 
@@ -38,6 +39,7 @@ fn ask(c: &Config, s: &mut State, token: &str, now: u64) -> Verdict {
         method: "GET",
         path: "/api",
         headers: &headers,
+        client: None,
     };
     authorize(c, s, &request, now)
 }
@@ -48,6 +50,7 @@ fn ask_knowing(c: &Config, s: &mut State, token: &str, known: &Known, now: u64) 
         method: "GET",
         path: "/api",
         headers: &headers,
+        client: None,
     };
     authorize_knowing(c, s, &request, Some(known), now)
 }
@@ -480,18 +483,95 @@ fn an_opaque_token_over_16_kib_is_refused_without_a_callout() {
     expect_callout(ask(&c, &mut s, &"x".repeat(16 * 1024), NOW));
 }
 
+fn ask_from(c: &Config, s: &mut State, token: &str, client: &str, now: u64) -> Verdict {
+    let headers = h(&[("authorization", &format!("Bearer {token}"))]);
+    let request = Request {
+        method: "GET",
+        path: "/api",
+        headers: &headers,
+        client: Some(client),
+    };
+    authorize(c, s, &request, now)
+}
+
+fn overloaded(bound: Bound) -> Verdict {
+    Verdict::Deny(Denial::Overloaded { bound })
+}
+
 #[test]
-fn a_flood_of_new_tokens_is_capped_in_flight() {
-    let c = config("", "");
+fn a_flood_of_new_tokens_is_capped_in_flight_and_one_address_leaves_a_quarter() {
+    let c = config(r#","budget":{"per_second":100000}"#, "");
     let store = Rc::new(MemoryStore::default());
     let mut s = worker(&c, &store, 1);
-    for i in 0..MAX_INTROSPECTIONS_IN_FLIGHT {
-        expect_callout(ask(&c, &mut s, &format!("junk-{i}"), NOW));
+    let share = MAX_INTROSPECTIONS_IN_FLIGHT / 4 * 3;
+    for i in 0..share {
+        expect_callout(ask_from(&c, &mut s, &format!("junk-{i}"), "10.0.0.1", NOW));
     }
-    let Verdict::Deny(denial) = ask(&c, &mut s, "one-more", NOW) else {
-        panic!()
-    };
-    assert_eq!(denial.code(), "introspection_unavailable");
+    assert_eq!(
+        ask_from(&c, &mut s, "one-more", "10.0.0.1", NOW),
+        overloaded(Bound::InFlight)
+    );
+    for i in share..MAX_INTROSPECTIONS_IN_FLIGHT {
+        expect_callout(ask_from(&c, &mut s, &format!("good-{i}"), "10.0.0.2", NOW));
+    }
+    assert_eq!(ask(&c, &mut s, "no-room", NOW), overloaded(Bound::InFlight));
+    // Once their answers are overdue, the worker asks again.
+    let later = NOW + 60;
+    expect_callout(ask_from(&c, &mut s, "one-more", "10.0.0.1", later));
+}
+
+#[test]
+fn the_budget_bounds_new_tokens_per_second_and_a_quarter_per_address() {
+    let c = config(r#","budget":{"per_second":4,"burst":8}"#, "");
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    for i in 0..2 {
+        expect_callout(ask_from(&c, &mut s, &format!("junk-{i}"), "10.0.0.1", NOW));
+    }
+    assert_eq!(
+        ask_from(&c, &mut s, "junk-2", "10.0.0.1", NOW),
+        overloaded(Bound::IntrospectionBudget),
+        "burst / 4 for one address"
+    );
+    // A token already asked about costs nothing more: it waits.
+    assert!(matches!(
+        ask_from(&c, &mut s, "junk-0", "10.0.0.1", NOW),
+        Verdict::Wait(Wait { fetch: None, .. })
+    ));
+    expect_callout(ask_from(&c, &mut s, "legitimate", "10.0.0.2", NOW));
+    expect_callout(ask_from(&c, &mut s, "junk-3", "10.0.0.1", NOW + 1));
+    assert_eq!(
+        ask_from(&c, &mut s, "junk-4", "10.0.0.1", NOW + 1),
+        overloaded(Bound::IntrospectionBudget),
+        "per_second / 4 a second after"
+    );
+    let zero = r#"{"issuers":[{"issuer":"https://a.test","audiences":"any","introspection":{"endpoint":"https://a.test/i","upstream":"a","client_id":"p","client_secret":"s","budget":{"per_second":0}}}]}"#;
+    let e = Config::from_json(zero.as_bytes(), &|_| None).err().unwrap();
+    assert_eq!(e.field, "issuers[0].introspection.budget.per_second");
+}
+
+#[test]
+fn a_token_of_another_shape_is_refused_without_a_callout() {
+    let c = config(
+        r#","token_pattern":"at_[A-Za-z0-9]{8}","max_token_length":11"#,
+        "",
+    );
+    let store = Rc::new(MemoryStore::default());
+    let mut s = worker(&c, &store, 1);
+    for junk in ["at_1234567", "xx_12345678", "at_12345678x"] {
+        let Verdict::Deny(denial) = ask(&c, &mut s, junk, NOW) else {
+            panic!("{junk} was not refused")
+        };
+        assert_eq!(
+            (denial.status(), denial.code()),
+            (401, "token_malformed"),
+            "{junk}"
+        );
+    }
+    expect_callout(ask(&c, &mut s, "at_12345678", NOW));
+    let bad = r#"{"issuers":[{"issuer":"https://a.test","audiences":"any","introspection":{"endpoint":"https://a.test/i","upstream":"a","client_id":"p","client_secret":"s","token_pattern":"("}}]}"#;
+    let e = Config::from_json(bad.as_bytes(), &|_| None).err().unwrap();
+    assert_eq!(e.field, "issuers[0].introspection.token_pattern");
 }
 
 #[test]

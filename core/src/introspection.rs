@@ -5,15 +5,17 @@
 
 use std::fmt;
 
+use regex_lite::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::budget::{Budget, RawBudget};
 use crate::callout::{
     check_authority, check_timeout_ms, upstream_or, Callout, CalloutError, CalloutReply, Url,
 };
 use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
 use crate::config_error::ConfigError;
-use crate::jwt::{check_claims, JwtRules, TokenError};
+use crate::jwt::{check_claims, JwtRules, TokenError, MAX_TOKEN_BYTES};
 use crate::keys::Issuer;
 use crate::services::Random;
 
@@ -73,6 +75,45 @@ pub struct RawIntrospection {
     #[serde(default)]
     failure_mode: RawFailureMode,
     stale_seconds: Option<u64>,
+    budget: Option<RawBudget>,
+    token_pattern: Option<String>,
+    min_token_length: Option<usize>,
+    max_token_length: Option<usize>,
+}
+
+/// Introspections a worker may start per second for one issuer, by default.
+pub const DEFAULT_BUDGET: Budget = Budget {
+    per_second: 100,
+    burst: 200,
+};
+/// The longest token sent out in a callout, as for JWTs.
+const MAX_TOKEN_LENGTH: usize = MAX_TOKEN_BYTES;
+/// A longer `token_pattern` is a mistake, not a token shape.
+const MAX_PATTERN_BYTES: usize = 1024;
+
+/// What an issuer's opaque tokens look like: a token of another shape is
+/// refused before any callout (junk costs the authorization server nothing).
+#[derive(Debug, Clone)]
+pub struct TokenShape {
+    /// Anchored at both ends.
+    pattern: Option<Regex>,
+    min_length: usize,
+    max_length: usize,
+}
+
+impl TokenShape {
+    pub fn admits(&self, token: &str) -> Result<(), &'static str> {
+        if token.len() < self.min_length {
+            return Err("shorter than the issuer's tokens");
+        }
+        if token.len() > self.max_length {
+            return Err("longer than the issuer's tokens");
+        }
+        if self.pattern.as_ref().is_some_and(|p| !p.is_match(token)) {
+            return Err("not of the issuer's token_pattern");
+        }
+        Ok(())
+    }
 }
 
 fn default_hint() -> Option<String> {
@@ -111,6 +152,48 @@ pub struct Introspection {
     pub negative_ttl_seconds: u64,
     pub token_prefix: Option<String>,
     pub failure_mode: FailureMode,
+    pub budget: Budget,
+    pub token_shape: TokenShape,
+}
+
+fn token_shape(
+    pattern: Option<&str>,
+    min_length: Option<usize>,
+    max_length: Option<usize>,
+    f: &dyn Fn(&str) -> String,
+) -> Result<TokenShape, ConfigError> {
+    let min_length = min_length.unwrap_or(1);
+    let max_length = max_length.unwrap_or(MAX_TOKEN_LENGTH);
+    if min_length == 0 {
+        return Err(ConfigError::new(
+            f("min_token_length"),
+            "must be at least 1",
+        ));
+    }
+    if !(min_length..=MAX_TOKEN_LENGTH).contains(&max_length) {
+        return Err(ConfigError::new(
+            f("max_token_length"),
+            format!("must be between min_token_length and {MAX_TOKEN_LENGTH}"),
+        ));
+    }
+    let pattern = match pattern {
+        None => None,
+        Some(p) if p.is_empty() || p.len() > MAX_PATTERN_BYTES => {
+            return Err(ConfigError::new(
+                f("token_pattern"),
+                format!("must be a regular expression of 1 to {MAX_PATTERN_BYTES} bytes"),
+            ))
+        }
+        Some(p) => Some(
+            Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| ConfigError::new(f("token_pattern"), e.to_string()))?,
+        ),
+    };
+    Ok(TokenShape {
+        pattern,
+        min_length,
+        max_length,
+    })
 }
 
 impl Introspection {
@@ -191,7 +274,16 @@ impl Introspection {
                 FailureMode::ServeStale { seconds }
             }
         };
+        let budget = Budget::compile(raw.budget, DEFAULT_BUDGET, &f("budget"))?;
+        let token_shape = token_shape(
+            raw.token_pattern.as_deref(),
+            raw.min_token_length,
+            raw.max_token_length,
+            &f,
+        )?;
         Ok(Introspection {
+            budget,
+            token_shape,
             endpoint,
             upstream,
             authority: raw.authority,
@@ -780,6 +872,7 @@ mod tests {
             method: "GET",
             path: "/api",
             headers: &headers,
+            client: None,
         };
         let denied = |state: &mut State| match authorize(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {

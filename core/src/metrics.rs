@@ -357,7 +357,7 @@ impl Catalogue {
                 if ok { "ok" } else { "failed" }
             ),
             Metric::Counter(Counter::Overload(bound)) => {
-                format!("{PREFIX}.overload.{}", bound.label())
+                format!("{PREFIX}.overloaded.bound.{}", bound.label())
             }
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
@@ -498,8 +498,8 @@ mod tests {
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.ok",
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.failed",
             "oauth_pep.keys_loaded.issuer.login_example_com_realms_a",
-            "oauth_pep.overload.waiters",
-            "oauth_pep.overload.introspection_budget",
+            "oauth_pep.overloaded.bound.waiters",
+            "oauth_pep.overloaded.bound.introspection_budget",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),

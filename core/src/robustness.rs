@@ -107,6 +107,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             method: "GET",
             path: &path,
             headers: &headers,
+            client: None,
         };
         let _ = normalize_path(&path);
         if let Verdict::Call {

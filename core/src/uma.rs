@@ -10,6 +10,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::budget::{Budget, RawBudget};
 use crate::callout::{check_authority, check_timeout_ms, upstream_or, Callout, CalloutReply, Url};
 use crate::config_error::ConfigError;
 use crate::policy::{Policy, PolicyDecision};
@@ -38,7 +39,14 @@ pub struct RawUma {
     on_insufficient: Insufficient,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    permission_budget: Option<RawBudget>,
 }
+
+/// Permission requests a worker may make per second, by default.
+pub const DEFAULT_PERMISSION_BUDGET: Budget = Budget {
+    per_second: 50,
+    burst: 100,
+};
 
 fn default_timeout_ms() -> u64 {
     2_000
@@ -78,6 +86,8 @@ pub struct Uma {
     pub resources: Vec<Resource>,
     pub on_insufficient: Insufficient,
     pub timeout_ms: u64,
+    /// Every token-less request to a resource costs a ticket: bounded.
+    pub permission_budget: Budget,
 }
 
 /// What the issuer list tells the UMA settings.
@@ -165,7 +175,13 @@ impl Uma {
             });
         }
         check_timeout_ms(raw.timeout_ms, "uma.timeout_ms")?;
+        let permission_budget = Budget::compile(
+            raw.permission_budget,
+            DEFAULT_PERMISSION_BUDGET,
+            "uma.permission_budget",
+        )?;
         Ok(Uma {
+            permission_budget,
             issuer,
             as_uri: raw.issuer,
             client,

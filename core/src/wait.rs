@@ -88,7 +88,7 @@ pub struct Waits {
 
 /// Beyond this many replies from one callback the VM is near the stack
 /// depth measured to kill it (~300), whatever the host.
-pub const MAX_REPLIES_PER_CALLBACK: usize = 128;
+pub const MAX_REPLIES_PER_CALLBACK: usize = 64;
 
 impl Default for Waits {
     fn default() -> Self {

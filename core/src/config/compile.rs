@@ -19,6 +19,7 @@ use crate::shared_cache::SharedCache;
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
 use crate::uma::{RawUma, Uma, UmaIssuer};
 use crate::upstream_oauth::{RawUpstreamOAuth, UpstreamOAuth};
+use crate::wait::Waits;
 
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 
@@ -73,6 +74,7 @@ pub(super) fn compile(
         .map(|uma| compile_uma(uma, &issuers, &client_names))
         .transpose()?;
 
+    let waits = Waits::compile(raw.waits)?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
     let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
 
@@ -92,6 +94,7 @@ pub(super) fn compile(
         rejected_cache_bytes: raw.rejected_cache_bytes,
         shared_cache,
         shared_data: raw.shared_data,
+        waits,
         crypto: raw.crypto,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,

@@ -24,6 +24,7 @@ const TOP_FIELDS: &[&str] = &[
     "token_cache_bytes",
     "rejected_cache_bytes",
     "shared_data",
+    "waits",
     "crypto",
     "introspection_cache_bytes",
     "introspection_cache_entry_bytes",

@@ -24,6 +24,7 @@ use crate::shared_cache::SharedCache;
 use crate::token_client::TokenClient;
 use crate::uma::Uma;
 use crate::upstream_oauth::UpstreamOAuth;
+use crate::wait::Waits;
 
 /// How `forward.phantom_token_header` carries an introspection answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -150,6 +151,8 @@ pub struct Config {
     /// Introspection answers shared by all workers.
     pub shared_cache: SharedCache,
     pub shared_data: SharedData,
+    /// Bounds on the requests a worker keeps waiting.
+    pub waits: Waits,
     pub crypto: Crypto,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,

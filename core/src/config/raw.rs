@@ -15,6 +15,7 @@ use crate::response::ErrorBody;
 use crate::token_client::RawTokenClient;
 use crate::uma::RawUma;
 use crate::upstream_oauth::RawUpstreamOAuth;
+use crate::wait::RawWaits;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,8 @@ pub(super) struct RawConfig {
     pub(super) rejected_cache_bytes: usize,
     #[serde(default)]
     pub(super) shared_data: SharedData,
+    #[serde(default)]
+    pub(super) waits: Option<RawWaits>,
     #[serde(default)]
     pub(super) crypto: Crypto,
     #[serde(default = "default_introspection_cache_bytes")]
