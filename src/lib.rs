@@ -49,7 +49,7 @@ use log::{error, info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
-    authorize_knowing, due, fetching_here, resume as resume_callout, timed_out, Allow, Due, Fetch,
+    due, fetching_here, resume as resume_callout, timed_out, verdict_knowing, Allow, Due, Fetch,
     Known, Request, Resume, Resumed, State, Verdict,
 };
 use oauth_pep_core::metrics::{
@@ -282,7 +282,7 @@ impl<H: Door> Shared<H> {
                 headers,
                 client: facts.client.as_deref(),
             };
-            authorize_knowing(
+            verdict_knowing(
                 &self.config,
                 &mut self.state.borrow_mut(),
                 &request,

@@ -1,5 +1,5 @@
 //! Where the cached path's time goes inside the VM: one cached-token decision
-//! (`authorize` with a token the cache holds) and its parts, repeated.
+//! (`verdict_for` with a token the cache holds) and its parts, repeated.
 //!
 //! `make profile-hot-path` builds this for wasm32-wasip1 and runs it in Node's
 //! V8 (the engine Envoy embeds), then natively. Not a test: the figures
@@ -12,7 +12,7 @@ use std::time::Instant;
 use ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
 use oauth_pep_core::cache::digest;
 use oauth_pep_core::config::Config;
-use oauth_pep_core::engine::{authorize, Request, State, Verdict};
+use oauth_pep_core::engine::{verdict_for, Request, State, Verdict};
 use oauth_pep_core::extract::find_token;
 use oauth_pep_core::request::normalize_target;
 
@@ -78,7 +78,7 @@ fn main() {
         headers: &headers,
         client: None,
     };
-    match authorize(&config, &mut state, &request, NOW) {
+    match verdict_for(&config, &mut state, &request, NOW) {
         Verdict::Allow(_) => {}
         other => {
             eprintln!("the token is not let through: {other:?}");
@@ -86,8 +86,8 @@ fn main() {
         }
     }
     println!("token: {} bytes; {ROUNDS} rounds each", token.len());
-    time("authorize, cached token (the whole decision)", || {
-        black_box(authorize(&config, &mut state, black_box(&request), NOW));
+    time("verdict_for, cached token (the whole decision)", || {
+        black_box(verdict_for(&config, &mut state, black_box(&request), NOW));
     });
     time("  normalize_target", || {
         black_box(normalize_target(black_box(request.path)).ok());

@@ -853,7 +853,7 @@ mod tests {
     #[test]
     fn without_random_bytes_the_engine_denies_503_and_holds_no_worker_back() {
         use crate::config::Config;
-        use crate::engine::{authorize, Request, State, Verdict};
+        use crate::engine::{verdict_for, Request, State, Verdict};
         use crate::response::Denial;
         use crate::services::testing::MemoryStore;
         let c = Config::from_json(
@@ -874,7 +874,7 @@ mod tests {
             headers: &headers,
             client: None,
         };
-        let denied = |state: &mut State| match authorize(&c, state, &request, NOW) {
+        let denied = |state: &mut State| match verdict_for(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {
                 assert_eq!(denial.status(), 503);
                 let Denial::IntrospectionUnavailable { cause, .. } = &denial else {
@@ -888,7 +888,7 @@ mod tests {
             let Verdict::Wait(crate::engine::Wait {
                 fetch: Some(crate::engine::Fetch { callout, .. }),
                 ..
-            }) = authorize(&c, state, &request, NOW)
+            }) = verdict_for(&c, state, &request, NOW)
             else {
                 panic!("no callout");
             };

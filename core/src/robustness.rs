@@ -8,7 +8,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use crate::callout::CalloutReply;
 use crate::config::Config;
-use crate::engine::{authorize, resume, Request, Resume, State, Verdict};
+use crate::engine::{resume, verdict_for, Request, Resume, State, Verdict};
 use crate::jwt::test_vectors::vectors;
 use crate::keys::FetchStep;
 use crate::policy::Policy;
@@ -113,7 +113,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
         if let Verdict::Call {
             resume: pending @ Resume::Pdp(_),
             ..
-        } = authorize(&config, &mut state, &request, v.now)
+        } = verdict_for(&config, &mut state, &request, v.now)
         {
             let body = rng.mutate(br#"{"decision":true}"#);
             let reply = CalloutReply {

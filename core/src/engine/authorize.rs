@@ -1,0 +1,435 @@
+//! What a caller may do once its token is known: the consumer its client
+//! maps to, the anonymous consumer without a usable token, the policy's
+//! scopes, then (last, as the only callout) the PDP.
+
+use crate::cache::{digest, Digest};
+use crate::callout::CalloutReply;
+use crate::config::Config;
+use crate::consumer::{Consumer, ConsumerLookup};
+use crate::extract::find_token;
+use crate::grant::Grant;
+use crate::pdp::{Pdp, PdpQuery};
+use crate::policy::PolicyDecision;
+use crate::response::{Denial, RequestProblem, TokenProblem};
+use crate::upstream_oauth::UpstreamOAuth;
+
+use super::authenticate::authenticate;
+use super::{uma, upstream, Allow, Known, Request, Resume, State, Verdict};
+
+/// A request waiting for the PDP: what to do on permit and on deny.
+#[derive(Debug, PartialEq)]
+pub struct PendingPdp {
+    pub(super) allow: Allow,
+    denial: Denial,
+    cache_key: Digest,
+}
+
+/// Whether the request may pass, and as whom: public paths first, then UMA
+/// resources, the token, the consumer, the policy and, last, the PDP. The
+/// gateway's token for upstream OAuth is added afterwards; `upstream` is the
+/// request's upstream OAuth rule, if any, which decides what becomes of the
+/// caller's credential.
+pub(super) fn check_access(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    path: &str,
+    upstream: Option<&UpstreamOAuth>,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
+    if config.public_paths.matches(path) {
+        return Verdict::Allow(Allow {
+            remove_headers: upstream::forged(config, request.headers),
+            ..Allow::default()
+        });
+    }
+    if let Some(uma) = &config.uma {
+        if let Some((resource, required)) = uma.resource_for(request.method, path) {
+            return uma::check_uma_access(
+                config, state, request, path, upstream, uma, resource, required, known, now,
+            );
+        }
+    }
+    let found = match find_token(&config.token_sources, request.headers, request.path) {
+        Ok(Some(found)) => found,
+        Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
+    };
+    let grant = match authenticate(config, state, &found.token, request.client, known, now) {
+        Ok(grant) => grant,
+        Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
+            let on_invalid = config
+                .consumers
+                .anonymous()
+                .is_some_and(|a| a.on_invalid_token);
+            return if on_invalid {
+                anonymous_or(config, request, path, denial)
+            } else {
+                Verdict::Deny(denial)
+            };
+        }
+        Err(verdict) => return verdict,
+    };
+    let consumer = match consumer_for(config, &grant) {
+        Ok(consumer) => consumer,
+        Err(denial) => return Verdict::Deny(denial),
+    };
+    let rule = match check_policy(config, request.method, path, &grant.scopes) {
+        Ok(rule) => rule,
+        Err(denial) => return Verdict::Deny(denial),
+    };
+    let allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
+    let Some(pdp) = &config.pdp else {
+        return Verdict::Allow(allow);
+    };
+    let claims = grant.claims();
+    let query = PdpQuery {
+        subject: grant.subject.as_deref().unwrap_or_default(),
+        client_id: grant.client_id.as_deref(),
+        claims: &claims,
+        method: request.method,
+        path,
+        rule: rule.as_deref().unwrap_or(""),
+        scopes: &grant.scopes,
+    };
+    let cache_key = digest(&[Pdp::cache_key(&query).as_bytes()]);
+    match state.decisions.get(&cache_key, now) {
+        Some(true) => Verdict::Allow(allow),
+        Some(false) => Verdict::Deny(pdp_denied(&query)),
+        None => {
+            let callout = Box::new(pdp.callout(&query));
+            let denial = pdp_denied(&query);
+            Verdict::Call {
+                callout,
+                resume: Resume::Pdp(Box::new(PendingPdp {
+                    allow,
+                    denial,
+                    cache_key,
+                })),
+            }
+        }
+    }
+}
+
+/// The policy's verdict on these scopes: the matched rule (`None` without a
+/// policy, or for an unlisted path when `deny_by_default` is off), or the denial.
+fn check_policy(
+    config: &Config,
+    method: &str,
+    path: &str,
+    scopes: &[String],
+) -> Result<Option<String>, Denial> {
+    let Some(policy) = &config.policy else {
+        return Ok(None);
+    };
+    match policy.decide(method, path, scopes) {
+        PolicyDecision::Allow { rule } => Ok(Some(rule)),
+        PolicyDecision::NoRule if config.deny_by_default => Err(Denial::NoRule {
+            method: method.to_string(),
+            path: path.to_string(),
+        }),
+        PolicyDecision::NoRule => Ok(None),
+        PolicyDecision::InsufficientScope { rule, required } => Err(Denial::InsufficientScope {
+            rule,
+            scopes: required,
+        }),
+    }
+}
+
+fn pdp_denied(query: &PdpQuery) -> Denial {
+    Denial::PdpDenied {
+        method: query.method.to_string(),
+        path: query.path.to_string(),
+    }
+}
+
+/// The PDP's reply completes a request that passed every other check.
+pub(super) fn finish_pdp(
+    config: &Config,
+    state: &mut State,
+    pending: PendingPdp,
+    reply: &CalloutReply,
+    now: u64,
+) -> Verdict {
+    let Some(pdp) = &config.pdp else {
+        return Verdict::Deny(pending.denial);
+    };
+    match pdp.verdict(reply) {
+        Ok(permit) => {
+            if pdp.cache_seconds() > 0 {
+                state.decisions.insert(
+                    pending.cache_key,
+                    permit,
+                    now.saturating_add(pdp.cache_seconds()),
+                    now,
+                );
+            }
+            if permit {
+                Verdict::Allow(pending.allow)
+            } else {
+                Verdict::Deny(pending.denial)
+            }
+        }
+        // Fail closed: no answer is never a permit.
+        Err(e) => Verdict::Deny(Denial::PdpUnavailable {
+            cause: e.to_string(),
+        }),
+    }
+}
+
+/// The consumer the token's client maps to, if consumers are configured.
+pub(super) fn consumer_for<'c>(
+    config: &'c Config,
+    grant: &Grant,
+) -> Result<Option<&'c Consumer>, Denial> {
+    match config.consumers.lookup(grant.client_id.as_deref()) {
+        ConsumerLookup::Known(consumer) => Ok(Some(consumer)),
+        ConsumerLookup::NotConfigured => Ok(None),
+        ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => Ok(None),
+        ConsumerLookup::Unregistered => Err(Denial::InvalidToken(TokenProblem::ClientUnknown)),
+    }
+}
+
+/// Without a usable token, the anonymous consumer may pass on its paths, as
+/// far as the policy lets its own scopes (none by default) go: dropping the
+/// token never gives more access than sending one. Where it may not pass, the
+/// caller gets `denial` (a 401 challenge), since a token could help.
+fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) -> Verdict {
+    let Some(anonymous) = config.consumers.anonymous() else {
+        return Verdict::Deny(denial);
+    };
+    if !config.anonymous_paths.matches(path)
+        || check_policy(config, request.method, path, &anonymous.scopes).is_err()
+    {
+        return Verdict::Deny(denial);
+    }
+    let mut set_headers = anonymous.consumer.upstream_headers(&config.identity);
+    if !anonymous.scopes.is_empty() {
+        set_headers.push((config.identity.scope.clone(), anonymous.scopes.join(",")));
+    }
+    Verdict::Allow(Allow {
+        remove_headers: upstream::forged(config, request.headers),
+        set_headers,
+        subject: Some(anonymous.consumer.id.clone()),
+        new_path: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::engine::test_support::*;
+    use crate::engine::Resumed;
+    use crate::extract::tests::h;
+    use crate::jwt::test_vectors::vectors;
+    use crate::services::testing::FakeMetrics;
+
+    #[test]
+    fn the_policy_decides_after_the_token_with_a_scope_hint() {
+        // good tokens carry scopes "read write".
+        let c = inline_config(
+            r#","policy":{"GET /a/{id}":"read","POST /a/{id}":"read and (fido or otp)"},"public_paths":["/health"]"#,
+        );
+        let mut s = State::new(&c);
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/a/1", &good()),
+            Verdict::Allow(_)
+        ));
+        let Verdict::Deny(Denial::InsufficientScope { rule, scopes }) =
+            method_run(&c, &mut s, "POST", "/a/1", &good())
+        else {
+            panic!("expected insufficient_scope")
+        };
+        assert_eq!(rule, "POST /a/{id}");
+        assert!(
+            scopes.contains(&"read".to_string()) && scopes.len() == 2,
+            "{scopes:?}"
+        );
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/b", &good()),
+            Verdict::Deny(Denial::NoRule { .. })
+        ));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/health", &[]),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/a/1", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+        // A dot segment is resolved before matching, so it cannot dodge a rule.
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/health/../b", &good()),
+            Verdict::Deny(Denial::NoRule { .. })
+        ));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/a/%2F", &good()),
+            Verdict::Deny(Denial::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn without_deny_by_default_unlisted_paths_need_only_a_valid_token() {
+        let c = inline_config(r#","policy":{"GET /a":"admin"},"deny_by_default":false"#);
+        let mut s = State::new(&c);
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/b", &good()),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/b", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+    }
+
+    #[test]
+    fn consumers_and_the_anonymous_consumer() {
+        let c = inline_config(
+            r#","consumers":{"client-1":{"id":"c1","username":"alice"}},"anonymous":{"id":"anon","paths":["/open/??"]}"#,
+        );
+        let mut s = State::new(&c);
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/x", &good()) else {
+            panic!()
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-id".into(), "c1".into())));
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-username".into(), "alice".into())));
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/open/doc", &[]) else {
+            panic!()
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-anonymous-consumer".into(), "true".into())));
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-id".into(), "anon".into())));
+        assert_eq!(
+            method_run(&c, &mut s, "GET", "/x", &[]),
+            Verdict::Deny(Denial::NoToken)
+        );
+        let expired = bearer(vectors().token("expired"));
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/open/doc", &expired),
+            Verdict::Deny(Denial::InvalidToken(_))
+        ));
+
+        let strict = inline_config(r#","consumers":{"someone-else":{"id":"c2"}}"#);
+        let mut s = State::new(&strict);
+        assert_eq!(
+            method_run(&strict, &mut s, "GET", "/x", &good()),
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::ClientUnknown))
+        );
+    }
+
+    #[test]
+    fn the_pdp_is_asked_last_and_fails_closed() {
+        let c = inline_config(
+            r#","policy":{"GET /a":"read","GET /b":"admin"},"pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz","cache_seconds":5}"#,
+        );
+        let mut s = State::new(&c);
+        assert!(
+            matches!(
+                method_run(&c, &mut s, "GET", "/b", &good()),
+                Verdict::Deny(Denial::InsufficientScope { .. })
+            ),
+            "a failed scope check never reaches the PDP"
+        );
+        let asked = method_run(&c, &mut s, "GET", "/a", &good());
+        let Verdict::Call { callout, .. } = &asked else {
+            panic!()
+        };
+        assert_eq!(callout.url.path, "/v1/data/authz");
+        let permit = reply(200, r#"{"result":true}"#);
+        assert!(matches!(
+            answer_pdp(&c, &mut s, asked, &permit),
+            Verdict::Allow(_)
+        ));
+        assert!(
+            matches!(
+                method_run(&c, &mut s, "GET", "/a", &good()),
+                Verdict::Allow(_)
+            ),
+            "cached permit"
+        );
+
+        let c = inline_config(
+            r#","pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}"#,
+        );
+        let mut s = State::new(&c);
+        for (answer, denied) in [
+            (reply(200, "{}"), "pdp_denied"),
+            (reply(200, r#"{"result":false}"#), "pdp_denied"),
+            (reply(500, ""), "pdp_unavailable"),
+            (CalloutReply::default(), "pdp_unavailable"),
+            (reply(200, "garbage"), "pdp_unavailable"),
+        ] {
+            let asked = method_run(&c, &mut s, "GET", "/a", &good());
+            let Verdict::Deny(denial) = answer_pdp(&c, &mut s, asked, &answer) else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(denial.code(), denied, "{answer:?}");
+        }
+        // A callout the host would not dispatch is decided in the core too.
+        let Verdict::Call { resume, .. } = method_run(&c, &mut s, "GET", "/a", &good()) else {
+            panic!()
+        };
+        let Resumed::Decided(Verdict::Deny(denial)) = crate::engine::resume(
+            &c,
+            &mut s,
+            &FakeMetrics::default(),
+            resume,
+            Err("BadArgument"),
+            vectors().now,
+        ) else {
+            panic!()
+        };
+        assert_eq!(denial.code(), "pdp_unavailable");
+    }
+
+    #[test]
+    fn the_anonymous_consumer_is_bound_by_the_policy() {
+        let c = hs_config(
+            r#","policy":{"GET /catalog/??":"read","POST,PUT,DELETE /catalog/??":"write"},
+                "anonymous":{"id":"anon","paths":["/catalog/??"],"scopes":["read"]}"#,
+        );
+        let mut s = State::new(&c);
+        let Verdict::Allow(a) = method_run(&c, &mut s, "GET", "/catalog/item1", &[]) else {
+            panic!("anonymous read is allowed")
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read".into())));
+        assert_eq!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &[]),
+            Verdict::Deny(Denial::NoToken),
+            "anonymous lacks write: a 401 challenge, as for a missing token"
+        );
+        let basic = h(&[("authorization", "Basic YTpi")]);
+        assert_eq!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &basic),
+            Verdict::Deny(Denial::NoToken)
+        );
+        let reader = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        assert!(matches!(
+            method_run(&c, &mut s, "DELETE", "/catalog/item1", &reader),
+            Verdict::Deny(Denial::InsufficientScope { .. })
+        ));
+
+        let no_scopes = hs_config(
+            r#","policy":{"GET /catalog/??":"read"},"anonymous":{"id":"anon","paths":["/catalog/??"]}"#,
+        );
+        let mut s = State::new(&no_scopes);
+        assert_eq!(
+            method_run(&no_scopes, &mut s, "GET", "/catalog/x", &[]),
+            Verdict::Deny(Denial::NoToken),
+            "no scopes by default"
+        );
+    }
+}

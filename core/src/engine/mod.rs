@@ -1,0 +1,198 @@
+//! The decision for one request, as data: allow (with the headers to set and
+//! strip), deny (with a [`Denial`]), or "make this callout first". The glue
+//! runs the callout, feeds the reply to [`resume`] and asks again.
+//!
+//! By stage, each in its file: [`verdict_for`] normalises the path and runs
+//! them in order. `authenticate` finds and verifies the token (with its
+//! caches), `introspect` asks the authorization server about the tokens that
+//! need it, `authorize` checks consumers, the policy and the PDP, `uma`
+//! answers UMA resources with tickets, and `upstream` builds the request let
+//! through. `resume` takes callouts' answers and the root's ticks; `state`
+//! is what one worker keeps between requests.
+
+mod authenticate;
+mod authorize;
+mod introspect;
+mod resume;
+mod state;
+mod uma;
+mod upstream;
+
+#[cfg(test)]
+mod test_support;
+
+use std::rc::Rc;
+
+use crate::cache::Digest;
+use crate::callout::Callout;
+use crate::config::Config;
+use crate::grant::Grant;
+use crate::keys::FetchStep;
+use crate::metrics::CalloutKind;
+use crate::request::normalize_target;
+use crate::response::{Denial, RequestProblem};
+use crate::upstream_oauth::rule_for;
+use crate::wait::{Note, WaitKey};
+
+pub use authorize::PendingPdp;
+pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
+pub use resume::{due, fetching_here, resume, timed_out};
+pub use state::State;
+pub use uma::PendingTicket;
+
+/// The facts of one request, as the glue read them.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Lowercase names, in arrival order, repeats kept.
+    pub headers: &'a [(String, String)],
+    /// The client's address (Envoy's `source.address`, without the port),
+    /// when the host tells it: whose share of a callout budget is spent.
+    pub client: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allow {
+    /// Removed from the upstream request before `set_headers` are added.
+    pub remove_headers: Vec<String>,
+    pub set_headers: Vec<(String, String)>,
+    /// The request target (path and query) to send upstream instead of the
+    /// one received: the judged path, and the token removed from the query.
+    pub new_path: Option<String>,
+    /// For logs: who was let through.
+    pub subject: Option<String>,
+}
+
+/// The outcome of an introspection, for the requests that waited for it.
+pub type Known = (Digest, Result<Rc<Grant>, Denial>);
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Allow(Allow),
+    Deny(Denial),
+    /// This request's own callout (the PDP, a permission ticket): make it,
+    /// then feed its answer, or why it could not be dispatched, to [`resume`]
+    /// for this request.
+    Call {
+        callout: Box<Callout>,
+        resume: Resume,
+    },
+    /// Park the request on what it waits for, shared with other requests.
+    Wait(Wait),
+}
+
+/// A request parked on `on` until it settles ([`Resumed::Settled`] or a
+/// [`Due::Wake`] names it), then decided again; at `until` at the latest it
+/// is answered with [`timed_out`].
+#[derive(Debug, PartialEq)]
+pub struct Wait {
+    pub on: WaitKey,
+    pub until: u64,
+    /// The fetch to dispatch from the root, which outlives every request and
+    /// so receives the answer whichever request caused it.
+    pub fetch: Option<Fetch>,
+}
+
+/// A callout many requests may wait for, and what its answer is for.
+#[derive(Debug, PartialEq)]
+pub struct Fetch {
+    pub callout: Box<Callout>,
+    pub resume: Resume,
+}
+
+/// What a callout's answer is for: one value per kind of callout, so each
+/// later capability (introspection, tickets, tokens) is one more variant.
+#[derive(Debug, PartialEq)]
+pub enum Resume {
+    /// One step of `issuer`'s key fetch (discovery, then JWKS).
+    Keys { issuer: usize, step: FetchStep },
+    /// The PDP's decision for a request that passed every other check.
+    Pdp(Box<PendingPdp>),
+    /// The introspection of one token.
+    Introspect(Box<PendingIntrospection>),
+    /// The token request of one of the gateway's clients, which every
+    /// request waiting for it shares (like a key fetch).
+    ClientToken { client: usize },
+    /// A UMA permission ticket for the request that waits for it.
+    Ticket(Box<PendingTicket>),
+}
+
+/// What an answer (or a dispatch failure) leads to.
+#[derive(Debug, PartialEq)]
+pub enum Resumed {
+    /// The request that made its own callout is decided.
+    Decided(Verdict),
+    /// The fetch goes on (discovery → JWKS): make this callout too.
+    Next(Fetch),
+    /// A shared fetch settled, well or not: every request parked on `on` is
+    /// to be decided again, with `known` if the answer was about one token.
+    Settled {
+        on: WaitKey,
+        known: Option<Rc<Known>>,
+        notes: Vec<Note>,
+    },
+}
+
+/// What the root does on a tick, besides expiring waits.
+#[derive(Debug, PartialEq)]
+pub enum Due {
+    /// Dispatch this fetch (a refresh, a retry, a first load).
+    Dispatch(Fetch),
+    /// Another worker's fetch left its result in shared data, now taken
+    /// here: the requests parked on `on` may go on.
+    Wake { on: WaitKey, notes: Vec<Note> },
+}
+
+impl Resume {
+    /// For the callout metrics.
+    pub fn kind(&self) -> CalloutKind {
+        match self {
+            Resume::Keys { step, .. } => CalloutKind::from(*step),
+            Resume::Pdp(_) => CalloutKind::Pdp,
+            Resume::Introspect(_) => CalloutKind::Introspection,
+            Resume::ClientToken { .. } => CalloutKind::Token,
+            Resume::Ticket(_) => CalloutKind::Permission,
+        }
+    }
+}
+
+/// What to do with one request: [`verdict_knowing`] for a request that has
+/// not waited for an introspection.
+pub fn verdict_for(config: &Config, state: &mut State, request: &Request, now: u64) -> Verdict {
+    verdict_knowing(config, state, request, None, now)
+}
+
+/// What to do with one request; `known` is the outcome of the introspection
+/// it waited for, if it did, used whatever the caches kept of it. The path is
+/// normalised first: the path judged is the path forwarded.
+pub fn verdict_knowing(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
+    let target = match normalize_target(request.path) {
+        Ok(target) => target,
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
+    };
+    let path = &target.path;
+    let upstream = rule_for(&config.upstream_oauth, request.method, path);
+    let verdict = authorize::check_access(config, state, request, path, upstream, known, now);
+    let verdict = upstream::add_gateway_token(config, state, upstream, verdict, now);
+    upstream::forward_as_judged(verdict, &target, request.path)
+}
+
+fn issuer_name(config: &Config, issuer: usize) -> String {
+    config
+        .issuers
+        .get(issuer)
+        .map_or_else(String::new, |i| i.issuer.clone())
+}
+
+fn client_name(config: &Config, client: usize) -> String {
+    config
+        .clients
+        .get(client)
+        .map_or_else(String::new, |c| c.name.clone())
+}

@@ -1,0 +1,183 @@
+//! The flight protocol's other half: what a callout's answer leads to
+//! ([`resume`]), what the root does on a tick ([`due`]), and how a wait ends
+//! ([`fetching_here`], [`timed_out`]).
+
+use std::rc::Rc;
+
+use crate::callout::CalloutReply;
+use crate::config::Config;
+use crate::keys::{Due as KeysDue, FetchProgress};
+use crate::metrics::{Counter, Gauge};
+use crate::response::Denial;
+use crate::services::Metrics;
+use crate::token_client::Fetched;
+use crate::wait::{Note, WaitKey};
+
+use super::{authorize, introspect, uma};
+use super::{client_name, issuer_name, Due, Fetch, Resume, Resumed, State, Verdict};
+
+/// The one entry point for every callout's outcome: its answer, or why the
+/// host would not dispatch it. Failures are decided here, not in the glue.
+pub fn resume(
+    config: &Config,
+    state: &mut State,
+    metrics: &dyn Metrics,
+    resume: Resume,
+    answer: Result<&CalloutReply, &str>,
+    now: u64,
+) -> Resumed {
+    match resume {
+        Resume::Keys { issuer, step } => {
+            let progress = match answer {
+                Ok(reply) => state.keys.on_reply(issuer, step, reply, now),
+                Err(why) => state.keys.on_dispatch_error(issuer, step, why, now),
+            };
+            match progress {
+                FetchProgress::Next(step, callout) => Resumed::Next(Fetch {
+                    callout: Box::new(callout),
+                    resume: Resume::Keys { issuer, step },
+                }),
+                progress => Resumed::Settled {
+                    on: WaitKey::Keys(issuer),
+                    known: None,
+                    notes: keys_settled(config, metrics, issuer, &progress),
+                },
+            }
+        }
+        Resume::Introspect(pending) => {
+            let (issuer, known, result) =
+                introspect::finish_introspection(config, state, *pending, answer, now);
+            metrics.increment(Counter::Introspection { issuer, result }, 1);
+            Resumed::Settled {
+                on: WaitKey::Introspection {
+                    issuer,
+                    token: known.0,
+                },
+                known: Some(Rc::new(known)),
+                notes: Vec::new(),
+            }
+        }
+        Resume::ClientToken { client } => {
+            let fetched = state.clients.on_reply(client, answer, now);
+            let ok = matches!(fetched, Fetched::Token { .. });
+            metrics.increment(Counter::ClientToken { client, ok }, 1);
+            let note = match fetched {
+                Fetched::Token { lifetime } => Note::Info(format!(
+                    "got a token for client {}, usable for {lifetime} s",
+                    client_name(config, client)
+                )),
+                Fetched::Failed(why) => Note::Warn(why),
+            };
+            Resumed::Settled {
+                on: WaitKey::ClientToken(client),
+                known: None,
+                notes: vec![note],
+            }
+        }
+        Resume::Ticket(pending) => Resumed::Decided(Verdict::Deny(uma::finish_ticket(
+            config, state, *pending, answer,
+        ))),
+        Resume::Pdp(pending) => Resumed::Decided(match answer {
+            Ok(reply) => authorize::finish_pdp(config, state, *pending, reply, now),
+            Err(why) => Verdict::Deny(Denial::PdpUnavailable {
+                cause: format!("the callout could not be dispatched: {why}"),
+            }),
+        }),
+    }
+}
+
+/// The log lines and metrics of a key fetch that settled.
+fn keys_settled(
+    config: &Config,
+    metrics: &dyn Metrics,
+    issuer: usize,
+    progress: &FetchProgress,
+) -> Vec<Note> {
+    let name = issuer_name(config, issuer);
+    let mut notes = Vec::new();
+    match progress {
+        FetchProgress::Loaded { keys, skipped } => {
+            metrics.set(Gauge::KeysLoaded { issuer }, *keys as u64);
+            notes.push(Note::Info(format!(
+                "loaded {keys} verification keys for {name}"
+            )));
+            for note in skipped {
+                notes.push(Note::Info(format!("skipped a key of {name}: {note}")));
+            }
+        }
+        FetchProgress::Failed(why) => notes.push(Note::Warn(format!("key fetch failed: {why}"))),
+        FetchProgress::Next(..) => {}
+    }
+    let ok = matches!(progress, FetchProgress::Loaded { .. });
+    metrics.increment(Counter::KeyRefresh { issuer, ok }, 1);
+    notes
+}
+
+/// Root only, on each tick: the fetches that are due (first loads, retries,
+/// refreshes ahead of expiry), and what other workers fetched meanwhile.
+pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) -> Vec<Due> {
+    let mut due = Vec::new();
+    for found in state.keys.due(now) {
+        due.push(match found {
+            KeysDue::Fetch(issuer, step, callout) => Due::Dispatch(Fetch {
+                callout: Box::new(callout),
+                resume: Resume::Keys { issuer, step },
+            }),
+            KeysDue::Adopted(issuer, progress) => {
+                let mut notes = Vec::new();
+                if let FetchProgress::Loaded { keys, .. } = progress {
+                    metrics.set(Gauge::KeysLoaded { issuer }, keys as u64);
+                    notes.push(Note::Info(format!(
+                        "loaded {keys} verification keys for {} that another worker fetched",
+                        issuer_name(config, issuer)
+                    )));
+                }
+                Due::Wake {
+                    on: WaitKey::Keys(issuer),
+                    notes,
+                }
+            }
+        });
+    }
+    let (tokens, adopted) = state.client_tokens_due(now);
+    due.extend(adopted.into_iter().map(|client| Due::Wake {
+        on: WaitKey::ClientToken(client),
+        notes: Vec::new(),
+    }));
+    due.extend(tokens.into_iter().map(|(client, callout)| {
+        Due::Dispatch(Fetch {
+            callout: Box::new(callout),
+            resume: Resume::ClientToken { client },
+        })
+    }));
+    due
+}
+
+/// Whether this worker is making the fetch `on` names. If not, another
+/// worker is, and its outcome shows only in shared data: the glue polls,
+/// deciding the parked requests again.
+pub fn fetching_here(state: &State, on: &WaitKey, now: u64) -> bool {
+    match on {
+        WaitKey::Keys(issuer) => state.keys.awaited_until(*issuer, now).is_some(),
+        WaitKey::Introspection { token, .. } => state.introspecting.contains_key(token),
+        WaitKey::ClientToken(client) => state.clients.awaited_until(*client, now).is_some(),
+    }
+}
+
+/// The answer for a request whose wait on `on` reached its deadline.
+pub fn timed_out(config: &Config, on: &WaitKey) -> Denial {
+    match on {
+        WaitKey::Keys(issuer) => Denial::KeysUnavailable {
+            issuer: issuer_name(config, *issuer),
+            cause: "the key fetch did not settle within twice its timeout".into(),
+        },
+        WaitKey::Introspection { issuer, .. } => Denial::IntrospectionUnavailable {
+            issuer: issuer_name(config, *issuer),
+            cause: "no introspection answer within the timeout".into(),
+        },
+        WaitKey::ClientToken(client) => Denial::ClientTokenUnavailable {
+            client: client_name(config, *client),
+            cause: "the token request did not settle within its timeout".into(),
+        },
+    }
+}

@@ -1,0 +1,310 @@
+//! UMA resources: a request is let through with an RPT whose permissions
+//! cover it, else answered 401 with a new permission ticket, asked for with
+//! the gateway's protection API token (PAT).
+
+use crate::callout::CalloutReply;
+use crate::config::Config;
+use crate::extract::find_token;
+use crate::policy::PolicyDecision;
+use crate::response::{Denial, RequestProblem};
+use crate::uma::{granted_scopes, Insufficient, Resource, Uma};
+use crate::upstream_oauth::UpstreamOAuth;
+use crate::wait::Bound;
+
+use super::authenticate::{authenticate, discovered_endpoint};
+use super::{authorize, upstream, Known, Request, Resume, State, Verdict};
+
+/// A request waiting for its UMA permission ticket.
+#[derive(Debug, PartialEq)]
+pub struct PendingTicket {
+    resource_id: String,
+    /// Why the request needs a ticket, for the log.
+    why: String,
+}
+
+/// A request for a UMA-protected resource: let through with an RPT whose
+/// permissions cover it, else answered with a new permission ticket.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_uma_access(
+    config: &Config,
+    state: &mut State,
+    request: &Request,
+    path: &str,
+    upstream: Option<&UpstreamOAuth>,
+    uma: &Uma,
+    resource: &Resource,
+    required: Vec<String>,
+    known: Option<&Known>,
+    now: u64,
+) -> Verdict {
+    let found = match find_token(&config.token_sources, request.headers, request.path) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return request_ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                "no RPT".into(),
+                now,
+            )
+        }
+        Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
+    };
+    let grant = match authenticate(config, state, &found.token, request.client, known, now) {
+        Ok(grant) => grant,
+        // UMA's answer to an unusable RPT is a new ticket, not a Bearer error.
+        Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
+            let why = format!("the RPT is not usable: {}", denial.description());
+            return request_ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            );
+        }
+        Err(verdict) => return verdict,
+    };
+    if grant.issuer != uma.issuer {
+        let why = "the token is not an RPT of the UMA authorization server".to_string();
+        return request_ticket(
+            config,
+            state,
+            request.client,
+            uma,
+            resource,
+            &required,
+            why,
+            now,
+        );
+    }
+    let consumer = match authorize::consumer_for(config, &grant) {
+        Ok(consumer) => consumer,
+        Err(denial) => return Verdict::Deny(denial),
+    };
+    let scopes = granted_scopes(&grant.permissions, &resource.id, now);
+    match resource.decide(request.method, path, &scopes) {
+        PolicyDecision::Allow { .. } => Verdict::Allow(upstream::allow(
+            config, request, upstream, &found, &grant, consumer,
+        )),
+        PolicyDecision::InsufficientScope { rule, required } => {
+            if uma.on_insufficient == Insufficient::Forbidden {
+                return Verdict::Deny(Denial::InsufficientScope {
+                    rule,
+                    scopes: required,
+                });
+            }
+            let why = format!("the RPT has no permission for rule \"{rule}\"");
+            request_ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            )
+        }
+        PolicyDecision::NoRule => {
+            let why = "the RPT has no permission for this request".to_string();
+            request_ticket(
+                config,
+                state,
+                request.client,
+                uma,
+                resource,
+                &required,
+                why,
+                now,
+            )
+        }
+    }
+}
+
+/// The permission ticket request, made with the PAT once there is one.
+#[allow(clippy::too_many_arguments)]
+fn request_ticket(
+    config: &Config,
+    state: &mut State,
+    client: Option<&str>,
+    uma: &Uma,
+    resource: &Resource,
+    scopes: &[String],
+    why: String,
+    now: u64,
+) -> Verdict {
+    let pat = match upstream::client_token(config, state, uma.client, now) {
+        Ok(pat) => pat,
+        Err(Verdict::Deny(Denial::ClientTokenUnavailable { cause, .. })) => {
+            return Verdict::Deny(Denial::UmaUnavailable {
+                cause: format!("no protection API token: {cause}"),
+            })
+        }
+        Err(wait) => return wait,
+    };
+    let endpoint = match &uma.permission_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => match discovered_endpoint(config, state, uma.issuer, now, |e| &e.permission) {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => {
+                return Verdict::Deny(Denial::UmaUnavailable {
+                    cause: "the discovery document has no usable permission_endpoint".into(),
+                })
+            }
+            Err(wait) => return wait,
+        },
+    };
+    if !state.permission_budget.spend(client, now) {
+        return Verdict::Deny(Denial::Overloaded {
+            bound: Bound::PermissionBudget,
+        });
+    }
+    Verdict::Call {
+        callout: Box::new(uma.ticket_callout(&endpoint, &pat, &resource.id, scopes)),
+        resume: Resume::Ticket(Box::new(PendingTicket {
+            resource_id: resource.id.clone(),
+            why,
+        })),
+    }
+}
+
+/// The permission endpoint's answer: the ticket for the 401, or a 503. A
+/// PAT the endpoint refuses is dropped, so the next request gets a new one.
+pub(super) fn finish_ticket(
+    config: &Config,
+    state: &mut State,
+    pending: PendingTicket,
+    answer: Result<&CalloutReply, &str>,
+) -> Denial {
+    let Some(uma) = &config.uma else {
+        return Denial::UmaUnavailable {
+            cause: "UMA is not configured".into(),
+        };
+    };
+    let reply = match answer {
+        Ok(reply) => reply,
+        Err(why) => {
+            return Denial::UmaUnavailable {
+                cause: format!("the permission request could not be dispatched: {why}"),
+            }
+        }
+    };
+    match crate::uma::ticket(reply) {
+        Ok(ticket) => Denial::UmaTicket {
+            as_uri: uma.as_uri.clone(),
+            ticket,
+            resource_id: pending.resource_id,
+            why: pending.why,
+        },
+        Err(cause) => {
+            if reply.status == Some(401) {
+                state.clients.invalidate(uma.client);
+            }
+            Denial::UmaUnavailable { cause }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::engine::test_support::*;
+    use crate::engine::{Fetch, Wait};
+    use crate::jwt::test_vectors::vectors;
+    use crate::keys::{FetchStep, KeyWait};
+    use crate::services::testing::FakeMetrics;
+
+    /// A worker that has not fetched anything yet adopts the discovery
+    /// document and keys another worker published: its first UMA request
+    /// without an RPT goes on to the PAT and the ticket, whether the PAT's
+    /// token endpoint is discovered or fixed (before the fix, a 401 "unknown
+    /// kid", seen on the demo's first request after start).
+    #[test]
+    fn a_worker_adopting_the_uma_discovery_goes_on_to_the_pat_and_the_ticket() {
+        for pat_endpoint in [
+            r#""issuer":"https://issuer.test""#,
+            r#""token_endpoint":"https://issuer.test/token","upstream":"as""#,
+        ] {
+            let json = format!(
+                r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],
+                    "discovery":"uma2-configuration","upstream":"as"}}],
+                  "clients":{{"pat":{{{pat_endpoint},"client_id":"rs","client_secret":"rs-secret"}}}},
+                  "uma":{{"issuer":"https://issuer.test","client":"pat",
+                    "resources":[{{"resource_id":"photos","policy":{{"GET /photos/??":"view"}}}}]}}}}"#
+            );
+            let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+            let now = vectors().now;
+            let store = std::rc::Rc::new(crate::services::testing::MemoryStore::default());
+            let worker = |id| {
+                let mut s = State::new(&c);
+                s.share_through(store.clone(), id);
+                s
+            };
+            // The first worker loads the discovery document and the keys.
+            let mut first = worker(1);
+            assert!(matches!(
+                first.keys.load_for_request(0, now),
+                KeyWait::Fetch { .. }
+            ));
+            let discovery = reply(
+                200,
+                r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/keys",
+                    "token_endpoint":"https://issuer.test/token","permission_endpoint":"https://issuer.test/perm"}"#,
+            );
+            let _ = first
+                .keys
+                .on_reply(0, FetchStep::Discovery, &discovery, now);
+            let jwks = String::from_utf8(vectors().jwks).unwrap();
+            assert!(matches!(
+                first
+                    .keys
+                    .on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now),
+                crate::keys::FetchProgress::Loaded { .. }
+            ));
+
+            let mut second = worker(2);
+            let Verdict::Wait(Wait {
+                fetch:
+                    Some(Fetch {
+                        callout,
+                        resume: Resume::ClientToken { client: 0 },
+                    }),
+                ..
+            }) = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("the second worker does not ask for the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/token");
+            let pat = reply(
+                200,
+                r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+            );
+            let _ = crate::engine::resume(
+                &c,
+                &mut second,
+                &FakeMetrics::default(),
+                Resume::ClientToken { client: 0 },
+                Ok(&pat),
+                now,
+            );
+            let Verdict::Call {
+                callout,
+                resume: Resume::Ticket(_),
+            } = run(&c, &mut second, &[], "/photos/1")
+            else {
+                panic!("no ticket request with the PAT ({pat_endpoint})")
+            };
+            assert_eq!(callout.url.path, "/perm");
+        }
+    }
+}

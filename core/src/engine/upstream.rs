@@ -1,0 +1,436 @@
+//! The request let through: the headers set and stripped (forged identity
+//! headers first), the caller's credential kept, moved or hidden, the
+//! gateway's own token for upstream OAuth, and the path as it was judged.
+
+use std::rc::Rc;
+
+use crate::config::{Config, TokenSource};
+use crate::consumer::Consumer;
+use crate::extract::{cookies_without, path_without_param, FoundToken};
+use crate::grant::Grant;
+use crate::headers::cmp_spelling;
+use crate::request::NormalTarget;
+use crate::response::Denial;
+use crate::token_client::TokenWait;
+use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
+use crate::wait::WaitKey;
+
+use super::{authenticate, client_name, Allow, Fetch, Request, Resume, State, Verdict, Wait};
+
+/// The upstream request of a caller let through; `upstream` is the upstream
+/// OAuth rule for the request, which decides what becomes of its credential.
+pub(super) fn allow(
+    config: &Config,
+    request: &Request,
+    upstream: Option<&UpstreamOAuth>,
+    found: &FoundToken,
+    grant: &Grant,
+    consumer: Option<&Consumer>,
+) -> Allow {
+    let mut allow = Allow {
+        remove_headers: forged(config, request.headers),
+        subject: grant.subject.clone(),
+        ..Allow::default()
+    };
+    let identity = &config.identity;
+    // Comma-separated, as Gluu Gateway sent it.
+    allow
+        .set_headers
+        .push((identity.scope.clone(), grant.scopes.join(",")));
+    if let Some(client_id) = &grant.client_id {
+        allow
+            .set_headers
+            .push((identity.client_id.clone(), client_id.clone()));
+    }
+    if let Some(exp) = grant.expires_at {
+        allow
+            .set_headers
+            .push((identity.expiration.clone(), exp.to_string()));
+    }
+    if let Some(consumer) = consumer {
+        allow
+            .set_headers
+            .extend(consumer.upstream_headers(identity));
+    }
+    for (i, value) in &grant.forwarded {
+        if let Some(forward) = config.forward.claims.get(*i) {
+            allow
+                .set_headers
+                .push((forward.header.clone(), value.clone()));
+        }
+    }
+    if let (Some(header), Some(payload)) = (&config.forward.payload_header, &grant.payload) {
+        allow.set_headers.push((header.clone(), payload.clone()));
+    }
+    if let (Some(header), Some(answer)) = (&config.forward.phantom_token_header, &grant.phantom) {
+        allow.set_headers.push((header.clone(), answer.clone()));
+    }
+    if let Some(UpstreamOAuth {
+        credential: ClientCredential::MoveTo(to),
+        ..
+    }) = upstream
+    {
+        let value = match &found.source {
+            TokenSource::Header { name, .. } => request
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or_else(|| found.token.clone(), |(_, v)| v.clone()),
+            _ => found.token.clone(),
+        };
+        allow.set_headers.push((to.clone(), value));
+    }
+    let moved_or_replaced = upstream.is_some_and(|r| r.credential != ClientCredential::Keep);
+    if config.forward.hide_credentials || moved_or_replaced {
+        match &found.source {
+            TokenSource::Header { name, .. } => allow.remove_headers.push(name.clone()),
+            TokenSource::Query(name) => {
+                allow.new_path = Some(path_without_param(request.path, name))
+            }
+            TokenSource::Cookie(name) => {
+                allow.remove_headers.push("cookie".into());
+                if let Some(rest) = cookies_without(request.headers, name) {
+                    allow.set_headers.push(("cookie".into(), rest));
+                }
+            }
+        }
+    }
+    allow
+}
+
+/// The headers this filter may set that the client sent anyway, in any
+/// spelling a backend would read as the same header (case, `_` for `-`):
+/// removed so none can be forged. Only those present, to spare host calls.
+pub(super) fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            config
+                .strip_headers
+                .binary_search_by(|key| cmp_spelling(key, name))
+                .is_ok()
+        })
+        .cloned()
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Whatever the request is let through with, the upstream gets the path that
+/// was judged (normalised, as Envoy's `normalize_path` and `merge_slashes`
+/// would), with the query as it is by then.
+pub(super) fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &str) -> Verdict {
+    let rewrite = |allow: &mut Allow| {
+        let sent = allow.new_path.as_deref().unwrap_or(raw);
+        let query = sent.find('?').and_then(|i| sent.get(i..)).unwrap_or("");
+        let forwarded = target.forwarded_path() + query;
+        allow.new_path = (forwarded != raw).then_some(forwarded);
+    };
+    match verdict {
+        Verdict::Allow(mut allow) => {
+            rewrite(&mut allow);
+            Verdict::Allow(allow)
+        }
+        Verdict::Call {
+            callout,
+            resume: Resume::Pdp(mut pending),
+        } => {
+            rewrite(&mut pending.allow);
+            Verdict::Call {
+                callout,
+                resume: Resume::Pdp(pending),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The verdict, with the gateway's own token added where upstream OAuth
+/// applies (`upstream` is the request's rule, if any): whatever let the
+/// request through, the upstream gets the token.
+pub(super) fn add_gateway_token(
+    config: &Config,
+    state: &mut State,
+    upstream: Option<&UpstreamOAuth>,
+    verdict: Verdict,
+    now: u64,
+) -> Verdict {
+    let Some(rule) = upstream else {
+        return verdict;
+    };
+    let mut add_token = |allow: &mut Allow| -> Result<(), Verdict> {
+        let token = client_token(config, state, rule.client, now)?;
+        allow
+            .set_headers
+            .push((rule.header.clone(), format!("Bearer {token}")));
+        Ok(())
+    };
+    match verdict {
+        Verdict::Allow(mut allow) => match add_token(&mut allow) {
+            Ok(()) => Verdict::Allow(allow),
+            Err(wait) => wait,
+        },
+        Verdict::Call {
+            callout,
+            resume: Resume::Pdp(mut pending),
+        } => match add_token(&mut pending.allow) {
+            Ok(()) => Verdict::Call {
+                callout,
+                resume: Resume::Pdp(pending),
+            },
+            Err(wait) => wait,
+        },
+        other => other,
+    }
+}
+
+/// The token of one of the gateway's clients, or what the request must do
+/// (wait for the fetch, or a 503) while there is none that may be sent.
+pub(super) fn client_token(
+    config: &Config,
+    state: &mut State,
+    client: usize,
+    now: u64,
+) -> Result<Rc<str>, Verdict> {
+    let keys = &state.keys;
+    let discovered = |issuer: usize| keys.discovered(issuer).and_then(|e| e.token.clone());
+    let wait_for = state
+        .clients
+        .for_request(client, &discovered, state.random.as_ref(), now);
+    let unavailable = |cause: String| {
+        Verdict::Deny(Denial::ClientTokenUnavailable {
+            client: client_name(config, client),
+            cause,
+        })
+    };
+    let wait = |until: u64, fetch: Option<Fetch>| {
+        Verdict::Wait(Wait {
+            on: WaitKey::ClientToken(client),
+            until,
+            fetch,
+        })
+    };
+    match wait_for {
+        TokenWait::Ready(token) => Ok(token),
+        TokenWait::Fetch { callout, until } => Err(wait(
+            until,
+            Some(Fetch {
+                callout,
+                resume: Resume::ClientToken { client },
+            }),
+        )),
+        TokenWait::Wait { until } => Err(wait(until, None)),
+        TokenWait::NeedsDiscovery(issuer) => {
+            match authenticate::discovered_endpoint(config, state, issuer, now, |e| &e.token)? {
+                // Loaded just now (another worker's): asked again with it.
+                Some(_) => client_token(config, state, client, now),
+                None => Err(unavailable(
+                    "the issuer's discovery document has no usable token_endpoint".into(),
+                )),
+            }
+        }
+        TokenWait::Unavailable(cause) => Err(unavailable(cause)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::engine::test_support::*;
+    use crate::extract::tests::h;
+    use crate::jwt::test_vectors::vectors;
+
+    #[test]
+    fn a_good_token_is_allowed_with_claims_forwarded_and_forgeable_headers_stripped() {
+        let c = inline_config(
+            r#","forward":{"claims":{"sub":"x-jwt-sub","scope":"x-scope"},"payload_header":"x-jwt-payload"}"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_RS256").to_string();
+        let forgeable = [
+            "x-jwt-payload",
+            "x-jwt-sub",
+            "x-scope",
+            "x-authenticated-scope",
+            "x-consumer-id",
+        ];
+        let mut headers = bearer(&token);
+        headers.extend(
+            forgeable
+                .iter()
+                .map(|name| (name.to_string(), "forged".to_string())),
+        );
+        let Verdict::Allow(allow) = run(&c, &mut s, &headers, "/") else {
+            panic!("denied")
+        };
+        assert_eq!(
+            allow.remove_headers.len(),
+            forgeable.len(),
+            "only what was sent"
+        );
+        for name in forgeable {
+            assert!(allow.remove_headers.iter().any(|h| h == name), "{name}");
+        }
+        assert!(allow
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read,write".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-oauth-client-id".into(), "client-1".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-oauth-expiration".into(), "1700003600".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-jwt-sub".into(), "client-1".into())));
+        assert!(allow
+            .set_headers
+            .contains(&("x-scope".into(), "read write".into())));
+        let payload = token.split('.').nth(1).unwrap();
+        assert!(allow
+            .set_headers
+            .contains(&("x-jwt-payload".into(), payload.into())));
+        assert_eq!(allow.subject.as_deref(), Some("client-1"));
+    }
+
+    #[test]
+    fn hide_credentials_removes_the_token_wherever_it_was() {
+        let c = inline_config(
+            r#","forward":{"hide_credentials":true},"token_sources":[{"header":"authorization"},{"query":"at"},{"cookie":"at"}]"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_EdDSA").to_string();
+        let Verdict::Allow(a) = run(&c, &mut s, &bearer(&token), "/x") else {
+            panic!()
+        };
+        assert!(a.remove_headers.contains(&"authorization".to_string()));
+        let Verdict::Allow(a) = run(&c, &mut s, &[], &format!("/x?at={token}&k=1")) else {
+            panic!()
+        };
+        assert_eq!(a.new_path.as_deref(), Some("/x?k=1"));
+        let Verdict::Allow(a) = run(
+            &c,
+            &mut s,
+            &h(&[("cookie", &format!("at={token}; b=2"))]),
+            "/x",
+        ) else {
+            panic!()
+        };
+        assert!(a.set_headers.contains(&("cookie".into(), "b=2".into())));
+    }
+
+    #[test]
+    fn every_way_through_forwards_the_judged_path_with_the_query() {
+        let c = inline_config(
+            r#","policy":{"GET /api/??":"read","GET /admin/??":"admin","GET /open/??":"read"},"public_paths":["/health"],"anonymous":{"id":"anon","paths":["/open/??"],"scopes":["read"]},"forward":{"hide_credentials":true},"token_sources":[{"header":"authorization"},{"query":"at"}]"#,
+        );
+        let mut s = State::new(&c);
+        let token = vectors().token("good_RS256").to_string();
+        let new_path = |verdict: Verdict| match verdict {
+            Verdict::Allow(a) => a.new_path,
+            other => panic!("{other:?}"),
+        };
+        // (raw path, token in the authorization header, forwarded)
+        let cases = [
+            ("/admin/x/../../health", false, Some("/health")),
+            ("/health", false, None),
+            ("/x/..//open/./doc?q=1", false, Some("/open/doc?q=1")),
+            ("/admin/s/../../api/x", true, Some("/api/x")),
+            ("/admin//../api/x", true, Some("/api/x")),
+            (
+                "/api/%7euser/caf%c3%a9?q=%2F",
+                true,
+                Some("/api/~user/caf%C3%A9?q=%2F"),
+            ),
+            ("/api/x/", true, None),
+            ("/api/x//", true, Some("/api/x/")),
+            ("/api/x?q", true, None),
+        ];
+        for (raw, with_token, want) in cases {
+            let headers = if with_token { bearer(&token) } else { vec![] };
+            let got = new_path(run(&c, &mut s, &headers, raw));
+            assert_eq!(got.as_deref(), want, "{raw}");
+        }
+        // A token in the query is removed from the normalised target.
+        let raw = format!("/api//a/./b?k=1&at={token}&z");
+        assert_eq!(
+            new_path(run(&c, &mut s, &[], &raw)).as_deref(),
+            Some("/api/a/b?k=1&z")
+        );
+        let raw = format!("/api/b?at={token}");
+        assert_eq!(
+            new_path(run(&c, &mut s, &[], &raw)).as_deref(),
+            Some("/api/b")
+        );
+        for raw in [
+            "/api/a%2fb",
+            "/admin;x/secret",
+            "/admin./secret",
+            "/api/x#f",
+        ] {
+            assert!(
+                matches!(
+                    run(&c, &mut s, &bearer(&token), raw),
+                    Verdict::Deny(Denial::InvalidRequest(_))
+                ),
+                "{raw}"
+            );
+        }
+
+        let lenient = inline_config(r#","policy":{"GET /a":"admin"},"deny_by_default":false"#);
+        let mut s = State::new(&lenient);
+        assert_eq!(
+            new_path(run(&lenient, &mut s, &bearer(&token), "/a/../b")).as_deref(),
+            Some("/b")
+        );
+
+        let pdp = inline_config(
+            r#","pdp":{"kind":"opa","upstream":"pdp","url":"http://opa/v1/data/authz"}"#,
+        );
+        let mut s = State::new(&pdp);
+        let asked = run(&pdp, &mut s, &bearer(&token), "/a/./b");
+        let permit = reply(200, r#"{"result":true}"#);
+        assert_eq!(
+            new_path(answer_pdp(&pdp, &mut s, asked, &permit)).as_deref(),
+            Some("/a/b")
+        );
+    }
+
+    #[test]
+    fn forgeable_headers_are_stripped_in_every_spelling_a_backend_merges() {
+        let c = hs_config(r#","forward":{"claims":{"sub":"X-Jwt-Sub"}},"public_paths":["/open"]"#);
+        let mut s = State::new(&c);
+        let sent = h(&[
+            ("x_authenticated_scope", "admin"),
+            ("x-authenticated_scope", "admin"),
+            ("x_jwt_sub", "root"),
+            ("x_consumer_id", "c0"),
+            ("x_other", "kept"),
+        ]);
+        let Verdict::Allow(public) = method_run(&c, &mut s, "GET", "/open", &sent) else {
+            panic!()
+        };
+        assert_eq!(
+            public.remove_headers,
+            [
+                "x_authenticated_scope",
+                "x-authenticated_scope",
+                "x_jwt_sub",
+                "x_consumer_id"
+            ]
+        );
+        let mut with_token = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        with_token.extend(sent);
+        let Verdict::Allow(allowed) = method_run(&c, &mut s, "GET", "/x", &with_token) else {
+            panic!()
+        };
+        assert_eq!(allowed.remove_headers, public.remove_headers);
+        assert!(allowed
+            .set_headers
+            .contains(&("x-authenticated-scope".into(), "read".into())));
+    }
+}
