@@ -1278,8 +1278,10 @@ fn introspect(
     }
     // Its answer never came (the host dropped it): ask again.
     state.introspecting.remove(&key);
-    if let Some(bound) = introspection_refused(state, asking, now) {
-        return Err(Verdict::Deny(Denial::Overloaded { bound }));
+    if in_flight_full(state, asking.client, now) {
+        return Err(Verdict::Deny(Denial::Overloaded {
+            bound: Bound::InFlight,
+        }));
     }
     let endpoint = match &settings.endpoint {
         Some(endpoint) => endpoint.clone(),
@@ -1304,6 +1306,18 @@ fn introspect(
     if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
         return Err(wait(theirs, None));
     }
+    // Spent only by the worker that asks: waiting for another worker's
+    // answer (and polling for it) costs the budget nothing.
+    let spent = state
+        .introspection_budgets
+        .get_mut(issuer)
+        .is_some_and(|budget| budget.spend(asking.client, now));
+    if !spent {
+        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+        return Err(Verdict::Deny(Denial::Overloaded {
+            bound: Bound::IntrospectionBudget,
+        }));
+    }
     state
         .introspecting
         .insert(key, (flight, asking.client.map(Rc::from)));
@@ -1321,14 +1335,13 @@ fn introspect(
     ))
 }
 
-/// Why a new introspection may not start now, if it may not: the worker's
-/// in-flight cap (of which one client address may hold three quarters, so
-/// one flooding address leaves room for the others), or the issuer's budget
-/// per second (spent here, when it allows).
-fn introspection_refused(state: &mut State, asking: Asking, now: u64) -> Option<Bound> {
+/// Whether the worker's introspections in flight are at their cap, or
+/// `client` holds three quarters of it (so one flooding address leaves room
+/// for the others).
+fn in_flight_full(state: &mut State, client: Option<&str>, now: u64) -> bool {
     let in_flight = |state: &State| {
         let all = state.introspecting.len();
-        let theirs = asking.client.map_or(0, |client| {
+        let theirs = client.map_or(0, |client| {
             state
                 .introspecting
                 .values()
@@ -1342,12 +1355,8 @@ fn introspection_refused(state: &mut State, asking: Asking, now: u64) -> Option<
     };
     if full(in_flight(state)) {
         state.introspecting.retain(|_, (f, _)| f.awaiting(now));
-        if full(in_flight(state)) {
-            return Some(Bound::InFlight);
-        }
     }
-    let budget = state.introspection_budgets.get_mut(asking.issuer)?;
-    (!budget.spend(asking.client, now)).then_some(Bound::IntrospectionBudget)
+    full(in_flight(state))
 }
 
 /// Where a token's introspection is claimed in shared data, when the

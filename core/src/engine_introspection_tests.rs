@@ -619,3 +619,20 @@ fn a_request_that_adopts_another_workers_discovery_document_is_introspected_not_
     let (callout, _) = expect_callout(ask(&c, &mut second, "opaque-token", NOW));
     assert_eq!(callout.url.path, "/oauth/introspect");
 }
+
+#[test]
+fn waiting_for_another_workers_answer_costs_no_budget() {
+    let c = config(r#","budget":{"per_second":1,"burst":1}"#, "");
+    let store = Rc::new(MemoryStore::default());
+    let mut first = worker(&c, &store, 1);
+    let mut second = worker(&c, &store, 2);
+    expect_callout(ask_from(&c, &mut first, "shared", "10.0.0.1", NOW));
+    // The second worker polls for the answer, as its glue does every 20 ms.
+    for _ in 0..50 {
+        assert!(matches!(
+            ask_from(&c, &mut second, "shared", "10.0.0.1", NOW),
+            Verdict::Wait(Wait { fetch: None, .. })
+        ));
+    }
+    expect_callout(ask_from(&c, &mut second, "its-own", "10.0.0.2", NOW));
+}
