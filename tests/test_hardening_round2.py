@@ -23,3 +23,24 @@ def test_head_gets_the_gateways_token_where_a_get_rule_applies(start_envoy, auth
     # A method the rule does not list keeps the caller's token.
     r = env.request("POST", "/billing/reports", token=token)
     assert r.json()["headers"]["authorization"] == "Bearer " + token
+
+
+def test_method_override_headers_never_reach_the_upstream(start_envoy, authserver):
+    """Finding 4: a `write` token ran DELETE (which needs `admin`) through a
+    POST carrying X-HTTP-Method-Override, which frameworks obey."""
+    a = authserver
+    cfg = {"realm": "test", "issuers": [a.issuer_config()],
+           "policy": {"POST /items": "write", "DELETE /items": "admin", "GET /??": "read"}}
+    env = start_envoy(cfg)
+    env.wait_status("/", 200, token=a.mint(a.claims(scope="read")), timeout=20)
+    token = a.mint(a.claims(scope="write"))
+    overrides = {"X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE",
+                 "X-Method-Override": "DELETE", "x_http_method_override": "DELETE"}
+    r = env.post("/items", token=token, headers=overrides)
+    assert r.status_code == 200, r.text
+    received = r.json()["headers"]
+    leaked = [h for h in received if h.replace("_", "-") in
+              ("x-http-method-override", "x-http-method", "x-method-override")]
+    assert not leaked, received
+    assert r.json()["method"] == "POST"
+    assert env.request("DELETE", "/items", token=token).status_code == 403
