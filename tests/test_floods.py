@@ -140,6 +140,7 @@ def vm_failures(env):
 
 def check_answered(env, flood, allowed):
     """Every request answered, with a status in `allowed`; the VM never failed."""
+    print("\n%r" % flood)  # shown with -s or -rP: how the 1,000 were answered
     failures = vm_failures(env)
     assert not failures, "the wasm VM failed during the flood (%r):\n%s" % (flood, "\n".join(failures[:5]))
     assert flood.unanswered == 0, "%r\n--- h2load ---\n%s" % (flood, flood.output[-1500:])

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::request::normalize_target;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// `prefix` is an auth scheme (e.g. `Bearer`), matched case-insensitively.
@@ -195,6 +197,32 @@ pub fn path_without_param(path: &str, name: &str) -> String {
     }
 }
 
+/// The request target as a log shows it: the judged path (the raw one if it
+/// cannot be judged), and the query with the value of every parameter a
+/// token may come in replaced, so that no log line ever holds a token.
+pub fn target_for_log(raw: &str, sources: &[TokenSource]) -> String {
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    let mut out = normalize_target(path).map_or_else(|_| path.to_string(), |t| t.path);
+    if raw.contains('?') {
+        let secret = |pair: &str| {
+            let name = percent_decode(pair.split_once('=').map_or(pair, |(k, _)| k));
+            sources
+                .iter()
+                .any(|s| matches!(s, TokenSource::Query(n) if *n == name))
+        };
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if secret(pair) => format!("{key}=REDACTED"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 /// The `cookie` header value without the cookie that carried the token
 /// (None when nothing is left).
 pub fn cookies_without(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -211,6 +239,37 @@ pub(crate) mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn a_logged_target_holds_no_token_in_any_spelling_of_its_parameter() {
+        let sources = [
+            TokenSource::Query("access_token".into()),
+            TokenSource::Header {
+                name: "authorization".into(),
+                prefix: None,
+            },
+        ];
+        for (raw, logged) in [
+            (
+                "/a/../b?x=1&access_token=secret",
+                "/b?x=1&access_token=REDACTED",
+            ),
+            (
+                "/b?access%5Ftoken=secret&access_token=again",
+                "/b?access%5Ftoken=REDACTED&access_token=REDACTED",
+            ),
+            ("//b/./c?q", "/b/c?q"),
+            ("/plain", "/plain"),
+            (
+                "no-slash?access_token=secret",
+                "no-slash?access_token=REDACTED",
+            ),
+        ] {
+            let out = target_for_log(raw, &sources);
+            assert_eq!(out, logged, "{raw}");
+            assert!(!out.contains("secret") && !out.contains("again"), "{raw}");
+        }
+    }
 
     /// Request headers from literal pairs.
     pub(crate) fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

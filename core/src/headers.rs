@@ -41,6 +41,16 @@ const RESERVED: &[&str] = &[
     "via",
     "x-request-id",
 ];
+/// Headers that make a framework run a request as another method (Rails and
+/// Rack, Laravel, Express's method-override, ASP.NET Core, Symfony): the
+/// policy judged the request's own method, so the upstream must not see
+/// them. Stripped from every request, in every spelling.
+pub const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 const RESERVED_PREFIXES: &[&str] = &["x-forwarded-", "x-envoy-", "proxy-"];
 
 /// Validates a configured header name and returns it lowercased (Envoy and

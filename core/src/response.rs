@@ -104,6 +104,40 @@ impl Reason {
     }
 }
 
+#[cfg(test)]
+impl Reason {
+    /// Its place in [`Reason::ALL`]: a new reason does not compile (in the
+    /// tests) until it has one, and a test checks that `ALL` holds it there.
+    fn index(self) -> usize {
+        match self {
+            Reason::TokenMissing => 0,
+            Reason::RequestInvalid => 1,
+            Reason::TokenMalformed => 2,
+            Reason::TokenExpired => 3,
+            Reason::TokenNotYetValid => 4,
+            Reason::IssuerUnknown => 5,
+            Reason::AlgorithmNotAllowed => 6,
+            Reason::AudienceMismatch => 7,
+            Reason::LifetimeTooLong => 8,
+            Reason::KidUnknown => 9,
+            Reason::SignatureInvalid => 10,
+            Reason::ClaimUnusable => 11,
+            Reason::ClientUnknown => 12,
+            Reason::InsufficientScope => 13,
+            Reason::NoRule => 14,
+            Reason::PdpDenied => 15,
+            Reason::KeysUnavailable => 16,
+            Reason::PdpUnavailable => 17,
+            Reason::TokenInactive => 18,
+            Reason::IntrospectionUnavailable => 19,
+            Reason::UmaTicket => 20,
+            Reason::UmaUnavailable => 21,
+            Reason::ClientTokenUnavailable => 22,
+            Reason::Overloaded => 23,
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -254,23 +288,126 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// How one denial goes on the wire. Every part of every answer (status,
+/// reason, RFC 6750 code, challenge, `retry-after`, Gluu's message) comes
+/// from [`Denial::wire`], one exhaustive match: a new denial cannot be
+/// mapped in one place and forgotten in another.
+struct Wire {
+    reason: Reason,
+    status: u32,
+    /// The body's `error`, and the challenge's where it has one.
+    error: &'static str,
+    challenge: Challenge,
+    retry_after: Option<&'static str>,
+    /// What Gluu Gateway's plugins answered for this case; the description
+    /// where Gluu had none.
+    gluu_message: Option<&'static str>,
+}
+
+enum Challenge {
+    None,
+    /// `Bearer realm` alone: no credentials were sent (RFC 6750 §3.1).
+    Bare,
+    /// `Bearer realm, error, error_description` (and `scope` for scope).
+    Bearer,
+    /// UMA 2.0 Grant §3.2: `UMA realm, as_uri, ticket`.
+    Uma,
+}
+
+/// Gluu answered its outages 502 with this text (its spelling kept, as
+/// clients may compare it); the status here stays 503.
+const GLUU_OUTAGE: &str = "An unexpected error ocurred";
+
 impl Denial {
-    pub fn reason(&self) -> Reason {
+    fn wire(&self) -> Wire {
+        let wire = |reason, status, error, challenge, gluu_message| Wire {
+            reason,
+            status,
+            error,
+            challenge,
+            retry_after: None,
+            gluu_message,
+        };
+        let outage = |reason, retry_after| Wire {
+            retry_after: Some(retry_after),
+            ..wire(
+                reason,
+                503,
+                "temporarily_unavailable",
+                Challenge::None,
+                Some(GLUU_OUTAGE),
+            )
+        };
         match self {
-            Denial::NoToken => Reason::TokenMissing,
-            Denial::InvalidRequest(_) => Reason::RequestInvalid,
-            Denial::InvalidToken(problem) => problem.reason(),
-            Denial::InsufficientScope { .. } => Reason::InsufficientScope,
-            Denial::NoRule { .. } => Reason::NoRule,
-            Denial::PdpDenied { .. } => Reason::PdpDenied,
-            Denial::KeysUnavailable { .. } => Reason::KeysUnavailable,
-            Denial::PdpUnavailable { .. } => Reason::PdpUnavailable,
-            Denial::IntrospectionUnavailable { .. } => Reason::IntrospectionUnavailable,
-            Denial::UmaTicket { .. } => Reason::UmaTicket,
-            Denial::UmaUnavailable { .. } => Reason::UmaUnavailable,
-            Denial::ClientTokenUnavailable { .. } => Reason::ClientTokenUnavailable,
-            Denial::Overloaded { .. } => Reason::Overloaded,
+            Denial::NoToken => wire(
+                Reason::TokenMissing,
+                401,
+                "unauthorized",
+                Challenge::Bare,
+                Some("Failed to get bearer token from Authorization header"),
+            ),
+            Denial::InvalidRequest(_) => wire(
+                Reason::RequestInvalid,
+                400,
+                "invalid_request",
+                Challenge::Bearer,
+                None,
+            ),
+            Denial::InvalidToken(problem) => wire(
+                problem.reason(),
+                401,
+                "invalid_token",
+                Challenge::Bearer,
+                match problem {
+                    TokenProblem::Inactive => {
+                        Some("Invalid access token provided in Authorization header")
+                    }
+                    TokenProblem::ClientUnknown => Some("Unknown consumer"),
+                    TokenProblem::Jwt(_) | TokenProblem::Claim(_) => None,
+                },
+            ),
+            Denial::InsufficientScope { .. } => wire(
+                Reason::InsufficientScope,
+                403,
+                "insufficient_scope",
+                Challenge::Bearer,
+                Some("You are not authorized to access this resource"),
+            ),
+            Denial::NoRule { .. } => wire(
+                Reason::NoRule,
+                403,
+                "forbidden",
+                Challenge::None,
+                Some("Unprotected path/method are not allowed"),
+            ),
+            Denial::PdpDenied { .. } => wire(
+                Reason::PdpDenied,
+                403,
+                "forbidden",
+                Challenge::None,
+                Some("You are not authorized to access this resource"),
+            ),
+            Denial::UmaTicket { .. } => wire(
+                Reason::UmaTicket,
+                401,
+                "uma_ticket",
+                Challenge::Uma,
+                Some("Unauthorized"),
+            ),
+            Denial::KeysUnavailable { .. } => outage(Reason::KeysUnavailable, "5"),
+            Denial::PdpUnavailable { .. } => outage(Reason::PdpUnavailable, "5"),
+            Denial::IntrospectionUnavailable { .. } => {
+                outage(Reason::IntrospectionUnavailable, "5")
+            }
+            Denial::UmaUnavailable { .. } => outage(Reason::UmaUnavailable, "5"),
+            Denial::ClientTokenUnavailable { .. } => outage(Reason::ClientTokenUnavailable, "5"),
+            // A bound refused it before any work: soon is fine.
+            Denial::Overloaded { .. } => outage(Reason::Overloaded, "1"),
         }
+    }
+
+    pub fn reason(&self) -> Reason {
+        self.wire().reason
     }
 
     /// The stable reason code (see [`Reason::code`]).
@@ -279,19 +416,7 @@ impl Denial {
     }
 
     pub fn status(&self) -> u32 {
-        match self {
-            Denial::NoToken | Denial::InvalidToken(_) | Denial::UmaTicket { .. } => 401,
-            Denial::InvalidRequest(_) => 400,
-            Denial::InsufficientScope { .. } | Denial::NoRule { .. } | Denial::PdpDenied { .. } => {
-                403
-            }
-            Denial::KeysUnavailable { .. }
-            | Denial::PdpUnavailable { .. }
-            | Denial::IntrospectionUnavailable { .. }
-            | Denial::UmaUnavailable { .. }
-            | Denial::ClientTokenUnavailable { .. }
-            | Denial::Overloaded { .. } => 503,
-        }
+        self.wire().status
     }
 
     /// What the caller is told. Outages are described generically.
@@ -354,93 +479,71 @@ impl Denial {
                 ("resource_id", resource_id.clone()),
                 ("detail", why.clone()),
             ],
-            other => vec![("detail", other.description())],
+            Denial::NoToken
+            | Denial::InvalidRequest(_)
+            | Denial::InvalidToken(_)
+            | Denial::NoRule { .. }
+            | Denial::PdpDenied { .. } => vec![("detail", self.description())],
         }
     }
 
     /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
     /// goes in every body so a caller can quote it to the operator.
     pub fn render(&self, realm: &str, request_id: Option<&str>, shape: ErrorBody) -> HttpResponse {
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let wire = self.wire();
         let description = self.description();
-        let challenge = |error: &str, extra: &str| {
-            format!(
-                "Bearer realm=\"{}\", error=\"{error}\", error_description=\"{}\"{extra}",
-                quotable(realm),
-                quotable(&description)
-            )
-        };
-        let (error, www) = match self {
-            Denial::NoToken => (
-                "unauthorized",
-                Some(format!("Bearer realm=\"{}\"", quotable(realm))),
-            ),
-            Denial::InvalidRequest(_) => {
-                ("invalid_request", Some(challenge("invalid_request", "")))
-            }
-            Denial::InvalidToken(_) => ("invalid_token", Some(challenge("invalid_token", ""))),
-            Denial::InsufficientScope { scopes, .. } => {
-                let extra = format!(", scope=\"{}\"", quotable(&scopes.join(" ")));
-                (
-                    "insufficient_scope",
-                    Some(challenge("insufficient_scope", &extra)),
-                )
-            }
-            Denial::NoRule { .. } | Denial::PdpDenied { .. } => ("forbidden", None),
-            // UMA 2.0 Grant §3.2: `UMA realm, as_uri, ticket`.
-            Denial::UmaTicket { as_uri, ticket, .. } => (
-                "uma_ticket",
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(seconds) = wire.retry_after {
+            headers.push(("retry-after".into(), seconds.into()));
+        }
+        let realm = quotable(realm);
+        let challenge = match (&wire.challenge, self) {
+            (Challenge::None, _) => None,
+            (Challenge::Bare, _) => Some(format!("Bearer realm=\"{realm}\"")),
+            (Challenge::Uma, Denial::UmaTicket { as_uri, ticket, .. }) => Some(format!(
+                "UMA realm=\"{realm}\", as_uri=\"{}\", ticket=\"{}\"",
+                quotable(as_uri),
+                quotable(ticket)
+            )),
+            (Challenge::Bearer | Challenge::Uma, _) => {
+                let scope = match self {
+                    Denial::InsufficientScope { scopes, .. } => {
+                        format!(", scope=\"{}\"", quotable(&scopes.join(" ")))
+                    }
+                    _ => String::new(),
+                };
                 Some(format!(
-                    "UMA realm=\"{}\", as_uri=\"{}\", ticket=\"{}\"",
-                    quotable(realm),
-                    quotable(as_uri),
-                    quotable(ticket)
-                )),
-            ),
-            Denial::KeysUnavailable { .. }
-            | Denial::PdpUnavailable { .. }
-            | Denial::IntrospectionUnavailable { .. }
-            | Denial::UmaUnavailable { .. }
-            | Denial::ClientTokenUnavailable { .. } => {
-                headers.push(("retry-after".into(), "5".into()));
-                ("temporarily_unavailable", None)
-            }
-            Denial::Overloaded { .. } => {
-                headers.push(("retry-after".into(), "1".into()));
-                ("temporarily_unavailable", None)
+                    "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"{scope}",
+                    wire.error,
+                    quotable(&description)
+                ))
             }
         };
-        if let Some(www) = www {
-            headers.push(("www-authenticate".into(), www));
+        if let Some(challenge) = challenge {
+            headers.push(("www-authenticate".into(), challenge));
         }
         let mut body = serde_json::Map::new();
         if shape == ErrorBody::Kong {
-            body.insert("message".into(), json!(self.kong_message()));
-            if let Some(id) = request_id {
-                body.insert("request_id".into(), json!(id));
+            let message = wire.gluu_message.map_or(description, str::to_string);
+            body.insert("message".into(), json!(message));
+        } else {
+            body.insert("error".into(), json!(wire.error));
+            body.insert("error_description".into(), json!(description));
+            body.insert("reason".into(), json!(wire.reason.code()));
+            if let Denial::InsufficientScope { rule, scopes } = self {
+                body.insert("scope".into(), json!(scopes.join(" ")));
+                body.insert("rule".into(), json!(rule));
             }
-            return HttpResponse {
-                status: self.status(),
-                headers,
-                body: serde_json::Value::Object(body).to_string().into_bytes(),
-            };
-        }
-        body.insert("error".into(), json!(error));
-        body.insert("error_description".into(), json!(description));
-        body.insert("reason".into(), json!(self.code()));
-        if let Denial::InsufficientScope { rule, scopes } = self {
-            body.insert("scope".into(), json!(scopes.join(" ")));
-            body.insert("rule".into(), json!(rule));
-        }
-        if let Denial::UmaTicket { as_uri, ticket, .. } = self {
-            body.insert("ticket".into(), json!(ticket));
-            body.insert("as_uri".into(), json!(as_uri));
+            if let Denial::UmaTicket { as_uri, ticket, .. } = self {
+                body.insert("ticket".into(), json!(ticket));
+                body.insert("as_uri".into(), json!(as_uri));
+            }
         }
         if let Some(id) = request_id {
             body.insert("request_id".into(), json!(id));
         }
         HttpResponse {
-            status: self.status(),
+            status: wire.status,
             headers,
             body: serde_json::Value::Object(body).to_string().into_bytes(),
         }
@@ -459,35 +562,6 @@ pub enum ErrorBody {
     /// `{"message": …}` as Kong (and so Gluu Gateway) answered, with Gluu's
     /// own messages where Gluu had the case, plus `request_id`.
     Kong,
-}
-
-impl Denial {
-    /// The `message` Gluu Gateway's plugins answered for this case (their
-    /// `kong.response.exit` calls); the filter's description where Gluu had
-    /// no such case.
-    pub fn kong_message(&self) -> String {
-        match self {
-            Denial::NoToken => "Failed to get bearer token from Authorization header".into(),
-            Denial::InvalidToken(TokenProblem::Inactive) => {
-                "Invalid access token provided in Authorization header".into()
-            }
-            Denial::InvalidToken(TokenProblem::ClientUnknown) => "Unknown consumer".into(),
-            Denial::InsufficientScope { .. } | Denial::PdpDenied { .. } => {
-                "You are not authorized to access this resource".into()
-            }
-            Denial::NoRule { .. } => "Unprotected path/method are not allowed".into(),
-            Denial::UmaTicket { .. } => "Unauthorized".into(),
-            // Gluu answered these 502 with this text (its spelling kept, as
-            // clients may compare it); the status here stays 503.
-            Denial::KeysUnavailable { .. }
-            | Denial::PdpUnavailable { .. }
-            | Denial::IntrospectionUnavailable { .. }
-            | Denial::UmaUnavailable { .. }
-            | Denial::ClientTokenUnavailable { .. }
-            | Denial::Overloaded { .. } => "An unexpected error ocurred".into(),
-            Denial::InvalidRequest(_) | Denial::InvalidToken(_) => self.description(),
-        }
-    }
 }
 
 /// The inside of an RFC 9110 §5.6.4 quoted-string: `\` and `"` escaped, so
@@ -514,6 +588,15 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_in_its_place() {
+        for (place, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), place, "{reason}");
+        }
+        let codes: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
 
     fn header<'r>(r: &'r HttpResponse, name: &str) -> Option<&'r str> {
         r.headers

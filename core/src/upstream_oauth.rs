@@ -144,10 +144,20 @@ impl UpstreamOAuth {
         })
     }
 
-    /// Whether this rule covers the request (`path` normalised).
+    /// Whether this rule covers the request (`path` normalised). A rule for
+    /// `GET` covers `HEAD` too, as the policy does: servers answer `HEAD`
+    /// with their `GET` handler, so it must not reach them with the caller's
+    /// token where `GET` gets the gateway's.
     pub fn applies(&self, method: &str, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
-            && self.paths.as_ref().is_none_or(|p| p.matches(path))
+        let lists = |m: &str| {
+            self.methods
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(m))
+        };
+        let method_covered = self.methods.is_empty()
+            || lists(method)
+            || (method.eq_ignore_ascii_case("HEAD") && lists("GET"));
+        method_covered && self.paths.as_ref().is_none_or(|p| p.matches(path))
     }
 
     /// The headers this rule may set upstream (stripped from requests).
@@ -167,4 +177,36 @@ pub fn rule_for<'a>(
     path: &str,
 ) -> Option<&'a UpstreamOAuth> {
     rules.iter().find(|r| r.applies(method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn rule(json: &str) -> UpstreamOAuth {
+        let raw: RawUpstreamOAuth = serde_json::from_str(json).unwrap();
+        UpstreamOAuth::compile(raw, "upstream_oauth[0]", &["backend"], &["authorization"]).unwrap()
+    }
+
+    #[test]
+    fn a_get_rule_covers_head_and_nothing_else_it_does_not_list() {
+        let get = rule(r#"{"client":"backend","paths":["/backend/??"],"methods":["GET"]}"#);
+        assert!(get.applies("GET", "/backend/reports"));
+        assert!(
+            get.applies("HEAD", "/backend/reports"),
+            "HEAD runs GET's handler"
+        );
+        assert!(get.applies("head", "/backend/reports"));
+        assert!(!get.applies("POST", "/backend/reports"));
+        assert!(!get.applies("GET", "/other"));
+        let post = rule(r#"{"client":"backend","methods":["POST"]}"#);
+        assert!(
+            !post.applies("HEAD", "/x"),
+            "only GET lends its rule to HEAD"
+        );
+        assert!(rule(r#"{"client":"backend"}"#).applies("OPTIONS", "/x"));
+    }
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::config_error::ConfigError;
 use crate::consumer::{Consumers, ConsumersConfig, IdentityHeaderNames};
-use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse};
+use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse, METHOD_OVERRIDES};
 use crate::pdp::Pdp;
 use crate::policy::{PathSet, Policy};
 use crate::shared_cache::SharedCache;
@@ -430,6 +430,7 @@ fn strip_headers(
     }
     let mut strip_headers: Vec<String> = forwarded.iter().map(|(_, h)| spelling_key(h)).collect();
     strip_headers.extend(identity_names.into_iter().map(spelling_key));
+    strip_headers.extend(METHOD_OVERRIDES.iter().copied().map(spelling_key));
     strip_headers.sort_unstable();
     strip_headers.dedup();
     Ok(strip_headers)
@@ -458,6 +459,27 @@ mod tests {
 
     use crate::config::tests::{err, SECRET};
     use crate::config::{ClaimFormat, Config};
+
+    #[test]
+    fn method_override_headers_are_stripped_in_every_spelling() {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://a","audiences":["api"],"shared_secret":"{SECRET}"}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        for name in [
+            "x-http-method-override",
+            "X_HTTP_Method_Override",
+            "x-http-method",
+            "x_method-override",
+        ] {
+            assert!(
+                c.strip_headers
+                    .binary_search_by(|key| crate::headers::cmp_spelling(key, name))
+                    .is_ok(),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn errors_name_the_field_and_the_problem() {

@@ -125,8 +125,10 @@ pub(super) fn introspect(
     }
     // Its answer never came (the host dropped it): ask again.
     state.introspecting.remove(&key);
-    if let Some(bound) = introspection_refused(state, asking, now) {
-        return Err(Verdict::Deny(Denial::Overloaded { bound }));
+    if in_flight_full(state, asking.client, now) {
+        return Err(Verdict::Deny(Denial::Overloaded {
+            bound: Bound::InFlight,
+        }));
     }
     let endpoint = match &settings.endpoint {
         Some(endpoint) => endpoint.clone(),
@@ -153,6 +155,18 @@ pub(super) fn introspect(
     if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
         return Err(wait(theirs, None));
     }
+    // Spent only by the worker that asks: waiting for another worker's
+    // answer (and polling for it) costs the budget nothing.
+    let spent = state
+        .introspection_budgets
+        .get_mut(issuer)
+        .is_some_and(|budget| budget.spend(asking.client, now));
+    if !spent {
+        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+        return Err(Verdict::Deny(Denial::Overloaded {
+            bound: Bound::IntrospectionBudget,
+        }));
+    }
     state
         .introspecting
         .insert(key, (flight, asking.client.map(Rc::from)));
@@ -170,14 +184,13 @@ pub(super) fn introspect(
     ))
 }
 
-/// Why a new introspection may not start now, if it may not: the worker's
-/// in-flight cap (of which one client address may hold three quarters, so
-/// one flooding address leaves room for the others), or the issuer's budget
-/// per second (spent here, when it allows).
-fn introspection_refused(state: &mut State, asking: Asking, now: u64) -> Option<Bound> {
+/// Whether the worker's introspections in flight are at their cap, or
+/// `client` holds three quarters of it (so one flooding address leaves room
+/// for the others).
+fn in_flight_full(state: &mut State, client: Option<&str>, now: u64) -> bool {
     let in_flight = |state: &State| {
         let all = state.introspecting.len();
-        let theirs = asking.client.map_or(0, |client| {
+        let theirs = client.map_or(0, |client| {
             state
                 .introspecting
                 .values()
@@ -191,12 +204,8 @@ fn introspection_refused(state: &mut State, asking: Asking, now: u64) -> Option<
     };
     if full(in_flight(state)) {
         state.introspecting.retain(|_, (f, _)| f.awaiting(now));
-        if full(in_flight(state)) {
-            return Some(Bound::InFlight);
-        }
     }
-    let budget = state.introspection_budgets.get_mut(asking.issuer)?;
-    (!budget.spend(asking.client, now)).then_some(Bound::IntrospectionBudget)
+    full(in_flight(state))
 }
 
 /// Where a token's introspection is claimed in shared data, when the
@@ -1078,5 +1087,22 @@ mod tests {
 
         let (callout, _) = expect_callout(ask(&c, &mut second, "opaque-token", NOW));
         assert_eq!(callout.url.path, "/oauth/introspect");
+    }
+
+    #[test]
+    fn waiting_for_another_workers_answer_costs_no_budget() {
+        let c = config(r#","budget":{"per_second":1,"burst":1}"#, "");
+        let store = Rc::new(MemoryStore::default());
+        let mut first = worker(&c, &store, 1);
+        let mut second = worker(&c, &store, 2);
+        expect_callout(ask_from(&c, &mut first, "shared", "10.0.0.1", NOW));
+        // The second worker polls for the answer, as its glue does every 20 ms.
+        for _ in 0..50 {
+            assert!(matches!(
+                ask_from(&c, &mut second, "shared", "10.0.0.1", NOW),
+                Verdict::Wait(Wait { fetch: None, .. })
+            ));
+        }
+        expect_callout(ask_from(&c, &mut second, "its-own", "10.0.0.2", NOW));
     }
 }
