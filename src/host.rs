@@ -7,13 +7,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use log::{info, warn};
 use oauth_pep_core::callout::{Callout, CalloutReply, MAX_REPLY_BYTES};
-use oauth_pep_core::metrics::{Catalogue, Counter, Gauge, Histogram, Metric};
+use oauth_pep_core::metrics::{Catalogue, Counter, Gauge, Histogram, Metric, Metrics};
 use oauth_pep_core::response::HttpResponse;
-use oauth_pep_core::services::{CasMismatch, Clock, Metrics, Random, RandomError, SharedStore};
+use oauth_pep_core::services::{CasMismatch, Clock, Random, RandomError, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
-/// The host's services, as the core's traits ([`oauth_pep_core::services`]).
+/// The host's services, as the core's traits ([`oauth_pep_core::services`],
+/// [`oauth_pep_core::metrics::Metrics`]).
 pub struct Host {
     /// The id of every metric this VM defined.
     metric_ids: HashMap<Metric, u32>,

@@ -298,7 +298,7 @@ impl<H: Door> Shared<H> {
         // Every cache lookup happens in a decision, which ends here.
         self.cache_counts
             .borrow_mut()
-            .report(&self.state.borrow(), &self.host);
+            .report(self.state.borrow().cache_totals(), &self.host);
         match verdict {
             Verdict::Allow(allow) => {
                 self.host.increment(Counter::Allowed, 1);

@@ -8,10 +8,11 @@ use std::collections::HashSet;
 
 use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::Config;
-use oauth_pep_core::metrics::{Counter, Gauge, Histogram};
+use oauth_pep_core::metrics::testing::FakeMetrics;
+use oauth_pep_core::metrics::{Counter, Gauge, Histogram, Metrics};
 use oauth_pep_core::response::HttpResponse;
-use oauth_pep_core::services::testing::{FakeClock, FakeMetrics};
-use oauth_pep_core::services::{Clock, Metrics};
+use oauth_pep_core::services::testing::FakeClock;
+use oauth_pep_core::services::Clock;
 use oauth_pep_core::wait::Bound;
 use serde_json::Value;
 

@@ -6,6 +6,11 @@ use std::fmt;
 
 use crate::request::normalize_target;
 
+/// The longest access token read: a longer JWT is refused before any
+/// decoding work ([`crate::jwt`]), a longer opaque token before any callout
+/// ([`crate::introspection`]).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// `prefix` is an auth scheme (e.g. `Bearer`), matched case-insensitively.

@@ -10,10 +10,55 @@ use serde_json::{Map, Value};
 use ct_codecs::{Base64, Base64UrlSafeNoPadding, Encoder as _};
 
 use crate::cache::{string_weight, Weigh};
-use crate::config::{ClaimFormat, Config};
 use crate::headers::is_header_value;
 use crate::jwt::VerifiedToken;
 use crate::uma::{permissions, Permission};
+
+/// How a forwarded value is written into its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimFormat {
+    /// `forward.claims`: text, numbers and booleans as they are, arrays of
+    /// strings joined by spaces; anything else is not sent.
+    Text,
+    /// Text as it is, numbers and booleans written out, arrays and objects as
+    /// JSON.
+    String,
+    /// An array's items joined by the separator.
+    List(String),
+    /// Standard base64 (padded) of the text, or of the JSON.
+    Base64,
+    /// An object as an unsigned (`alg: none`) JWT.
+    Jwt,
+    /// Percent-encoded text, or JSON.
+    Urlencoded,
+    /// Gluu's default: `String` for text and numbers, `Base64` otherwise.
+    Auto,
+}
+
+/// One value sent upstream from the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardClaim {
+    /// None: the whole payload (or introspection answer).
+    pub claim: Option<String>,
+    pub header: String,
+    pub format: ClaimFormat,
+}
+
+/// What a grant keeps of a token: what later decisions and the upstream
+/// headers will read, as the configuration says ([`crate::config::Config::grant_keeps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Keep<'a> {
+    /// Where granted scopes are read from, first present wins.
+    pub scope_claims: &'a [String],
+    /// The values sent upstream (`forward.claims`, then `forward.headers`).
+    pub forward: &'a [ForwardClaim],
+    /// The payload as signed, for `forward.payload_header`.
+    pub payload: bool,
+    /// The claims as JSON, for the PDP.
+    pub claims_json: bool,
+    /// The UMA authorization server: its tokens' permissions are kept.
+    pub uma_issuer: Option<usize>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -145,13 +190,13 @@ fn percent_encode(text: &str) -> String {
 }
 
 impl Grant {
-    pub fn from_token(token: &VerifiedToken, config: &Config) -> Result<Grant, GrantError> {
+    pub fn from_token(token: &VerifiedToken, keep: &Keep) -> Result<Grant, GrantError> {
         let client_id = match token.claim_text("client_id") {
             Some(id) => header_safe("client_id", Some(id))?,
             None => header_safe("azp", token.claim_text("azp"))?,
         };
         let subject = token.claim_text("sub").or_else(|| client_id.clone());
-        let scopes = token.scopes(&config.scope_claims);
+        let scopes = token.scopes(keep.scope_claims);
         for scope in &scopes {
             if scope.contains(',') {
                 return Err(GrantError::CommaInScope);
@@ -163,7 +208,7 @@ impl Grant {
             }
         }
         let mut forwarded = Vec::new();
-        for (i, forward) in config.forward.claims.iter().enumerate() {
+        for (i, forward) in keep.forward.iter().enumerate() {
             let value = match (&forward.claim, &forward.format) {
                 (Some(claim), ClaimFormat::Text) => token.claim_text(claim),
                 (Some(claim), format) => token.claims().get(claim).and_then(|v| render(v, format)),
@@ -181,21 +226,15 @@ impl Grant {
             scopes,
             expires_at: token.expires_at(),
             forwarded,
-            payload: config
-                .forward
-                .payload_header
-                .as_ref()
-                .map(|_| token.payload_segment().to_string()),
-            claims_json: config
-                .pdp
-                .as_ref()
-                .map(|_| Value::Object(token.claims().clone()).to_string()),
+            payload: keep.payload.then(|| token.payload_segment().to_string()),
+            claims_json: keep
+                .claims_json
+                .then(|| Value::Object(token.claims().clone()).to_string()),
             phantom: None,
-            permissions: match &config.uma {
-                Some(uma) if uma.issuer == token.issuer_index() => {
-                    permissions(token.claims().get("permissions"))
-                }
-                _ => Vec::new(),
+            permissions: if keep.uma_issuer == Some(token.issuer_index()) {
+                permissions(token.claims().get("permissions"))
+            } else {
+                Vec::new()
             },
         })
     }

@@ -1,7 +1,8 @@
 //! RFC 7662 token introspection: per-issuer settings, the callout that asks
-//! the authorization server about a token, and what its answer means. The
-//! engine decides when to ask; [`crate::shared_cache`] remembers the answers
-//! for every worker.
+//! the authorization server about a token, and what its answer means (an
+//! active answer's claims are then checked like a JWT's, by
+//! [`crate::jwt::check_introspected`]). The engine decides when to ask;
+//! [`crate::shared_cache`] remembers the answers for every worker.
 
 use std::fmt;
 
@@ -15,8 +16,7 @@ use crate::callout::{
 };
 use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials};
 use crate::config_error::ConfigError;
-use crate::jwt::{check_claims, JwtRules, TokenError, MAX_TOKEN_BYTES};
-use crate::keys::Issuer;
+use crate::extract::MAX_TOKEN_BYTES;
 use crate::services::Random;
 
 /// An active result is cached until this long before the token's `exp`, so
@@ -383,62 +383,6 @@ pub fn interpret(reply: &CalloutReply) -> Result<Answer, IntrospectionError> {
         Some(Value::Bool(false)) => Ok(Answer::Inactive),
         _ => Err(IntrospectionError::NoActive),
     }
-}
-
-/// An active answer's claims, checked as a JWT's would be: `iss` (when the
-/// server says it) must be this issuer, `token_type` (when said) a bearer
-/// access token, then times, audience and lifetime as [`check_claims`]
-/// does. `exp` is optional here (RFC 7662 makes it so). An answer without
-/// `aud` fails a configured audience list, unless `verified_jwt` says the
-/// token's own `aud` was already checked. Returns `exp`.
-pub fn check_active(
-    claims: &Map<String, Value>,
-    issuer: &Issuer,
-    rules: &JwtRules,
-    verified_jwt: bool,
-    now: u64,
-) -> Result<Option<u64>, TokenError> {
-    match claims.get("iss") {
-        None => {}
-        Some(Value::String(iss)) if *iss == issuer.issuer => {}
-        Some(Value::String(iss)) => return Err(TokenError::UnknownIssuer(crate::jwt::echoed(iss))),
-        Some(_) => return Err(TokenError::Malformed("iss must be a string")),
-    }
-    match claims.get("token_type") {
-        None => {}
-        Some(Value::String(kind)) if is_bearer_access_token(kind) => {}
-        Some(Value::String(kind)) => {
-            return Err(TokenError::NotAnAccessToken(
-                kind.chars().take(64).collect(),
-            ))
-        }
-        Some(_) => return Err(TokenError::Malformed("token_type must be a string")),
-    }
-    let rules = JwtRules {
-        require_exp: false,
-        // Without `exp` the lifetime is unknown, not infinite: the cache
-        // TTL bounds how long such an answer is trusted.
-        max_lifetime_seconds: rules
-            .max_lifetime_seconds
-            .filter(|_| claims.contains_key("exp")),
-        ..rules.clone()
-    };
-    let audiences: &[String] = if verified_jwt && !claims.contains_key("aud") {
-        &[]
-    } else {
-        &issuer.audiences
-    };
-    check_claims(claims, audiences, &rules, now)
-}
-
-fn is_bearer_access_token(kind: &str) -> bool {
-    [
-        "bearer",
-        "access_token",
-        "urn:ietf:params:oauth:token-type:access_token",
-    ]
-    .iter()
-    .any(|k| kind.eq_ignore_ascii_case(k))
 }
 
 /// The answer as compact JSON with every non-ASCII character escaped, so it
@@ -968,62 +912,6 @@ mod tests {
 
     fn claims(json: &str) -> Map<String, Value> {
         serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn active_claims_are_checked_like_a_jwts() {
-        let issuer = Issuer::for_tests("https://as.test", &["api"], &[Alg::RS256]);
-        let rules = JwtRules {
-            clock_skew_seconds: 60,
-            max_lifetime_seconds: Some(3600),
-            require_exp: true,
-        };
-        let now = 1_700_000_000;
-        let ok = claims(
-            r#"{"aud":"api","exp":1700000100,"iss":"https://as.test","token_type":"Bearer"}"#,
-        );
-        assert_eq!(
-            check_active(&ok, &issuer, &rules, false, now),
-            Ok(Some(1_700_000_100))
-        );
-        // Neither exp nor the lifetime limit is required of an answer.
-        assert_eq!(
-            check_active(
-                &claims(r#"{"aud":["x","api"]}"#),
-                &issuer,
-                &rules,
-                false,
-                now
-            ),
-            Ok(None)
-        );
-        for (json, err) in [
-            (r#"{"aud":"api","exp":1699990000}"#, TokenError::Expired),
-            (r#"{"aud":"api","nbf":1700009999}"#, TokenError::NotYetValid),
-            (r#"{"aud":"other"}"#, TokenError::WrongAudience),
-            (r#"{}"#, TokenError::WrongAudience),
-            (
-                r#"{"aud":"api","iss":"https://evil.test"}"#,
-                TokenError::UnknownIssuer("https://evil.test".into()),
-            ),
-            (
-                r#"{"aud":"api","token_type":"refresh_token"}"#,
-                TokenError::NotAnAccessToken("refresh_token".into()),
-            ),
-            (
-                r#"{"aud":"api","iat":1690000000,"exp":1700000100}"#,
-                TokenError::LifetimeTooLong {
-                    seconds: 10_000_100,
-                    max: 3600,
-                },
-            ),
-        ] {
-            assert_eq!(
-                check_active(&claims(json), &issuer, &rules, false, now),
-                Err(err),
-                "{json}"
-            );
-        }
     }
 
     #[test]

@@ -11,8 +11,9 @@ use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder as _};
 use serde_json::{Map, Value};
 
 use crate::alg::Alg;
+use crate::extract::MAX_TOKEN_BYTES;
+use crate::issuer::Issuer;
 use crate::jwks::{KeyLookupError, KeySet};
-use crate::keys::Issuer;
 use crate::verify::{SignatureVerifier, VerifyError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +22,6 @@ pub struct JwtRules {
     pub max_lifetime_seconds: Option<u64>,
     pub require_exp: bool,
 }
-
-/// Longer tokens are refused before any decoding work.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
@@ -261,7 +259,7 @@ fn typ_is_jwt(typ: &str) -> bool {
 const MAX_ECHOED_CHARS: usize = 200;
 
 /// `text` as an error may quote it: at most [`MAX_ECHOED_CHARS`] characters.
-pub(crate) fn echoed(text: &str) -> String {
+fn echoed(text: &str) -> String {
     let mut out: String = text.chars().take(MAX_ECHOED_CHARS).collect();
     if out.len() < text.len() {
         out.push('…');
@@ -376,6 +374,62 @@ pub fn check_claims(
         }
     }
     Ok(exp)
+}
+
+/// An active introspection answer's claims, checked as a JWT's would be: `iss` (when the
+/// server says it) must be this issuer, `token_type` (when said) a bearer
+/// access token, then times, audience and lifetime as [`check_claims`]
+/// does. `exp` is optional here (RFC 7662 makes it so). An answer without
+/// `aud` fails a configured audience list, unless `verified_jwt` says the
+/// token's own `aud` was already checked. Returns `exp`.
+pub fn check_introspected(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    rules: &JwtRules,
+    verified_jwt: bool,
+    now: u64,
+) -> Result<Option<u64>, TokenError> {
+    match claims.get("iss") {
+        None => {}
+        Some(Value::String(iss)) if *iss == issuer.issuer => {}
+        Some(Value::String(iss)) => return Err(TokenError::UnknownIssuer(echoed(iss))),
+        Some(_) => return Err(TokenError::Malformed("iss must be a string")),
+    }
+    match claims.get("token_type") {
+        None => {}
+        Some(Value::String(kind)) if is_bearer_access_token(kind) => {}
+        Some(Value::String(kind)) => {
+            return Err(TokenError::NotAnAccessToken(
+                kind.chars().take(64).collect(),
+            ))
+        }
+        Some(_) => return Err(TokenError::Malformed("token_type must be a string")),
+    }
+    let rules = JwtRules {
+        require_exp: false,
+        // Without `exp` the lifetime is unknown, not infinite: the cache
+        // TTL bounds how long such an answer is trusted.
+        max_lifetime_seconds: rules
+            .max_lifetime_seconds
+            .filter(|_| claims.contains_key("exp")),
+        ..rules.clone()
+    };
+    let audiences: &[String] = if verified_jwt && !claims.contains_key("aud") {
+        &[]
+    } else {
+        &issuer.audiences
+    };
+    check_claims(claims, audiences, &rules, now)
+}
+
+fn is_bearer_access_token(kind: &str) -> bool {
+    [
+        "bearer",
+        "access_token",
+        "urn:ietf:params:oauth:token-type:access_token",
+    ]
+    .iter()
+    .any(|k| kind.eq_ignore_ascii_case(k))
 }
 
 fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
@@ -835,5 +889,65 @@ mod tests {
         assert_eq!(e.chars().count(), MAX_ECHOED_CHARS + 1);
         assert!(e.ends_with('…'));
         assert!(TokenError::UnknownIssuer(e).to_string().len() < 300);
+    }
+
+    fn claims(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn introspected_claims_are_checked_like_a_jwts() {
+        let issuer = Issuer::for_tests("https://as.test", &["api"], &[Alg::RS256]);
+        let rules = JwtRules {
+            clock_skew_seconds: 60,
+            max_lifetime_seconds: Some(3600),
+            require_exp: true,
+        };
+        let now = 1_700_000_000;
+        let ok = claims(
+            r#"{"aud":"api","exp":1700000100,"iss":"https://as.test","token_type":"Bearer"}"#,
+        );
+        assert_eq!(
+            check_introspected(&ok, &issuer, &rules, false, now),
+            Ok(Some(1_700_000_100))
+        );
+        // Neither exp nor the lifetime limit is required of an answer.
+        assert_eq!(
+            check_introspected(
+                &claims(r#"{"aud":["x","api"]}"#),
+                &issuer,
+                &rules,
+                false,
+                now
+            ),
+            Ok(None)
+        );
+        for (json, err) in [
+            (r#"{"aud":"api","exp":1699990000}"#, TokenError::Expired),
+            (r#"{"aud":"api","nbf":1700009999}"#, TokenError::NotYetValid),
+            (r#"{"aud":"other"}"#, TokenError::WrongAudience),
+            (r#"{}"#, TokenError::WrongAudience),
+            (
+                r#"{"aud":"api","iss":"https://evil.test"}"#,
+                TokenError::UnknownIssuer("https://evil.test".into()),
+            ),
+            (
+                r#"{"aud":"api","token_type":"refresh_token"}"#,
+                TokenError::NotAnAccessToken("refresh_token".into()),
+            ),
+            (
+                r#"{"aud":"api","iat":1690000000,"exp":1700000100}"#,
+                TokenError::LifetimeTooLong {
+                    seconds: 10_000_100,
+                    max: 3600,
+                },
+            ),
+        ] {
+            assert_eq!(
+                check_introspected(&claims(json), &issuer, &rules, false, now),
+                Err(err),
+                "{json}"
+            );
+        }
     }
 }

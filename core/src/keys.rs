@@ -7,73 +7,13 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
-use crate::alg::Alg;
 use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::flight::{backoff, Flight, Marker};
-use crate::introspection::{Introspection, Mode};
+use crate::issuer::{Issuer, KeySource};
 use crate::jwks::KeySet;
 use crate::services::SharedStore;
 use crate::shared_cache::Reader;
-
-/// How the keys of an issuer are obtained.
-#[derive(Clone)]
-pub enum KeySource {
-    /// Inline JWKS and/or a shared secret: ready at configure time.
-    Static(Rc<KeySet>),
-    JwksUri(Url),
-    Discovery(Url),
-    /// No keys: every token of the issuer is introspected.
-    None,
-}
-
-#[derive(Clone)]
-pub struct Issuer {
-    pub issuer: String,
-    /// Accepted `aud` values; empty only when configured as `"any"`.
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<Alg>,
-    pub source: KeySource,
-    /// Envoy cluster (or Kong `host:port`) that fetches go through.
-    pub upstream: String,
-    pub shared_secret: Option<Vec<u8>>,
-    pub refresh_seconds: u64,
-    pub fetch_timeout_ms: u64,
-    pub unknown_kid_refetch_seconds: u64,
-    pub mode: Mode,
-    pub introspection: Option<Introspection>,
-}
-
-impl Issuer {
-    /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
-    pub fn keys_from_jwks(
-        &self,
-        jwks: &[u8],
-    ) -> Result<(KeySet, Vec<String>), crate::jwks::JwksError> {
-        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
-        if let Some(secret) = &self.shared_secret {
-            keys.add_secret(secret, &self.algorithms);
-        }
-        Ok((keys, skipped))
-    }
-
-    #[cfg(test)]
-    pub fn for_tests(issuer: &str, audiences: &[&str], algorithms: &[Alg]) -> Issuer {
-        Issuer {
-            issuer: issuer.into(),
-            audiences: audiences.iter().map(|a| a.to_string()).collect(),
-            algorithms: algorithms.to_vec(),
-            source: KeySource::Static(Rc::new(KeySet::default())),
-            upstream: String::new(),
-            shared_secret: None,
-            refresh_seconds: 300,
-            fetch_timeout_ms: 1000,
-            unknown_kid_refetch_seconds: 30,
-            mode: Mode::Jwt,
-            introspection: None,
-        }
-    }
-}
 
 /// Retry delay after a failed refresh while older keys are still in use.
 const REFRESH_RETRY_SECONDS: u64 = 15;

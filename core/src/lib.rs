@@ -33,6 +33,7 @@ pub mod gluu;
 pub mod grant;
 pub mod headers;
 pub mod introspection;
+pub mod issuer;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

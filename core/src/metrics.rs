@@ -14,11 +14,18 @@
 use crate::cache::CacheStats;
 use crate::callout::{CalloutError, CalloutReply};
 use crate::config::Config;
-use crate::engine::State;
 use crate::keys::FetchStep;
 use crate::response::{Denial, Reason};
-use crate::services::Metrics;
 use crate::wait::Bound;
+
+/// Counters, gauges and histograms, named by typed ids whose names and label
+/// values all come from this module: nothing a client sends can make
+/// a new metric.
+pub trait Metrics {
+    fn increment(&self, counter: Counter, by: u64);
+    fn set(&self, gauge: Gauge, value: u64);
+    fn record(&self, histogram: Histogram, value: u64);
+}
 
 /// The first segment of every metric name.
 pub const PREFIX: &str = "oauth_pep";
@@ -393,40 +400,43 @@ fn issuer_label(issuer: &str) -> String {
     label
 }
 
+/// The caches' cumulative counts, as they are at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTotals {
+    pub tokens: CacheStats,
+    pub decisions: CacheStats,
+    pub rejected: CacheStats,
+    pub shared: CacheStats,
+}
+
 /// Turns the caches' cumulative counts into counter increments.
 #[derive(Debug, Default)]
 pub struct CacheCounts {
-    tokens: CacheStats,
-    decisions: CacheStats,
-    rejected: CacheStats,
-    shared: CacheStats,
+    /// The totals at the last report.
+    seen: CacheTotals,
 }
 
 impl CacheCounts {
     /// Counts what the caches did since the last call.
-    pub fn report(&mut self, state: &State, metrics: &dyn Metrics) {
-        report_cache(
-            CacheName::Tokens,
-            &mut self.tokens,
-            state.tokens.stats(),
-            metrics,
-        );
+    pub fn report(&mut self, now: CacheTotals, metrics: &dyn Metrics) {
+        let seen = &mut self.seen;
+        report_cache(CacheName::Tokens, &mut seen.tokens, now.tokens, metrics);
         report_cache(
             CacheName::PdpDecisions,
-            &mut self.decisions,
-            state.decisions.stats(),
+            &mut seen.decisions,
+            now.decisions,
             metrics,
         );
         report_cache(
             CacheName::RejectedTokens,
-            &mut self.rejected,
-            state.rejected.stats(),
+            &mut seen.rejected,
+            now.rejected,
             metrics,
         );
         report_cache(
             CacheName::IntrospectionShared,
-            &mut self.shared,
-            state.shared_stats,
+            &mut seen.shared,
+            now.shared,
             metrics,
         );
     }
@@ -446,6 +456,65 @@ fn report_cache(cache: CacheName, seen: &mut CacheStats, now: CacheStats, metric
     *seen = now;
 }
 
+/// An in-memory host for tests (of the core and of the glue).
+pub mod testing {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Remembers every metric update, for assertions.
+    #[derive(Debug, Default)]
+    pub struct FakeMetrics {
+        counters: RefCell<HashMap<Counter, u64>>,
+        gauges: RefCell<HashMap<Gauge, u64>>,
+        histograms: RefCell<HashMap<Histogram, Vec<u64>>>,
+    }
+
+    impl FakeMetrics {
+        pub fn counter(&self, counter: Counter) -> u64 {
+            self.counters.borrow().get(&counter).copied().unwrap_or(0)
+        }
+
+        pub fn gauge(&self, gauge: Gauge) -> Option<u64> {
+            self.gauges.borrow().get(&gauge).copied()
+        }
+
+        pub fn samples(&self, histogram: Histogram) -> Vec<u64> {
+            self.histograms
+                .borrow()
+                .get(&histogram)
+                .cloned()
+                .unwrap_or_default()
+        }
+
+        /// Every counter that is not zero.
+        pub fn counters(&self) -> HashMap<Counter, u64> {
+            self.counters.borrow().clone()
+        }
+    }
+
+    impl Metrics for FakeMetrics {
+        fn increment(&self, counter: Counter, by: u64) {
+            let mut counters = self.counters.borrow_mut();
+            let value = counters.entry(counter).or_default();
+            *value = value.saturating_add(by);
+        }
+
+        fn set(&self, gauge: Gauge, value: u64) {
+            self.gauges.borrow_mut().insert(gauge, value);
+        }
+
+        fn record(&self, histogram: Histogram, value: u64) {
+            self.histograms
+                .borrow_mut()
+                .entry(histogram)
+                .or_default()
+                .push(value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -453,8 +522,8 @@ mod tests {
 
     use std::collections::HashSet;
 
+    use super::testing::FakeMetrics;
     use super::*;
-    use crate::services::testing::FakeMetrics;
 
     fn config(issuers: &[&str]) -> Config {
         let list: Vec<String> = issuers
@@ -580,36 +649,19 @@ mod tests {
     }
 
     #[test]
-    fn cache_counts_are_reported_as_deltas() {
-        let c = config(&["https://as.example"]);
-        let mut state = State::new(&c);
+    fn fake_metrics_remember_what_was_counted() {
         let metrics = FakeMetrics::default();
-        let mut counts = CacheCounts::default();
-        let key = [7u8; 32];
-
-        assert!(state.tokens.get(&key, 10).is_none());
-        counts.report(&state, &metrics);
-        counts.report(&state, &metrics);
+        let counter = Counter::Callout(CalloutKind::Jwks, CalloutOutcome::Ok);
+        metrics.increment(counter, 2);
+        metrics.increment(counter, 1);
+        metrics.set(Gauge::KeysLoaded { issuer: 0 }, 3);
+        metrics.record(Histogram::CalloutLatencyMs(CalloutKind::Jwks), 12);
+        assert_eq!(metrics.counter(counter), 3);
+        assert_eq!(metrics.counter(Counter::Allowed), 0);
+        assert_eq!(metrics.gauge(Gauge::KeysLoaded { issuer: 0 }), Some(3));
         assert_eq!(
-            metrics.counter(Counter::Cache(CacheName::Tokens, CacheEvent::Miss)),
-            1
+            metrics.samples(Histogram::CalloutLatencyMs(CalloutKind::Jwks)),
+            vec![12]
         );
-
-        state.decisions = crate::cache::BoundedCache::new(1 << 20, 1);
-        state.decisions.insert([1; 32], true, 100, 10);
-        state.decisions.insert([2; 32], true, 100, 10);
-        assert_eq!(state.decisions.get(&[2; 32], 10), Some(&true));
-        counts.report(&state, &metrics);
-        let decisions = |event| metrics.counter(Counter::Cache(CacheName::PdpDecisions, event));
-        assert_eq!(
-            (
-                decisions(CacheEvent::Hit),
-                decisions(CacheEvent::Miss),
-                decisions(CacheEvent::Eviction)
-            ),
-            (1, 0, 1)
-        );
-        // Nothing else was counted.
-        assert_eq!(metrics.counters().len(), 3);
     }
 }

@@ -121,7 +121,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
                 body,
                 ..CalloutReply::default()
             };
-            let metrics = crate::services::testing::FakeMetrics::default();
+            let metrics = crate::metrics::testing::FakeMetrics::default();
             let _ = resume(&config, &mut state, &metrics, pending, Ok(&reply), v.now);
         }
     }

@@ -1,12 +1,11 @@
-//! What the core needs from its host, as traits: the time, metrics, a
-//! key-value store shared by every worker, and randomness. The glue
-//! implements them over proxy-wasm (`src/host.rs`); the core's tests use the
-//! in-memory fakes of [`testing`]. Signature verification is the same kind of
-//! seam, in [`crate::verify::SignatureVerifier`].
+//! What the core needs from its host, as traits: the time, a key-value store
+//! shared by every worker, and randomness. The glue implements them over
+//! proxy-wasm (`src/host.rs`); the core's tests use the in-memory fakes of
+//! [`testing`]. Metrics are the same kind of seam, beside the ids they take
+//! ([`crate::metrics::Metrics`]), and so is signature verification
+//! ([`crate::verify::SignatureVerifier`]).
 
 use std::fmt;
-
-use crate::metrics::{Counter, Gauge, Histogram};
 
 pub trait Clock {
     /// Milliseconds since the Unix epoch.
@@ -16,15 +15,6 @@ pub trait Clock {
     fn now(&self) -> u64 {
         self.now_ms() / 1000
     }
-}
-
-/// Counters, gauges and histograms, named by typed ids whose names and label
-/// values all come from [`crate::metrics`]: nothing a client sends can make
-/// a new metric.
-pub trait Metrics {
-    fn increment(&self, counter: Counter, by: u64);
-    fn set(&self, gauge: Gauge, value: u64);
-    fn record(&self, histogram: Histogram, value: u64);
 }
 
 /// A key-value store shared by all workers (proxy-wasm shared data). Every
@@ -115,57 +105,6 @@ pub mod testing {
         }
     }
 
-    /// Remembers every metric update, for assertions.
-    #[derive(Debug, Default)]
-    pub struct FakeMetrics {
-        counters: RefCell<HashMap<Counter, u64>>,
-        gauges: RefCell<HashMap<Gauge, u64>>,
-        histograms: RefCell<HashMap<Histogram, Vec<u64>>>,
-    }
-
-    impl FakeMetrics {
-        pub fn counter(&self, counter: Counter) -> u64 {
-            self.counters.borrow().get(&counter).copied().unwrap_or(0)
-        }
-
-        pub fn gauge(&self, gauge: Gauge) -> Option<u64> {
-            self.gauges.borrow().get(&gauge).copied()
-        }
-
-        pub fn samples(&self, histogram: Histogram) -> Vec<u64> {
-            self.histograms
-                .borrow()
-                .get(&histogram)
-                .cloned()
-                .unwrap_or_default()
-        }
-
-        /// Every counter that is not zero.
-        pub fn counters(&self) -> HashMap<Counter, u64> {
-            self.counters.borrow().clone()
-        }
-    }
-
-    impl Metrics for FakeMetrics {
-        fn increment(&self, counter: Counter, by: u64) {
-            let mut counters = self.counters.borrow_mut();
-            let value = counters.entry(counter).or_default();
-            *value = value.saturating_add(by);
-        }
-
-        fn set(&self, gauge: Gauge, value: u64) {
-            self.gauges.borrow_mut().insert(gauge, value);
-        }
-
-        fn record(&self, histogram: Histogram, value: u64) {
-            self.histograms
-                .borrow_mut()
-                .entry(histogram)
-                .or_default()
-                .push(value);
-        }
-    }
-
     /// Shared data with the proxy-wasm CAS rules.
     #[derive(Debug, Default)]
     pub struct MemoryStore {
@@ -226,7 +165,6 @@ mod tests {
 
     use super::testing::*;
     use super::*;
-    use crate::metrics::{CalloutKind, CalloutOutcome};
 
     #[test]
     fn the_clock_gives_seconds_from_milliseconds() {
@@ -260,23 +198,6 @@ mod tests {
         store.set("k", b"three", None).unwrap();
         store.set("k", b"four", Some(0)).unwrap();
         assert_eq!(store.get("k").unwrap().0, b"four");
-    }
-
-    #[test]
-    fn fake_metrics_remember_what_was_counted() {
-        let metrics = FakeMetrics::default();
-        let counter = Counter::Callout(CalloutKind::Jwks, CalloutOutcome::Ok);
-        metrics.increment(counter, 2);
-        metrics.increment(counter, 1);
-        metrics.set(Gauge::KeysLoaded { issuer: 0 }, 3);
-        metrics.record(Histogram::CalloutLatencyMs(CalloutKind::Jwks), 12);
-        assert_eq!(metrics.counter(counter), 3);
-        assert_eq!(metrics.counter(Counter::Allowed), 0);
-        assert_eq!(metrics.gauge(Gauge::KeysLoaded { issuer: 0 }), Some(3));
-        assert_eq!(
-            metrics.samples(Histogram::CalloutLatencyMs(CalloutKind::Jwks)),
-            vec![12]
-        );
     }
 
     #[test]

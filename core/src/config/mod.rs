@@ -15,8 +15,10 @@ use crate::cache::digest;
 pub use crate::config_error::ConfigError;
 use crate::consumer::{Consumers, IdentityHeaderNames};
 pub use crate::extract::TokenSource;
+use crate::grant::Keep;
+pub use crate::grant::{ClaimFormat, ForwardClaim};
+pub use crate::issuer::{Issuer, KeySource};
 pub use crate::jwt::JwtRules;
-pub use crate::keys::{Issuer, KeySource};
 use crate::pdp::Pdp;
 use crate::policy::{PathSet, Policy};
 pub use crate::response::ErrorBody;
@@ -36,36 +38,6 @@ pub enum PhantomFormat {
     /// `Bearer ` and an unsigned (`alg: none`) JWT of the answer, as Gluu's
     /// `pass_credentials: phantom_token` sent it in `authorization`.
     Jwt,
-}
-
-/// How a forwarded value is written into its header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimFormat {
-    /// `forward.claims`: text, numbers and booleans as they are, arrays of
-    /// strings joined by spaces; anything else is not sent.
-    Text,
-    /// Text as it is, numbers and booleans written out, arrays and objects as
-    /// JSON.
-    String,
-    /// An array's items joined by the separator.
-    List(String),
-    /// Standard base64 (padded) of the text, or of the JSON.
-    Base64,
-    /// An object as an unsigned (`alg: none`) JWT.
-    Jwt,
-    /// Percent-encoded text, or JSON.
-    Urlencoded,
-    /// Gluu's default: `String` for text and numbers, `Base64` otherwise.
-    Auto,
-}
-
-/// One value sent upstream from the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardClaim {
-    /// None: the whole payload (or introspection answer).
-    pub claim: Option<String>,
-    pub header: String,
-    pub format: ClaimFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -186,6 +158,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// What a grant keeps of a token under this configuration.
+    pub fn grant_keeps(&self) -> Keep<'_> {
+        Keep {
+            scope_claims: &self.scope_claims,
+            forward: &self.forward.claims,
+            payload: self.forward.payload_header.is_some(),
+            claims_json: self.pdp.is_some(),
+            uma_issuer: self.uma.as_ref().map(|uma| uma.issuer),
+        }
+    }
+
     /// `env` reads the filter's environment, for the settings that name a
     /// variable instead of holding a secret (`client_secret_env`,
     /// `private_key_env`); the glue passes the process environment.

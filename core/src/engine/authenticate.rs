@@ -99,7 +99,7 @@ fn verify_uncached(
     };
     match unverified.verify(&keys, state.verifier.as_ref()) {
         Ok(verified) => {
-            let grant = Grant::from_token(&verified, config)
+            let grant = Grant::from_token(&verified, &config.grant_keeps())
                 .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
             let grant = Rc::new(grant);
             if mode == Mode::JwtThenIntrospect {

@@ -226,7 +226,7 @@ mod tests {
     use crate::engine::Resumed;
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
-    use crate::services::testing::FakeMetrics;
+    use crate::metrics::testing::FakeMetrics;
 
     #[test]
     fn the_policy_decides_after_the_token_with_a_scope_hint() {

@@ -11,7 +11,7 @@ use crate::config::{Config, PhantomFormat};
 use crate::flight::{Flight, Marker};
 use crate::grant::Grant;
 use crate::introspection::{self, Answer, Introspection};
-use crate::jwt::VerifiedToken;
+use crate::jwt::{check_introspected, VerifiedToken};
 use crate::metrics::IntrospectionResult;
 use crate::response::{Denial, TokenProblem};
 use crate::shared_cache::{Entry, Written};
@@ -283,11 +283,10 @@ fn admit(
             .insert(key, denial.clone(), negative_until, now);
         Err(denial)
     };
-    let exp =
-        match introspection::check_active(&claims, settings, &config.rules, local.is_some(), now) {
-            Ok(exp) => exp,
-            Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
-        };
+    let exp = match check_introspected(&claims, settings, &config.rules, local.is_some(), now) {
+        Ok(exp) => exp,
+        Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Jwt(e))),
+    };
     let phantom = config.forward.phantom_token_header.as_ref().and_then(|_| {
         let mut answer = claims.clone();
         answer.insert("active".into(), serde_json::Value::Bool(true));
@@ -310,7 +309,7 @@ fn admit(
         }
         None => {
             let token = VerifiedToken::introspected(issuer, claims, exp);
-            match Grant::from_token(&token, config) {
+            match Grant::from_token(&token, &config.grant_keeps()) {
                 Ok(mut grant) => {
                     grant.phantom = phantom;
                     grant
@@ -478,8 +477,9 @@ mod tests {
     use crate::extract::tests::h;
     use crate::introspection::Mode;
     use crate::jwt::test_vectors::vectors;
+    use crate::metrics::testing::FakeMetrics;
     use crate::metrics::Counter;
-    use crate::services::testing::{FakeMetrics, MemoryStore};
+    use crate::services::testing::MemoryStore;
     use crate::wait::Bound;
 
     const NOW: u64 = 1_700_001_000;

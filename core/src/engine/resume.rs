@@ -7,9 +7,8 @@ use std::rc::Rc;
 use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::keys::{Due as KeysDue, FetchProgress};
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{Counter, Gauge, Metrics};
 use crate::response::Denial;
-use crate::services::Metrics;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
 

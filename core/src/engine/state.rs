@@ -13,9 +13,9 @@ use crate::flight::Flight;
 use crate::grant::Grant;
 use crate::introspection;
 use crate::keys::{KeyManager, Sharing};
-use crate::metrics::Gauge;
+use crate::metrics::{CacheTotals, Gauge, Metrics};
 use crate::response::Denial;
-use crate::services::{Metrics, NoRandom, NoSharing, Random, SharedStore};
+use crate::services::{NoRandom, NoSharing, Random, SharedStore};
 use crate::token_client::ClientTokens;
 use crate::verify::{PureRustVerifier, SignatureVerifier};
 
@@ -126,8 +126,66 @@ impl State {
         }
     }
 
+    /// The caches' cumulative counts, for the cache metrics.
+    pub fn cache_totals(&self) -> CacheTotals {
+        CacheTotals {
+            tokens: self.tokens.stats(),
+            decisions: self.decisions.stats(),
+            rejected: self.rejected.stats(),
+            shared: self.shared_stats,
+        }
+    }
+
     /// Whether this worker is asking about the token with this digest.
     pub fn is_introspecting(&self, key: &Digest) -> bool {
         self.introspecting.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::metrics::testing::FakeMetrics;
+    use crate::metrics::{CacheCounts, CacheEvent, CacheName, Counter};
+
+    #[test]
+    fn cache_counts_are_reported_as_deltas() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://as.example","audiences":["api"],"shared_secret":"0123456789abcdef0123456789abcdef"}]}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let mut state = State::new(&c);
+        let metrics = FakeMetrics::default();
+        let mut counts = CacheCounts::default();
+        let key = [7u8; 32];
+
+        assert!(state.tokens.get(&key, 10).is_none());
+        counts.report(state.cache_totals(), &metrics);
+        counts.report(state.cache_totals(), &metrics);
+        assert_eq!(
+            metrics.counter(Counter::Cache(CacheName::Tokens, CacheEvent::Miss)),
+            1
+        );
+
+        state.decisions = crate::cache::BoundedCache::new(1 << 20, 1);
+        state.decisions.insert([1; 32], true, 100, 10);
+        state.decisions.insert([2; 32], true, 100, 10);
+        assert_eq!(state.decisions.get(&[2; 32], 10), Some(&true));
+        counts.report(state.cache_totals(), &metrics);
+        let decisions = |event| metrics.counter(Counter::Cache(CacheName::PdpDecisions, event));
+        assert_eq!(
+            (
+                decisions(CacheEvent::Hit),
+                decisions(CacheEvent::Miss),
+                decisions(CacheEvent::Eviction)
+            ),
+            (1, 0, 1)
+        );
+        // Nothing else was counted.
+        assert_eq!(metrics.counters().len(), 3);
     }
 }

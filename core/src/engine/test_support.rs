@@ -5,7 +5,7 @@ use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::extract::tests::h;
 use crate::jwt::test_vectors::vectors;
-use crate::services::testing::FakeMetrics;
+use crate::metrics::testing::FakeMetrics;
 
 use super::{verdict_for, Request, Resume, Resumed, State, Verdict};
 

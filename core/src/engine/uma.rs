@@ -222,7 +222,7 @@ mod tests {
     use crate::engine::{Fetch, Wait};
     use crate::jwt::test_vectors::vectors;
     use crate::keys::{FetchStep, KeyWait};
-    use crate::services::testing::FakeMetrics;
+    use crate::metrics::testing::FakeMetrics;
 
     /// A worker that has not fetched anything yet adopts the discovery
     /// document and keys another worker published: its first UMA request

@@ -1,0 +1,68 @@
+//! The compiled settings of one trusted issuer: who it is, the audiences
+//! and algorithms its tokens may have, where its keys come from and how
+//! often they are fetched, and which of its tokens are introspected and how.
+//! Key fetching ([`crate::keys`]), token checks ([`crate::jwt`]) and the
+//! engine read it; configuration ([`crate::config`]) builds it.
+
+use std::rc::Rc;
+
+use crate::alg::Alg;
+use crate::callout::Url;
+use crate::introspection::{Introspection, Mode};
+use crate::jwks::{JwksError, KeySet};
+
+/// How the keys of an issuer are obtained.
+#[derive(Clone)]
+pub enum KeySource {
+    /// Inline JWKS and/or a shared secret: ready at configure time.
+    Static(Rc<KeySet>),
+    JwksUri(Url),
+    Discovery(Url),
+    /// No keys: every token of the issuer is introspected.
+    None,
+}
+
+#[derive(Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    /// Accepted `aud` values; empty only when configured as `"any"`.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub source: KeySource,
+    /// Envoy cluster (or Kong `host:port`) that fetches go through.
+    pub upstream: String,
+    pub shared_secret: Option<Vec<u8>>,
+    pub refresh_seconds: u64,
+    pub fetch_timeout_ms: u64,
+    pub unknown_kid_refetch_seconds: u64,
+    pub mode: Mode,
+    pub introspection: Option<Introspection>,
+}
+
+impl Issuer {
+    /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
+    pub fn keys_from_jwks(&self, jwks: &[u8]) -> Result<(KeySet, Vec<String>), JwksError> {
+        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
+        if let Some(secret) = &self.shared_secret {
+            keys.add_secret(secret, &self.algorithms);
+        }
+        Ok((keys, skipped))
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(issuer: &str, audiences: &[&str], algorithms: &[Alg]) -> Issuer {
+        Issuer {
+            issuer: issuer.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            algorithms: algorithms.to_vec(),
+            source: KeySource::Static(Rc::new(KeySet::default())),
+            upstream: String::new(),
+            shared_secret: None,
+            refresh_seconds: 300,
+            fetch_timeout_ms: 1000,
+            unknown_kid_refetch_seconds: 30,
+            mode: Mode::Jwt,
+            introspection: None,
+        }
+    }
+}
