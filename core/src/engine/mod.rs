@@ -177,9 +177,9 @@ pub fn verdict_knowing(
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
     };
     let path = &target.path;
-    let upstream = rule_for(&config.upstream_oauth, request.method, path);
-    let verdict = authorize::check_access(config, state, request, path, upstream, known, now);
-    let verdict = upstream::add_gateway_token(config, state, upstream, verdict, now);
+    let rule = rule_for(&config.upstream_oauth, request.method, path);
+    let verdict = authorize::check_access(config, state, request, path, rule, known, now);
+    let verdict = upstream::add_gateway_token(config, state, rule, verdict, now);
     upstream::forward_as_judged(verdict, &target, request.path)
 }
 
