@@ -76,11 +76,13 @@ class OidcProvider:
         self._discovery = None
 
     @classmethod
-    def start(cls, tmpdir, timeout=30):
+    def start(cls, tmpdir, timeout=30, dpop=False):
+        """dpop: also DPoP-bound tokens and JWT access tokens for `resource=https://api.test`."""
         require_node_modules()
         port = harness.free_port()
+        env = {"OIDC_DPOP": "1"} if dpop else None
         proc = harness.Proc("oidc-provider", [node_binary(), SERVER, port],
-                            Path(tmpdir) / ("oidc-provider-%d.log" % port), cwd=OIDC_DIR)
+                            Path(tmpdir) / ("oidc-provider-%d.log" % port), cwd=OIDC_DIR, env=env)
         proc.wait_ready_line(timeout)
         op = cls(proc, port)
         try:

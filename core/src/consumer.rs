@@ -245,6 +245,8 @@ pub struct IdentityHeaderNames {
     pub consumer_username: String,
     pub consumer_custom_id: String,
     pub anonymous: String,
+    /// The RFC 7638 thumbprint of a DPoP-bound token's key.
+    pub dpop_jkt: String,
 }
 
 impl Default for IdentityHeaderNames {
@@ -257,6 +259,7 @@ impl Default for IdentityHeaderNames {
             consumer_username: "x-consumer-username".to_string(),
             consumer_custom_id: "x-consumer-custom-id".to_string(),
             anonymous: "x-anonymous-consumer".to_string(),
+            dpop_jkt: "x-oauth-dpop-jkt".to_string(),
         }
     }
 }
@@ -266,7 +269,7 @@ impl IdentityHeaderNames {
         self.named().iter().map(|(_, v)| *v).collect()
     }
 
-    fn named(&self) -> [(&'static str, &str); 7] {
+    fn named(&self) -> [(&'static str, &str); 8] {
         [
             ("scope", &self.scope),
             ("client_id", &self.client_id),
@@ -275,6 +278,7 @@ impl IdentityHeaderNames {
             ("consumer_username", &self.consumer_username),
             ("consumer_custom_id", &self.consumer_custom_id),
             ("anonymous", &self.anonymous),
+            ("dpop_jkt", &self.dpop_jkt),
         ]
     }
 
@@ -302,7 +306,7 @@ impl IdentityHeaderNames {
         Ok(self)
     }
 
-    fn named_mut(&mut self) -> [(&'static str, &mut String); 7] {
+    fn named_mut(&mut self) -> [(&'static str, &mut String); 8] {
         [
             ("scope", &mut self.scope),
             ("client_id", &mut self.client_id),
@@ -311,6 +315,7 @@ impl IdentityHeaderNames {
             ("consumer_username", &mut self.consumer_username),
             ("consumer_custom_id", &mut self.consumer_custom_id),
             ("anonymous", &mut self.anonymous),
+            ("dpop_jkt", &mut self.dpop_jkt),
         ]
     }
 }
@@ -451,6 +456,7 @@ mod tests {
                 "x-consumer-username",
                 "x-consumer-custom-id",
                 "x-anonymous-consumer",
+                "x-oauth-dpop-jkt",
             ]
         );
         assert!(names.clone().compile().is_ok());

@@ -80,6 +80,8 @@ pub struct Grant {
     pub phantom: Option<String>,
     /// An RPT's UMA permissions (only for the UMA issuer's tokens).
     pub permissions: Vec<Permission>,
+    /// `cnf.jkt`: the thumbprint of the key the token is bound to (DPoP).
+    pub cnf_jkt: Option<String>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -236,6 +238,12 @@ impl Grant {
             } else {
                 Vec::new()
             },
+            cnf_jkt: token
+                .claims()
+                .get("cnf")
+                .and_then(|cnf| cnf.get("jkt"))
+                // A `jkt` that is not text binds to no key at all.
+                .map(|jkt| jkt.as_str().unwrap_or_default().to_string()),
         })
     }
 
@@ -274,6 +282,7 @@ impl Weigh for Grant {
             option_weight(&self.payload),
             option_weight(&self.claims_json),
             option_weight(&self.phantom),
+            option_weight(&self.cnf_jkt),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

@@ -37,6 +37,8 @@ pub struct Issuer {
     pub unknown_kid_refetch_seconds: u64,
     pub mode: Mode,
     pub introspection: Option<Introspection>,
+    /// Whether its tokens may or must be DPoP-bound.
+    pub dpop: crate::dpop::DpopMode,
 }
 
 impl Issuer {
@@ -63,6 +65,7 @@ impl Issuer {
             unknown_kid_refetch_seconds: 30,
             mode: Mode::Jwt,
             introspection: None,
+            dpop: crate::dpop::DpopMode::Allowed,
         }
     }
 }

@@ -427,6 +427,8 @@ fn is_bearer_access_token(kind: &str) -> bool {
         "bearer",
         "access_token",
         "urn:ietf:params:oauth:token-type:access_token",
+        // RFC 9449 §6.2: a DPoP-bound token's introspection answer.
+        "dpop",
     ]
     .iter()
     .any(|k| kind.eq_ignore_ascii_case(k))

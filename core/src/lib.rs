@@ -26,6 +26,7 @@ pub mod client_auth;
 pub mod config;
 pub mod config_error;
 pub mod consumer;
+pub mod dpop;
 pub mod engine;
 pub mod extract;
 pub mod flight;

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::dpop::DpopProblem;
 use crate::extract::ExtractError;
 use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
@@ -43,11 +44,17 @@ pub enum Reason {
     UmaUnavailable,
     ClientTokenUnavailable,
     Overloaded,
+    DpopProofInvalid,
+    DpopProofReplayed,
+    DpopDowngrade,
+    DpopUnbound,
+    DpopKeyMismatch,
+    DpopUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 30] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -72,6 +79,12 @@ impl Reason {
         Reason::UmaUnavailable,
         Reason::ClientTokenUnavailable,
         Reason::Overloaded,
+        Reason::DpopProofInvalid,
+        Reason::DpopProofReplayed,
+        Reason::DpopDowngrade,
+        Reason::DpopUnbound,
+        Reason::DpopKeyMismatch,
+        Reason::DpopUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -100,6 +113,12 @@ impl Reason {
             Reason::UmaUnavailable => "uma_unavailable",
             Reason::ClientTokenUnavailable => "client_token_unavailable",
             Reason::Overloaded => "overloaded",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopProofReplayed => "dpop_proof_replayed",
+            Reason::DpopDowngrade => "dpop_downgrade",
+            Reason::DpopUnbound => "dpop_unbound",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopUnavailable => "dpop_unavailable",
         }
     }
 }
@@ -134,6 +153,12 @@ impl Reason {
             Reason::UmaUnavailable => 21,
             Reason::ClientTokenUnavailable => 22,
             Reason::Overloaded => 23,
+            Reason::DpopProofInvalid => 24,
+            Reason::DpopProofReplayed => 25,
+            Reason::DpopDowngrade => 26,
+            Reason::DpopUnbound => 27,
+            Reason::DpopKeyMismatch => 28,
+            Reason::DpopUnavailable => 29,
         }
     }
 }
@@ -273,6 +298,12 @@ pub enum Denial {
     Overloaded {
         bound: Bound,
     },
+    /// A DPoP-bound token without a good proof, a proof without a bound
+    /// token, or a downgrade (RFC 9449). `algs` is what the challenge offers.
+    Dpop {
+        problem: DpopProblem,
+        algs: String,
+    },
 }
 
 impl crate::cache::Weigh for Denial {
@@ -312,6 +343,8 @@ enum Challenge {
     Bearer,
     /// UMA 2.0 Grant §3.2: `UMA realm, as_uri, ticket`.
     Uma,
+    /// RFC 9449 §7.1: `DPoP realm, algs, error, error_description`.
+    Dpop,
 }
 
 /// Gluu answered its outages 502 with this text (its spelling kept, as
@@ -403,6 +436,35 @@ impl Denial {
             Denial::ClientTokenUnavailable { .. } => outage(Reason::ClientTokenUnavailable, "5"),
             // A bound refused it before any work: soon is fine.
             Denial::Overloaded { .. } => outage(Reason::Overloaded, "1"),
+            Denial::Dpop { problem, .. } => {
+                let reason = match problem {
+                    DpopProblem::Replayed => Reason::DpopProofReplayed,
+                    DpopProblem::Downgrade => Reason::DpopDowngrade,
+                    DpopProblem::Unbound | DpopProblem::NotAccepted => Reason::DpopUnbound,
+                    DpopProblem::KeyMismatch => Reason::DpopKeyMismatch,
+                    DpopProblem::ReplayUnavailable => Reason::DpopUnavailable,
+                    DpopProblem::NoProof
+                    | DpopProblem::SeveralProofs
+                    | DpopProblem::Malformed(_)
+                    | DpopProblem::WrongType
+                    | DpopProblem::AlgNotAllowed(_)
+                    | DpopProblem::BadKey(_)
+                    | DpopProblem::PrivateKey
+                    | DpopProblem::BadSignature
+                    | DpopProblem::MethodMismatch
+                    | DpopProblem::UriMismatch
+                    | DpopProblem::Stale
+                    | DpopProblem::TokenHashMismatch => Reason::DpopProofInvalid,
+                };
+                match problem {
+                    // Not the client's fault: a second later the slot has room.
+                    DpopProblem::ReplayUnavailable => outage(reason, "1"),
+                    p if p.is_token_problem() => {
+                        wire(reason, 401, "invalid_token", Challenge::Dpop, None)
+                    }
+                    _ => wire(reason, 401, "invalid_dpop_proof", Challenge::Dpop, None),
+                }
+            }
         }
     }
 
@@ -453,6 +515,7 @@ impl Denial {
             Denial::Overloaded { .. } => {
                 "too many requests are waiting for the authorization server; retry shortly".into()
             }
+            Denial::Dpop { problem, .. } => problem.to_string(),
         }
     }
 
@@ -483,7 +546,8 @@ impl Denial {
             | Denial::InvalidRequest(_)
             | Denial::InvalidToken(_)
             | Denial::NoRule { .. }
-            | Denial::PdpDenied { .. } => vec![("detail", self.description())],
+            | Denial::PdpDenied { .. }
+            | Denial::Dpop { .. } => vec![("detail", self.description())],
         }
     }
 
@@ -504,6 +568,15 @@ impl Denial {
                 "UMA realm=\"{realm}\", as_uri=\"{}\", ticket=\"{}\"",
                 quotable(as_uri),
                 quotable(ticket)
+            )),
+            (Challenge::Dpop, _) => Some(format!(
+                "DPoP realm=\"{realm}\", algs=\"{}\", error=\"{}\", error_description=\"{}\"",
+                match self {
+                    Denial::Dpop { algs, .. } => quotable(algs),
+                    _ => String::new(),
+                },
+                wire.error,
+                quotable(&description)
             )),
             (Challenge::Bearer | Challenge::Uma, _) => {
                 let scope = match self {

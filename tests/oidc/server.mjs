@@ -37,6 +37,13 @@
 // (never a secret, never the token itself; jti: the client assertion's, for
 // private_key_jwt), for tests that count callouts.
 //
+// With OIDC_DPOP=1 (tests/test_dpop.py) the provider also binds tokens to a
+// client's DPoP key (features.dPoP: a token request with a DPoP proof gets
+// `token_type: DPoP` and `cnf.jkt`, in the JWT or in the introspection
+// answer) and issues JWT access tokens (`typ: at+jwt`, RS256, `aud` the
+// resource) for the resource `https://api.test` when a token request names
+// it (`resource=`); without `resource` tokens stay opaque.
+//
 // Access tokens are opaque: client_credentials tokens are JWTs only when a
 // resource indicator selects a resource server with accessTokenFormat "jwt";
 // resource indicators are disabled here, so every token is oidc-provider's
@@ -105,6 +112,9 @@ const resourceServer = (clientId, secret, method) => ({
   redirect_uris: [],
 });
 
+const DPOP = process.env.OIDC_DPOP === '1';
+export const API_RESOURCE = 'https://api.test';
+
 const configuration = {
   clients: [
     {
@@ -155,6 +165,18 @@ const configuration = {
   },
   cookies: { keys: ['oauth-pep-interop-tests-only'] },
 };
+if (DPOP) {
+  configuration.features.dPoP = { enabled: true };
+  configuration.enabledJWA = { dPoPSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'] };
+  configuration.features.resourceIndicators = {
+    enabled: true,
+    defaultResource: () => undefined,
+    getResourceServerInfo: (ctx, resource) => {
+      if (resource !== API_RESOURCE) throw new errors.InvalidTarget();
+      return { scope: 'read write', audience: API_RESOURCE, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+    },
+  };
+}
 
 const provider = new Provider(issuer, configuration);
 const ROUTES = { '/token/introspection': 'introspection', '/token/revocation': 'revocation' };

@@ -75,6 +75,7 @@ pub(super) fn compile(
         .transpose()?;
 
     let waits = Waits::compile(raw.waits)?;
+    let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
     let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
 
@@ -111,6 +112,7 @@ pub(super) fn compile(
         clients,
         upstream_oauth,
         uma,
+        dpop,
     })
 }
 

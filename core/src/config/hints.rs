@@ -41,6 +41,7 @@ const TOP_FIELDS: &[&str] = &[
     "upstream_oauth",
     "uma",
     "error_body",
+    "dpop",
     "gluu",
 ];
 

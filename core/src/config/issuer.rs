@@ -137,6 +137,7 @@ fn compile(
         unknown_kid_refetch_seconds: raw.unknown_kid_refetch_seconds,
         mode,
         introspection,
+        dpop: raw.dpop,
     })
 }
 

@@ -155,6 +155,8 @@ pub struct Config {
     /// starts (what the `gluu` block ignored and why).
     pub notes: Vec<String>,
     pub error_body: ErrorBody,
+    /// How DPoP proofs are checked (the issuers say whose tokens need them).
+    pub dpop: crate::dpop::DpopSettings,
 }
 
 impl Config {

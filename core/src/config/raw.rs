@@ -71,6 +71,7 @@ pub(super) struct RawConfig {
     pub(super) uma: Option<RawUma>,
     #[serde(default)]
     pub(super) error_body: Option<ErrorBody>,
+    pub(super) dpop: Option<crate::dpop::RawDpop>,
 }
 
 fn default_realm() -> String {
@@ -128,6 +129,8 @@ pub(super) struct RawIssuer {
     #[serde(default)]
     pub(super) mode: Mode,
     pub(super) introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    pub(super) dpop: crate::dpop::DpopMode,
 }
 
 /// `true` for `/.well-known/openid-configuration`, or the name of another

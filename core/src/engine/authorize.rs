@@ -14,6 +14,7 @@ use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::upstream_oauth::UpstreamOAuth;
 
 use super::authenticate::authenticate;
+use super::bind::{self, Scheme};
 use super::{uma, upstream, Allow, Known, Request, Resume, State, Verdict};
 
 /// A request waiting for the PDP: what to do on permit and on deny.
@@ -51,7 +52,14 @@ pub(super) fn check_access(
             );
         }
     }
-    let found = match find_token(&config.token_sources, request.headers, request.path) {
+    let found =
+        find_token(&config.token_sources, request.headers, request.path).and_then(|found| {
+            match bind::dpop_token(config, request, found.as_ref())? {
+                Some(dpop) => Ok(Some((dpop, Scheme::Dpop))),
+                None => Ok(found.map(|found| (found, Scheme::Bearer))),
+            }
+        });
+    let (found, scheme) = match found {
         Ok(Some(found)) => found,
         Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
@@ -71,6 +79,10 @@ pub(super) fn check_access(
         }
         Err(verdict) => return verdict,
     };
+    let jkt = match bind::check_binding(config, state, request, &found.token, scheme, &grant, now) {
+        Ok(jkt) => jkt,
+        Err(denial) => return Verdict::Deny(denial),
+    };
     let consumer = match consumer_for(config, &grant) {
         Ok(consumer) => consumer,
         Err(denial) => return Verdict::Deny(denial),
@@ -79,7 +91,15 @@ pub(super) fn check_access(
         Ok(rule) => rule,
         Err(denial) => return Verdict::Deny(denial),
     };
-    let allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
+    let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
+    if let Some(jkt) = jkt {
+        allow
+            .set_headers
+            .push((config.identity.dpop_jkt.clone(), jkt));
+    }
+    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
+        allow.remove_headers.push("dpop".into());
+    }
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };

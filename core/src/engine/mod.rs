@@ -12,6 +12,7 @@
 
 mod authenticate;
 mod authorize;
+mod bind;
 mod introspect;
 mod resume;
 mod state;

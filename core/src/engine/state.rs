@@ -47,6 +47,9 @@ pub struct State {
     pub(super) random: Rc<dyn Random>,
     /// The gateway's own tokens (UMA PAT, upstream OAuth).
     pub clients: ClientTokens,
+    /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
+    /// this worker's memory otherwise.
+    pub(super) replay: Rc<dyn SharedStore>,
 }
 
 impl State {
@@ -86,6 +89,7 @@ impl State {
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
             clients: ClientTokens::new(&config.clients),
+            replay: Rc::new(crate::dpop::LocalStore::default()),
         }
     }
 
@@ -106,6 +110,7 @@ impl State {
             store: Rc::clone(&store),
             worker,
         });
+        self.replay = Rc::clone(&store);
         self.shared = store;
         self.worker = worker;
     }
