@@ -276,6 +276,17 @@ pub fn client_address() -> Option<String> {
     Some(without_port(raw).to_string())
 }
 
+/// The SHA-256 of the connection's client certificate, hex (Envoy's
+/// `connection.sha256_peer_certificate_digest`); `None` on plain HTTP,
+/// without a client certificate, or where the host has no such attribute
+/// (Kong), and on any host error.
+pub fn peer_certificate_digest() -> Option<String> {
+    let raw =
+        hostcalls::get_property(vec!["connection", "sha256_peer_certificate_digest"]).ok()??;
+    let digest = std::str::from_utf8(&raw).ok()?.trim();
+    (!digest.is_empty()).then(|| digest.to_string())
+}
+
 /// `10.0.0.1:443` → `10.0.0.1`, `[::1]:443` → `::1`; an address without a
 /// port is kept whole.
 fn without_port(address: &str) -> &str {

@@ -87,6 +87,8 @@ struct Facts {
     headers: Headers,
     /// The client's address, for its share of callout budgets.
     client: Option<Rc<str>>,
+    /// The connection's client certificate digest (hex), for certificate-bound tokens.
+    peer_certificate: Option<Rc<str>>,
 }
 
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
@@ -282,6 +284,7 @@ impl<H: Door> Shared<H> {
                 path: header(headers, ":path").unwrap_or_default(),
                 headers,
                 client: facts.client.as_deref(),
+                peer_certificate: facts.peer_certificate.as_deref(),
             };
             verdict_knowing(
                 &self.config,
@@ -759,6 +762,10 @@ impl RootContext for Root {
             info!("oauth-pep configuration: {note}");
         }
         let envoy = host::is_envoy();
+        if let Err(e) = config.check_host(envoy) {
+            error!("oauth-pep: {e}");
+            return false;
+        }
         info!(
             "oauth-pep configured: {} issuer(s), on {}",
             config.issuers.len(),
@@ -872,6 +879,7 @@ impl HttpContext for Filter {
             Facts {
                 headers: host::request_headers(),
                 client: host::client_address().map(Rc::from),
+                peer_certificate: host::peer_certificate_digest().map(Rc::from),
             },
             None,
             None,

@@ -244,6 +244,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
     let facts = Facts {
         headers,
         client: None,
+        peer_certificate: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -497,6 +498,7 @@ fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
     let facts = Facts {
         headers,
         client: None,
+        peer_certificate: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -758,6 +760,7 @@ fn a_permission_ticket_is_the_requests_own_callout() {
             (":path".to_string(), "/".to_string()),
         ],
         client: None,
+        peer_certificate: None,
     };
     shared.decide(7, facts, None, None);
     tick(&shared);

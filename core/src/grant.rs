@@ -82,6 +82,9 @@ pub struct Grant {
     pub permissions: Vec<Permission>,
     /// `cnf.jkt`: the thumbprint of the key the token is bound to (DPoP).
     pub cnf_jkt: Option<String>,
+    /// `cnf.x5t#S256`: the SHA-256 of the client certificate the token is
+    /// bound to (RFC 8705), base64url.
+    pub cnf_x5t: Option<String>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -244,6 +247,11 @@ impl Grant {
                 .and_then(|cnf| cnf.get("jkt"))
                 // A `jkt` that is not text binds to no key at all.
                 .map(|jkt| jkt.as_str().unwrap_or_default().to_string()),
+            cnf_x5t: token
+                .claims()
+                .get("cnf")
+                .and_then(|cnf| cnf.get("x5t#S256"))
+                .map(|x5t| x5t.as_str().unwrap_or_default().to_string()),
         })
     }
 
@@ -283,6 +291,7 @@ impl Weigh for Grant {
             option_weight(&self.claims_json),
             option_weight(&self.phantom),
             option_weight(&self.cnf_jkt),
+            option_weight(&self.cnf_x5t),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

@@ -39,6 +39,8 @@ pub struct Issuer {
     pub introspection: Option<Introspection>,
     /// Whether its tokens may or must be DPoP-bound.
     pub dpop: crate::dpop::DpopMode,
+    /// Whether its tokens may or must be certificate-bound (RFC 8705).
+    pub certificate_bound: crate::mtls::CertificateBound,
 }
 
 impl Issuer {
@@ -66,6 +68,7 @@ impl Issuer {
             mode: Mode::Jwt,
             introspection: None,
             dpop: crate::dpop::DpopMode::Allowed,
+            certificate_bound: crate::mtls::CertificateBound::Allowed,
         }
     }
 }

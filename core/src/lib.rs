@@ -39,6 +39,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;
+pub mod mtls;
 pub mod pdp;
 pub mod policy;
 pub mod request;

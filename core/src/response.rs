@@ -13,6 +13,7 @@ use crate::extract::ExtractError;
 use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
+use crate::mtls::CertificateProblem;
 use crate::request::PathError;
 use crate::wait::Bound;
 
@@ -50,11 +51,14 @@ pub enum Reason {
     DpopUnbound,
     DpopKeyMismatch,
     DpopUnavailable,
+    CertificateMissing,
+    CertificateMismatch,
+    CertificateUnbound,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 33] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -85,6 +89,9 @@ impl Reason {
         Reason::DpopUnbound,
         Reason::DpopKeyMismatch,
         Reason::DpopUnavailable,
+        Reason::CertificateMissing,
+        Reason::CertificateMismatch,
+        Reason::CertificateUnbound,
     ];
 
     pub fn code(self) -> &'static str {
@@ -119,6 +126,9 @@ impl Reason {
             Reason::DpopUnbound => "dpop_unbound",
             Reason::DpopKeyMismatch => "dpop_key_mismatch",
             Reason::DpopUnavailable => "dpop_unavailable",
+            Reason::CertificateMissing => "certificate_missing",
+            Reason::CertificateMismatch => "certificate_mismatch",
+            Reason::CertificateUnbound => "certificate_unbound",
         }
     }
 }
@@ -159,6 +169,9 @@ impl Reason {
             Reason::DpopUnbound => 27,
             Reason::DpopKeyMismatch => 28,
             Reason::DpopUnavailable => 29,
+            Reason::CertificateMissing => 30,
+            Reason::CertificateMismatch => 31,
+            Reason::CertificateUnbound => 32,
         }
     }
 }
@@ -179,6 +192,8 @@ pub enum TokenProblem {
     /// The introspection endpoint says the token is not active (RFC 7662
     /// §2.2): unknown, expired, revoked, or not for this server.
     Inactive,
+    /// A certificate-bound token (RFC 8705) without its certificate.
+    Certificate(CertificateProblem),
 }
 
 impl TokenProblem {
@@ -205,6 +220,9 @@ impl TokenProblem {
             TokenProblem::Claim(_) => Reason::ClaimUnusable,
             TokenProblem::ClientUnknown => Reason::ClientUnknown,
             TokenProblem::Inactive => Reason::TokenInactive,
+            TokenProblem::Certificate(CertificateProblem::Missing) => Reason::CertificateMissing,
+            TokenProblem::Certificate(CertificateProblem::Mismatch) => Reason::CertificateMismatch,
+            TokenProblem::Certificate(CertificateProblem::Unbound) => Reason::CertificateUnbound,
         }
     }
 }
@@ -216,6 +234,7 @@ impl fmt::Display for TokenProblem {
             TokenProblem::Claim(e) => write!(f, "{e}"),
             TokenProblem::ClientUnknown => write!(f, "unknown client"),
             TokenProblem::Inactive => write!(f, "the token is not active"),
+            TokenProblem::Certificate(e) => write!(f, "{e}"),
         }
     }
 }
@@ -396,7 +415,9 @@ impl Denial {
                         Some("Invalid access token provided in Authorization header")
                     }
                     TokenProblem::ClientUnknown => Some("Unknown consumer"),
-                    TokenProblem::Jwt(_) | TokenProblem::Claim(_) => None,
+                    TokenProblem::Jwt(_)
+                    | TokenProblem::Claim(_)
+                    | TokenProblem::Certificate(_) => None,
                 },
             ),
             Denial::InsufficientScope { .. } => wire(

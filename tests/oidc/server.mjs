@@ -44,6 +44,12 @@
 // resource) for the resource `https://api.test` when a token request names
 // it (`resource=`); without `resource` tokens stay opaque.
 //
+// OIDC_DPOP=1 also enables certificate-bound tokens (RFC 8705,
+// features.mTLS.certificateBoundAccessTokens) for the client
+// `mtls-app` / `mtls-app-secret`: as no TLS reaches this test server, the
+// client certificate is read from the request header `x-test-client-cert`
+// (base64 of the PEM), a test-only stand-in for the TLS connection's.
+//
 // Access tokens are opaque: client_credentials tokens are JWTs only when a
 // resource indicator selects a resource server with accessTokenFormat "jwt";
 // resource indicators are disabled here, so every token is oidc-provider's
@@ -168,6 +174,24 @@ const configuration = {
 if (DPOP) {
   configuration.features.dPoP = { enabled: true };
   configuration.enabledJWA = { dPoPSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'] };
+  configuration.features.mTLS = {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    getCertificate: (ctx) => {
+      const header = ctx.get('x-test-client-cert');
+      return header ? Buffer.from(header, 'base64').toString('utf8') : undefined;
+    },
+  };
+  configuration.clients.push({
+    client_id: 'mtls-app',
+    client_secret: 'mtls-app-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+    tls_client_certificate_bound_access_tokens: true,
+  });
   configuration.features.resourceIndicators = {
     enabled: true,
     defaultResource: () => undefined,

@@ -113,6 +113,7 @@ pub(super) fn compile(
         upstream_oauth,
         uma,
         dpop,
+        client_certificate: raw.client_certificate,
     })
 }
 

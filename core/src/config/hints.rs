@@ -42,6 +42,7 @@ const TOP_FIELDS: &[&str] = &[
     "uma",
     "error_body",
     "dpop",
+    "client_certificate",
     "gluu",
 ];
 

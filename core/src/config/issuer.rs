@@ -138,6 +138,7 @@ fn compile(
         mode,
         introspection,
         dpop: raw.dpop,
+        certificate_bound: raw.certificate_bound,
     })
 }
 

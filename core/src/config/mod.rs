@@ -157,6 +157,8 @@ pub struct Config {
     pub error_body: ErrorBody,
     /// How DPoP proofs are checked (the issuers say whose tokens need them).
     pub dpop: crate::dpop::DpopSettings,
+    /// Where a certificate-bound token's client certificate is read from.
+    pub client_certificate: crate::mtls::ClientCertificate,
 }
 
 impl Config {
@@ -168,6 +170,29 @@ impl Config {
             payload: self.forward.payload_header.is_some(),
             claims_json: self.pdp.is_some(),
             uma_issuer: self.uma.as_ref().map(|uma| uma.issuer),
+        }
+    }
+
+    /// What this configuration needs of its host that a host other than
+    /// Envoy lacks: Kong's ngx_wasm_module has no peer-certificate
+    /// attribute, so `certificate_bound: "required"` with certificates read
+    /// from the connection could never pass there, and is refused rather
+    /// than silently failing every request. (`allowed` stays: a bound token
+    /// then gets 401 `certificate_missing`, never a pass.)
+    pub fn check_host(&self, envoy: bool) -> Result<(), ConfigError> {
+        if envoy || self.client_certificate.source != crate::mtls::CertificateSource::Connection {
+            return Ok(());
+        }
+        match self
+            .issuers
+            .iter()
+            .position(|i| i.certificate_bound == crate::mtls::CertificateBound::Required)
+        {
+            Some(i) => Err(ConfigError::new(
+                format!("issuers[{i}].certificate_bound"),
+                "\"required\" needs the client certificate of the connection, which only Envoy tells a filter; behind a proxy that terminates TLS and sets x-forwarded-client-cert, set `client_certificate.source: \"xfcc\"`",
+            )),
+            None => Ok(()),
         }
     }
 

@@ -72,6 +72,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) error_body: Option<ErrorBody>,
     pub(super) dpop: Option<crate::dpop::RawDpop>,
+    #[serde(default)]
+    pub(super) client_certificate: crate::mtls::ClientCertificate,
 }
 
 fn default_realm() -> String {
@@ -131,6 +133,8 @@ pub(super) struct RawIssuer {
     pub(super) introspection: Option<RawIntrospection>,
     #[serde(default)]
     pub(super) dpop: crate::dpop::DpopMode,
+    #[serde(default)]
+    pub(super) certificate_bound: crate::mtls::CertificateBound,
 }
 
 /// `true` for `/.well-known/openid-configuration`, or the name of another

@@ -83,6 +83,9 @@ pub(super) fn check_access(
         Ok(jkt) => jkt,
         Err(denial) => return Verdict::Deny(denial),
     };
+    if let Err(denial) = bind::check_certificate(config, request, &grant) {
+        return Verdict::Deny(denial);
+    }
     let consumer = match consumer_for(config, &grant) {
         Ok(consumer) => consumer,
         Err(denial) => return Verdict::Deny(denial),

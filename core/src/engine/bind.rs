@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::dpop::{self, DpopMode, DpopProblem, ProofContext};
 use crate::extract::{ExtractError, FoundToken, TokenSource};
 use crate::grant::Grant;
-use crate::response::Denial;
+use crate::mtls::{self, CertificateBound, CertificateSource};
+use crate::response::{Denial, TokenProblem};
 
 use super::{Request, State};
 
@@ -68,6 +69,26 @@ pub(super) fn dpop_token(
             prefix: Some("DPoP".into()),
         },
     }))
+}
+
+/// Whether a certificate-bound token (RFC 8705 §3) comes on a connection
+/// authenticated with its certificate: from the connection, or from a
+/// trusted proxy's `x-forwarded-client-cert` when so configured.
+pub(super) fn check_certificate(
+    config: &Config,
+    request: &Request,
+    grant: &Grant,
+) -> Result<(), Denial> {
+    let mode = config
+        .issuers
+        .get(grant.issuer)
+        .map_or(CertificateBound::Off, |issuer| issuer.certificate_bound);
+    let presented = match config.client_certificate.source {
+        CertificateSource::Connection => request.peer_certificate,
+        CertificateSource::Xfcc => mtls::xfcc_hash(request.headers),
+    };
+    mtls::check(mode, grant.cnf_x5t.as_deref(), presented)
+        .map_err(|problem| Denial::InvalidToken(TokenProblem::Certificate(problem)))
 }
 
 /// Whether `grant`'s token may be used as it was presented: the thumbprint
@@ -197,6 +218,7 @@ mod tests {
             path: "/read",
             headers: &headers,
             client: None,
+            peer_certificate: None,
         };
         verdict_for(c, s, &request, vectors().now)
     }

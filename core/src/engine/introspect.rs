@@ -508,6 +508,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: None,
+            peer_certificate: None,
         };
         verdict_for(c, s, &request, now)
     }
@@ -519,6 +520,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: None,
+            peer_certificate: None,
         };
         verdict_knowing(c, s, &request, Some(known), now)
     }
@@ -959,6 +961,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: Some(client),
+            peer_certificate: None,
         };
         verdict_for(c, s, &request, now)
     }

@@ -50,6 +50,9 @@ pub struct Request<'a> {
     /// The client's address (Envoy's `source.address`, without the port),
     /// when the host tells it: whose share of a callout budget is spent.
     pub client: Option<&'a str>,
+    /// The SHA-256 of the client certificate of the connection, hex (Envoy's
+    /// `connection.sha256_peer_certificate_digest`), when there is one.
+    pub peer_certificate: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -326,6 +326,7 @@ mod tests {
             path: "/photos/1",
             headers: &headers,
             client: None,
+            peer_certificate: None,
         };
         crate::engine::verdict_for(c, s, &request, now)
     }
@@ -385,6 +386,7 @@ mod tests {
                     path: "/photos/1",
                     headers: &bearer("rpt-1"),
                     client: None,
+                    peer_certificate: None,
                 },
                 Some(&known),
                 now
@@ -412,6 +414,7 @@ mod tests {
                 path: "/photos/1",
                 headers: &bearer("rpt-1"),
                 client: None,
+                peer_certificate: None,
             },
             Some(&known),
             now + 8,
