@@ -24,6 +24,7 @@ Prints the table and writes bench/RESULTS.md.
 import argparse
 import base64
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import harness  # noqa: E402
-from authserver import b64url, encode_jwt, load_keys  # noqa: E402
+from authserver import b64url, encode_jwt, json_compact, load_keys, public_jwk  # noqa: E402
 
 BENCH = ROOT / "bench"
 LUA = BENCH / "rotate.lua"
@@ -54,6 +55,8 @@ KIDS = {"RS256": ("rsa1", "rsa1"), "ES256": ("ec256", "ec256"), "PS256": ("rsa1-
         "EdDSA": ("ed25519", "ed25519")}
 ROTATING = 2000      # distinct tokens of the rotating rows
 UNIQUE = 40000       # tokens per run of the rows that must never repeat a token
+# DPoP rows: the client's key (a test key, not the issuer's), by proof alg.
+DPOP_KEYS = {"ES256": "ec256", "EdDSA": "ed25519"}
 
 
 # --------------------------------------------------------------------------
@@ -87,6 +90,27 @@ class Tokens:
         modulus = self.keys["rsa1"].public_key().public_numbers().n
         forged = (int.from_bytes(os.urandom(size + 8), "big") % modulus).to_bytes(size, "big")
         return "%s.%s.%s" % (head, b64url(json.dumps(self.claims(), separators=(",", ":"))), b64url(forged))
+
+    def dpop_key(self, alg):
+        key = self.keys[DPOP_KEYS[alg]]
+        jwk = {k: v for k, v in public_jwk(key, "x").items() if k not in ("kid", "use", "alg")}
+        required = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}[jwk["kty"]]
+        canon = json_compact({k: jwk[k] for k in sorted(required)})
+        return key, jwk, b64url(hashlib.sha256(canon.encode()).digest())
+
+    def dpop_token(self, alg):
+        """An RS256 access token bound to the DPoP key of `alg` (cnf.jkt)."""
+        return self.jwt(cnf={"jkt": self.dpop_key(alg)[2]})
+
+    def dpop_lines(self, alg, token, htu, n):
+        """`token<TAB>proof` lines, each proof for GET `htu`, fresh (iat now), never repeated."""
+        key, jwk, _ = self.dpop_key(alg)
+        header = {"typ": "dpop+jwt", "alg": alg, "jwk": jwk}
+        ath = b64url(hashlib.sha256(token.encode()).digest())
+        now = int(time.time())
+        return ["%s\t%s" % (token, encode_jwt(header, {"jti": uuid.uuid4().hex, "htm": "GET", "htu": htu,
+                                                       "iat": now, "ath": ath}, key))
+                for _ in range(n)]
 
     def write(self, name, tokens):
         p = self.dir / ("%s.tokens" % name)
@@ -149,6 +173,9 @@ def envoy_specs(auth):
         "pep_nocache_wasm": dict(filter_config=pep_config(auth, token_cache_entries=0, crypto="wasm")),
         "pep_policy": dict(filter_config=pep_config(auth, policy=policy)),
         "pep_introspect": dict(filter_config={"issuers": [auth.issuer_config(introspection=introspection)]}),
+        # DPoP: the token's grant cached, a fresh proof per request (its signature never cached).
+        "pep_dpop_host": dict(filter_config=pep_config(auth, crypto="host")),
+        "pep_dpop_wasm": dict(filter_config=pep_config(auth, crypto="wasm")),
     }
 
 
@@ -157,11 +184,17 @@ def envoy_specs(auth):
 # --------------------------------------------------------------------------
 
 class Row:
-    def __init__(self, name, envoy, tokens, status, native=None, unique=False, note=""):
+    def __init__(self, name, envoy, tokens, status, native=None, unique=False, note="", dpop=None):
         self.name, self.envoy, self.tokens, self.status = name, envoy, tokens, status
         self.native, self.unique, self.note = native, unique, note
+        self.dpop = dpop    # the proof alg: lines are `token<TAB>proof`, made fresh per run
         self.runs = []      # parsed wrk results
         self.flags = set()
+
+
+DPOP_ROWS = ["oauth-pep, DPoP ES256 proof per request, token cached, crypto host",
+             "oauth-pep, DPoP ES256 proof per request, token cached, crypto wasm",
+             "oauth-pep, DPoP EdDSA proof per request, token cached (wasm)"]
 
 
 def make_rows(tok, auth, only):
@@ -219,6 +252,16 @@ def make_rows(tok, auth, only):
             note="ratio to the cached-token row: see the targets"),
         Row("oauth-pep, opaque token, introspection cache hit", "pep_introspect",
             w("opaque", [auth.opaque(scope="read write")]), 200),
+        Row(DPOP_ROWS[0], "pep_dpop_host", tok.dpop_token("ES256"), 200, unique=True, dpop="ES256",
+            native="native jwt_authn, cache, 1 token",
+            note="DPoP: the bound token's grant is cached, each request's proof is new (one proof signature "
+                 "check and one replay-table write per request); the ratio to the plain cached token is in "
+                 "the notes"),
+        Row(DPOP_ROWS[1], "pep_dpop_wasm", tok.dpop_token("ES256"), 200, unique=True, dpop="ES256",
+            native="native jwt_authn, cache, 1 token"),
+        Row(DPOP_ROWS[2], "pep_dpop_host", tok.dpop_token("EdDSA"), 200, unique=True, dpop="EdDSA",
+            native="native jwt_authn, cache, 1 token",
+            note="EdDSA proofs always run in wasm (Envoy's verify_signature has no EdDSA)"),
     ]
     if only:
         keep = set(only)
@@ -390,12 +433,21 @@ def main():
             return forged[rep]
 
         def token_file(r, rep):
+            if r.dpop:   # made now: the proofs' iat must be fresh, and each is used once
+                return tok.write("dpop-%s-%s" % (r.envoy, rep),
+                                 tok.dpop_lines(r.dpop, r.tokens, envoys[r.envoy].url(PATH), UNIQUE))
             return forged_file("%s-%s" % (r.name, rep)) if r.unique else r.tokens
 
         # check each row answers as expected (keys loaded, token accepted or refused)
         for r in rows:
-            first = Path(token_file(r, "check")).read_text().split("\n", 1)[0]
             env = envoys[r.envoy]
+            if r.dpop:
+                def dpop_ok():
+                    token, proof = tok.dpop_lines(r.dpop, r.tokens, env.url(PATH), 1)[0].split("\t")
+                    return env.get(PATH, headers={"Authorization": "DPoP " + token, "DPoP": proof}).status_code
+                harness.wait_until(lambda: dpop_ok() == 200, 30, interval=0.2, what="%s: 200" % r.name)
+                continue
+            first = Path(token_file(r, "check")).read_text().split("\n", 1)[0]
             if r.status == 200:
                 env.wait_status(PATH, 200, token=first, timeout=30)
             else:
@@ -442,6 +494,12 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
     by_name = {r.name: r for r in rows}
+    cached = by_name.get("oauth-pep, 1 token (cached)")
+    for name in DPOP_ROWS:
+        r = by_name.get(name)
+        if r and cached:
+            r.note = (r.note + "; " if r.note else "") + "%.2f of the plain cached token's req/s, %.1fx its Envoy CPU per request" % (
+                r.rps / cached.rps, r.cpu_us / cached.cpu_us if cached.cpu_us else 0)
     m = machine()
     elapsed = time.monotonic() - t0
     tab = table(rows, by_name)
