@@ -277,6 +277,26 @@ def test_a_uma_server_that_publishes_no_jwks_uri_still_gives_tickets(start_envoy
     assert stats["jwks"] == 0 and stats["uma2_discovery"] <= 2, stats
 
 
+def test_uma_without_discovery_takes_its_upstream_from_the_issuer(start_envoy, uma_as):
+    """README's UMA example without discovery: an issuer with no keys (every
+    token introspected), fixed endpoints, and `uma.upstream` and
+    `introspection.upstream` left to the issuer's. Before: refused at load with
+    `uma.upstream: is required`."""
+    a = uma_as
+    cfg = config(a)
+    cfg["issuers"] = [{"issuer": a.issuer, "audiences": ["api"], "upstream": "authserver",
+                       "introspection": {"endpoint": a.issuer + "/introspect",
+                                         "client_id": "pep", "client_secret": "pep-secret"}}]
+    cfg["clients"]["pat"] = {"token_endpoint": a.issuer + "/token", "upstream": "authserver",
+                             "client_id": RS[0], "client_secret": RS[1], "scopes": ["uma_protection"]}
+    cfg["uma"]["permission_endpoint"] = a.issuer + "/uma/permission"
+    env = started(start_envoy, a, cfg)
+    rpt = rpt_for(a, env, "/photos/1")
+    assert get(env, "/photos/1", token=rpt).status == 200
+    stats = a.stats()
+    assert stats["discovery"] == stats["uma2_discovery"] == stats["jwks"] == 0, stats
+
+
 def test_a_uma_config_without_a_permission_endpoint_is_refused(envoy_failure, uma_as):
     a = uma_as
     cfg = config(a)
