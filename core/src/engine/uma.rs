@@ -37,20 +37,21 @@ pub(super) fn check_uma_access(
     known: Option<&Known>,
     now: u64,
 ) -> Verdict {
+    let ticket = |state: &mut State, scopes: &[String], why: String| {
+        request_ticket(
+            config,
+            state,
+            request.client,
+            uma,
+            resource,
+            scopes,
+            why,
+            now,
+        )
+    };
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
-        Ok(None) => {
-            return request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                "no RPT".into(),
-                now,
-            )
-        }
+        Ok(None) => return ticket(state, &required, "no RPT".into()),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
     let grant = match authenticate(config, state, &found.token, request.client, known, now) {
@@ -58,31 +59,13 @@ pub(super) fn check_uma_access(
         // UMA's answer to an unusable RPT is a new ticket, not a Bearer error.
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let why = format!("the RPT is not usable: {}", denial.description());
-            return request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            );
+            return ticket(state, &required, why);
         }
         Err(verdict) => return verdict,
     };
     if grant.issuer != uma.issuer {
         let why = "the token is not an RPT of the UMA authorization server".to_string();
-        return request_ticket(
-            config,
-            state,
-            request.client,
-            uma,
-            resource,
-            &required,
-            why,
-            now,
-        );
+        return ticket(state, &required, why);
     }
     let consumer = match authorize::consumer_for(config, &grant) {
         Ok(consumer) => consumer,
@@ -101,29 +84,11 @@ pub(super) fn check_uma_access(
                 });
             }
             let why = format!("the RPT has no permission for rule \"{rule}\"");
-            request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            )
+            ticket(state, &required, why)
         }
         PolicyDecision::NoRule => {
             let why = "the RPT has no permission for this request".to_string();
-            request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            )
+            ticket(state, &required, why)
         }
     }
 }
