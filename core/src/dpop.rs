@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::alg::Alg;
 use crate::cache::Digest;
 use crate::config_error::ConfigError;
+use crate::extract::ExtractError;
 use crate::request::normalize_target;
 use crate::services::{CasMismatch, SharedStore};
 use crate::verify::{KeyMaterial, SignatureVerifier};
@@ -319,15 +320,26 @@ impl fmt::Display for DpopProblem {
 }
 
 /// `Authorization: DPoP <token>` (scheme case-insensitive): the token, if the
-/// request uses that scheme. `Err` for a repeated `Authorization` header.
-pub fn dpop_token(headers: &[(String, String)]) -> Option<&str> {
+/// request uses that scheme; an error when the scheme comes with a second
+/// `Authorization` header (a token offered twice).
+pub fn dpop_token(headers: &[(String, String)]) -> Result<Option<&str>, ExtractError> {
     let mut values = headers
         .iter()
         .filter(|(n, _)| n == "authorization")
         .map(|(_, v)| v.trim_start());
-    let value = values.next()?;
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("DPoP").then(|| rest.trim())
+    let (Some(value), second) = (values.next(), values.next()) else {
+        return Ok(None);
+    };
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("DPoP") {
+        return Ok(None);
+    }
+    match second {
+        Some(_) => Err(ExtractError::Repeated("authorization header".into())),
+        None => Ok(Some(rest.trim())),
+    }
 }
 
 /// The one `DPoP` header's value.
@@ -603,6 +615,11 @@ impl ReplayTable {
     }
 
     /// Accepts the proof once: `Replayed` if its key is remembered and live.
+    ///
+    /// Shared data cannot create a key only if it is absent: a slot's first
+    /// write is unconditional, so two workers writing one never-used slot at
+    /// the same instant may lose the other's entry. Every later write of the
+    /// slot is a compare-and-swap.
     pub fn remember(
         &self,
         store: &dyn SharedStore,

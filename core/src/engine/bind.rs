@@ -47,7 +47,8 @@ pub(super) fn dpop_token(
             }
         }
     }
-    let Some(token) = dpop::dpop_token(request.headers) else {
+    let place = || "authorization header".to_string();
+    let Some(token) = dpop::dpop_token(request.headers)? else {
         return Ok(None);
     };
     if found.is_some() {
@@ -60,7 +61,7 @@ pub(super) fn dpop_token(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
     {
-        return Err(ExtractError::BadSyntax("authorization header".into()));
+        return Err(ExtractError::BadSyntax(place()));
     }
     Ok(Some(FoundToken {
         token: token.to_string(),
@@ -353,6 +354,21 @@ mod tests {
         assert!(matches!(
             problem(at(&c, &mut s, &headers, "GET")),
             DpopProblem::BadSignature | DpopProblem::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn the_dpop_scheme_twice_is_a_token_offered_twice_whatever_the_sources() {
+        let c = hs_config(r#","token_sources":[{"cookie":"at"}]"#);
+        let mut s = State::new(&c);
+        let token = bound_token(1);
+        let headers = h(&[
+            ("authorization", &format!("DPoP {token}")),
+            ("authorization", "DPoP other"),
+        ]);
+        assert!(matches!(
+            at(&c, &mut s, &headers, "GET"),
+            Verdict::Deny(Denial::InvalidRequest(_))
         ));
     }
 
