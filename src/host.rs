@@ -323,7 +323,7 @@ pub fn routing(needs: RoutingNeeds) -> Option<RouteFacts> {
             Ok(Some(value)) => String::from_utf8(value).ok().map(Rc::from),
             Ok(None) => None,
             Err(status) => {
-                info!("cannot read xds.{name}: {status:?}");
+                log::debug!("cannot read xds.{name}: {status:?}");
                 None
             }
         }
