@@ -6,6 +6,7 @@
 mod compile;
 mod hints;
 mod issuer;
+mod located;
 mod raw;
 
 use serde::Deserialize;
@@ -215,6 +216,17 @@ mod tests {
         match Config::from_json(json.as_bytes(), &|_| None) {
             Ok(_) => panic!("accepted: {json}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    /// Each configuration is refused with an error that contains its text.
+    pub(super) fn refused_with(table: &[(&str, &str)]) {
+        for (json, expected) in table {
+            let e = err(json);
+            assert!(
+                e.contains(expected),
+                "{json}\n  gave: {e}\n  expected: {expected}"
+            );
         }
     }
 
