@@ -235,6 +235,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), "/".to_string()),
+        (":authority".to_string(), "api.test".to_string()),
         (
             "authorization".to_string(),
             format!("Bearer {}", Vectors::load().token("good_RS256")),
@@ -245,6 +246,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
         headers,
         client: None,
         peer_certificate: None,
+        routing: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -499,6 +501,7 @@ fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
         headers,
         client: None,
         peer_certificate: None,
+        routing: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -684,13 +687,13 @@ fn a_request_keeps_its_first_deadline_while_fetches_time_out_and_restart() {
 }
 
 /// An issuer with inline keys, the gateway's client `backend` on cluster
-/// `as`, its token sent upstream on every path.
+/// `as`, its token sent upstream on every path of `api.test`.
 fn with_upstream_oauth() -> Shared<FakeHost> {
     let jwks = Vectors::load().jwks();
     glue(&format!(
         r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
           "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
-          "upstream_oauth":[{{"client":"backend"}}]}}"#
+          "upstream_oauth":[{{"client":"backend","authorities":["api.test"]}}]}}"#
     ))
 }
 
@@ -761,6 +764,7 @@ fn a_permission_ticket_is_the_requests_own_callout() {
         ],
         client: None,
         peer_certificate: None,
+        routing: None,
     };
     shared.decide(7, facts, None, None);
     tick(&shared);

@@ -78,6 +78,7 @@ fn main() {
         headers: &headers,
         client: None,
         peer_certificate: None,
+        routing: Default::default(),
     };
     match verdict_for(&config, &mut state, &request, NOW) {
         Verdict::Allow(_) => {}

@@ -818,6 +818,7 @@ mod tests {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         let denied = |state: &mut State| match verdict_for(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {

@@ -109,6 +109,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         let _ = normalize_path(&path);
         if let Verdict::Call {

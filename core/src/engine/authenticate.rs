@@ -295,6 +295,7 @@ mod tests {
             headers: &bearer(&token),
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         // exp is 1700003600; the cache must not outlive it.
         assert!(matches!(
@@ -377,6 +378,7 @@ mod tests {
                 headers: &bearer(&token),
                 client: None,
                 peer_certificate: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };
@@ -485,6 +487,7 @@ mod tests {
                 headers,
                 client: None,
                 peer_certificate: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };
@@ -616,6 +619,7 @@ mod tests {
                 headers: &forged,
                 client: None,
                 peer_certificate: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };

@@ -220,6 +220,7 @@ mod tests {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         verdict_for(c, s, &request, vectors().now)
     }

@@ -509,6 +509,7 @@ mod tests {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         verdict_for(c, s, &request, now)
     }
@@ -521,6 +522,7 @@ mod tests {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         verdict_knowing(c, s, &request, Some(known), now)
     }
@@ -962,6 +964,7 @@ mod tests {
             headers: &headers,
             client: Some(client),
             peer_certificate: None,
+            routing: Default::default(),
         };
         verdict_for(c, s, &request, now)
     }

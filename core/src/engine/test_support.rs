@@ -61,6 +61,7 @@ pub(super) fn run(
         headers,
         client: None,
         peer_certificate: None,
+        routing: Default::default(),
     };
     verdict_for(config, state, &request, vectors().now)
 }
@@ -86,6 +87,7 @@ pub(super) fn method_run(
         headers,
         client: None,
         peer_certificate: None,
+        routing: Default::default(),
     };
     verdict_for(c, s, &request, vectors().now)
 }

@@ -411,6 +411,7 @@ mod tests {
             headers: &headers,
             client: None,
             peer_certificate: None,
+            routing: Default::default(),
         };
         crate::engine::verdict_for(c, s, &request, now)
     }
@@ -471,6 +472,7 @@ mod tests {
                     headers: &bearer("rpt-1"),
                     client: None,
                     peer_certificate: None,
+                    routing: Default::default(),
                 },
                 Some(&known),
                 now
@@ -499,6 +501,7 @@ mod tests {
                 headers: &bearer("rpt-1"),
                 client: None,
                 peer_certificate: None,
+                routing: Default::default(),
             },
             Some(&known),
             now + 8,
