@@ -1,0 +1,98 @@
+"""The second attacker's review (issue 18), through real Envoy: PDP decisions
+and consumers across issuers (finding 3).
+
+Each test fails on the filter before the fix (OAUTH_PEP_WASM=<old build>).
+"""
+
+import pytest
+import requests
+
+import harness
+
+# A second trusted issuer: HS256 with an inline secret, so tokens of it are minted here.
+ISSUER_B = "https://b.example"
+SECRET_B = "b-secret-0123456789abcdef0123456789"
+
+
+def issuer_b():
+    return {"issuer": ISSUER_B, "audiences": ["api"], "shared_secret": SECRET_B}
+
+
+def token_b(a, **claims):
+    """A token of issuer B, minted with the claims of `a`'s users."""
+    return a.mint(dict(a.claims(**claims), iss=ISSUER_B), alg="HS256", secret=SECRET_B)
+
+
+# --------------------------------------------------------------------------
+# Finding 3: PDP decisions and consumers across issuers and claims
+# --------------------------------------------------------------------------
+
+def set_pdp_requirements(pdp, claims):
+    requests.post("http://127.0.0.1:%d/_test/require" % pdp.port, json={"claims": claims},
+                  timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def pdp_requiring(fake_pdp):
+    """fake_pdp permitting /pdp/allow... only for the claims given."""
+    def require(**claims):
+        set_pdp_requirements(fake_pdp, claims)
+    yield require
+    set_pdp_requirements(fake_pdp, {})
+
+
+def test_a_pdp_decision_is_reused_only_for_what_the_pdp_was_asked(start_envoy, authserver, fake_pdp,
+                                                                    pdp_requiring):
+    """The cache was keyed on [sub, client_id, method, path, scopes]: a token
+    of issuer B with issuer A's user's `sub` and client got A's cached permit,
+    the user without MFA got the MFA decision, and a cached deny blocked the
+    user's good token. Now the key is the digest of the exact body sent."""
+    a = authserver
+    pdp_requiring(iss=a.issuer, acr="mfa")
+    cfg = {"realm": "test", "issuers": [a.issuer_config(), issuer_b()],
+           "policy": {"GET /pdp/??": "read"},
+           "pdp": {"kind": "authzen", "upstream": "pdp", "cache_seconds": 60,
+                   "url": "http://127.0.0.1:%d/access/v1/evaluation" % fake_pdp.port}}
+    env = start_envoy(cfg, clusters={"pdp": fake_pdp.port})
+    user = dict(sub="alice", client_id="demo-client", scope="read")
+    mfa = a.mint(a.claims(acr="mfa", **user))
+    env.wait_status("/pdp/allow/warm-up", 200, token=mfa, timeout=20)
+
+    def ask(path, token, status, asked):
+        before = fake_pdp.stats()["calls"]
+        r = env.get(path, token=token)
+        calls = fake_pdp.stats()["calls"] - before
+        assert (r.status_code, calls) == (status, int(asked)), (path, r.status_code, calls, r.text)
+
+    ask("/pdp/allow/a", mfa, 200, asked=True)
+    ask("/pdp/allow/a", mfa, 200, asked=False)  # the same question: the cached permit
+    # Issuer B's token for A's user and client: asked, and denied.
+    ask("/pdp/allow/a", token_b(a, acr="mfa", **user), 403, asked=True)
+    assert fake_pdp.stats()["last"]["subject"]["properties"]["iss"] == ISSUER_B
+    # The same user without MFA: asked, and denied.
+    ask("/pdp/allow/a", a.mint(a.claims(acr="pwd", **user)), 403, asked=True)
+    # A deny cached first (B's) does not block A's good token.
+    ask("/pdp/allow/b", token_b(a, acr="mfa", **user), 403, asked=True)
+    ask("/pdp/allow/b", mfa, 200, asked=True)
+    ask("/pdp/allow/b", mfa, 200, asked=False)
+
+
+def test_a_consumer_is_a_client_of_its_own_issuer(start_envoy, envoy_failure, authserver):
+    """Consumers were keyed by client_id alone: a token of issuer B naming
+    client `demo-client` got the consumer registered for issuer A's
+    `demo-client`. With two issuers each consumer names its issuer, or the
+    configuration is refused."""
+    a = authserver
+    issuers = [a.issuer_config(), issuer_b()]
+    res = envoy_failure({"realm": "test", "issuers": issuers,
+                         "consumers": {"demo-client": {"id": "c-a"}}}, timeout=20)
+    assert not res.became_ready, (res, res.log[-3000:])
+    assert 'invalid configuration: `consumers["demo-client"].issuer`: is required when several issuers' \
+        in res.log, res.log[-3000:]
+
+    env = start_envoy({"realm": "test", "issuers": issuers,
+                       "consumers": {"demo-client": {"id": "c-a", "issuer": a.issuer}}})
+    r = env.wait_status("/x", 200, token=a.mint(a.claims()), timeout=20)
+    assert r.json()["headers"].get("x-consumer-id") == "c-a", r.json()["headers"]
+    r = env.get("/x", token=token_b(a))
+    assert r.status_code == 401 and r.json()["reason"] == "client_unknown", r.text
