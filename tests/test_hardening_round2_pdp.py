@@ -1,8 +1,12 @@
 """The second attacker's review (issue 18), through real Envoy: PDP decisions
-and consumers across issuers (finding 3).
+and consumers across issuers (finding 3), PS* for RSA keys without `alg`
+(finding 6).
 
 Each test fails on the filter before the fix (OAUTH_PEP_WASM=<old build>).
 """
+
+import base64
+import os
 
 import pytest
 import requests
@@ -96,3 +100,51 @@ def test_a_consumer_is_a_client_of_its_own_issuer(start_envoy, envoy_failure, au
     assert r.json()["headers"].get("x-consumer-id") == "c-a", r.json()["headers"]
     r = env.get("/x", token=token_b(a))
     assert r.status_code == 401 and r.json()["reason"] == "client_unknown", r.text
+
+
+# --------------------------------------------------------------------------
+# Finding 6: PS* is not the default for an RSA key without `alg`
+# --------------------------------------------------------------------------
+
+def publish_alg_less(a, kid, key="rsa2"):
+    """Publishes `key` under `kid` in a's JWKS without an `alg` member."""
+    a.http.post(a.url("/_test/rotate"), json={"add": key, "kid": kid, "alg": None},
+                timeout=10).raise_for_status()
+    jwk = next(k for k in a.jwks()["keys"] if k.get("kid") == kid)
+    assert "alg" not in jwk, jwk
+
+
+def test_ps512_with_an_rsa_key_without_alg_needs_the_issuer_to_list_it(start_envoy, authserver):
+    """A PS* signature is checked in wasm (Envoy's verify_signature has no
+    PSS), so an RSA key without `alg` let a caller pick PS512, ~5x RS256's
+    cost per rejected forgery. By default such a key verifies RS* only: the
+    PS512 token is refused before any signature work (and without an
+    unknown-kid refetch: the kid is known); listing PS512 enables it."""
+    a = authserver
+    publish_alg_less(a, "rsa2-noalg")
+    rs256 = a.mint(a.claims(), alg="RS256", kid="rsa2-noalg")
+    ps512 = a.mint(a.claims(), alg="PS512", kid="rsa2-noalg")
+
+    env = start_envoy({"realm": "test", "issuers": [a.issuer_config()]})
+    env.wait_status("/", 200, token=rs256, timeout=20)
+    fetches = a.stats()["jwks"]
+    r = env.get("/", token=ps512)
+    assert r.status_code == 401, r.text
+    body = r.json()
+    assert body["reason"] == "algorithm_not_allowed", body
+    assert 'the key with kid "rsa2-noalg" does not verify PS512' in body["error_description"], body
+    # A forged PS512 signature costs the same: no signature is checked.
+    head, payload, _ = ps512.split(".")
+    forged = "%s.%s.%s" % (head, payload, base64.urlsafe_b64encode(os.urandom(256)).rstrip(b"=").decode())
+    r = env.get("/", token=forged)
+    assert r.status_code == 401 and r.json()["reason"] == "algorithm_not_allowed", r.text
+    assert a.stats()["jwks"] == fetches, "a known kid is no rotation: no refetch"
+    # A key that declares PS256 keeps it by default.
+    r = env.get("/", token=a.mint(a.claims(), alg="PS256", kid="rsa1-ps"))
+    assert r.status_code == 200, r.text
+
+    # Listed for the issuer, PS512 is served by the key without `alg`.
+    listed = start_envoy({"realm": "test", "issuers": [a.issuer_config(algorithms=["RS256", "PS512"])]})
+    listed.wait_status("/", 200, token=rs256, timeout=20)
+    r = listed.get("/", token=ps512)
+    assert r.status_code == 200, r.text

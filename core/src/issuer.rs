@@ -9,7 +9,7 @@ use std::rc::Rc;
 use crate::alg::Alg;
 use crate::callout::Url;
 use crate::introspection::{Introspection, Mode};
-use crate::jwks::{JwksError, KeySet};
+use crate::jwks::{JwksError, KeyAlgs, KeySet};
 
 /// How the keys of an issuer are obtained.
 #[derive(Clone)]
@@ -28,6 +28,9 @@ pub struct Issuer {
     /// Accepted `aud` values; empty only when configured as `"any"`.
     pub audiences: Vec<String>,
     pub algorithms: Vec<Alg>,
+    /// The RSA algorithms a JWK without `alg` verifies: RS* of `algorithms`
+    /// unless `algorithms` was written out, then every RSA one listed.
+    pub undeclared_rsa: Vec<Alg>,
     pub source: KeySource,
     /// Envoy cluster (or Kong `host:port`) that fetches go through.
     pub upstream: String,
@@ -40,9 +43,17 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// The algorithms this issuer's keys may serve.
+    pub fn key_algs(&self) -> KeyAlgs<'_> {
+        KeyAlgs {
+            allowed: &self.algorithms,
+            undeclared_rsa: &self.undeclared_rsa,
+        }
+    }
+
     /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
     pub fn keys_from_jwks(&self, jwks: &[u8]) -> Result<(KeySet, Vec<String>), JwksError> {
-        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
+        let (mut keys, skipped) = KeySet::from_jwks(jwks, self.key_algs())?;
         if let Some(secret) = &self.shared_secret {
             keys.add_secret(secret, &self.algorithms);
         }
@@ -55,6 +66,7 @@ impl Issuer {
             issuer: issuer.into(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
             algorithms: algorithms.to_vec(),
+            undeclared_rsa: algorithms.to_vec(),
             source: KeySource::Static(Rc::new(KeySet::default())),
             upstream: String::new(),
             shared_secret: None,
