@@ -1,17 +1,26 @@
 """The second attacker's review (issue 18), through real Envoy: PDP decisions
 and consumers across issuers (finding 3), PS* for RSA keys without `alg`
-(finding 6).
+(finding 6), and several filter configurations in one Envoy ("Also").
 
 Each test fails on the filter before the fix (OAUTH_PEP_WASM=<old build>).
 """
 
 import base64
+import copy
+import json
 import os
+import socket
+import threading
+import time
 
 import pytest
 import requests
 
 import harness
+
+# The gateway's own client at the authorization server (conftest's authserver_module).
+GATEWAY = ("gateway", "gateway-secret", "billing.read")
+AUTHSERVER_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{GATEWAY[0]: (GATEWAY[1], GATEWAY[2])})
 
 # A second trusted issuer: HS256 with an inline secret, so tokens of it are minted here.
 ISSUER_B = "https://b.example"
@@ -148,3 +157,151 @@ def test_ps512_with_an_rsa_key_without_alg_needs_the_issuer_to_list_it(start_env
     listed.wait_status("/", 200, token=rs256, timeout=20)
     r = listed.get("/", token=ps512)
     assert r.status_code == 200, r.text
+
+
+# --------------------------------------------------------------------------
+# Also: several filter configurations in one Envoy
+# --------------------------------------------------------------------------
+
+def second_listener(filter_config, port):
+    """`customize` for harness.bootstrap: a second listener on `port`, a copy
+    of the first whose wasm filter has `filter_config` (same VM, so the same
+    shared data)."""
+    def edit(b):
+        first = b["static_resources"]["listeners"][0]
+        second = copy.deepcopy(first)
+        second["name"] = "second"
+        second["address"]["socket_address"]["port_value"] = port
+        hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = "second"
+        wasm = hcm["http_filters"][0]["typed_config"]["config"]
+        wasm["name"] = "oauth-pep-second"
+        wasm["configuration"]["value"] = json.dumps(filter_config)
+        b["static_resources"]["listeners"].append(second)
+    return edit
+
+
+class Second:
+    """Requests to the second listener."""
+
+    def __init__(self, port):
+        self.base = "http://127.0.0.1:%d" % port
+        self.http = requests.Session()
+
+    def get(self, path, token=None, timeout=15):
+        headers = {"authorization": "Bearer " + token} if token else {}
+        return self.http.get(self.base + path, headers=headers, timeout=timeout)
+
+    def wait_status(self, path, status, token=None, timeout=20):
+        last = {}
+
+        def ok():
+            last["r"] = self.get(path, token)
+            return last["r"].status_code == status
+
+        try:
+            harness.wait_until(ok, timeout, interval=0.1, what="second listener %s -> %d" % (path, status))
+        except TimeoutError:
+            r = last.get("r")
+            raise AssertionError("second listener: %s %s" % (getattr(r, "status_code", None),
+                                                             getattr(r, "text", "")[:500]))
+        return last["r"]
+
+
+def two_configs(start_envoy, first, second, **kw):
+    port = harness.free_port()
+    env = start_envoy(first, customize=second_listener(second, port), **kw)
+    return env, Second(port)
+
+
+def test_two_configs_with_the_same_issuer_and_other_servers_keep_their_own_keys(
+        start_envoy, authserver, tmp_path):
+    """Keys in shared data were named by issuer and key URL: a listener that
+    fetches the same issuer (same discovery URL) through another cluster took
+    the other listener's keys, so each accepted the other server's tokens."""
+    a = authserver
+    (tmp_path / "as-b").mkdir()
+    b = harness.AuthServer.start(tmp_path / "as-b", issuer=a.issuer)
+    try:
+        b.rotate(add="rsa2", kid="rsa2", alg="RS256")
+        b.rotate(remove="rsa1")
+        via_b = {"realm": "test", "issuers": [a.issuer_config(upstream="as-b")]}
+        env, second = two_configs(start_envoy, {"realm": "test", "issuers": [a.issuer_config()]}, via_b,
+                                  clusters={"as-b": b.port})
+        of_a = a.mint(a.claims(), kid="rsa1")
+        of_b = b.mint(b.claims(), kid="rsa2")
+        assert b.claims()["iss"] == a.issuer
+        # Each listener's own server's token passes (its keys are loaded).
+        # Shared keys are adopted when fetched in a later second than one's
+        # own, and on the next tick (200 ms): the pauses let that happen.
+        env.wait_status("/", 200, token=of_a, timeout=20)
+        time.sleep(1.1)
+        second.wait_status("/", 200, token=of_b, timeout=20)
+        time.sleep(0.5)
+        r = second.get("/", token=of_a)
+        assert r.status_code == 401, ("listener B took listener A's keys", r.text)
+        time.sleep(0.5)
+        r = env.get("/", token=of_b)
+        assert r.status_code == 401, ("listener A took listener B's keys", r.text)
+        assert env.get("/", token=of_a).status_code == 200
+        assert second.get("/", token=of_b).status_code == 200
+        assert a.stats()["jwks"] >= 1 and b.stats()["jwks"] >= 1, (a.stats(), b.stats())
+    finally:
+        b.stop()
+
+
+def test_two_configs_with_one_client_name_and_other_credentials_keep_their_own_tokens(start_envoy, authserver):
+    """Client tokens in shared data were named by endpoint, client_id and
+    scope: a listener whose client has other credentials (here a wrong secret)
+    sent the other listener's token upstream."""
+    a = authserver
+
+    def cfg(secret):
+        return {"realm": "test", "issuers": [a.issuer_config()],
+                "clients": {"billing": {"issuer": a.issuer, "client_id": GATEWAY[0], "client_secret": secret,
+                                        "scopes": ["billing.read"]}},
+                "upstream_oauth": [{"client": "billing", "paths": ["/billing/??"]}]}
+
+    env, second = two_configs(start_envoy, cfg(GATEWAY[1]), cfg("not-the-secret"))
+    token = a.token()
+    r = env.wait_status("/billing/x", 200, token=token, timeout=20)
+    sent = r.json()["headers"]["authorization"]
+    assert sent != "Bearer " + token, sent
+    r = second.get("/billing/x", token=token)
+    assert r.status_code == 503, ("the second listener used the first one's token", r.status_code, r.text)
+    assert r.json()["reason"] == "client_token_unavailable", r.text
+    assert a.last_token_request(GATEWAY[0]) is not None
+
+
+def test_two_configs_introspecting_one_token_do_not_wait_for_each_other(start_envoy, authserver):
+    """Introspection entries named their configuration, the in-flight
+    markers did not: a listener asking about a token waited for the other
+    listener's callout (here one that never answers), then found an answer it
+    cannot read and asked itself."""
+    a = authserver
+    hang = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)  # accepts connections, never answers
+    try:
+        def cfg(upstream):
+            introspection = {"client_id": "pep", "client_secret": "pep-secret", "upstream": upstream,
+                             "endpoint": a.url("/introspect"), "timeout_ms": 4000}
+            return {"realm": "test", "issuers": [a.issuer_config(introspection=introspection)]}
+
+        env, second = two_configs(start_envoy, cfg("hang"), cfg("authserver"),
+                                  clusters={"hang": hang.getsockname()[1]})
+        second.wait_status("/", 200, token=a.opaque(), timeout=20)
+        token = a.opaque()
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=env.get("/", token=token, timeout=20)))
+        t.start()
+        time.sleep(0.5)  # the first listener's introspection is in flight
+        started = time.monotonic()
+        r = second.get("/", token=token)
+        took = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        assert took < 2.0, "the second listener waited %.1f s for the first one's callout" % took
+        t.join(20)
+        assert first["r"].status_code == 503, first["r"].text
+    finally:
+        hang.close()

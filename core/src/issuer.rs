@@ -7,6 +7,7 @@
 use std::rc::Rc;
 
 use crate::alg::Alg;
+use crate::cache::{digest, Digest};
 use crate::callout::Url;
 use crate::introspection::{Introspection, Mode};
 use crate::jwks::{JwksError, KeyAlgs, KeySet};
@@ -43,6 +44,28 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Names where this issuer's keys and discovery document come from (the
+    /// issuer, its key URL and the cluster they are fetched through): what
+    /// two configurations must agree on to share them in shared data. Two
+    /// listeners that name the same issuer but fetch it from different
+    /// servers never adopt each other's keys.
+    pub fn fetch_fingerprint(&self) -> Digest {
+        let source = match &self.source {
+            KeySource::JwksUri(url) => {
+                format!("jwks_uri {}://{}{}", url.scheme, url.authority, url.path)
+            }
+            KeySource::Discovery(url) => {
+                format!("discovery {}://{}{}", url.scheme, url.authority, url.path)
+            }
+            KeySource::Static(_) | KeySource::None => String::new(),
+        };
+        digest(&[
+            self.issuer.as_bytes(),
+            source.as_bytes(),
+            self.upstream.as_bytes(),
+        ])
+    }
+
     /// The algorithms this issuer's keys may serve.
     pub fn key_algs(&self) -> KeyAlgs<'_> {
         KeyAlgs {

@@ -318,6 +318,7 @@ fn clients(
             issuer: &i.issuer,
             discovery: matches!(i.source, KeySource::Discovery(_)),
             upstream: (!i.upstream.is_empty()).then_some(i.upstream.as_str()),
+            fetched_from: i.fetch_fingerprint(),
         })
         .collect();
     let mut clients = Vec::with_capacity(raw.len());
