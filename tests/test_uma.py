@@ -195,15 +195,9 @@ def test_on_insufficient_forbidden_answers_403(start_envoy, uma_as):
     challenge(get(env, "/photos/1"))
 
 
-def test_an_expired_rpt_gets_a_new_ticket(start_envoy, uma_as):
-    a = uma_as
-    a.uma(rpt_expires_in=7)
-    env = started(start_envoy, a, config(a))
-    rpt = rpt_for(a, env, "/photos/1")
-    assert get(env, "/photos/1", token=rpt).status == 200
-    time.sleep(7.5)
-    params = challenge(get(env, "/photos/1", token=rpt))
-    assert params["ticket"]
+# An expired RPT asked about again and answered with a new ticket, and a PAT
+# that expired and cannot be renewed (a 503): with injected time in the core
+# (core/src/engine/uma.rs), not by sleeping here.
 
 
 def test_a_jwt_rpt_is_verified_locally_with_its_permissions(start_envoy, uma_as):
@@ -232,7 +226,7 @@ def test_the_permission_endpoint_failing_is_a_503_never_a_401_without_ticket(sta
     challenge(get(env, "/photos/1"))
 
 
-def test_no_pat_is_a_503_and_the_pat_is_renewed_once_for_all_workers(start_envoy, uma_as):
+def test_the_pat_is_renewed_once_for_all_workers(start_envoy, uma_as):
     a = uma_as
     a.set_token_mode("ok", expires_in=12)
     env = started(start_envoy, a, config(a), concurrency=2)
@@ -245,13 +239,6 @@ def test_no_pat_is_a_503_and_the_pat_is_renewed_once_for_all_workers(start_envoy
         time.sleep(0.25)
     assert len(pats) == 2, "one PAT, then its renewal ahead of expiry"
     assert a.token_calls() - calls == 1, "renewed once for both workers"
-
-    a.set_token_mode("error500")
-    time.sleep(7.5)  # the PAT expires (5 s margin) and cannot be renewed
-    r = get(env, "/photos/1")
-    assert r.status == 503 and r.json()["reason"] == "uma_unavailable", r
-    a.set_token_mode("ok", expires_in=300)
-    harness.wait_until(lambda: get(env, "/photos/1").status == 401, 25, what="a ticket again")
 
 
 def test_a_uma_config_without_a_permission_endpoint_is_refused(envoy_failure, uma_as):

@@ -462,7 +462,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use crate::config::tests::{err, SECRET};
+    use crate::config::tests::{err, refused_with, SECRET};
     use crate::config::{ClaimFormat, Config};
 
     #[test]
@@ -544,13 +544,7 @@ mod tests {
                 "`realm`",
             ),
         ];
-        for (json, expected) in table {
-            let e = err(json);
-            assert!(
-                e.contains(expected),
-                "{json}\n  gave: {e}\n  expected: {expected}"
-            );
-        }
+        refused_with(table);
     }
 
     #[test]

@@ -209,6 +209,17 @@ mod tests {
         }
     }
 
+    /// Each configuration is refused with an error that contains its text.
+    pub(super) fn refused_with(table: &[(&str, &str)]) {
+        for (json, expected) in table {
+            let e = err(json);
+            assert!(
+                e.contains(expected),
+                "{json}\n  gave: {e}\n  expected: {expected}"
+            );
+        }
+    }
+
     /// A shared secret long enough for HMAC.
     pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

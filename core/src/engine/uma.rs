@@ -37,20 +37,21 @@ pub(super) fn check_uma_access(
     known: Option<&Known>,
     now: u64,
 ) -> Verdict {
+    let ticket = |state: &mut State, scopes: &[String], why: String| {
+        request_ticket(
+            config,
+            state,
+            request.client,
+            uma,
+            resource,
+            scopes,
+            why,
+            now,
+        )
+    };
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
-        Ok(None) => {
-            return request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                "no RPT".into(),
-                now,
-            )
-        }
+        Ok(None) => return ticket(state, &required, "no RPT".into()),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
     let grant = match authenticate(config, state, &found.token, request.client, known, now) {
@@ -58,31 +59,13 @@ pub(super) fn check_uma_access(
         // UMA's answer to an unusable RPT is a new ticket, not a Bearer error.
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let why = format!("the RPT is not usable: {}", denial.description());
-            return request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            );
+            return ticket(state, &required, why);
         }
         Err(verdict) => return verdict,
     };
     if grant.issuer != uma.issuer {
         let why = "the token is not an RPT of the UMA authorization server".to_string();
-        return request_ticket(
-            config,
-            state,
-            request.client,
-            uma,
-            resource,
-            &required,
-            why,
-            now,
-        );
+        return ticket(state, &required, why);
     }
     let consumer = match authorize::consumer_for(config, &grant) {
         Ok(consumer) => consumer,
@@ -101,29 +84,11 @@ pub(super) fn check_uma_access(
                 });
             }
             let why = format!("the RPT has no permission for rule \"{rule}\"");
-            request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            )
+            ticket(state, &required, why)
         }
         PolicyDecision::NoRule => {
             let why = "the RPT has no permission for this request".to_string();
-            request_ticket(
-                config,
-                state,
-                request.client,
-                uma,
-                resource,
-                &required,
-                why,
-                now,
-            )
+            ticket(state, &required, why)
         }
     }
 }
@@ -219,7 +184,7 @@ mod tests {
 
     use super::*;
     use crate::engine::test_support::*;
-    use crate::engine::{Fetch, Wait};
+    use crate::engine::{Fetch, Resumed, Wait};
     use crate::jwt::test_vectors::vectors;
     use crate::keys::{FetchStep, KeyWait};
     use crate::metrics::testing::FakeMetrics;
@@ -306,5 +271,144 @@ mod tests {
             };
             assert_eq!(callout.url.path, "/perm");
         }
+    }
+
+    /// UMA with every endpoint fixed (no discovery): opaque RPTs introspected
+    /// at `/introspect`, the PAT from `/token`, tickets from `/perm`.
+    fn fixed_uma() -> Config {
+        let json = r#"{"issuers":[{"issuer":"https://issuer.test","audiences":"any","upstream":"as",
+                "introspection":{"endpoint":"https://issuer.test/introspect","client_id":"pep","client_secret":"s"}}],
+              "clients":{"pat":{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"rs","client_secret":"s"}},
+              "uma":{"issuer":"https://issuer.test","client":"pat","permission_endpoint":"https://issuer.test/perm","upstream":"as",
+                "resources":[{"resource_id":"photos","policy":{"GET /photos/??":"view"}}]}}"#;
+        Config::from_json(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn at(c: &Config, s: &mut State, token: Option<&str>, now: u64) -> Verdict {
+        let headers = token.map(bearer).unwrap_or_default();
+        let request = crate::engine::Request {
+            method: "GET",
+            path: "/photos/1",
+            headers: &headers,
+            client: None,
+        };
+        crate::engine::verdict_for(c, s, &request, now)
+    }
+
+    /// Feeds `body` to the shared fetch `v` waits for; what it settled.
+    fn settle(c: &Config, s: &mut State, v: Verdict, status: u16, body: &str, now: u64) -> Resumed {
+        let Verdict::Wait(Wait {
+            fetch: Some(fetch), ..
+        }) = v
+        else {
+            panic!("no fetch: {v:?}")
+        };
+        let answer = reply(status, body);
+        crate::engine::resume(
+            c,
+            s,
+            &FakeMetrics::default(),
+            fetch.resume,
+            Ok(&answer),
+            now,
+        )
+    }
+
+    fn pat(c: &Config, s: &mut State, expires_in: u64, now: u64) {
+        let v = at(c, s, None, now);
+        let body = format!(
+            r#"{{"access_token":"pat-1","token_type":"Bearer","expires_in":{expires_in}}}"#
+        );
+        settle(c, s, v, 200, &body, now);
+    }
+
+    /// Was tests/test_uma.py's 7.5 s sleep: an RPT used until it expires,
+    /// then asked about again, and the request answered with a new ticket.
+    #[test]
+    fn an_expired_rpt_is_asked_about_again_and_gets_a_new_ticket() {
+        let c = fixed_uma();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        pat(&c, &mut s, 300, now);
+        let rpt = format!(
+            r#"{{"active":true,"exp":{},"permissions":[{{"resource_id":"photos","resource_scopes":["view"]}}]}}"#,
+            now + 7
+        );
+        let v = at(&c, &mut s, Some("rpt-1"), now);
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = settle(&c, &mut s, v, 200, &rpt, now)
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            crate::engine::verdict_knowing(
+                &c,
+                &mut s,
+                &crate::engine::Request {
+                    method: "GET",
+                    path: "/photos/1",
+                    headers: &bearer("rpt-1"),
+                    client: None,
+                },
+                Some(&known),
+                now
+            ),
+            Verdict::Allow(_)
+        ));
+        // Cached until 5 s before its exp (introspection's margin).
+        assert!(
+            matches!(at(&c, &mut s, Some("rpt-1"), now + 1), Verdict::Allow(_)),
+            "cached"
+        );
+        // Past its exp: not from the cache; the server now says inactive.
+        let v = at(&c, &mut s, Some("rpt-1"), now + 8);
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = settle(&c, &mut s, v, 200, r#"{"active":false}"#, now + 8)
+        else {
+            panic!("the expired RPT was not asked about again")
+        };
+        let again = crate::engine::verdict_knowing(
+            &c,
+            &mut s,
+            &crate::engine::Request {
+                method: "GET",
+                path: "/photos/1",
+                headers: &bearer("rpt-1"),
+                client: None,
+            },
+            Some(&known),
+            now + 8,
+        );
+        let Verdict::Call {
+            resume: Resume::Ticket(_),
+            callout,
+        } = again
+        else {
+            panic!("no ticket for the expired RPT: {again:?}")
+        };
+        assert_eq!(callout.url.path, "/perm");
+    }
+
+    /// Was tests/test_uma.py's other 7.5 s sleep: a PAT past its margin that
+    /// cannot be renewed is a 503, never a ticket request without a PAT.
+    #[test]
+    fn a_pat_that_expired_and_cannot_be_renewed_is_a_503() {
+        let c = fixed_uma();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        pat(&c, &mut s, 12, now);
+        assert!(matches!(
+            at(&c, &mut s, None, now + 1),
+            Verdict::Call { .. }
+        ));
+        // Usable until 5 s before it expires; the renewal fails.
+        let v = at(&c, &mut s, None, now + 8);
+        settle(&c, &mut s, v, 500, "down", now + 8);
+        let Verdict::Deny(denial) = at(&c, &mut s, None, now + 8) else {
+            panic!("a request without a usable PAT was not refused")
+        };
+        assert_eq!((denial.status(), denial.code()), (503, "uma_unavailable"));
     }
 }
