@@ -52,6 +52,7 @@ Endpoints:
                         or weak ones); {"keys": []} removes them
     POST /_test/discovery  {"override": {"issuer": "https://other"}}
                         fields replacing those of the discovery document
+                        (and of uma2-configuration); null removes a field
     POST /token with token_format=opaque: an opaque token with the claims a
                         JWT would have (for the demo), answered by /introspect
     POST /_test/opaque  {"claims": {...}, "prefix": "..."} -> {"token": ...}
@@ -407,7 +408,8 @@ class State:
         }
         with self.lock:
             doc.update(self.discovery_override)
-        return doc
+        # A null override removes the field (e.g. jwks_uri, optional in RFC 8414).
+        return {k: v for k, v in doc.items() if v is not None}
 
     def uma2_discovery(self):
         """UMA 2.0 Grant §2 / Federated Authorization §2: the AS metadata

@@ -369,7 +369,7 @@ class AuthServer:
         self.http.post(self.url("/_test/jwks-extra"), json={"keys": keys}, timeout=10).raise_for_status()
 
     def override_discovery(self, **fields):
-        """Fields replacing those of the discovery document (until reset)."""
+        """Fields replacing those of the discovery documents (until reset); None removes one."""
         self.http.post(self.url("/_test/discovery"), json={"override": fields}, timeout=10).raise_for_status()
 
     def reset(self):

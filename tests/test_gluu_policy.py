@@ -32,6 +32,11 @@ GLUU_DOCS = [
         "rule": {"some": [{"var": ""}, {"==": [{"var": ""}, True]}]}, "data": ["a", "b", "c"]}}]},
     # No `data`: Gluu answered 500; this loads (with a warning) and allows any token.
     {"path": "/nodata", "conditions": [{"httpMethods": ["GET"], "scope_expression": {"rule": True}}]},
+    # Gluu's docs, verbatim: a PC1 where `??` captures nothing. Gluu ran it and
+    # never satisfied that scope; so here, with a warning naming the rule.
+    {"path": "/posts/??", "conditions": [{"httpMethods": ["GET", "POST"], "scope_expression": {
+        "rule": {"and": [var(0), {"or": [var(1), var(2)]}]},
+        "data": ["admin", "^posts:(?<PC1>.+)$", "email"]}}]},
 ]
 
 
@@ -89,6 +94,24 @@ def test_condition_without_data_loads_with_a_warning(gluu):
         in log, log[-3000:]
 
 
+def test_a_pc_group_on_double_wildcard_loads_as_gluu_ran_it(gluu):
+    """Gluu's documented `/posts/??` example. Before: Envoy refused to start
+    (``uses group `PC1` but the path has 0 capture(s) before its `??` ``)."""
+    rule = "GET,POST /posts/??"
+    gluu.run_table([
+        ("GET", "/posts/1", ["admin", "email"], 200),
+        ("POST", "/posts/1/comments", ["admin", "email"], 200),
+        # the PC1 scope is never satisfied, whatever the token holds; the hint leaves it out
+        ("GET", "/posts/1", ["admin", "posts:1"], 403, "insufficient_scope", rule, "admin email"),
+        ("GET", "/posts/1/comments", ["admin", "posts:1/comments"], 403, "insufficient_scope", rule,
+         "admin email"),
+    ])
+    log = gluu.env.log_text()
+    assert "policy rule `%s`: scope `^posts:(?<PC1>.+)$` uses group `PC1`, but the path has 0 " \
+        "capture(s) before its `??`" % rule in log, log[-3000:]
+    assert "so the scope is never satisfied, as in Gluu Gateway" in log
+
+
 # The readable form numbers `??` (what it consumed) and what follows it.
 READABLE = {
     "GET /posts/??": "^posts:(?<PC1>.+)$",
@@ -119,10 +142,8 @@ def gluu_rule(path, rule, data=None):
 
 
 REFUSED = [
-    ("PC on ??, Gluu format", gluu_rule("/posts/??", var(0), ["^posts:(?<PC1>.+)$"]), "GET /posts/??",
-     "uses group `PC1` but the path has 0 capture(s) before its `??` (in Gluu's format"),
-    ("PC after ??, Gluu format", gluu_rule("/users/??/?", var(0), ["^u:(?<PC1>.+)$"]), "GET /users/??/?",
-     "before its `??`"),
+    ("PC2 of one, Gluu format", gluu_rule("/posts/?", var(0), ["^posts:(?<PC2>.+)$"]), "GET /posts/?",
+     "uses group `PC2` but the path has 1 capture(s)"),
     ("PC4 of three", gluu_rule(IMAGES_PATH, var(0), ["^t:(?<PC4>.+)$"]), "GET " + IMAGES_PATH,
      "uses group `PC4` but the path has 3 capture(s)"),
     ("arithmetic", gluu_rule("/x", {">=": [{"+": [var(0), var(1)]}, 2]}, ["a", "b"]), "GET /x",

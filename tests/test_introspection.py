@@ -659,3 +659,15 @@ def test_mode_jwt_then_introspect_verifies_locally_first(start_envoy, authserver
     a.revoke(revoked)
     check_inactive(send(env, token=revoked))
     assert a.introspections(revoked) == 1
+
+
+# --------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------
+
+def test_a_misspelt_field_in_the_block_is_refused_naming_the_block(envoy_failure, authserver):
+    """Before: ``unknown field `cache_ttl_seconds`, expected one of …`` with no path."""
+    res = envoy_failure(config(issuer(authserver, intro={"cache_ttl_seconds": 60})))
+    assert not res.became_ready, res
+    assert "invalid configuration: `issuers[0].introspection`: unknown field `cache_ttl_seconds`, " \
+        "expected one of" in res.log, res.log[-3000:]

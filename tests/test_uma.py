@@ -241,6 +241,49 @@ def test_the_pat_is_renewed_once_for_all_workers(start_envoy, uma_as):
     assert a.token_calls() - calls == 1, "renewed once for both workers"
 
 
+def test_a_uma_server_that_publishes_no_jwks_uri_still_gives_tickets(start_envoy, uma_as):
+    """RFC 8414 makes `jwks_uri` optional, and a UMA server issuing opaque RPTs
+    may leave it out. Before: every request was 503 `keys_unavailable` ("OIDC
+    discovery for …: missing field `jwks_uri`"), even one that needed only a ticket."""
+    a = uma_as
+    a.override_discovery(jwks_uri=None)
+    env = started(start_envoy, a, config(a))
+    rpt = rpt_for(a, env, "/photos/1")
+    assert get(env, "/photos/1", token=rpt).status == 200, "the opaque RPT is introspected"
+    # A JWT of that issuer: no key can verify it, which is the configuration's
+    # fault, not the caller's: 503 naming the document (in the log), never a fetch loop.
+    jwt = a.token()
+    assert jwt.count(".") == 2
+    for _ in range(3):
+        r = get(env, "/public/x", token=jwt)
+        assert r.status == 503 and r.json()["reason"] == "keys_unavailable", r
+    harness.wait_until(lambda: "the UMA discovery document of %s names no jwks_uri" % a.issuer
+                       in env.log_text(), 10, what="the cause in the log")
+    assert "OIDC discovery" not in env.log_text()
+    stats = a.stats()
+    assert stats["jwks"] == 0 and stats["uma2_discovery"] <= 2, stats
+
+
+def test_uma_without_discovery_takes_its_upstream_from_the_issuer(start_envoy, uma_as):
+    """README's UMA example without discovery: an issuer with no keys (every
+    token introspected), fixed endpoints, and `uma.upstream` and
+    `introspection.upstream` left to the issuer's. Before: refused at load with
+    `uma.upstream: is required`."""
+    a = uma_as
+    cfg = config(a)
+    cfg["issuers"] = [{"issuer": a.issuer, "audiences": ["api"], "upstream": "authserver",
+                       "introspection": {"endpoint": a.issuer + "/introspect",
+                                         "client_id": "pep", "client_secret": "pep-secret"}}]
+    cfg["clients"]["pat"] = {"token_endpoint": a.issuer + "/token", "upstream": "authserver",
+                             "client_id": RS[0], "client_secret": RS[1], "scopes": ["uma_protection"]}
+    cfg["uma"]["permission_endpoint"] = a.issuer + "/uma/permission"
+    env = started(start_envoy, a, cfg)
+    rpt = rpt_for(a, env, "/photos/1")
+    assert get(env, "/photos/1", token=rpt).status == 200
+    stats = a.stats()
+    assert stats["discovery"] == stats["uma2_discovery"] == stats["jwks"] == 0, stats
+
+
 def test_a_uma_config_without_a_permission_endpoint_is_refused(envoy_failure, uma_as):
     a = uma_as
     cfg = config(a)

@@ -231,6 +231,36 @@ pub enum CalloutError {
     },
 }
 
+/// What to look at when Envoy says no upstream answered.
+const CHECK_CLUSTER: &str = "check the cluster's address, and its TLS transport socket: an https URL needs one, a plain http server must not have one";
+
+/// Envoy's text for a callout the server was reached for and did not answer in time.
+fn is_timeout(text: &str) -> bool {
+    text.starts_with("upstream request timeout")
+}
+
+impl CalloutError {
+    /// The error as a sentence about `what` (e.g. "the permission
+    /// endpoint"), for causes that name the endpoint first.
+    pub fn of(&self, what: &str) -> String {
+        match self {
+            CalloutError::Status(_) | CalloutError::TooLarge { .. } => format!("{what} {self}"),
+            CalloutError::Dispatch(why) => {
+                format!("the callout to {what} could not be dispatched: {why}")
+            }
+            CalloutError::NoResponse => {
+                format!("no response from {what} (connection failed or timed out)")
+            }
+            CalloutError::NoUpstream(text) if is_timeout(text) => {
+                format!("no answer from {what} within the timeout; Envoy replied \"{text}\"")
+            }
+            CalloutError::NoUpstream(text) => format!(
+                "{what} was not reached: no upstream answered; Envoy replied \"{text}\" ({CHECK_CLUSTER})"
+            ),
+        }
+    }
+}
+
 impl fmt::Display for CalloutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -239,12 +269,12 @@ impl fmt::Display for CalloutError {
             CalloutError::Status(s) => write!(f, "answered HTTP {s}"),
             // A timeout means the server was reached and did not answer in
             // time; anything else, that no connection was made or kept.
-            CalloutError::NoUpstream(text) if text.starts_with("upstream request timeout") => {
+            CalloutError::NoUpstream(text) if is_timeout(text) => {
                 write!(f, "no answer within the timeout; Envoy replied \"{text}\"")
             }
             CalloutError::NoUpstream(text) => write!(
                 f,
-                "no upstream answered; Envoy replied \"{text}\" (check the cluster's address, and its TLS transport socket: an https URL needs one, a plain http server must not have one)"
+                "no upstream answered; Envoy replied \"{text}\" ({CHECK_CLUSTER})"
             ),
             CalloutError::TooLarge { bytes, limit } => {
                 write!(f, "answered {bytes} bytes, more than the {limit} accepted")
@@ -364,6 +394,39 @@ mod tests {
                 bytes: MAX_REPLY_BYTES + 1,
                 limit: MAX_REPLY_BYTES
             })
+        );
+    }
+
+    /// A cause that names its endpoint first reads as a sentence whatever
+    /// went wrong (before: "the permission endpoint no upstream answered").
+    #[test]
+    fn a_callout_error_of_an_endpoint_reads_as_a_sentence() {
+        let of = |e: CalloutError| e.of("the permission endpoint");
+        assert_eq!(
+            of(CalloutError::Status(500)),
+            "the permission endpoint answered HTTP 500"
+        );
+        assert_eq!(
+            of(CalloutError::NoResponse),
+            "no response from the permission endpoint (connection failed or timed out)"
+        );
+        assert!(of(CalloutError::NoUpstream("no healthy upstream".into())).starts_with(
+            "the permission endpoint was not reached: no upstream answered; Envoy replied \"no healthy upstream\" (check the cluster's address"
+        ));
+        assert_eq!(
+            of(CalloutError::NoUpstream("upstream request timeout".into())),
+            "no answer from the permission endpoint within the timeout; Envoy replied \"upstream request timeout\""
+        );
+        assert_eq!(
+            of(CalloutError::TooLarge {
+                bytes: 9000,
+                limit: 8192
+            }),
+            "the permission endpoint answered 9000 bytes, more than the 8192 accepted"
+        );
+        assert_eq!(
+            of(CalloutError::Dispatch("BadArgument".into())),
+            "the callout to the permission endpoint could not be dispatched: BadArgument"
         );
     }
 }

@@ -2,6 +2,12 @@
 //! state machine. The glue dispatches the callouts it returns and feeds the
 //! replies back; keys are refreshed on a period, refetched (rate-limited) when
 //! an unknown `kid` shows up, and the last good keys survive a failed refresh.
+//!
+//! A discovery document without `jwks_uri` (optional in RFC 8414 and so in
+//! UMA 2.0's `uma2-configuration`: a server that issues only opaque tokens
+//! publishes no keys) loads all the same: its endpoints serve introspection,
+//! the gateway's clients and UMA, and only a JWT of that issuer, which no key
+//! can verify, is answered 503 `keys_unavailable` naming the cause.
 
 use std::rc::Rc;
 
@@ -47,9 +53,11 @@ pub struct IssuerKeys {
     wanted_kids: Vec<Digest>,
     /// Kids the last fetches did not find, until when they are not refetched for.
     absent_kids: Vec<(Digest, u64)>,
-    /// From the last discovery document.
     /// The endpoints the last discovery document named.
     endpoints: Endpoints,
+    /// The last discovery document (here or another worker's) named no
+    /// `jwks_uri`: the issuer publishes no keys, and `keys` is `None`.
+    no_jwks_uri: bool,
     /// When the keys in use were fetched (here or by another worker).
     fetched_at: Option<u64>,
 }
@@ -58,7 +66,13 @@ pub struct IssuerKeys {
 #[derive(Debug, PartialEq)]
 pub enum FetchProgress {
     Next(FetchStep, Callout),
-    Loaded { keys: usize, skipped: Vec<String> },
+    Loaded {
+        keys: usize,
+        skipped: Vec<String>,
+    },
+    /// The discovery document loaded and names no `jwks_uri`: its endpoints
+    /// are in use, and the issuer has no keys until a refresh finds some.
+    NoJwksUri,
     Failed(String),
 }
 
@@ -137,6 +151,13 @@ impl IssuerKeys {
     }
 
     fn unavailable(&self, issuer: &Issuer) -> KeyWait {
+        if self.no_jwks_uri {
+            return KeyWait::Unavailable(format!(
+                "the {} document of {} names no jwks_uri: the issuer publishes no signing keys, so its JWTs cannot be verified here (give the issuer `jwks_uri` or `jwks`, or `\"mode\": \"introspect\"` to introspect its JWTs)",
+                discovery_kind(issuer),
+                issuer.issuer
+            ));
+        }
         KeyWait::Unavailable(match self.flight.last_error() {
             Some(error) => format!(
                 "the signing keys of {} are not available: {error}",
@@ -231,7 +252,8 @@ impl Endpoints {
 }
 
 /// The JWKS as fetched, when, and the discovery document's endpoints: what
-/// another worker needs to load the same keys.
+/// another worker needs to load the same keys. No JWKS at all (empty; a
+/// fetched one never is) records a document that names no `jwks_uri`.
 fn encode_shared(fetched_at: u64, endpoints: &Endpoints, jwks: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + jwks.len());
     out.extend_from_slice(SHARED_MAGIC);
@@ -268,10 +290,12 @@ fn decode_shared(bytes: &[u8]) -> Option<(u64, Endpoints, &[u8])> {
     Some((fetched_at, endpoints, r.rest()))
 }
 
+/// OpenID Connect Discovery requires `jwks_uri`; RFC 8414 (and so UMA 2.0's
+/// `uma2-configuration`) does not. Either way a document without it loads.
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
-    jwks_uri: String,
+    jwks_uri: Option<String>,
     introspection_endpoint: Option<String>,
     token_endpoint: Option<String>,
     permission_endpoint: Option<String>,
@@ -327,6 +351,10 @@ impl KeyManager {
         }
         let (bytes, _) = self.shared.store.get(&shared_key(&id, "jwks"))?;
         let (fetched_at, endpoints, jwks) = decode_shared(&bytes)?;
+        if jwks.is_empty() {
+            state.endpoints = endpoints;
+            return Some(published_no_keys(state, settings, fetched_at));
+        }
         let (keys, skipped) = settings.keys_from_jwks(jwks).ok()?;
         if keys.is_empty() {
             return None;
@@ -356,6 +384,15 @@ impl KeyManager {
     /// The endpoints of the issuer's last discovery document.
     pub fn discovered(&self, issuer: usize) -> Option<&Endpoints> {
         Some(&self.issuers.get(issuer)?.endpoints)
+    }
+
+    /// Whether the issuer's fetch has settled once: keys are loaded, or a
+    /// discovery document that names no `jwks_uri` is. Its endpoints are
+    /// then known (or known to be absent).
+    pub fn settled(&self, issuer: usize) -> bool {
+        self.issuers
+            .get(issuer)
+            .is_some_and(|state| state.keys.is_some() || state.no_jwks_uri)
     }
 
     pub fn state(&self, issuer: usize) -> Option<&IssuerKeys> {
@@ -399,6 +436,10 @@ impl KeyManager {
         else {
             return KeyWait::Unavailable("unknown issuer".into());
         };
+        // The server said it has no keys: no fetch before the next refresh.
+        if state.no_jwks_uri {
+            return state.unavailable(settings);
+        }
         if state.awaiting(now) {
             return state.wait(None, now);
         }
@@ -519,7 +560,22 @@ impl KeyManager {
         match outcome {
             Ok(Interpreted::Next(next_step, callout, endpoints)) => {
                 state.endpoints = *endpoints;
+                // The document names a jwks_uri (again): whatever the JWKS
+                // fetch gives is the news now.
+                state.no_jwks_uri = false;
                 FetchProgress::Next(next_step, callout)
+            }
+            Ok(Interpreted::NoJwksUri(endpoints)) => {
+                state.endpoints = *endpoints;
+                let record = encode_shared(now, &state.endpoints, &[]);
+                if store.set(&shared_key(&id, "jwks"), &record, None).is_ok() {
+                    let _ = store.set(&shared_key(&id, "version"), &now.to_be_bytes(), None);
+                }
+                let progress = published_no_keys(state, settings, now);
+                state
+                    .flight
+                    .succeeded(Some(&marker), now.saturating_add(settings.refresh_seconds));
+                progress
             }
             Ok(Interpreted::Keys(keys, skipped)) => {
                 // Published for the other workers before the marker goes.
@@ -571,6 +627,7 @@ fn loaded(
         }
     }
     state.keys = Some(Rc::new(keys));
+    state.no_jwks_uri = false;
     state.fetched_at = Some(fetched_at);
     state
         .flight
@@ -581,10 +638,43 @@ fn loaded(
     }
 }
 
+/// A discovery document fetched at `fetched_at` (here or by another worker)
+/// named no `jwks_uri`: its endpoints are in use, and the keys of an earlier
+/// document are dropped, as the server no longer publishes them.
+fn published_no_keys(state: &mut IssuerKeys, settings: &Issuer, fetched_at: u64) -> FetchProgress {
+    state.keys = None;
+    state.no_jwks_uri = true;
+    state.wanted_kids.clear();
+    state.fetched_at = Some(fetched_at);
+    state
+        .flight
+        .adopted(fetched_at.saturating_add(settings.refresh_seconds));
+    FetchProgress::NoJwksUri
+}
+
 enum Interpreted {
     /// The next step, and the discovery document's endpoints.
     Next(FetchStep, Callout, Box<Endpoints>),
+    /// A discovery document without `jwks_uri`, and its endpoints.
+    NoJwksUri(Box<Endpoints>),
     Keys(KeySet, Vec<String>),
+}
+
+/// How messages name the issuer's discovery document.
+fn discovery_kind(issuer: &Issuer) -> &'static str {
+    match &issuer.source {
+        KeySource::Discovery(url) if url.path.ends_with("/.well-known/uma2-configuration") => {
+            "UMA discovery"
+        }
+        KeySource::Discovery(url)
+            if url
+                .path
+                .ends_with("/.well-known/oauth-authorization-server") =>
+        {
+            "OAuth authorization server metadata"
+        }
+        _ => "OIDC discovery",
+    }
 }
 
 fn first_callout(issuer: &Issuer) -> Option<(FetchStep, Callout)> {
@@ -607,7 +697,7 @@ fn interpret(
     body: Result<&[u8], CalloutError>,
 ) -> Result<Interpreted, String> {
     let what = match step {
-        FetchStep::Discovery => "OIDC discovery",
+        FetchStep::Discovery => discovery_kind(issuer),
         FetchStep::Jwks => "JWKS",
     };
     let body = body.map_err(|e| format!("{what} fetch for {}: {e}", issuer.issuer))?;
@@ -615,7 +705,7 @@ fn interpret(
         FetchStep::Discovery => {
             let doc: Discovery = serde_json::from_slice(body).map_err(|e| {
                 format!(
-                    "OIDC discovery for {}: not a document with issuer and jwks_uri ({e})",
+                    "{what} for {}: not a document with an issuer ({e})",
                     issuer.issuer
                 )
             })?;
@@ -624,12 +714,10 @@ fn interpret(
             if doc.issuer != issuer.issuer {
                 let named: String = doc.issuer.chars().take(200).collect();
                 return Err(format!(
-                    "OIDC discovery for {}: the document is for issuer {named:?}, not the configured one",
+                    "{what} for {}: the document is for issuer {named:?}, not the configured one",
                     issuer.issuer
                 ));
             }
-            let url = Url::parse(&doc.jwks_uri)
-                .map_err(|e| format!("OIDC discovery for {}: jwks_uri {e}", issuer.issuer))?;
             // An unusable endpoint is reported when a token needs it.
             let url_of = |u: Option<String>| u.and_then(|u| Url::parse(&u).ok());
             let endpoints = Endpoints {
@@ -637,6 +725,11 @@ fn interpret(
                 token: url_of(doc.token_endpoint),
                 permission: url_of(doc.permission_endpoint),
             };
+            let Some(jwks_uri) = doc.jwks_uri else {
+                return Ok(Interpreted::NoJwksUri(Box::new(endpoints)));
+            };
+            let url = Url::parse(&jwks_uri)
+                .map_err(|e| format!("{what} for {}: jwks_uri {e}", issuer.issuer))?;
             Ok(Interpreted::Next(
                 FetchStep::Jwks,
                 Callout::get(&issuer.upstream, url, issuer.fetch_timeout_ms),
@@ -707,7 +800,7 @@ mod tests {
             ),
             (
                 r#"{"jwks_uri":"https://issuer.test/jwks"}"#,
-                "not a document with issuer and jwks_uri (missing field `issuer`",
+                "not a document with an issuer (missing field `issuer`",
             ),
         ] {
             let mut m = KeyManager::new(&c.issuers);
@@ -836,6 +929,80 @@ mod tests {
         let refresh = now + 300;
         assert!(matches!(second.due(refresh).as_slice(), [Due::Fetch(..)]));
         assert!(first.due(refresh).is_empty());
+    }
+
+    #[test]
+    fn a_discovery_document_without_jwks_uri_loads_is_shared_and_may_gain_keys() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":"uma2-configuration","upstream":"as"}]}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let store: Rc<crate::services::testing::MemoryStore> = Rc::default();
+        let worker = |worker| {
+            let mut m = KeyManager::new(&c.issuers);
+            m.share_through(Sharing {
+                store: store.clone(),
+                worker,
+            });
+            m
+        };
+        let (mut first, mut second) = (worker(1), worker(2));
+        let now = 100;
+        assert!(matches!(
+            first.due(now).as_slice(),
+            [Due::Fetch(0, FetchStep::Discovery, _)]
+        ));
+        let reply = |body: &str| CalloutReply {
+            status: Some(200),
+            body: body.as_bytes().to_vec(),
+            ..CalloutReply::default()
+        };
+        let doc =
+            r#"{"issuer":"https://issuer.test","permission_endpoint":"https://issuer.test/perm"}"#;
+        assert_eq!(
+            first.on_reply(0, FetchStep::Discovery, &reply(doc), now),
+            FetchProgress::NoJwksUri
+        );
+        assert!(first.settled(0) && first.keys(0).is_none());
+        let KeyWait::Unavailable(cause) = first.load_for_request(0, now + 1) else {
+            panic!("a request fetched again")
+        };
+        assert!(
+            cause
+                .starts_with("the UMA discovery document of https://issuer.test names no jwks_uri"),
+            "{cause}"
+        );
+        // The other worker takes the document from shared data.
+        assert!(matches!(
+            second.due(now + 1).as_slice(),
+            [Due::Adopted(0, FetchProgress::NoJwksUri)]
+        ));
+        assert!(second.settled(0));
+        assert_eq!(
+            second
+                .discovered(0)
+                .and_then(|e| e.permission.as_ref())
+                .map(|u| u.path.as_str()),
+            Some("/perm")
+        );
+        // At the refresh the server publishes keys: they load.
+        let refresh = now + 300;
+        assert!(matches!(
+            first.due(refresh).as_slice(),
+            [Due::Fetch(0, FetchStep::Discovery, _)]
+        ));
+        let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks"}"#;
+        assert!(matches!(
+            first.on_reply(0, FetchStep::Discovery, &reply(doc), refresh),
+            FetchProgress::Next(FetchStep::Jwks, _)
+        ));
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        assert!(matches!(
+            first.on_reply(0, FetchStep::Jwks, &reply(&jwks), refresh),
+            FetchProgress::Loaded { .. }
+        ));
+        assert!(first.keys(0).is_some());
     }
 
     #[test]

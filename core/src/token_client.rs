@@ -626,7 +626,7 @@ fn parse_token_response(
 ) -> Result<(String, u64), String> {
     let body = reply
         .small_success_body()
-        .map_err(|e| format!("the token endpoint {e}"))?;
+        .map_err(|e| e.of("the token endpoint"))?;
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err("the token endpoint's answer is not a JSON object".into());
     };

@@ -308,7 +308,7 @@ pub fn granted_scopes(permissions: &[Permission], resource: &str, now: u64) -> V
 pub fn ticket(reply: &CalloutReply) -> Result<String, String> {
     let body = reply
         .small_success_body()
-        .map_err(|e| format!("the permission endpoint {e}"))?;
+        .map_err(|e| e.of("the permission endpoint"))?;
     let answer: Value = serde_json::from_slice(body)
         .map_err(|_| "the permission endpoint's answer is not JSON".to_string())?;
     match answer.get("ticket") {

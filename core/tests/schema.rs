@@ -61,6 +61,59 @@ fn the_filter_refuses_every_invalid_case_for_the_reason_named() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// `issuers/0/introspection` (where the schema reports a case) as the filter
+/// names it: `issuers[0].introspection`.
+fn field_of(pointer: &str) -> String {
+    let mut field = String::new();
+    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            field.push_str(&format!("[{segment}]"));
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(segment);
+        }
+    }
+    field
+}
+
+/// What serde finds (an unknown or missing field, a wrong type, an unknown
+/// variant) is named at the place the schema names, however deep: every
+/// configuration error names its field.
+#[test]
+fn serde_errors_name_the_field_the_schema_names() {
+    const SERDE: [&str; 5] = [
+        "unknown field",
+        "missing field",
+        "invalid type",
+        "unknown variant",
+        "did not match any variant",
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases("invalid") {
+        let expected = case["filter_error"].as_str().expect("filter_error");
+        let at = case["schema_error_at"].as_str().expect("schema_error_at");
+        // The top level's unknown fields get hints before serde runs; the
+        // policy language is read by hand and names `policy` and the rule.
+        if at.is_empty()
+            || at.split('/').any(|s| s == "policy")
+            || !SERDE.iter().any(|kind| expected.contains(kind))
+        {
+            continue;
+        }
+        let named = format!("`{}`: ", field_of(at));
+        match load(&case["config"]) {
+            Err(e) if e.contains(&named) => checked += 1,
+            Err(e) => failures.push(format!("{}: {e:?} does not name {named}", case["name"])),
+            Ok(_) => failures.push(format!("{}: accepted", case["name"])),
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert!(checked >= 40, "only {checked} cases checked");
+}
+
 /// One step from a schema node to a part of the configuration.
 #[derive(Clone, Debug)]
 enum Step {

@@ -1,10 +1,12 @@
 //! Unknown fields, all at once: before serde (which stops at the first),
 //! every unknown top-level field is reported with a hint (where a Gluu field
 //! goes, or the closest known name), together with every problem of the
-//! `gluu` block, so a pasted configuration is fixed in one round.
+//! `gluu` block, so a pasted configuration is fixed in one round. Deeper
+//! down, serde's first error names its place ([`located`]).
 
 use serde_json::Value;
 
+use super::located;
 use super::raw::RawConfig;
 use crate::config_error::ConfigError;
 use crate::gluu;
@@ -69,8 +71,7 @@ pub(super) fn prepare(document: Value) -> Result<(RawConfig, Vec<String>), Confi
     if let Some(e) = ConfigError::many(errors) {
         return Err(e);
     }
-    let raw = serde_json::from_value(Value::Object(doc))
-        .map_err(|e| ConfigError::new("", e.to_string()))?;
+    let raw = located::from_value(Value::Object(doc))?;
     Ok((raw, notes))
 }
 

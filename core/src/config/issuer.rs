@@ -92,18 +92,6 @@ fn compile(
     let keyless = keyless(&raw, discovery.is_some(), shared_secret.is_some(), field)?;
     // Without keys, every token of the issuer is introspected.
     let mode = if keyless { Mode::Introspect } else { raw.mode };
-    let introspection = raw
-        .introspection
-        .map(|x| {
-            Introspection::compile(
-                x,
-                &f("introspection"),
-                raw.upstream.as_deref(),
-                discovery.is_some(),
-                env,
-            )
-        })
-        .transpose()?;
     let source = if keyless {
         KeySource::None
     } else if let Some(uri) = raw.jwks_uri {
@@ -124,6 +112,21 @@ fn compile(
         static_keys(raw.jwks, shared_secret.as_deref(), algs, &f("jwks"))?
     };
     let upstream = upstream(&source, raw.upstream, &f("upstream"))?;
+    // Every callout block of the issuer (introspection here; `uma` and the
+    // `clients` that name it in `compile`) defaults to the issuer's
+    // `upstream`, whether or not the issuer fetches keys through it.
+    let introspection = raw
+        .introspection
+        .map(|x| {
+            Introspection::compile(
+                x,
+                &f("introspection"),
+                (!upstream.is_empty()).then_some(upstream.as_str()),
+                discovery.is_some(),
+                env,
+            )
+        })
+        .transpose()?;
     if raw.refresh_seconds == 0 {
         return Err(ConfigError::new(f("refresh_seconds"), "must be positive"));
     }
@@ -257,16 +260,18 @@ fn static_keys(
     Ok(KeySource::Static(Rc::new(keys)))
 }
 
-/// The cluster keys are fetched through; static keys and keyless issuers
-/// fetch none.
+/// The issuer's cluster: what keys are fetched through, and the default of
+/// every callout block of the issuer (empty: none given). Required only to
+/// fetch keys; static keys and keyless issuers fetch none, yet keep it for
+/// their introspection, UMA and client blocks.
 fn upstream(
     source: &KeySource,
     upstream: Option<String>,
     field: &str,
 ) -> Result<String, ConfigError> {
     match (source, upstream) {
-        (KeySource::Static(_) | KeySource::None, _) => Ok(String::new()),
         (_, Some(u)) if !u.trim().is_empty() => Ok(u),
+        (KeySource::Static(_) | KeySource::None, _) => Ok(String::new()),
         _ => Err(ConfigError::new(
             field,
             "is required to fetch keys: the Envoy cluster (or Kong host:port) of the authorization server",
@@ -485,6 +490,53 @@ mod tests {
         assert_eq!(
             c.issuers.first().unwrap().shared_secret.as_deref(),
             Some(SECRET.as_bytes())
+        );
+    }
+
+    /// One rule for every callout block: its `upstream` defaults to the
+    /// issuer's, whether or not the issuer fetches keys through it (before,
+    /// `uma.upstream` was "is required" for an issuer with static keys or
+    /// none, while `introspection.upstream` inherited).
+    #[test]
+    fn every_callout_block_inherits_the_issuers_upstream_keys_or_not() {
+        for keys in [
+            String::new(),
+            format!(r#","shared_secret":"{SECRET}""#),
+            r#","discovery":"uma2-configuration""#.to_string(),
+        ] {
+            let json = format!(
+                r#"{{"issuers":[{{"issuer":"https://as.test","audiences":"any","upstream":"as"{keys},
+                    "introspection":{{"endpoint":"https://as.test/introspect","client_id":"pep","client_secret":"s"}}}}],
+                  "clients":{{"pat":{{"token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"s"}}}},
+                  "uma":{{"issuer":"https://as.test","client":"pat","permission_endpoint":"https://as.test/perm",
+                    "resources":[{{"resource_id":"r","policy":{{"GET /r":"view"}}}}]}}}}"#
+            );
+            let c = Config::from_json(json.as_bytes(), &|_| None)
+                .unwrap_or_else(|e| panic!("{keys}: {e}"));
+            let issuer = c.issuers.first().unwrap();
+            assert_eq!(issuer.upstream, "as", "{keys}");
+            assert_eq!(
+                issuer.introspection.as_ref().map(|i| i.upstream.as_str()),
+                Some("as"),
+                "{keys}"
+            );
+            assert_eq!(
+                c.uma.as_ref().map(|u| u.upstream.as_str()),
+                Some("as"),
+                "{keys}"
+            );
+        }
+        // Without one anywhere, each block names its own field.
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://as.test","audiences":"any","shared_secret":"{SECRET}"}}],
+              "clients":{{"pat":{{"token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"s"}}}},
+              "uma":{{"issuer":"https://as.test","client":"pat","permission_endpoint":"https://as.test/perm",
+                "resources":[{{"resource_id":"r","policy":{{"GET /r":"view"}}}}]}}}}"#
+        );
+        assert!(
+            err(&json).contains("`uma.upstream`: is required"),
+            "{}",
+            err(&json)
         );
     }
 }

@@ -6,6 +6,7 @@
 mod compile;
 mod hints;
 mod issuer;
+mod located;
 mod raw;
 
 use serde::Deserialize;

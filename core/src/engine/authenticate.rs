@@ -192,7 +192,7 @@ pub(super) fn discovered_endpoint(
     if let Some(endpoint) = known(state) {
         return Ok(Some(endpoint));
     }
-    if state.keys.keys(issuer).is_some() {
+    if state.keys.settled(issuer) {
         return Ok(None);
     }
     match state.keys.load_for_request(issuer, now) {

@@ -104,12 +104,29 @@ fn keys_settled(
                 notes.push(Note::Info(format!("skipped a key of {name}: {note}")));
             }
         }
+        FetchProgress::NoJwksUri => {
+            metrics.set(Gauge::KeysLoaded { issuer }, 0);
+            notes.push(Note::Info(no_jwks_uri_note(config, issuer, "")));
+        }
         FetchProgress::Failed(why) => notes.push(Note::Warn(format!("key fetch failed: {why}"))),
         FetchProgress::Next(..) => {}
     }
-    let ok = matches!(progress, FetchProgress::Loaded { .. });
+    let ok = matches!(
+        progress,
+        FetchProgress::Loaded { .. } | FetchProgress::NoJwksUri
+    );
     metrics.increment(Counter::KeyRefresh { issuer, ok }, 1);
     notes
+}
+
+/// What a discovery document without `jwks_uri` means for the issuer's tokens.
+fn no_jwks_uri_note(config: &Config, issuer: usize, fetched: &str) -> String {
+    let name = issuer_name(config, issuer);
+    let tokens = match config.issuers.get(issuer).map(|i| i.mode) {
+        Some(crate::introspection::Mode::Introspect) => "every token of it is introspected",
+        _ => "its opaque tokens are introspected (with an `introspection` block), and a JWT of it is answered 503 keys_unavailable until a refresh finds keys",
+    };
+    format!("the discovery document of {name}{fetched} names no jwks_uri: no verification keys; {tokens}")
 }
 
 /// Root only, on each tick: the fetches that are due (first loads, retries,
@@ -124,12 +141,20 @@ pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) 
             }),
             KeysDue::Adopted(issuer, progress) => {
                 let mut notes = Vec::new();
-                if let FetchProgress::Loaded { keys, .. } = progress {
-                    metrics.set(Gauge::KeysLoaded { issuer }, keys as u64);
-                    notes.push(Note::Info(format!(
-                        "loaded {keys} verification keys for {} that another worker fetched",
-                        issuer_name(config, issuer)
-                    )));
+                match progress {
+                    FetchProgress::Loaded { keys, .. } => {
+                        metrics.set(Gauge::KeysLoaded { issuer }, keys as u64);
+                        notes.push(Note::Info(format!(
+                            "loaded {keys} verification keys for {} that another worker fetched",
+                            issuer_name(config, issuer)
+                        )));
+                    }
+                    FetchProgress::NoJwksUri => {
+                        metrics.set(Gauge::KeysLoaded { issuer }, 0);
+                        let note = no_jwks_uri_note(config, issuer, " (fetched by another worker)");
+                        notes.push(Note::Info(note));
+                    }
+                    FetchProgress::Next(..) | FetchProgress::Failed(_) => {}
                 }
                 Due::Wake {
                     on: WaitKey::Keys(issuer),

@@ -273,6 +273,125 @@ mod tests {
         }
     }
 
+    /// A UMA server that issues opaque RPTs publishes no `jwks_uri` (RFC
+    /// 8414 makes it optional): its `uma2-configuration` loads all the same,
+    /// a request without an RPT goes on to the PAT and its ticket, an opaque
+    /// RPT is introspected, and a JWT of the issuer, which no key can
+    /// verify, is a 503 `keys_unavailable` naming the document, not a fetch
+    /// retried every second (before the fix, every request was a 503 "OIDC
+    /// discovery …: missing field `jwks_uri`").
+    #[test]
+    fn a_uma_discovery_document_without_jwks_uri_serves_tickets_and_introspection() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://issuer.test","audiences":"any",
+                    "discovery":"uma2-configuration","upstream":"as",
+                    "introspection":{"client_id":"pep","client_secret":"pep-secret"}}],
+                  "clients":{"pat":{"issuer":"https://issuer.test","client_id":"rs","client_secret":"rs-secret"}},
+                  "uma":{"issuer":"https://issuer.test","client":"pat",
+                    "resources":[{"resource_id":"photos","policy":{"GET /photos/??":"view"}}]}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let now = vectors().now;
+        let mut s = State::new(&c);
+        let Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume:
+                        resume @ Resume::Keys {
+                            step: FetchStep::Discovery,
+                            ..
+                        },
+                }),
+            ..
+        }) = run(&c, &mut s, &[], "/photos/1")
+        else {
+            panic!("the first request fetches the discovery document")
+        };
+        assert_eq!(callout.url.path, "/.well-known/uma2-configuration");
+        let metrics = FakeMetrics::default();
+        let document = reply(
+            200,
+            r#"{"issuer":"https://issuer.test","token_endpoint":"https://issuer.test/token",
+                "introspection_endpoint":"https://issuer.test/introspect",
+                "permission_endpoint":"https://issuer.test/perm"}"#,
+        );
+        let Resumed::Settled { notes, .. } =
+            crate::engine::resume(&c, &mut s, &metrics, resume, Ok(&document), now)
+        else {
+            panic!("a document without jwks_uri settles the fetch")
+        };
+        assert!(
+            matches!(notes.as_slice(), [crate::wait::Note::Info(n)] if n.contains("names no jwks_uri")),
+            "{notes:?}"
+        );
+        assert!(s.keys.keys(0).is_none() && s.keys.settled(0));
+        // No RPT: the PAT from the discovered token endpoint, then the ticket.
+        let Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume: Resume::ClientToken { client: 0 },
+                }),
+            ..
+        }) = run(&c, &mut s, &[], "/photos/1")
+        else {
+            panic!("no PAT request")
+        };
+        assert_eq!(callout.url.path, "/token");
+        let pat = reply(
+            200,
+            r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+        );
+        let _ = crate::engine::resume(
+            &c,
+            &mut s,
+            &metrics,
+            Resume::ClientToken { client: 0 },
+            Ok(&pat),
+            now,
+        );
+        let Verdict::Call {
+            callout,
+            resume: Resume::Ticket(_),
+        } = run(&c, &mut s, &[], "/photos/1")
+        else {
+            panic!("no ticket request")
+        };
+        assert_eq!(callout.url.path, "/perm");
+        // An opaque RPT goes to the discovered introspection endpoint.
+        let Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume: Resume::Introspect(_),
+                }),
+            ..
+        }) = run(&c, &mut s, &bearer("opaque-rpt-0123456789"), "/photos/1")
+        else {
+            panic!("an opaque RPT is not introspected")
+        };
+        assert_eq!(callout.url.path, "/introspect");
+        // A JWT of the issuer: 503 naming the document, and no fetch.
+        let jwt = bearer(vectors().token("good_RS256"));
+        for _ in 0..2 {
+            let Verdict::Deny(Denial::KeysUnavailable { cause, .. }) =
+                run(&c, &mut s, &jwt, "/elsewhere")
+            else {
+                panic!("a JWT of a server without keys")
+            };
+            assert!(
+                cause.starts_with(
+                    "the UMA discovery document of https://issuer.test names no jwks_uri"
+                ) && !cause.contains("OIDC"),
+                "{cause}"
+            );
+        }
+        assert!(s.keys.due(now + 1).is_empty(), "next fetch at the refresh");
+        assert_eq!(s.keys.due(now + 300).len(), 1);
+    }
+
     /// UMA with every endpoint fixed (no discovery): opaque RPTs introspected
     /// at `/introspect`, the PAT from `/token`, tickets from `/perm`.
     fn fixed_uma() -> Config {

@@ -348,14 +348,15 @@ fn lookup<'e>(elem: Option<&Val<'e>>, index: Option<usize>) -> Option<Val<'e>> {
 /// The data indices of the smallest set of scopes that satisfies `expr` when
 /// only those are granted (the first such set in `data` order on a tie),
 /// `None` if there is none. Negated scopes are simply left out: a missing
-/// scope is not something a client can ask for.
-fn simplest(expr: &Expr, len: usize) -> Option<Vec<usize>> {
+/// scope is not something a client can ask for; nor is one of `never`, the
+/// scopes nothing satisfies.
+fn simplest(expr: &Expr, len: usize, never: &[usize]) -> Option<Vec<usize>> {
     if len <= EXACT_HINT_SCOPES {
         for size in 0..=len {
             // Combinations of `size` indices in lexicographic order.
             let mut combo: Vec<usize> = (0..size).collect();
             loop {
-                if expr.passes_with(&combo, len) {
+                if !combo.iter().any(|i| never.contains(i)) && expr.passes_with(&combo, len) {
                     return Some(combo);
                 }
                 let Some(i) = (0..size)
@@ -376,7 +377,7 @@ fn simplest(expr: &Expr, len: usize) -> Option<Vec<usize>> {
     if expr.passes_with(&[], len) {
         return Some(Vec::new());
     }
-    let mut set: Vec<usize> = (0..len).collect();
+    let mut set: Vec<usize> = (0..len).filter(|i| !never.contains(i)).collect();
     if !expr.passes_with(&set, len) {
         return None;
     }
@@ -402,8 +403,20 @@ pub(crate) struct Check {
 
 impl Check {
     pub(super) fn new(expr: Expr, data: Vec<Scope>) -> Check {
-        let need = simplest(&expr, data.len());
+        let never: Vec<usize> = (0..data.len())
+            .filter(|&i| data.get(i).is_some_and(|s| !s.unbound().is_empty()))
+            .collect();
+        let need = simplest(&expr, data.len(), &never);
         Check { expr, data, need }
+    }
+
+    /// `(scope, group)` for each `PCn` group naming a capture the path does
+    /// not make (Gluu's format past its `??`): that scope is never satisfied.
+    pub(super) fn unbound(&self) -> Vec<(&str, &str)> {
+        self.data
+            .iter()
+            .flat_map(|s| s.unbound().iter().map(move |g| (s.text(), g.as_str())))
+            .collect()
     }
 
     /// For a check over no scopes at all: whether it always passes.

@@ -172,14 +172,13 @@ pub enum PolicyError {
         data_len: usize,
     },
     /// A `PCn` group in a spontaneous scope with n = 0 or above the number of
-    /// captures the path pattern makes (in Gluu's format: before its `??`);
-    /// `note` says why when that is not obvious.
+    /// captures the path pattern makes. (In Gluu's format a `PCn` at or past
+    /// its `??` loads, never satisfied, with a warning.)
     CaptureOutOfRange {
         rule: String,
         scope: String,
         group: String,
         captures: usize,
-        note: String,
     },
     /// Bad arguments to a JsonLogic operator, or a malformed readable
     /// expression.
@@ -263,10 +262,9 @@ impl fmt::Display for PolicyError {
                 scope,
                 group,
                 captures,
-                note,
             } => write!(
                 f,
-                "policy rule `{rule}`: scope `{scope}` uses group `{group}` but the path has {captures} capture(s){note}"
+                "policy rule `{rule}`: scope `{scope}` uses group `{group}` but the path has {captures} capture(s)"
             ),
             PolicyError::BadExpression {
                 rule,
@@ -482,6 +480,12 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
                 no_data,
             } => {
                 let check = Check::from_json_logic(logic, data, captures, &name)?;
+                for (scope, group) in check.unbound() {
+                    warnings.push(format!(
+                        "policy rule `{name}`: scope `{scope}` uses group `{group}`, but the path has {} capture(s) before its `??` (in Gluu's format `??` and the segments after it capture nothing), so the scope is never satisfied, as in Gluu Gateway; to bind what `??` consumed, write the rule in the readable form",
+                        captures.available
+                    ));
+                }
                 // It loaded, so the rule reads no scope: it is a constant.
                 if *no_data {
                     let outcome = match check.constant() {
@@ -701,20 +705,55 @@ mod tests {
                 }
             }]}])
         };
-        // Gluu's format keeps Gluu's numbering: `??` captures nothing, so a
-        // PC1 there could never pass in Gluu and is refused here.
-        let err = Policy::compile(&posts("/posts/??", "PC1")).unwrap_err();
-        assert!(
-            err.to_string().contains("uses group `PC1` but the path has 0 capture(s) before its `??` (in Gluu's format `??` and the segments after it capture nothing"),
-            "{err}"
+        // Gluu's format keeps Gluu's numbering: `??` captures nothing, so
+        // the PC1 of Gluu's own documented example never passed in Gluu. It
+        // loads as Gluu ran it (the scope is never satisfied), with a warning
+        // naming the rule; the hint leaves that scope out.
+        let policy = Policy::compile(&posts("/posts/??", "PC1")).unwrap();
+        let rule = "GET,POST /posts/??";
+        assert_eq!(
+            policy.warnings(),
+            [format!("policy rule `{rule}`: scope `^posts:(?<PC1>.+)$` uses group `PC1`, but the path has 0 capture(s) before its `??` (in Gluu's format `??` and the segments after it capture nothing), so the scope is never satisfied, as in Gluu Gateway; to bind what `??` consumed, write the rule in the readable form")]
+        );
+        check(
+            &policy,
+            &[
+                ("GET", "/posts/1", &["admin", "email"][..], allow(rule)),
+                (
+                    "GET",
+                    "/posts/1",
+                    &["admin", "posts:1"][..],
+                    insufficient(rule, &["admin", "email"]),
+                ),
+                (
+                    "POST",
+                    "/posts/1/comments",
+                    &["admin", "posts:1/comments", "posts:1", "posts:"][..],
+                    insufficient(rule, &["admin", "email"]),
+                ),
+            ],
         );
         // Nor does anything after it (Gluu's docs list one capture for
         // `/users/??/?`; its code gave none).
-        let err = Policy::compile(&posts("/users/??/?", "PC1")).unwrap_err();
-        assert!(
-            matches!(err, PolicyError::CaptureOutOfRange { captures: 0, .. }),
-            "{err}"
+        let policy = Policy::compile(&posts("/users/??/?", "PC1")).unwrap();
+        assert_eq!(policy.warnings().len(), 1);
+        check(
+            &policy,
+            &[(
+                "GET",
+                "/users/a/7",
+                &["admin", "posts:7", "posts:a"][..],
+                insufficient("GET,POST /users/??/?", &["admin", "email"]),
+            )],
         );
+        // Without a `??` a missing capture is a mistake, refused; so is PC0.
+        for (path, pc) in [("/posts/?", "PC2"), ("/posts/??", "PC0")] {
+            let err = Policy::compile(&posts(path, pc)).unwrap_err();
+            assert!(
+                matches!(err, PolicyError::CaptureOutOfRange { .. }),
+                "{path} {pc}: {err}"
+            );
+        }
         // The readable form numbers `??` (what it consumed) and what follows.
         let readable = json!({"GET,POST /posts/??": "admin and (^posts:(?<PC1>.+)$ or email)"});
         let rule = "GET,POST /posts/??";
@@ -1218,8 +1257,9 @@ mod tests {
             (json!({}), "Empty", "no rules"),
             (json!("[]"), "Empty", "no rules"),
             (json!(null), "Empty", "no rules"),
-            (json!("not json"), "Malformed", "invalid JSON"),
-            (json!("{}"), "Malformed", "JSON array"),
+            (json!("not json"), "Malformed", "must be the JSON text of"),
+            (json!("[not json"), "Malformed", "invalid JSON"),
+            (json!("{}"), "Malformed", "oauth_scope_expression array"),
             (json!(3), "Malformed", "expected an array"),
             (json!([3]), "Malformed", "policy[0]"),
             (json!([{"conditions": []}]), "Malformed", "missing `path`"),

@@ -3,7 +3,9 @@
 //! A scope is either plain (granted when the token has exactly that scope) or,
 //! when it starts with `^`, a regex (a "spontaneous scope", granted when some
 //! token scope matches it). A named group `PCn` in such a regex (any case)
-//! must capture exactly the n-th path capture of the request; regex-lite
+//! must capture exactly the n-th path capture of the request (in Gluu's
+//! format, a `PCn` at or after the `??`, which captures nothing there, is
+//! never satisfied, as in Gluu, and warned about at load); regex-lite
 //! accepts both `(?<PC1>..)` and `(?P<PC1>..)`. The regex is used as written:
 //! without a trailing `$` it may match a prefix of the token's scope. The first
 //! (leftmost-first) match of each token scope is the one whose groups count.
@@ -45,8 +47,12 @@ enum Piece {
 pub(crate) struct ScopePattern {
     source: String,
     regex: Regex,
-    /// (regex group index, path capture index) pairs that must be equal.
-    groups: Vec<(usize, usize)>,
+    /// (regex group index, path capture index) pairs that must be equal; no
+    /// index: a group naming a capture the path does not make, which nothing
+    /// equals (Gluu's format past its `??`).
+    groups: Vec<(usize, Option<usize>)>,
+    /// Those groups' names, for the load-time warning.
+    unbound: Vec<String>,
     /// Set when the regex is a plain text with `PCn` groups, e.g.
     /// `^transactions:(?<PC1>[0-9]+)$`.
     template: Option<Vec<Piece>>,
@@ -237,7 +243,8 @@ impl ScopePattern {
         // An absent path capture (a regex group that took no part) is never
         // equal to anything, not even to a scope group that is absent too.
         self.groups.iter().all(|&(group, capture)| {
-            match (found.get(group), captures.get(capture).copied().flatten()) {
+            let capture = capture.and_then(|c| captures.get(c).copied().flatten());
+            match (found.get(group), capture) {
                 (Some(m), Some(c)) => m.as_str() == c,
                 _ => false,
             }
@@ -281,34 +288,54 @@ impl Scope {
         }
         let regex = Regex::new(text).map_err(|e| bad(e.to_string()))?;
         let mut groups = Vec::new();
+        let mut unbound = Vec::new();
         for (index, name) in regex.capture_names().enumerate() {
             let Some(n) = name.and_then(capture_number) else {
                 continue;
             };
+            // Gluu loaded a `PCn` past its `??` and never let it pass: so
+            // here, with a warning (its documented `/posts/??` example has one).
+            if captures.cut_at_multi && n > captures.available {
+                groups.push((index, None));
+                unbound.push(name.unwrap_or_default().to_string());
+                continue;
+            }
             if n == 0 || n > captures.available {
-                let note = if captures.cut_at_multi && n > 0 {
-                    " before its `??` (in Gluu's format `??` and the segments after it capture \
-                     nothing, as in Gluu; the readable form numbers them)"
-                } else {
-                    ""
-                };
                 return Err(PolicyError::CaptureOutOfRange {
                     rule: rule.to_string(),
                     scope: text.to_string(),
                     group: name.unwrap_or_default().to_string(),
                     captures: captures.available,
-                    note: note.to_string(),
                 });
             }
-            groups.push((index, n - 1));
+            groups.push((index, Some(n - 1)));
         }
         Ok(Scope::Pattern(ScopePattern {
             source: text.to_string(),
-            template: template(text),
+            // A scope that is never satisfied is no hint.
+            template: template(text).filter(|_| unbound.is_empty()),
             prefix: literal_prefix(text),
             regex,
             groups,
+            unbound,
         }))
+    }
+
+    /// The `PCn` groups that name a capture the path does not make (Gluu's
+    /// format past its `??`): the scope is never satisfied.
+    pub(crate) fn unbound(&self) -> &[String] {
+        match self {
+            Scope::Plain(_) => &[],
+            Scope::Pattern(p) => &p.unbound,
+        }
+    }
+
+    /// The source as written.
+    pub(crate) fn text(&self) -> &str {
+        match self {
+            Scope::Plain(p) => p,
+            Scope::Pattern(p) => &p.source,
+        }
     }
 
     pub(super) fn granted(&self, scopes: &[String], captures: &[Capture<'_>]) -> bool {

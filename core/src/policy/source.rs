@@ -80,20 +80,28 @@ fn strings(value: &Value, field: &str, rule: &str) -> Result<Vec<String>, Policy
         .collect()
 }
 
+/// JSON's insignificant whitespace (RFC 8259 §2), as the schema's `pattern` has it.
+const JSON_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
 pub(crate) fn read(value: &Value) -> Result<(Format, Vec<RuleSource>), PolicyError> {
     match value {
         Value::Array(items) => Ok((Format::Gluu, gluu(items)?)),
-        Value::String(text) => {
-            let parsed: Value = serde_json::from_str(text)
-                .map_err(|e| malformed("policy", format!("invalid JSON in policy string: {e}")))?;
-            match parsed {
-                Value::Array(items) => Ok((Format::Gluu, gluu(&items)?)),
-                _ => Err(malformed(
-                    "policy",
-                    "a policy string must contain a JSON array (Gluu oauth_scope_expression)",
-                )),
-            }
+        // The schema says the same (`pattern`): the JSON text of an array,
+        // so it starts with `[`. A plain string is not a rule of any format.
+        Value::String(text) if !text.trim_start_matches(JSON_SPACE).starts_with('[') => {
+            Err(malformed(
+                "policy",
+                "a policy string must be the JSON text of a Gluu oauth_scope_expression array (starting with `[`); write the readable form as an object, e.g. {\"GET /photos/??\": \"view\"}",
+            ))
         }
+        Value::String(text) => match serde_json::from_str(text) {
+            Ok(Value::Array(items)) => Ok((Format::Gluu, gluu(&items)?)),
+            Ok(_) => Err(malformed("policy", "a policy string must hold a JSON array")),
+            Err(e) => Err(malformed(
+                "policy",
+                format!("invalid JSON in policy string: {e}"),
+            )),
+        },
         Value::Object(map) => Ok((Format::Readable, readable(map)?)),
         Value::Null => Ok((Format::Gluu, Vec::new())),
         _ => Err(malformed(
@@ -215,4 +223,33 @@ fn readable(map: &Map<String, Value>) -> Result<Vec<RuleSource>, PolicyError> {
         });
     }
     Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::json;
+
+    /// A string is the JSON text of a Gluu array, as the schema's `pattern`
+    /// says; a plain string, which the schema refuses, names what to write.
+    #[test]
+    fn a_policy_string_is_the_json_text_of_a_gluu_array() {
+        let gluu = r#"[{"path": "/x", "conditions": [{"httpMethods": ["GET"]}]}]"#;
+        for text in [gluu.to_string(), format!(" \n\t{gluu}")] {
+            let (format, rules) = read(&json!(text)).unwrap();
+            assert_eq!((format, rules.len()), (Format::Gluu, 1), "{text}");
+        }
+        for plain in ["view", "GET /x: read", "", "  {\"GET /x\": \"read\"}"] {
+            let e = read(&json!(plain)).unwrap_err().to_string();
+            assert!(
+                e.contains("a policy string must be the JSON text of a Gluu oauth_scope_expression array (starting with `[`); write the readable form as an object"),
+                "{plain:?}: {e}"
+            );
+        }
+        let e = read(&json!("[{\"path\": ")).unwrap_err().to_string();
+        assert!(e.contains("invalid JSON in policy string: "), "{e}");
+    }
 }
