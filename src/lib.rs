@@ -58,6 +58,7 @@ use oauth_pep_core::metrics::{
 };
 use oauth_pep_core::response::Denial;
 use oauth_pep_core::services::Random;
+use oauth_pep_core::upstream_oauth::{routing_needs, RoutingNeeds};
 use oauth_pep_core::verify::{self_test, HostVerifier};
 use oauth_pep_core::wait::{Bound, Note, WaitKey, Waits};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -87,6 +88,9 @@ struct Facts {
     headers: Headers,
     /// The client's address, for its share of callout budgets.
     client: Option<Rc<str>>,
+    /// Where Envoy routes it, as far as upstream OAuth rules compare it
+    /// (none read when no rule does).
+    routing: Option<Rc<host::RouteFacts>>,
 }
 
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
@@ -147,6 +151,7 @@ fn weight(request: &Facts) -> usize {
         .map(|(n, v)| n.len().saturating_add(v.len()).saturating_add(48))
         .sum::<usize>()
         .saturating_add(request.client.as_ref().map_or(0, |c| c.len()))
+        .saturating_add(request.routing.as_ref().map_or(0, |r| r.len()))
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
@@ -249,6 +254,8 @@ struct Shared<H> {
     tick: Cell<Duration>,
     /// Whether a rewritten `:path` needs the route picked again.
     envoy: bool,
+    /// Which of Envoy's routing facts to read for each request.
+    routing_needs: RoutingNeeds,
     host: H,
     cache_counts: RefCell<CacheCounts>,
 }
@@ -259,6 +266,7 @@ impl<H: Door> Shared<H> {
         state.report_keys(&host);
         Shared {
             waits: config.waits,
+            routing_needs: routing_needs(&config.upstream_oauth),
             config,
             state: RefCell::new(state),
             callouts: RefCell::default(),
@@ -282,6 +290,11 @@ impl<H: Door> Shared<H> {
                 path: header(headers, ":path").unwrap_or_default(),
                 headers,
                 client: facts.client.as_deref(),
+                routing: facts
+                    .routing
+                    .as_ref()
+                    .map(|r| r.routing())
+                    .unwrap_or_default(),
             };
             verdict_knowing(
                 &self.config,
@@ -768,6 +781,11 @@ impl RootContext for Root {
                 "a host that is not Envoy"
             }
         );
+        if !envoy && routing_needs(&config.upstream_oauth).any() {
+            // A rule that could never apply would send no token, silently.
+            error!("oauth-pep: `upstream_oauth` rules with `virtual_hosts`, `routes` or `clusters` need Envoy (its xds.* attributes); on this host use `authorities`");
+            return false;
+        }
         let host = host::Host::new(&Catalogue::new(&config));
         let mut state = State::new(&config);
         state.use_random(Rc::new(host::HostRandom));
@@ -872,6 +890,7 @@ impl HttpContext for Filter {
             Facts {
                 headers: host::request_headers(),
                 client: host::client_address().map(Rc::from),
+                routing: host::routing(self.shared.routing_needs).map(Rc::new),
             },
             None,
             None,

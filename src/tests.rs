@@ -235,6 +235,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), "/".to_string()),
+        (":authority".to_string(), "api.test".to_string()),
         (
             "authorization".to_string(),
             format!("Bearer {}", Vectors::load().token("good_RS256")),
@@ -244,6 +245,7 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
     let facts = Facts {
         headers,
         client: None,
+        routing: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -497,6 +499,7 @@ fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
     let facts = Facts {
         headers,
         client: None,
+        routing: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -682,13 +685,13 @@ fn a_request_keeps_its_first_deadline_while_fetches_time_out_and_restart() {
 }
 
 /// An issuer with inline keys, the gateway's client `backend` on cluster
-/// `as`, its token sent upstream on every path.
+/// `as`, its token sent upstream on every path of `api.test`.
 fn with_upstream_oauth() -> Shared<FakeHost> {
     let jwks = Vectors::load().jwks();
     glue(&format!(
         r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
           "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
-          "upstream_oauth":[{{"client":"backend"}}]}}"#
+          "upstream_oauth":[{{"client":"backend","authorities":["api.test"]}}]}}"#
     ))
 }
 
@@ -758,6 +761,7 @@ fn a_permission_ticket_is_the_requests_own_callout() {
             (":path".to_string(), "/".to_string()),
         ],
         client: None,
+        routing: None,
     };
     shared.decide(7, facts, None, None);
     tick(&shared);

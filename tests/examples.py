@@ -85,12 +85,12 @@ class EnvoyFile:
     def get(self, path, token=None, **kw):
         return self.request("GET", path, token, **kw)
 
-    def wait_status(self, path, status, token=None, method="GET", timeout=20):
+    def wait_status(self, path, status, token=None, method="GET", timeout=20, headers=None):
         """The first answer with `status` (keys may still be loading: 503)."""
         last = {}
 
         def ok():
-            last["r"] = self.request(method, path, token)
+            last["r"] = self.request(method, path, token, headers=headers or {})
             return last["r"].status_code == status
 
         try:

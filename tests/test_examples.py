@@ -196,9 +196,15 @@ def test_uma_ticket_then_rpt(run, demo_as):
 def test_upstream_oauth_sends_the_gateways_token(run, demo_as):
     env = run("upstream-oauth.yaml")
     token = demo_as.token("demo-client")
-    r = env.wait_status("/backend/reports", 200, token=token)
+    backend = {"Host": "backend.internal"}
+    r = env.wait_status("/backend/reports", 200, token=token, headers=backend)
     headers = json.loads(r.text)["headers"]
     assert headers["x-client-authorization"] == "Bearer " + token
     payload = headers["authorization"].split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["client_id"] == "gateway" and claims["scope"] == "backend.read", claims
+    # Another virtual host gets the caller's own token, never the gateway's.
+    r = env.get("/backend/reports", token=token, headers={"Host": "www.example.com"})
+    assert r.status_code == 200, r.text
+    headers = json.loads(r.text)["headers"]
+    assert headers["authorization"] == "Bearer " + token and "x-client-authorization" not in headers

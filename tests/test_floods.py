@@ -288,7 +288,7 @@ def test_client_token_failing(start_envoy, authserver, tmp_path, fail_open):
     cfg = config(jwt_issuer(a),
                  clients={"billing": {"issuer": a.issuer, "client_id": GATEWAY[0], "client_secret": GATEWAY[1],
                                       "scopes": ["billing.read"]}},
-                 upstream_oauth=[{"client": "billing", "paths": ["/billing/??"]}])
+                 upstream_oauth=[{"client": "billing", "virtual_hosts": ["all"], "paths": ["/billing/??"]}])
     env = start(start_envoy, cfg, fail_open)
     caller = a.mint()
     env.wait_status("/", 200, token=caller, timeout=20)  # the keys (the rule does not cover /)

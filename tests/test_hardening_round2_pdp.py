@@ -18,9 +18,9 @@ import requests
 
 import harness
 
-# The gateway's own client at the authorization server (conftest's authserver_module).
-GATEWAY = ("gateway", "gateway-secret", "billing.read")
-AUTHSERVER_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{GATEWAY[0]: (GATEWAY[1], GATEWAY[2])})
+# The resource server's client at the authorization server (conftest's authserver_module).
+RS = ("resource-server", "rs-secret", "uma_protection")
+AUTHSERVER_CLIENTS = dict(harness.DEFAULT_CLIENTS, **{RS[0]: (RS[1], RS[2])})
 
 # A second trusted issuer: HS256 with an inline secret, so tokens of it are minted here.
 ISSUER_B = "https://b.example"
@@ -252,25 +252,29 @@ def test_two_configs_with_the_same_issuer_and_other_servers_keep_their_own_keys(
 
 def test_two_configs_with_one_client_name_and_other_credentials_keep_their_own_tokens(start_envoy, authserver):
     """Client tokens in shared data were named by endpoint, client_id and
-    scope: a listener whose client has other credentials (here a wrong secret)
-    sent the other listener's token upstream."""
+    scope: a listener whose client has other credentials (here a wrong
+    secret) used the other listener's token. Here the token is UMA's PAT: with
+    the first listener's PAT the second one got permission tickets it should
+    not have been able to ask for."""
     a = authserver
+    a.uma(resources={"photos": ["view"]})
 
     def cfg(secret):
-        return {"realm": "test", "issuers": [a.issuer_config()],
-                "clients": {"billing": {"issuer": a.issuer, "client_id": GATEWAY[0], "client_secret": secret,
-                                        "scopes": ["billing.read"]}},
-                "upstream_oauth": [{"client": "billing", "paths": ["/billing/??"]}]}
+        issuer = {"issuer": a.issuer, "discovery": "uma2-configuration", "upstream": "authserver",
+                  "audiences": ["api"]}
+        return {"realm": "test", "issuers": [issuer],
+                "clients": {"pat": {"issuer": a.issuer, "client_id": RS[0], "client_secret": secret,
+                                    "scopes": ["uma_protection"]}},
+                "uma": {"issuer": a.issuer, "client": "pat",
+                        "resources": [{"resource_id": "photos", "policy": {"GET /photos/??": "view"}}]}}
 
-    env, second = two_configs(start_envoy, cfg(GATEWAY[1]), cfg("not-the-secret"))
-    token = a.token()
-    r = env.wait_status("/billing/x", 200, token=token, timeout=20)
-    sent = r.json()["headers"]["authorization"]
-    assert sent != "Bearer " + token, sent
-    r = second.get("/billing/x", token=token)
-    assert r.status_code == 503, ("the second listener used the first one's token", r.status_code, r.text)
-    assert r.json()["reason"] == "client_token_unavailable", r.text
-    assert a.last_token_request(GATEWAY[0]) is not None
+    env, second = two_configs(start_envoy, cfg(RS[1]), cfg("not-the-secret"))
+    # The first listener fetches its PAT and asks for a ticket with it.
+    r = env.wait_status("/photos/1", 401, timeout=20)
+    assert r.headers["www-authenticate"].startswith("UMA "), r.headers
+    r = second.get("/photos/1")
+    assert r.status_code == 503, ("the second listener used the first one's PAT", r.status_code, r.text)
+    assert r.json()["reason"] == "uma_unavailable", r.text
 
 
 def test_two_configs_introspecting_one_token_do_not_wait_for_each_other(start_envoy, authserver):

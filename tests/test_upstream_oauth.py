@@ -27,7 +27,13 @@ def client(a, **over):
                                 "scopes": ["billing.read"]}, over)
 
 
+# A rule must say where its token may go; these tests' rules go to the
+# harness's one virtual host (named "all") unless they say otherwise.
+DESTINATIONS = ("authorities", "virtual_hosts", "routes", "clusters")
+
+
 def config(a, rules, clients=None, **top):
+    rules = [r if any(k in r for k in DESTINATIONS) else dict(r, virtual_hosts=["all"]) for r in rules]
     cfg = {"realm": "upstream-oauth-test", "issuers": [a.issuer_config()],
            "clients": clients or {"billing": client(a)}, "upstream_oauth": rules}
     cfg.update(top)
@@ -200,7 +206,7 @@ def test_interop_oidc_provider_client_credentials(start_envoy, authserver, oidc_
     cfg = {"realm": "interop", "issuers": [a.issuer_config(), issuer],
            "clients": {"op": {"issuer": op.issuer, "client_id": "app", "client_secret": "app-secret",
                               "scopes": ["read"]}},
-           "upstream_oauth": [{"client": "op"}]}
+           "upstream_oauth": [{"client": "op", "virtual_hosts": ["all"]}]}
     env = start_envoy(cfg, clusters={"oidc": op.port})
     token = a.token()
     r = env.wait_status("/x", 200, token=token, timeout=25)

@@ -77,6 +77,7 @@ fn main() {
         path: "/orders/42?x=1",
         headers: &headers,
         client: None,
+        routing: Default::default(),
     };
     match verdict_for(&config, &mut state, &request, NOW) {
         Verdict::Allow(_) => {}

@@ -817,6 +817,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: None,
+            routing: Default::default(),
         };
         let denied = |state: &mut State| match verdict_for(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {

@@ -201,6 +201,10 @@ impl fmt::Display for TokenProblem {
 pub enum RequestProblem {
     Path(PathError),
     Token(ExtractError),
+    /// The path must be normalised where an upstream OAuth rule is bound to
+    /// Envoy's route or cluster: Envoy would route the normalised path again,
+    /// after the rule was matched against the route of the path received.
+    Rerouted,
 }
 
 impl fmt::Display for RequestProblem {
@@ -208,6 +212,9 @@ impl fmt::Display for RequestProblem {
         match self {
             RequestProblem::Path(e) => write!(f, "{e}"),
             RequestProblem::Token(e) => write!(f, "{e}"),
+            RequestProblem::Rerouted => {
+                f.write_str("path not in normal form where the gateway's token is bound to a route")
+            }
         }
     }
 }

@@ -108,6 +108,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             path: &path,
             headers: &headers,
             client: None,
+            routing: Default::default(),
         };
         let _ = normalize_path(&path);
         if let Verdict::Call {

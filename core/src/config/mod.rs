@@ -54,6 +54,15 @@ pub struct Forward {
     pub hide_credentials: bool,
 }
 
+impl Forward {
+    /// Whether phantom tokens go in `authorization` (Gluu's
+    /// `pass_credentials: phantom_token`): then the filter owns that header
+    /// on every outcome, as it owns every other header it sets.
+    pub fn phantom_in_authorization(&self) -> bool {
+        self.phantom_token_header.as_deref() == Some("authorization")
+    }
+}
+
 /// How much the filter logs; the host's own log level filters on top.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -294,6 +294,7 @@ mod tests {
             path: "/",
             headers: &bearer(&token),
             client: None,
+            routing: Default::default(),
         };
         // exp is 1700003600; the cache must not outlive it.
         assert!(matches!(
@@ -375,6 +376,7 @@ mod tests {
                 path: "/",
                 headers: &bearer(&token),
                 client: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };
@@ -482,6 +484,7 @@ mod tests {
                 path: "/",
                 headers,
                 client: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };
@@ -648,6 +651,7 @@ mod tests {
                 path: "/",
                 headers: &forged,
                 client: None,
+                routing: Default::default(),
             };
             verdict_for(&c, s, &request, t)
         };

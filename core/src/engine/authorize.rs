@@ -6,12 +6,12 @@ use crate::cache::Digest;
 use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::consumer::{Consumer, ConsumerLookup};
-use crate::extract::find_token;
+use crate::extract::{find_token, FoundToken};
 use crate::grant::Grant;
 use crate::pdp::PdpQuery;
 use crate::policy::PolicyDecision;
 use crate::response::{Denial, RequestProblem, TokenProblem};
-use crate::upstream_oauth::UpstreamOAuth;
+use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
 
 use super::authenticate::authenticate;
 use super::{uma, upstream, Allow, Known, Request, Resume, State, Verdict};
@@ -41,6 +41,7 @@ pub(super) fn check_access(
     if config.public_paths.matches(path) {
         return Verdict::Allow(Allow {
             remove_headers: upstream::forged(config, request.headers),
+            anonymous: true,
             ..Allow::default()
         });
     }
@@ -53,7 +54,7 @@ pub(super) fn check_access(
     }
     let found = match find_token(&config.token_sources, request.headers, request.path) {
         Ok(Some(found)) => found,
-        Ok(None) => return anonymous_or(config, request, path, Denial::NoToken),
+        Ok(None) => return anonymous_or(config, request, path, upstream, None, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
     let grant = match authenticate(config, state, &found.token, request.client, known, now) {
@@ -64,7 +65,7 @@ pub(super) fn check_access(
                 .anonymous()
                 .is_some_and(|a| a.on_invalid_token);
             return if on_invalid {
-                anonymous_or(config, request, path, denial)
+                anonymous_or(config, request, path, upstream, Some(&found), denial)
             } else {
                 Verdict::Deny(denial)
             };
@@ -197,8 +198,19 @@ pub(super) fn consumer_for<'c>(
 /// Without a usable token, the anonymous consumer may pass on its paths, as
 /// far as the policy lets its own scopes (none by default) go: dropping the
 /// token never gives more access than sending one. Where it may not pass, the
-/// caller gets `denial` (a 401 challenge), since a token could help.
-fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) -> Verdict {
+/// caller gets `denial` (a 401 challenge), since a token could help. `found`
+/// is the token that failed, if one was sent (`on_invalid_token`): it does
+/// not go upstream where credentials are hidden, in phantom mode, or where
+/// the upstream OAuth rule (`upstream`, covering anonymous callers) replaces
+/// or moves the caller's credential.
+fn anonymous_or(
+    config: &Config,
+    request: &Request,
+    path: &str,
+    upstream: Option<&UpstreamOAuth>,
+    found: Option<&FoundToken>,
+    denial: Denial,
+) -> Verdict {
     let Some(anonymous) = config.consumers.anonymous() else {
         return Verdict::Deny(denial);
     };
@@ -211,12 +223,20 @@ fn anonymous_or(config: &Config, request: &Request, path: &str, denial: Denial) 
     if !anonymous.scopes.is_empty() {
         set_headers.push((config.identity.scope.clone(), anonymous.scopes.join(",")));
     }
-    Verdict::Allow(Allow {
+    let mut allow = Allow {
         remove_headers: upstream::forged(config, request.headers),
         set_headers,
         subject: Some(anonymous.consumer.id.clone()),
         new_path: None,
-    })
+        anonymous: true,
+    };
+    let hidden = config.forward.hide_credentials
+        || config.forward.phantom_token_header.is_some()
+        || upstream.is_some_and(|r| r.anonymous && r.credential != ClientCredential::Keep);
+    if let (Some(found), true) = (found, hidden) {
+        upstream::remove_credential(&mut allow, request, found);
+    }
+    Verdict::Allow(allow)
 }
 
 #[cfg(test)]

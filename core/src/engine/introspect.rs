@@ -508,6 +508,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: None,
+            routing: Default::default(),
         };
         verdict_for(c, s, &request, now)
     }
@@ -519,6 +520,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: None,
+            routing: Default::default(),
         };
         verdict_knowing(c, s, &request, Some(known), now)
     }
@@ -994,6 +996,7 @@ mod tests {
             path: "/api",
             headers: &headers,
             client: Some(client),
+            routing: Default::default(),
         };
         verdict_for(c, s, &request, now)
     }

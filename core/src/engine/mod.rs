@@ -31,7 +31,7 @@ use crate::keys::FetchStep;
 use crate::metrics::CalloutKind;
 use crate::request::normalize_target;
 use crate::response::{Denial, RequestProblem};
-use crate::upstream_oauth::rule_for;
+use crate::upstream_oauth::{rule_for, Routing};
 use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
@@ -49,6 +49,23 @@ pub struct Request<'a> {
     /// The client's address (Envoy's `source.address`, without the port),
     /// when the host tells it: whose share of a callout budget is spent.
     pub client: Option<&'a str>,
+    /// Where the host routes the request (Envoy's virtual host, route and
+    /// cluster), as far as upstream OAuth rules need it.
+    pub routing: Routing<'a>,
+}
+
+impl Request<'_> {
+    /// The authority the host routes on: `:authority`, or `host` where the
+    /// host has no pseudo-header.
+    pub fn authority(&self) -> Option<&str> {
+        let named = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        named(":authority").or_else(|| named("host"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,6 +78,10 @@ pub struct Allow {
     pub new_path: Option<String>,
     /// For logs: who was let through.
     pub subject: Option<String>,
+    /// Let through without a verified token (a public path, the anonymous
+    /// consumer): the gateway's own token goes only where an upstream OAuth
+    /// rule says `anonymous`.
+    pub anonymous: bool,
 }
 
 /// The outcome of an introspection, for the requests that waited for it.
@@ -177,7 +198,18 @@ pub fn verdict_knowing(
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
     };
     let path = &target.path;
-    let rule = rule_for(&config.upstream_oauth, request.method, path);
+    let rule = rule_for(
+        &config.upstream_oauth,
+        request.method,
+        path,
+        request.authority(),
+        request.routing,
+    );
+    if rule.is_some_and(|r| r.bound_to_route()) && upstream::rerouted(&target, request.path) {
+        // Envoy picks the route again for the path forwarded, after the
+        // route this rule was matched against: the token could follow it.
+        return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Rerouted));
+    }
     let verdict = authorize::check_access(config, state, request, path, rule, known, now);
     let verdict = upstream::add_gateway_token(config, state, rule, verdict, now);
     upstream::forward_as_judged(verdict, &target, request.path)

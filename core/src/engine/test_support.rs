@@ -60,6 +60,7 @@ pub(super) fn run(
         path,
         headers,
         client: None,
+        routing: Default::default(),
     };
     verdict_for(config, state, &request, vectors().now)
 }
@@ -84,6 +85,7 @@ pub(super) fn method_run(
         path,
         headers,
         client: None,
+        routing: Default::default(),
     };
     verdict_for(c, s, &request, vectors().now)
 }

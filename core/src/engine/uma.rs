@@ -410,6 +410,7 @@ mod tests {
             path: "/photos/1",
             headers: &headers,
             client: None,
+            routing: Default::default(),
         };
         crate::engine::verdict_for(c, s, &request, now)
     }
@@ -469,6 +470,7 @@ mod tests {
                     path: "/photos/1",
                     headers: &bearer("rpt-1"),
                     client: None,
+                    routing: Default::default(),
                 },
                 Some(&known),
                 now
@@ -496,6 +498,7 @@ mod tests {
                 path: "/photos/1",
                 headers: &bearer("rpt-1"),
                 client: None,
+                routing: Default::default(),
             },
             Some(&known),
             now + 8,

@@ -82,34 +82,64 @@ pub(super) fn allow(
     }
     let moved_or_replaced = upstream.is_some_and(|r| r.credential != ClientCredential::Keep);
     if config.forward.hide_credentials || moved_or_replaced {
-        match &found.source {
-            TokenSource::Header { name, .. } => allow.remove_headers.push(name.clone()),
-            TokenSource::Query(name) => {
-                allow.new_path = Some(path_without_param(request.path, name))
+        remove_credential(&mut allow, request, found);
+    } else if grant.phantom.is_none()
+        && config.forward.phantom_in_authorization()
+        && matches!(&found.source, TokenSource::Header { name, .. } if name == "authorization")
+    {
+        // The filter owns `authorization` for its phantom tokens; a token
+        // verified without one (a JWT checked locally, which Gluu passed on
+        // as it came) is the caller's own, verified: it stays.
+        allow
+            .remove_headers
+            .retain(|name| !name.eq_ignore_ascii_case("authorization"));
+    }
+    allow
+}
+
+/// Removes the caller's credential from where it was found: its header, its
+/// query parameter (in the path forwarded) or its cookie (the others kept).
+pub(super) fn remove_credential(allow: &mut Allow, request: &Request, found: &FoundToken) {
+    match &found.source {
+        TokenSource::Header { name, .. } => {
+            if !allow.remove_headers.contains(name) {
+                allow.remove_headers.push(name.clone());
             }
-            TokenSource::Cookie(name) => {
-                allow.remove_headers.push("cookie".into());
-                if let Some(rest) = cookies_without(request.headers, name) {
-                    allow.set_headers.push(("cookie".into(), rest));
-                }
+        }
+        TokenSource::Query(name) => allow.new_path = Some(path_without_param(request.path, name)),
+        TokenSource::Cookie(name) => {
+            allow.remove_headers.push("cookie".into());
+            if let Some(rest) = cookies_without(request.headers, name) {
+                allow.set_headers.push(("cookie".into(), rest));
             }
         }
     }
-    allow
+}
+
+/// Whether Envoy will route the request again after the filter: the path
+/// forwarded (normalised) is not the path received.
+pub(super) fn rerouted(target: &NormalTarget, raw: &str) -> bool {
+    let received = raw.split('?').next().unwrap_or(raw);
+    target.forwarded_path() != received
 }
 
 /// The headers this filter may set that the client sent anyway, in any
 /// spelling a backend would read as the same header (case, `_` for `-`):
 /// removed so none can be forged. Only those present, to spare host calls.
+/// `authorization` too where the filter sends phantom tokens in it: a
+/// request let through without a phantom of the filter's never carries one
+/// the client wrote ([`allow`] keeps a verified token the caller sent there).
 pub(super) fn forged(config: &Config, headers: &[(String, String)]) -> Vec<String> {
+    let owns_authorization = config.forward.phantom_in_authorization();
     let mut names: Vec<String> = headers
         .iter()
         .map(|(name, _)| name)
         .filter(|name| {
-            config
-                .strip_headers
-                .binary_search_by(|key| cmp_spelling(key, name))
-                .is_ok()
+            (owns_authorization && name.eq_ignore_ascii_case("authorization"))
+                || config
+                    .strip_headers
+                    .binary_search_by(|key| cmp_spelling(key, name))
+                    .is_ok()
         })
         .cloned()
         .collect();
@@ -159,6 +189,11 @@ pub(super) fn add_gateway_token(
     let Some(rule) = upstream else {
         return verdict;
     };
+    if matches!(&verdict, Verdict::Allow(allow) if allow.anonymous && !rule.anonymous) {
+        // A caller without a verified token gets the gateway's identity only
+        // where the rule says so.
+        return verdict;
+    }
     let mut add_token = |allow: &mut Allow| -> Result<(), Verdict> {
         let token = client_token(config, state, rule.client, now)?;
         allow
@@ -432,5 +467,312 @@ mod tests {
         assert!(allowed
             .set_headers
             .contains(&("x-authenticated-scope".into(), "read".into())));
+    }
+
+    /// A request for `authority` routed by `routing`, as the glue reads it.
+    fn at(
+        c: &Config,
+        s: &mut State,
+        method: &str,
+        target: (&str, &str),
+        routing: crate::upstream_oauth::Routing,
+        headers: &[(String, String)],
+    ) -> Verdict {
+        let (authority, path) = target;
+        let mut all = h(&[(":authority", authority)]);
+        all.extend(headers.iter().cloned());
+        let request = Request {
+            method,
+            path,
+            headers: &all,
+            client: None,
+            routing,
+        };
+        super::super::verdict_for(c, s, &request, vectors().now)
+    }
+
+    /// Whether the verdict waits for the gateway's own token (which it
+    /// would then send upstream).
+    fn sends_gateway_token(v: &Verdict) -> bool {
+        matches!(
+            v,
+            Verdict::Wait(Wait {
+                on: WaitKey::ClientToken(0),
+                ..
+            })
+        )
+    }
+
+    fn with_rules(rules: &str, extra: &str) -> Config {
+        inline_config(&format!(
+            r#","clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},"upstream_oauth":{rules}{extra}"#
+        ))
+    }
+
+    #[test]
+    fn the_gateways_token_goes_only_where_its_rule_says() {
+        use crate::upstream_oauth::Routing;
+        let c = with_rules(
+            r#"[{"client":"backend","authorities":["backend.internal"],"paths":["/backend/??"]}]"#,
+            "",
+        );
+        let mut s = State::new(&c);
+        let none = Routing::default();
+        let target = |authority| (authority, "/backend/reports");
+        assert!(sends_gateway_token(&at(
+            &c,
+            &mut s,
+            "GET",
+            target("backend.internal"),
+            none,
+            &good()
+        )));
+        assert!(sends_gateway_token(&at(
+            &c,
+            &mut s,
+            "HEAD",
+            target("Backend.Internal"),
+            none,
+            &good()
+        )));
+        for other in [
+            "www.example.com",
+            "backend.internal:443",
+            "backend.internal:80",
+        ] {
+            let v = at(&c, &mut s, "GET", target(other), none, &good());
+            assert!(matches!(v, Verdict::Allow(_)), "{other}: {v:?}");
+        }
+
+        let by_cluster = with_rules(r#"[{"client":"backend","clusters":["backend"]}]"#, "");
+        let mut s = State::new(&by_cluster);
+        let routed = |cluster| Routing {
+            virtual_host: None,
+            route: None,
+            cluster: Some(cluster),
+        };
+        assert!(sends_gateway_token(&at(
+            &by_cluster,
+            &mut s,
+            "GET",
+            ("x", "/a"),
+            routed("backend"),
+            &good()
+        )));
+        assert!(matches!(
+            at(
+                &by_cluster,
+                &mut s,
+                "GET",
+                ("x", "/a"),
+                routed("www"),
+                &good()
+            ),
+            Verdict::Allow(_)
+        ));
+        assert!(
+            matches!(
+                at(&by_cluster, &mut s, "GET", ("x", "/a"), none, &good()),
+                Verdict::Allow(_)
+            ),
+            "a cluster the host did not tell is no match"
+        );
+        // Envoy routes a rewritten path again, after the rule was matched
+        // against the route of the path received.
+        for raw in ["/a//b", "/x/../a", "/a/./b", "/%7ea"] {
+            assert_eq!(
+                at(
+                    &by_cluster,
+                    &mut s,
+                    "GET",
+                    ("x", raw),
+                    routed("backend"),
+                    &good()
+                ),
+                Verdict::Deny(Denial::InvalidRequest(
+                    crate::response::RequestProblem::Rerouted
+                )),
+                "{raw}"
+            );
+        }
+        assert!(sends_gateway_token(&at(
+            &by_cluster,
+            &mut s,
+            "GET",
+            ("x", "/a/b?q=1"),
+            routed("backend"),
+            &good()
+        )));
+        // The virtual host stays with a new path.
+        let by_vhost = with_rules(r#"[{"client":"backend","virtual_hosts":["backend"]}]"#, "");
+        let mut s = State::new(&by_vhost);
+        let vhost = Routing {
+            virtual_host: Some("backend"),
+            route: None,
+            cluster: None,
+        };
+        assert!(sends_gateway_token(&at(
+            &by_vhost,
+            &mut s,
+            "GET",
+            ("x", "/a//b"),
+            vhost,
+            &good()
+        )));
+    }
+
+    #[test]
+    fn callers_without_a_verified_token_get_the_gateways_only_where_the_rule_says_anonymous() {
+        use crate::upstream_oauth::Routing;
+        let extra = r#","public_paths":["/public/??"],"anonymous":{"id":"anon","paths":["/open/??"],"on_invalid_token":true}"#;
+        let none = Routing::default();
+        let plain = with_rules(r#"[{"client":"backend","authorities":["b"]}]"#, extra);
+        let mut s = State::new(&plain);
+        let expired = bearer(vectors().token("expired"));
+        for (path, headers) in [
+            ("/public/x", vec![]),
+            ("/open/x", vec![]),
+            ("/open/x", expired.clone()),
+        ] {
+            let v = at(&plain, &mut s, "GET", ("b", path), none, &headers);
+            let Verdict::Allow(allow) = &v else {
+                panic!("{path}: {v:?}")
+            };
+            assert!(allow.anonymous, "{path}");
+        }
+        assert!(sends_gateway_token(&at(
+            &plain,
+            &mut s,
+            "GET",
+            ("b", "/x"),
+            none,
+            &good()
+        )));
+
+        let open = with_rules(
+            r#"[{"client":"backend","authorities":["b"],"anonymous":true}]"#,
+            extra,
+        );
+        let mut s = State::new(&open);
+        for (path, headers) in [
+            ("/public/x", vec![]),
+            ("/open/x", vec![]),
+            ("/open/x", expired),
+        ] {
+            assert!(
+                sends_gateway_token(&at(&open, &mut s, "GET", ("b", path), none, &headers)),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_phantom_header_authorization_is_owned_on_every_outcome() {
+        let c = inline_config(
+            r#","forward":{"phantom_token_header":"authorization","phantom_token_format":"jwt"},
+               "public_paths":["/public/??"],"anonymous":{"id":"anon","paths":["/open/??"],"on_invalid_token":true},
+               "policy":{"GET /api/??":"read"},"deny_by_default":false"#,
+        );
+        let mut s = State::new(&c);
+        let forged = bearer("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.");
+        let allow = |v: Verdict| match v {
+            Verdict::Allow(a) => a,
+            other => panic!("{other:?}"),
+        };
+        // A public path, the anonymous consumer, an invalid token's fallback:
+        // no phantom of the filter's, so none of the client's.
+        for (path, headers) in [
+            ("/public/x", forged.clone()),
+            ("/open/x", forged.clone()),
+            ("/open/x", bearer(vectors().token("expired"))),
+        ] {
+            let a = allow(run(&c, &mut s, &headers, path));
+            assert!(
+                a.remove_headers.contains(&"authorization".to_string()),
+                "{path}: {a:?}"
+            );
+        }
+        let token = vectors().token("good_RS256").to_string();
+        // A JWT verified locally from elsewhere: the client's `authorization`
+        // is not what the filter sent.
+        let from_query = inline_config(
+            r#","forward":{"phantom_token_header":"authorization","phantom_token_format":"jwt"},"token_sources":[{"query":"at"}]"#,
+        );
+        let mut q = State::new(&from_query);
+        let a = allow(run(
+            &from_query,
+            &mut q,
+            &forged,
+            &format!("/api/x?at={token}"),
+        ));
+        assert!(
+            a.remove_headers.contains(&"authorization".to_string()),
+            "{a:?}"
+        );
+        // A JWT verified locally from `authorization` is the caller's own,
+        // verified: it goes on as it came, as Gluu passed it.
+        let a = allow(run(&c, &mut s, &bearer(&token), "/api/x"));
+        assert!(
+            !a.remove_headers.contains(&"authorization".to_string()),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_tokens_anonymous_fallback_hides_it_where_credentials_are_hidden() {
+        let config = |forward: &str| {
+            inline_config(&format!(
+                r#",{forward}"token_sources":[{{"header":"authorization"}},{{"query":"at"}},{{"cookie":"at"}}],
+                   "anonymous":{{"id":"anon","paths":["/open/??"],"on_invalid_token":true}}"#
+            ))
+        };
+        let expired = vectors().token("expired").to_string();
+        let hidden = config(r#""forward":{"hide_credentials":true},"#);
+        let mut s = State::new(&hidden);
+        let Verdict::Allow(a) = run(&hidden, &mut s, &bearer(&expired), "/open/x") else {
+            panic!()
+        };
+        assert!(
+            a.remove_headers.contains(&"authorization".to_string()),
+            "{a:?}"
+        );
+        assert_eq!(a.subject.as_deref(), Some("anon"));
+        let Verdict::Allow(a) = run(&hidden, &mut s, &[], &format!("/open/x?k=1&at={expired}"))
+        else {
+            panic!()
+        };
+        assert_eq!(a.new_path.as_deref(), Some("/open/x?k=1"));
+        let Verdict::Allow(a) = run(
+            &hidden,
+            &mut s,
+            &h(&[("cookie", &format!("at={expired}; b=2"))]),
+            "/open/x",
+        ) else {
+            panic!()
+        };
+        assert!(
+            a.set_headers.contains(&("cookie".into(), "b=2".into())),
+            "{a:?}"
+        );
+        // In phantom mode too, whatever the header.
+        let phantom = config(r#""forward":{"phantom_token_header":"x-introspection"},"#);
+        let mut s = State::new(&phantom);
+        let Verdict::Allow(a) = run(&phantom, &mut s, &bearer(&expired), "/open/x") else {
+            panic!()
+        };
+        assert!(
+            a.remove_headers.contains(&"authorization".to_string()),
+            "{a:?}"
+        );
+        // Passed on where credentials are passed on (Gluu's `pass`).
+        let passed = config("");
+        let mut s = State::new(&passed);
+        let Verdict::Allow(a) = run(&passed, &mut s, &bearer(&expired), "/open/x") else {
+            panic!()
+        };
+        assert!(
+            !a.remove_headers.contains(&"authorization".to_string()),
+            "{a:?}"
+        );
     }
 }
