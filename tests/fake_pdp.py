@@ -10,6 +10,10 @@ about (resource.id / input.path):
   /pdp/undefined...  OPA: {} (undefined document); AuthZEN: deny
   anything else      deny
 
+POST /_test/require {"claims": {name: value, ...}} makes a permit also need
+those claim values (AuthZEN subject.properties, OPA input.claims), as a PDP
+deciding on `iss` or `acr` would; {} (the default) needs none.
+
 GET /stats returns {"calls": n, "last": <last request body>} so tests can tell
 cached decisions from fresh ones and check what the filter sent.
 
@@ -26,11 +30,18 @@ from serving import serve
 
 lock = threading.Lock()
 stats = {"calls": 0, "last": None}
+require = {}
 
 
 def field(doc, outer, inner):
     obj = doc.get(outer)
     return obj.get(inner, "") if isinstance(obj, dict) else ""
+
+
+def meets(claims, required):
+    """Whether `claims` (a dict, else none) has every required value."""
+    claims = claims if isinstance(claims, dict) else {}
+    return all(claims.get(k) == v for k, v in required.items())
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,6 +66,13 @@ class Handler(BaseHTTPRequestHandler):
         # Read the body even when refusing, or it would be parsed as the next
         # request on this keep-alive connection.
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path == "/_test/require":
+            claims = json.loads(raw or b"{}").get("claims") or {}
+            with lock:
+                require.clear()
+                require.update(claims)
+            self.reply(200, {"require": claims})
+            return
         if self.path != "/access/v1/evaluation" and not self.path.startswith("/v1/data/"):
             self.reply(404, {"error": "not found"})
             return
@@ -68,15 +86,19 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(doc, dict):
             self.reply(400, {"error": "body is not a JSON object"})
             return
+        with lock:
+            required = dict(require)
         if self.path == "/access/v1/evaluation":
             path = str(field(doc, "resource", "id"))
-            self.reply(200, {"decision": path.startswith("/pdp/allow")})
+            claims = field(doc, "subject", "properties")
+            self.reply(200, {"decision": path.startswith("/pdp/allow") and meets(claims, required)})
         else:
             path = str(field(doc, "input", "path"))
             if path.startswith("/pdp/undefined"):
                 self.reply(200, {})
             else:
-                self.reply(200, {"result": path.startswith("/pdp/allow")})
+                claims = field(doc, "input", "claims")
+                self.reply(200, {"result": path.startswith("/pdp/allow") and meets(claims, required)})
 
     def log_message(self, fmt, *args):
         sys.stderr.write("fake_pdp: " + fmt % args + "\n")

@@ -259,16 +259,18 @@ class AuthServer:
     def __init__(self, proc, port, audience, clients, token_alg):
         self.proc, self.port, self.audience = proc, port, audience
         self.clients, self.token_alg = clients, token_alg
-        self.issuer = "http://127.0.0.1:%d" % port
+        self.issuer = self.base = "http://127.0.0.1:%d" % port
         self.http = requests.Session()
 
     @classmethod
     def start(cls, tmpdir, audience="api", clients=None, token_alg="RS256", timeout=20,
-              introspection_clients=None):
-        """introspection_clients: {id: secret} allowed to call /introspect (default pep / pep-secret)."""
+              introspection_clients=None, issuer=None):
+        """introspection_clients: {id: secret} allowed to call /introspect (default pep / pep-secret).
+        issuer: the `iss` it claims (default http://127.0.0.1:PORT), e.g. another server's."""
         clients = dict(clients or DEFAULT_CLIENTS)
         port = free_port()
-        argv = [PYTHON, TESTS / "authserver.py", "--port", port, "--issuer", "http://127.0.0.1:%d" % port,
+        issuer = issuer or "http://127.0.0.1:%d" % port
+        argv = [PYTHON, TESTS / "authserver.py", "--port", port, "--issuer", issuer,
                 "--keys", TESTS / "keys", "--token-alg", token_alg]
         if audience:
             argv += ["--audience", audience]
@@ -278,14 +280,17 @@ class AuthServer:
             argv += ["--introspection-client", "%s:%s" % (cid, secret)]
         proc = Proc("authserver", argv, Path(tmpdir) / ("authserver-%d.log" % port))
         proc.wait_ready_line(timeout)
-        return cls(proc, port, audience, clients, token_alg)
+        server = cls(proc, port, audience, clients, token_alg)
+        server.issuer = issuer
+        return server
 
     def stop(self):
         self.http.close()
         return self.proc.stop()
 
     def url(self, path):
-        return self.issuer + path
+        """`path` on this server (its own address, whatever `issuer` it claims)."""
+        return self.base + path
 
     # --- OAuth ---
     def token_response(self, client_id="demo-client", secret=None, scope=None):

@@ -12,6 +12,7 @@ use p256::ecdsa::signature::Signer as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::cache::{digest, Digest};
 use crate::callout::{form_urlencode, Callout, Url};
 use crate::config_error::ConfigError;
 use crate::services::{Random, RandomError};
@@ -373,6 +374,35 @@ impl ClientAuth {
             }
         };
         Ok(ClientAuth(method))
+    }
+
+    /// Names these credentials among others (the method, the client, and the
+    /// secret or the public key), e.g. so that two configurations naming the
+    /// same client with different credentials never share a token. A digest:
+    /// the secret itself is not in it.
+    pub fn fingerprint(&self) -> Digest {
+        match &self.0 {
+            Method::Basic(value) => digest(&[b"client_secret_basic", value.as_bytes()]),
+            Method::Post { client_id, secret } => digest(&[
+                b"client_secret_post",
+                client_id.as_bytes(),
+                secret.as_bytes(),
+            ]),
+            Method::PrivateKeyJwt { client_id, key } => {
+                let public = match &key.key {
+                    SigningKey::Es256(k) => {
+                        k.verifying_key().to_sec1_point(false).as_bytes().to_vec()
+                    }
+                    SigningKey::EdDsa(pair) => pair.pk.as_slice().to_vec(),
+                };
+                digest(&[
+                    b"private_key_jwt",
+                    client_id.as_bytes(),
+                    key.kid.as_deref().unwrap_or_default().as_bytes(),
+                    &public,
+                ])
+            }
+        }
     }
 
     /// A form POST of `fields` to `endpoint`, authenticated as this client,

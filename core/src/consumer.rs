@@ -25,6 +25,11 @@ pub struct ConsumersConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     pub id: String,
+    /// The issuer whose client this is: a `client_id` names a client only
+    /// at its authorization server. Required when several issuers are
+    /// configured; with one, that one.
+    #[serde(default)]
+    pub issuer: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -99,13 +104,15 @@ pub enum ConsumerLookup<'a> {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consumers {
-    by_client_id: Option<HashMap<String, Consumer>>,
+    /// client_id -> (index of the issuer whose client it is, consumer).
+    by_client_id: Option<HashMap<String, (usize, Consumer)>>,
     allow_unregistered_clients: bool,
     anonymous: Option<Anonymous>,
 }
 
 impl Consumers {
-    pub fn compile(cfg: &ConsumersConfig) -> Result<Consumers, ConfigError> {
+    /// `issuers` are the configured issuers' names, index for index.
+    pub fn compile(cfg: &ConsumersConfig, issuers: &[&str]) -> Result<Consumers, ConfigError> {
         let by_client_id = match &cfg.consumers {
             None => None,
             Some(map) => {
@@ -116,7 +123,8 @@ impl Consumers {
                         return Err(ConfigError::new(at, "client_id must not be empty"));
                     }
                     let consumer = compile_consumer(&at, &c.id, &c.username, &c.custom_id)?;
-                    compiled.insert(client_id.clone(), consumer);
+                    let issuer = issuer_of(&at, c.issuer.as_deref(), issuers)?;
+                    compiled.insert(client_id.clone(), (issuer, consumer));
                 }
                 Some(compiled)
             }
@@ -165,13 +173,16 @@ impl Consumers {
         })
     }
 
-    pub fn lookup(&self, client_id: Option<&str>) -> ConsumerLookup<'_> {
+    /// The consumer of the client `client_id` of issuer `issuer` (an index
+    /// into the configured issuers): the same client_id at another issuer is
+    /// another client, and unregistered.
+    pub fn lookup(&self, issuer: usize, client_id: Option<&str>) -> ConsumerLookup<'_> {
         let Some(map) = &self.by_client_id else {
             return ConsumerLookup::NotConfigured;
         };
         match client_id.and_then(|c| map.get(c)) {
-            Some(consumer) => ConsumerLookup::Known(consumer),
-            None => ConsumerLookup::Unregistered,
+            Some((of, consumer)) if *of == issuer => ConsumerLookup::Known(consumer),
+            _ => ConsumerLookup::Unregistered,
         }
     }
 
@@ -183,6 +194,25 @@ impl Consumers {
 
     pub fn anonymous(&self) -> Option<&Anonymous> {
         self.anonymous.as_ref()
+    }
+}
+
+/// The issuer a consumer's client belongs to: the one named, or the only
+/// one. With several issuers a client_id alone could be a client of either
+/// (each server hands out its own), so the issuer must be named.
+fn issuer_of(at: &str, named: Option<&str>, issuers: &[&str]) -> Result<usize, ConfigError> {
+    match (named, issuers) {
+        (Some(name), _) => issuers.iter().position(|i| *i == name).ok_or_else(|| {
+            ConfigError::new(
+                format!("{at}.issuer"),
+                format!("\"{name}\" is not in `issuers`"),
+            )
+        }),
+        (None, [_]) => Ok(0),
+        (None, _) => Err(ConfigError::new(
+            format!("{at}.issuer"),
+            "is required when several issuers are configured: a client_id names a client only at its own authorization server, and another issuer may hand out the same one",
+        )),
     }
 }
 
@@ -331,7 +361,7 @@ mod tests {
     }
 
     fn compile(json: &str) -> Result<Consumers, ConfigError> {
-        Consumers::compile(&parse(json).unwrap())
+        Consumers::compile(&parse(json).unwrap(), &["https://a"])
     }
 
     #[test]
@@ -341,7 +371,7 @@ mod tests {
                 "allow_unregistered_clients": true}"#,
         )
         .unwrap();
-        match c.lookup(Some("app1")) {
+        match c.lookup(0, Some("app1")) {
             ConsumerLookup::Known(k) => {
                 assert_eq!(k.id, "c-1");
                 assert_eq!(k.username.as_deref(), Some("alice"));
@@ -349,21 +379,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(c.lookup(Some("app2")), ConsumerLookup::Unregistered);
-        assert_eq!(c.lookup(None), ConsumerLookup::Unregistered);
+        assert_eq!(c.lookup(0, Some("app2")), ConsumerLookup::Unregistered);
+        assert_eq!(c.lookup(0, None), ConsumerLookup::Unregistered);
         assert!(c.allow_unregistered_clients());
 
         let none = compile("{}").unwrap();
-        assert_eq!(none.lookup(Some("app1")), ConsumerLookup::NotConfigured);
-        assert_eq!(none.lookup(None), ConsumerLookup::NotConfigured);
+        assert_eq!(none.lookup(0, Some("app1")), ConsumerLookup::NotConfigured);
+        assert_eq!(none.lookup(0, None), ConsumerLookup::NotConfigured);
         assert!(!none.allow_unregistered_clients());
         assert!(none.anonymous().is_none());
     }
 
     #[test]
+    fn a_consumer_is_a_client_of_one_issuer() {
+        // Issue 18: keyed by client_id alone, a token of another trusted
+        // issuer naming the same client_id got this consumer's identity.
+        let json = r#"{"consumers": {"app": {"id": "c-a", "issuer": "https://b"}}}"#;
+        let c = Consumers::compile(&parse(json).unwrap(), &["https://a", "https://b"]).unwrap();
+        assert!(matches!(c.lookup(1, Some("app")), ConsumerLookup::Known(k) if k.id == "c-a"));
+        assert_eq!(c.lookup(0, Some("app")), ConsumerLookup::Unregistered);
+        // With one issuer, `issuer` may be left out, or must name it.
+        let one = compile(r#"{"consumers": {"app": {"id": "c"}}}"#).unwrap();
+        assert!(matches!(
+            one.lookup(0, Some("app")),
+            ConsumerLookup::Known(_)
+        ));
+        let e =
+            compile(r#"{"consumers": {"app": {"id": "c", "issuer": "https://b"}}}"#).unwrap_err();
+        assert_eq!(e.field, r#"consumers["app"].issuer"#);
+        assert!(e.problem.contains("not in `issuers`"), "{e}");
+        // With several, it must be named.
+        let two = Consumers::compile(
+            &parse(r#"{"consumers": {"app": {"id": "c"}}}"#).unwrap(),
+            &["https://a", "https://b"],
+        )
+        .unwrap_err();
+        assert_eq!(two.field, r#"consumers["app"].issuer"#);
+        assert!(
+            two.problem.starts_with("is required when several issuers"),
+            "{two}"
+        );
+    }
+
+    #[test]
     fn empty_consumers_map_means_every_client_is_unregistered() {
         let c = compile(r#"{"consumers": {}}"#).unwrap();
-        assert_eq!(c.lookup(Some("app1")), ConsumerLookup::Unregistered);
+        assert_eq!(c.lookup(0, Some("app1")), ConsumerLookup::Unregistered);
     }
 
     #[test]
@@ -427,7 +488,7 @@ mod tests {
             r#"{"consumers": {"app": {"id": "c-1", "username": "alice", "custom_id": "42"}}}"#,
         )
         .unwrap();
-        let ConsumerLookup::Known(k) = c.lookup(Some("app")) else {
+        let ConsumerLookup::Known(k) = c.lookup(0, Some("app")) else {
             panic!("not known")
         };
         let names: IdentityHeaderNames =

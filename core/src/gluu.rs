@@ -371,7 +371,14 @@ pub fn merge(doc: &mut Map<String, Value>) -> Result<Vec<String>, Vec<ConfigErro
         &mut errors,
         &mut notes,
     );
-    map_auth(doc, &plugins, &block, &mut errors, &mut notes);
+    map_auth(
+        doc,
+        &plugins,
+        &block,
+        op_url.as_ref().map(|(u, _)| u.as_str()),
+        &mut errors,
+        &mut notes,
+    );
 
     // Kong-style `{"message": …}` bodies unless said otherwise: the clients
     // of a Gluu-protected API read those.
@@ -716,6 +723,7 @@ fn map_auth(
     doc: &mut Map<String, Value>,
     plugins: &[Plugin],
     block: &Map<String, Value>,
+    op: Option<&str>,
     errors: &mut Vec<ConfigError>,
     notes: &mut Vec<String>,
 ) {
@@ -833,6 +841,12 @@ fn map_auth(
                             if let Some(v @ Value::String(_)) = c.get(key) {
                                 entry.insert(key.into(), v.clone());
                             }
+                        }
+                        // Gluu's consumers are clients of the OP: a token
+                        // of another issuer with the same client_id is not
+                        // theirs.
+                        if let Some(op) = op {
+                            entry.insert("issuer".into(), json!(op));
                         }
                         map.insert(client.clone(), Value::Object(entry));
                     }
@@ -1242,7 +1256,9 @@ mod tests {
         assert_eq!(doc["forward"], json!({"hide_credentials": true}));
         assert_eq!(
             doc["consumers"],
-            json!({"client-1": {"id": "uuid-1", "username": "app", "custom_id": "client-1"}})
+            json!({"client-1": {"id": "uuid-1", "username": "app", "custom_id": "client-1",
+                                "issuer": OP}}),
+            "Gluu's consumers are clients of the OP"
         );
         assert_eq!(
             doc["anonymous"],

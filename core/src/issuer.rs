@@ -7,9 +7,10 @@
 use std::rc::Rc;
 
 use crate::alg::Alg;
+use crate::cache::{digest, Digest};
 use crate::callout::Url;
 use crate::introspection::{Introspection, Mode};
-use crate::jwks::{JwksError, KeySet};
+use crate::jwks::{JwksError, KeyAlgs, KeySet};
 
 /// How the keys of an issuer are obtained.
 #[derive(Clone)]
@@ -28,6 +29,9 @@ pub struct Issuer {
     /// Accepted `aud` values; empty only when configured as `"any"`.
     pub audiences: Vec<String>,
     pub algorithms: Vec<Alg>,
+    /// The RSA algorithms a JWK without `alg` verifies: RS* of `algorithms`
+    /// unless `algorithms` was written out, then every RSA one listed.
+    pub undeclared_rsa: Vec<Alg>,
     pub source: KeySource,
     /// Envoy cluster (or Kong `host:port`) that fetches go through.
     pub upstream: String,
@@ -44,9 +48,39 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Names where this issuer's keys and discovery document come from (the
+    /// issuer, its key URL and the cluster they are fetched through): what
+    /// two configurations must agree on to share them in shared data. Two
+    /// listeners that name the same issuer but fetch it from different
+    /// servers never adopt each other's keys.
+    pub fn fetch_fingerprint(&self) -> Digest {
+        let source = match &self.source {
+            KeySource::JwksUri(url) => {
+                format!("jwks_uri {}://{}{}", url.scheme, url.authority, url.path)
+            }
+            KeySource::Discovery(url) => {
+                format!("discovery {}://{}{}", url.scheme, url.authority, url.path)
+            }
+            KeySource::Static(_) | KeySource::None => String::new(),
+        };
+        digest(&[
+            self.issuer.as_bytes(),
+            source.as_bytes(),
+            self.upstream.as_bytes(),
+        ])
+    }
+
+    /// The algorithms this issuer's keys may serve.
+    pub fn key_algs(&self) -> KeyAlgs<'_> {
+        KeyAlgs {
+            allowed: &self.algorithms,
+            undeclared_rsa: &self.undeclared_rsa,
+        }
+    }
+
     /// Turns a fetched JWKS into this issuer's key set (plus its shared secret).
     pub fn keys_from_jwks(&self, jwks: &[u8]) -> Result<(KeySet, Vec<String>), JwksError> {
-        let (mut keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms)?;
+        let (mut keys, skipped) = KeySet::from_jwks(jwks, self.key_algs())?;
         if let Some(secret) = &self.shared_secret {
             keys.add_secret(secret, &self.algorithms);
         }
@@ -59,6 +93,7 @@ impl Issuer {
             issuer: issuer.into(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
             algorithms: algorithms.to_vec(),
+            undeclared_rsa: algorithms.to_vec(),
             source: KeySource::Static(Rc::new(KeySet::default())),
             upstream: String::new(),
             shared_secret: None,

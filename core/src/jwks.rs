@@ -25,6 +25,52 @@ impl Alg {
     }
 }
 
+/// Which algorithms an issuer's keys may serve: those it allows, and of
+/// those the ones an RSA key that does not declare its `alg` may serve.
+/// RFC 7517 makes `alg` optional, and an RSA key fits RS* and PS* alike; but
+/// PS* signatures are checked in wasm (Envoy's `verify_signature` has no PSS
+/// padding), so an attacker who may pick PS512 for such a key makes every
+/// forgery cost a pure-Rust check. Such a key serves PS* only where the
+/// configuration lists them ([`KeyAlgs::listed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAlgs<'a> {
+    pub allowed: &'a [Alg],
+    /// RSA algorithms a key without `alg` serves (a subset of `allowed`).
+    pub undeclared_rsa: &'a [Alg],
+}
+
+impl<'a> KeyAlgs<'a> {
+    /// Algorithms the configuration lists: a key without `alg` serves every
+    /// one of them that fits it.
+    pub fn listed(allowed: &'a [Alg]) -> KeyAlgs<'a> {
+        KeyAlgs {
+            allowed,
+            undeclared_rsa: allowed,
+        }
+    }
+
+    fn serves(&self, declared: Option<Alg>, kind: KeyKind, alg: Alg) -> bool {
+        if alg.key_kind() != kind {
+            return false;
+        }
+        match declared {
+            Some(declared) => declared == alg,
+            None if kind == KeyKind::Rsa => self.undeclared_rsa.contains(&alg),
+            None => true,
+        }
+    }
+}
+
+/// The RSA algorithms of `allowed` a key without `alg` serves when the
+/// configuration does not list them: RS* only.
+pub fn default_undeclared_rsa(allowed: &[Alg]) -> Vec<Alg> {
+    allowed
+        .iter()
+        .copied()
+        .filter(|a| matches!(a, Alg::RS256 | Alg::RS384 | Alg::RS512))
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyKind {
     Rsa,
@@ -54,6 +100,10 @@ pub enum KeyLookupError {
     UnknownKid(String),
     /// No `kid` and zero or several keys fit the algorithm.
     Ambiguous { alg: Alg, candidates: usize },
+    /// The key named by `kid` is known but does not verify this algorithm
+    /// (another key type, its own `alg`, or an RSA key without `alg` and a
+    /// PS* the issuer does not list). Not a rotation: no refetch.
+    AlgNotForKey { kid: String, alg: Alg },
 }
 
 impl fmt::Display for KeyLookupError {
@@ -69,6 +119,9 @@ impl fmt::Display for KeyLookupError {
                 f,
                 "the token has no kid and {candidates} {alg} keys fit; a kid is required"
             ),
+            KeyLookupError::AlgNotForKey { kid, alg } => {
+                write!(f, "the key with kid \"{kid}\" does not verify {alg}")
+            }
         }
     }
 }
@@ -125,7 +178,16 @@ impl KeySet {
                         e.alg == alg && e.kid.is_none() && e.alg.key_kind() == KeyKind::Secret
                     })
                 })
-                .ok_or_else(|| KeyLookupError::UnknownKid(kid.to_string())),
+                .ok_or_else(|| {
+                    if self.has_kid(kid) {
+                        KeyLookupError::AlgNotForKey {
+                            kid: kid.to_string(),
+                            alg,
+                        }
+                    } else {
+                        KeyLookupError::UnknownKid(kid.to_string())
+                    }
+                }),
             None => {
                 let mut fitting = self.entries.iter().filter(|e| e.alg == alg);
                 match (fitting.next(), fitting.count()) {
@@ -144,8 +206,8 @@ impl KeySet {
     /// or weak key among good ones must not take the good ones down with it,
     /// at first load or at a refresh. Whether anything usable is left is the
     /// caller's question.
-    pub fn from_jwks(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<String>), JwksError> {
-        let (set, skipped) = Self::parse(json, allowed)?;
+    pub fn from_jwks(json: &[u8], algs: KeyAlgs) -> Result<(KeySet, Vec<String>), JwksError> {
+        let (set, skipped) = Self::parse(json, algs)?;
         Ok((set, skipped.iter().map(Skip::to_string).collect()))
     }
 
@@ -154,9 +216,9 @@ impl KeySet {
     /// error naming it, as a typo in a config is better refused than ignored.
     pub fn from_inline_jwks(
         json: &[u8],
-        allowed: &[Alg],
+        algs: KeyAlgs,
     ) -> Result<(KeySet, Vec<String>), JwksError> {
-        let (set, skipped) = Self::parse(json, allowed)?;
+        let (set, skipped) = Self::parse(json, algs)?;
         let mut notes = Vec::with_capacity(skipped.len());
         for skip in skipped {
             match skip {
@@ -167,7 +229,7 @@ impl KeySet {
         Ok((set, notes))
     }
 
-    fn parse(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<Skip>), JwksError> {
+    fn parse(json: &[u8], algs: KeyAlgs) -> Result<(KeySet, Vec<Skip>), JwksError> {
         let doc: JwksDoc =
             serde_json::from_slice(json).map_err(|e| JwksError::NotJwks(e.to_string()))?;
         let mut set = KeySet::default();
@@ -195,7 +257,7 @@ impl KeySet {
                 });
                 continue;
             }
-            match set.add_jwk(&jwk, allowed) {
+            match set.add_jwk(&jwk, algs) {
                 Ok(0) => skipped.push(Skip::NotForUs {
                     key,
                     why: format!("no allowed algorithm fits kty {}", jwk.kty),
@@ -222,7 +284,7 @@ impl KeySet {
         }
     }
 
-    fn add_jwk(&mut self, jwk: &Jwk, allowed: &[Alg]) -> Result<usize, String> {
+    fn add_jwk(&mut self, jwk: &Jwk, algs: KeyAlgs) -> Result<usize, String> {
         let declared = match &jwk.alg {
             Some(name) => match Alg::parse(name) {
                 Some(alg) => Some(alg),
@@ -244,23 +306,24 @@ impl KeySet {
                 return Err(format!("alg {alg} does not fit kty {}", jwk.kty));
             }
         }
-        let algs: Vec<Alg> = allowed
+        let serves: Vec<Alg> = algs
+            .allowed
             .iter()
             .copied()
-            .filter(|a| a.key_kind() == kind && declared.is_none_or(|d| d == *a))
+            .filter(|a| algs.serves(declared, kind, *a))
             .collect();
-        if algs.is_empty() {
+        if serves.is_empty() {
             return Ok(0);
         }
         let key = key_material(jwk, kind)?;
-        for alg in &algs {
+        for alg in &serves {
             self.entries.push(KeyEntry {
                 kid: jwk.kid.clone(),
                 alg: *alg,
                 key: key.clone(),
             });
         }
-        Ok(algs.len())
+        Ok(serves.len())
     }
 }
 
@@ -326,7 +389,8 @@ mod tests {
 
     #[test]
     fn rsa_key_without_alg_serves_every_allowed_rsa_algorithm() {
-        let (set, skipped) = KeySet::from_jwks(&vectors().jwks, &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) =
+            KeySet::from_jwks(&vectors().jwks, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert!(skipped.is_empty(), "{skipped:?}");
         for alg in [
             Alg::RS256,
@@ -339,19 +403,68 @@ mod tests {
             assert!(set.find(Some("rsa1-any"), alg).is_ok(), "{alg}");
         }
         assert!(set.find(Some("rsa1"), Alg::RS256).is_ok());
+        // A known kid that does not fit is no rotation: no refetch for it.
         assert_eq!(
             set.find(Some("rsa1"), Alg::PS256).err(),
-            Some(KeyLookupError::UnknownKid("rsa1".into()))
+            Some(KeyLookupError::AlgNotForKey {
+                kid: "rsa1".into(),
+                alg: Alg::PS256
+            })
         );
         assert_eq!(
             set.find(Some("rsa1"), Alg::ES256).err(),
-            Some(KeyLookupError::UnknownKid("rsa1".into()))
+            Some(KeyLookupError::AlgNotForKey {
+                kid: "rsa1".into(),
+                alg: Alg::ES256
+            })
+        );
+        assert_eq!(
+            set.find(Some("nope"), Alg::RS256).err(),
+            Some(KeyLookupError::UnknownKid("nope".into()))
         );
     }
 
     #[test]
+    fn rsa_key_without_alg_serves_ps_only_where_listed() {
+        // Issue 18: PS* is checked in wasm, so an RSA key without `alg` let
+        // an attacker pick PS512 and pay ~5x RS256's rejection cost.
+        let by_default = default_undeclared_rsa(&Alg::ASYMMETRIC);
+        assert_eq!(by_default, vec![Alg::RS256, Alg::RS384, Alg::RS512]);
+        let algs = KeyAlgs {
+            allowed: &Alg::ASYMMETRIC,
+            undeclared_rsa: &by_default,
+        };
+        let (set, _) = KeySet::from_jwks(&vectors().jwks, algs).unwrap();
+        for alg in [Alg::RS256, Alg::RS384, Alg::RS512] {
+            assert!(set.find(Some("rsa1-any"), alg).is_ok(), "{alg}");
+        }
+        for alg in [Alg::PS256, Alg::PS384, Alg::PS512] {
+            assert_eq!(
+                set.find(Some("rsa1-any"), alg).err(),
+                Some(KeyLookupError::AlgNotForKey {
+                    kid: "rsa1-any".into(),
+                    alg
+                }),
+                "{alg}"
+            );
+        }
+        // A key that declares PS256 keeps it.
+        let n = b64u(&[0xc3; 256]);
+        let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "ps", "alg": "PS256", "n": n, "e": "AQAB"}]});
+        let (set, skipped) = KeySet::from_jwks(doc.to_string().as_bytes(), algs).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert!(set.find(Some("ps"), Alg::PS256).is_ok());
+        // Listed explicitly, PS256 is served by a key without `alg`.
+        let listed = [Alg::RS256, Alg::PS256];
+        let (set, _) = KeySet::from_jwks(&vectors().jwks, KeyAlgs::listed(&listed)).unwrap();
+        assert!(set.find(Some("rsa1-any"), Alg::PS256).is_ok());
+        assert!(set.find(Some("rsa1-any"), Alg::PS512).is_err());
+    }
+
+    #[test]
     fn allowed_algorithms_restrict_the_keys() {
-        let (set, skipped) = KeySet::from_jwks(&vectors().jwks, &[Alg::ES256]).unwrap();
+        let (set, skipped) =
+            KeySet::from_jwks(&vectors().jwks, KeyAlgs::listed(&[Alg::ES256])).unwrap();
         assert_eq!(set.len(), 1);
         assert!(!skipped.is_empty());
         assert!(set.find(Some("ec256"), Alg::ES256).is_ok());
@@ -363,7 +476,8 @@ mod tests {
 
     #[test]
     fn a_token_without_kid_needs_exactly_one_fitting_key() {
-        let (set, _) = KeySet::from_jwks(&vectors().jwks, &Alg::ASYMMETRIC).unwrap();
+        let (set, _) =
+            KeySet::from_jwks(&vectors().jwks, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert!(matches!(
             set.find(None, Alg::RS256),
             Err(KeyLookupError::Ambiguous { candidates: 2, .. })
@@ -445,8 +559,9 @@ mod tests {
         keys.push(bad.first().unwrap().0.clone());
         let doc = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap();
 
-        let (set, skipped) = KeySet::from_jwks(&doc, &Alg::ASYMMETRIC).unwrap();
-        let (clean, _) = KeySet::from_jwks(&vectors().jwks, &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) = KeySet::from_jwks(&doc, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
+        let (clean, _) =
+            KeySet::from_jwks(&vectors().jwks, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert_eq!(set.len(), clean.len());
         for kid in ["rsa1", "rsa1-any", "ec256", "ec384", "ed25519"] {
             assert!(set.has_kid(kid), "{kid}");
@@ -468,7 +583,7 @@ mod tests {
     fn a_jwks_of_only_bad_keys_gives_an_empty_set_and_the_reasons() {
         let keys: Vec<serde_json::Value> = bad_keys().into_iter().map(|(k, _)| k).collect();
         let doc = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap();
-        let (set, skipped) = KeySet::from_jwks(&doc, &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) = KeySet::from_jwks(&doc, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert!(set.is_empty());
         assert_eq!(skipped.len(), keys.len());
     }
@@ -477,7 +592,7 @@ mod tests {
     fn inline_jwks_refuses_a_broken_or_weak_key_with_the_key_named() {
         for (key, why) in bad_keys() {
             let doc = serde_json::to_vec(&serde_json::json!({ "keys": [key] })).unwrap();
-            let err = KeySet::from_inline_jwks(&doc, &Alg::ASYMMETRIC)
+            let err = KeySet::from_inline_jwks(&doc, KeyAlgs::listed(&Alg::ASYMMETRIC))
                 .err()
                 .unwrap_or_else(|| panic!("{key} was accepted"))
                 .to_string();
@@ -485,7 +600,8 @@ mod tests {
         }
         // Keys meant for something else are skipped there too.
         let enc = br#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}]}"#;
-        let (set, skipped) = KeySet::from_inline_jwks(enc, &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) =
+            KeySet::from_inline_jwks(enc, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert!(set.is_empty() && skipped.len() == 1);
     }
 
@@ -494,7 +610,7 @@ mod tests {
         for doc in [&b"<html>"[..], b"{}", br#"{"keys":{}}"#, b"[]"] {
             assert!(
                 matches!(
-                    KeySet::from_jwks(doc, &Alg::ASYMMETRIC),
+                    KeySet::from_jwks(doc, KeyAlgs::listed(&Alg::ASYMMETRIC)),
                     Err(JwksError::NotJwks(_))
                 ),
                 "{}",
@@ -507,7 +623,7 @@ mod tests {
     fn a_key_not_allowed_for_the_issuer_is_not_parsed() {
         // A weak RSA key, but the issuer only takes ES256: not for us, not broken.
         let doc = br#"{"keys":[{"kty":"RSA","kid":"small","n":"AQAB","e":"AQAB"}]}"#;
-        let (set, skipped) = KeySet::from_inline_jwks(doc, &[Alg::ES256]).unwrap();
+        let (set, skipped) = KeySet::from_inline_jwks(doc, KeyAlgs::listed(&[Alg::ES256])).unwrap();
         assert!(set.is_empty());
         assert!(skipped[0].contains("no allowed algorithm"), "{skipped:?}");
     }
@@ -515,7 +631,7 @@ mod tests {
     #[test]
     fn encryption_keys_and_unknown_types_are_skipped() {
         let doc = br#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"},{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"},{"kty":"RSA","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"}]}"#;
-        let (set, skipped) = KeySet::from_jwks(doc, &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) = KeySet::from_jwks(doc, KeyAlgs::listed(&Alg::ASYMMETRIC)).unwrap();
         assert!(set.is_empty());
         assert_eq!(skipped.len(), 3);
     }

@@ -553,7 +553,8 @@ mod tests {
     }
 
     fn keys(v: &Vectors, algorithms: &[Alg]) -> KeySet {
-        let (mut set, _) = KeySet::from_jwks(&v.jwks, algorithms).unwrap();
+        let (mut set, _) =
+            KeySet::from_jwks(&v.jwks, crate::jwks::KeyAlgs::listed(algorithms)).unwrap();
         set.add_secret(v.hs_secret.as_bytes(), algorithms);
         set
     }
@@ -613,7 +614,10 @@ mod tests {
             ("rs256_signed_by_rsa2", TokenError::BadSignature),
             (
                 "es256_with_rsa_kid",
-                TokenError::Key(KeyLookupError::UnknownKid("rsa1".into())),
+                TokenError::Key(KeyLookupError::AlgNotForKey {
+                    kid: "rsa1".into(),
+                    alg: crate::jwks::Alg::ES256,
+                }),
             ),
             (
                 "malformed_two_parts",

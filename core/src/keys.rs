@@ -222,16 +222,12 @@ pub struct Sharing {
 const SHARED_PREFIX: &str = "oauth_pep.keys";
 const SHARED_MAGIC: &[u8; 4] = b"OPK2";
 
-/// Names an issuer's keys in shared data by what they are fetched for (the
-/// issuer and its key source), not by the index in one configuration.
+/// Names an issuer's keys in shared data by what they are fetched from (the
+/// issuer, its key source and the cluster: [`Issuer::fetch_fingerprint`]),
+/// not by the index in one configuration: configurations that fetch the same
+/// keys the same way share them, and no other.
 fn shared_id(issuer: &Issuer) -> Digest {
-    let source = match &issuer.source {
-        KeySource::JwksUri(url) | KeySource::Discovery(url) => {
-            format!("{}://{}{}", url.scheme, url.authority, url.path)
-        }
-        KeySource::Static(_) | KeySource::None => String::new(),
-    };
-    digest(&[issuer.issuer.as_bytes(), source.as_bytes()])
+    issuer.fetch_fingerprint()
 }
 
 fn shared_key(id: &Digest, what: &str) -> String {
@@ -1007,5 +1003,61 @@ mod tests {
             FetchProgress::Loaded { .. }
         ));
         assert!(first.keys(0).is_some());
+    }
+
+    #[test]
+    fn keys_fetched_through_another_cluster_are_not_adopted() {
+        // Issue 18: the shared name was the issuer and its key URL, so a
+        // second listener fetching the same issuer through another cluster
+        // (another server) took the first one's keys, and the other way round.
+        let other = Config::from_json(
+            br#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as-b"}]}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let store: Rc<crate::services::testing::MemoryStore> = Rc::default();
+        let with = |c: &Config, worker| {
+            let mut m = KeyManager::new(&c.issuers);
+            m.share_through(Sharing {
+                store: store.clone(),
+                worker,
+            });
+            m
+        };
+        let (mut a, mut b, mut a2) = (with(&config(), 1), with(&other, 2), with(&config(), 3));
+        let now = 100;
+        assert!(matches!(
+            a.due(now).as_slice(),
+            [Due::Fetch(0, FetchStep::Discovery, _)]
+        ));
+        assert!(
+            matches!(
+                b.due(now).as_slice(),
+                [Due::Fetch(0, FetchStep::Discovery, _)]
+            ),
+            "not held back by the other cluster's marker"
+        );
+        assert!(a2.due(now).is_empty(), "the same settings share one fetch");
+        let doc = r#"{"issuer":"https://issuer.test","jwks_uri":"https://issuer.test/jwks"}"#;
+        let reply = |body: &str| CalloutReply {
+            status: Some(200),
+            body: body.as_bytes().to_vec(),
+            ..CalloutReply::default()
+        };
+        let _ = a.on_reply(0, FetchStep::Discovery, &reply(doc), now);
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        assert!(matches!(
+            a.on_reply(0, FetchStep::Jwks, &reply(&jwks), now),
+            FetchProgress::Loaded { .. }
+        ));
+        assert!(
+            b.due(now + 1).is_empty(),
+            "b's own fetch is still in flight"
+        );
+        assert!(b.keys(0).is_none(), "a's keys are not b's");
+        assert!(matches!(
+            a2.due(now + 1).as_slice(),
+            [Due::Adopted(0, FetchProgress::Loaded { .. })]
+        ));
     }
 }

@@ -4,6 +4,7 @@
 //! Only an explicit permit allows. A PDP that cannot be asked or answers
 //! something unreadable is an error (the filter answers 503), never a permit.
 
+use crate::cache::{digest, Digest};
 use crate::callout::{Callout, CalloutError, CalloutReply, Url};
 use crate::config_error::ConfigError;
 use crate::headers::{header_name, is_header_value, HeaderUse};
@@ -218,20 +219,24 @@ impl Pdp {
         self.cache_seconds
     }
 
-    pub fn callout(&self, q: &PdpQuery) -> Callout {
+    /// The callout that asks about `q`, and the key its decision is cached
+    /// under: the SHA-256 of the exact body the PDP is sent. The PDP may
+    /// decide on anything it is sent (`iss`, `acr`, any claim, the rule), so
+    /// a decision is reused only for a request that would send it the same
+    /// document; the URL and static headers are the configuration's, and
+    /// each configuration has its own cache.
+    pub fn ask(&self, q: &PdpQuery) -> (Callout, Digest) {
         let body = match self.kind {
             PdpKind::Authzen => authzen_request(q),
             PdpKind::Opa => opa_request(q),
         };
         // Value's Display cannot fail, unlike serde_json::to_vec.
-        let mut callout = Callout::post_json(
-            &self.upstream,
-            self.url.clone(),
-            body.to_string().into_bytes(),
-            self.timeout_ms,
-        );
+        let body = body.to_string().into_bytes();
+        let key = digest(&[&body]);
+        let mut callout =
+            Callout::post_json(&self.upstream, self.url.clone(), body, self.timeout_ms);
         callout.headers.extend(self.headers.iter().cloned());
-        callout
+        (callout, key)
     }
 
     /// `Ok(true)` permits; `Ok(false)` is an explicit or implicit deny.
@@ -261,16 +266,6 @@ impl Pdp {
                 _ => false,
             }),
         }
-    }
-
-    /// A key that cannot collide across different facts: the parts are
-    /// JSON-encoded, so no separator inside a value can shift a boundary.
-    /// The scopes are part of it because a PDP policy may rely on them and
-    /// the same subject can hold tokens with different scopes. Other claims
-    /// are not: decisions depending on them may be reused across tokens of
-    /// the same subject for up to `cache_seconds`.
-    pub fn cache_key(q: &PdpQuery) -> String {
-        json!([q.subject, q.client_id, q.method, q.path, q.scopes]).to_string()
     }
 }
 
@@ -446,7 +441,7 @@ mod tests {
             r#"{"kind": "opa", "upstream": "pdp", "url": "http://opa/v1/data/x",
                 "headers": {"authorization": "Bearer s3cret"}}"#,
         );
-        let c = p.callout(&PdpQuery {
+        let (c, _) = p.ask(&PdpQuery {
             subject: "alice",
             client_id: None,
             claims: &Map::new(),
@@ -483,7 +478,7 @@ mod tests {
             rule: "delete-items",
             scopes: &scopes,
         };
-        let c = authzen().callout(&q);
+        let (c, _) = authzen().ask(&q);
         assert_eq!(c.method, "POST");
         assert_eq!(c.upstream, "pdp");
         assert_eq!(c.timeout_ms, 2000);
@@ -512,7 +507,7 @@ mod tests {
             rule: "r",
             scopes: &[],
         };
-        let kind = |q: PdpQuery| body_of(&authzen().callout(&q))["subject"]["type"].clone();
+        let kind = |q: PdpQuery| body_of(&authzen().ask(&q).0)["subject"]["type"].clone();
         assert_eq!(kind(q("app", Some("app"))), "client");
         assert_eq!(kind(q("alice", Some("app"))), "user");
         assert_eq!(kind(q("alice", None)), "user");
@@ -531,7 +526,7 @@ mod tests {
             rule: "read-items",
             scopes: &scopes,
         };
-        let c = opa().callout(&q);
+        let (c, _) = opa().ask(&q);
         assert_eq!(c.url.path, "/v1/data/httpapi/authz/allow");
         assert_eq!(c.url.authority, "127.0.0.1:8181");
         assert_eq!(
@@ -629,38 +624,62 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_is_unambiguous() {
-        let claims = Map::new();
+    fn the_cache_key_is_the_exact_body_sent() {
+        // Issue 18: the key covered subject, client, method, path and scopes,
+        // so a token of another issuer (or without MFA) with the same `sub`
+        // and client got a decision the PDP made about other claims.
         let scopes = vec!["read".to_string()];
-        let q = |subject, client_id, method, path| PdpQuery {
-            subject,
-            client_id,
-            claims: &claims,
-            method,
-            path,
-            rule: "r",
-            scopes: &scopes,
+        let claims = |extra: Value| {
+            let mut m = claims();
+            if let Value::Object(extra) = extra {
+                m.extend(extra);
+            }
+            m
         };
-        let a = Pdp::cache_key(&q("a", Some("b"), "GET", "/x"));
-        assert_eq!(a, Pdp::cache_key(&q("a", Some("b"), "GET", "/x")));
-        let others = [
-            Pdp::cache_key(&q("a\",\"b", None, "GET", "/x")),
-            Pdp::cache_key(&q("ab", None, "GET", "/x")),
-            Pdp::cache_key(&q("a", None, "GET", "/x")),
-            Pdp::cache_key(&q("a", Some(""), "GET", "/x")),
-            Pdp::cache_key(&q("a", Some("b"), "POST", "/x")),
-            Pdp::cache_key(&q("a", Some("b"), "GET", "/x/")),
-            Pdp::cache_key(&q("a", Some("bGET"), "", "/x")),
-        ];
-        for (i, k) in others.iter().enumerate() {
-            assert_ne!(&a, k);
-            for other in others.iter().skip(i + 1) {
-                assert_ne!(k, other);
+        fn query<'a>(claims: &'a Map<String, Value>, scopes: &'a [String]) -> PdpQuery<'a> {
+            PdpQuery {
+                subject: "alice",
+                client_id: Some("app"),
+                claims,
+                method: "GET",
+                path: "/x",
+                rule: "r",
+                scopes,
             }
         }
-        let fewer: Vec<String> = vec![];
-        let mut q2 = q("a", Some("b"), "GET", "/x");
-        q2.scopes = &fewer;
-        assert_ne!(a, Pdp::cache_key(&q2));
+        for p in [authzen(), opa()] {
+            let a = claims(json!({"iss": "https://a.example", "acr": "mfa"}));
+            let (callout, key) = p.ask(&query(&a, &scopes));
+            assert_eq!(key, digest(&[callout.body.as_deref().unwrap()]));
+            assert_eq!(
+                key,
+                p.ask(&query(&a, &scopes)).1,
+                "the same facts, the same key"
+            );
+            let others = [
+                claims(json!({"iss": "https://b.example", "acr": "mfa"})),
+                claims(json!({"iss": "https://a.example", "acr": "pwd"})),
+                claims(json!({"iss": "https://a.example"})),
+                claims(json!({"iss": "https://a.example", "acr": "mfa", "amr": ["otp"]})),
+            ];
+            let mut keys = vec![key];
+            for other in &others {
+                keys.push(p.ask(&query(other, &scopes)).1);
+            }
+            let mut rule = query(&a, &scopes);
+            rule.rule = "another rule";
+            keys.push(p.ask(&rule).1);
+            let mut no_scopes = query(&a, &scopes);
+            no_scopes.scopes = &[];
+            keys.push(p.ask(&no_scopes).1);
+            let mut client = query(&a, &scopes);
+            client.client_id = None;
+            keys.push(p.ask(&client).1);
+            for (i, k) in keys.iter().enumerate() {
+                for other in keys.iter().skip(i + 1) {
+                    assert_ne!(k, other);
+                }
+            }
+        }
     }
 }

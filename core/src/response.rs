@@ -209,6 +209,7 @@ impl TokenProblem {
                 TokenError::WrongAudience => Reason::AudienceMismatch,
                 TokenError::LifetimeTooLong { .. } => Reason::LifetimeTooLong,
                 TokenError::Key(KeyLookupError::UnknownKid(_)) => Reason::KidUnknown,
+                TokenError::Key(KeyLookupError::AlgNotForKey { .. }) => Reason::AlgorithmNotAllowed,
                 TokenError::Key(_) | TokenError::BadSignature | TokenError::Signature(_) => {
                     Reason::SignatureInvalid
                 }

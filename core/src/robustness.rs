@@ -63,7 +63,7 @@ fn full_config() -> String {
         "token_sources":[{{"header":"authorization"}},{{"query":"at"}},{{"cookie":"at"}}],
         "forward":{{"claims":{{"sub":"x-sub"}},"payload_header":"x-payload","hide_credentials":true}},
         "policy":{{"GET /a/{{^[0-9]+$}}":"^a:(?<PC1>[0-9]+)$ or admin","* /b/??":"read and not write"}},
-        "public_paths":["/health"],"consumers":{{"client-1":{{"id":"c1"}}}},
+        "public_paths":["/health"],"consumers":{{"client-1":{{"id":"c1","issuer":"https://issuer.test"}}}},
         "anonymous":{{"id":"anon","paths":["/open/??"],"on_invalid_token":true}},
         "pdp":{{"kind":"authzen","upstream":"pdp","url":"http://pdp/access/v1/evaluation","cache_seconds":5}}}}"#
     )

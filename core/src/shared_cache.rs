@@ -120,6 +120,16 @@ impl SharedCache {
         format!("{PREFIX}.{}.in_flight", self.slot(digest))
     }
 
+    /// What a marker says is being asked: this token under this
+    /// configuration. Another configuration (a second listener, or the one a
+    /// config update replaces) asks its own endpoint with its own settings,
+    /// and its answer is not one this configuration reads; so its worker
+    /// neither waits for this marker nor is waited for. The slot's marker
+    /// key stays the same, so shared data holds no more keys than slots.
+    pub fn marker_subject(&self, token: &Digest) -> Digest {
+        crate::cache::digest(&[&self.fingerprint, token])
+    }
+
     /// The live entry for this token, if its slot holds one.
     pub fn read(&self, store: &dyn SharedStore, digest: &Digest, now: u64) -> Option<Entry> {
         if !self.enabled() {

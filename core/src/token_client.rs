@@ -98,6 +98,9 @@ pub struct IssuerRef<'a> {
     pub issuer: &'a str,
     pub discovery: bool,
     pub upstream: Option<&'a str>,
+    /// Where its discovery document comes from
+    /// ([`crate::issuer::Issuer::fetch_fingerprint`]).
+    pub fetched_from: Digest,
 }
 
 impl TokenClient {
@@ -208,14 +211,25 @@ impl TokenClient {
             ));
         }
         let scope = (!raw.scopes.is_empty()).then(|| raw.scopes.join(" "));
+        // Everything that decides which token comes back: where it is asked
+        // for and through which cluster, as whom (the credentials, not just
+        // the client_id), and for what. Two configurations sharing this
+        // share the token; a client of the same name with other credentials
+        // or another server never adopts it.
         let endpoint_text = match &endpoint {
-            TokenEndpoint::Fixed(url) => format!("{}://{}{}", url.scheme, url.authority, url.path),
-            TokenEndpoint::Discovered(i) => issuers
-                .get(*i)
-                .map_or_else(String::new, |i| i.issuer.to_string()),
+            TokenEndpoint::Fixed(url) => {
+                format!("fixed {}://{}{}", url.scheme, url.authority, url.path)
+            }
+            TokenEndpoint::Discovered(i) => issuers.get(*i).map_or_else(String::new, |i| {
+                let hex: String = i.fetched_from.iter().map(|b| format!("{b:02x}")).collect();
+                format!("discovered {} {hex}", i.issuer)
+            }),
         };
         let shared_id = digest(&[
             endpoint_text.as_bytes(),
+            upstream.as_bytes(),
+            raw.authority.as_deref().unwrap_or("").as_bytes(),
+            &auth.fingerprint(),
             raw.client_id.as_bytes(),
             scope.as_deref().unwrap_or("").as_bytes(),
             raw.resource.as_deref().unwrap_or("").as_bytes(),
@@ -696,6 +710,7 @@ mod tests {
             issuer: "https://as.test",
             discovery: true,
             upstream: Some("as"),
+            fetched_from: [7; 32],
         }];
         TokenClient::compile("pat", raw, "clients.pat", &issuers, &|_| None)
     }
@@ -857,6 +872,39 @@ mod tests {
         // the same one back from shared data.
         b.invalidate(0);
         fetch(&mut b, NOW + 1);
+    }
+
+    #[test]
+    fn a_token_is_shared_only_by_clients_that_would_get_the_same_one() {
+        // Issue 18: the shared name covered the endpoint, client_id, scope,
+        // resource and audience, so a configuration with the same client and
+        // other credentials (or another cluster) adopted another's token.
+        let base = r#""token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"s3""#;
+        let id = |extra: &str| client(&format!("{{{base}{extra}}}")).unwrap().shared_id;
+        let same = id("");
+        assert_eq!(same, id(""));
+        assert_eq!(
+            same,
+            id(r#","timeout_ms":1000"#),
+            "a timeout is not who asks"
+        );
+        let others = [
+            client(r#"{"token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"other"}"#)
+                .unwrap()
+                .shared_id,
+            client(r#"{"token_endpoint":"https://as.test/token","upstream":"as2","client_id":"rs","client_secret":"s3"}"#)
+                .unwrap()
+                .shared_id,
+            client(r#"{"token_endpoint":"https://as.test/token","upstream":"as","client_id":"rs","client_secret":"s3","auth_method":"client_secret_post"}"#)
+                .unwrap()
+                .shared_id,
+            id(r#","authority":"as.internal""#),
+            id(r#","scopes":["a"]"#),
+            id(r#","audience":"x""#),
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert_ne!(&same, other, "{i}");
+        }
     }
 
     #[test]

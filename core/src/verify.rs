@@ -505,7 +505,8 @@ mod tests {
 
     fn keys() -> KeySet {
         let v = vectors();
-        let (mut set, _) = KeySet::from_jwks(&v.jwks, &all_algs()).unwrap();
+        let (mut set, _) =
+            KeySet::from_jwks(&v.jwks, crate::jwks::KeyAlgs::listed(&all_algs())).unwrap();
         set.add_secret(v.hs_secret.as_bytes(), &Alg::HMAC);
         set
     }

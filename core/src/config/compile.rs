@@ -54,11 +54,15 @@ pub(super) fn compile(
         .identity_headers
         .compile()
         .map_err(|e| ConfigError::new(format!("identity_headers.{}", e.field), e.problem))?;
-    let consumers = Consumers::compile(&ConsumersConfig {
-        consumers: raw.consumers,
-        allow_unregistered_clients: raw.allow_unregistered_clients,
-        anonymous: raw.anonymous,
-    })?;
+    let issuer_names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+    let consumers = Consumers::compile(
+        &ConsumersConfig {
+            consumers: raw.consumers,
+            allow_unregistered_clients: raw.allow_unregistered_clients,
+            anonymous: raw.anonymous,
+        },
+        &issuer_names,
+    )?;
     let anonymous_paths = match consumers.anonymous() {
         Some(anonymous) => PathSet::compile(&anonymous.paths)
             .map_err(|e| ConfigError::new("anonymous.paths", e.to_string()))?,
@@ -317,6 +321,7 @@ fn clients(
             issuer: &i.issuer,
             discovery: matches!(i.source, KeySource::Discovery(_)),
             upstream: (!i.upstream.is_empty()).then_some(i.upstream.as_str()),
+            fetched_from: i.fetch_fingerprint(),
         })
         .collect();
     let mut clients = Vec::with_capacity(raw.len());

@@ -11,7 +11,7 @@ use super::{Issuer, KeySource};
 use crate::callout::Url;
 use crate::config_error::ConfigError;
 use crate::introspection::{Introspection, Mode};
-use crate::jwks::{Alg, KeySet};
+use crate::jwks::{default_undeclared_rsa, Alg, KeyAlgs, KeySet};
 
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -75,11 +75,19 @@ fn compile(
         .take()
         .map(|s| secret_bytes(s).map_err(|e| ConfigError::new(f("shared_secret"), e)))
         .transpose()?;
+    let listed = raw.algorithms.is_some();
     let algorithms = algorithms(
         raw.algorithms.take(),
         shared_secret.is_some(),
         &f("algorithms"),
     )?;
+    // PS* is checked in wasm: an RSA key without `alg` serves it only where
+    // the configuration asks for it (see `KeyAlgs`).
+    let undeclared_rsa = if listed {
+        algorithms.clone()
+    } else {
+        default_undeclared_rsa(&algorithms)
+    };
     let discovery = raw.discovery.document(&f("discovery"))?;
     let keyless = keyless(&raw, discovery.is_some(), shared_secret.is_some(), field)?;
     // Without keys, every token of the issuer is introspected.
@@ -97,7 +105,11 @@ fn compile(
         })?;
         KeySource::Discovery(base.join_path(&format!("/.well-known/{document}")))
     } else {
-        static_keys(raw.jwks, shared_secret.as_deref(), &algorithms, &f("jwks"))?
+        let algs = KeyAlgs {
+            allowed: &algorithms,
+            undeclared_rsa: &undeclared_rsa,
+        };
+        static_keys(raw.jwks, shared_secret.as_deref(), algs, &f("jwks"))?
     };
     let upstream = upstream(&source, raw.upstream, &f("upstream"))?;
     // Every callout block of the issuer (introspection here; `uma` and the
@@ -132,6 +144,7 @@ fn compile(
         issuer: raw.issuer,
         audiences,
         algorithms,
+        undeclared_rsa,
         source,
         upstream,
         shared_secret,
@@ -225,7 +238,7 @@ fn keyless(
 fn static_keys(
     jwks: Option<Value>,
     shared_secret: Option<&[u8]>,
-    algorithms: &[Alg],
+    algorithms: KeyAlgs,
     field: &str,
 ) -> Result<KeySource, ConfigError> {
     let (mut keys, _) = match jwks {
@@ -238,7 +251,7 @@ fn static_keys(
         None => (KeySet::default(), Vec::new()),
     };
     if let Some(secret) = shared_secret {
-        keys.add_secret(secret, algorithms);
+        keys.add_secret(secret, algorithms.allowed);
     }
     if keys.is_empty() {
         return Err(ConfigError::new(

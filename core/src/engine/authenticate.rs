@@ -607,6 +607,42 @@ mod tests {
     }
 
     #[test]
+    fn ps_for_a_key_without_alg_only_where_the_issuer_lists_it() {
+        // Issue 18: an RSA JWK without `alg` let a caller pick PS512, whose
+        // forgeries cost a pure-Rust check each. Refused now before any
+        // signature work, and without an unknown-kid refetch: the kid is known.
+        let jwks = String::from_utf8(vectors().jwks).unwrap();
+        let ps512 = bearer(vectors().token("good_PS512"));
+        for (algorithms, allowed) in [("", false), (r#","algorithms":["RS256","PS512"]"#, true)] {
+            let c = Config::from_json(
+                format!(
+                    r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as"{algorithms}}}]}}"#
+                )
+                .as_bytes(),
+                &|_| None,
+            )
+            .unwrap();
+            let mut s = State::new(&c);
+            let checks = count_signature_checks(&mut s);
+            let now = vectors().now;
+            let _ = s.keys.due(now);
+            let _ = s.keys.on_reply(0, FetchStep::Jwks, &reply(200, &jwks), now);
+            let verdict = run(&c, &mut s, &ps512, "/");
+            if allowed {
+                assert!(matches!(verdict, Verdict::Allow(_)), "{verdict:?}");
+                assert_eq!(checks.get(), 1);
+            } else {
+                let Verdict::Deny(denial) = verdict else {
+                    panic!("refused at once, no refetch: {verdict:?}")
+                };
+                assert_eq!(denial.code(), "algorithm_not_allowed");
+                assert_eq!(checks.get(), 0, "no signature work");
+                assert!(matches!(run(&c, &mut s, &good(), "/"), Verdict::Allow(_)));
+            }
+        }
+    }
+
+    #[test]
     fn a_repeated_forgery_costs_one_signature_check_per_minute() {
         let c = inline_config("");
         let mut s = State::new(&c);

@@ -2,13 +2,13 @@
 //! maps to, the anonymous consumer without a usable token, the policy's
 //! scopes, then (last, as the only callout) the PDP.
 
-use crate::cache::{digest, Digest};
+use crate::cache::Digest;
 use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{find_token, FoundToken};
 use crate::grant::Grant;
-use crate::pdp::{Pdp, PdpQuery};
+use crate::pdp::PdpQuery;
 use crate::policy::PolicyDecision;
 use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
@@ -117,15 +117,15 @@ pub(super) fn check_access(
         rule: rule.as_deref().unwrap_or(""),
         scopes: &grant.scopes,
     };
-    let cache_key = digest(&[Pdp::cache_key(&query).as_bytes()]);
+    // Keyed by the exact body the PDP is sent: every claim it may decide on.
+    let (callout, cache_key) = pdp.ask(&query);
     match state.decisions.get(&cache_key, now) {
         Some(true) => Verdict::Allow(allow),
         Some(false) => Verdict::Deny(pdp_denied(&query)),
         None => {
-            let callout = Box::new(pdp.callout(&query));
             let denial = pdp_denied(&query);
             Verdict::Call {
-                callout,
+                callout: Box::new(callout),
                 resume: Resume::Pdp(Box::new(PendingPdp {
                     allow,
                     denial,
@@ -207,7 +207,10 @@ pub(super) fn consumer_for<'c>(
     config: &'c Config,
     grant: &Grant,
 ) -> Result<Option<&'c Consumer>, Denial> {
-    match config.consumers.lookup(grant.client_id.as_deref()) {
+    match config
+        .consumers
+        .lookup(grant.issuer, grant.client_id.as_deref())
+    {
         ConsumerLookup::Known(consumer) => Ok(Some(consumer)),
         ConsumerLookup::NotConfigured => Ok(None),
         ConsumerLookup::Unregistered if config.consumers.allow_unregistered_clients() => Ok(None),
@@ -434,6 +437,92 @@ mod tests {
             panic!()
         };
         assert_eq!(denial.code(), "pdp_unavailable");
+    }
+
+    /// Two issuers sharing one HMAC secret (the vectors'), with `extra`.
+    fn two_issuers(extra: &str) -> Config {
+        let secret = vectors().hs_secret;
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{secret}"}},
+                {{"issuer":"https://other.test","audiences":["api"],"shared_secret":"{secret}"}}]{extra}}}"#
+        );
+        Config::from_json(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_pdp_decision_is_reused_only_for_the_same_question() {
+        // Issue 18: the key was [sub, client_id, method, path, scopes], so a
+        // token of another issuer with the same `sub` and client, or the same
+        // user without MFA, got a decision made about other claims.
+        let c = two_issuers(
+            r#","pdp":{"kind":"authzen","upstream":"pdp","url":"http://pdp","cache_seconds":60}"#,
+        );
+        let mut s = State::new(&c);
+        let token = |claims| bearer(&hs_token(hs_claims(claims)));
+        let mfa = token(serde_json::json!({"acr": "mfa"}));
+        let asked = method_run(&c, &mut s, "GET", "/a", &mfa);
+        let permit = reply(200, r#"{"decision":true}"#);
+        assert!(matches!(
+            answer_pdp(&c, &mut s, asked, &permit),
+            Verdict::Allow(_)
+        ));
+        assert!(
+            matches!(method_run(&c, &mut s, "GET", "/a", &mfa), Verdict::Allow(_)),
+            "the same question: the cached permit"
+        );
+        for other in [
+            token(serde_json::json!({"iss": "https://other.test", "acr": "mfa"})),
+            token(serde_json::json!({"acr": "pwd"})),
+            token(serde_json::json!({})),
+        ] {
+            let asked = method_run(&c, &mut s, "GET", "/a", &other);
+            assert!(matches!(asked, Verdict::Call { .. }), "asked again");
+            let deny = reply(200, r#"{"decision":false}"#);
+            assert!(matches!(
+                answer_pdp(&c, &mut s, asked, &deny),
+                Verdict::Deny(Denial::PdpDenied { .. })
+            ));
+        }
+        // Those denials are theirs alone.
+        assert!(matches!(
+            method_run(&c, &mut s, "GET", "/a", &mfa),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn a_consumer_is_a_client_of_its_own_issuer() {
+        let c = two_issuers(
+            r#","consumers":{"app":{"id":"c-hs","issuer":"https://hs.test"}},"allow_unregistered_clients":true"#,
+        );
+        let mut s = State::new(&c);
+        let Verdict::Allow(a) = run(
+            &c,
+            &mut s,
+            &bearer(&hs_token(hs_claims(serde_json::json!({})))),
+            "/",
+        ) else {
+            panic!()
+        };
+        assert!(a
+            .set_headers
+            .contains(&("x-consumer-id".into(), "c-hs".into())));
+        let other = hs_token(hs_claims(serde_json::json!({"iss": "https://other.test"})));
+        let Verdict::Allow(a) = run(&c, &mut s, &bearer(&other), "/") else {
+            panic!()
+        };
+        assert!(
+            !a.set_headers.iter().any(|(h, _)| h == "x-consumer-id"),
+            "the same client_id at another issuer is another client: {:?}",
+            a.set_headers
+        );
+        let strict =
+            two_issuers(r#","consumers":{"app":{"id":"c-hs","issuer":"https://hs.test"}}"#);
+        let mut s = State::new(&strict);
+        assert_eq!(
+            run(&strict, &mut s, &bearer(&other), "/"),
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::ClientUnknown))
+        );
     }
 
     #[test]

@@ -214,7 +214,7 @@ fn introspection_marker<'a>(config: &Config, state: &'a State, key: &Digest) -> 
     config.shared_cache.enabled().then(|| Marker {
         store: state.shared.as_ref(),
         key: config.shared_cache.marker_key(key),
-        subject: *key,
+        subject: config.shared_cache.marker_subject(key),
         worker: state.worker,
     })
 }
@@ -666,6 +666,41 @@ mod tests {
             panic!()
         };
         expect_callout(ask(&c, &mut second, "opaque-3", until));
+    }
+
+    #[test]
+    fn another_configuration_neither_waits_for_this_ones_marker_nor_reads_its_answer() {
+        // Issue 18: the entries named their configuration, the markers did
+        // not: a second listener (or the configuration replacing this one)
+        // waited for this one's callout, then found an answer it cannot read.
+        let a = config("", "");
+        let b = config(r#","timeout_ms":1500"#, "");
+        let store = Rc::new(MemoryStore::default());
+        let mut on_a = worker(&a, &store, 1);
+        let mut on_b = worker(&b, &store, 2);
+        let (_, resume) = expect_callout(ask(&a, &mut on_a, "opaque-x", NOW));
+        let (_, resume_b) = expect_callout(ask(&b, &mut on_b, "opaque-x", NOW));
+        let _ = settle(
+            &a,
+            &mut on_a,
+            resume,
+            Ok(&answer(200, &active(NOW + 600))),
+            NOW,
+        );
+        let _ = settle(
+            &b,
+            &mut on_b,
+            resume_b,
+            Ok(&answer(200, &active(NOW + 600))),
+            NOW,
+        );
+        // The same configuration still shares one callout across workers.
+        let mut also_a = worker(&a, &store, 3);
+        let (_, _) = expect_callout(ask(&a, &mut on_a, "opaque-y", NOW));
+        assert!(matches!(
+            ask(&a, &mut also_a, "opaque-y", NOW),
+            Verdict::Wait(Wait { fetch: None, .. })
+        ));
     }
 
     #[test]

@@ -238,38 +238,7 @@ mod tests {
             ));
 
             let mut second = worker(2);
-            let Verdict::Wait(Wait {
-                fetch:
-                    Some(Fetch {
-                        callout,
-                        resume: Resume::ClientToken { client: 0 },
-                    }),
-                ..
-            }) = run(&c, &mut second, &[], "/photos/1")
-            else {
-                panic!("the second worker does not ask for the PAT ({pat_endpoint})")
-            };
-            assert_eq!(callout.url.path, "/token");
-            let pat = reply(
-                200,
-                r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
-            );
-            let _ = crate::engine::resume(
-                &c,
-                &mut second,
-                &FakeMetrics::default(),
-                Resume::ClientToken { client: 0 },
-                Ok(&pat),
-                now,
-            );
-            let Verdict::Call {
-                callout,
-                resume: Resume::Ticket(_),
-            } = run(&c, &mut second, &[], "/photos/1")
-            else {
-                panic!("no ticket request with the PAT ({pat_endpoint})")
-            };
-            assert_eq!(callout.url.path, "/perm");
+            assert_eq!(ticket_after_the_pat(&c, &mut second, now), "/perm");
         }
     }
 
@@ -328,38 +297,7 @@ mod tests {
         );
         assert!(s.keys.keys(0).is_none() && s.keys.settled(0));
         // No RPT: the PAT from the discovered token endpoint, then the ticket.
-        let Verdict::Wait(Wait {
-            fetch:
-                Some(Fetch {
-                    callout,
-                    resume: Resume::ClientToken { client: 0 },
-                }),
-            ..
-        }) = run(&c, &mut s, &[], "/photos/1")
-        else {
-            panic!("no PAT request")
-        };
-        assert_eq!(callout.url.path, "/token");
-        let pat = reply(
-            200,
-            r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
-        );
-        let _ = crate::engine::resume(
-            &c,
-            &mut s,
-            &metrics,
-            Resume::ClientToken { client: 0 },
-            Ok(&pat),
-            now,
-        );
-        let Verdict::Call {
-            callout,
-            resume: Resume::Ticket(_),
-        } = run(&c, &mut s, &[], "/photos/1")
-        else {
-            panic!("no ticket request")
-        };
-        assert_eq!(callout.url.path, "/perm");
+        assert_eq!(ticket_after_the_pat(&c, &mut s, now), "/perm");
         // An opaque RPT goes to the discovered introspection endpoint.
         let Verdict::Wait(Wait {
             fetch:
@@ -390,6 +328,36 @@ mod tests {
         }
         assert!(s.keys.due(now + 1).is_empty(), "next fetch at the refresh");
         assert_eq!(s.keys.due(now + 300).len(), 1);
+    }
+
+    /// A token-less request asks for the PAT (answered here), then for its
+    /// ticket: the ticket request's URL path.
+    fn ticket_after_the_pat(c: &Config, s: &mut State, now: u64) -> String {
+        let Verdict::Wait(Wait {
+            fetch:
+                Some(Fetch {
+                    callout,
+                    resume: resume @ Resume::ClientToken { client: 0 },
+                }),
+            ..
+        }) = run(c, s, &[], "/photos/1")
+        else {
+            panic!("no PAT request")
+        };
+        assert_eq!(callout.url.path, "/token");
+        let pat = reply(
+            200,
+            r#"{"access_token":"pat-1","token_type":"Bearer","expires_in":300}"#,
+        );
+        let _ = crate::engine::resume(c, s, &FakeMetrics::default(), resume, Ok(&pat), now);
+        let Verdict::Call {
+            callout,
+            resume: Resume::Ticket(_),
+        } = run(c, s, &[], "/photos/1")
+        else {
+            panic!("no ticket request with the PAT")
+        };
+        callout.url.path.clone()
     }
 
     /// UMA with every endpoint fixed (no discovery): opaque RPTs introspected
