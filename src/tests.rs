@@ -231,15 +231,17 @@ fn with_pdp() -> Shared<FakeHost> {
 
 /// The host runs request `id`'s header callback with a good token.
 fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
+    bearer_request(shared, id, &Vectors::load().token("good_RS256"))
+}
+
+/// The host runs request `id`'s header callback with `token` as a Bearer.
+fn bearer_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
     shared.host.current.set(id);
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), "/".to_string()),
         (":authority".to_string(), "api.test".to_string()),
-        (
-            "authorization".to_string(),
-            format!("Bearer {}", Vectors::load().token("good_RS256")),
-        ),
+        ("authorization".to_string(), format!("Bearer {token}")),
         ("x-request-id".to_string(), format!("req-{id}")),
     ];
     let facts = Facts {
@@ -488,30 +490,12 @@ fn introspecting() -> Shared<FakeHost> {
     )
 }
 
-/// The host runs request `id`'s header callback with an opaque token.
-fn opaque_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
-    shared.host.current.set(id);
-    let headers = vec![
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), "/".to_string()),
-        ("authorization".to_string(), format!("Bearer {token}")),
-        ("x-request-id".to_string(), format!("req-{id}")),
-    ];
-    let facts = Facts {
-        headers,
-        client: None,
-        peer_certificate: None,
-        routing: None,
-    };
-    shared.decide(id, facts, None, None)
-}
-
 #[test]
 fn requests_with_one_opaque_token_share_one_introspection_the_root_makes() {
     let shared = introspecting();
     for id in [7, 8, 9] {
         assert!(matches!(
-            opaque_request(&shared, id, "opaque"),
+            bearer_request(&shared, id, "opaque"),
             Outcome::Hold
         ));
     }
@@ -541,7 +525,7 @@ fn requests_with_one_opaque_token_share_one_introspection_the_root_makes() {
     }
     // Later: from the cache, no callout.
     assert!(matches!(
-        opaque_request(&shared, 10, "opaque"),
+        bearer_request(&shared, 10, "opaque"),
         Outcome::Proceed
     ));
     assert_eq!(shared.host.dispatched.borrow().len(), 1);
@@ -556,8 +540,8 @@ fn requests_with_one_opaque_token_share_one_introspection_the_root_makes() {
 #[test]
 fn a_failed_introspection_answers_every_waiter_503_and_is_not_remembered() {
     let shared = introspecting();
-    opaque_request(&shared, 7, "opaque");
-    opaque_request(&shared, 8, "opaque");
+    bearer_request(&shared, 7, "opaque");
+    bearer_request(&shared, 8, "opaque");
     tick(&shared);
     let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
     answer(&shared, token, 500, "oops");
@@ -571,7 +555,7 @@ fn a_failed_introspection_answers_every_waiter_503_and_is_not_remembered() {
         ]
     );
     assert!(
-        matches!(opaque_request(&shared, 9, "opaque"), Outcome::Hold),
+        matches!(bearer_request(&shared, 9, "opaque"), Outcome::Hold),
         "asked again"
     );
 }
@@ -593,7 +577,7 @@ fn replies_to_parked_requests_go_out_a_batch_per_callback() {
     let shared = introspecting();
     let ids: Vec<u32> = (10..110).collect();
     for &id in &ids {
-        opaque_request(&shared, id, "made-up");
+        bearer_request(&shared, id, "made-up");
     }
     tick(&shared);
     let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
@@ -623,23 +607,23 @@ fn replies_to_parked_requests_go_out_a_batch_per_callback() {
 fn beyond_the_caps_a_request_is_answered_503_overloaded_at_once() {
     let shared = introspecting_within(r#"{"max_per_key":3,"max_per_worker":5}"#);
     for id in 10..13 {
-        assert!(matches!(opaque_request(&shared, id, "a"), Outcome::Hold));
+        assert!(matches!(bearer_request(&shared, id, "a"), Outcome::Hold));
     }
     assert!(shared.host.answered().is_empty());
-    opaque_request(&shared, 13, "a");
+    bearer_request(&shared, 13, "a");
     assert_eq!(
         shared.host.answered(),
         vec![(13, 503, "overloaded".to_string())],
         "a fourth on one token"
     );
-    opaque_request(&shared, 14, "b");
-    opaque_request(&shared, 15, "c");
+    bearer_request(&shared, 14, "b");
+    bearer_request(&shared, 15, "c");
     assert_eq!(
         shared.host.answered().len(),
         1,
         "the fifth in the worker parks"
     );
-    opaque_request(&shared, 16, "d");
+    bearer_request(&shared, 16, "d");
     assert_eq!(
         shared.host.answered().last(),
         Some(&(16, 503, "overloaded".to_string())),
@@ -655,7 +639,7 @@ fn beyond_the_caps_a_request_is_answered_503_overloaded_at_once() {
     // A request that ended frees its place.
     shared.forget(10);
     shared.host.gone.borrow_mut().insert(10);
-    assert!(matches!(opaque_request(&shared, 17, "a"), Outcome::Hold));
+    assert!(matches!(bearer_request(&shared, 17, "a"), Outcome::Hold));
     assert_eq!(shared.host.answered().len(), 2);
 }
 

@@ -214,7 +214,6 @@ mod tests {
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
     use crate::keys::FetchStep;
-    use crate::verify::PureRustVerifier;
 
     fn starts_key_fetch(v: &Verdict) -> bool {
         matches!(
@@ -235,27 +234,6 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-    }
-
-    /// Makes `state` count its signature checks, in the returned cell.
-    fn count_signature_checks(state: &mut State) -> Rc<std::cell::Cell<usize>> {
-        use crate::verify::{KeyMaterial, SignatureVerifier, VerifyError};
-        struct Counting(Rc<std::cell::Cell<usize>>);
-        impl SignatureVerifier for Counting {
-            fn verify(
-                &self,
-                alg: crate::alg::Alg,
-                key: &KeyMaterial,
-                input: &[u8],
-                signature: &[u8],
-            ) -> Result<(), VerifyError> {
-                self.0.set(self.0.get() + 1);
-                PureRustVerifier.verify(alg, key, input, signature)
-            }
-        }
-        let checks = Rc::new(std::cell::Cell::new(0));
-        state.verifier = Box::new(Counting(Rc::clone(&checks)));
-        checks
     }
 
     #[test]

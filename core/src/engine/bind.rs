@@ -148,20 +148,15 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use std::cell::Cell;
-    use std::rc::Rc;
-
     use ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
     use serde_json::{json, Map, Value};
 
-    use super::super::test_support::{hs_claims, hs_config, hs_token};
+    use super::super::test_support::{count_signature_checks, hs_claims, hs_config, hs_token};
     use super::super::{verdict_for, Allow, Request, State, Verdict};
-    use crate::alg::Alg;
     use crate::dpop::{thumbprint, DpopProblem};
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
     use crate::response::Denial;
-    use crate::verify::{KeyMaterial, PureRustVerifier, SignatureVerifier, VerifyError};
 
     const HTU: &str = "https://api.test/read";
 
@@ -232,25 +227,6 @@ mod tests {
         }
     }
 
-    fn counting(state: &mut State) -> Rc<Cell<usize>> {
-        struct Counting(Rc<Cell<usize>>);
-        impl SignatureVerifier for Counting {
-            fn verify(
-                &self,
-                alg: Alg,
-                key: &KeyMaterial,
-                input: &[u8],
-                signature: &[u8],
-            ) -> Result<(), VerifyError> {
-                self.0.set(self.0.get() + 1);
-                PureRustVerifier.verify(alg, key, input, signature)
-            }
-        }
-        let checks = Rc::new(Cell::new(0));
-        state.verifier = Box::new(Counting(Rc::clone(&checks)));
-        checks
-    }
-
     #[test]
     fn a_bound_token_passes_with_its_proof_once_and_never_as_bearer() {
         let c = hs_config("");
@@ -286,7 +262,7 @@ mod tests {
     fn a_proof_for_another_request_token_or_key_costs_no_signature_check() {
         let c = hs_config("");
         let mut s = State::new(&c);
-        let checks = counting(&mut s);
+        let checks = count_signature_checks(&mut s);
         let token = bound_token(1);
         let a = ath(&token);
         let cases = [

@@ -125,3 +125,25 @@ pub(super) fn hs_claims(extra: serde_json::Value) -> serde_json::Value {
     }
     claims
 }
+
+/// Makes `state` count its signature checks, in the returned cell: tests
+/// assert which refusals cost no signature work.
+pub(super) fn count_signature_checks(state: &mut State) -> std::rc::Rc<std::cell::Cell<usize>> {
+    use crate::verify::{KeyMaterial, PureRustVerifier, SignatureVerifier, VerifyError};
+    struct Counting(std::rc::Rc<std::cell::Cell<usize>>);
+    impl SignatureVerifier for Counting {
+        fn verify(
+            &self,
+            alg: crate::alg::Alg,
+            key: &KeyMaterial,
+            input: &[u8],
+            signature: &[u8],
+        ) -> Result<(), VerifyError> {
+            self.0.set(self.0.get() + 1);
+            PureRustVerifier.verify(alg, key, input, signature)
+        }
+    }
+    let checks = std::rc::Rc::new(std::cell::Cell::new(0));
+    state.verifier = Box::new(Counting(std::rc::Rc::clone(&checks)));
+    checks
+}
