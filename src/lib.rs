@@ -482,21 +482,21 @@ impl<H: Door> Shared<H> {
     /// is decided again, as a probe: if it no longer waits on that fetch,
     /// the fetch settled and every request parked on it follows.
     fn poll_elsewhere(&self, now: u64) {
-        let keys: Vec<WaitKey> = {
-            let waiting = self.waiting.borrow();
-            let state = self.state.borrow();
-            waiting
-                .per_key
-                .keys()
-                .filter(|on| !fetching_here(&state, on, now))
-                .copied()
-                .collect()
-        };
         let mut waiting = self.waiting.borrow_mut();
-        for on in keys {
-            let probe = waiting.on(&on).into_iter().next();
-            if let Some(parked) = probe.and_then(|id| waiting.unpark(id).map(|p| (id, p))) {
-                let (id, parked) = parked;
+        // One pass over the parked requests: the oldest on each such fetch.
+        let probes: Vec<u32> = {
+            let state = self.state.borrow();
+            let mut oldest: HashMap<WaitKey, u32> = HashMap::new();
+            for (id, parked) in &waiting.parked {
+                if !fetching_here(&state, &parked.on, now) {
+                    let first = oldest.entry(parked.on).or_insert(*id);
+                    *first = (*first).min(*id);
+                }
+            }
+            oldest.into_values().collect()
+        };
+        for id in probes {
+            if let Some(parked) = waiting.unpark(id) {
                 waiting.ready.push_back(Ready::Decide {
                     id,
                     parked,
