@@ -28,6 +28,7 @@ pub mod config_error;
 pub mod consumer;
 pub mod dpop;
 pub mod engine;
+pub mod exchange;
 pub mod extract;
 pub mod flight;
 pub mod gluu;

@@ -54,11 +54,14 @@ pub enum Reason {
     CertificateMissing,
     CertificateMismatch,
     CertificateUnbound,
+    ExchangeRefused,
+    ExchangeForbidden,
+    ExchangeUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 36] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -92,6 +95,9 @@ impl Reason {
         Reason::CertificateMissing,
         Reason::CertificateMismatch,
         Reason::CertificateUnbound,
+        Reason::ExchangeRefused,
+        Reason::ExchangeForbidden,
+        Reason::ExchangeUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -129,6 +135,9 @@ impl Reason {
             Reason::CertificateMissing => "certificate_missing",
             Reason::CertificateMismatch => "certificate_mismatch",
             Reason::CertificateUnbound => "certificate_unbound",
+            Reason::ExchangeRefused => "exchange_refused",
+            Reason::ExchangeForbidden => "exchange_forbidden",
+            Reason::ExchangeUnavailable => "exchange_unavailable",
         }
     }
 }
@@ -172,6 +181,9 @@ impl Reason {
             Reason::CertificateMissing => 30,
             Reason::CertificateMismatch => 31,
             Reason::CertificateUnbound => 32,
+            Reason::ExchangeRefused => 33,
+            Reason::ExchangeForbidden => 34,
+            Reason::ExchangeUnavailable => 35,
         }
     }
 }
@@ -319,6 +331,26 @@ pub enum Denial {
         client: String,
         cause: String,
     },
+    /// The authorization server refused to exchange the caller's token for
+    /// upstream OAuth rule `rule` (RFC 8693): `invalid_request` or
+    /// `invalid_grant`, the caller's token is not acceptable as a subject
+    /// token (401).
+    ExchangeRefused {
+        rule: String,
+        error: &'static str,
+    },
+    /// It refused the rule's audience or scope to this caller
+    /// (`invalid_target`, `invalid_scope`: 403).
+    ExchangeForbidden {
+        rule: String,
+        error: &'static str,
+    },
+    /// No exchanged token can be had (the server failed, or answered what
+    /// the gateway cannot use). `cause` is for the log only.
+    ExchangeUnavailable {
+        rule: String,
+        cause: String,
+    },
     /// A bound on waiting or on callouts refused the request before any
     /// work (parked requests, callouts in flight, a callout budget): the
     /// caller may retry in a second.
@@ -463,6 +495,21 @@ impl Denial {
             }
             Denial::UmaUnavailable { .. } => outage(Reason::UmaUnavailable, "5"),
             Denial::ClientTokenUnavailable { .. } => outage(Reason::ClientTokenUnavailable, "5"),
+            Denial::ExchangeRefused { .. } => wire(
+                Reason::ExchangeRefused,
+                401,
+                "invalid_token",
+                Challenge::Bearer,
+                None,
+            ),
+            Denial::ExchangeForbidden { .. } => wire(
+                Reason::ExchangeForbidden,
+                403,
+                "insufficient_scope",
+                Challenge::Bearer,
+                Some("You are not authorized to access this resource"),
+            ),
+            Denial::ExchangeUnavailable { .. } => outage(Reason::ExchangeUnavailable, "5"),
             // A bound refused it before any work: soon is fine.
             Denial::Overloaded { .. } => outage(Reason::Overloaded, "1"),
             Denial::Dpop { problem, .. } => {
@@ -541,6 +588,16 @@ impl Denial {
             Denial::ClientTokenUnavailable { .. } => {
                 "the gateway cannot obtain its credentials for the upstream right now".into()
             }
+            Denial::ExchangeRefused { .. } => {
+                "the authorization server does not accept this token for the upstream".into()
+            }
+            Denial::ExchangeForbidden { .. } => {
+                "the authorization server does not issue this caller a token for the upstream"
+                    .into()
+            }
+            Denial::ExchangeUnavailable { .. } => {
+                "the gateway cannot obtain a token for the upstream right now".into()
+            }
             Denial::Overloaded { .. } => {
                 "too many requests are waiting for the authorization server; retry shortly".into()
             }
@@ -562,6 +619,12 @@ impl Denial {
             }
             Denial::ClientTokenUnavailable { client, cause } => {
                 vec![("client", client.clone()), ("cause", cause.clone())]
+            }
+            Denial::ExchangeRefused { rule, error } | Denial::ExchangeForbidden { rule, error } => {
+                vec![("rule", rule.clone()), ("error", (*error).to_string())]
+            }
+            Denial::ExchangeUnavailable { rule, cause } => {
+                vec![("rule", rule.clone()), ("cause", cause.clone())]
             }
             Denial::Overloaded { bound } => vec![("bound", bound.label().to_string())],
             // Never the ticket: it is the client's to redeem.

@@ -269,18 +269,38 @@ impl TokenClient {
                 fields.push((name, value.as_str()));
             }
         }
+        self.post_form(endpoint, &fields, now, random)
+    }
+
+    /// A POST of `fields` to the token endpoint `endpoint` as this client
+    /// (its authentication, cluster, authority and timeout): for grants other
+    /// than its own client credentials, such as a token exchange.
+    pub fn post_form(
+        &self,
+        endpoint: &Url,
+        fields: &[(&str, &str)],
+        now: u64,
+        random: &dyn Random,
+    ) -> Result<Callout, AssertionError> {
         self.auth.form_post(
             &self.upstream,
             endpoint,
             self.authority.as_deref(),
-            &fields,
+            fields,
             self.timeout_ms,
             now,
             random,
         )
     }
 
-    fn in_flight_deadline(&self, now: u64) -> u64 {
+    /// The lifetime assumed for a token whose answer has no `expires_in`.
+    pub fn default_expires_in(&self) -> u64 {
+        self.default_expires_in_seconds
+    }
+
+    /// Until when requests wait for a request to this client's token
+    /// endpoint made at `now`: its timeout, and the time to dispatch it.
+    pub fn in_flight_deadline(&self, now: u64) -> u64 {
         now.saturating_add(self.timeout_ms / 1000 + 2)
     }
 }
@@ -630,6 +650,16 @@ fn parse_token_response(
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err("the token endpoint's answer is not a JSON object".into());
     };
+    bearer_token(&answer, default_expires_in)
+}
+
+/// The Bearer `access_token` of a token endpoint's JSON answer and its
+/// `expires_in` (the default when the server gives none). Never quotes the
+/// token in an error.
+pub fn bearer_token(
+    answer: &serde_json::Map<String, Value>,
+    default_expires_in: u64,
+) -> Result<(String, u64), String> {
     let token = match answer.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => t,
         _ => return Err("the answer has no access_token".into()),

@@ -17,6 +17,9 @@ pub enum WaitKey {
     Introspection { issuer: usize, token: Digest },
     /// The token of one of the gateway's own clients.
     ClientToken(usize),
+    /// The token exchange (RFC 8693) of upstream OAuth rule `rule` for the
+    /// caller token with this digest.
+    Exchange { rule: usize, token: Digest },
 }
 
 /// Which bound refused a request with [`crate::response::Denial::Overloaded`].
@@ -31,14 +34,17 @@ pub enum Bound {
     IntrospectionBudget,
     /// The UMA permission request budget per second is spent.
     PermissionBudget,
+    /// An upstream OAuth rule's token exchange budget per second is spent.
+    ExchangeBudget,
 }
 
 impl Bound {
-    pub const ALL: [Bound; 4] = [
+    pub const ALL: [Bound; 5] = [
         Bound::Waiters,
         Bound::InFlight,
         Bound::IntrospectionBudget,
         Bound::PermissionBudget,
+        Bound::ExchangeBudget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +53,7 @@ impl Bound {
             Bound::InFlight => "in_flight",
             Bound::IntrospectionBudget => "introspection_budget",
             Bound::PermissionBudget => "permission_budget",
+            Bound::ExchangeBudget => "exchange_budget",
         }
     }
 }

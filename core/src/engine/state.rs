@@ -9,6 +9,7 @@ use crate::budget::Spender;
 use crate::cache::{BoundedCache, CacheStats, Digest};
 use crate::callout::Callout;
 use crate::config::Config;
+use crate::exchange::Exchanges;
 use crate::flight::Flight;
 use crate::grant::Grant;
 use crate::introspection;
@@ -47,6 +48,9 @@ pub struct State {
     pub(super) random: Rc<dyn Random>,
     /// The gateway's own tokens (UMA PAT, upstream OAuth).
     pub clients: ClientTokens,
+    /// Tokens exchanged for callers' (upstream OAuth `exchange`), the
+    /// exchanges in flight and their budgets.
+    pub(super) exchanges: Exchanges,
     /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
     /// this worker's memory otherwise.
     pub(super) replay: Rc<dyn SharedStore>,
@@ -89,6 +93,13 @@ impl State {
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
             clients: ClientTokens::new(&config.clients),
+            exchanges: Exchanges::new(
+                &config
+                    .upstream_oauth
+                    .iter()
+                    .map(|r| r.exchange.as_ref())
+                    .collect::<Vec<_>>(),
+            ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
         }
     }
