@@ -144,7 +144,11 @@ impl Exchange {
 
     /// The token request's form (RFC 8693 §2.1): the caller's token as the
     /// subject, the gateway's as the actor if there is one.
-    pub fn fields<'a>(&'a self, subject: &'a str, actor: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    pub fn fields<'a>(
+        &'a self,
+        subject: &'a str,
+        actor: Option<&'a str>,
+    ) -> Vec<(&'a str, &'a str)> {
         let mut fields = vec![
             ("grant_type", GRANT_TYPE),
             ("subject_token", subject),
@@ -192,7 +196,10 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A token, usable for this many seconds.
-    Issued { token: Rc<str>, lifetime: u64 },
+    Issued {
+        token: Rc<str>,
+        lifetime: u64,
+    },
     Refused(Refusal),
     /// No usable answer; the reason is for the log.
     Failed(String),
@@ -237,7 +244,9 @@ pub fn interpret(reply: &CalloutReply, default_expires_in: u64) -> Outcome {
                 "the issued_token_type is {named:?}, not an access token"
             ));
         }
-        _ => return Outcome::Failed("the answer has no issued_token_type (RFC 8693 §2.2.1)".into()),
+        _ => {
+            return Outcome::Failed("the answer has no issued_token_type (RFC 8693 §2.2.1)".into())
+        }
     }
     match bearer_token(&answer, default_expires_in) {
         Ok((_, expires_in)) if expires_in <= EXPIRY_MARGIN_SECONDS => Outcome::Failed(format!(
@@ -276,7 +285,9 @@ pub enum Lookup {
     /// The last exchange for this caller token failed (for a moment).
     Failed(Rc<str>),
     /// An exchange for it is in flight here: wait until then.
-    Wait { until: u64 },
+    Wait {
+        until: u64,
+    },
     /// None is known: start one ([`Exchanges::start`]).
     Unknown,
 }
@@ -310,7 +321,11 @@ impl Exchanges {
     /// Names the exchange of `subject` (the caller's token) for `rule`; the
     /// token itself is never kept.
     pub fn key(rule: usize, subject: &str) -> Digest {
-        digest(&[b"exchange", &(rule as u64).to_be_bytes(), subject.as_bytes()])
+        digest(&[
+            b"exchange",
+            &(rule as u64).to_be_bytes(),
+            subject.as_bytes(),
+        ])
     }
 
     pub fn lookup(&mut self, rule: usize, key: &Digest, now: u64) -> Lookup {
@@ -321,7 +336,11 @@ impl Exchanges {
                 Cached::Failed(why) => Lookup::Failed(Rc::clone(why)),
             };
         }
-        match self.in_flight.get(key).and_then(|(f, _)| f.awaited_until(now)) {
+        match self
+            .in_flight
+            .get(key)
+            .and_then(|(f, _)| f.awaited_until(now))
+        {
             Some(until) => Lookup::Wait { until },
             None => {
                 // Its answer never came (the host dropped it): ask again.
@@ -413,7 +432,10 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn exchange(json: &str) -> Result<Exchange, ConfigError> {
-        Exchange::compile(serde_json::from_str(json).unwrap(), "upstream_oauth[0].exchange")
+        Exchange::compile(
+            serde_json::from_str(json).unwrap(),
+            "upstream_oauth[0].exchange",
+        )
     }
 
     fn reply(status: u16, body: &str) -> CalloutReply {
@@ -455,7 +477,10 @@ mod tests {
             (r#"{}"#, "upstream_oauth[0].exchange"),
             (r#"{"scopes":["a"]}"#, "upstream_oauth[0].exchange"),
             (r#"{"audience":""}"#, "upstream_oauth[0].exchange.audience"),
-            (r#"{"audience":"a","scopes":["a b"]}"#, "upstream_oauth[0].exchange.scopes"),
+            (
+                r#"{"audience":"a","scopes":["a b"]}"#,
+                "upstream_oauth[0].exchange.scopes",
+            ),
             (
                 r#"{"audience":"a","budget":{"per_second":0}}"#,
                 "upstream_oauth[0].exchange.budget.per_second",
@@ -481,10 +506,26 @@ mod tests {
             }
         );
         for (status, body, want) in [
-            (400, r#"{"error":"invalid_grant"}"#, Some(Refusal::SubjectToken("invalid_grant"))),
-            (400, r#"{"error":"invalid_request","error_description":"x"}"#, Some(Refusal::SubjectToken("invalid_request"))),
-            (400, r#"{"error":"invalid_target"}"#, Some(Refusal::Target("invalid_target"))),
-            (400, r#"{"error":"invalid_scope"}"#, Some(Refusal::Target("invalid_scope"))),
+            (
+                400,
+                r#"{"error":"invalid_grant"}"#,
+                Some(Refusal::SubjectToken("invalid_grant")),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"x"}"#,
+                Some(Refusal::SubjectToken("invalid_request")),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_target"}"#,
+                Some(Refusal::Target("invalid_target")),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_scope"}"#,
+                Some(Refusal::Target("invalid_scope")),
+            ),
             (400, r#"{"error":"unauthorized_client"}"#, None),
             (401, r#"{"error":"invalid_client"}"#, None),
             (400, r#"{"error":"unsupported_grant_type"}"#, None),
@@ -493,20 +534,49 @@ mod tests {
             (503, r#"{"error":"invalid_grant"}"#, None),
             (200, "<html>", None),
             (200, r#"{"access_token":"x","token_type":"Bearer"}"#, None),
-            (200, r#"{"access_token":"x","token_type":"Bearer","issued_token_type":"urn:ietf:params:oauth:token-type:id_token"}"#, None),
-            (200, r#"{"access_token":"x","token_type":"DPoP","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#, None),
-            (200, r#"{"access_token":"x","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#, None),
-            (200, r#"{"access_token":"a b","token_type":"Bearer","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#, None),
-            (200, r#"{"access_token":"x","token_type":"Bearer","expires_in":5,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#, None),
+            (
+                200,
+                r#"{"access_token":"x","token_type":"Bearer","issued_token_type":"urn:ietf:params:oauth:token-type:id_token"}"#,
+                None,
+            ),
+            (
+                200,
+                r#"{"access_token":"x","token_type":"DPoP","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                None,
+            ),
+            (
+                200,
+                r#"{"access_token":"x","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                None,
+            ),
+            (
+                200,
+                r#"{"access_token":"a b","token_type":"Bearer","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                None,
+            ),
+            (
+                200,
+                r#"{"access_token":"x","token_type":"Bearer","expires_in":5,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+                None,
+            ),
         ] {
             let got = interpret(&reply(status, body), 300);
             match want {
                 Some(refusal) => assert_eq!(got, Outcome::Refused(refusal), "{status} {body}"),
-                None => assert!(matches!(got, Outcome::Failed(_)), "{status} {body}: {got:?}"),
+                None => assert!(
+                    matches!(got, Outcome::Failed(_)),
+                    "{status} {body}: {got:?}"
+                ),
             }
         }
         // A failure never quotes the token.
-        let Outcome::Failed(why) = interpret(&reply(200, r#"{"access_token":"secret-xyz","token_type":"DPoP","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#), 300) else {
+        let Outcome::Failed(why) = interpret(
+            &reply(
+                200,
+                r#"{"access_token":"secret-xyz","token_type":"DPoP","issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+            ),
+            300,
+        ) else {
             panic!()
         };
         assert!(!why.contains("secret-xyz"), "{why}");
@@ -538,7 +608,12 @@ mod tests {
         let mut s = Exchanges::new(&[Some(&x)]);
         let (a, b) = (Exchanges::key(0, "a"), Exchanges::key(0, "b"));
         s.start(0, a, None, NOW + 4, NOW).unwrap();
-        s.settle(0, a, &Outcome::Refused(Refusal::SubjectToken("invalid_grant")), NOW);
+        s.settle(
+            0,
+            a,
+            &Outcome::Refused(Refusal::SubjectToken("invalid_grant")),
+            NOW,
+        );
         s.start(0, b, None, NOW + 4, NOW).unwrap();
         s.settle(0, b, &Outcome::Failed("down".into()), NOW);
         assert_eq!(
@@ -575,9 +650,14 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(refused, Some((MAX_EXCHANGES_IN_FLIGHT / 4 * 3, Bound::InFlight)));
+        assert_eq!(
+            refused,
+            Some((MAX_EXCHANGES_IN_FLIGHT / 4 * 3, Bound::InFlight))
+        );
         assert!(s.start(0, [1; 32], Some("10.0.0.2"), NOW + 4, NOW).is_ok());
         // Exchanges whose deadline passed free their place.
-        assert!(s.start(0, [2; 32], Some("10.0.0.1"), NOW + 9, NOW + 5).is_ok());
+        assert!(s
+            .start(0, [2; 32], Some("10.0.0.1"), NOW + 9, NOW + 5)
+            .is_ok());
     }
 }

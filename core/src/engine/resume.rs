@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use crate::callout::CalloutReply;
 use crate::config::Config;
-use crate::keys::{Due as KeysDue, FetchProgress};
 use crate::exchange::Outcome;
+use crate::keys::{Due as KeysDue, FetchProgress};
 use crate::metrics::{Counter, ExchangeResult, Gauge, Metrics};
 use crate::response::Denial;
 use crate::token_client::Fetched;
