@@ -66,6 +66,8 @@ Endpoints:
                         (null removes one); 404 if t is unknown.
     POST /_test/revoke  {"token": t}: t introspects as inactive from now on
     POST /_test/introspection {"mode": M, "delay_ms": N}
+                        (M also jwt, jwt_unsigned, jwt_wrong_aud, jwt_wrong_key,
+                        jwt_typ_jwt: RFC 9701 answers, see signed_introspection)
                         how /introspect answers from now on: ok | error500 |
                         error400 | garbage (200, JSON content type, not JSON)
                         | html (200 text/html page) | no_active (200 JSON
@@ -391,6 +393,21 @@ class State:
                 return {"active": False}
             return dict(issued, active=True)
         return {"active": False}
+
+    def signed_introspection(self, doc, client_id, mode="jwt"):
+        """An RFC 9701 answer: `doc` in token_introspection, signed with the
+        RS256 key (jwt), or broken as `mode` says: jwt_unsigned (alg none),
+        jwt_wrong_aud, jwt_wrong_key (rsa2 under rsa1's kid), jwt_typ_jwt."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": "someone-else" if mode == "jwt_wrong_aud" else client_id,
+                  "iat": now, "jti": uuid.uuid4().hex, "token_introspection": doc}
+        header = {"alg": "RS256", "kid": "rsa1",
+                  "typ": "JWT" if mode == "jwt_typ_jwt" else "token-introspection+jwt"}
+        if mode == "jwt_unsigned":
+            header["alg"] = "none"
+            return encode_jwt(header, claims)
+        key = self.keys["rsa2" if mode == "jwt_wrong_key" else "rsa1"]
+        return encode_jwt(header, claims, key=key)
 
     def count(self, what):
         with self.lock:
@@ -824,6 +841,9 @@ class Handler(BaseHTTPRequestHandler):
             doc.setdefault("sub", "demo-user")
         elif mode == "huge":
             doc["padding"] = "x" * ((1 << 20) + 4096)
+        if mode.startswith("jwt"):
+            return answer(200, st.signed_introspection(doc, cid, mode).encode(),
+                          ctype="application/token-introspection+jwt")
         answer(200, doc)
 
     # --- UMA 2.0 ---
@@ -1040,7 +1060,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"revoked": token})
 
     def _t_introspection(self, body):
-        modes = ("ok", "error500", "error400", "garbage", "html", "no_active", "huge", "hang", "close", "slow")
+        modes = ("ok", "error500", "error400", "garbage", "html", "no_active", "huge", "hang", "close", "slow",
+                 "jwt", "jwt_unsigned", "jwt_wrong_aud", "jwt_wrong_key", "jwt_typ_jwt")
         mode = body.get("mode")
         if mode not in modes:
             raise ValueError("mode must be one of " + "|".join(modes))

@@ -76,11 +76,17 @@ class OidcProvider:
         self._discovery = None
 
     @classmethod
-    def start(cls, tmpdir, timeout=30, dpop=False):
-        """dpop: also DPoP-bound tokens and JWT access tokens for `resource=https://api.test`."""
+    def start(cls, tmpdir, timeout=30, dpop=False, jwt_introspection=False):
+        """dpop: also DPoP-bound tokens and JWT access tokens for `resource=https://api.test`.
+        jwt_introspection: RFC 9701 signed introspection answers for pep and pep-post."""
         require_node_modules()
         port = harness.free_port()
-        env = {"OIDC_DPOP": "1"} if dpop else None
+        env = {}
+        if dpop:
+            env["OIDC_DPOP"] = "1"
+        if jwt_introspection:
+            env["OIDC_JWT_INTROSPECTION"] = "1"
+        env = env or None
         proc = harness.Proc("oidc-provider", [node_binary(), SERVER, port],
                             Path(tmpdir) / ("oidc-provider-%d.log" % port), cwd=OIDC_DIR, env=env)
         proc.wait_ready_line(timeout)

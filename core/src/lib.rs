@@ -35,6 +35,7 @@ pub mod gluu;
 pub mod grant;
 pub mod headers;
 pub mod introspection;
+pub mod introspection_jwt;
 pub mod issuer;
 pub mod jwks;
 pub mod jwt;

@@ -239,6 +239,12 @@ if (DPOP) {
 
 if (process.env.OIDC_JWT_INTROSPECTION === '1') {
   configuration.features.jwtIntrospection = { enabled: true };
+  // oidc-provider signs an introspection answer for a client that registered an alg for it.
+  for (const client of configuration.clients) {
+    if (INTROSPECTORS.has(client.client_id) && client.token_endpoint_auth_method !== 'private_key_jwt') {
+      client.introspection_signed_response_alg = 'RS256';
+    }
+  }
 }
 
 const provider = new Provider(issuer, configuration);
