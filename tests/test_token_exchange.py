@@ -123,14 +123,19 @@ def test_server_faults_are_503_and_refusals_401_or_403_never_the_callers_token(s
         if status == 503:
             assert r.headers.get("retry-after") == "5", r
         assert token not in r.text
-        # The answer is remembered for this caller token (a refusal 10 s, a
-        # failure 1 s): the next request gets it without another exchange.
-        assert send(env, token).status_code == status
         assert a.exchanges()["calls"] == calls + 1, mode
+        # The answer is remembered for this caller token (a refusal 10 s, a
+        # failure 1 s, which a loaded machine may outlast here): the next
+        # request gets it without another exchange.
+        assert send(env, token).status_code == status
+        if status != 503:
+            assert a.exchanges()["calls"] == calls + 1, mode
     stats = harness.wasm_stats(env)
-    assert stats.get("oauth_pep.exchanges.result.failed") == 5, stats
+    assert stats.get("oauth_pep.exchanges.result.failed") in range(5, 11), stats
     assert stats.get("oauth_pep.exchanges.result.refused") == 3, stats
     assert stats.get("oauth_pep.denied.reason.exchange_unavailable") == 10, stats
+    assert stats.get("oauth_pep.denied.reason.exchange_refused") == 4, stats
+    assert stats.get("oauth_pep.denied.reason.exchange_forbidden") == 2, stats
 
     # The server back: a failed caller token is exchanged again after its second.
     a.set_exchange_mode("ok")
@@ -174,14 +179,17 @@ def test_the_exchange_budget_bounds_what_one_client_causes(start_envoy, authserv
     a = authserver
     # One address's share: a quarter of the burst of 4, one exchange.
     env = started(start_envoy, a, fake_config(a, {"budget": {"per_second": 1, "burst": 4}}))
-    tokens = [a.token() for _ in range(4)]
+    tokens = [a.token() for _ in range(8)]
     answers = [send(env, t) for t in tokens]
-    assert answers[0].status_code == 200, answers[0]
-    for r in answers[1:]:
-        assert r.status_code == 503 and r.json()["reason"] == "overloaded", r
-        assert r.headers.get("retry-after") == "1", r
-    assert a.exchanges()["calls"] == 1
-    assert harness.wasm_stats(env).get("oauth_pep.overloaded.bound.exchange_budget") == 3
+    assert answers[0].status_code == 200, answers[0].text
+    passed = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code == 503]
+    # A second may pass during the loop and refill one.
+    assert len(passed) <= 2 and len(passed) + len(refused) == 8, [r.status_code for r in answers]
+    for r in refused:
+        assert r.json()["reason"] == "overloaded" and r.headers.get("retry-after") == "1", r.text
+    assert a.exchanges()["calls"] == len(passed)
+    assert harness.wasm_stats(env).get("oauth_pep.overloaded.bound.exchange_budget") == len(refused)
 
 
 def test_a_rule_with_exchange_must_not_cover_token_less_callers(envoy_failure, authserver):
