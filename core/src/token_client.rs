@@ -323,6 +323,9 @@ struct ClientState {
     flight: Flight,
     /// Tokens obtained before this were refused by the server: not adopted.
     refused_before: u64,
+    /// Fetched on demand only, not ahead on the tick while none is held:
+    /// a client whose own token nothing sends (its rules only exchange).
+    on_demand: bool,
 }
 
 impl ClientState {
@@ -381,6 +384,14 @@ impl ClientTokens {
 
     pub fn share_through(&mut self, shared: Sharing) {
         self.shared = shared;
+    }
+
+    /// Client `index`'s own token is fetched only when a request needs it
+    /// (then renewed ahead of expiry as any other), not at start.
+    pub fn fetch_on_demand(&mut self, index: usize) {
+        if let Some(state) = self.states.get_mut(index) {
+            state.on_demand = true;
+        }
     }
 
     pub fn client(&self, index: usize) -> Option<&TokenClient> {
@@ -527,9 +538,12 @@ impl ClientTokens {
         let mut adopted = Vec::new();
         for index in 0..self.clients.len() {
             let due = self.states.get(index).is_some_and(|s| {
-                !s.flight.awaiting(now)
-                    && s.flight.retry_due(now)
-                    && s.held.as_ref().is_none_or(|h| now >= h.refresh_at)
+                let refresh = match &s.held {
+                    Some(held) => now >= held.refresh_at,
+                    // None held: a first load, unless it waits for a request.
+                    None => !s.on_demand,
+                };
+                refresh && !s.flight.awaiting(now) && s.flight.retry_due(now)
             });
             if !due {
                 continue;
@@ -822,6 +836,24 @@ mod tests {
         // within EXPIRY_MARGIN_SECONDS of its expiry.
         assert_eq!(ready(&mut m, NOW + 51).as_deref(), Some("t1"));
         assert_eq!(ready(&mut m, NOW + 95), None);
+    }
+
+    #[test]
+    fn a_client_fetched_on_demand_is_not_fetched_ahead_until_asked() {
+        let mut m = manager();
+        m.fetch_on_demand(0);
+        assert!(m.due(&no_discovery, &NoRandom, NOW).0.is_empty());
+        fetch(&mut m, NOW);
+        m.on_reply(
+            0,
+            Ok(&reply(
+                200,
+                r#"{"access_token":"t1","token_type":"bearer","expires_in":100}"#,
+            )),
+            NOW,
+        );
+        // Once one is held it is renewed ahead as any other.
+        assert_eq!(m.due(&no_discovery, &NoRandom, NOW + 50).0.len(), 1);
     }
 
     #[test]

@@ -58,6 +58,19 @@ pub struct State {
 
 impl State {
     pub fn new(config: &Config) -> Self {
+        let mut clients = ClientTokens::new(&config.clients);
+        // A client whose own token nothing sends (no UMA PAT, no rule that
+        // sends it or sends it as an exchange's actor) is not fetched ahead.
+        for index in 0..config.clients.len() {
+            let sent = config.uma.as_ref().is_some_and(|u| u.client == index)
+                || config
+                    .upstream_oauth
+                    .iter()
+                    .any(|r| r.client == index && r.exchange.as_ref().is_none_or(|x| x.actor));
+            if !sent {
+                clients.fetch_on_demand(index);
+            }
+        }
         let (pdp_bytes, pdp_entries) = match &config.pdp {
             Some(pdp) if pdp.cache_seconds() > 0 => (pdp.cache_bytes(), usize::MAX),
             _ => (0, 0),
@@ -92,7 +105,7 @@ impl State {
             ),
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
-            clients: ClientTokens::new(&config.clients),
+            clients,
             exchanges: Exchanges::new(
                 &config
                     .upstream_oauth
