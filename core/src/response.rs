@@ -790,7 +790,8 @@ mod tests {
             let r = d.render("api", url, None, ErrorBody::Rfc6750);
             (r.status, header(&r, "www-authenticate").map(str::to_string))
         };
-        let suffix = ", resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/mcp\"";
+        let suffix =
+            ", resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/mcp\"";
         assert_eq!(
             www(Denial::NoToken),
             (401, Some(format!("Bearer realm=\"api\"{suffix}"))),
@@ -804,7 +805,9 @@ mod tests {
         assert!(challenge
             .unwrap()
             .ends_with(&format!("error=\"insufficient_scope\", error_description=\"the token lacks the scopes this request needs (rule \\\"POST /mcp\\\")\", scope=\"admin\"{suffix}")));
-        let (status, challenge) = www(Denial::InvalidToken(TokenProblem::Jwt(TokenError::WrongAudience)));
+        let (status, challenge) = www(Denial::InvalidToken(TokenProblem::Jwt(
+            TokenError::WrongAudience,
+        )));
         assert_eq!(status, 401);
         assert!(challenge.unwrap().ends_with(suffix));
         assert_eq!(
@@ -818,7 +821,9 @@ mod tests {
             problem: DpopProblem::NoProof,
             algs: "ES256".into(),
         });
-        assert!(challenge.unwrap().starts_with("DPoP realm=\"api\", algs=\"ES256\""));
+        assert!(challenge
+            .unwrap()
+            .starts_with("DPoP realm=\"api\", algs=\"ES256\""));
         assert_eq!(
             www(Denial::PdpUnavailable { cause: "x".into() }),
             (503, None),
