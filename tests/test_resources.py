@@ -158,6 +158,25 @@ def test_outside_every_resource_the_issuers_audiences_rule(start_envoy, filter_c
     assert r.status == 401 and r.json()["reason"] == "audience_mismatch", r
 
 
+def test_an_introspection_answers_aud_decides_per_resource(start_envoy, authserver):
+    """Opaque tokens: the answer's `aud` is checked per request like a JWT's,
+    and the cached answer does not carry a token to another resource."""
+    issuer = {"issuer": authserver.issuer, "audiences": ["api"], "upstream": "authserver",
+              "introspection": {"endpoint": authserver.url("/introspect"), "client_id": "pep",
+                                "client_secret": "pep-secret"}}
+    env = start_envoy({"realm": "test", "issuers": [issuer],
+                       "resources": [{"resource": MCP}, {"resource": ROOT, "audiences": ["api"]}]})
+    for_root = authserver.opaque()  # aud "api"
+    for_mcp = authserver.opaque(aud=[MCP])
+    no_aud = authserver.opaque(aud=None)
+    assert request(env, "GET", "/orders", token=for_root).status == 200
+    assert request(env, "GET", "/mcp/x", token=for_mcp).status == 200
+    for token, path in ((for_root, "/mcp/x"), (for_mcp, "/orders"), (no_aud, "/orders")):
+        r = request(env, "GET", path, token=token)
+        assert r.status == 401 and r.json()["reason"] == "audience_mismatch", (path, r)
+    assert authserver.introspections(for_root) == 1, "the second answer came from the cache"
+
+
 def test_oauth4webapi_discovers_and_accepts_the_metadata(env, authserver):
     try:
         require_node_modules()
