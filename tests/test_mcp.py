@@ -251,3 +251,51 @@ def test_a_token_for_another_resource_is_refused(setup):
     assert (c["error"], c["resource_metadata"]) == (
         "invalid_token", env.base_url + "/.well-known/oauth-protected-resource/mcp"), c
     assert len(server.calls()) == calls + 1, server.calls()
+
+
+# What an attacker with a `read` token may try so that the filter and the MCP server read different
+# tools from one body. The MCP SDK server is the judge of what it would run: JSON.parse (the last
+# of duplicate keys wins, \u escapes decoded, surrogates, whitespace), batches of up to 100, any
+# JSON Content-Type. Whatever the filter answers (403, 400, 413), admin_reset must not run.
+def _call(name, **extra):
+    return {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": dict({"name": name, "arguments": {}}, **extra)}
+
+
+SMUGGLES = {
+    "duplicate name, admin last": b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+                                  b'"params":{"name":"read_notes","arguments":{},"name":"admin_reset"}}',
+    "duplicate params, admin last": b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read_notes"},'
+                                    b'"params":{"name":"admin_reset","arguments":{}}}',
+    "duplicate method, tools/call last": b'{"jsonrpc":"2.0","id":7,"method":"tools/list","method":"tools/call",'
+                                         b'"params":{"name":"admin_reset","arguments":{}}}',
+    "escaped name": b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"admin\\u005freset","arguments":{}}}',
+    "escaped method": b'{"jsonrpc":"2.0","id":7,"method":"tools\\/call","params":{"name":"admin_reset","arguments":{}}}',
+    "batch, admin second": json.dumps([_call("read_notes"), dict(_call("admin_reset"), id=8)]).encode(),
+    "batch of one": json.dumps([_call("admin_reset")]).encode(),
+    "whitespace around": b' \r\n\t' + json.dumps(_call("admin_reset")).encode() + b' \n',
+    "content-type with parameters": json.dumps(_call("admin_reset")).encode(),
+    "chunked in small pieces": json.dumps(_call("admin_reset")).encode(),
+    "padded past any small bound": json.dumps(_call("admin_reset", pad="x" * (2 << 20))).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(SMUGGLES))
+def test_a_read_token_cannot_smuggle_the_admin_tool(setup, case):
+    env, op, server, resource = setup
+    token = resource_token(op, resource)
+    body = SMUGGLES[case]
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2025-06-18"}
+    if case == "content-type with parameters":
+        headers["content-type"] = "Application/JSON ; charset=utf-8"
+    data = body
+    if case == "chunked in small pieces":
+        data = (body[i:i + 7] for i in range(0, len(body), 7))
+    before = server.stats()["tools"].get("admin_reset", 0)
+    try:
+        r = env.post("/mcp", token=token, headers=headers, data=data, timeout=20)
+        status = r.status_code
+    except requests.ConnectionError:
+        status = "reset"   # Envoy may close a connection whose body it refused to buffer
+    assert server.stats()["tools"].get("admin_reset", 0) == before, (case, status)
+    assert status in (400, 403, 413, "reset"), (case, status, getattr(r, "text", "")[:300])
