@@ -326,6 +326,10 @@ impl<H: Door> Shared<H> {
                 self.deny(&request.headers, &denial);
                 Outcome::Hold
             }
+            Verdict::Respond(response) => {
+                self.host.send_response(&response);
+                Outcome::Hold
+            }
             Verdict::Call { callout, resume } => {
                 let own = self
                     .callouts
@@ -655,8 +659,11 @@ impl<H: Door> Shared<H> {
         if self.envoy {
             self.host.set_reason_filter_state(denial.code());
         }
+        let resource_metadata = header(headers, ":path")
+            .and_then(|target| self.config.resources.metadata_url_for(target));
         self.host.send_response(&denial.render(
             &self.config.realm,
+            resource_metadata,
             request_id,
             self.config.error_body,
         ));

@@ -58,6 +58,8 @@ pub struct Keep<'a> {
     pub claims_json: bool,
     /// The UMA authorization server: its tokens' permissions are kept.
     pub uma_issuer: Option<usize>,
+    /// `aud`, for the audience check of each request's resource (RFC 8707).
+    pub audiences: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,11 @@ pub struct Grant {
     /// `cnf.x5t#S256`: the SHA-256 of the client certificate the token is
     /// bound to (RFC 8705), base64url.
     pub cnf_x5t: Option<String>,
+    /// `aud` (text values only), kept only where protected resources are
+    /// configured: each request checks it against its own resource's
+    /// audiences, so a grant cached for one resource is never taken for
+    /// another.
+    pub audiences: Vec<String>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -252,6 +259,19 @@ impl Grant {
                 .get("cnf")
                 .and_then(|cnf| cnf.get("x5t#S256"))
                 .map(|x5t| x5t.as_str().unwrap_or_default().to_string()),
+            audiences: if keep.audiences {
+                match token.claims().get("aud") {
+                    Some(Value::String(aud)) => vec![aud.clone()],
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -275,6 +295,7 @@ impl Weigh for Grant {
             .iter()
             .map(|s| string_weight(s))
             .chain(self.forwarded.iter().map(|(_, v)| string_weight(v) + 8))
+            .chain(self.audiences.iter().map(|a| string_weight(a)))
             .chain(self.permissions.iter().map(|p| {
                 p.scopes
                     .iter()

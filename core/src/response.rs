@@ -582,7 +582,17 @@ impl Denial {
 
     /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
     /// goes in every body so a caller can quote it to the operator.
-    pub fn render(&self, realm: &str, request_id: Option<&str>, shape: ErrorBody) -> HttpResponse {
+    /// `resource_metadata` is the metadata URL of the protected resource
+    /// whose path was requested (RFC 9728 §5.1): every challenge of a 401
+    /// or 403 then names it, and a 403 that had none gets a bare `Bearer`
+    /// one to carry it.
+    pub fn render(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+        request_id: Option<&str>,
+        shape: ErrorBody,
+    ) -> HttpResponse {
         let wire = self.wire();
         let description = self.description();
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -620,6 +630,18 @@ impl Denial {
                     quotable(&description)
                 ))
             }
+        };
+        let challenge = match (challenge, resource_metadata) {
+            (challenge, None) => challenge,
+            (Some(challenge), Some(url)) => Some(format!(
+                "{challenge}, resource_metadata=\"{}\"",
+                quotable(url)
+            )),
+            (None, Some(url)) if matches!(wire.status, 401 | 403) => Some(format!(
+                "Bearer realm=\"{realm}\", resource_metadata=\"{}\"",
+                quotable(url)
+            )),
+            (None, Some(_)) => None,
         };
         if let Some(challenge) = challenge {
             headers.push(("www-authenticate".into(), challenge));
@@ -713,7 +735,7 @@ mod tests {
 
     #[test]
     fn each_denial_has_its_status_challenge_body_and_code() {
-        let r = Denial::NoToken.render("api", None, ErrorBody::Rfc6750);
+        let r = Denial::NoToken.render("api", None, None, ErrorBody::Rfc6750);
         assert_eq!(
             (r.status, header(&r, "www-authenticate")),
             (401, Some("Bearer realm=\"api\""))
@@ -721,7 +743,7 @@ mod tests {
         assert_eq!(body(&r)["reason"], "token_missing");
 
         let r = Denial::InvalidToken(TokenProblem::Jwt(TokenError::UnknownIssuer("x\"y".into())))
-            .render("api", Some("req-1"), ErrorBody::Rfc6750);
+            .render("api", None, Some("req-1"), ErrorBody::Rfc6750);
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
@@ -745,7 +767,7 @@ mod tests {
             rule: "GET /a".into(),
             scopes: vec!["read".into(), "otp".into()],
         }
-        .render("api", None, ErrorBody::Rfc6750);
+        .render("api", None, None, ErrorBody::Rfc6750);
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate")
             .unwrap()
@@ -756,9 +778,52 @@ mod tests {
             method: "GET".into(),
             path: "/b".into(),
         }
-        .render("api", None, ErrorBody::Rfc6750);
+        .render("api", None, None, ErrorBody::Rfc6750);
         assert_eq!((r.status, header(&r, "www-authenticate")), (403, None));
         assert_eq!(body(&r)["reason"], "no_rule");
+    }
+
+    #[test]
+    fn on_a_protected_resource_every_401_and_403_names_its_metadata() {
+        let url = Some("https://api.example/.well-known/oauth-protected-resource/mcp");
+        let www = |d: Denial| {
+            let r = d.render("api", url, None, ErrorBody::Rfc6750);
+            (r.status, header(&r, "www-authenticate").map(str::to_string))
+        };
+        let suffix = ", resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/mcp\"";
+        assert_eq!(
+            www(Denial::NoToken),
+            (401, Some(format!("Bearer realm=\"api\"{suffix}"))),
+            "no error code for a missing token (RFC 6750 §3.1)"
+        );
+        let (status, challenge) = www(Denial::InsufficientScope {
+            rule: "POST /mcp".into(),
+            scopes: vec!["admin".into()],
+        });
+        assert_eq!(status, 403);
+        assert!(challenge
+            .unwrap()
+            .ends_with(&format!("error=\"insufficient_scope\", error_description=\"the token lacks the scopes this request needs (rule \\\"POST /mcp\\\")\", scope=\"admin\"{suffix}")));
+        let (status, challenge) = www(Denial::InvalidToken(TokenProblem::Jwt(TokenError::WrongAudience)));
+        assert_eq!(status, 401);
+        assert!(challenge.unwrap().ends_with(suffix));
+        assert_eq!(
+            www(Denial::NoRule {
+                method: "GET".into(),
+                path: "/mcp/x".into()
+            }),
+            (403, Some(format!("Bearer realm=\"api\"{suffix}")))
+        );
+        let (_, challenge) = www(Denial::Dpop {
+            problem: DpopProblem::NoProof,
+            algs: "ES256".into(),
+        });
+        assert!(challenge.unwrap().starts_with("DPoP realm=\"api\", algs=\"ES256\""));
+        assert_eq!(
+            www(Denial::PdpUnavailable { cause: "x".into() }),
+            (503, None),
+            "an outage is no challenge"
+        );
     }
 
     #[test]
@@ -768,7 +833,7 @@ mod tests {
             cause: "JWKS fetch: callout could not be dispatched: BadArgument (cluster `authsever`)"
                 .into(),
         };
-        let r = d.render("api", Some("abc"), ErrorBody::Rfc6750);
+        let r = d.render("api", None, Some("abc"), ErrorBody::Rfc6750);
         assert_eq!(r.status, 503);
         assert_eq!(header(&r, "retry-after"), Some("5"));
         let text = String::from_utf8(r.body.clone()).unwrap();
@@ -819,7 +884,7 @@ mod tests {
     #[test]
     fn kong_bodies_carry_gluus_messages_and_keep_status_and_challenge() {
         let kong = |d: &Denial| {
-            let r = d.render("api", Some("r-1"), ErrorBody::Kong);
+            let r = d.render("api", None, Some("r-1"), ErrorBody::Kong);
             (
                 r.status,
                 body(&r),

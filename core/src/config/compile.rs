@@ -14,6 +14,7 @@ use crate::config_error::ConfigError;
 use crate::consumer::{Consumers, ConsumersConfig, IdentityHeaderNames};
 use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse, METHOD_OVERRIDES};
 use crate::pdp::Pdp;
+use crate::resource::{Context as ResourceContext, IssuerFacts, Resources};
 use crate::policy::{PathSet, Policy};
 use crate::shared_cache::SharedCache;
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
@@ -81,6 +82,7 @@ pub(super) fn compile(
     let waits = Waits::compile(raw.waits)?;
     let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
+    let (resources, issuers) = resources(raw.resources, issuers, &token_sources, policy.as_ref(), &dpop)?;
     let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
 
     Ok(Config {
@@ -118,7 +120,53 @@ pub(super) fn compile(
         uma,
         dpop,
         client_certificate: raw.client_certificate,
+        resources,
     })
+}
+
+/// `resources`, and the issuers with the audiences their tokens may have
+/// anywhere (their own and those of the resources they serve).
+fn resources(
+    raw: Vec<crate::resource::RawResource>,
+    mut issuers: Vec<Issuer>,
+    token_sources: &[TokenSource],
+    policy: Option<&Policy>,
+    dpop: &crate::dpop::DpopSettings,
+) -> Result<(Resources, Vec<Issuer>), ConfigError> {
+    let facts: Vec<IssuerFacts> = issuers
+        .iter()
+        .map(|i| IssuerFacts {
+            issuer: &i.issuer,
+            dpop: i.dpop,
+            certificate_bound: i.certificate_bound,
+        })
+        .collect();
+    let resources = Resources::compile(
+        raw,
+        &ResourceContext {
+            issuers: &facts,
+            token_sources,
+            policy,
+            dpop_algorithms: &dpop.algorithms,
+        },
+    )?;
+    for resource in resources.iter() {
+        for &i in &resource.issuers {
+            let Some(issuer) = issuers.get_mut(i) else {
+                continue;
+            };
+            // "any" stays any.
+            if issuer.audiences_anywhere.is_empty() {
+                continue;
+            }
+            for aud in &resource.audiences {
+                if !issuer.audiences_anywhere.contains(aud) {
+                    issuer.audiences_anywhere.push(aud.clone());
+                }
+            }
+        }
+    }
+    Ok((resources, issuers))
 }
 
 /// The realm is written into `WWW-Authenticate` as a quoted string.

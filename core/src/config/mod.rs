@@ -169,6 +169,9 @@ pub struct Config {
     pub dpop: crate::dpop::DpopSettings,
     /// Where a certificate-bound token's client certificate is read from.
     pub client_certificate: crate::mtls::ClientCertificate,
+    /// Protected resources (RFC 9728): their metadata, and the audiences
+    /// tokens must name on their paths.
+    pub resources: crate::resource::Resources,
 }
 
 impl Config {
@@ -180,6 +183,7 @@ impl Config {
             payload: self.forward.payload_header.is_some(),
             claims_json: self.pdp.is_some(),
             uma_issuer: self.uma.as_ref().map(|uma| uma.issuer),
+            audiences: !self.resources.is_empty(),
         }
     }
 

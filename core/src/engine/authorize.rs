@@ -2,12 +2,15 @@
 //! maps to, the anonymous consumer without a usable token, the policy's
 //! scopes, then (last, as the only callout) the PDP.
 
+use std::rc::Rc;
+
 use crate::cache::Digest;
 use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::consumer::{Consumer, ConsumerLookup};
 use crate::extract::{find_token, FoundToken};
 use crate::grant::Grant;
+use crate::jwt::TokenError;
 use crate::pdp::PdpQuery;
 use crate::policy::PolicyDecision;
 use crate::response::{Denial, RequestProblem, TokenProblem};
@@ -65,7 +68,9 @@ pub(super) fn check_access(
         Ok(None) => return anonymous_or(config, request, path, upstream, None, Denial::NoToken),
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Token(e))),
     };
-    let grant = match authenticate(config, state, &found.token, request.client, known, now) {
+    let grant = authenticate(config, state, &found.token, request.client, known, now)
+        .and_then(|grant| for_this_resource(config, path, grant));
+    let grant = match grant {
         Ok(grant) => grant,
         Err(Verdict::Deny(denial @ Denial::InvalidToken(_))) => {
             let on_invalid = config
@@ -133,6 +138,34 @@ pub(super) fn check_access(
                 })),
             }
         }
+    }
+}
+
+/// RFC 8707: on a protected resource's paths a token must come from one of
+/// its authorization servers and name one of its audiences; elsewhere, one
+/// of its issuer's `audiences`. Checked per request against the grant's
+/// `aud`, so a grant cached on one resource's path is never good on
+/// another's; without resources the issuer's list was checked before the
+/// signature and there is nothing more to do.
+fn for_this_resource(config: &Config, path: &str, grant: Rc<Grant>) -> Result<Rc<Grant>, Verdict> {
+    if config.resources.is_empty() {
+        return Ok(grant);
+    }
+    let accepted = match config.resources.for_path(path) {
+        Some(resource) => {
+            resource.issuers.contains(&grant.issuer) && resource.accepts_audience(&grant.audiences)
+        }
+        None => config.issuers.get(grant.issuer).is_some_and(|issuer| {
+            issuer.audiences.is_empty()
+                || issuer.audiences.iter().any(|a| grant.audiences.contains(a))
+        }),
+    };
+    if accepted {
+        Ok(grant)
+    } else {
+        Err(Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
+            TokenError::WrongAudience,
+        ))))
     }
 }
 
