@@ -14,6 +14,8 @@ use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
 use crate::mtls::CertificateProblem;
+use crate::policy::jsonrpc::BodyProblem;
+use crate::policy::StepUp;
 use crate::request::PathError;
 use crate::wait::Bound;
 
@@ -54,11 +56,15 @@ pub enum Reason {
     CertificateMissing,
     CertificateMismatch,
     CertificateUnbound,
+    InsufficientUserAuthentication,
+    BodyTooLarge,
+    BodyInvalid,
+    BodyTimeout,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 37] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -92,6 +98,10 @@ impl Reason {
         Reason::CertificateMissing,
         Reason::CertificateMismatch,
         Reason::CertificateUnbound,
+        Reason::InsufficientUserAuthentication,
+        Reason::BodyTooLarge,
+        Reason::BodyInvalid,
+        Reason::BodyTimeout,
     ];
 
     pub fn code(self) -> &'static str {
@@ -129,6 +139,10 @@ impl Reason {
             Reason::CertificateMissing => "certificate_missing",
             Reason::CertificateMismatch => "certificate_mismatch",
             Reason::CertificateUnbound => "certificate_unbound",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::BodyInvalid => "body_invalid",
+            Reason::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -172,6 +186,10 @@ impl Reason {
             Reason::CertificateMissing => 30,
             Reason::CertificateMismatch => 31,
             Reason::CertificateUnbound => 32,
+            Reason::InsufficientUserAuthentication => 33,
+            Reason::BodyTooLarge => 34,
+            Reason::BodyInvalid => 35,
+            Reason::BodyTimeout => 36,
         }
     }
 }
@@ -274,6 +292,17 @@ pub enum Denial {
         rule: String,
         scopes: Vec<String>,
     },
+    /// The token's authentication does not meet the rule's step-up (RFC
+    /// 9470): 401 `insufficient_user_authentication` with `acr_values` and
+    /// `max_age`, and `scope` when `scopes` (also missing) is not empty.
+    StepUp {
+        rule: String,
+        step_up: StepUp,
+        scopes: Vec<String>,
+    },
+    /// The JSON-RPC body a selector reads cannot be judged: answered with a
+    /// JSON-RPC error body.
+    Body(BodyProblem),
     /// Valid token, but no policy rule names this method and path.
     NoRule {
         method: String,
@@ -435,6 +464,45 @@ impl Denial {
                 Challenge::Bearer,
                 Some("You are not authorized to access this resource"),
             ),
+            Denial::StepUp { .. } => wire(
+                Reason::InsufficientUserAuthentication,
+                401,
+                "insufficient_user_authentication",
+                Challenge::Bearer,
+                None,
+            ),
+            Denial::Body(problem) => match problem {
+                BodyProblem::TooLarge { .. } => wire(
+                    Reason::BodyTooLarge,
+                    413,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::TooSlow => wire(
+                    Reason::BodyTimeout,
+                    408,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::Encoded { .. } => wire(
+                    Reason::BodyInvalid,
+                    415,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::NotJson { .. }
+                | BodyProblem::NotJsonRpc { .. }
+                | BodyProblem::NoName { .. } => wire(
+                    Reason::BodyInvalid,
+                    400,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+            },
             Denial::NoRule { .. } => wire(
                 Reason::NoRule,
                 403,
@@ -519,6 +587,10 @@ impl Denial {
             Denial::InsufficientScope { rule, .. } => {
                 format!("the token lacks the scopes this request needs (rule \"{rule}\")")
             }
+            Denial::StepUp { rule, .. } => format!(
+                "the token's authentication does not meet what this request needs (rule \"{rule}\"); authenticate again as the challenge says"
+            ),
+            Denial::Body(problem) => problem.to_string(),
             Denial::NoRule { method, path } => format!("no policy rule allows {method} {path}"),
             Denial::PdpDenied { method, path } => {
                 format!("the policy decision point denied {method} {path}")
@@ -552,7 +624,10 @@ impl Denial {
     /// or a secret, only what the configuration and the server told us.
     pub fn log_fields(&self) -> Vec<(&'static str, String)> {
         match self {
-            Denial::InsufficientScope { rule, .. } => vec![("rule", rule.clone())],
+            Denial::InsufficientScope { rule, .. } | Denial::StepUp { rule, .. } => {
+                vec![("rule", rule.clone())]
+            }
+            Denial::Body(_) => vec![("detail", self.description())],
             Denial::KeysUnavailable { issuer, cause }
             | Denial::IntrospectionUnavailable { issuer, cause } => {
                 vec![("issuer", issuer.clone()), ("cause", cause.clone())]
@@ -608,12 +683,30 @@ impl Denial {
                 quotable(&description)
             )),
             (Challenge::Bearer | Challenge::Uma, _) => {
-                let scope = match self {
+                let mut scope = match self {
                     Denial::InsufficientScope { scopes, .. } => {
                         format!(", scope=\"{}\"", quotable(&scopes.join(" ")))
                     }
                     _ => String::new(),
                 };
+                if let Denial::StepUp {
+                    step_up, scopes, ..
+                } = self
+                {
+                    // RFC 9470 §3: what the next authorization request asks for.
+                    if !step_up.acr_values.is_empty() {
+                        scope.push_str(&format!(
+                            ", acr_values=\"{}\"",
+                            quotable(&step_up.acr_values.join(" "))
+                        ));
+                    }
+                    if let Some(max_age) = step_up.max_age {
+                        scope.push_str(&format!(", max_age=\"{max_age}\""));
+                    }
+                    if !scopes.is_empty() {
+                        scope.push_str(&format!(", scope=\"{}\"", quotable(&scopes.join(" "))));
+                    }
+                }
                 Some(format!(
                     "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"{scope}",
                     wire.error,
@@ -625,6 +718,29 @@ impl Denial {
             headers.push(("www-authenticate".into(), challenge));
         }
         let mut body = serde_json::Map::new();
+        if let Denial::Body(problem) = self {
+            // A JSON-RPC client reads this shape; `id` is the offending
+            // entry's when one was read.
+            let id = problem
+                .id()
+                .and_then(|id| serde_json::from_str::<serde_json::Value>(id).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let mut data = serde_json::Map::new();
+            data.insert("reason".into(), json!(wire.reason.code()));
+            if let Some(request_id) = request_id {
+                data.insert("request_id".into(), json!(request_id));
+            }
+            let answer = json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": problem.jsonrpc_code(), "message": description, "data": data},
+            });
+            return HttpResponse {
+                status: wire.status,
+                headers,
+                body: answer.to_string().into_bytes(),
+            };
+        }
         if shape == ErrorBody::Kong {
             let message = wire.gluu_message.map_or(description, str::to_string);
             body.insert("message".into(), json!(message));
@@ -634,6 +750,23 @@ impl Denial {
             body.insert("reason".into(), json!(wire.reason.code()));
             if let Denial::InsufficientScope { rule, scopes } = self {
                 body.insert("scope".into(), json!(scopes.join(" ")));
+                body.insert("rule".into(), json!(rule));
+            }
+            if let Denial::StepUp {
+                rule,
+                step_up,
+                scopes,
+            } = self
+            {
+                if !step_up.acr_values.is_empty() {
+                    body.insert("acr_values".into(), json!(step_up.acr_values.join(" ")));
+                }
+                if let Some(max_age) = step_up.max_age {
+                    body.insert("max_age".into(), json!(max_age));
+                }
+                if !scopes.is_empty() {
+                    body.insert("scope".into(), json!(scopes.join(" ")));
+                }
                 body.insert("rule".into(), json!(rule));
             }
             if let Denial::UmaTicket { as_uri, ticket, .. } = self {

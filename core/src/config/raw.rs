@@ -15,6 +15,7 @@ use crate::response::ErrorBody;
 use crate::token_client::RawTokenClient;
 use crate::uma::RawUma;
 use crate::upstream_oauth::RawUpstreamOAuth;
+use crate::body::RawBodyLimits;
 use crate::wait::RawWaits;
 
 #[derive(Deserialize)]
@@ -45,6 +46,7 @@ pub(super) struct RawConfig {
     pub(super) shared_data: SharedData,
     #[serde(default)]
     pub(super) waits: Option<RawWaits>,
+    pub(super) jsonrpc: Option<RawBodyLimits>,
     #[serde(default)]
     pub(super) crypto: Crypto,
     #[serde(default = "default_introspection_cache_bytes")]
