@@ -1004,4 +1004,74 @@ mod tests {
         let (_, b, _) = kong(&Denial::InvalidToken(TokenProblem::ClientUnknown));
         assert_eq!(b["message"], "Unknown consumer");
     }
+
+    #[test]
+    fn step_up_challenge_and_json_rpc_error_bodies() {
+        let header = |r: &HttpResponse, name: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let denial = Denial::StepUp {
+            rule: "GET /a".into(),
+            step_up: StepUp {
+                acr_values: vec!["urn:mfa".into(), "urn:hw".into()],
+                max_age: Some(300),
+            },
+            scopes: vec!["read".into()],
+        };
+        let r = denial.render("api", Some("r-1"), ErrorBody::Rfc6750);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate").unwrap(),
+            "Bearer realm=\"api\", error=\"insufficient_user_authentication\", error_description=\"the token's authentication does not meet what this request needs (rule \\\"GET /a\\\"); authenticate again as the challenge says\", acr_values=\"urn:mfa urn:hw\", max_age=\"300\", scope=\"read\""
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["reason"], "insufficient_user_authentication");
+        assert_eq!(body["acr_values"], "urn:mfa urn:hw");
+        assert_eq!(body["max_age"], 300);
+        // Only max_age, no scope missing.
+        let only_age = Denial::StepUp {
+            rule: "GET /a".into(),
+            step_up: StepUp {
+                acr_values: vec![],
+                max_age: Some(0),
+            },
+            scopes: vec![],
+        };
+        let challenge = header(&only_age.render("api", None, ErrorBody::Rfc6750), "www-authenticate").unwrap();
+        assert!(challenge.ends_with("authenticate again as the challenge says\", max_age=\"0\""), "{challenge}");
+        // A body that is not JSON-RPC: a JSON-RPC error, with the entry's id.
+        for (problem, status, code, id) in [
+            (BodyProblem::TooLarge { max: 10 }, 413, -32600, serde_json::Value::Null),
+            (BodyProblem::NotJson { error: "x".into() }, 400, -32700, serde_json::Value::Null),
+            (
+                BodyProblem::NotJsonRpc { problem: "p".into(), id: Some("\"q\"".into()) },
+                400,
+                -32600,
+                serde_json::json!("q"),
+            ),
+            (
+                BodyProblem::NoName { method: "tools/call".into(), member: "name", id: Some("7".into()) },
+                400,
+                -32602,
+                serde_json::json!(7),
+            ),
+            (BodyProblem::Encoded { encoding: "gzip".into() }, 415, -32600, serde_json::Value::Null),
+            (BodyProblem::TooSlow, 408, -32600, serde_json::Value::Null),
+        ] {
+            for shape in [ErrorBody::Rfc6750, ErrorBody::Kong] {
+                let r = Denial::Body(problem.clone()).render("api", Some("r-2"), shape);
+                assert_eq!(r.status, status, "{problem:?}");
+                assert_eq!(header(&r, "www-authenticate"), None);
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["jsonrpc"], "2.0");
+                assert_eq!(body["id"], id, "{problem:?}");
+                assert_eq!(body["error"]["code"], code, "{problem:?}");
+                assert_eq!(body["error"]["data"]["request_id"], "r-2");
+                assert!(body["error"]["message"].as_str().unwrap().len() > 5);
+            }
+        }
+    }
 }

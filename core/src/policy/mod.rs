@@ -1754,6 +1754,240 @@ mod tests {
         );
     }
 
+    fn presented<'a>(scopes: &'a [String], acr: Option<&'a str>, auth_time: Option<u64>) -> Presented<'a> {
+        Presented {
+            scopes,
+            acr,
+            auth_time,
+            now: 10_000,
+            skew: 60,
+        }
+    }
+
+    fn calls(body: &str) -> Vec<Call> {
+        jsonrpc::read_calls(body.as_bytes(), 1 << 16).unwrap().0
+    }
+
+    fn step_up(acr: &[&str], max_age: Option<u64>) -> StepUp {
+        StepUp {
+            acr_values: scopes(acr),
+            max_age,
+        }
+    }
+
+    #[test]
+    fn step_up_in_both_forms() {
+        let readable = json!({
+            "GET /account": {"scope": "read", "acr_values": ["urn:mfa", "urn:hw"], "max_age": 300},
+            "GET /recent": {"max_age": 0},
+            "GET /plain": "read"
+        });
+        let gluu = json!([
+            {"path": "/account", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["read"]},
+                "acr_values": ["urn:mfa", "urn:hw"], "max_age": 300}]},
+            {"path": "/recent", "conditions": [{"httpMethods": ["GET"], "max_age": 0}]},
+            {"path": "/plain", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["read"]}}]}
+        ]);
+        let read = scopes(&["read"]);
+        let none = scopes(&[]);
+        let account = |required: &[&str]| PolicyDecision::StepUp {
+            rule: "GET /account".into(),
+            step_up: step_up(&["urn:mfa", "urn:hw"], Some(300)),
+            required: scopes(required),
+        };
+        let cases: Vec<(&str, Presented, PolicyDecision)> = vec![
+            ("/account", presented(&read, Some("urn:mfa"), Some(9_800)), allow("GET /account")),
+            ("/account", presented(&read, Some("urn:hw"), Some(9_700)), allow("GET /account")),
+            // acr missing, wrong; auth_time missing, too old (300 + 60 skew), in the future.
+            ("/account", presented(&read, None, Some(9_800)), account(&[])),
+            ("/account", presented(&read, Some("urn:pwd"), Some(9_800)), account(&[])),
+            ("/account", presented(&read, Some("urn:mfa"), None), account(&[])),
+            ("/account", presented(&read, Some("urn:mfa"), Some(9_640)), allow("GET /account")),
+            ("/account", presented(&read, Some("urn:mfa"), Some(9_639)), account(&[])),
+            ("/account", presented(&read, Some("urn:mfa"), Some(10_061)), account(&[])),
+            // Both missing: the step-up 401, naming the scopes too.
+            ("/account", presented(&none, None, None), account(&["read"])),
+            // Scopes alone missing: 403.
+            (
+                "/account",
+                presented(&none, Some("urn:mfa"), Some(9_900)),
+                insufficient("GET /account", &["read"]),
+            ),
+            ("/recent", presented(&none, None, Some(9_950)), allow("GET /recent")),
+            (
+                "/recent",
+                presented(&none, None, Some(9_900)),
+                PolicyDecision::StepUp {
+                    rule: "GET /recent".into(),
+                    step_up: step_up(&[], Some(0)),
+                    required: vec![],
+                },
+            ),
+            ("/plain", presented(&read, None, None), allow("GET /plain")),
+        ];
+        for policy in [Policy::compile(&readable).unwrap(), Policy::compile(&gluu).unwrap()] {
+            assert!(policy.uses_request_facts());
+            for (path, who, want) in &cases {
+                assert_eq!(&policy.decide_request("GET", path, who, None), want, "{path} {who:?}");
+            }
+        }
+        assert!(!Policy::compile(&json!({"GET /a": "x"})).unwrap().uses_request_facts());
+    }
+
+    #[test]
+    fn json_rpc_selectors_in_both_forms() {
+        let readable = json!({
+            "POST,GET /mcp": "mcp",
+            "POST /mcp tools/call admin_*": "admin",
+            "POST /mcp tools/call deploy": {"scope": "deploy", "acr_values": ["urn:mfa"]},
+            "POST /mcp resources/read file:///secret/*": "secret",
+            "POST /mcp prompts/get": "prompts"
+        });
+        let cond = |sel: Value, scope: &str| {
+            json!({"httpMethods": ["POST"], "jsonrpc": sel,
+                   "scope_expression": {"rule": {"var": 0}, "data": [scope]}})
+        };
+        let gluu = json!([{"path": "/mcp", "conditions": [
+            {"httpMethods": ["POST", "GET"], "scope_expression": {"rule": {"var": 0}, "data": ["mcp"]}},
+            cond(json!({"method": "tools/call", "name": "admin_*"}), "admin"),
+            {"httpMethods": ["POST"], "jsonrpc": {"method": "tools/call", "name": "deploy"},
+             "scope_expression": {"rule": {"var": 0}, "data": ["deploy"]}, "acr_values": ["urn:mfa"]},
+            cond(json!({"method": "resources/read", "name": "file:///secret/*"}), "secret"),
+            cond(json!({"method": "prompts/get"}), "prompts")
+        ]}]);
+        let tool = |name: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#)
+        };
+        let mcp = scopes(&["mcp"]);
+        let wide = scopes(&["mcp", "admin", "secret", "prompts", "deploy"]);
+        let admin_only = scopes(&["admin"]);
+        let rule = |r: &str| r.to_string();
+        let cases: Vec<(&[String], String, PolicyDecision)> = vec![
+            (&mcp, tool("search"), allow("POST,GET /mcp")),
+            (&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.into(), allow("POST,GET /mcp")),
+            (&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into(), allow("POST,GET /mcp")),
+            (&mcp, tool("admin_users"), insufficient("POST /mcp tools/call admin_*", &["admin"])),
+            (&wide, tool("admin_users"), allow("POST /mcp tools/call admin_*")),
+            // Selectors add to the path's rule, never relax it.
+            (&admin_only, tool("admin_users"), insufficient("POST,GET /mcp", &["mcp"])),
+            // With `acr` urn:mfa (below: without).
+            (&mcp, tool("deploy"), insufficient("POST /mcp tools/call deploy", &["deploy"])),
+            (
+                &mcp,
+                r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///secret/k"}}"#.into(),
+                insufficient("POST /mcp resources/read file:///secret/*", &["secret"]),
+            ),
+            (
+                &mcp,
+                r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///public/k","name":"file:///secret/x"}}"#.into(),
+                allow("POST,GET /mcp"),
+            ),
+            (&mcp, r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"p"}}"#.into(), insufficient("POST /mcp prompts/get", &["prompts"])),
+            // A batch: every entry judged; the scopes of every failing one named.
+            (
+                &mcp,
+                format!("[{},{}]", tool("search"), tool("admin_x")),
+                insufficient("POST /mcp tools/call admin_*", &["admin"]),
+            ),
+            (&wide, format!("[{},{}]", tool("search"), tool("admin_x")), allow("POST /mcp tools/call admin_*")),
+            // No name where a selector reads one: refused, with the entry's id.
+            (
+                &wide,
+                r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{}}"#.into(),
+                PolicyDecision::BadBody(jsonrpc::BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("9".into()),
+                }),
+            ),
+            (
+                &wide,
+                r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":7}}"#.into(),
+                PolicyDecision::BadBody(jsonrpc::BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("9".into()),
+                }),
+            ),
+        ];
+        for policy in [Policy::compile(&readable).unwrap(), Policy::compile(&gluu).unwrap()] {
+            let who = presented(&mcp, None, None);
+            assert_eq!(policy.decide_request("POST", "/mcp", &who, None), PolicyDecision::NeedBody);
+            // GET has no selector: no body read.
+            assert_eq!(policy.decide_request("GET", "/mcp", &who, None), allow("POST,GET /mcp"));
+            for (granted, body, want) in &cases {
+                let who = presented(granted, Some("urn:mfa"), None);
+                let got = policy.decide_request("POST", "/mcp", &who, Some(&calls(body)));
+                assert_eq!(&got, want, "{body} with {granted:?}");
+            }
+            let who = presented(&mcp, None, None);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &who, Some(&calls(&tool("deploy")))),
+                PolicyDecision::StepUp {
+                    rule: rule("POST /mcp tools/call deploy"),
+                    step_up: step_up(&["urn:mfa"], None),
+                    required: scopes(&["deploy"]),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn bad_step_up_and_selectors_name_the_rule() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"GET /a": {"acr_values": []}}), "policy rule `GET /a`: `acr_values` must be a non-empty array"),
+            (json!({"GET /a": {"acr_values": "urn:mfa"}}), "policy rule `GET /a`: `acr_values` must be"),
+            (json!({"GET /a": {"acr_values": ["a b"]}}), "policy rule `GET /a`: `acr_values` entry \"a b\""),
+            (json!({"GET /a": {"acr_values": ["a\"b"]}}), "`acr_values` entry"),
+            (json!({"GET /a": {"max_age": -1}}), "policy rule `GET /a`: `max_age` must be a whole number"),
+            (json!({"GET /a": {"max_age": 1.5}}), "`max_age` must be a whole number"),
+            (json!({"GET /a": {"max_age": 999_999_999_999u64}}), "`max_age` must be a whole number"),
+            (json!({"GET /a": {"scope": 3}}), "`scope` must be an expression string"),
+            (json!({"GET /a": {"scopes": "x"}}), "unknown field `scopes`"),
+            (json!({"POST /mcp tools/call a b": "x"}), "JSONRPC_METHOD [NAME_GLOB]"),
+            (
+                json!({"POST /mcp tools/call": "x", "POST /mcp/ tools/call": "y"}),
+                "method `POST` has more than one condition",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "acr_values": [1]}]}]),
+                "policy rule `GET /a`: `acr_values` entry 1",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"name": "x"}}]}]),
+                "policy rule `/a`: `jsonrpc.method` must be a string",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"method": "a", "tool": "x"}}]}]),
+                "unknown field `tool`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"method": "a b"}}]}]),
+                "JSON-RPC method `a b`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": "tools/call"}]}]),
+                "`jsonrpc` must be an object",
+            ),
+        ];
+        for (value, fragment) in cases {
+            let message = Policy::compile(&value).unwrap_err().to_string();
+            assert!(message.contains(fragment), "{value}: {message}");
+        }
+        // The same method with two selectors, and a path rule, is fine;
+        // a regex segment may hold a space.
+        let policy = Policy::compile(&json!({
+            "POST /mcp": "a",
+            "POST /mcp tools/call": "b",
+            "POST /mcp tools/call x*": "c",
+            "GET /{a b}/x tools/call": "d"
+        }))
+        .unwrap();
+        assert_eq!(policy.rule_count(), 4);
+    }
+
     #[test]
     fn policy_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
