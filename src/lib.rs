@@ -93,6 +93,13 @@ struct Facts {
     /// Where Envoy routes it, as far as upstream OAuth rules compare it
     /// (none read when no rule does).
     routing: Option<Rc<host::RouteFacts>>,
+    /// The headers ended the request: it has no body.
+    ended: bool,
+    /// The body, once read (complete, or cut past the bound).
+    body: Option<Rc<[u8]>>,
+    /// The core asked for the body, up to this many bytes
+    /// ([`Verdict::ReadBody`]); its headers went on then.
+    reading: Option<usize>,
 }
 
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
@@ -155,6 +162,7 @@ fn weight(request: &Facts) -> usize {
         .saturating_add(request.client.as_ref().map_or(0, |c| c.len()))
         .saturating_add(request.routing.as_ref().map_or(0, |r| r.len()))
         .saturating_add(request.peer_certificate.as_ref().map_or(0, |c| c.len()))
+        .saturating_add(request.body.as_ref().map_or(0, |b| b.len()))
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
@@ -222,6 +230,13 @@ impl Waiting {
         let ready = self.ready.pop_front()?;
         self.bytes = self.bytes.saturating_sub(weight(ready.request()));
         Some(ready)
+    }
+
+    /// Takes request `id` off its wait for good (decided now, not queued).
+    fn take(&mut self, id: u32) -> Option<Parked> {
+        let parked = self.unpark(id)?;
+        self.bytes = self.bytes.saturating_sub(weight(&parked.request));
+        Some(parked)
     }
 
     /// Drops every trace of request `id` (it ended).
@@ -299,6 +314,11 @@ impl<H: Door> Shared<H> {
                     .as_ref()
                     .map(|r| r.routing())
                     .unwrap_or_default(),
+                body: if facts.ended {
+                    Some(&[])
+                } else {
+                    facts.body.as_deref()
+                },
             };
             verdict_knowing(
                 &self.config,
@@ -319,7 +339,40 @@ impl<H: Door> Shared<H> {
         match verdict {
             Verdict::Allow(allow) => {
                 self.host.increment(Counter::Allowed, 1);
-                apply(&self.host, &allow, self.envoy);
+                // Once the headers went on (to let the body come), they
+                // were changed as the body's verdict said, and are gone.
+                if request.reading.is_none() {
+                    apply(&self.host, &allow, self.envoy);
+                }
+                Outcome::Proceed
+            }
+            Verdict::ReadBody(read) => {
+                let until = until.map_or(read.until, |first| first.min(read.until));
+                if until <= self.host.now() {
+                    self.deny(&request.headers, &timed_out(&self.config, &WaitKey::Body));
+                    return Outcome::Hold;
+                }
+                let parked = Parked {
+                    on: WaitKey::Body,
+                    until,
+                    request: Facts {
+                        reading: Some(read.max_bytes),
+                        ..request
+                    },
+                };
+                let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
+                if let Err(parked) = refused {
+                    self.deny(
+                        &parked.request.headers,
+                        &Denial::Overloaded {
+                            bound: Bound::Waiters,
+                        },
+                    );
+                    return Outcome::Hold;
+                }
+                // The headers go on, changed as if the body passes; the body
+                // is held (Envoy buffers it) until it is judged.
+                apply(&self.host, &read.allow, self.envoy);
                 Outcome::Proceed
             }
             Verdict::Deny(denial) => {
@@ -621,6 +674,37 @@ impl<H: Door> Shared<H> {
         }
     }
 
+    /// Request `id`'s body grew to `size` bytes (`end` when complete): keep
+    /// it buffered while the core waits for more, or decide with it once it
+    /// is complete or over the bound. `read(n)` reads its first `n` bytes.
+    /// Requests the core did not ask the body of pass it on.
+    fn on_body(
+        &self,
+        id: u32,
+        size: usize,
+        end: bool,
+        read: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Outcome {
+        let limit = {
+            let waiting = self.waiting.borrow();
+            match waiting.parked.get(&id) {
+                Some(parked) if parked.request.body.is_none() => parked.request.reading,
+                _ => None,
+            }
+        };
+        let Some(limit) = limit else {
+            return Outcome::Proceed;
+        };
+        if !end && size <= limit {
+            return Outcome::Hold;
+        }
+        let Some(mut parked) = self.waiting.borrow_mut().take(id) else {
+            return Outcome::Hold;
+        };
+        parked.request.body = Some(Rc::from(read(size.min(limit.saturating_add(1)))));
+        self.decide(id, parked.request, None, Some(parked.until))
+    }
+
     /// The request is over (answered, or reset by the client): nothing may
     /// act on it any more.
     fn forget(&self, id: u32) {
@@ -899,7 +983,7 @@ impl Context for Filter {
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         match self.shared.decide(
             self.id,
             Facts {
@@ -907,10 +991,33 @@ impl HttpContext for Filter {
                 client: host::client_address().map(Rc::from),
                 peer_certificate: host::peer_certificate_digest().map(Rc::from),
                 routing: host::routing(self.shared.routing_needs).map(Rc::new),
+                ended: end_of_stream,
+                body: None,
+                reading: None,
             },
             None,
             None,
         ) {
+            Outcome::Proceed => Action::Continue,
+            Outcome::Hold => Action::Pause,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self
+            .shared
+            .on_body(self.id, body_size, end_of_stream, host::request_body)
+        {
+            Outcome::Proceed => Action::Continue,
+            Outcome::Hold => Action::Pause,
+        }
+    }
+
+    /// Trailers end the body: continuing them would send the buffered body
+    /// on unjudged.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let size = usize::MAX;
+        match self.shared.on_body(self.id, size, true, host::request_body) {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

@@ -92,6 +92,11 @@ pub struct Grant {
     /// audiences, so a grant cached for one resource is never taken for
     /// another.
     pub audiences: Vec<String>,
+    /// `acr`: the authentication context class (RFC 9470 step-up), when a
+    /// string of at most 256 bytes.
+    pub acr: Option<String>,
+    /// `auth_time`: when the user authenticated (seconds since the epoch).
+    pub auth_time: Option<u64>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -272,6 +277,18 @@ impl Grant {
             } else {
                 Vec::new()
             },
+            acr: token
+                .claims()
+                .get("acr")
+                .and_then(Value::as_str)
+                .filter(|acr| acr.len() <= 256)
+                .map(str::to_string),
+            // A whole number of seconds; OIDC allows a JSON number, so a
+            // fraction is cut, never rounded up.
+            auth_time: token.claims().get("auth_time").and_then(|t| {
+                t.as_u64()
+                    .or_else(|| t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            }),
         })
     }
 
@@ -313,6 +330,7 @@ impl Weigh for Grant {
             option_weight(&self.phantom),
             option_weight(&self.cnf_jkt),
             option_weight(&self.cnf_x5t),
+            option_weight(&self.acr),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

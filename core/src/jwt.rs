@@ -277,7 +277,11 @@ fn check_profile(
                 ));
             }
             let text = |name: &str| claims.get(name).is_some_and(Value::is_string);
-            if !(text("sub") && text("client_id") && text("jti") && claims.get("iat").is_some_and(Value::is_number)) {
+            if !(text("sub")
+                && text("client_id")
+                && text("jti")
+                && claims.get("iat").is_some_and(Value::is_number))
+            {
                 return Err(TokenError::Malformed(
                     "an RFC 9068 access token needs sub, client_id, iat and jti",
                 ));
@@ -289,7 +293,9 @@ fn check_profile(
             if accepted.contains(&typ) {
                 Ok(())
             } else {
-                Err(TokenError::Malformed("typ is not one the issuer's tokens carry"))
+                Err(TokenError::Malformed(
+                    "typ is not one the issuer's tokens carry",
+                ))
             }
         }
     }

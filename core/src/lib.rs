@@ -19,6 +19,7 @@
 )]
 
 pub mod alg;
+pub mod body;
 pub mod budget;
 pub mod cache;
 pub mod callout;

@@ -206,10 +206,10 @@ impl Resource {
         };
         let scopes = match raw.scopes_supported {
             Some(list) => {
-                if let Some(j) = list
-                    .iter()
-                    .position(|s| s.is_empty() || s.contains(|c: char| c == ' ' || c == '"' || c == '\\' || c.is_control()))
-                {
+                if let Some(j) = list.iter().position(|s| {
+                    s.is_empty()
+                        || s.contains(|c: char| c == ' ' || c == '"' || c == '\\' || c.is_control())
+                }) {
                     return Err(ConfigError::new(
                         format!("{field}.scopes_supported[{j}]"),
                         "a scope is non-empty text without spaces, quotes, backslashes or control characters (RFC 6749 §3.3)",
@@ -319,8 +319,7 @@ fn identifier_url(identifier: &str) -> Result<Url, String> {
     if identifier.contains(['?', '#']) {
         return Err("must not have a query or a fragment (RFC 8707 §2)".into());
     }
-    if identifier.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
-    {
+    if identifier.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
         return Err("must not contain spaces, quotes, backslashes or control characters".into());
     }
     let url = Url::parse(identifier)?;
@@ -431,7 +430,10 @@ mod tests {
         )
         .unwrap();
         let mcp = resources.for_path("/mcp/tools").unwrap();
-        assert_eq!(mcp.metadata_path, "/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            mcp.metadata_path,
+            "/.well-known/oauth-protected-resource/mcp"
+        );
         assert_eq!(
             mcp.metadata_url,
             "https://api.example/.well-known/oauth-protected-resource/mcp"
@@ -497,7 +499,9 @@ mod tests {
         }
         let reply = r.metadata_reply("POST");
         assert_eq!(reply.status, 405);
-        assert!(reply.headers.contains(&("allow".into(), "GET, HEAD".into())));
+        assert!(reply
+            .headers
+            .contains(&("allow".into(), "GET, HEAD".into())));
     }
 
     #[test]
@@ -505,16 +509,34 @@ mod tests {
         let table = [
             (json!([{"resource": "api"}]), "resources[0].resource"),
             (json!([{"resource": "ftp://x/y"}]), "resources[0].resource"),
-            (json!([{"resource": "https://x/y?a=b"}]), "resources[0].resource"),
-            (json!([{"resource": "https://x/y#f"}]), "resources[0].resource"),
-            (json!([{"resource": "HTTPS://x/y"}]), "resources[0].resource"),
-            (json!([{"resource": "https://x/a/../b"}]), "resources[0].resource"),
+            (
+                json!([{"resource": "https://x/y?a=b"}]),
+                "resources[0].resource",
+            ),
+            (
+                json!([{"resource": "https://x/y#f"}]),
+                "resources[0].resource",
+            ),
+            (
+                json!([{"resource": "HTTPS://x/y"}]),
+                "resources[0].resource",
+            ),
+            (
+                json!([{"resource": "https://x/a/../b"}]),
+                "resources[0].resource",
+            ),
             (
                 json!([{"resource": "https://a/mcp"}, {"resource": "https://b/mcp"}]),
                 "resources[1].resource",
             ),
-            (json!([{"resource": "https://a/", "paths": []}]), "resources[0].paths"),
-            (json!([{"resource": "https://a/", "paths": ["x"]}]), "resources[0].paths"),
+            (
+                json!([{"resource": "https://a/", "paths": []}]),
+                "resources[0].paths",
+            ),
+            (
+                json!([{"resource": "https://a/", "paths": ["x"]}]),
+                "resources[0].paths",
+            ),
             (
                 json!([{"resource": "https://a/", "authorization_servers": ["https://as.three"]}]),
                 "resources[0].authorization_servers[0]",
@@ -523,7 +545,10 @@ mod tests {
                 json!([{"resource": "https://a/", "authorization_servers": []}]),
                 "resources[0].authorization_servers",
             ),
-            (json!([{"resource": "https://a/", "audiences": []}]), "resources[0].audiences"),
+            (
+                json!([{"resource": "https://a/", "audiences": []}]),
+                "resources[0].audiences",
+            ),
             (
                 json!([{"resource": "https://a/", "scopes_supported": ["a b"]}]),
                 "resources[0].scopes_supported[0]",
@@ -532,7 +557,10 @@ mod tests {
                 json!([{"resource": "https://a/", "resource_documentation": "docs"}]),
                 "resources[0].resource_documentation",
             ),
-            (json!([{"resource": "https://a/", "resource_name": ""}]), "resources[0].resource_name"),
+            (
+                json!([{"resource": "https://a/", "resource_name": ""}]),
+                "resources[0].resource_name",
+            ),
         ];
         for (json, field) in table {
             let e = compile_with(json.clone(), None).unwrap_err();
@@ -542,7 +570,11 @@ mod tests {
 
     #[test]
     fn the_identifier_is_kept_byte_for_byte() {
-        for id in ["https://api.example", "https://api.example/", "http://127.0.0.1:8080/mcp/"] {
+        for id in [
+            "https://api.example",
+            "https://api.example/",
+            "http://127.0.0.1:8080/mcp/",
+        ] {
             let r = compile_with(json!([{ "resource": id }]), None).unwrap();
             let only = r.iter().next().unwrap();
             assert_eq!(document(only)["resource"], id);

@@ -110,6 +110,7 @@ fn mangled_requests_and_tokens_get_an_answer() {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         let _ = normalize_path(&path);
         if let Verdict::Call {

@@ -14,8 +14,8 @@ use crate::config_error::ConfigError;
 use crate::consumer::{Consumers, ConsumersConfig, IdentityHeaderNames};
 use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse, METHOD_OVERRIDES};
 use crate::pdp::Pdp;
-use crate::resource::{Context as ResourceContext, IssuerFacts, Resources};
 use crate::policy::{PathSet, Policy};
+use crate::resource::{Context as ResourceContext, IssuerFacts, Resources};
 use crate::shared_cache::SharedCache;
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
 use crate::uma::{RawUma, Uma, UmaIssuer};
@@ -80,9 +80,16 @@ pub(super) fn compile(
         .transpose()?;
 
     let waits = Waits::compile(raw.waits)?;
+    let jsonrpc = crate::body::BodyLimits::compile(raw.jsonrpc)?;
     let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
-    let (resources, issuers) = resources(raw.resources, issuers, &token_sources, policy.as_ref(), &dpop)?;
+    let (resources, issuers) = resources(
+        raw.resources,
+        issuers,
+        &token_sources,
+        policy.as_ref(),
+        &dpop,
+    )?;
     let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
 
     Ok(Config {
@@ -102,6 +109,7 @@ pub(super) fn compile(
         shared_cache,
         shared_data: raw.shared_data,
         waits,
+        jsonrpc,
         crypto: raw.crypto,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,

@@ -135,6 +135,8 @@ pub struct Config {
     pub shared_data: SharedData,
     /// Bounds on the requests a worker keeps waiting.
     pub waits: Waits,
+    /// How much of a request body JSON-RPC selectors read, and how long for.
+    pub jsonrpc: crate::body::BodyLimits,
     pub crypto: Crypto,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,

@@ -12,13 +12,14 @@ use crate::extract::{find_token, FoundToken};
 use crate::grant::Grant;
 use crate::jwt::TokenError;
 use crate::pdp::PdpQuery;
-use crate::policy::PolicyDecision;
+use crate::policy::jsonrpc::{read_calls, BodyProblem};
+use crate::policy::{PolicyDecision, Presented};
 use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
 
 use super::authenticate::authenticate;
 use super::bind::{self, Scheme};
-use super::{uma, upstream, Allow, Known, Request, Resume, State, Verdict};
+use super::{uma, upstream, Allow, Known, ReadBody, Request, Resume, State, Verdict};
 
 /// A request waiting for the PDP: what to do on permit and on deny.
 #[derive(Debug, PartialEq)]
@@ -96,19 +97,29 @@ pub(super) fn check_access(
         Ok(consumer) => consumer,
         Err(denial) => return Verdict::Deny(denial),
     };
-    let rule = match check_policy(config, request.method, path, &grant.scopes) {
-        Ok(rule) => rule,
+    let who = Presented {
+        scopes: &grant.scopes,
+        acr: grant.acr.as_deref(),
+        auth_time: grant.auth_time,
+        now,
+        skew: config.rules.clock_skew_seconds,
+    };
+    let rule = match check_policy(config, request, path, &who) {
+        Ok(Judged::Rule(rule)) => rule,
+        Ok(Judged::ReadBody) => {
+            // What passes if the body does: its headers go on now.
+            let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
+            add_dpop_headers(config, request, jkt, &mut allow);
+            return Verdict::ReadBody(ReadBody {
+                allow,
+                max_bytes: config.jsonrpc.max_body_bytes,
+                until: now.saturating_add(config.jsonrpc.body_timeout_seconds),
+            });
+        }
         Err(denial) => return Verdict::Deny(denial),
     };
     let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
-    if let Some(jkt) = jkt {
-        allow
-            .set_headers
-            .push((config.identity.dpop_jkt.clone(), jkt));
-    }
-    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
-        allow.remove_headers.push("dpop".into());
-    }
+    add_dpop_headers(config, request, jkt, &mut allow);
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };
@@ -169,28 +180,73 @@ fn for_this_resource(config: &Config, path: &str, grant: Rc<Grant>) -> Result<Rc
     }
 }
 
-/// The policy's verdict on these scopes: the matched rule (`None` without a
-/// policy, or for an unlisted path when `deny_by_default` is off), or the denial.
+fn add_dpop_headers(config: &Config, request: &Request, jkt: Option<String>, allow: &mut Allow) {
+    if let Some(jkt) = jkt {
+        allow
+            .set_headers
+            .push((config.identity.dpop_jkt.clone(), jkt));
+    }
+    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
+        allow.remove_headers.push("dpop".into());
+    }
+}
+
+/// What the policy made of a request it could judge.
+enum Judged {
+    /// The matched rule (`None` without a policy, or for an unlisted path
+    /// when `deny_by_default` is off).
+    Rule(Option<String>),
+    /// A JSON-RPC selector needs the body, not read yet.
+    ReadBody,
+}
+
+/// The policy's verdict on the token's scopes and authentication (and the
+/// body's JSON-RPC calls where a selector reads them), or the denial.
 fn check_policy(
     config: &Config,
-    method: &str,
+    request: &Request,
     path: &str,
-    scopes: &[String],
-) -> Result<Option<String>, Denial> {
+    who: &Presented,
+) -> Result<Judged, Denial> {
     let Some(policy) = &config.policy else {
-        return Ok(None);
+        return Ok(Judged::Rule(None));
     };
-    match policy.decide(method, path, scopes) {
-        PolicyDecision::Allow { rule } => Ok(Some(rule)),
+    let mut decision = policy.decide_request(request.method, path, who, None);
+    if decision == PolicyDecision::NeedBody {
+        let limits = &config.jsonrpc;
+        limits.precheck(request.headers).map_err(Denial::Body)?;
+        let Some(body) = request.body else {
+            return Ok(Judged::ReadBody);
+        };
+        let (calls, _batch) = read_calls(body, limits.max_body_bytes).map_err(Denial::Body)?;
+        decision = policy.decide_request(request.method, path, who, Some(&calls));
+    }
+    match decision {
+        PolicyDecision::Allow { rule } => Ok(Judged::Rule(Some(rule))),
         PolicyDecision::NoRule if config.deny_by_default => Err(Denial::NoRule {
-            method: method.to_string(),
+            method: request.method.to_string(),
             path: path.to_string(),
         }),
-        PolicyDecision::NoRule => Ok(None),
+        PolicyDecision::NoRule => Ok(Judged::Rule(None)),
         PolicyDecision::InsufficientScope { rule, required } => Err(Denial::InsufficientScope {
             rule,
             scopes: required,
         }),
+        PolicyDecision::StepUp {
+            rule,
+            step_up,
+            required,
+        } => Err(Denial::StepUp {
+            rule,
+            step_up,
+            scopes: required,
+        }),
+        PolicyDecision::BadBody(problem) => Err(Denial::Body(problem)),
+        // Asked with the calls: not again.
+        PolicyDecision::NeedBody => Err(Denial::Body(BodyProblem::NotJsonRpc {
+            problem: "the body was not read".into(),
+            id: None,
+        })),
     }
 }
 
@@ -270,8 +326,14 @@ fn anonymous_or(
     let Some(anonymous) = config.consumers.anonymous() else {
         return Verdict::Deny(denial);
     };
+    // Its scopes alone: no authentication to step up, and no body read (a
+    // path a JSON-RPC selector judges is not for anonymous callers).
+    let who = Presented::scopes(&anonymous.scopes);
     if !config.anonymous_paths.matches(path)
-        || check_policy(config, request.method, path, &anonymous.scopes).is_err()
+        || !matches!(
+            check_policy(config, request, path, &who),
+            Ok(Judged::Rule(_))
+        )
     {
         return Verdict::Deny(denial);
     }

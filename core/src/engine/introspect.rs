@@ -510,6 +510,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, now)
     }
@@ -523,6 +524,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_knowing(c, s, &request, Some(known), now)
     }
@@ -1000,6 +1002,7 @@ mod tests {
             client: Some(client),
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, now)
     }

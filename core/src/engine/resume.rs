@@ -8,6 +8,7 @@ use crate::callout::CalloutReply;
 use crate::config::Config;
 use crate::keys::{Due as KeysDue, FetchProgress};
 use crate::metrics::{Counter, Gauge, Metrics};
+use crate::policy::jsonrpc::BodyProblem;
 use crate::response::Denial;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
@@ -185,6 +186,8 @@ pub fn fetching_here(state: &State, on: &WaitKey, now: u64) -> bool {
         WaitKey::Keys(issuer) => state.keys.awaited_until(*issuer, now).is_some(),
         WaitKey::Introspection { token, .. } => state.introspecting.contains_key(token),
         WaitKey::ClientToken(client) => state.clients.awaited_until(*client, now).is_some(),
+        // Each request's own: no other worker can bring it.
+        WaitKey::Body => true,
     }
 }
 
@@ -203,5 +206,6 @@ pub fn timed_out(config: &Config, on: &WaitKey) -> Denial {
             client: client_name(config, *client),
             cause: "the token request did not settle within its timeout".into(),
         },
+        WaitKey::Body => Denial::Body(BodyProblem::TooSlow),
     }
 }
