@@ -261,41 +261,57 @@ def _call(name, **extra):
     return {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": dict({"name": name, "arguments": {}}, **extra)}
 
 
+# case: (body, expected status); 400/413 come with a JSON-RPC error body, 403 with scope="admin".
 SMUGGLES = {
-    "duplicate name, admin last": b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
-                                  b'"params":{"name":"read_notes","arguments":{},"name":"admin_reset"}}',
-    "duplicate params, admin last": b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read_notes"},'
-                                    b'"params":{"name":"admin_reset","arguments":{}}}',
-    "duplicate method, tools/call last": b'{"jsonrpc":"2.0","id":7,"method":"tools/list","method":"tools/call",'
-                                         b'"params":{"name":"admin_reset","arguments":{}}}',
-    "escaped name": b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"admin\\u005freset","arguments":{}}}',
-    "escaped method": b'{"jsonrpc":"2.0","id":7,"method":"tools\\/call","params":{"name":"admin_reset","arguments":{}}}',
-    "batch, admin second": json.dumps([_call("read_notes"), dict(_call("admin_reset"), id=8)]).encode(),
-    "batch of one": json.dumps([_call("admin_reset")]).encode(),
-    "whitespace around": b' \r\n\t' + json.dumps(_call("admin_reset")).encode() + b' \n',
-    "content-type with parameters": json.dumps(_call("admin_reset")).encode(),
-    "chunked in small pieces": json.dumps(_call("admin_reset")).encode(),
-    "padded past any small bound": json.dumps(_call("admin_reset", pad="x" * (2 << 20))).encode(),
+    "duplicate name, admin last": (b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+                                   b'"params":{"name":"read_notes","arguments":{},"name":"admin_reset"}}', 400),
+    "duplicate params, admin last": (b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read_notes"},'
+                                     b'"params":{"name":"admin_reset","arguments":{}}}', 400),
+    "duplicate method, tools/call last": (b'{"jsonrpc":"2.0","id":7,"method":"tools/list","method":"tools/call",'
+                                          b'"params":{"name":"admin_reset","arguments":{}}}', 400),
+    "escaped name": (b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+                     b'"params":{"name":"admin\\u005freset","arguments":{}}}', 403),
+    "escaped method": (b'{"jsonrpc":"2.0","id":7,"method":"tools\\/call","params":{"name":"admin_reset","arguments":{}}}',
+                       403),
+    "batch, admin second": (json.dumps([_call("read_notes"), dict(_call("admin_reset"), id=8)]).encode(), 403),
+    "batch of one": (json.dumps([_call("admin_reset")]).encode(), 403),
+    "whitespace around": (b' \r\n\t' + json.dumps(_call("admin_reset")).encode() + b' \n', 403),
+    "content-type with parameters": (json.dumps(_call("admin_reset")).encode(), 403),
+    "content-type text/plain": (json.dumps(_call("admin_reset")).encode(), 403),
+    "chunked in small pieces": (json.dumps(_call("admin_reset")).encode(), 403),
+    "padded past the bound": (json.dumps(_call("admin_reset", pad="x" * (2 << 20))).encode(), 413),
+    "not JSON": (b"tools/call admin_reset", 400),
 }
+HEADERS = {"content-type with parameters": "Application/JSON ; charset=utf-8", "content-type text/plain": "text/plain"}
 
 
 @pytest.mark.parametrize("case", list(SMUGGLES))
 def test_a_read_token_cannot_smuggle_the_admin_tool(setup, case):
     env, op, server, resource = setup
     token = resource_token(op, resource)
-    body = SMUGGLES[case]
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+    body, expected = SMUGGLES[case]
+    headers = {"accept": "application/json, text/event-stream", "content-type": HEADERS.get(case, "application/json"),
                "mcp-protocol-version": "2025-06-18"}
-    if case == "content-type with parameters":
-        headers["content-type"] = "Application/JSON ; charset=utf-8"
     data = body
     if case == "chunked in small pieces":
         data = (body[i:i + 7] for i in range(0, len(body), 7))
     before = server.stats()["tools"].get("admin_reset", 0)
-    try:
-        r = env.post("/mcp", token=token, headers=headers, data=data, timeout=20)
-        status = r.status_code
-    except requests.ConnectionError:
-        status = "reset"   # Envoy may close a connection whose body it refused to buffer
-    assert server.stats()["tools"].get("admin_reset", 0) == before, (case, status)
-    assert status in (400, 403, 413, "reset"), (case, status, getattr(r, "text", "")[:300])
+    r = env.post("/mcp", token=token, headers=headers, data=data, timeout=20)
+    assert server.stats()["tools"].get("admin_reset", 0) == before, (case, r.status_code)
+    assert r.status_code == expected, (case, r.status_code, r.text[:300])
+    if expected == 403:
+        c = challenge({"www_authenticate": r.headers.get("www-authenticate")})
+        assert (c["error"], c["scope"]) == ("insufficient_scope", "admin"), c
+    else:
+        err = r.json()
+        assert err["jsonrpc"] == "2.0" and err["id"] is None and err["error"]["code"] in (-32700, -32600), err
+        assert err["error"]["data"]["reason"] == ("body_too_large" if expected == 413 else "body_invalid"), err
+
+
+def test_a_batch_of_read_calls_is_judged_entry_by_entry(setup):
+    env, op, server, resource = setup
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, dict(_call("read_notes"), id=2)]
+    r = env.post("/mcp", token=resource_token(op, resource), json=batch,
+                 headers={"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"})
+    assert r.status_code == 200, r.text[:300]
+    assert sorted(answer["id"] for answer in r.json()) == [1, 2], r.text[:300]
