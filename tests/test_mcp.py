@@ -315,3 +315,29 @@ def test_a_batch_of_read_calls_is_judged_entry_by_entry(setup):
                  headers={"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"})
     assert r.status_code == 200, r.text[:300]
     assert sorted(answer["id"] for answer in r.json()) == [1, 2], r.text[:300]
+
+
+def test_without_resources_the_sdk_client_stops_at_discovery(setup, tmp_path):
+    """The "before" (issue 20): the same gateway without `resources` answers 401 with no
+    resource_metadata and 401 on every well-known path, so the SDK takes the gateway for the
+    authorization server and will not send it the credentials bound to the real one."""
+    env, op, server, resource = setup
+    config = filter_config(op.issuer, resource)
+    del config["resources"]
+    calls = len(server.calls())
+    plain = harness.Envoy.start(config, tmp_path / "envoy", upstream_port=server.port, clusters={"op": op.port},
+                                timeout=30)
+    try:
+        fetches, steps, result = run_client(plain.base_url + "/mcp", op, MCP_READER, "read", calls=["read_notes"])
+    finally:
+        plain.stop()
+    assert sequence(fetches, {plain.base_url: "gateway", op.issuer: "as"}) == [
+        "POST gateway/mcp initialize -> 401",
+        "GET gateway/.well-known/oauth-protected-resource/mcp -> 401",
+        "GET gateway/.well-known/oauth-protected-resource -> 401",
+        "GET gateway/.well-known/oauth-authorization-server -> 401",
+        "GET gateway/.well-known/openid-configuration -> 401",
+    ], fetches
+    assert challenge(fetches[0]) == {"realm": REALM}, fetches[0]
+    assert not result["connected"] and "is not presented to %s/" % plain.base_url in result["error"], result
+    assert len(server.calls()) == calls
