@@ -271,7 +271,7 @@ fn check_profile(
             )),
         },
         AccessTokenProfile::Rfc9068 => {
-            if !typ.is_some_and(|t| AccessTokenProfile::media_type(t) == "at+jwt") {
+            if typ.is_none_or(|t| AccessTokenProfile::media_type(t) != "at+jwt") {
                 return Err(TokenError::Malformed(
                     "typ must be at+jwt (RFC 9068 access token)",
                 ));
@@ -892,6 +892,47 @@ mod tests {
             check("good_ES256", &[Alg::RS256], &rules(), 0).err(),
             Some(TokenError::AlgNotAllowed(Alg::ES256))
         );
+    }
+
+    #[test]
+    fn the_access_token_profile_picks_the_typ_and_the_claims() {
+        let all = serde_json::json!({"sub": "s", "client_id": "c", "iat": 1, "jti": "j"});
+        let claims = |drop: &str| {
+            let mut c = all.as_object().unwrap().clone();
+            c.remove(drop);
+            c
+        };
+        let full = claims("");
+        let rfc = AccessTokenProfile::Rfc9068;
+        assert_eq!(check_profile(&rfc, Some("at+jwt"), &full), Ok(()));
+        assert_eq!(
+            check_profile(&rfc, Some("Application/AT+JWT"), &full),
+            Ok(())
+        );
+        for typ in [None, Some("JWT"), Some("application/jwt"), Some("at+jwt+x")] {
+            assert!(check_profile(&rfc, typ, &full).is_err(), "{typ:?}");
+        }
+        for missing in ["sub", "client_id", "iat", "jti"] {
+            assert_eq!(
+                check_profile(&rfc, Some("at+jwt"), &claims(missing)),
+                Err(TokenError::Malformed(
+                    "an RFC 9068 access token needs sub, client_id, iat and jti"
+                )),
+                "{missing}"
+            );
+        }
+        let default = AccessTokenProfile::Jwt;
+        for typ in [None, Some("JWT"), Some("jose"), Some("application/at+jwt")] {
+            assert_eq!(check_profile(&default, typ, &Map::new()), Ok(()), "{typ:?}");
+        }
+        assert!(check_profile(&default, Some("text/plain"), &Map::new()).is_err());
+        let listed = AccessTokenProfile::Typ(vec![String::new(), "at+jwt".into()]);
+        assert_eq!(check_profile(&listed, None, &Map::new()), Ok(()));
+        assert_eq!(
+            check_profile(&listed, Some("application/AT+JWT"), &Map::new()),
+            Ok(())
+        );
+        assert!(check_profile(&listed, Some("JWT"), &Map::new()).is_err());
     }
 
     #[test]
