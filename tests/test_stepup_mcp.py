@@ -223,8 +223,12 @@ def test_admin_tool_needs_admin_and_never_reaches_the_upstream(env, authserver, 
     a = authserver
     body = tool_call("admin_delete_users")
     marker = json.loads(body)["params"]["arguments"]["marker"].encode()
-    r = post(env, body, token=a.mint(a.claims(scope="read")))
+    probe = "probe-%f" % time.time()
+    r = post(env, body, token=a.mint(a.claims(scope="read")), headers=[("x-probe", probe)])
     assert r.status == 403, r
+    time.sleep(0.2)
+    # Neither its headers nor its body reached the upstream.
+    assert probe.encode() not in recorder.everything()
     c = challenge(r)
     assert (c["error"], c["scope"]) == ("insufficient_scope", "admin"), c
     assert r.json()["reason"] == "insufficient_scope"
@@ -340,9 +344,14 @@ def test_without_the_buffer_filter_a_refused_body_never_reaches_the_upstream(sta
     env = start(start_envoy, a, POLICY, recorder, buffered=False)
     body = tool_call("admin_unbuffered")
     marker = json.loads(body)["params"]["arguments"]["marker"].encode()
-    r = post(env, body, token=a.mint(a.claims(scope="read")))
+    probe = "probe-%f" % time.time()
+    r = post(env, body, token=a.mint(a.claims(scope="read")), headers=[("x-probe", probe)])
     assert r.status == 403, r
     time.sleep(0.3)
+    # Envoy's router opened the upstream request with the headers (a
+    # proxy-wasm filter sees the body only after they went on), then reset
+    # it: the body never arrived.
+    assert probe.encode() in recorder.everything()
     assert marker not in recorder.everything()
     r = post(env, body, token=a.mint(a.claims(scope="read admin")))
     assert r.status == 200 and r.json()["body"].encode() == body, r
