@@ -235,9 +235,10 @@ def test_mcp_server(run, demo_as):
     r = env.get("/.well-known/oauth-protected-resource/mcp")
     assert r.status_code == 200, r.text
     meta = r.json()
-    assert meta["resource"] == resource and meta["authorization_servers"] == [demo_as.issuer], meta
-    assert set(meta["scopes_supported"]) == {"read", "admin"}, meta
-    assert meta["resource_name"] == "Notes (MCP server)", meta
+    assert {k: meta.get(k) for k in ("resource", "authorization_servers", "scopes_supported",
+                                     "bearer_methods_supported", "resource_name")} == {
+        "resource": resource, "authorization_servers": [demo_as.issuer], "scopes_supported": ["admin", "read"],
+        "bearer_methods_supported": ["header"], "resource_name": "Notes (MCP server)"}, meta
     # No token: 401 naming the metadata, no error.
     r = post(None, jsonrpc("initialize"))
     assert r.status_code == 401

@@ -16,6 +16,10 @@ prints every HTTP request it made (FETCH lines: method, URL, status, challenge, 
 without credentials, granted scope and `aud`), and the tests assert that sequence: it is the list
 the README's "Protecting an MCP server" section shows.
 
+Envoy has its buffer filter after oauth-pep, as README and envoy/mcp.yaml advise: a refused
+request does not reach the MCP server at all, not even its headers (the tests count the server's
+HTTP requests).
+
 The resource identifier names the gateway's own URL (the SDK checks the metadata's `resource`
 against the URL it connects to, origin and path prefix), so Envoy's listener port is chosen
 before the provider and Envoy start.
@@ -30,6 +34,7 @@ import requests
 
 import harness
 from oidc_provider import MCP_ADMIN, MCP_READER, OIDC_DIR, OidcProvider, node_binary, require_node_modules
+from test_stepup_mcp import buffer_after_oauth_pep
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,7 +122,8 @@ def setup(wasm, tmp_path_factory):
         server = McpServer.start(tmp)
         started.append(server)
         env = harness.Envoy.start(filter_config(op.issuer, resource), tmp / "envoy", upstream_port=server.port,
-                                  clusters={"op": op.port}, listener_port=listener, timeout=30)
+                                  clusters={"op": op.port}, listener_port=listener, timeout=30,
+                                  customize=buffer_after_oauth_pep)
         started.append(env)
         # The keys come from discovery: wait until a token for the resource gets through.
         token = resource_token(op, resource)
@@ -174,9 +180,10 @@ def challenge(f):
 def test_sdk_client_discovers_everything_from_the_401_and_is_refused_the_admin_tool(setup):
     env, op, server, resource = setup
     metadata_url = env.base_url + "/.well-known/oauth-protected-resource/mcp"
-    before = server.stats()["tools"]
+    before = server.stats()
     fetches, steps, result = run_client(env.base_url + "/mcp", op, MCP_READER, "read",
                                         calls=["read_notes", "admin_reset"])
+    after = server.stats()
     names = {env.base_url: "gateway", op.issuer: "as"}
     discovery = [
         "GET gateway/.well-known/oauth-protected-resource/mcp -> 200",
@@ -221,10 +228,13 @@ def test_sdk_client_discovers_everything_from_the_401_and_is_refused_the_admin_t
     read, admin = result["calls"]
     assert read["ok"] and read["text"], read
     assert not admin["ok"] and "403" in admin["error"], admin
-    # The upstream ran read_notes and never saw the admin call.
-    assert server.stats()["tools"].get("admin_reset", 0) == before.get("admin_reset", 0)
+    # The upstream ran read_notes and never saw the admin call: it got exactly the requests the
+    # gateway let through (the SSE GET included), nothing of the refused ones.
+    assert after["tools"].get("admin_reset", 0) == before["tools"].get("admin_reset", 0)
+    assert after["tools"].get("read_notes", 0) == before["tools"].get("read_notes", 0) + 1
+    passed = [f for f in fetches if f["url"].startswith(env.base_url + "/mcp") and f.get("status") in (200, 202)]
+    assert after["http"] - before["http"] == len(passed) == 5, (after, before, passed)
     assert not [c for c in server.calls() if c[2] == "admin_reset"], server.calls()
-    assert server.stats()["tools"].get("read_notes", 0) == before.get("read_notes", 0) + 1
 
 
 def test_sdk_client_with_the_admin_scope_runs_the_admin_tool(setup):
@@ -295,9 +305,11 @@ def test_a_read_token_cannot_smuggle_the_admin_tool(setup, case):
     data = body
     if case == "chunked in small pieces":
         data = (body[i:i + 7] for i in range(0, len(body), 7))
-    before = server.stats()["tools"].get("admin_reset", 0)
+    before = server.stats()
     r = env.post("/mcp", token=token, headers=headers, data=data, timeout=20)
-    assert server.stats()["tools"].get("admin_reset", 0) == before, (case, r.status_code)
+    after = server.stats()
+    assert after["tools"].get("admin_reset", 0) == before["tools"].get("admin_reset", 0), (case, r.status_code)
+    assert after["http"] == before["http"], (case, r.status_code, "the MCP server saw the request")
     assert r.status_code == expected, (case, r.status_code, r.text[:300])
     if expected == 403:
         c = challenge({"www_authenticate": r.headers.get("www-authenticate")})
