@@ -21,7 +21,7 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 VPY        := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.stamp-requirements
-# oidc-provider for tests/test_oidc_interop.py, installed from tests/oidc/package-lock.json.
+# tests/oidc: oidc-provider (interop tests), oauth4webapi, dpop and the MCP SDK (tests/test_mcp.py), installed from tests/oidc/package-lock.json.
 OIDC_DIR   := tests/oidc
 NODE_STAMP := $(OIDC_DIR)/node_modules/.stamp-package-lock
 TOOLS      := .tools
