@@ -743,11 +743,13 @@ impl<H: Door> Shared<H> {
         if self.envoy {
             self.host.set_reason_filter_state(denial.code());
         }
-        let resource_metadata = header(headers, ":path")
-            .and_then(|target| self.config.resources.metadata_url_for(target));
+        let hints = self.config.challenge_hints(
+            header(headers, ":method").unwrap_or_default(),
+            header(headers, ":path").unwrap_or_default(),
+        );
         self.host.send_response(&denial.render(
             &self.config.realm,
-            resource_metadata,
+            &hints,
             request_id,
             self.config.error_body,
         ));

@@ -97,10 +97,16 @@ def test_head_gets_the_headers_and_other_methods_405(env):
 def test_every_401_and_403_names_the_resources_metadata(env, mint, authserver):
     r = request(env, "GET", "/mcp/tools")
     assert r.status == 401, r
-    assert r.headers["www-authenticate"] == 'Bearer realm="test", resource_metadata="%s"' % MCP_METADATA
-    assert "error" not in challenge(r), "a missing token has no error code (RFC 6750 §3.1)"
+    # The scope the policy wants here, then the metadata URL; no error code
+    # for a missing token (RFC 6750 §3.1).
+    assert r.headers["www-authenticate"] == \
+        'Bearer realm="test", scope="read", resource_metadata="%s"' % MCP_METADATA
+    r = request(env, "POST", "/mcp/tools/call")
+    assert r.status == 401 and challenge(r) == \
+        {"realm": "test", "scope": "admin", "resource_metadata": MCP_METADATA}, r
     r = request(env, "GET", "/orders")
-    assert r.status == 401 and challenge(r) == {"realm": "test", "resource_metadata": ROOT_METADATA}, r
+    assert r.status == 401 and challenge(r) == \
+        {"realm": "test", "scope": "read", "resource_metadata": ROOT_METADATA}, r
 
     read = mint(authserver.claims(aud=MCP, scope="read"))
     r = request(env, "POST", "/mcp/tools/call", token=read)
@@ -112,7 +118,7 @@ def test_every_401_and_403_names_the_resources_metadata(env, mint, authserver):
     }
     r = request(env, "GET", "/mcp/tools", token="not-a-jwt")
     assert r.status == 401 and challenge(r)["error"] == "invalid_token", r
-    assert challenge(r)["resource_metadata"] == MCP_METADATA
+    assert challenge(r)["resource_metadata"] == MCP_METADATA and challenge(r)["scope"] == "read"
     # A 403 without a challenge of its own (no rule) gets one carrying the URL.
     r = request(env, "DELETE", "/x", token=mint())
     assert r.status == 403 and r.json()["reason"] == "no_rule", r
@@ -146,9 +152,29 @@ def test_outside_every_resource_the_issuers_audiences_rule(start_envoy, filter_c
     r = request(env, "GET", "/elsewhere", token=for_mcp)
     assert r.status == 401 and r.json()["reason"] == "audience_mismatch", r
     assert "resource_metadata" not in r.headers["www-authenticate"], "not a resource's path"
+    assert request(env, "GET", "/elsewhere").headers["www-authenticate"] == 'Bearer realm="test"'
     assert request(env, "GET", "/elsewhere", token=mint()).status == 200
     r = request(env, "GET", "/mcp/x", token=mint())
     assert r.status == 401 and r.json()["reason"] == "audience_mismatch", r
+
+
+def test_an_introspection_answers_aud_decides_per_resource(start_envoy, authserver):
+    """Opaque tokens: the answer's `aud` is checked per request like a JWT's,
+    and the cached answer does not carry a token to another resource."""
+    issuer = {"issuer": authserver.issuer, "audiences": ["api"], "upstream": "authserver",
+              "introspection": {"endpoint": authserver.url("/introspect"), "client_id": "pep",
+                                "client_secret": "pep-secret"}}
+    env = start_envoy({"realm": "test", "issuers": [issuer],
+                       "resources": [{"resource": MCP}, {"resource": ROOT, "audiences": ["api"]}]})
+    for_root = authserver.opaque()  # aud "api"
+    for_mcp = authserver.opaque(aud=[MCP])
+    no_aud = authserver.opaque(aud=None)
+    assert request(env, "GET", "/orders", token=for_root).status == 200
+    assert request(env, "GET", "/mcp/x", token=for_mcp).status == 200
+    for token, path in ((for_root, "/mcp/x"), (for_mcp, "/orders"), (no_aud, "/orders")):
+        r = request(env, "GET", path, token=token)
+        assert r.status == 401 and r.json()["reason"] == "audience_mismatch", (path, r)
+    assert authserver.introspections(for_root) == 1, "the second answer came from the cache"
 
 
 def test_oauth4webapi_discovers_and_accepts_the_metadata(env, authserver):

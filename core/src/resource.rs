@@ -121,17 +121,6 @@ impl Resources {
     pub fn by_metadata_path(&self, path: &str) -> Option<&Resource> {
         self.list.iter().find(|r| r.metadata_path == path)
     }
-
-    /// The `resource_metadata` URL for a challenge on this request target
-    /// (`:path` as received, query included): none outside every resource,
-    /// or for a target that does not normalise.
-    pub fn metadata_url_for(&self, target: &str) -> Option<&str> {
-        if self.list.is_empty() {
-            return None;
-        }
-        let target = normalize_target(target).ok()?;
-        self.for_path(&target.path).map(|r| r.metadata_url.as_str())
-    }
 }
 
 impl Resource {
@@ -472,10 +461,6 @@ mod tests {
             resources.by_metadata_path(WELL_KNOWN).unwrap(),
             root
         ));
-        assert_eq!(
-            resources.metadata_url_for("/mcp/./x?a=b"),
-            Some("https://api.example/.well-known/oauth-protected-resource/mcp")
-        );
         assert!(root.accepts_audience(&["x".into(), "api".into()]));
         assert!(!root.accepts_audience(&["https://api.example/".into()]));
     }

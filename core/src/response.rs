@@ -656,15 +656,12 @@ impl Denial {
     }
 
     /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
-    /// goes in every body so a caller can quote it to the operator.
-    /// `resource_metadata` is the metadata URL of the protected resource
-    /// whose path was requested (RFC 9728 §5.1): every challenge of a 401
-    /// or 403 then names it, and a 403 that had none gets a bare `Bearer`
-    /// one to carry it.
+    /// goes in every body so a caller can quote it to the operator. `hints`
+    /// are what the request's protected resource adds to the challenge.
     pub fn render(
         &self,
         realm: &str,
-        resource_metadata: Option<&str>,
+        hints: &ChallengeHints,
         request_id: Option<&str>,
         shape: ErrorBody,
     ) -> HttpResponse {
@@ -724,7 +721,19 @@ impl Denial {
                 ))
             }
         };
-        let challenge = match (challenge, resource_metadata) {
+        // The scopes the request needs, for a client that has no token or
+        // must get another (RFC 6750 §3): never beside a scope already said.
+        let challenge = match (challenge, &hints.scope) {
+            (Some(challenge), Some(scope))
+                if wire.status == 401
+                    && matches!(wire.challenge, Challenge::Bare | Challenge::Bearer)
+                    && !scope.is_empty() =>
+            {
+                Some(format!("{challenge}, scope=\"{}\"", quotable(scope)))
+            }
+            (challenge, _) => challenge,
+        };
+        let challenge = match (challenge, hints.resource_metadata) {
             (challenge, None) => challenge,
             (Some(challenge), Some(url)) => Some(format!(
                 "{challenge}, resource_metadata=\"{}\"",
@@ -807,6 +816,20 @@ impl Denial {
     }
 }
 
+/// What a protected resource (RFC 9728) adds to the challenges of the
+/// requests on its paths; nothing elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChallengeHints<'a> {
+    /// The resource's metadata URL (RFC 9728 §5.1): every challenge of a
+    /// 401 or 403 names it, and a 403 that had none gets a bare `Bearer`
+    /// one to carry it.
+    pub resource_metadata: Option<&'a str>,
+    /// The scopes the policy wants for this request (space-separated), for
+    /// a 401's `Bearer` challenge: what a client without a usable token
+    /// should ask for.
+    pub scope: Option<String>,
+}
+
 /// The shape of denial bodies. Status codes and `WWW-Authenticate` are the
 /// same in both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -868,7 +891,7 @@ mod tests {
 
     #[test]
     fn each_denial_has_its_status_challenge_body_and_code() {
-        let r = Denial::NoToken.render("api", None, None, ErrorBody::Rfc6750);
+        let r = Denial::NoToken.render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!(
             (r.status, header(&r, "www-authenticate")),
             (401, Some("Bearer realm=\"api\""))
@@ -876,7 +899,12 @@ mod tests {
         assert_eq!(body(&r)["reason"], "token_missing");
 
         let r = Denial::InvalidToken(TokenProblem::Jwt(TokenError::UnknownIssuer("x\"y".into())))
-            .render("api", None, Some("req-1"), ErrorBody::Rfc6750);
+            .render(
+                "api",
+                &ChallengeHints::default(),
+                Some("req-1"),
+                ErrorBody::Rfc6750,
+            );
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
@@ -900,7 +928,7 @@ mod tests {
             rule: "GET /a".into(),
             scopes: vec!["read".into(), "otp".into()],
         }
-        .render("api", None, None, ErrorBody::Rfc6750);
+        .render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate")
             .unwrap()
@@ -911,16 +939,19 @@ mod tests {
             method: "GET".into(),
             path: "/b".into(),
         }
-        .render("api", None, None, ErrorBody::Rfc6750);
+        .render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!((r.status, header(&r, "www-authenticate")), (403, None));
         assert_eq!(body(&r)["reason"], "no_rule");
     }
 
     #[test]
     fn on_a_protected_resource_every_401_and_403_names_its_metadata() {
-        let url = Some("https://api.example/.well-known/oauth-protected-resource/mcp");
+        let hints = ChallengeHints {
+            resource_metadata: Some("https://api.example/.well-known/oauth-protected-resource/mcp"),
+            scope: None,
+        };
         let www = |d: Denial| {
-            let r = d.render("api", url, None, ErrorBody::Rfc6750);
+            let r = d.render("api", &hints, None, ErrorBody::Rfc6750);
             (r.status, header(&r, "www-authenticate").map(str::to_string))
         };
         let suffix =
@@ -962,6 +993,30 @@ mod tests {
             (503, None),
             "an outage is no challenge"
         );
+        let hints = ChallengeHints {
+            scope: Some("mcp:read".into()),
+            ..hints
+        };
+        let www = |d: Denial| {
+            let r = d.render("api", &hints, None, ErrorBody::Rfc6750);
+            header(&r, "www-authenticate").map(str::to_string)
+        };
+        assert_eq!(
+            www(Denial::NoToken),
+            Some(format!("Bearer realm=\"api\", scope=\"mcp:read\"{suffix}"))
+        );
+        assert!(www(Denial::InvalidToken(TokenProblem::Inactive))
+            .unwrap()
+            .ends_with(&format!("scope=\"mcp:read\"{suffix}")));
+        let insufficient = www(Denial::InsufficientScope {
+            rule: "r".into(),
+            scopes: vec!["admin".into()],
+        })
+        .unwrap();
+        assert!(
+            insufficient.contains("scope=\"admin\"") && !insufficient.contains("mcp:read"),
+            "{insufficient}"
+        );
     }
 
     #[test]
@@ -971,7 +1026,12 @@ mod tests {
             cause: "JWKS fetch: callout could not be dispatched: BadArgument (cluster `authsever`)"
                 .into(),
         };
-        let r = d.render("api", None, Some("abc"), ErrorBody::Rfc6750);
+        let r = d.render(
+            "api",
+            &ChallengeHints::default(),
+            Some("abc"),
+            ErrorBody::Rfc6750,
+        );
         assert_eq!(r.status, 503);
         assert_eq!(header(&r, "retry-after"), Some("5"));
         let text = String::from_utf8(r.body.clone()).unwrap();
@@ -1022,7 +1082,12 @@ mod tests {
     #[test]
     fn kong_bodies_carry_gluus_messages_and_keep_status_and_challenge() {
         let kong = |d: &Denial| {
-            let r = d.render("api", None, Some("r-1"), ErrorBody::Kong);
+            let r = d.render(
+                "api",
+                &ChallengeHints::default(),
+                Some("r-1"),
+                ErrorBody::Kong,
+            );
             (
                 r.status,
                 body(&r),

@@ -21,7 +21,8 @@ pub use crate::grant::{ClaimFormat, ForwardClaim};
 pub use crate::issuer::{Issuer, KeySource};
 pub use crate::jwt::JwtRules;
 use crate::pdp::Pdp;
-use crate::policy::{PathSet, Policy};
+use crate::policy::{PathSet, Policy, PolicyDecision};
+use crate::response::ChallengeHints;
 pub use crate::response::ErrorBody;
 use crate::shared_cache::SharedCache;
 use crate::token_client::TokenClient;
@@ -212,6 +213,35 @@ impl Config {
         }
     }
 
+    /// What the protected resource of this request (`:path` as received)
+    /// adds to a denial's challenge: its metadata URL, and the scopes the
+    /// policy wants for this method and path. Nothing outside every resource.
+    pub fn challenge_hints(&self, method: &str, target: &str) -> ChallengeHints<'_> {
+        if self.resources.is_empty() {
+            return ChallengeHints::default();
+        }
+        let Ok(target) = crate::request::normalize_target(target) else {
+            return ChallengeHints::default();
+        };
+        let Some(resource) = self.resources.for_path(&target.path) else {
+            return ChallengeHints::default();
+        };
+        let scope = match self
+            .policy
+            .as_ref()
+            .map(|p| p.decide(method, &target.path, &[]))
+        {
+            Some(PolicyDecision::InsufficientScope { required, .. }) if !required.is_empty() => {
+                Some(required.join(" "))
+            }
+            _ => None,
+        };
+        ChallengeHints {
+            resource_metadata: Some(&resource.metadata_url),
+            scope,
+        }
+    }
+
     /// `env` reads the filter's environment, for the settings that name a
     /// variable instead of holding a secret (`client_secret_env`,
     /// `private_key_env`); the glue passes the process environment.
@@ -261,6 +291,41 @@ mod tests {
                 "{json}\n  gave: {e}\n  expected: {expected}"
             );
         }
+    }
+
+    #[test]
+    fn challenge_hints_come_from_the_requests_resource_and_policy() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}],
+                 "resources":[{"resource":"https://api.example/mcp"}],
+                 "policy":{"GET /mcp/??":"read","POST /mcp/?":"write and admin","GET /open":"read"}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let url = Some("https://api.example/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            c.challenge_hints("GET", "/mcp/./x?a=b"),
+            ChallengeHints {
+                resource_metadata: url,
+                scope: Some("read".into())
+            }
+        );
+        assert_eq!(
+            c.challenge_hints("POST", "/mcp/orders").scope.as_deref(),
+            Some("write admin")
+        );
+        assert_eq!(
+            c.challenge_hints("DELETE", "/mcp"),
+            ChallengeHints {
+                resource_metadata: url,
+                scope: None
+            }
+        );
+        assert_eq!(c.challenge_hints("GET", "/open"), ChallengeHints::default());
+        assert_eq!(
+            c.challenge_hints("GET", "/mcp/%2F"),
+            ChallengeHints::default()
+        );
     }
 
     /// A shared secret long enough for HMAC.
