@@ -182,14 +182,14 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Parked> {
+    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Box<Parked>> {
         let bytes = weight(&parked.request);
         let on_key = self.per_key.get(&parked.on).copied().unwrap_or(0);
         if on_key >= bounds.max_per_key
             || self.parked.len().saturating_add(self.ready.len()) >= bounds.max_per_worker
             || self.bytes.saturating_add(bytes) > bounds.max_parked_bytes
         {
-            return Err(parked);
+            return Err(Box::new(parked));
         }
         self.per_key.insert(parked.on, on_key.saturating_add(1));
         self.bytes = self.bytes.saturating_add(bytes);
@@ -674,7 +674,13 @@ impl<H: Door> Shared<H> {
     /// it buffered while the core waits for more, or decide with it once it
     /// is complete or over the bound. `read(n)` reads its first `n` bytes.
     /// Requests the core did not ask the body of pass it on.
-    fn on_body(&self, id: u32, size: usize, end: bool, read: impl FnOnce(usize) -> Vec<u8>) -> Outcome {
+    fn on_body(
+        &self,
+        id: u32,
+        size: usize,
+        end: bool,
+        read: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Outcome {
         let limit = {
             let waiting = self.waiting.borrow();
             match waiting.parked.get(&id) {

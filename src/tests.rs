@@ -818,7 +818,12 @@ fn a_body_a_selector_reads_is_held_then_judged() {
     assert!(!held(request(&shared, 2)));
     assert!(shared.host.events_of(2).iter().any(is_identity));
     // Part of it: held, nothing answered.
-    assert!(held(body(&shared, 2, br#"{"jsonrpc":"2.0","id":1,"#, false)));
+    assert!(held(body(
+        &shared,
+        2,
+        br#"{"jsonrpc":"2.0","id":1,"#,
+        false
+    )));
     assert_eq!(shared.host.answered(), vec![]);
     let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin_x"}}"#;
     assert!(call.len() > 72);
@@ -826,7 +831,12 @@ fn a_body_a_selector_reads_is_held_then_judged() {
     assert!(small.len() <= 72);
     assert!(!held(body(&shared, 2, small, true)));
     // Passed: the headers are not changed again.
-    let identities = shared.host.events_of(2).iter().filter(|e| is_identity(e)).count();
+    let identities = shared
+        .host
+        .events_of(2)
+        .iter()
+        .filter(|e| is_identity(e))
+        .count();
     assert_eq!(identities, 1);
     // An admin tool: 403, from the body callback.
     assert!(!held(request(&shared, 3)));

@@ -71,17 +71,19 @@ impl BodyLimits {
     /// or a `content-encoding` (the filter would judge other bytes than the
     /// upstream decodes).
     pub fn precheck(&self, headers: &[(String, String)]) -> Result<(), BodyProblem> {
+        let over = |length: &str| {
+            length
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|n| usize::try_from(n).map_or(true, |n| n > self.max_body_bytes))
+        };
         for (name, value) in headers {
             match name.as_str() {
-                "content-length" => {
-                    // Envoy refuses a malformed length before any filter.
-                    if value.trim().parse::<u64>().is_ok_and(|n| {
-                        usize::try_from(n).map_or(true, |n| n > self.max_body_bytes)
-                    }) {
-                        return Err(BodyProblem::TooLarge {
-                            max: self.max_body_bytes,
-                        });
-                    }
+                // Envoy refuses a malformed length before any filter.
+                "content-length" if over(value) => {
+                    return Err(BodyProblem::TooLarge {
+                        max: self.max_body_bytes,
+                    })
                 }
                 "content-encoding" if !value.trim().eq_ignore_ascii_case("identity") => {
                     return Err(BodyProblem::Encoded {
@@ -110,14 +112,22 @@ mod tests {
     fn defaults_and_bounds_with_the_field_named() {
         assert_eq!(BodyLimits::compile(None).unwrap(), BodyLimits::default());
         assert_eq!(
-            compile(r#"{"max_body_bytes": 100}"#).unwrap().max_body_bytes,
+            compile(r#"{"max_body_bytes": 100}"#)
+                .unwrap()
+                .max_body_bytes,
             100
         );
         for (json, field) in [
             (r#"{"max_body_bytes": 0}"#, "jsonrpc.max_body_bytes"),
             (r#"{"max_body_bytes": 99999999}"#, "jsonrpc.max_body_bytes"),
-            (r#"{"body_timeout_seconds": 0}"#, "jsonrpc.body_timeout_seconds"),
-            (r#"{"body_timeout_seconds": 301}"#, "jsonrpc.body_timeout_seconds"),
+            (
+                r#"{"body_timeout_seconds": 0}"#,
+                "jsonrpc.body_timeout_seconds",
+            ),
+            (
+                r#"{"body_timeout_seconds": 301}"#,
+                "jsonrpc.body_timeout_seconds",
+            ),
         ] {
             let error = compile(json).unwrap_err().to_string();
             assert!(error.contains(field), "{json}: {error}");

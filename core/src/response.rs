@@ -1040,25 +1040,56 @@ mod tests {
             },
             scopes: vec![],
         };
-        let challenge = header(&only_age.render("api", None, ErrorBody::Rfc6750), "www-authenticate").unwrap();
-        assert!(challenge.ends_with("authenticate again as the challenge says\", max_age=\"0\""), "{challenge}");
+        let challenge = header(
+            &only_age.render("api", None, ErrorBody::Rfc6750),
+            "www-authenticate",
+        )
+        .unwrap();
+        assert!(
+            challenge.ends_with("authenticate again as the challenge says\", max_age=\"0\""),
+            "{challenge}"
+        );
         // A body that is not JSON-RPC: a JSON-RPC error, with the entry's id.
         for (problem, status, code, id) in [
-            (BodyProblem::TooLarge { max: 10 }, 413, -32600, serde_json::Value::Null),
-            (BodyProblem::NotJson { error: "x".into() }, 400, -32700, serde_json::Value::Null),
             (
-                BodyProblem::NotJsonRpc { problem: "p".into(), id: Some("\"q\"".into()) },
+                BodyProblem::TooLarge { max: 10 },
+                413,
+                -32600,
+                serde_json::Value::Null,
+            ),
+            (
+                BodyProblem::NotJson { error: "x".into() },
+                400,
+                -32700,
+                serde_json::Value::Null,
+            ),
+            (
+                BodyProblem::NotJsonRpc {
+                    problem: "p".into(),
+                    id: Some("\"q\"".into()),
+                },
                 400,
                 -32600,
                 serde_json::json!("q"),
             ),
             (
-                BodyProblem::NoName { method: "tools/call".into(), member: "name", id: Some("7".into()) },
+                BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("7".into()),
+                },
                 400,
                 -32602,
                 serde_json::json!(7),
             ),
-            (BodyProblem::Encoded { encoding: "gzip".into() }, 415, -32600, serde_json::Value::Null),
+            (
+                BodyProblem::Encoded {
+                    encoding: "gzip".into(),
+                },
+                415,
+                -32600,
+                serde_json::Value::Null,
+            ),
             (BodyProblem::TooSlow, 408, -32600, serde_json::Value::Null),
         ] {
             for shape in [ErrorBody::Rfc6750, ErrorBody::Kong] {

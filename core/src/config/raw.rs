@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Crypto, LogLevel, PhantomFormat, SharedData};
+use crate::body::RawBodyLimits;
 use crate::consumer::{AnonymousConfig, ConsumerConfig, IdentityHeaderNames};
 use crate::introspection::{Mode, RawIntrospection};
 use crate::pdp::PdpConfig;
@@ -15,7 +16,6 @@ use crate::response::ErrorBody;
 use crate::token_client::RawTokenClient;
 use crate::uma::RawUma;
 use crate::upstream_oauth::RawUpstreamOAuth;
-use crate::body::RawBodyLimits;
 use crate::wait::RawWaits;
 
 #[derive(Deserialize)]

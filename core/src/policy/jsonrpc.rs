@@ -41,7 +41,11 @@ impl Glob {
         };
         for part in middle {
             match rest.find(part) {
-                Some(at) => rest = rest.get(at.saturating_add(part.len())..).unwrap_or_default(),
+                Some(at) => {
+                    rest = rest
+                        .get(at.saturating_add(part.len())..)
+                        .unwrap_or_default()
+                }
                 None => return false,
             }
         }
@@ -71,7 +75,11 @@ fn check_word(word: &str, what: &str, rule: &str) -> Result<(), PolicyError> {
 }
 
 impl Selector {
-    pub(crate) fn new(method: &str, name: Option<&str>, rule: &str) -> Result<Selector, PolicyError> {
+    pub(crate) fn new(
+        method: &str,
+        name: Option<&str>,
+        rule: &str,
+    ) -> Result<Selector, PolicyError> {
         check_word(method, "method", rule)?;
         if let Some(name) = name {
             check_word(name, "name", rule)?;
@@ -164,7 +172,10 @@ impl fmt::Display for BodyProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BodyProblem::TooLarge { max } => {
-                write!(f, "the request body is over {max} bytes, the most this gateway reads")
+                write!(
+                    f,
+                    "the request body is over {max} bytes, the most this gateway reads"
+                )
             }
             BodyProblem::Encoded { encoding } => write!(
                 f,
@@ -174,10 +185,9 @@ impl fmt::Display for BodyProblem {
             BodyProblem::NotJsonRpc { problem, .. } => {
                 write!(f, "the request body is not JSON-RPC 2.0: {problem}")
             }
-            BodyProblem::NoName { method, member, .. } => write!(
-                f,
-                "`{method}` without a string `params.{member}`"
-            ),
+            BodyProblem::NoName { method, member, .. } => {
+                write!(f, "`{method}` without a string `params.{member}`")
+            }
             BodyProblem::TooSlow => f.write_str("the request body did not arrive in time"),
         }
     }
@@ -253,13 +263,12 @@ fn read_entry(raw: &RawValue) -> Result<Call, BodyProblem> {
     if !text.starts_with('{') {
         return Err(entry_problem("an entry is not an object", None));
     }
-    let entry: Entry = serde_json::from_str(text)
-        .map_err(|e| entry_problem(format!("{e}"), None))?;
+    let entry: Entry =
+        serde_json::from_str(text).map_err(|e| entry_problem(format!("{e}"), None))?;
     // The id as the client wrote it, for the error's `id` (a string or a number).
-    let id = entry
-        .id
-        .map(|raw| raw.get().to_string())
-        .filter(|id| id.starts_with('"') || id.starts_with(|c: char| c == '-' || c.is_ascii_digit()));
+    let id = entry.id.map(|raw| raw.get().to_string()).filter(|id| {
+        id.starts_with('"') || id.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+    });
     if entry.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
         return Err(entry_problem("`jsonrpc` must be \"2.0\"", id));
     }
@@ -272,7 +281,11 @@ fn read_entry(raw: &RawValue) -> Result<Call, BodyProblem> {
     };
     let params = entry.params.unwrap_or_default();
     let member = method.as_deref().map(name_member).unwrap_or("name");
-    let value = if member == "uri" { params.uri } else { params.name };
+    let value = if member == "uri" {
+        params.uri
+    } else {
+        params.name
+    };
     Ok(Call {
         id,
         has_name_member: value.is_some(),
@@ -401,9 +414,11 @@ mod tests {
             ]
         );
         // By-position params name nothing.
-        let (calls, _) =
-            read_calls(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["x"]}"#, 99)
-                .unwrap();
+        let (calls, _) = read_calls(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["x"]}"#,
+            99,
+        )
+        .unwrap();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls.first().and_then(|c| c.name.clone()), None);
     }

@@ -499,9 +499,9 @@ impl Policy {
         who: &Presented,
         calls: Option<&[Call]>,
     ) -> PolicyDecision {
-        let found = self.trie.find(path, |i| {
-            self.rules.get(i).filter(|r| r.applies(method))
-        });
+        let found = self
+            .trie
+            .find(path, |i| self.rules.get(i).filter(|r| r.applies(method)));
         let Some((rule, captures)) = found else {
             return PolicyDecision::NoRule;
         };
@@ -523,7 +523,9 @@ impl Policy {
                             id: call.id.clone(),
                         });
                     }
-                    if selector.matches(call) && !applicable.iter().any(|c| std::ptr::eq(*c, *condition)) {
+                    if selector.matches(call)
+                        && !applicable.iter().any(|c| std::ptr::eq(*c, *condition))
+                    {
                         applicable.push(condition);
                     }
                 }
@@ -659,7 +661,7 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
                 None => key.to_string(),
                 Some(selector) => format!("{key} {selector}"),
             };
-            if seen.iter().any(|s| *s == key) {
+            if seen.contains(&key) {
                 return Err(PolicyError::DuplicateMethod {
                     rule: name,
                     method: m.clone(),
@@ -1754,7 +1756,11 @@ mod tests {
         );
     }
 
-    fn presented<'a>(scopes: &'a [String], acr: Option<&'a str>, auth_time: Option<u64>) -> Presented<'a> {
+    fn presented<'a>(
+        scopes: &'a [String],
+        acr: Option<&'a str>,
+        auth_time: Option<u64>,
+    ) -> Presented<'a> {
         Presented {
             scopes,
             acr,
@@ -1798,15 +1804,47 @@ mod tests {
             required: scopes(required),
         };
         let cases: Vec<(&str, Presented, PolicyDecision)> = vec![
-            ("/account", presented(&read, Some("urn:mfa"), Some(9_800)), allow("GET /account")),
-            ("/account", presented(&read, Some("urn:hw"), Some(9_700)), allow("GET /account")),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_800)),
+                allow("GET /account"),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:hw"), Some(9_700)),
+                allow("GET /account"),
+            ),
             // acr missing, wrong; auth_time missing, too old (300 + 60 skew), in the future.
-            ("/account", presented(&read, None, Some(9_800)), account(&[])),
-            ("/account", presented(&read, Some("urn:pwd"), Some(9_800)), account(&[])),
-            ("/account", presented(&read, Some("urn:mfa"), None), account(&[])),
-            ("/account", presented(&read, Some("urn:mfa"), Some(9_640)), allow("GET /account")),
-            ("/account", presented(&read, Some("urn:mfa"), Some(9_639)), account(&[])),
-            ("/account", presented(&read, Some("urn:mfa"), Some(10_061)), account(&[])),
+            (
+                "/account",
+                presented(&read, None, Some(9_800)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:pwd"), Some(9_800)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), None),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_640)),
+                allow("GET /account"),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_639)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(10_061)),
+                account(&[]),
+            ),
             // Both missing: the step-up 401, naming the scopes too.
             ("/account", presented(&none, None, None), account(&["read"])),
             // Scopes alone missing: 403.
@@ -1815,7 +1853,11 @@ mod tests {
                 presented(&none, Some("urn:mfa"), Some(9_900)),
                 insufficient("GET /account", &["read"]),
             ),
-            ("/recent", presented(&none, None, Some(9_950)), allow("GET /recent")),
+            (
+                "/recent",
+                presented(&none, None, Some(9_950)),
+                allow("GET /recent"),
+            ),
             (
                 "/recent",
                 presented(&none, None, Some(9_900)),
@@ -1827,13 +1869,22 @@ mod tests {
             ),
             ("/plain", presented(&read, None, None), allow("GET /plain")),
         ];
-        for policy in [Policy::compile(&readable).unwrap(), Policy::compile(&gluu).unwrap()] {
+        for policy in [
+            Policy::compile(&readable).unwrap(),
+            Policy::compile(&gluu).unwrap(),
+        ] {
             assert!(policy.uses_request_facts());
             for (path, who, want) in &cases {
-                assert_eq!(&policy.decide_request("GET", path, who, None), want, "{path} {who:?}");
+                assert_eq!(
+                    &policy.decide_request("GET", path, who, None),
+                    want,
+                    "{path} {who:?}"
+                );
             }
         }
-        assert!(!Policy::compile(&json!({"GET /a": "x"})).unwrap().uses_request_facts());
+        assert!(!Policy::compile(&json!({"GET /a": "x"}))
+            .unwrap()
+            .uses_request_facts());
     }
 
     #[test]
@@ -1858,7 +1909,9 @@ mod tests {
             cond(json!({"method": "prompts/get"}), "prompts")
         ]}]);
         let tool = |name: &str| {
-            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#)
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
         };
         let mcp = scopes(&["mcp"]);
         let wide = scopes(&["mcp", "admin", "secret", "prompts", "deploy"]);
@@ -1912,11 +1965,20 @@ mod tests {
                 }),
             ),
         ];
-        for policy in [Policy::compile(&readable).unwrap(), Policy::compile(&gluu).unwrap()] {
+        for policy in [
+            Policy::compile(&readable).unwrap(),
+            Policy::compile(&gluu).unwrap(),
+        ] {
             let who = presented(&mcp, None, None);
-            assert_eq!(policy.decide_request("POST", "/mcp", &who, None), PolicyDecision::NeedBody);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &who, None),
+                PolicyDecision::NeedBody
+            );
             // GET has no selector: no body read.
-            assert_eq!(policy.decide_request("GET", "/mcp", &who, None), allow("POST,GET /mcp"));
+            assert_eq!(
+                policy.decide_request("GET", "/mcp", &who, None),
+                allow("POST,GET /mcp")
+            );
             for (granted, body, want) in &cases {
                 let who = presented(granted, Some("urn:mfa"), None);
                 let got = policy.decide_request("POST", "/mcp", &who, Some(&calls(body)));
@@ -1937,16 +1999,43 @@ mod tests {
     #[test]
     fn bad_step_up_and_selectors_name_the_rule() {
         let cases: Vec<(Value, &str)> = vec![
-            (json!({"GET /a": {"acr_values": []}}), "policy rule `GET /a`: `acr_values` must be a non-empty array"),
-            (json!({"GET /a": {"acr_values": "urn:mfa"}}), "policy rule `GET /a`: `acr_values` must be"),
-            (json!({"GET /a": {"acr_values": ["a b"]}}), "policy rule `GET /a`: `acr_values` entry \"a b\""),
-            (json!({"GET /a": {"acr_values": ["a\"b"]}}), "`acr_values` entry"),
-            (json!({"GET /a": {"max_age": -1}}), "policy rule `GET /a`: `max_age` must be a whole number"),
-            (json!({"GET /a": {"max_age": 1.5}}), "`max_age` must be a whole number"),
-            (json!({"GET /a": {"max_age": 999_999_999_999u64}}), "`max_age` must be a whole number"),
-            (json!({"GET /a": {"scope": 3}}), "`scope` must be an expression string"),
+            (
+                json!({"GET /a": {"acr_values": []}}),
+                "policy rule `GET /a`: `acr_values` must be a non-empty array",
+            ),
+            (
+                json!({"GET /a": {"acr_values": "urn:mfa"}}),
+                "policy rule `GET /a`: `acr_values` must be",
+            ),
+            (
+                json!({"GET /a": {"acr_values": ["a b"]}}),
+                "policy rule `GET /a`: `acr_values` entry \"a b\"",
+            ),
+            (
+                json!({"GET /a": {"acr_values": ["a\"b"]}}),
+                "`acr_values` entry",
+            ),
+            (
+                json!({"GET /a": {"max_age": -1}}),
+                "policy rule `GET /a`: `max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"max_age": 1.5}}),
+                "`max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"max_age": 999_999_999_999u64}}),
+                "`max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"scope": 3}}),
+                "`scope` must be an expression string",
+            ),
             (json!({"GET /a": {"scopes": "x"}}), "unknown field `scopes`"),
-            (json!({"POST /mcp tools/call a b": "x"}), "JSONRPC_METHOD [NAME_GLOB]"),
+            (
+                json!({"POST /mcp tools/call a b": "x"}),
+                "JSONRPC_METHOD [NAME_GLOB]",
+            ),
             (
                 json!({"POST /mcp tools/call": "x", "POST /mcp/ tools/call": "y"}),
                 "method `POST` has more than one condition",
