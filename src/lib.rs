@@ -21,6 +21,15 @@
 //! on another request (waking it) happens only from root callbacks: from a
 //! request's callback the SDK holds its context table, and re-entering it for
 //! another request would panic.
+//!
+//! # Request bodies
+//!
+//! When the core asks for the body ([`Verdict::ReadBody`]) the request is
+//! parked like any wait, its headers go on (a proxy-wasm filter sees the body
+//! only after they did: Envoy turns a paused header callback into "stop
+//! everything"), and `on_http_request_body` keeps Envoy buffering until the
+//! body ends or passes the bound (or the deadline comes); then the request is
+//! decided again with the body in hand.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
