@@ -21,6 +21,15 @@
 //! on another request (waking it) happens only from root callbacks: from a
 //! request's callback the SDK holds its context table, and re-entering it for
 //! another request would panic.
+//!
+//! # Request bodies
+//!
+//! When the core asks for the body ([`Verdict::ReadBody`]) the request is
+//! parked like any wait, its headers go on (a proxy-wasm filter sees the body
+//! only after they did: Envoy turns a paused header callback into "stop
+//! everything"), and `on_http_request_body` keeps Envoy buffering until the
+//! body ends or passes the bound (or the deadline comes); then the request is
+//! decided again with the body in hand.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -50,7 +59,7 @@ use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
     due, fetching_here, resume as resume_callout, timed_out, verdict_knowing, Allow, Due, Fetch,
-    Known, Request, Resume, Resumed, State, Verdict,
+    Known, Request, Resume, Resumed, State, Verdict, Wait,
 };
 use oauth_pep_core::extract::target_for_log;
 use oauth_pep_core::metrics::{
@@ -182,14 +191,14 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Parked> {
+    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Box<Parked>> {
         let bytes = weight(&parked.request);
         let on_key = self.per_key.get(&parked.on).copied().unwrap_or(0);
         if on_key >= bounds.max_per_key
             || self.parked.len().saturating_add(self.ready.len()) >= bounds.max_per_worker
             || self.bytes.saturating_add(bytes) > bounds.max_parked_bytes
         {
-            return Err(parked);
+            return Err(Box::new(parked));
         }
         self.per_key.insert(parked.on, on_key.saturating_add(1));
         self.bytes = self.bytes.saturating_add(bytes);
@@ -347,27 +356,11 @@ impl<H: Door> Shared<H> {
                 Outcome::Proceed
             }
             Verdict::ReadBody(read) => {
-                let until = until.map_or(read.until, |first| first.min(read.until));
-                if until <= self.host.now() {
-                    self.deny(&request.headers, &timed_out(&self.config, &WaitKey::Body));
-                    return Outcome::Hold;
-                }
-                let parked = Parked {
-                    on: WaitKey::Body,
-                    until,
-                    request: Facts {
-                        reading: Some(read.max_bytes),
-                        ..request
-                    },
+                let request = Facts {
+                    reading: Some(read.max_bytes),
+                    ..request
                 };
-                let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
-                if let Err(parked) = refused {
-                    self.deny(
-                        &parked.request.headers,
-                        &Denial::Overloaded {
-                            bound: Bound::Waiters,
-                        },
-                    );
+                if !self.park(id, request, read.wait, until) {
                     return Outcome::Hold;
                 }
                 // The headers go on, changed as if the body passes; the body
@@ -403,31 +396,40 @@ impl<H: Door> Shared<H> {
                     .unwrap_or(Outcome::Hold)
             }
             Verdict::Wait(wait) => {
-                if let Some(fetch) = wait.fetch {
-                    self.queue_for_root(fetch);
-                }
-                let until = until.map_or(wait.until, |first| first.min(wait.until));
-                if until <= self.host.now() {
-                    self.deny(&request.headers, &timed_out(&self.config, &wait.on));
-                    return Outcome::Hold;
-                }
-                let parked = Parked {
-                    on: wait.on,
-                    until,
-                    request,
-                };
-                let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
-                if let Err(parked) = refused {
-                    self.deny(
-                        &parked.request.headers,
-                        &Denial::Overloaded {
-                            bound: Bound::Waiters,
-                        },
-                    );
-                }
+                self.park(id, request, wait, until);
                 Outcome::Hold
             }
         }
+    }
+
+    /// Parks request `id` as `wait` says, bounded by its first deadline
+    /// `until` (if it waited before) and the bounds on waiting; whether it
+    /// is parked (if not, it was answered).
+    fn park(&self, id: u32, request: Facts, wait: Wait, until: Option<u64>) -> bool {
+        if let Some(fetch) = wait.fetch {
+            self.queue_for_root(fetch);
+        }
+        let until = until.map_or(wait.until, |first| first.min(wait.until));
+        if until <= self.host.now() {
+            self.deny(&request.headers, &timed_out(&self.config, &wait.on));
+            return false;
+        }
+        let parked = Parked {
+            on: wait.on,
+            until,
+            request,
+        };
+        let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
+        if let Err(parked) = refused {
+            self.deny(
+                &parked.request.headers,
+                &Denial::Overloaded {
+                    bound: Bound::Waiters,
+                },
+            );
+            return false;
+        }
+        true
     }
 
     /// Dispatches a callout, or, when the host refuses, lets the core decide

@@ -71,19 +71,19 @@ impl BodyLimits {
     /// or a `content-encoding` (the filter would judge other bytes than the
     /// upstream decodes).
     pub fn precheck(&self, headers: &[(String, String)]) -> Result<(), BodyProblem> {
+        let over = |length: &str| {
+            length
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|n| usize::try_from(n).map_or(true, |n| n > self.max_body_bytes))
+        };
         for (name, value) in headers {
             match name.as_str() {
-                "content-length" => {
-                    // Envoy refuses a malformed length before any filter.
-                    if value
-                        .trim()
-                        .parse::<u64>()
-                        .is_ok_and(|n| usize::try_from(n).map_or(true, |n| n > self.max_body_bytes))
-                    {
-                        return Err(BodyProblem::TooLarge {
-                            max: self.max_body_bytes,
-                        });
-                    }
+                // Envoy refuses a malformed length before any filter.
+                "content-length" if over(value) => {
+                    return Err(BodyProblem::TooLarge {
+                        max: self.max_body_bytes,
+                    })
                 }
                 "content-encoding" if !value.trim().eq_ignore_ascii_case("identity") => {
                     return Err(BodyProblem::Encoded {

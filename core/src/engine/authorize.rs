@@ -19,7 +19,8 @@ use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
 
 use super::authenticate::authenticate;
 use super::bind::{self, Scheme};
-use super::{uma, upstream, Allow, Known, ReadBody, Request, Resume, State, Verdict};
+use super::{uma, upstream, Allow, Known, ReadBody, Request, Resume, State, Verdict, Wait};
+use crate::wait::WaitKey;
 
 /// A request waiting for the PDP: what to do on permit and on deny.
 #[derive(Debug, PartialEq)]
@@ -110,11 +111,15 @@ pub(super) fn check_access(
             // What passes if the body does: its headers go on now.
             let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
             add_dpop_headers(config, request, jkt, &mut allow);
-            return Verdict::ReadBody(ReadBody {
+            return Verdict::ReadBody(Box::new(ReadBody {
                 allow,
                 max_bytes: config.jsonrpc.max_body_bytes,
-                until: now.saturating_add(config.jsonrpc.body_timeout_seconds),
-            });
+                wait: Wait {
+                    on: WaitKey::Body,
+                    until: now.saturating_add(config.jsonrpc.body_timeout_seconds),
+                    fetch: None,
+                },
+            }));
         }
         Err(denial) => return Verdict::Deny(denial),
     };

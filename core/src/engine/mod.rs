@@ -115,9 +115,10 @@ pub enum Verdict {
     /// `allow`'s header changes now (headers cannot change once they have
     /// passed; `allow` is what passes if the body does), let the headers go
     /// on, hold the body, and decide again with it ([`Request::body`]) once
-    /// it is complete or over `max_bytes`; parked on [`WaitKey::Body`] until
-    /// `until` at the latest (then [`timed_out`]).
-    ReadBody(ReadBody),
+    /// it is complete or over `max_bytes`; parked as `wait` says (on
+    /// [`WaitKey::Body`], nothing to fetch) until it is read, or answered
+    /// with [`timed_out`] at its deadline.
+    ReadBody(Box<ReadBody>),
 }
 
 /// See [`Verdict::ReadBody`].
@@ -125,7 +126,7 @@ pub enum Verdict {
 pub struct ReadBody {
     pub allow: Allow,
     pub max_bytes: usize,
-    pub until: u64,
+    pub wait: Wait,
 }
 
 /// A request parked on `on` until it settles ([`Resumed::Settled`] or a

@@ -685,7 +685,7 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
                 None => key.to_string(),
                 Some(selector) => format!("{key} {selector}"),
             };
-            if seen.iter().any(|s| *s == key) {
+            if seen.contains(&key) {
                 return Err(PolicyError::DuplicateMethod {
                     rule: name,
                     method: m.clone(),
