@@ -1156,7 +1156,12 @@ mod tests {
             },
             scopes: vec!["read".into()],
         };
-        let r = denial.render("api", Some("r-1"), ErrorBody::Rfc6750);
+        let r = denial.render(
+            "api",
+            &ChallengeHints::default(),
+            Some("r-1"),
+            ErrorBody::Rfc6750,
+        );
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate").unwrap(),
@@ -1176,7 +1181,7 @@ mod tests {
             scopes: vec![],
         };
         let challenge = header(
-            &only_age.render("api", None, ErrorBody::Rfc6750),
+            &only_age.render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750),
             "www-authenticate",
         )
         .unwrap();
@@ -1228,7 +1233,12 @@ mod tests {
             (BodyProblem::TooSlow, 408, -32600, serde_json::Value::Null),
         ] {
             for shape in [ErrorBody::Rfc6750, ErrorBody::Kong] {
-                let r = Denial::Body(problem.clone()).render("api", Some("r-2"), shape);
+                let r = Denial::Body(problem.clone()).render(
+                    "api",
+                    &ChallengeHints::default(),
+                    Some("r-2"),
+                    shape,
+                );
                 assert_eq!(r.status, status, "{problem:?}");
                 assert_eq!(header(&r, "www-authenticate"), None);
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
