@@ -155,34 +155,7 @@ impl Resource {
             .map(|t| t.path)
             .unwrap_or(written);
 
-        let issuers = match raw.authorization_servers {
-            None => (0..context.issuers.len()).collect::<Vec<_>>(),
-            Some(list) if list.is_empty() => {
-                return Err(ConfigError::new(
-                    format!("{field}.authorization_servers"),
-                    "must name at least one issuer; leave it out for every issuer",
-                ))
-            }
-            Some(list) => {
-                let mut indexes = Vec::with_capacity(list.len());
-                for (j, name) in list.iter().enumerate() {
-                    let index = context
-                        .issuers
-                        .iter()
-                        .position(|i| i.issuer == name)
-                        .ok_or_else(|| {
-                            ConfigError::new(
-                                format!("{field}.authorization_servers[{j}]"),
-                                format!("\"{name}\" is not the `issuer` of an entry of `issuers`"),
-                            )
-                        })?;
-                    if !indexes.contains(&index) {
-                        indexes.push(index);
-                    }
-                }
-                indexes
-            }
-        };
+        let issuers = issuer_indexes(raw.authorization_servers, field, context)?;
         let audiences = match raw.audiences {
             None => vec![identifier.clone()],
             Some(list) if list.is_empty() || list.iter().any(String::is_empty) => {
@@ -193,28 +166,7 @@ impl Resource {
             }
             Some(list) => list,
         };
-        let scopes = match raw.scopes_supported {
-            Some(list) => {
-                if let Some(j) = list.iter().position(|s| {
-                    s.is_empty()
-                        || s.contains(|c: char| c == ' ' || c == '"' || c == '\\' || c.is_control())
-                }) {
-                    return Err(ConfigError::new(
-                        format!("{field}.scopes_supported[{j}]"),
-                        "a scope is non-empty text without spaces, quotes, backslashes or control characters (RFC 6749 §3.3)",
-                    ));
-                }
-                list
-            }
-            None => {
-                let mut scopes = context
-                    .policy
-                    .map(|p| p.scopes_on(&paths))
-                    .unwrap_or_default();
-                scopes.sort();
-                scopes
-            }
-        };
+        let scopes = scopes(raw.scopes_supported, field, context.policy, &paths)?;
         if let Some(doc) = &raw.resource_documentation {
             Url::parse(doc).map_err(|problem| {
                 ConfigError::new(format!("{field}.resource_documentation"), problem)
@@ -298,6 +250,67 @@ impl Resource {
     /// Whether a token with these `aud` values is for this resource.
     pub fn accepts_audience(&self, aud: &[String]) -> bool {
         aud.iter().any(|a| self.audiences.contains(a))
+    }
+}
+
+/// `authorization_servers`: indexes into the configuration's issuers, each
+/// once; every issuer when not given.
+fn issuer_indexes(
+    raw: Option<Vec<String>>,
+    field: &str,
+    context: &Context,
+) -> Result<Vec<usize>, ConfigError> {
+    let list = match raw {
+        None => return Ok((0..context.issuers.len()).collect()),
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                format!("{field}.authorization_servers"),
+                "must name at least one issuer; leave it out for every issuer",
+            ))
+        }
+        Some(list) => list,
+    };
+    let mut indexes = Vec::with_capacity(list.len());
+    for (j, name) in list.iter().enumerate() {
+        let index = context
+            .issuers
+            .iter()
+            .position(|i| i.issuer == name)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.authorization_servers[{j}]"),
+                    format!("\"{name}\" is not the `issuer` of an entry of `issuers`"),
+                )
+            })?;
+        if !indexes.contains(&index) {
+            indexes.push(index);
+        }
+    }
+    Ok(indexes)
+}
+
+/// `scopes_supported` as written (each an RFC 6749 §3.3 scope token), or
+/// the plain scopes of the policy's rules over `paths`, sorted.
+fn scopes(
+    raw: Option<Vec<String>>,
+    field: &str,
+    policy: Option<&Policy>,
+    paths: &PathSet,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        let mut scopes = policy.map(|p| p.scopes_on(paths)).unwrap_or_default();
+        scopes.sort();
+        return Ok(scopes);
+    };
+    let bad = |s: &String| {
+        s.is_empty() || s.contains(|c: char| c == ' ' || c == '"' || c == '\\' || c.is_control())
+    };
+    match list.iter().position(bad) {
+        Some(j) => Err(ConfigError::new(
+            format!("{field}.scopes_supported[{j}]"),
+            "a scope is non-empty text without spaces, quotes, backslashes or control characters (RFC 6749 §3.3)",
+        )),
+        None => Ok(list),
     }
 }
 
