@@ -265,7 +265,7 @@ def test_a_bad_token_is_401_before_the_body(env, authserver):
     finally:
         s.close()
     assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
-    assert took < 1.0, took
+    assert took < 1.5, took  # body_timeout_seconds is 2
 
 
 def test_initialize_list_and_notifications_follow_the_path_rule(env, authserver):
@@ -348,7 +348,7 @@ def test_a_slow_body_is_answered_408_by_its_deadline(env, authserver, recorder):
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"body_timeout" in answer
     # body_timeout_seconds is 2, checked on 200 ms ticks, in whole seconds.
-    assert 1.0 <= took <= 4.0, took
+    assert 1.0 <= took <= 5.0, took
     assert marker not in recorder.everything()
 
 
