@@ -445,6 +445,100 @@ mod tests {
     }
 
     #[test]
+    fn step_up_reads_acr_and_auth_time_from_the_grant() {
+        let c =
+            hs_config(r#","policy":{"GET /a":{"scope":"read","acr_values":["mfa"],"max_age":60}}"#);
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let run = |s: &mut State, extra: serde_json::Value| {
+            method_run(&c, s, "GET", "/a", &bearer(&hs_token(hs_claims(extra))))
+        };
+        assert!(matches!(
+            run(
+                &mut s,
+                serde_json::json!({"acr": "mfa", "auth_time": now - 30})
+            ),
+            Verdict::Allow(_)
+        ));
+        for extra in [
+            serde_json::json!({"auth_time": now - 30}),
+            serde_json::json!({"acr": "pwd", "auth_time": now - 30}),
+            serde_json::json!({"acr": "mfa", "auth_time": now - 200}),
+            serde_json::json!({"acr": "mfa", "auth_time": "yesterday"}),
+            serde_json::json!({"acr": ["mfa"], "auth_time": now}),
+        ] {
+            let Verdict::Deny(Denial::StepUp {
+                step_up, scopes, ..
+            }) = run(&mut s, extra.clone())
+            else {
+                panic!("{extra}: expected a step-up")
+            };
+            assert_eq!(
+                (step_up.acr_values, step_up.max_age),
+                (vec!["mfa".into()], Some(60))
+            );
+            assert!(scopes.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_json_rpc_selector_asks_for_the_body_then_judges_it() {
+        let c = hs_config(
+            r#","jsonrpc":{"max_body_bytes":200},"policy":{"POST /mcp":"read","POST /mcp tools/call admin_*":"admin"}"#,
+        );
+        let mut s = State::new(&c);
+        let headers = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        let with_body = |s: &mut State, headers: &[(String, String)], body: Option<&[u8]>| {
+            let request = Request {
+                method: "POST",
+                path: "/mcp",
+                headers,
+                client: None,
+                peer_certificate: None,
+                routing: Default::default(),
+                body,
+            };
+            crate::engine::verdict_for(&c, s, &request, vectors().now)
+        };
+        // Not read yet: the headers as they would pass, the bound, the deadline.
+        let Verdict::ReadBody(read) = with_body(&mut s, &headers, None) else {
+            panic!("expected ReadBody")
+        };
+        assert_eq!(read.max_bytes, 200);
+        assert_eq!(read.wait.on, WaitKey::Body);
+        assert_eq!(read.wait.until, vectors().now + 10);
+        assert!(read
+            .allow
+            .set_headers
+            .iter()
+            .any(|(n, _)| n == "x-oauth-client-id"));
+        let call = |name: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
+        };
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(call("search").as_bytes())),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(call("admin_x").as_bytes())),
+            Verdict::Deny(Denial::InsufficientScope { .. })
+        ));
+        // A content-length over the bound: refused before the body.
+        let mut long = headers.clone();
+        long.push(("content-length".into(), "201".into()));
+        assert!(matches!(
+            with_body(&mut s, &long, None),
+            Verdict::Deny(Denial::Body(BodyProblem::TooLarge { max: 200 }))
+        ));
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(&[b' '; 201])),
+            Verdict::Deny(Denial::Body(BodyProblem::TooLarge { max: 200 }))
+        ));
+    }
+
+    #[test]
     fn the_policy_decides_after_the_token_with_a_scope_hint() {
         // good tokens carry scopes "read write".
         let c = inline_config(

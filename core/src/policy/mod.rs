@@ -509,7 +509,14 @@ impl Policy {
         let selecting: Vec<&Condition> = rule.selecting(method).collect();
         if !selecting.is_empty() {
             let Some(calls) = calls else {
-                return PolicyDecision::NeedBody;
+                // Selectors only add: a token the path's condition refuses
+                // is answered without the body being read.
+                return match judge(&applicable, &captures, who) {
+                    PolicyDecision::Allow { .. } | PolicyDecision::NoRule => {
+                        PolicyDecision::NeedBody
+                    }
+                    refused => refused,
+                };
             };
             for call in calls {
                 for condition in &selecting {
@@ -531,44 +538,7 @@ impl Policy {
                 }
             }
         }
-        // The rule named: the most specific that applied (a selector's).
-        let Some(named) = applicable.last() else {
-            return PolicyDecision::NoRule;
-        };
-        let mut missing: Vec<String> = Vec::new();
-        let mut short: Option<&Condition> = None;
-        for condition in &applicable {
-            if let Some(check) = &condition.check {
-                if !check.allows(who.scopes, &captures) {
-                    for scope in check.required(&captures) {
-                        if !missing.contains(&scope) {
-                            missing.push(scope);
-                        }
-                    }
-                    short.get_or_insert(condition);
-                }
-            }
-        }
-        let stepping = applicable.iter().find_map(|c| {
-            c.step_up
-                .as_ref()
-                .filter(|s| !s.met(who))
-                .map(|s| (c.name.clone(), s.clone()))
-        });
-        match (short, stepping) {
-            (_, Some((rule, step_up))) => PolicyDecision::StepUp {
-                rule,
-                step_up,
-                required: missing,
-            },
-            (Some(condition), None) => PolicyDecision::InsufficientScope {
-                rule: condition.name.clone(),
-                required: missing,
-            },
-            (None, None) => PolicyDecision::Allow {
-                rule: named.name.clone(),
-            },
-        }
+        judge(&applicable, &captures, who)
     }
 
     /// Whether some condition uses step-up or a JSON-RPC selector (which
@@ -629,6 +599,52 @@ impl Policy {
     /// `POST,PUT` counts two).
     pub fn rule_count(&self) -> usize {
         self.condition_count
+    }
+}
+
+/// Every condition in `applicable` must be met: scopes, then step-up. The
+/// rule named on success is the most specific (the last: a selector's).
+fn judge(
+    applicable: &[&Condition],
+    captures: &[path::Capture<'_>],
+    who: &Presented,
+) -> PolicyDecision {
+    let Some(named) = applicable.last() else {
+        return PolicyDecision::NoRule;
+    };
+    let mut missing: Vec<String> = Vec::new();
+    let mut short: Option<&Condition> = None;
+    for condition in applicable {
+        if let Some(check) = &condition.check {
+            if !check.allows(who.scopes, captures) {
+                for scope in check.required(captures) {
+                    if !missing.contains(&scope) {
+                        missing.push(scope);
+                    }
+                }
+                short.get_or_insert(condition);
+            }
+        }
+    }
+    let stepping = applicable.iter().find_map(|c| {
+        c.step_up
+            .as_ref()
+            .filter(|s| !s.met(who))
+            .map(|s| (c.name.clone(), s.clone()))
+    });
+    match (short, stepping) {
+        (_, Some((rule, step_up))) => PolicyDecision::StepUp {
+            rule,
+            step_up,
+            required: missing,
+        },
+        (Some(condition), None) => PolicyDecision::InsufficientScope {
+            rule: condition.name.clone(),
+            required: missing,
+        },
+        (None, None) => PolicyDecision::Allow {
+            rule: named.name.clone(),
+        },
     }
 }
 
@@ -1997,6 +2013,12 @@ mod tests {
             assert_eq!(
                 policy.decide_request("POST", "/mcp", &who, None),
                 PolicyDecision::NeedBody
+            );
+            // A token the path's rule refuses: answered without the body.
+            let admin = scopes(&["admin"]);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &presented(&admin, None, None), None),
+                insufficient("POST,GET /mcp", &["mcp"])
             );
             // GET has no selector: no body read.
             assert_eq!(
