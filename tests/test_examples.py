@@ -242,7 +242,8 @@ def test_mcp_server(run, demo_as):
     # No token: 401 naming the metadata, no error.
     r = post(None, jsonrpc("initialize"))
     assert r.status_code == 401
-    assert harness.bearer_params(r.headers["www-authenticate"]) == {"realm": "demo", "resource_metadata": metadata_url}
+    assert harness.bearer_params(r.headers["www-authenticate"]) == {"realm": "demo", "scope": "read",
+                                                                     "resource_metadata": metadata_url}
     # A token for another audience (the demo's API): not for this resource.
     r = post(demo_as.token("demo-client"), jsonrpc("tools/list"))
     assert r.status_code == 401 and r.json()["reason"] == "audience_mismatch", r.text

@@ -205,9 +205,10 @@ def test_sdk_client_discovers_everything_from_the_401_and_is_refused_the_admin_t
         "POST gateway/mcp tools/call admin_reset -> 403",
     ], json.dumps(fetches, indent=1)
 
-    # 1. The 401: no error (no token was sent, RFC 6750 §3.1), the metadata's URL.
+    # 1. The 401: no error (no token was sent, RFC 6750 §3.1), the scope the path needs, the
+    # metadata's URL.
     first = challenge(fetches[0])
-    assert first == {"realm": REALM, "resource_metadata": metadata_url}, fetches[0]
+    assert first == {"realm": REALM, "scope": "read", "resource_metadata": metadata_url}, fetches[0]
     # 2. The gateway's metadata names the resource and the authorization server.
     meta = fetches[1]["document"]
     assert meta["resource"] == resource and meta["authorization_servers"] == [op.issuer], meta
