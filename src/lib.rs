@@ -372,6 +372,10 @@ impl<H: Door> Shared<H> {
                 self.deny(&request.headers, &denial);
                 Outcome::Hold
             }
+            Verdict::Respond(response) => {
+                self.host.send_response(&response);
+                Outcome::Hold
+            }
             Verdict::Call { callout, resume } => {
                 let own = self
                     .callouts
@@ -741,8 +745,13 @@ impl<H: Door> Shared<H> {
         if self.envoy {
             self.host.set_reason_filter_state(denial.code());
         }
+        let hints = self.config.challenge_hints(
+            header(headers, ":method").unwrap_or_default(),
+            header(headers, ":path").unwrap_or_default(),
+        );
         self.host.send_response(&denial.render(
             &self.config.realm,
+            &hints,
             request_id,
             self.config.error_body,
         ));

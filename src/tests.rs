@@ -148,11 +148,12 @@ impl Door for FakeHost {
 
     fn send_response(&self, response: &HttpResponse) {
         let body: Value = serde_json::from_slice(&response.body).unwrap();
-        // A JSON-RPC error body carries it in `error.data`.
+        // A denial's reason (a JSON-RPC error body carries it in
+        // `error.data`); a protected resource's document has none.
         let reason = body["reason"]
             .as_str()
             .or_else(|| body["error"]["data"]["reason"].as_str())
-            .unwrap()
+            .unwrap_or_default()
             .to_string();
         self.record(Event::Answered(response.status, reason));
     }
@@ -899,4 +900,33 @@ fn a_request_without_a_body_where_a_selector_reads_it_is_refused_at_once() {
         shared.host.answered(),
         vec![(5, 400, "body_invalid".to_string())]
     );
+}
+
+#[test]
+fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
+    let shared = glue(
+        r#"{"issuers":[{"issuer":"https://issuer.test","audiences":["api"],"discovery":true,"upstream":"as"}],
+            "resources":[{"resource":"https://api.test/mcp"}]}"#,
+    );
+    shared.host.current.set(3);
+    let facts = Facts {
+        headers: vec![
+            (":method".to_string(), "GET".to_string()),
+            (
+                ":path".to_string(),
+                "/.well-known/oauth-protected-resource/mcp".to_string(),
+            ),
+            (":authority".to_string(), "evil.test".to_string()),
+        ],
+        client: None,
+        peer_certificate: None,
+        routing: None,
+        ended: false,
+        body: None,
+        reading: None,
+    };
+    assert!(matches!(shared.decide(3, facts, None, None), Outcome::Hold));
+    assert_eq!(shared.host.answered(), vec![(3, 200, String::new())]);
+    assert!(shared.host.dispatched.borrow().is_empty(), "no key fetch");
+    assert!(shared.host.resumed().is_empty());
 }

@@ -36,6 +36,7 @@ Endpoints:
           the kid of the chosen published key.
         * alg default: the alg of the published kid, else RS256.
         * "alg": "none" -> base64url(header).base64url(payload).
+        * a "header" field given as null is left out ({"typ": null}: no typ).
         * HS256/384/512: secret = `secret` if given (a string: its UTF-8
           bytes; {"base64url": "..."}: those bytes), else if `sign_with`
           names a key, the PEM (SubjectPublicKeyInfo) of its PUBLIC key (the
@@ -1009,6 +1010,8 @@ class Handler(BaseHTTPRequestHandler):
             header["kid"] = hkid
         header.update(body.get("header") or {})
         header["alg"] = (body.get("header") or {}).get("alg", alg)
+        # A header field given as null is left out (a token without `typ`).
+        header = {k: v for k, v in header.items() if v is not None}
         signing_input = (b64url(json_compact(header)) + "." + b64url(json_compact(claims))).encode()
         sig = sign_input(alg, key, signing_input, secret=secret)
         token = signing_input.decode() + "." + b64url(sig)

@@ -58,6 +58,8 @@ pub struct Keep<'a> {
     pub claims_json: bool,
     /// The UMA authorization server: its tokens' permissions are kept.
     pub uma_issuer: Option<usize>,
+    /// `aud`, for the audience check of each request's resource (RFC 8707).
+    pub audiences: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +92,11 @@ pub struct Grant {
     pub acr: Option<String>,
     /// `auth_time`: when the user authenticated (seconds since the epoch).
     pub auth_time: Option<u64>,
+    /// `aud` (text values only), kept only where protected resources are
+    /// configured: each request checks it against its own resource's
+    /// audiences, so a grant cached for one resource is never taken for
+    /// another.
+    pub audiences: Vec<String>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -269,6 +276,19 @@ impl Grant {
                 t.as_u64()
                     .or_else(|| t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
             }),
+            audiences: if keep.audiences {
+                match token.claims().get("aud") {
+                    Some(Value::String(aud)) => vec![aud.clone()],
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -292,6 +312,7 @@ impl Weigh for Grant {
             .iter()
             .map(|s| string_weight(s))
             .chain(self.forwarded.iter().map(|(_, v)| string_weight(v) + 8))
+            .chain(self.audiences.iter().map(|a| string_weight(a)))
             .chain(self.permissions.iter().map(|p| {
                 p.scopes
                     .iter()

@@ -23,11 +23,47 @@ pub enum KeySource {
     None,
 }
 
+/// Which JWT `typ` header values an issuer's access tokens may carry
+/// (compared as media types: without case, `application/` optional), and
+/// whether RFC 9068's claims are required.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessTokenProfile {
+    /// No `typ`, `JWT`, `JOSE` or any `+jwt` type (what the filter always
+    /// accepted).
+    #[default]
+    Jwt,
+    /// RFC 9068: `at+jwt` only, and `sub`, `client_id`, `iat`, `jti` present.
+    Rfc9068,
+    /// Exactly these types, lower case without `application/`; `""` is a
+    /// token without `typ`.
+    Typ(Vec<String>),
+}
+
+impl AccessTokenProfile {
+    /// `typ` as compared: lower case, without the `application/` prefix
+    /// (RFC 7515 §4.1.9).
+    pub fn media_type(typ: &str) -> String {
+        let lower = typ.to_ascii_lowercase();
+        match lower.strip_prefix("application/") {
+            Some(rest) => rest.to_string(),
+            None => lower,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Issuer {
     pub issuer: String,
-    /// Accepted `aud` values; empty only when configured as `"any"`.
+    /// Accepted `aud` values outside every protected resource; empty only
+    /// when configured as `"any"`.
     pub audiences: Vec<String>,
+    /// The `aud` values its tokens may have on some path: `audiences` and
+    /// those of the resources it serves (empty: any). A token naming none
+    /// is refused before any key work; the request's own list is checked
+    /// per request (see `crate::resource`).
+    pub audiences_anywhere: Vec<String>,
+    /// The `typ` its JWTs may carry and the claims they must have.
+    pub profile: AccessTokenProfile,
     pub algorithms: Vec<Alg>,
     /// The RSA algorithms a JWK without `alg` verifies: RS* of `algorithms`
     /// unless `algorithms` was written out, then every RSA one listed.
@@ -92,6 +128,8 @@ impl Issuer {
         Issuer {
             issuer: issuer.into(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            audiences_anywhere: audiences.iter().map(|a| a.to_string()).collect(),
+            profile: AccessTokenProfile::Jwt,
             algorithms: algorithms.to_vec(),
             undeclared_rsa: algorithms.to_vec(),
             source: KeySource::Static(Rc::new(KeySet::default())),

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::alg::Alg;
 use crate::extract::MAX_TOKEN_BYTES;
-use crate::issuer::Issuer;
+use crate::issuer::{AccessTokenProfile, Issuer};
 use crate::jwks::{KeyLookupError, KeySet};
 use crate::verify::{SignatureVerifier, VerifyError};
 
@@ -254,6 +254,53 @@ fn typ_is_jwt(typ: &str) -> bool {
         || subtype.strip_suffix("+jwt").is_some_and(|s| !s.is_empty())
 }
 
+/// The issuer's access-token profile: the header's `typ`, and with RFC
+/// 9068 the claims §2.2 requires (`exp` and `iss` are required anyway, `aud`
+/// where the issuer lists audiences).
+fn check_profile(
+    profile: &AccessTokenProfile,
+    typ: Option<&str>,
+    claims: &Map<String, Value>,
+) -> Result<(), TokenError> {
+    match profile {
+        AccessTokenProfile::Jwt => match typ {
+            None => Ok(()),
+            Some(typ) if typ_is_jwt(typ) => Ok(()),
+            Some(_) => Err(TokenError::Malformed(
+                "typ must be JWT, JOSE or a +jwt type such as at+jwt",
+            )),
+        },
+        AccessTokenProfile::Rfc9068 => {
+            if typ.is_none_or(|t| AccessTokenProfile::media_type(t) != "at+jwt") {
+                return Err(TokenError::Malformed(
+                    "typ must be at+jwt (RFC 9068 access token)",
+                ));
+            }
+            let text = |name: &str| claims.get(name).is_some_and(Value::is_string);
+            if !(text("sub")
+                && text("client_id")
+                && text("jti")
+                && claims.get("iat").is_some_and(Value::is_number))
+            {
+                return Err(TokenError::Malformed(
+                    "an RFC 9068 access token needs sub, client_id, iat and jti",
+                ));
+            }
+            Ok(())
+        }
+        AccessTokenProfile::Typ(accepted) => {
+            let typ = typ.map(AccessTokenProfile::media_type).unwrap_or_default();
+            if accepted.contains(&typ) {
+                Ok(())
+            } else {
+                Err(TokenError::Malformed(
+                    "typ is not one the issuer's tokens carry",
+                ))
+            }
+        }
+    }
+}
+
 /// The most of a value from a token that an error repeats (the body, the
 /// log): a 16 KiB `iss` is not sent back whole.
 const MAX_ECHOED_CHARS: usize = 200;
@@ -293,15 +340,11 @@ pub fn precheck<'t>(
             "critical header extensions are not supported",
         ));
     }
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(typ)) if typ_is_jwt(typ) => {}
-        Some(_) => {
-            return Err(TokenError::Malformed(
-                "typ must be JWT, JOSE or a +jwt type such as at+jwt",
-            ))
-        }
-    }
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(typ)) => Some(typ.as_str()),
+        Some(_) => return Err(TokenError::Malformed("typ must be a string")),
+    };
     // Other header parameters are not read: an embedded `jwk`, `jku`, `x5u`
     // or `x5c` names a key the token chose itself and is never used.
 
@@ -323,7 +366,8 @@ pub fn precheck<'t>(
         return Err(TokenError::AlgNotAllowed(alg));
     }
 
-    let exp = check_claims(&claims, &config.audiences, rules, now)?;
+    check_profile(&config.profile, typ, &claims)?;
+    let exp = check_claims(&claims, &config.audiences_anywhere, rules, now)?;
     Ok(Unverified {
         signing_input: segments.signing_input,
         signature,
@@ -417,7 +461,7 @@ pub fn check_introspected(
     let audiences: &[String] = if verified_jwt && !claims.contains_key("aud") {
         &[]
     } else {
-        &issuer.audiences
+        &issuer.audiences_anywhere
     };
     check_claims(claims, audiences, &rules, now)
 }
@@ -848,6 +892,47 @@ mod tests {
             check("good_ES256", &[Alg::RS256], &rules(), 0).err(),
             Some(TokenError::AlgNotAllowed(Alg::ES256))
         );
+    }
+
+    #[test]
+    fn the_access_token_profile_picks_the_typ_and_the_claims() {
+        let all = serde_json::json!({"sub": "s", "client_id": "c", "iat": 1, "jti": "j"});
+        let claims = |drop: &str| {
+            let mut c = all.as_object().unwrap().clone();
+            c.remove(drop);
+            c
+        };
+        let full = claims("");
+        let rfc = AccessTokenProfile::Rfc9068;
+        assert_eq!(check_profile(&rfc, Some("at+jwt"), &full), Ok(()));
+        assert_eq!(
+            check_profile(&rfc, Some("Application/AT+JWT"), &full),
+            Ok(())
+        );
+        for typ in [None, Some("JWT"), Some("application/jwt"), Some("at+jwt+x")] {
+            assert!(check_profile(&rfc, typ, &full).is_err(), "{typ:?}");
+        }
+        for missing in ["sub", "client_id", "iat", "jti"] {
+            assert_eq!(
+                check_profile(&rfc, Some("at+jwt"), &claims(missing)),
+                Err(TokenError::Malformed(
+                    "an RFC 9068 access token needs sub, client_id, iat and jti"
+                )),
+                "{missing}"
+            );
+        }
+        let default = AccessTokenProfile::Jwt;
+        for typ in [None, Some("JWT"), Some("jose"), Some("application/at+jwt")] {
+            assert_eq!(check_profile(&default, typ, &Map::new()), Ok(()), "{typ:?}");
+        }
+        assert!(check_profile(&default, Some("text/plain"), &Map::new()).is_err());
+        let listed = AccessTokenProfile::Typ(vec![String::new(), "at+jwt".into()]);
+        assert_eq!(check_profile(&listed, None, &Map::new()), Ok(()));
+        assert_eq!(
+            check_profile(&listed, Some("application/AT+JWT"), &Map::new()),
+            Ok(())
+        );
+        assert!(check_profile(&listed, Some("JWT"), &Map::new()).is_err());
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod mtls;
 pub mod pdp;
 pub mod policy;
 pub mod request;
+pub mod resource;
 pub mod response;
 pub mod services;
 pub mod shared_cache;

@@ -656,8 +656,15 @@ impl Denial {
     }
 
     /// The local reply. `request_id` (Envoy's `x-request-id`), when known,
-    /// goes in every body so a caller can quote it to the operator.
-    pub fn render(&self, realm: &str, request_id: Option<&str>, shape: ErrorBody) -> HttpResponse {
+    /// goes in every body so a caller can quote it to the operator. `hints`
+    /// are what the request's protected resource adds to the challenge.
+    pub fn render(
+        &self,
+        realm: &str,
+        hints: &ChallengeHints,
+        request_id: Option<&str>,
+        shape: ErrorBody,
+    ) -> HttpResponse {
         let wire = self.wire();
         let description = self.description();
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -713,6 +720,31 @@ impl Denial {
                     quotable(&description)
                 ))
             }
+        };
+        // The scopes the request needs, for a client that has no token or
+        // must get another (RFC 6750 §3): never beside a scope already said.
+        let challenge = match (challenge, &hints.scope) {
+            (Some(challenge), Some(scope))
+                if wire.status == 401
+                    && matches!(wire.challenge, Challenge::Bare | Challenge::Bearer)
+                    && !scope.is_empty()
+                    && !matches!(self, Denial::StepUp { scopes, .. } if !scopes.is_empty()) =>
+            {
+                Some(format!("{challenge}, scope=\"{}\"", quotable(scope)))
+            }
+            (challenge, _) => challenge,
+        };
+        let challenge = match (challenge, hints.resource_metadata) {
+            (challenge, None) => challenge,
+            (Some(challenge), Some(url)) => Some(format!(
+                "{challenge}, resource_metadata=\"{}\"",
+                quotable(url)
+            )),
+            (None, Some(url)) if matches!(wire.status, 401 | 403) => Some(format!(
+                "Bearer realm=\"{realm}\", resource_metadata=\"{}\"",
+                quotable(url)
+            )),
+            (None, Some(_)) => None,
         };
         if let Some(challenge) = challenge {
             headers.push(("www-authenticate".into(), challenge));
@@ -785,6 +817,20 @@ impl Denial {
     }
 }
 
+/// What a protected resource (RFC 9728) adds to the challenges of the
+/// requests on its paths; nothing elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChallengeHints<'a> {
+    /// The resource's metadata URL (RFC 9728 §5.1): every challenge of a
+    /// 401 or 403 names it, and a 403 that had none gets a bare `Bearer`
+    /// one to carry it.
+    pub resource_metadata: Option<&'a str>,
+    /// The scopes the policy wants for this request (space-separated), for
+    /// a 401's `Bearer` challenge: what a client without a usable token
+    /// should ask for.
+    pub scope: Option<String>,
+}
+
 /// The shape of denial bodies. Status codes and `WWW-Authenticate` are the
 /// same in both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -846,7 +892,7 @@ mod tests {
 
     #[test]
     fn each_denial_has_its_status_challenge_body_and_code() {
-        let r = Denial::NoToken.render("api", None, ErrorBody::Rfc6750);
+        let r = Denial::NoToken.render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!(
             (r.status, header(&r, "www-authenticate")),
             (401, Some("Bearer realm=\"api\""))
@@ -854,7 +900,12 @@ mod tests {
         assert_eq!(body(&r)["reason"], "token_missing");
 
         let r = Denial::InvalidToken(TokenProblem::Jwt(TokenError::UnknownIssuer("x\"y".into())))
-            .render("api", Some("req-1"), ErrorBody::Rfc6750);
+            .render(
+                "api",
+                &ChallengeHints::default(),
+                Some("req-1"),
+                ErrorBody::Rfc6750,
+            );
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate"),
@@ -878,7 +929,7 @@ mod tests {
             rule: "GET /a".into(),
             scopes: vec!["read".into(), "otp".into()],
         }
-        .render("api", None, ErrorBody::Rfc6750);
+        .render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!(r.status, 403);
         assert!(header(&r, "www-authenticate")
             .unwrap()
@@ -889,9 +940,84 @@ mod tests {
             method: "GET".into(),
             path: "/b".into(),
         }
-        .render("api", None, ErrorBody::Rfc6750);
+        .render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750);
         assert_eq!((r.status, header(&r, "www-authenticate")), (403, None));
         assert_eq!(body(&r)["reason"], "no_rule");
+    }
+
+    #[test]
+    fn on_a_protected_resource_every_401_and_403_names_its_metadata() {
+        let hints = ChallengeHints {
+            resource_metadata: Some("https://api.example/.well-known/oauth-protected-resource/mcp"),
+            scope: None,
+        };
+        let www = |d: Denial| {
+            let r = d.render("api", &hints, None, ErrorBody::Rfc6750);
+            (r.status, header(&r, "www-authenticate").map(str::to_string))
+        };
+        let suffix =
+            ", resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/mcp\"";
+        assert_eq!(
+            www(Denial::NoToken),
+            (401, Some(format!("Bearer realm=\"api\"{suffix}"))),
+            "no error code for a missing token (RFC 6750 §3.1)"
+        );
+        let (status, challenge) = www(Denial::InsufficientScope {
+            rule: "POST /mcp".into(),
+            scopes: vec!["admin".into()],
+        });
+        assert_eq!(status, 403);
+        assert!(challenge
+            .unwrap()
+            .ends_with(&format!("error=\"insufficient_scope\", error_description=\"the token lacks the scopes this request needs (rule \\\"POST /mcp\\\")\", scope=\"admin\"{suffix}")));
+        let (status, challenge) = www(Denial::InvalidToken(TokenProblem::Jwt(
+            TokenError::WrongAudience,
+        )));
+        assert_eq!(status, 401);
+        assert!(challenge.unwrap().ends_with(suffix));
+        assert_eq!(
+            www(Denial::NoRule {
+                method: "GET".into(),
+                path: "/mcp/x".into()
+            }),
+            (403, Some(format!("Bearer realm=\"api\"{suffix}")))
+        );
+        let (_, challenge) = www(Denial::Dpop {
+            problem: DpopProblem::NoProof,
+            algs: "ES256".into(),
+        });
+        assert!(challenge
+            .unwrap()
+            .starts_with("DPoP realm=\"api\", algs=\"ES256\""));
+        assert_eq!(
+            www(Denial::PdpUnavailable { cause: "x".into() }),
+            (503, None),
+            "an outage is no challenge"
+        );
+        let hints = ChallengeHints {
+            scope: Some("mcp:read".into()),
+            ..hints
+        };
+        let www = |d: Denial| {
+            let r = d.render("api", &hints, None, ErrorBody::Rfc6750);
+            header(&r, "www-authenticate").map(str::to_string)
+        };
+        assert_eq!(
+            www(Denial::NoToken),
+            Some(format!("Bearer realm=\"api\", scope=\"mcp:read\"{suffix}"))
+        );
+        assert!(www(Denial::InvalidToken(TokenProblem::Inactive))
+            .unwrap()
+            .ends_with(&format!("scope=\"mcp:read\"{suffix}")));
+        let insufficient = www(Denial::InsufficientScope {
+            rule: "r".into(),
+            scopes: vec!["admin".into()],
+        })
+        .unwrap();
+        assert!(
+            insufficient.contains("scope=\"admin\"") && !insufficient.contains("mcp:read"),
+            "{insufficient}"
+        );
     }
 
     #[test]
@@ -901,7 +1027,12 @@ mod tests {
             cause: "JWKS fetch: callout could not be dispatched: BadArgument (cluster `authsever`)"
                 .into(),
         };
-        let r = d.render("api", Some("abc"), ErrorBody::Rfc6750);
+        let r = d.render(
+            "api",
+            &ChallengeHints::default(),
+            Some("abc"),
+            ErrorBody::Rfc6750,
+        );
         assert_eq!(r.status, 503);
         assert_eq!(header(&r, "retry-after"), Some("5"));
         let text = String::from_utf8(r.body.clone()).unwrap();
@@ -952,7 +1083,12 @@ mod tests {
     #[test]
     fn kong_bodies_carry_gluus_messages_and_keep_status_and_challenge() {
         let kong = |d: &Denial| {
-            let r = d.render("api", Some("r-1"), ErrorBody::Kong);
+            let r = d.render(
+                "api",
+                &ChallengeHints::default(),
+                Some("r-1"),
+                ErrorBody::Kong,
+            );
             (
                 r.status,
                 body(&r),
@@ -1021,7 +1157,12 @@ mod tests {
             },
             scopes: vec!["read".into()],
         };
-        let r = denial.render("api", Some("r-1"), ErrorBody::Rfc6750);
+        let r = denial.render(
+            "api",
+            &ChallengeHints::default(),
+            Some("r-1"),
+            ErrorBody::Rfc6750,
+        );
         assert_eq!(r.status, 401);
         assert_eq!(
             header(&r, "www-authenticate").unwrap(),
@@ -1031,6 +1172,23 @@ mod tests {
         assert_eq!(body["reason"], "insufficient_user_authentication");
         assert_eq!(body["acr_values"], "urn:mfa urn:hw");
         assert_eq!(body["max_age"], 300);
+        // On a protected resource: its metadata URL added, the scope said once.
+        let hints = ChallengeHints {
+            resource_metadata: Some("https://api/.well-known/oauth-protected-resource"),
+            scope: Some("read".into()),
+        };
+        let challenge = header(
+            &denial.render("api", &hints, None, ErrorBody::Rfc6750),
+            "www-authenticate",
+        )
+        .unwrap();
+        assert_eq!(challenge.matches("scope=").count(), 1, "{challenge}");
+        assert!(
+            challenge.ends_with(
+                ", scope=\"read\", resource_metadata=\"https://api/.well-known/oauth-protected-resource\""
+            ),
+            "{challenge}"
+        );
         // Only max_age, no scope missing.
         let only_age = Denial::StepUp {
             rule: "GET /a".into(),
@@ -1041,7 +1199,7 @@ mod tests {
             scopes: vec![],
         };
         let challenge = header(
-            &only_age.render("api", None, ErrorBody::Rfc6750),
+            &only_age.render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750),
             "www-authenticate",
         )
         .unwrap();
@@ -1093,7 +1251,12 @@ mod tests {
             (BodyProblem::TooSlow, 408, -32600, serde_json::Value::Null),
         ] {
             for shape in [ErrorBody::Rfc6750, ErrorBody::Kong] {
-                let r = Denial::Body(problem.clone()).render("api", Some("r-2"), shape);
+                let r = Denial::Body(problem.clone()).render(
+                    "api",
+                    &ChallengeHints::default(),
+                    Some("r-2"),
+                    shape,
+                );
                 assert_eq!(r.status, status, "{problem:?}");
                 assert_eq!(header(&r, "www-authenticate"), None);
                 let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

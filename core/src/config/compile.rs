@@ -15,6 +15,7 @@ use crate::consumer::{Consumers, ConsumersConfig, IdentityHeaderNames};
 use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse, METHOD_OVERRIDES};
 use crate::pdp::Pdp;
 use crate::policy::{PathSet, Policy};
+use crate::resource::{Context as ResourceContext, IssuerFacts, Resources};
 use crate::shared_cache::SharedCache;
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
 use crate::uma::{RawUma, Uma, UmaIssuer};
@@ -82,6 +83,13 @@ pub(super) fn compile(
     let jsonrpc = crate::body::BodyLimits::compile(raw.jsonrpc)?;
     let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
+    let (resources, issuers) = resources(
+        raw.resources,
+        issuers,
+        &token_sources,
+        policy.as_ref(),
+        &dpop,
+    )?;
     let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
 
     Ok(Config {
@@ -120,7 +128,53 @@ pub(super) fn compile(
         uma,
         dpop,
         client_certificate: raw.client_certificate,
+        resources,
     })
+}
+
+/// `resources`, and the issuers with the audiences their tokens may have
+/// anywhere (their own and those of the resources they serve).
+fn resources(
+    raw: Vec<crate::resource::RawResource>,
+    mut issuers: Vec<Issuer>,
+    token_sources: &[TokenSource],
+    policy: Option<&Policy>,
+    dpop: &crate::dpop::DpopSettings,
+) -> Result<(Resources, Vec<Issuer>), ConfigError> {
+    let facts: Vec<IssuerFacts> = issuers
+        .iter()
+        .map(|i| IssuerFacts {
+            issuer: &i.issuer,
+            dpop: i.dpop,
+            certificate_bound: i.certificate_bound,
+        })
+        .collect();
+    let resources = Resources::compile(
+        raw,
+        &ResourceContext {
+            issuers: &facts,
+            token_sources,
+            policy,
+            dpop_algorithms: &dpop.algorithms,
+        },
+    )?;
+    for resource in resources.iter() {
+        for &i in &resource.issuers {
+            let Some(issuer) = issuers.get_mut(i) else {
+                continue;
+            };
+            // "any" stays any.
+            if issuer.audiences_anywhere.is_empty() {
+                continue;
+            }
+            for aud in &resource.audiences {
+                if !issuer.audiences_anywhere.contains(aud) {
+                    issuer.audiences_anywhere.push(aud.clone());
+                }
+            }
+        }
+    }
+    Ok((resources, issuers))
 }
 
 /// The realm is written into `WWW-Authenticate` as a quoted string.

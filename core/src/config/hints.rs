@@ -46,6 +46,7 @@ const TOP_FIELDS: &[&str] = &[
     "error_body",
     "dpop",
     "client_certificate",
+    "resources",
     "gluu",
 ];
 

@@ -6,11 +6,12 @@ use std::rc::Rc;
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _};
 use serde_json::Value;
 
-use super::raw::{RawAudiences, RawDiscovery, RawIssuer};
+use super::raw::{RawAudiences, RawDiscovery, RawIssuer, RawProfile};
 use super::{Issuer, KeySource};
 use crate::callout::Url;
 use crate::config_error::ConfigError;
 use crate::introspection::{Introspection, Mode};
+use crate::issuer::AccessTokenProfile;
 use crate::jwks::{default_undeclared_rsa, Alg, KeyAlgs, KeySet};
 
 const MIN_SECRET_BYTES: usize = 32;
@@ -140,9 +141,12 @@ fn compile(
     }
     crate::callout::check_timeout_ms(raw.fetch_timeout_ms, &f("fetch_timeout_ms"))?;
     let audiences = audiences(raw.audiences, field)?;
+    let profile = profile(raw.access_token_profile, &f("access_token_profile"))?;
     Ok(Issuer {
         issuer: raw.issuer,
+        audiences_anywhere: audiences.clone(),
         audiences,
+        profile,
         algorithms,
         undeclared_rsa,
         source,
@@ -156,6 +160,28 @@ fn compile(
         dpop: raw.dpop,
         certificate_bound: raw.certificate_bound,
     })
+}
+
+/// `"jwt"` (the default), `"rfc9068"`, or a list of `typ` values.
+fn profile(raw: Option<RawProfile>, field: &str) -> Result<AccessTokenProfile, ConfigError> {
+    match raw {
+        None => Ok(AccessTokenProfile::Jwt),
+        Some(RawProfile::Keyword(k)) if k == "jwt" => Ok(AccessTokenProfile::Jwt),
+        Some(RawProfile::Keyword(k)) if k == "rfc9068" => Ok(AccessTokenProfile::Rfc9068),
+        Some(RawProfile::Keyword(k)) => Err(ConfigError::new(
+            field,
+            format!("must be \"jwt\", \"rfc9068\" or a list of `typ` values, not \"{k}\""),
+        )),
+        Some(RawProfile::Typ(list)) if list.is_empty() => Err(ConfigError::new(
+            field,
+            "must list at least one `typ` value (\"\" for none)",
+        )),
+        Some(RawProfile::Typ(list)) => Ok(AccessTokenProfile::Typ(
+            list.iter()
+                .map(|t| AccessTokenProfile::media_type(t))
+                .collect(),
+        )),
+    }
 }
 
 /// Without a list: every asymmetric algorithm, and HMAC when there is a

@@ -21,7 +21,8 @@ pub use crate::grant::{ClaimFormat, ForwardClaim};
 pub use crate::issuer::{Issuer, KeySource};
 pub use crate::jwt::JwtRules;
 use crate::pdp::Pdp;
-use crate::policy::{PathSet, Policy};
+use crate::policy::{PathSet, Policy, PolicyDecision};
+use crate::response::ChallengeHints;
 pub use crate::response::ErrorBody;
 use crate::shared_cache::SharedCache;
 use crate::token_client::TokenClient;
@@ -171,6 +172,9 @@ pub struct Config {
     pub dpop: crate::dpop::DpopSettings,
     /// Where a certificate-bound token's client certificate is read from.
     pub client_certificate: crate::mtls::ClientCertificate,
+    /// Protected resources (RFC 9728): their metadata, and the audiences
+    /// tokens must name on their paths.
+    pub resources: crate::resource::Resources,
 }
 
 impl Config {
@@ -182,6 +186,7 @@ impl Config {
             payload: self.forward.payload_header.is_some(),
             claims_json: self.pdp.is_some(),
             uma_issuer: self.uma.as_ref().map(|uma| uma.issuer),
+            audiences: !self.resources.is_empty(),
         }
     }
 
@@ -205,6 +210,36 @@ impl Config {
                 "\"required\" needs the client certificate of the connection, which only Envoy tells a filter; behind a proxy that terminates TLS and sets x-forwarded-client-cert, set `client_certificate.source: \"xfcc\"`",
             )),
             None => Ok(()),
+        }
+    }
+
+    /// What the protected resource of this request (`:path` as received)
+    /// adds to a denial's challenge: its metadata URL, and the scopes the
+    /// policy wants for this method and path. Nothing outside every resource.
+    pub fn challenge_hints(&self, method: &str, target: &str) -> ChallengeHints<'_> {
+        if self.resources.is_empty() {
+            return ChallengeHints::default();
+        }
+        let Ok(target) = crate::request::normalize_target(target) else {
+            return ChallengeHints::default();
+        };
+        let Some(resource) = self.resources.for_path(&target.path) else {
+            return ChallengeHints::default();
+        };
+        let scope = match self
+            .policy
+            .as_ref()
+            .map(|p| p.decide(method, &target.path, &[]))
+        {
+            Some(
+                PolicyDecision::InsufficientScope { required, .. }
+                | PolicyDecision::StepUp { required, .. },
+            ) if !required.is_empty() => Some(required.join(" ")),
+            _ => None,
+        };
+        ChallengeHints {
+            resource_metadata: Some(&resource.metadata_url),
+            scope,
         }
     }
 
@@ -257,6 +292,41 @@ mod tests {
                 "{json}\n  gave: {e}\n  expected: {expected}"
             );
         }
+    }
+
+    #[test]
+    fn challenge_hints_come_from_the_requests_resource_and_policy() {
+        let c = Config::from_json(
+            br#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}],
+                 "resources":[{"resource":"https://api.example/mcp"}],
+                 "policy":{"GET /mcp/??":"read","POST /mcp/?":"write and admin","GET /open":"read"}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let url = Some("https://api.example/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            c.challenge_hints("GET", "/mcp/./x?a=b"),
+            ChallengeHints {
+                resource_metadata: url,
+                scope: Some("read".into())
+            }
+        );
+        assert_eq!(
+            c.challenge_hints("POST", "/mcp/orders").scope.as_deref(),
+            Some("write admin")
+        );
+        assert_eq!(
+            c.challenge_hints("DELETE", "/mcp"),
+            ChallengeHints {
+                resource_metadata: url,
+                scope: None
+            }
+        );
+        assert_eq!(c.challenge_hints("GET", "/open"), ChallengeHints::default());
+        assert_eq!(
+            c.challenge_hints("GET", "/mcp/%2F"),
+            ChallengeHints::default()
+        );
     }
 
     /// A shared secret long enough for HMAC.

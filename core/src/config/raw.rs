@@ -76,6 +76,8 @@ pub(super) struct RawConfig {
     pub(super) dpop: Option<crate::dpop::RawDpop>,
     #[serde(default)]
     pub(super) client_certificate: crate::mtls::ClientCertificate,
+    #[serde(default)]
+    pub(super) resources: Vec<crate::resource::RawResource>,
 }
 
 fn default_realm() -> String {
@@ -137,6 +139,15 @@ pub(super) struct RawIssuer {
     pub(super) dpop: crate::dpop::DpopMode,
     #[serde(default)]
     pub(super) certificate_bound: crate::mtls::CertificateBound,
+    pub(super) access_token_profile: Option<RawProfile>,
+}
+
+/// `"jwt"`, `"rfc9068"`, or the `typ` values accepted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawProfile {
+    Keyword(String),
+    Typ(Vec<String>),
 }
 
 /// `true` for `/.well-known/openid-configuration`, or the name of another

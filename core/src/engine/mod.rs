@@ -31,7 +31,7 @@ use crate::grant::Grant;
 use crate::keys::FetchStep;
 use crate::metrics::CalloutKind;
 use crate::request::normalize_target;
-use crate::response::{Denial, RequestProblem};
+use crate::response::{Denial, HttpResponse, RequestProblem};
 use crate::upstream_oauth::{rule_for, Routing};
 use crate::wait::{Note, WaitKey};
 
@@ -116,6 +116,9 @@ pub enum Verdict {
     /// [`WaitKey::Body`], nothing to fetch) until it is read, or answered
     /// with [`timed_out`] at its deadline.
     ReadBody(Box<ReadBody>),
+    /// Answer the request from the filter, not as a denial: a protected
+    /// resource's metadata document (RFC 9728), needing no token.
+    Respond(HttpResponse),
 }
 
 /// See [`Verdict::ReadBody`].
@@ -222,6 +225,9 @@ pub fn verdict_knowing(
         Err(e) => return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Path(e))),
     };
     let path = &target.path;
+    if let Some(resource) = config.resources.by_metadata_path(path) {
+        return Verdict::Respond(resource.metadata_reply(request.method));
+    }
     let rule = rule_for(
         &config.upstream_oauth,
         request.method,

@@ -419,6 +419,14 @@ impl Check {
             .collect()
     }
 
+    /// The plain scopes this check names (regex scopes left out).
+    pub(crate) fn plain_scopes(&self) -> impl Iterator<Item = &str> {
+        self.data.iter().filter_map(|s| match s {
+            Scope::Plain(p) => Some(p.as_str()),
+            Scope::Pattern(_) => None,
+        })
+    }
+
     /// For a check over no scopes at all: whether it always passes.
     pub(super) fn constant(&self) -> Option<bool> {
         self.data.is_empty().then(|| self.expr.passes_with(&[], 0))

@@ -565,6 +565,30 @@ impl Policy {
         pairs
     }
 
+    /// The plain scopes (no `^regex` scope) that the rules whose paths may
+    /// overlap `paths` name, each once, in rule order: what a protected
+    /// resource over those paths advertises as `scopes_supported` (RFC 9728).
+    pub fn scopes_on(&self, paths: &PathSet) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for ((_, rule_pattern), rule) in self.patterns.iter().zip(&self.rules) {
+            if !paths
+                .patterns()
+                .iter()
+                .any(|(_, p)| p.may_overlap(rule_pattern))
+            {
+                continue;
+            }
+            for condition in &rule.conditions {
+                for scope in condition.check.iter().flat_map(|c| c.plain_scopes()) {
+                    if !out.iter().any(|s| s == scope) {
+                        out.push(scope.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Things that loaded but are probably not what was meant, one line each
     /// (a Gluu condition without `data`).
     pub fn warnings(&self) -> &[String] {
