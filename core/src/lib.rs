@@ -44,6 +44,7 @@ pub mod pdp;
 pub mod policy;
 pub mod request;
 pub mod response;
+pub mod rsa;
 pub mod services;
 pub mod shared_cache;
 pub mod token_client;
