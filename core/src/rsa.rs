@@ -215,6 +215,9 @@ mod tests {
     //! (signatures made by Python's `cryptography`); here, the two encodings
     //! are checked on hand-built encoded messages, the way a forger would
     //! build them.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     const K: usize = 256;

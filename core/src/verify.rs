@@ -11,6 +11,7 @@ use std::fmt;
 
 use ed25519_compact as ed25519;
 use p256::ecdsa::signature::Verifier as _;
+
 use crate::alg::Alg;
 use crate::rsa::{self, RsaKey};
 
