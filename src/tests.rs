@@ -148,8 +148,8 @@ impl Door for FakeHost {
 
     fn send_response(&self, response: &HttpResponse) {
         let body: Value = serde_json::from_slice(&response.body).unwrap();
-        // A denial's reason; a JSON-RPC error body carries it in `error.data`;
-        // a protected resource's document has none.
+        // A denial's reason (a JSON-RPC error body carries it in
+        // `error.data`); a protected resource's document has none.
         let reason = body["reason"]
             .as_str()
             .or_else(|| body["error"]["data"]["reason"].as_str())
@@ -921,7 +921,7 @@ fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
         client: None,
         peer_certificate: None,
         routing: None,
-        ended: true,
+        ended: false,
         body: None,
         reading: None,
     };

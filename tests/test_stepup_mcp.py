@@ -368,3 +368,25 @@ def test_without_the_buffer_filter_a_refused_body_never_reaches_the_upstream(sta
     assert marker not in recorder.everything()
     r = post(env, body, token=a.mint(a.claims(scope="read admin")))
     assert r.status == 200 and r.json()["body"].encode() == body, r
+
+
+def test_on_a_protected_resource_the_challenges_name_its_metadata(start_envoy, authserver, recorder):
+    """With `resources` (RFC 9728), the step-up 401 and the tool's 403 also
+    carry `resource_metadata`; a body error stays a JSON-RPC error."""
+    a = authserver
+    cfg = config(a, POLICY)
+    cfg["resources"] = [{"resource": "https://mcp.example/mcp", "paths": ["/mcp", "/account"],
+                         "audiences": ["api"]}]
+    env = start_envoy(cfg, upstream_port=recorder.port, customize=buffer_after_oauth_pep)
+    env.wait_status("/mcp", 200, token=a.mint(), timeout=20)
+    metadata = "https://mcp.example/.well-known/oauth-protected-resource/mcp"
+    r = post(env, tool_call("admin_x"), token=a.mint(a.claims(scope="read")))
+    assert r.status == 403, r
+    c = challenge(r)
+    assert (c["error"], c["scope"], c["resource_metadata"]) == ("insufficient_scope", "admin", metadata), c
+    r = harness.send_raw(env, "/account", token=a.mint(a.claims(scope="write")))
+    c = challenge(r)
+    assert r.status == 401 and c["error"] == "insufficient_user_authentication", r
+    assert (c["scope"], c["max_age"], c["resource_metadata"]) == ("read", "300", metadata), c
+    assert r.headers["www-authenticate"].count("scope=") == 1, r.headers
+    jsonrpc_error(post(env, b"[]", token=a.mint(a.claims(scope="read"))), 400, -32600)

@@ -46,6 +46,7 @@ pub mod policy;
 pub mod request;
 pub mod resource;
 pub mod response;
+pub mod rsa;
 pub mod services;
 pub mod shared_cache;
 pub mod token_client;

@@ -727,7 +727,8 @@ impl Denial {
             (Some(challenge), Some(scope))
                 if wire.status == 401
                     && matches!(wire.challenge, Challenge::Bare | Challenge::Bearer)
-                    && !scope.is_empty() =>
+                    && !scope.is_empty()
+                    && !matches!(self, Denial::StepUp { scopes, .. } if !scopes.is_empty()) =>
             {
                 Some(format!("{challenge}, scope=\"{}\"", quotable(scope)))
             }
@@ -1171,6 +1172,23 @@ mod tests {
         assert_eq!(body["reason"], "insufficient_user_authentication");
         assert_eq!(body["acr_values"], "urn:mfa urn:hw");
         assert_eq!(body["max_age"], 300);
+        // On a protected resource: its metadata URL added, the scope said once.
+        let hints = ChallengeHints {
+            resource_metadata: Some("https://api/.well-known/oauth-protected-resource"),
+            scope: Some("read".into()),
+        };
+        let challenge = header(
+            &denial.render("api", &hints, None, ErrorBody::Rfc6750),
+            "www-authenticate",
+        )
+        .unwrap();
+        assert_eq!(challenge.matches("scope=").count(), 1, "{challenge}");
+        assert!(
+            challenge.ends_with(
+                ", scope=\"read\", resource_metadata=\"https://api/.well-known/oauth-protected-resource\""
+            ),
+            "{challenge}"
+        );
         // Only max_age, no scope missing.
         let only_age = Denial::StepUp {
             rule: "GET /a".into(),

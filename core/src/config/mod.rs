@@ -231,9 +231,10 @@ impl Config {
             .as_ref()
             .map(|p| p.decide(method, &target.path, &[]))
         {
-            Some(PolicyDecision::InsufficientScope { required, .. }) if !required.is_empty() => {
-                Some(required.join(" "))
-            }
+            Some(
+                PolicyDecision::InsufficientScope { required, .. }
+                | PolicyDecision::StepUp { required, .. },
+            ) if !required.is_empty() => Some(required.join(" ")),
             _ => None,
         };
         ChallengeHints {

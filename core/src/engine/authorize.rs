@@ -157,6 +157,17 @@ pub(super) fn check_access(
     }
 }
 
+fn add_dpop_headers(config: &Config, request: &Request, jkt: Option<String>, allow: &mut Allow) {
+    if let Some(jkt) = jkt {
+        allow
+            .set_headers
+            .push((config.identity.dpop_jkt.clone(), jkt));
+    }
+    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
+        allow.remove_headers.push("dpop".into());
+    }
+}
+
 /// RFC 8707: on a protected resource's paths a token must come from one of
 /// its authorization servers and name one of its audiences; elsewhere, one
 /// of its issuer's `audiences`. Checked per request against the grant's
@@ -182,17 +193,6 @@ fn for_this_resource(config: &Config, path: &str, grant: Rc<Grant>) -> Result<Rc
         Err(Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
             TokenError::WrongAudience,
         ))))
-    }
-}
-
-fn add_dpop_headers(config: &Config, request: &Request, jkt: Option<String>, allow: &mut Allow) {
-    if let Some(jkt) = jkt {
-        allow
-            .set_headers
-            .push((config.identity.dpop_jkt.clone(), jkt));
-    }
-    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
-        allow.remove_headers.push("dpop".into());
     }
 }
 
@@ -375,76 +375,6 @@ mod tests {
     use crate::metrics::testing::FakeMetrics;
 
     #[test]
-    fn a_token_passes_only_on_the_resource_its_audience_names_whatever_the_cache_holds() {
-        // Issuer-wide audiences ["api"]; the resource under /a takes "other".
-        let c = inline_config(
-            r#","resources":[{"resource":"https://r.test/a","audiences":["other"]}]"#,
-        );
-        let mut s = State::new(&c);
-        let v = vectors();
-        let mismatch = Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
-            TokenError::WrongAudience,
-        )));
-        let api = bearer(v.token("good_ES256"));
-        let other = bearer(v.token("wrong_aud"));
-        let both = bearer(v.token("aud_array"));
-        assert!(matches!(run(&c, &mut s, &api, "/"), Verdict::Allow(_)));
-        assert_eq!(s.tokens.len(), 1);
-        assert_eq!(
-            run(&c, &mut s, &api, "/a/x"),
-            mismatch,
-            "cached, yet refused here"
-        );
-        assert_eq!(run(&c, &mut s, &api, "/a"), mismatch);
-        assert!(matches!(run(&c, &mut s, &other, "/a/x"), Verdict::Allow(_)));
-        assert_eq!(run(&c, &mut s, &other, "/b"), mismatch);
-        assert!(matches!(run(&c, &mut s, &both, "/a/x"), Verdict::Allow(_)));
-        assert!(matches!(run(&c, &mut s, &both, "/b"), Verdict::Allow(_)));
-        assert!(matches!(run(&c, &mut s, &api, "/"), Verdict::Allow(_)));
-    }
-
-    #[test]
-    fn a_resource_takes_only_its_authorization_servers_tokens() {
-        let v = vectors();
-        let jwks = String::from_utf8(v.jwks.clone()).unwrap();
-        let json = format!(
-            r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}},
-                {{"issuer":"https://other.test","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}}],
-               "resources":[{{"resource":"https://r.test/","authorization_servers":["https://other.test"],"audiences":["api"]}}]}}"#
-        );
-        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
-        let mut s = State::new(&c);
-        assert_eq!(
-            run(&c, &mut s, &bearer(v.token("good_ES256")), "/x"),
-            Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
-                TokenError::WrongAudience
-            )))
-        );
-    }
-
-    #[test]
-    fn the_metadata_is_answered_before_any_token_work() {
-        let c = inline_config(r#","resources":[{"resource":"https://r.test/a"}]"#);
-        let mut s = State::new(&c);
-        let Verdict::Respond(r) = run(&c, &mut s, &[], "/.well-known/oauth-protected-resource/a")
-        else {
-            panic!("not answered")
-        };
-        assert_eq!(r.status, 200);
-        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(doc["resource"], "https://r.test/a");
-        assert_eq!(
-            doc["authorization_servers"],
-            serde_json::json!(["https://issuer.test"])
-        );
-        assert_eq!(
-            run(&c, &mut s, &[], "/.well-known/oauth-protected-resource"),
-            Verdict::Deny(Denial::NoToken),
-            "no resource at the root"
-        );
-    }
-
-    #[test]
     fn step_up_reads_acr_and_auth_time_from_the_grant() {
         let c =
             hs_config(r#","policy":{"GET /a":{"scope":"read","acr_values":["mfa"],"max_age":60}}"#);
@@ -536,6 +466,76 @@ mod tests {
             with_body(&mut s, &headers, Some(&[b' '; 201])),
             Verdict::Deny(Denial::Body(BodyProblem::TooLarge { max: 200 }))
         ));
+    }
+
+    #[test]
+    fn a_token_passes_only_on_the_resource_its_audience_names_whatever_the_cache_holds() {
+        // Issuer-wide audiences ["api"]; the resource under /a takes "other".
+        let c = inline_config(
+            r#","resources":[{"resource":"https://r.test/a","audiences":["other"]}]"#,
+        );
+        let mut s = State::new(&c);
+        let v = vectors();
+        let mismatch = Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
+            TokenError::WrongAudience,
+        )));
+        let api = bearer(v.token("good_ES256"));
+        let other = bearer(v.token("wrong_aud"));
+        let both = bearer(v.token("aud_array"));
+        assert!(matches!(run(&c, &mut s, &api, "/"), Verdict::Allow(_)));
+        assert_eq!(s.tokens.len(), 1);
+        assert_eq!(
+            run(&c, &mut s, &api, "/a/x"),
+            mismatch,
+            "cached, yet refused here"
+        );
+        assert_eq!(run(&c, &mut s, &api, "/a"), mismatch);
+        assert!(matches!(run(&c, &mut s, &other, "/a/x"), Verdict::Allow(_)));
+        assert_eq!(run(&c, &mut s, &other, "/b"), mismatch);
+        assert!(matches!(run(&c, &mut s, &both, "/a/x"), Verdict::Allow(_)));
+        assert!(matches!(run(&c, &mut s, &both, "/b"), Verdict::Allow(_)));
+        assert!(matches!(run(&c, &mut s, &api, "/"), Verdict::Allow(_)));
+    }
+
+    #[test]
+    fn a_resource_takes_only_its_authorization_servers_tokens() {
+        let v = vectors();
+        let jwks = String::from_utf8(v.jwks.clone()).unwrap();
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}},
+                {{"issuer":"https://other.test","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"}}],
+               "resources":[{{"resource":"https://r.test/","authorization_servers":["https://other.test"],"audiences":["api"]}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        let mut s = State::new(&c);
+        assert_eq!(
+            run(&c, &mut s, &bearer(v.token("good_ES256")), "/x"),
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::Jwt(
+                TokenError::WrongAudience
+            )))
+        );
+    }
+
+    #[test]
+    fn the_metadata_is_answered_before_any_token_work() {
+        let c = inline_config(r#","resources":[{"resource":"https://r.test/a"}]"#);
+        let mut s = State::new(&c);
+        let Verdict::Respond(r) = run(&c, &mut s, &[], "/.well-known/oauth-protected-resource/a")
+        else {
+            panic!("not answered")
+        };
+        assert_eq!(r.status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(doc["resource"], "https://r.test/a");
+        assert_eq!(
+            doc["authorization_servers"],
+            serde_json::json!(["https://issuer.test"])
+        );
+        assert_eq!(
+            run(&c, &mut s, &[], "/.well-known/oauth-protected-resource"),
+            Verdict::Deny(Denial::NoToken),
+            "no resource at the root"
+        );
     }
 
     #[test]

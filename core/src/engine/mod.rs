@@ -108,9 +108,6 @@ pub enum Verdict {
     },
     /// Park the request on what it waits for, shared with other requests.
     Wait(Wait),
-    /// Answer the request from the filter, not as a denial: a protected
-    /// resource's metadata document (RFC 9728), needing no token.
-    Respond(HttpResponse),
     /// The policy reads the request's body (a JSON-RPC selector). Carry out
     /// `allow`'s header changes now (headers cannot change once they have
     /// passed; `allow` is what passes if the body does), let the headers go
@@ -119,6 +116,9 @@ pub enum Verdict {
     /// [`WaitKey::Body`], nothing to fetch) until it is read, or answered
     /// with [`timed_out`] at its deadline.
     ReadBody(Box<ReadBody>),
+    /// Answer the request from the filter, not as a denial: a protected
+    /// resource's metadata document (RFC 9728), needing no token.
+    Respond(HttpResponse),
 }
 
 /// See [`Verdict::ReadBody`].
