@@ -11,6 +11,7 @@
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
 #   make bench-policy  the core's policy benchmark
 #   make profile-hot-path  the cached decision's cost in V8 (Node) and natively
+#   make profile-crypto    one pure-Rust signature check per algorithm, in V8 (Node) and natively
 #   make vectors       regenerate core/tests/vectors.json
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 VPY        := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.stamp-requirements
-# oidc-provider for tests/test_oidc_interop.py, installed from tests/oidc/package-lock.json.
+# tests/oidc: oidc-provider (interop tests), oauth4webapi, dpop and the MCP SDK (tests/test_mcp.py), installed from tests/oidc/package-lock.json.
 OIDC_DIR   := tests/oidc
 NODE_STAMP := $(OIDC_DIR)/node_modules/.stamp-package-lock
 TOOLS      := .tools
@@ -46,10 +47,10 @@ PYTEST_ARGS    ?=
 NATIVE_TEST_ARGS ?= --workspace
 
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
-        test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path vectors
+        test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path profile-crypto vectors
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools
@@ -196,6 +197,11 @@ profile-hot-path:
 	cargo build --release -p oauth-pep-core --example hot_path --target wasm32-wasip1
 	node --no-warnings bench/wasi-run.mjs target/wasm32-wasip1/release/examples/hot_path.wasm
 	cargo run --release -q -p oauth-pep-core --example hot_path
+
+profile-crypto:
+	cargo build --release -p oauth-pep-core --example crypto_bench --target wasm32-wasip1
+	node --no-warnings bench/wasi-run.mjs target/wasm32-wasip1/release/examples/crypto_bench.wasm
+	cargo run --release -q -p oauth-pep-core --example crypto_bench
 
 vectors: $(VENV_STAMP)
 	$(VPY) tools/gen_vectors.py > core/tests/vectors.json.tmp

@@ -269,6 +269,19 @@ pub fn request_headers() -> Vec<(String, String)> {
     }
 }
 
+/// The request body Envoy buffered so far, its first `max` bytes at most
+/// (the host clamps to what there is). An error reads as no body, which the
+/// core refuses.
+pub fn request_body(max: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(status) => {
+            warn!("cannot read the request body: {status:?}");
+            Vec::new()
+        }
+    }
+}
+
 /// The client's address without its port (Envoy's `source.address`, which
 /// is the peer, or the `X-Forwarded-For` address with `use_remote_address:
 /// false`); `None` where the host has no such attribute.

@@ -21,6 +21,15 @@
 //! on another request (waking it) happens only from root callbacks: from a
 //! request's callback the SDK holds its context table, and re-entering it for
 //! another request would panic.
+//!
+//! # Request bodies
+//!
+//! When the core asks for the body ([`Verdict::ReadBody`]) the request is
+//! parked like any wait, its headers go on (a proxy-wasm filter sees the body
+//! only after they did: Envoy turns a paused header callback into "stop
+//! everything"), and `on_http_request_body` keeps Envoy buffering until the
+//! body ends or passes the bound (or the deadline comes); then the request is
+//! decided again with the body in hand.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -50,7 +59,7 @@ use oauth_pep_core::callout::{Callout, CalloutReply};
 use oauth_pep_core::config::{Config, Crypto, LogLevel as ConfigLogLevel};
 use oauth_pep_core::engine::{
     due, fetching_here, resume as resume_callout, timed_out, verdict_knowing, Allow, Due, Fetch,
-    Known, Request, Resume, Resumed, State, Verdict,
+    Known, Request, Resume, Resumed, State, Verdict, Wait,
 };
 use oauth_pep_core::extract::target_for_log;
 use oauth_pep_core::metrics::{
@@ -93,6 +102,13 @@ struct Facts {
     /// Where Envoy routes it, as far as upstream OAuth rules compare it
     /// (none read when no rule does).
     routing: Option<Rc<host::RouteFacts>>,
+    /// The headers ended the request: it has no body.
+    ended: bool,
+    /// The body, once read (complete, or cut past the bound).
+    body: Option<Rc<[u8]>>,
+    /// The core asked for the body, up to this many bytes
+    /// ([`Verdict::ReadBody`]); its headers went on then.
+    reading: Option<usize>,
 }
 
 /// A callout in flight: what its answer is for (the core's [`Resume`]), the
@@ -155,6 +171,7 @@ fn weight(request: &Facts) -> usize {
         .saturating_add(request.client.as_ref().map_or(0, |c| c.len()))
         .saturating_add(request.routing.as_ref().map_or(0, |r| r.len()))
         .saturating_add(request.peer_certificate.as_ref().map_or(0, |c| c.len()))
+        .saturating_add(request.body.as_ref().map_or(0, |b| b.len()))
 }
 
 /// Whether the request may go on (Continue) or waits / was answered (Pause).
@@ -174,14 +191,14 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Parked> {
+    fn park(&mut self, id: u32, parked: Parked, bounds: &Waits) -> Result<(), Box<Parked>> {
         let bytes = weight(&parked.request);
         let on_key = self.per_key.get(&parked.on).copied().unwrap_or(0);
         if on_key >= bounds.max_per_key
             || self.parked.len().saturating_add(self.ready.len()) >= bounds.max_per_worker
             || self.bytes.saturating_add(bytes) > bounds.max_parked_bytes
         {
-            return Err(parked);
+            return Err(Box::new(parked));
         }
         self.per_key.insert(parked.on, on_key.saturating_add(1));
         self.bytes = self.bytes.saturating_add(bytes);
@@ -222,6 +239,13 @@ impl Waiting {
         let ready = self.ready.pop_front()?;
         self.bytes = self.bytes.saturating_sub(weight(ready.request()));
         Some(ready)
+    }
+
+    /// Takes request `id` off its wait for good (decided now, not queued).
+    fn take(&mut self, id: u32) -> Option<Parked> {
+        let parked = self.unpark(id)?;
+        self.bytes = self.bytes.saturating_sub(weight(&parked.request));
+        Some(parked)
     }
 
     /// Drops every trace of request `id` (it ended).
@@ -299,6 +323,11 @@ impl<H: Door> Shared<H> {
                     .as_ref()
                     .map(|r| r.routing())
                     .unwrap_or_default(),
+                body: if facts.ended {
+                    Some(&[])
+                } else {
+                    facts.body.as_deref()
+                },
             };
             verdict_knowing(
                 &self.config,
@@ -319,7 +348,24 @@ impl<H: Door> Shared<H> {
         match verdict {
             Verdict::Allow(allow) => {
                 self.host.increment(Counter::Allowed, 1);
-                apply(&self.host, &allow, self.envoy);
+                // Once the headers went on (to let the body come), they
+                // were changed as the body's verdict said, and are gone.
+                if request.reading.is_none() {
+                    apply(&self.host, &allow, self.envoy);
+                }
+                Outcome::Proceed
+            }
+            Verdict::ReadBody(read) => {
+                let request = Facts {
+                    reading: Some(read.max_bytes),
+                    ..request
+                };
+                if !self.park(id, request, read.wait, until) {
+                    return Outcome::Hold;
+                }
+                // The headers go on, changed as if the body passes; the body
+                // is held (Envoy buffers it) until it is judged.
+                apply(&self.host, &read.allow, self.envoy);
                 Outcome::Proceed
             }
             Verdict::Deny(denial) => {
@@ -350,31 +396,40 @@ impl<H: Door> Shared<H> {
                     .unwrap_or(Outcome::Hold)
             }
             Verdict::Wait(wait) => {
-                if let Some(fetch) = wait.fetch {
-                    self.queue_for_root(fetch);
-                }
-                let until = until.map_or(wait.until, |first| first.min(wait.until));
-                if until <= self.host.now() {
-                    self.deny(&request.headers, &timed_out(&self.config, &wait.on));
-                    return Outcome::Hold;
-                }
-                let parked = Parked {
-                    on: wait.on,
-                    until,
-                    request,
-                };
-                let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
-                if let Err(parked) = refused {
-                    self.deny(
-                        &parked.request.headers,
-                        &Denial::Overloaded {
-                            bound: Bound::Waiters,
-                        },
-                    );
-                }
+                self.park(id, request, wait, until);
                 Outcome::Hold
             }
         }
+    }
+
+    /// Parks request `id` as `wait` says, bounded by its first deadline
+    /// `until` (if it waited before) and the bounds on waiting; whether it
+    /// is parked (if not, it was answered).
+    fn park(&self, id: u32, request: Facts, wait: Wait, until: Option<u64>) -> bool {
+        if let Some(fetch) = wait.fetch {
+            self.queue_for_root(fetch);
+        }
+        let until = until.map_or(wait.until, |first| first.min(wait.until));
+        if until <= self.host.now() {
+            self.deny(&request.headers, &timed_out(&self.config, &wait.on));
+            return false;
+        }
+        let parked = Parked {
+            on: wait.on,
+            until,
+            request,
+        };
+        let refused = self.waiting.borrow_mut().park(id, parked, &self.waits);
+        if let Err(parked) = refused {
+            self.deny(
+                &parked.request.headers,
+                &Denial::Overloaded {
+                    bound: Bound::Waiters,
+                },
+            );
+            return false;
+        }
+        true
     }
 
     /// Dispatches a callout, or, when the host refuses, lets the core decide
@@ -619,6 +674,37 @@ impl<H: Door> Shared<H> {
                 });
             }
         }
+    }
+
+    /// Request `id`'s body grew to `size` bytes (`end` when complete): keep
+    /// it buffered while the core waits for more, or decide with it once it
+    /// is complete or over the bound. `read(n)` reads its first `n` bytes.
+    /// Requests the core did not ask the body of pass it on.
+    fn on_body(
+        &self,
+        id: u32,
+        size: usize,
+        end: bool,
+        read: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Outcome {
+        let limit = {
+            let waiting = self.waiting.borrow();
+            match waiting.parked.get(&id) {
+                Some(parked) if parked.request.body.is_none() => parked.request.reading,
+                _ => None,
+            }
+        };
+        let Some(limit) = limit else {
+            return Outcome::Proceed;
+        };
+        if !end && size <= limit {
+            return Outcome::Hold;
+        }
+        let Some(mut parked) = self.waiting.borrow_mut().take(id) else {
+            return Outcome::Hold;
+        };
+        parked.request.body = Some(Rc::from(read(size.min(limit.saturating_add(1)))));
+        self.decide(id, parked.request, None, Some(parked.until))
     }
 
     /// The request is over (answered, or reset by the client): nothing may
@@ -901,7 +987,7 @@ impl Context for Filter {
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         match self.shared.decide(
             self.id,
             Facts {
@@ -909,10 +995,33 @@ impl HttpContext for Filter {
                 client: host::client_address().map(Rc::from),
                 peer_certificate: host::peer_certificate_digest().map(Rc::from),
                 routing: host::routing(self.shared.routing_needs).map(Rc::new),
+                ended: end_of_stream,
+                body: None,
+                reading: None,
             },
             None,
             None,
         ) {
+            Outcome::Proceed => Action::Continue,
+            Outcome::Hold => Action::Pause,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self
+            .shared
+            .on_body(self.id, body_size, end_of_stream, host::request_body)
+        {
+            Outcome::Proceed => Action::Continue,
+            Outcome::Hold => Action::Pause,
+        }
+    }
+
+    /// Trailers end the body: continuing them would send the buffered body
+    /// on unjudged.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let size = usize::MAX;
+        match self.shared.on_body(self.id, size, true, host::request_body) {
             Outcome::Proceed => Action::Continue,
             Outcome::Hold => Action::Pause,
         }

@@ -148,8 +148,13 @@ impl Door for FakeHost {
 
     fn send_response(&self, response: &HttpResponse) {
         let body: Value = serde_json::from_slice(&response.body).unwrap();
-        // A denial's reason; a protected resource's document has none.
-        let reason = body["reason"].as_str().unwrap_or_default().to_string();
+        // A denial's reason (a JSON-RPC error body carries it in
+        // `error.data`); a protected resource's document has none.
+        let reason = body["reason"]
+            .as_str()
+            .or_else(|| body["error"]["data"]["reason"].as_str())
+            .unwrap_or_default()
+            .to_string();
         self.record(Event::Answered(response.status, reason));
     }
 
@@ -250,6 +255,9 @@ fn bearer_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
         client: None,
         peer_certificate: None,
         routing: None,
+        ended: false,
+        body: None,
+        reading: None,
     };
     shared.decide(id, facts, None, None)
 }
@@ -814,6 +822,9 @@ fn a_permission_ticket_is_the_requests_own_callout() {
         client: None,
         peer_certificate: None,
         routing: None,
+        ended: true,
+        body: None,
+        reading: None,
     };
     shared.decide(7, facts, None, None);
     tick(&shared);
@@ -841,6 +852,120 @@ fn a_permission_ticket_is_the_requests_own_callout() {
     );
 }
 
+/// Inline keys, and a policy whose admin tools need `admin` (the vectors'
+/// good token has `read write`), reading at most 72 bytes for 2 s.
+fn with_tools() -> Shared<FakeHost> {
+    let jwks = Vectors::load().jwks();
+    glue(&format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
+            "jsonrpc":{{"max_body_bytes":72,"body_timeout_seconds":2}},
+            "policy":{{"GET /":"read","GET / tools/call admin_*":"admin"}}}}"#
+    ))
+}
+
+/// The host hands request `id`'s body, `size` bytes buffered so far, to the
+/// body callback; the glue reads from `body`.
+fn body(shared: &Shared<FakeHost>, id: u32, body: &[u8], end: bool) -> Outcome {
+    shared.host.current.set(id);
+    shared.on_body(id, body.len(), end, |n| {
+        body.get(..n.min(body.len())).unwrap().to_vec()
+    })
+}
+
+fn held(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Hold)
+}
+
+#[test]
+fn a_body_a_selector_reads_is_held_then_judged() {
+    let shared = with_tools();
+    // The headers go on, changed as if the body passes (identity set).
+    assert!(!held(request(&shared, 2)));
+    assert!(shared.host.events_of(2).iter().any(is_identity));
+    // Part of it: held, nothing answered.
+    assert!(held(body(
+        &shared,
+        2,
+        br#"{"jsonrpc":"2.0","id":1,"#,
+        false
+    )));
+    assert_eq!(shared.host.answered(), vec![]);
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin_x"}}"#;
+    assert!(call.len() > 72);
+    let small = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#;
+    assert!(small.len() <= 72);
+    assert!(!held(body(&shared, 2, small, true)));
+    // Passed: the headers are not changed again.
+    let identities = shared
+        .host
+        .events_of(2)
+        .iter()
+        .filter(|e| is_identity(e))
+        .count();
+    assert_eq!(identities, 1);
+    // An admin tool: 403, from the body callback.
+    assert!(!held(request(&shared, 3)));
+    let admin = br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"admin_x"}}"#;
+    assert!(admin.len() <= 72);
+    assert!(held(body(&shared, 3, admin, true)));
+    // Over the bound before its end: 413 at once.
+    assert!(!held(request(&shared, 4)));
+    assert!(held(body(&shared, 4, call, false)));
+    assert_eq!(
+        shared.host.answered(),
+        vec![
+            (3, 403, "insufficient_scope".to_string()),
+            (4, 413, "body_too_large".to_string())
+        ]
+    );
+    // Nothing is left waiting; a body for a request not reading passes.
+    assert_eq!(shared.waiting.borrow().bytes, 0);
+    assert!(shared.waiting.borrow().parked.is_empty());
+    assert!(!held(body(&shared, 9, b"x", true)));
+}
+
+#[test]
+fn a_slow_body_is_answered_408_at_its_deadline() {
+    let shared = with_tools();
+    assert!(!held(request(&shared, 2)));
+    assert!(held(body(&shared, 2, b"{", false)));
+    shared.host.clock.advance_ms(1_000);
+    tick(&shared);
+    assert_eq!(shared.host.answered(), vec![]);
+    shared.host.clock.advance_ms(1_200);
+    tick(&shared);
+    assert_eq!(
+        shared.host.answered(),
+        vec![(2, 408, "body_timeout".to_string())]
+    );
+    assert!(shared.waiting.borrow().parked.is_empty());
+}
+
+#[test]
+fn a_request_without_a_body_where_a_selector_reads_it_is_refused_at_once() {
+    let shared = with_tools();
+    shared.host.current.set(5);
+    let token = Vectors::load().token("good_RS256");
+    let facts = Facts {
+        headers: vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+            ("authorization".to_string(), format!("Bearer {token}")),
+        ],
+        client: None,
+        peer_certificate: None,
+        routing: None,
+        ended: true,
+        body: None,
+        reading: None,
+    };
+    assert!(held(shared.decide(5, facts, None, None)));
+    assert_eq!(
+        shared.host.answered(),
+        vec![(5, 400, "body_invalid".to_string())]
+    );
+}
+
 #[test]
 fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
     let shared = glue(
@@ -860,6 +985,9 @@ fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
         client: None,
         peer_certificate: None,
         routing: None,
+        ended: false,
+        body: None,
+        reading: None,
     };
     assert!(matches!(shared.decide(3, facts, None, None), Outcome::Hold));
     assert_eq!(shared.host.answered(), vec![(3, 200, String::new())]);

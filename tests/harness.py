@@ -639,12 +639,12 @@ class Envoy:
     @staticmethod
     def _launch(filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
                 log_level="info", wasm_path=None, customize=None, extra_args=(), concurrency=1,
-                env=None, host_env_keys=None, fail_open=False):
+                env=None, host_env_keys=None, fail_open=False, listener_port=None):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        admin_port, port = free_port(), free_port()
+        admin_port, port = free_port(), listener_port or free_port()
         while port == admin_port:
-            port = free_port()
+            admin_port = free_port()
         cfg = bootstrap(filter_config, admin_port, port, upstream_port, authserver_port, clusters, routes,
                         wasm_path, customize, host_env_keys, fail_open)
         tag = "%d" % port
@@ -666,17 +666,19 @@ class Envoy:
     @classmethod
     def start(cls, filter_config, workdir, upstream_port, authserver_port=None, clusters=None, routes=None,
               log_level="info", wasm_path=None, customize=None, extra_args=(), timeout=60, concurrency=1,
-              env=None, host_env_keys=None, fail_open=False):
+              env=None, host_env_keys=None, fail_open=False, listener_port=None):
         """Start Envoy and wait until admin /ready says LIVE and the listener accepts.
 
         concurrency: Envoy worker threads (--concurrency). env: variables set
         (None: removed) in Envoy's environment; host_env_keys: those of them
         the filter's VM may read (vm_config.environment_variables). fail_open:
         the wasm filter's `fail_open` (a failed VM lets requests through).
+        listener_port: the listener's port (default: a free one), for a
+        configuration that must name its own URL before Envoy starts.
         The listener takes HTTP/1.1 and HTTP/2 (h2c, codec_type AUTO)."""
         proc, admin_port, port, config_path = cls._launch(
             filter_config, workdir, upstream_port, authserver_port, clusters, routes, log_level,
-            wasm_path, customize, extra_args, concurrency, env, host_env_keys, fail_open)
+            wasm_path, customize, extra_args, concurrency, env, host_env_keys, fail_open, listener_port)
         env = cls(proc, workdir, admin_port, port, config_path)
 
         def ready():

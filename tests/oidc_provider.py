@@ -38,6 +38,8 @@ APP = ("app", "app-secret")                 # client_credentials, scopes "read w
 PEP = ("pep", "pep-secret")                 # introspection, client_secret_basic
 PEP_POST = ("pep-post", "pep-post-secret")  # introspection, client_secret_post
 PEP_JWT = ("pep-jwt", None)                 # introspection, private_key_jwt (keys below)
+MCP_READER = ("mcp-reader", "mcp-reader-secret")  # with mcp_resources: client_credentials, scope "read"
+MCP_ADMIN = ("mcp-admin", "mcp-admin-secret")     # with mcp_resources: scopes "read admin"
 
 # pep-jwt's private JWKs (test keys), by kid: pep-jwt-es256 (ES256), pep-jwt-eddsa (EdDSA).
 PEP_JWT_KEYS = {k["kid"]: k for k in json.loads((OIDC_DIR / "pep-jwt-keys.json").read_text())["keys"]}
@@ -53,8 +55,8 @@ def node_binary():
     return node
 
 
-def require_node_modules():
-    if not (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
+def require_node_modules(package="oidc-provider"):
+    if not (OIDC_DIR / "node_modules" / package / "package.json").is_file():
         raise RuntimeError("%s/node_modules missing: run `make setup` (or `make node-deps`)" % OIDC_DIR)
 
 
@@ -76,14 +78,18 @@ class OidcProvider:
         self._discovery = None
 
     @classmethod
-    def start(cls, tmpdir, timeout=30, dpop=False, jwt_introspection=False):
+    def start(cls, tmpdir, timeout=30, dpop=False, mcp_resources=(), jwt_introspection=False):
         """dpop: also DPoP-bound tokens and JWT access tokens for `resource=https://api.test`.
+        mcp_resources: resource identifiers it issues JWT access tokens for (scopes read, admin)
+        to the clients MCP_READER and MCP_ADMIN.
         jwt_introspection: RFC 9701 signed introspection answers for pep and pep-post."""
         require_node_modules()
         port = harness.free_port()
         env = {}
         if dpop:
             env["OIDC_DPOP"] = "1"
+        if mcp_resources:
+            env["OIDC_MCP_RESOURCE"] = ",".join(mcp_resources)
         if jwt_introspection:
             env["OIDC_JWT_INTROSPECTION"] = "1"
         env = env or None

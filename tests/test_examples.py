@@ -53,7 +53,7 @@ def run(request, tmp_path, wasm, echo, demo_as):
 def test_every_file_is_listed():
     assert {"jwt-inline-jwks.yaml", "jwt-discovery.yaml", "introspection.yaml", "policy-gluu.yaml",
             "policy-readable.yaml", "several-issuers.yaml", "two-routes.yaml", "tls-authserver.yaml",
-            "access-log.yaml", "demo.yaml", "uma.yaml", "upstream-oauth.yaml"} <= set(FILES)
+            "access-log.yaml", "demo.yaml", "uma.yaml", "upstream-oauth.yaml", "mcp.yaml"} <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -74,7 +74,11 @@ def test_validate_runs_the_filters_configuration(wasm, tmp_path):
     assert "OAUTH_PEP_INTROSPECTION_SECRET" in out, out[-3000:]
 
 
-@pytest.mark.parametrize("name", [n for n in FILES if n not in VALIDATE_ONLY and n != "two-routes.yaml"])
+# Run with their own paths and tokens below (test_two_routes_one_policy, test_mcp_server).
+OWN_PATHS = {"two-routes.yaml", "mcp.yaml"}
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n not in VALIDATE_ONLY and n not in OWN_PATHS])
 def test_good_token_200_no_token_401(name, run, demo_as):
     env = run(name)
     path = "/api/hello"
@@ -208,3 +212,52 @@ def test_upstream_oauth_sends_the_gateways_token(run, demo_as):
     assert r.status_code == 200, r.text
     headers = json.loads(r.text)["headers"]
     assert headers["authorization"] == "Bearer " + token and "x-client-authorization" not in headers
+
+
+def jsonrpc(method, **params):
+    return {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params else {})}
+
+
+def test_mcp_server(run, demo_as):
+    """mcp.yaml in front of the echo API (the MCP SDK itself runs in tests/test_mcp.py)."""
+    env = run("mcp.yaml")
+    resource = env.url + "/mcp"
+    metadata_url = env.url + "/.well-known/oauth-protected-resource/mcp"
+    reader = demo_as.mint(demo_as.claims(aud=resource, scope="read"))
+    admin = demo_as.mint(demo_as.claims(aud=resource, scope="read admin"))
+    mcp = {"accept": "application/json, text/event-stream"}
+
+    def post(token, body):
+        return env.request("POST", "/mcp", token, headers=mcp, data=json.dumps(body))
+
+    env.wait_status("/mcp", 200, token=reader)   # the keys are loaded
+    # The metadata, without a token.
+    r = env.get("/.well-known/oauth-protected-resource/mcp")
+    assert r.status_code == 200, r.text
+    meta = r.json()
+    assert {k: meta.get(k) for k in ("resource", "authorization_servers", "scopes_supported",
+                                     "bearer_methods_supported", "resource_name")} == {
+        "resource": resource, "authorization_servers": [demo_as.issuer], "scopes_supported": ["admin", "read"],
+        "bearer_methods_supported": ["header"], "resource_name": "Notes (MCP server)"}, meta
+    # No token: 401 naming the metadata, no error.
+    r = post(None, jsonrpc("initialize"))
+    assert r.status_code == 401
+    assert harness.bearer_params(r.headers["www-authenticate"]) == {"realm": "demo", "scope": "read",
+                                                                     "resource_metadata": metadata_url}
+    # A token for another audience (the demo's API): not for this resource.
+    r = post(demo_as.token("demo-client"), jsonrpc("tools/list"))
+    assert r.status_code == 401 and r.json()["reason"] == "audience_mismatch", r.text
+    # read: tools/list and read_notes reach the server, the body unchanged.
+    for body in (jsonrpc("tools/list"), jsonrpc("tools/call", name="read_notes", arguments={})):
+        r = post(reader, body)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["body"]) == body
+    # admin_reset with read: 403 naming the scope, nothing upstream (the echo would answer 200).
+    r = post(reader, jsonrpc("tools/call", name="admin_reset", arguments={}))
+    assert r.status_code == 403, r.text
+    c = harness.bearer_params(r.headers["www-authenticate"])
+    assert (c["error"], c["scope"], c["resource_metadata"]) == ("insufficient_scope", "admin", metadata_url), c
+    # With admin it goes through.
+    body = jsonrpc("tools/call", name="admin_reset", arguments={})
+    r = post(admin, body)
+    assert r.status_code == 200 and json.loads(r.json()["body"]) == body, r.text

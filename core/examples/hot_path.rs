@@ -79,6 +79,7 @@ fn main() {
         client: None,
         peer_certificate: None,
         routing: Default::default(),
+        body: None,
     };
     match verdict_for(&config, &mut state, &request, NOW) {
         Verdict::Allow(_) => {}

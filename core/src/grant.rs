@@ -87,6 +87,11 @@ pub struct Grant {
     /// `cnf.x5t#S256`: the SHA-256 of the client certificate the token is
     /// bound to (RFC 8705), base64url.
     pub cnf_x5t: Option<String>,
+    /// `acr`: the authentication context class (RFC 9470 step-up), when a
+    /// string of at most 256 bytes.
+    pub acr: Option<String>,
+    /// `auth_time`: when the user authenticated (seconds since the epoch).
+    pub auth_time: Option<u64>,
     /// `aud` (text values only), kept only where protected resources are
     /// configured: each request checks it against its own resource's
     /// audiences, so a grant cached for one resource is never taken for
@@ -259,6 +264,18 @@ impl Grant {
                 .get("cnf")
                 .and_then(|cnf| cnf.get("x5t#S256"))
                 .map(|x5t| x5t.as_str().unwrap_or_default().to_string()),
+            acr: token
+                .claims()
+                .get("acr")
+                .and_then(Value::as_str)
+                .filter(|acr| acr.len() <= 256)
+                .map(str::to_string),
+            // A whole number of seconds; OIDC allows a JSON number, so a
+            // fraction is cut, never rounded up.
+            auth_time: token.claims().get("auth_time").and_then(|t| {
+                t.as_u64()
+                    .or_else(|| t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            }),
             audiences: if keep.audiences {
                 match token.claims().get("aud") {
                     Some(Value::String(aud)) => vec![aud.clone()],
@@ -313,6 +330,7 @@ impl Weigh for Grant {
             option_weight(&self.phantom),
             option_weight(&self.cnf_jkt),
             option_weight(&self.cnf_x5t),
+            option_weight(&self.acr),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

@@ -857,6 +857,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         let denied = |state: &mut State| match verdict_for(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {

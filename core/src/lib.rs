@@ -19,6 +19,7 @@
 )]
 
 pub mod alg;
+pub mod body;
 pub mod budget;
 pub mod cache;
 pub mod callout;
@@ -47,6 +48,7 @@ pub mod policy;
 pub mod request;
 pub mod resource;
 pub mod response;
+pub mod rsa;
 pub mod services;
 pub mod shared_cache;
 pub mod token_client;

@@ -14,6 +14,8 @@ use crate::grant::GrantError;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
 use crate::mtls::CertificateProblem;
+use crate::policy::jsonrpc::BodyProblem;
+use crate::policy::StepUp;
 use crate::request::PathError;
 use crate::wait::Bound;
 
@@ -54,6 +56,10 @@ pub enum Reason {
     CertificateMissing,
     CertificateMismatch,
     CertificateUnbound,
+    InsufficientUserAuthentication,
+    BodyTooLarge,
+    BodyInvalid,
+    BodyTimeout,
     ExchangeRefused,
     ExchangeForbidden,
     ExchangeUnavailable,
@@ -61,7 +67,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 40] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -95,6 +101,10 @@ impl Reason {
         Reason::CertificateMissing,
         Reason::CertificateMismatch,
         Reason::CertificateUnbound,
+        Reason::InsufficientUserAuthentication,
+        Reason::BodyTooLarge,
+        Reason::BodyInvalid,
+        Reason::BodyTimeout,
         Reason::ExchangeRefused,
         Reason::ExchangeForbidden,
         Reason::ExchangeUnavailable,
@@ -135,6 +145,10 @@ impl Reason {
             Reason::CertificateMissing => "certificate_missing",
             Reason::CertificateMismatch => "certificate_mismatch",
             Reason::CertificateUnbound => "certificate_unbound",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::BodyInvalid => "body_invalid",
+            Reason::BodyTimeout => "body_timeout",
             Reason::ExchangeRefused => "exchange_refused",
             Reason::ExchangeForbidden => "exchange_forbidden",
             Reason::ExchangeUnavailable => "exchange_unavailable",
@@ -181,9 +195,13 @@ impl Reason {
             Reason::CertificateMissing => 30,
             Reason::CertificateMismatch => 31,
             Reason::CertificateUnbound => 32,
-            Reason::ExchangeRefused => 33,
-            Reason::ExchangeForbidden => 34,
-            Reason::ExchangeUnavailable => 35,
+            Reason::InsufficientUserAuthentication => 33,
+            Reason::BodyTooLarge => 34,
+            Reason::BodyInvalid => 35,
+            Reason::BodyTimeout => 36,
+            Reason::ExchangeRefused => 37,
+            Reason::ExchangeForbidden => 38,
+            Reason::ExchangeUnavailable => 39,
         }
     }
 }
@@ -286,6 +304,17 @@ pub enum Denial {
         rule: String,
         scopes: Vec<String>,
     },
+    /// The token's authentication does not meet the rule's step-up (RFC
+    /// 9470): 401 `insufficient_user_authentication` with `acr_values` and
+    /// `max_age`, and `scope` when `scopes` (also missing) is not empty.
+    StepUp {
+        rule: String,
+        step_up: StepUp,
+        scopes: Vec<String>,
+    },
+    /// The JSON-RPC body a selector reads cannot be judged: answered with a
+    /// JSON-RPC error body.
+    Body(BodyProblem),
     /// Valid token, but no policy rule names this method and path.
     NoRule {
         method: String,
@@ -467,6 +496,45 @@ impl Denial {
                 Challenge::Bearer,
                 Some("You are not authorized to access this resource"),
             ),
+            Denial::StepUp { .. } => wire(
+                Reason::InsufficientUserAuthentication,
+                401,
+                "insufficient_user_authentication",
+                Challenge::Bearer,
+                None,
+            ),
+            Denial::Body(problem) => match problem {
+                BodyProblem::TooLarge { .. } => wire(
+                    Reason::BodyTooLarge,
+                    413,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::TooSlow => wire(
+                    Reason::BodyTimeout,
+                    408,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::Encoded { .. } => wire(
+                    Reason::BodyInvalid,
+                    415,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+                BodyProblem::NotJson { .. }
+                | BodyProblem::NotJsonRpc { .. }
+                | BodyProblem::NoName { .. } => wire(
+                    Reason::BodyInvalid,
+                    400,
+                    "invalid_request",
+                    Challenge::None,
+                    None,
+                ),
+            },
             Denial::NoRule { .. } => wire(
                 Reason::NoRule,
                 403,
@@ -566,6 +634,10 @@ impl Denial {
             Denial::InsufficientScope { rule, .. } => {
                 format!("the token lacks the scopes this request needs (rule \"{rule}\")")
             }
+            Denial::StepUp { rule, .. } => format!(
+                "the token's authentication does not meet what this request needs (rule \"{rule}\"); authenticate again as the challenge says"
+            ),
+            Denial::Body(problem) => problem.to_string(),
             Denial::NoRule { method, path } => format!("no policy rule allows {method} {path}"),
             Denial::PdpDenied { method, path } => {
                 format!("the policy decision point denied {method} {path}")
@@ -609,7 +681,10 @@ impl Denial {
     /// or a secret, only what the configuration and the server told us.
     pub fn log_fields(&self) -> Vec<(&'static str, String)> {
         match self {
-            Denial::InsufficientScope { rule, .. } => vec![("rule", rule.clone())],
+            Denial::InsufficientScope { rule, .. } | Denial::StepUp { rule, .. } => {
+                vec![("rule", rule.clone())]
+            }
+            Denial::Body(_) => vec![("detail", self.description())],
             Denial::KeysUnavailable { issuer, cause }
             | Denial::IntrospectionUnavailable { issuer, cause } => {
                 vec![("issuer", issuer.clone()), ("cause", cause.clone())]
@@ -678,12 +753,30 @@ impl Denial {
                 quotable(&description)
             )),
             (Challenge::Bearer | Challenge::Uma, _) => {
-                let scope = match self {
+                let mut scope = match self {
                     Denial::InsufficientScope { scopes, .. } => {
                         format!(", scope=\"{}\"", quotable(&scopes.join(" ")))
                     }
                     _ => String::new(),
                 };
+                if let Denial::StepUp {
+                    step_up, scopes, ..
+                } = self
+                {
+                    // RFC 9470 §3: what the next authorization request asks for.
+                    if !step_up.acr_values.is_empty() {
+                        scope.push_str(&format!(
+                            ", acr_values=\"{}\"",
+                            quotable(&step_up.acr_values.join(" "))
+                        ));
+                    }
+                    if let Some(max_age) = step_up.max_age {
+                        scope.push_str(&format!(", max_age=\"{max_age}\""));
+                    }
+                    if !scopes.is_empty() {
+                        scope.push_str(&format!(", scope=\"{}\"", quotable(&scopes.join(" "))));
+                    }
+                }
                 Some(format!(
                     "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"{scope}",
                     wire.error,
@@ -697,7 +790,8 @@ impl Denial {
             (Some(challenge), Some(scope))
                 if wire.status == 401
                     && matches!(wire.challenge, Challenge::Bare | Challenge::Bearer)
-                    && !scope.is_empty() =>
+                    && !scope.is_empty()
+                    && !matches!(self, Denial::StepUp { scopes, .. } if !scopes.is_empty()) =>
             {
                 Some(format!("{challenge}, scope=\"{}\"", quotable(scope)))
             }
@@ -719,6 +813,29 @@ impl Denial {
             headers.push(("www-authenticate".into(), challenge));
         }
         let mut body = serde_json::Map::new();
+        if let Denial::Body(problem) = self {
+            // A JSON-RPC client reads this shape; `id` is the offending
+            // entry's when one was read.
+            let id = problem
+                .id()
+                .and_then(|id| serde_json::from_str::<serde_json::Value>(id).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let mut data = serde_json::Map::new();
+            data.insert("reason".into(), json!(wire.reason.code()));
+            if let Some(request_id) = request_id {
+                data.insert("request_id".into(), json!(request_id));
+            }
+            let answer = json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": problem.jsonrpc_code(), "message": description, "data": data},
+            });
+            return HttpResponse {
+                status: wire.status,
+                headers,
+                body: answer.to_string().into_bytes(),
+            };
+        }
         if shape == ErrorBody::Kong {
             let message = wire.gluu_message.map_or(description, str::to_string);
             body.insert("message".into(), json!(message));
@@ -728,6 +845,23 @@ impl Denial {
             body.insert("reason".into(), json!(wire.reason.code()));
             if let Denial::InsufficientScope { rule, scopes } = self {
                 body.insert("scope".into(), json!(scopes.join(" ")));
+                body.insert("rule".into(), json!(rule));
+            }
+            if let Denial::StepUp {
+                rule,
+                step_up,
+                scopes,
+            } = self
+            {
+                if !step_up.acr_values.is_empty() {
+                    body.insert("acr_values".into(), json!(step_up.acr_values.join(" ")));
+                }
+                if let Some(max_age) = step_up.max_age {
+                    body.insert("max_age".into(), json!(max_age));
+                }
+                if !scopes.is_empty() {
+                    body.insert("scope".into(), json!(scopes.join(" ")));
+                }
                 body.insert("rule".into(), json!(rule));
             }
             if let Denial::UmaTicket { as_uri, ticket, .. } = self {
@@ -1068,5 +1202,133 @@ mod tests {
         );
         let (_, b, _) = kong(&Denial::InvalidToken(TokenProblem::ClientUnknown));
         assert_eq!(b["message"], "Unknown consumer");
+    }
+
+    #[test]
+    fn step_up_challenge_and_json_rpc_error_bodies() {
+        let header = |r: &HttpResponse, name: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let denial = Denial::StepUp {
+            rule: "GET /a".into(),
+            step_up: StepUp {
+                acr_values: vec!["urn:mfa".into(), "urn:hw".into()],
+                max_age: Some(300),
+            },
+            scopes: vec!["read".into()],
+        };
+        let r = denial.render(
+            "api",
+            &ChallengeHints::default(),
+            Some("r-1"),
+            ErrorBody::Rfc6750,
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate").unwrap(),
+            "Bearer realm=\"api\", error=\"insufficient_user_authentication\", error_description=\"the token's authentication does not meet what this request needs (rule \\\"GET /a\\\"); authenticate again as the challenge says\", acr_values=\"urn:mfa urn:hw\", max_age=\"300\", scope=\"read\""
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["reason"], "insufficient_user_authentication");
+        assert_eq!(body["acr_values"], "urn:mfa urn:hw");
+        assert_eq!(body["max_age"], 300);
+        // On a protected resource: its metadata URL added, the scope said once.
+        let hints = ChallengeHints {
+            resource_metadata: Some("https://api/.well-known/oauth-protected-resource"),
+            scope: Some("read".into()),
+        };
+        let challenge = header(
+            &denial.render("api", &hints, None, ErrorBody::Rfc6750),
+            "www-authenticate",
+        )
+        .unwrap();
+        assert_eq!(challenge.matches("scope=").count(), 1, "{challenge}");
+        assert!(
+            challenge.ends_with(
+                ", scope=\"read\", resource_metadata=\"https://api/.well-known/oauth-protected-resource\""
+            ),
+            "{challenge}"
+        );
+        // Only max_age, no scope missing.
+        let only_age = Denial::StepUp {
+            rule: "GET /a".into(),
+            step_up: StepUp {
+                acr_values: vec![],
+                max_age: Some(0),
+            },
+            scopes: vec![],
+        };
+        let challenge = header(
+            &only_age.render("api", &ChallengeHints::default(), None, ErrorBody::Rfc6750),
+            "www-authenticate",
+        )
+        .unwrap();
+        assert!(
+            challenge.ends_with("authenticate again as the challenge says\", max_age=\"0\""),
+            "{challenge}"
+        );
+        // A body that is not JSON-RPC: a JSON-RPC error, with the entry's id.
+        for (problem, status, code, id) in [
+            (
+                BodyProblem::TooLarge { max: 10 },
+                413,
+                -32600,
+                serde_json::Value::Null,
+            ),
+            (
+                BodyProblem::NotJson { error: "x".into() },
+                400,
+                -32700,
+                serde_json::Value::Null,
+            ),
+            (
+                BodyProblem::NotJsonRpc {
+                    problem: "p".into(),
+                    id: Some("\"q\"".into()),
+                },
+                400,
+                -32600,
+                serde_json::json!("q"),
+            ),
+            (
+                BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("7".into()),
+                },
+                400,
+                -32602,
+                serde_json::json!(7),
+            ),
+            (
+                BodyProblem::Encoded {
+                    encoding: "gzip".into(),
+                },
+                415,
+                -32600,
+                serde_json::Value::Null,
+            ),
+            (BodyProblem::TooSlow, 408, -32600, serde_json::Value::Null),
+        ] {
+            for shape in [ErrorBody::Rfc6750, ErrorBody::Kong] {
+                let r = Denial::Body(problem.clone()).render(
+                    "api",
+                    &ChallengeHints::default(),
+                    Some("r-2"),
+                    shape,
+                );
+                assert_eq!(r.status, status, "{problem:?}");
+                assert_eq!(header(&r, "www-authenticate"), None);
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["jsonrpc"], "2.0");
+                assert_eq!(body["id"], id, "{problem:?}");
+                assert_eq!(body["error"]["code"], code, "{problem:?}");
+                assert_eq!(body["error"]["data"]["request_id"], "r-2");
+                assert!(body["error"]["message"].as_str().unwrap().len() > 5);
+            }
+        }
     }
 }

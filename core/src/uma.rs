@@ -169,6 +169,12 @@ impl Uma {
             }
             let policy = Policy::compile(&resource.policy)
                 .map_err(|e| ConfigError::new(format!("{field}.policy"), e.to_string()))?;
+            if policy.uses_request_facts() {
+                return Err(ConfigError::new(
+                    format!("{field}.policy"),
+                    "`acr_values`, `max_age` and JSON-RPC selectors are not supported in UMA resource policies: an RPT is judged on its permissions",
+                ));
+            }
             resources.push(Resource {
                 id: resource.resource_id,
                 policy,
@@ -202,7 +208,10 @@ impl Uma {
             .find_map(|r| match r.policy.decide(method, path, &[]) {
                 PolicyDecision::NoRule => None,
                 PolicyDecision::Allow { .. } => Some((r, Vec::new())),
-                PolicyDecision::InsufficientScope { required, .. } => Some((r, required)),
+                PolicyDecision::InsufficientScope { required, .. }
+                | PolicyDecision::StepUp { required, .. } => Some((r, required)),
+                // Refused at load (`uses_request_facts`): a ticket for nothing.
+                PolicyDecision::NeedBody | PolicyDecision::BadBody(_) => Some((r, Vec::new())),
             })
     }
 

@@ -11,13 +11,9 @@ use std::fmt;
 
 use ed25519_compact as ed25519;
 use p256::ecdsa::signature::Verifier as _;
-use superboring::bn::BigNum;
-use superboring::hash::MessageDigest;
-use superboring::pkey::{PKey, Public};
-use superboring::rsa::{Padding, Rsa};
-use superboring::sign::Verifier;
 
 use crate::alg::Alg;
+use crate::rsa::{self, RsaKey};
 
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 4096;
@@ -27,7 +23,7 @@ const MAX_RSA_BITS: usize = 4096;
 #[derive(Clone)]
 pub enum KeyMaterial {
     Rsa {
-        key: Box<PKey<Public>>,
+        key: Box<RsaKey>,
         spki: Box<[u8]>,
     },
     P256 {
@@ -74,16 +70,10 @@ impl KeyMaterial {
         if trim_leading_zeros(e) != [1, 0, 1] {
             return Err("the RSA exponent must be 65537".into());
         }
-        let bad = |e: superboring::error::ErrorStack| format!("unusable RSA key: {e}");
-        let spki = der::rsa_spki(n, trim_leading_zeros(e));
-        let (n, e) = (
-            BigNum::from_slice(n).map_err(bad)?,
-            BigNum::from_slice(e).map_err(bad)?,
-        );
-        let rsa = Rsa::from_public_components(n, e).map_err(bad)?;
+        let key = RsaKey::new(n).ok_or("unusable RSA key")?;
         Ok(KeyMaterial::Rsa {
-            key: Box::new(PKey::from_rsa(rsa).map_err(bad)?),
-            spki: spki.into_boxed_slice(),
+            key: Box::new(key),
+            spki: der::rsa_spki(n, trim_leading_zeros(e)).into_boxed_slice(),
         })
     }
 
@@ -179,7 +169,8 @@ pub trait SignatureVerifier {
     ) -> Result<(), VerifyError>;
 }
 
-/// Verification in pure Rust (RustCrypto's P-256/P-384 and RSA, ed25519-compact,
+/// Verification in pure Rust (RustCrypto's P-256/P-384, our own RSA over
+/// crypto-bigint in [`crate::rsa`], ed25519-compact,
 /// constant-time HMAC comparison from hmac-sha256/hmac-sha512).
 pub struct PureRustVerifier;
 
@@ -194,8 +185,8 @@ impl SignatureVerifier for PureRustVerifier {
         let ok = match (alg, key) {
             (
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-                KeyMaterial::Rsa { key: pkey, .. },
-            ) => rsa_verify(alg, pkey, signing_input, signature),
+                KeyMaterial::Rsa { key, .. },
+            ) => rsa_verify(alg, key, signing_input, signature),
             (Alg::ES256, KeyMaterial::P256 { key, .. }) => {
                 let sig = p256::ecdsa::Signature::from_slice(fixed::<64>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;
@@ -240,22 +231,17 @@ fn fixed<const N: usize>(alg: Alg, signature: &[u8]) -> Result<&[u8; N], VerifyE
     })
 }
 
-fn rsa_verify(alg: Alg, pkey: &PKey<Public>, signing_input: &[u8], signature: &[u8]) -> bool {
-    let (digest, padding) = match alg {
-        Alg::RS256 => (MessageDigest::sha256(), Padding::PKCS1),
-        Alg::RS384 => (MessageDigest::sha384(), Padding::PKCS1),
-        Alg::RS512 => (MessageDigest::sha512(), Padding::PKCS1),
-        Alg::PS256 => (MessageDigest::sha256(), Padding::PKCS1_PSS),
-        Alg::PS384 => (MessageDigest::sha384(), Padding::PKCS1_PSS),
-        _ => (MessageDigest::sha512(), Padding::PKCS1_PSS),
+fn rsa_verify(alg: Alg, key: &RsaKey, signing_input: &[u8], signature: &[u8]) -> bool {
+    use rsa::{Hash, Padding};
+    let (hash, padding) = match alg {
+        Alg::RS256 => (Hash::Sha256, Padding::Pkcs1v15),
+        Alg::RS384 => (Hash::Sha384, Padding::Pkcs1v15),
+        Alg::RS512 => (Hash::Sha512, Padding::Pkcs1v15),
+        Alg::PS256 => (Hash::Sha256, Padding::Pss),
+        Alg::PS384 => (Hash::Sha384, Padding::Pss),
+        _ => (Hash::Sha512, Padding::Pss),
     };
-    // The default PSS salt length is the digest length, as RFC 7518 §3.5 requires.
-    let Ok(mut verifier) = Verifier::new(digest, pkey) else {
-        return false;
-    };
-    verifier.set_rsa_padding(padding).is_ok()
-        && verifier.update(signing_input).is_ok()
-        && verifier.verify(signature).unwrap_or(false)
+    key.verify(hash, padding, signing_input, signature)
 }
 
 /// Verification by the host's crypto (Envoy's BoringSSL, through the

@@ -17,6 +17,10 @@ pub enum WaitKey {
     Introspection { issuer: usize, token: Digest },
     /// The token of one of the gateway's own clients.
     ClientToken(usize),
+    /// The request's own body, which a JSON-RPC selector reads: nothing is
+    /// fetched; the request is decided again when its body is complete (or
+    /// over the bound), or answered 408 at its deadline.
+    Body,
     /// The token exchange (RFC 8693) of upstream OAuth rule `rule` for the
     /// caller token with this digest.
     Exchange { rule: usize, token: Digest },

@@ -69,6 +69,15 @@
 // that accepts application/token-introspection+jwt with a signed JWT
 // (features.jwtIntrospection; RS256 with the provider's key).
 //
+// With OIDC_MCP_RESOURCE=<url>[,<url>...] (tests/test_mcp.py) the provider also issues JWT
+// access tokens (`typ: at+jwt`, RS256, `aud` the resource, `scope` among "read admin") for each
+// of those resources when a client_credentials request names it (`resource=`, RFC 8707), to
+// the clients
+//   mcp-reader / mcp-reader-secret   scope "read"
+//   mcp-admin  / mcp-admin-secret    scopes "read admin"
+// (client_secret_basic, as the MCP SDK's ClientCredentialsProvider authenticates).
+// A token request naming another resource: 400 invalid_target.
+//
 // Access tokens are opaque: client_credentials tokens are JWTs only when a
 // resource indicator selects a resource server with accessTokenFormat "jwt";
 // resource indicators are disabled here, so every token is oidc-provider's
@@ -176,7 +185,7 @@ const configuration = {
       redirect_uris: [],
     },
   ],
-  scopes: ['openid', 'offline_access', 'read', 'write'],
+  scopes: ['openid', 'offline_access', 'read', 'write', 'admin'],
   clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   features: {
     devInteractions: { enabled: false },
@@ -206,6 +215,8 @@ const configuration = {
   // An exchanged token's claims (oidc-provider sets `extra` from this hook when it saves a token).
   extraTokenClaims: async (ctx, token) => EXCHANGE_CLAIMS.get(token),
 };
+// Resource indicators (RFC 8707) the provider issues JWT access tokens for, with their scopes.
+const RESOURCE_SCOPES = new Map();
 if (DPOP) {
   configuration.features.dPoP = { enabled: true };
   configuration.enabledJWA = { dPoPSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'] };
@@ -227,12 +238,32 @@ if (DPOP) {
     scope: 'read write',
     tls_client_certificate_bound_access_tokens: true,
   });
+  RESOURCE_SCOPES.set(API_RESOURCE, 'read write');
+}
+// The MCP servers of tests/test_mcp.py (their resource identifiers, as the gateway names them).
+for (const resource of (process.env.OIDC_MCP_RESOURCE ?? '').split(',').filter(Boolean)) {
+  RESOURCE_SCOPES.set(resource, 'read admin');
+}
+if (process.env.OIDC_MCP_RESOURCE) {
+  const mcpClient = (clientId, scope) => ({
+    client_id: clientId,
+    client_secret: `${clientId}-secret`,
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope,
+  });
+  configuration.clients.push(mcpClient('mcp-reader', 'read'), mcpClient('mcp-admin', 'read admin'));
+}
+if (RESOURCE_SCOPES.size > 0) {
   configuration.features.resourceIndicators = {
     enabled: true,
     defaultResource: () => undefined,
     getResourceServerInfo: (ctx, resource) => {
-      if (resource !== API_RESOURCE) throw new errors.InvalidTarget();
-      return { scope: 'read write', audience: API_RESOURCE, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+      const scope = RESOURCE_SCOPES.get(resource);
+      if (scope === undefined) throw new errors.InvalidTarget();
+      return { scope, audience: resource, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
     },
   };
 }

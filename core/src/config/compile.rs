@@ -80,6 +80,7 @@ pub(super) fn compile(
         .transpose()?;
 
     let waits = Waits::compile(raw.waits)?;
+    let jsonrpc = crate::body::BodyLimits::compile(raw.jsonrpc)?;
     let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
     let (resources, issuers) = resources(
@@ -108,6 +109,7 @@ pub(super) fn compile(
         shared_cache,
         shared_data: raw.shared_data,
         waits,
+        jsonrpc,
         crypto: raw.crypto,
         token_cache: CacheLimits {
             max_bytes: raw.token_cache_bytes,

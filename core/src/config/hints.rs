@@ -27,6 +27,7 @@ const TOP_FIELDS: &[&str] = &[
     "rejected_cache_bytes",
     "shared_data",
     "waits",
+    "jsonrpc",
     "crypto",
     "introspection_cache_bytes",
     "introspection_cache_entry_bytes",

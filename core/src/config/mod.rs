@@ -136,6 +136,8 @@ pub struct Config {
     pub shared_data: SharedData,
     /// Bounds on the requests a worker keeps waiting.
     pub waits: Waits,
+    /// How much of a request body JSON-RPC selectors read, and how long for.
+    pub jsonrpc: crate::body::BodyLimits,
     pub crypto: Crypto,
     /// Scope rules per path and method; without one, any valid token passes.
     pub policy: Option<Policy>,
@@ -229,9 +231,10 @@ impl Config {
             .as_ref()
             .map(|p| p.decide(method, &target.path, &[]))
         {
-            Some(PolicyDecision::InsufficientScope { required, .. }) if !required.is_empty() => {
-                Some(required.join(" "))
-            }
+            Some(
+                PolicyDecision::InsufficientScope { required, .. }
+                | PolicyDecision::StepUp { required, .. },
+            ) if !required.is_empty() => Some(required.join(" ")),
             _ => None,
         };
         ChallengeHints {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Crypto, LogLevel, PhantomFormat, SharedData};
+use crate::body::RawBodyLimits;
 use crate::consumer::{AnonymousConfig, ConsumerConfig, IdentityHeaderNames};
 use crate::introspection::{Mode, RawIntrospection};
 use crate::pdp::PdpConfig;
@@ -45,6 +46,7 @@ pub(super) struct RawConfig {
     pub(super) shared_data: SharedData,
     #[serde(default)]
     pub(super) waits: Option<RawWaits>,
+    pub(super) jsonrpc: Option<RawBodyLimits>,
     #[serde(default)]
     pub(super) crypto: Crypto,
     #[serde(default = "default_introspection_cache_bytes")]

@@ -274,6 +274,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         // exp is 1700003600; the cache must not outlive it.
         assert!(matches!(
@@ -357,6 +358,7 @@ mod tests {
                 client: None,
                 peer_certificate: None,
                 routing: Default::default(),
+                body: None,
             };
             verdict_for(&c, s, &request, t)
         };
@@ -466,6 +468,7 @@ mod tests {
                 client: None,
                 peer_certificate: None,
                 routing: Default::default(),
+                body: None,
             };
             verdict_for(&c, s, &request, t)
         };
@@ -634,6 +637,7 @@ mod tests {
                 client: None,
                 peer_certificate: None,
                 routing: Default::default(),
+                body: None,
             };
             verdict_for(&c, s, &request, t)
         };

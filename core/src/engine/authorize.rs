@@ -12,13 +12,15 @@ use crate::extract::{find_token, FoundToken};
 use crate::grant::Grant;
 use crate::jwt::TokenError;
 use crate::pdp::PdpQuery;
-use crate::policy::PolicyDecision;
+use crate::policy::jsonrpc::{read_calls, BodyProblem};
+use crate::policy::{PolicyDecision, Presented};
 use crate::response::{Denial, RequestProblem, TokenProblem};
 use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
 
 use super::authenticate::authenticate;
 use super::bind::{self, Scheme};
-use super::{uma, upstream, Allow, Known, Request, Resume, State, Verdict};
+use super::{uma, upstream, Allow, Known, ReadBody, Request, Resume, State, Verdict, Wait};
+use crate::wait::WaitKey;
 
 /// A request waiting for the PDP: what to do on permit and on deny.
 #[derive(Debug, PartialEq)]
@@ -96,19 +98,33 @@ pub(super) fn check_access(
         Ok(consumer) => consumer,
         Err(denial) => return Verdict::Deny(denial),
     };
-    let rule = match check_policy(config, request.method, path, &grant.scopes) {
-        Ok(rule) => rule,
+    let who = Presented {
+        scopes: &grant.scopes,
+        acr: grant.acr.as_deref(),
+        auth_time: grant.auth_time,
+        now,
+        skew: config.rules.clock_skew_seconds,
+    };
+    let rule = match check_policy(config, request, path, &who) {
+        Ok(Judged::Rule(rule)) => rule,
+        Ok(Judged::ReadBody) => {
+            // What passes if the body does: its headers go on now.
+            let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
+            add_dpop_headers(config, request, jkt, &mut allow);
+            return Verdict::ReadBody(Box::new(ReadBody {
+                allow,
+                max_bytes: config.jsonrpc.max_body_bytes,
+                wait: Wait {
+                    on: WaitKey::Body,
+                    until: now.saturating_add(config.jsonrpc.body_timeout_seconds),
+                    fetch: None,
+                },
+            }));
+        }
         Err(denial) => return Verdict::Deny(denial),
     };
     let mut allow = upstream::allow(config, request, upstream, &found, &grant, consumer);
-    if let Some(jkt) = jkt {
-        allow
-            .set_headers
-            .push((config.identity.dpop_jkt.clone(), jkt));
-    }
-    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
-        allow.remove_headers.push("dpop".into());
-    }
+    add_dpop_headers(config, request, jkt, &mut allow);
     let Some(pdp) = &config.pdp else {
         return Verdict::Allow(allow);
     };
@@ -141,6 +157,17 @@ pub(super) fn check_access(
     }
 }
 
+fn add_dpop_headers(config: &Config, request: &Request, jkt: Option<String>, allow: &mut Allow) {
+    if let Some(jkt) = jkt {
+        allow
+            .set_headers
+            .push((config.identity.dpop_jkt.clone(), jkt));
+    }
+    if !config.dpop.forward_proof && request.headers.iter().any(|(n, _)| n == "dpop") {
+        allow.remove_headers.push("dpop".into());
+    }
+}
+
 /// RFC 8707: on a protected resource's paths a token must come from one of
 /// its authorization servers and name one of its audiences; elsewhere, one
 /// of its issuer's `audiences`. Checked per request against the grant's
@@ -169,28 +196,62 @@ fn for_this_resource(config: &Config, path: &str, grant: Rc<Grant>) -> Result<Rc
     }
 }
 
-/// The policy's verdict on these scopes: the matched rule (`None` without a
-/// policy, or for an unlisted path when `deny_by_default` is off), or the denial.
+/// What the policy made of a request it could judge.
+enum Judged {
+    /// The matched rule (`None` without a policy, or for an unlisted path
+    /// when `deny_by_default` is off).
+    Rule(Option<String>),
+    /// A JSON-RPC selector needs the body, not read yet.
+    ReadBody,
+}
+
+/// The policy's verdict on the token's scopes and authentication (and the
+/// body's JSON-RPC calls where a selector reads them), or the denial.
 fn check_policy(
     config: &Config,
-    method: &str,
+    request: &Request,
     path: &str,
-    scopes: &[String],
-) -> Result<Option<String>, Denial> {
+    who: &Presented,
+) -> Result<Judged, Denial> {
     let Some(policy) = &config.policy else {
-        return Ok(None);
+        return Ok(Judged::Rule(None));
     };
-    match policy.decide(method, path, scopes) {
-        PolicyDecision::Allow { rule } => Ok(Some(rule)),
+    let mut decision = policy.decide_request(request.method, path, who, None);
+    if decision == PolicyDecision::NeedBody {
+        let limits = &config.jsonrpc;
+        limits.precheck(request.headers).map_err(Denial::Body)?;
+        let Some(body) = request.body else {
+            return Ok(Judged::ReadBody);
+        };
+        let (calls, _batch) = read_calls(body, limits.max_body_bytes).map_err(Denial::Body)?;
+        decision = policy.decide_request(request.method, path, who, Some(&calls));
+    }
+    match decision {
+        PolicyDecision::Allow { rule } => Ok(Judged::Rule(Some(rule))),
         PolicyDecision::NoRule if config.deny_by_default => Err(Denial::NoRule {
-            method: method.to_string(),
+            method: request.method.to_string(),
             path: path.to_string(),
         }),
-        PolicyDecision::NoRule => Ok(None),
+        PolicyDecision::NoRule => Ok(Judged::Rule(None)),
         PolicyDecision::InsufficientScope { rule, required } => Err(Denial::InsufficientScope {
             rule,
             scopes: required,
         }),
+        PolicyDecision::StepUp {
+            rule,
+            step_up,
+            required,
+        } => Err(Denial::StepUp {
+            rule,
+            step_up,
+            scopes: required,
+        }),
+        PolicyDecision::BadBody(problem) => Err(Denial::Body(problem)),
+        // Asked with the calls: not again.
+        PolicyDecision::NeedBody => Err(Denial::Body(BodyProblem::NotJsonRpc {
+            problem: "the body was not read".into(),
+            id: None,
+        })),
     }
 }
 
@@ -270,8 +331,14 @@ fn anonymous_or(
     let Some(anonymous) = config.consumers.anonymous() else {
         return Verdict::Deny(denial);
     };
+    // Its scopes alone: no authentication to step up, and no body read (a
+    // path a JSON-RPC selector judges is not for anonymous callers).
+    let who = Presented::scopes(&anonymous.scopes);
     if !config.anonymous_paths.matches(path)
-        || check_policy(config, request.method, path, &anonymous.scopes).is_err()
+        || !matches!(
+            check_policy(config, request, path, &who),
+            Ok(Judged::Rule(_))
+        )
     {
         return Verdict::Deny(denial);
     }
@@ -307,6 +374,100 @@ mod tests {
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
     use crate::metrics::testing::FakeMetrics;
+
+    #[test]
+    fn step_up_reads_acr_and_auth_time_from_the_grant() {
+        let c =
+            hs_config(r#","policy":{"GET /a":{"scope":"read","acr_values":["mfa"],"max_age":60}}"#);
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let run = |s: &mut State, extra: serde_json::Value| {
+            method_run(&c, s, "GET", "/a", &bearer(&hs_token(hs_claims(extra))))
+        };
+        assert!(matches!(
+            run(
+                &mut s,
+                serde_json::json!({"acr": "mfa", "auth_time": now - 30})
+            ),
+            Verdict::Allow(_)
+        ));
+        for extra in [
+            serde_json::json!({"auth_time": now - 30}),
+            serde_json::json!({"acr": "pwd", "auth_time": now - 30}),
+            serde_json::json!({"acr": "mfa", "auth_time": now - 200}),
+            serde_json::json!({"acr": "mfa", "auth_time": "yesterday"}),
+            serde_json::json!({"acr": ["mfa"], "auth_time": now}),
+        ] {
+            let Verdict::Deny(Denial::StepUp {
+                step_up, scopes, ..
+            }) = run(&mut s, extra.clone())
+            else {
+                panic!("{extra}: expected a step-up")
+            };
+            assert_eq!(
+                (step_up.acr_values, step_up.max_age),
+                (vec!["mfa".into()], Some(60))
+            );
+            assert!(scopes.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_json_rpc_selector_asks_for_the_body_then_judges_it() {
+        let c = hs_config(
+            r#","jsonrpc":{"max_body_bytes":200},"policy":{"POST /mcp":"read","POST /mcp tools/call admin_*":"admin"}"#,
+        );
+        let mut s = State::new(&c);
+        let headers = bearer(&hs_token(hs_claims(serde_json::json!({}))));
+        let with_body = |s: &mut State, headers: &[(String, String)], body: Option<&[u8]>| {
+            let request = Request {
+                method: "POST",
+                path: "/mcp",
+                headers,
+                client: None,
+                peer_certificate: None,
+                routing: Default::default(),
+                body,
+            };
+            crate::engine::verdict_for(&c, s, &request, vectors().now)
+        };
+        // Not read yet: the headers as they would pass, the bound, the deadline.
+        let Verdict::ReadBody(read) = with_body(&mut s, &headers, None) else {
+            panic!("expected ReadBody")
+        };
+        assert_eq!(read.max_bytes, 200);
+        assert_eq!(read.wait.on, WaitKey::Body);
+        assert_eq!(read.wait.until, vectors().now + 10);
+        assert!(read
+            .allow
+            .set_headers
+            .iter()
+            .any(|(n, _)| n == "x-oauth-client-id"));
+        let call = |name: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
+        };
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(call("search").as_bytes())),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(call("admin_x").as_bytes())),
+            Verdict::Deny(Denial::InsufficientScope { .. })
+        ));
+        // A content-length over the bound: refused before the body.
+        let mut long = headers.clone();
+        long.push(("content-length".into(), "201".into()));
+        assert!(matches!(
+            with_body(&mut s, &long, None),
+            Verdict::Deny(Denial::Body(BodyProblem::TooLarge { max: 200 }))
+        ));
+        assert!(matches!(
+            with_body(&mut s, &headers, Some(&[b' '; 201])),
+            Verdict::Deny(Denial::Body(BodyProblem::TooLarge { max: 200 }))
+        ));
+    }
 
     #[test]
     fn a_token_passes_only_on_the_resource_its_audience_names_whatever_the_cache_holds() {

@@ -216,6 +216,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, vectors().now)
     }

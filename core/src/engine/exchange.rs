@@ -189,6 +189,7 @@ mod tests {
             client: Some(client),
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, now)
     }

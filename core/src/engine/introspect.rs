@@ -536,6 +536,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, now)
     }
@@ -549,6 +550,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_knowing(c, s, &request, Some(known), now)
     }
@@ -1026,6 +1028,7 @@ mod tests {
             client: Some(client),
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         verdict_for(c, s, &request, now)
     }
@@ -1233,6 +1236,7 @@ mod signed_answer_tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         match known {
             Some(known) => verdict_knowing(c, s, &request, Some(known), vectors().now),

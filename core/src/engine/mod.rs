@@ -58,6 +58,10 @@ pub struct Request<'a> {
     /// Where the host routes the request (Envoy's virtual host, route and
     /// cluster), as far as upstream OAuth rules need it.
     pub routing: Routing<'a>,
+    /// The body, once read: complete, or cut one byte past the bound
+    /// ([`Verdict::ReadBody`]); empty when the headers ended the request.
+    /// `None` until then: only a JSON-RPC selector reads it.
+    pub body: Option<&'a [u8]>,
 }
 
 impl Request<'_> {
@@ -119,9 +123,25 @@ pub enum Verdict {
     },
     /// Park the request on what it waits for, shared with other requests.
     Wait(Wait),
+    /// The policy reads the request's body (a JSON-RPC selector). Carry out
+    /// `allow`'s header changes now (headers cannot change once they have
+    /// passed; `allow` is what passes if the body does), let the headers go
+    /// on, hold the body, and decide again with it ([`Request::body`]) once
+    /// it is complete or over `max_bytes`; parked as `wait` says (on
+    /// [`WaitKey::Body`], nothing to fetch) until it is read, or answered
+    /// with [`timed_out`] at its deadline.
+    ReadBody(Box<ReadBody>),
     /// Answer the request from the filter, not as a denial: a protected
     /// resource's metadata document (RFC 9728), needing no token.
     Respond(HttpResponse),
+}
+
+/// See [`Verdict::ReadBody`].
+#[derive(Debug, PartialEq)]
+pub struct ReadBody {
+    pub allow: Allow,
+    pub max_bytes: usize,
+    pub wait: Wait,
 }
 
 /// A request parked on `on` until it settles ([`Resumed::Settled`] or a

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::exchange::Outcome;
 use crate::keys::{Due as KeysDue, FetchProgress};
 use crate::metrics::{Counter, ExchangeResult, Gauge, Metrics};
+use crate::policy::jsonrpc::BodyProblem;
 use crate::response::Denial;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
@@ -218,6 +219,8 @@ pub fn fetching_here(state: &State, on: &WaitKey, now: u64) -> bool {
         WaitKey::Keys(issuer) => state.keys.awaited_until(*issuer, now).is_some(),
         WaitKey::Introspection { token, .. } => state.introspecting.contains_key(token),
         WaitKey::ClientToken(client) => state.clients.awaited_until(*client, now).is_some(),
+        // Each request's own: no other worker can bring it.
+        WaitKey::Body => true,
         WaitKey::Exchange { token, .. } => state.exchanges.in_flight(token, now),
     }
 }
@@ -237,6 +240,7 @@ pub fn timed_out(config: &Config, on: &WaitKey) -> Denial {
             client: client_name(config, *client),
             cause: "the token request did not settle within its timeout".into(),
         },
+        WaitKey::Body => Denial::Body(BodyProblem::TooSlow),
         WaitKey::Exchange { rule, .. } => Denial::ExchangeUnavailable {
             rule: exchange::rule_name(*rule),
             cause: "the token exchange did not settle within its timeout".into(),

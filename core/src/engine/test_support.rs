@@ -62,6 +62,7 @@ pub(super) fn run(
         client: None,
         peer_certificate: None,
         routing: Default::default(),
+        body: None,
     };
     verdict_for(config, state, &request, vectors().now)
 }
@@ -88,6 +89,7 @@ pub(super) fn method_run(
         client: None,
         peer_certificate: None,
         routing: Default::default(),
+        body: None,
     };
     verdict_for(c, s, &request, vectors().now)
 }

@@ -86,7 +86,11 @@ pub(super) fn check_uma_access(
             let why = format!("the RPT has no permission for rule \"{rule}\"");
             ticket(state, &required, why)
         }
-        PolicyDecision::NoRule => {
+        // Refused at load for UMA resources (`uses_request_facts`).
+        PolicyDecision::NoRule
+        | PolicyDecision::StepUp { .. }
+        | PolicyDecision::NeedBody
+        | PolicyDecision::BadBody(_) => {
             let why = "the RPT has no permission for this request".to_string();
             ticket(state, &required, why)
         }
@@ -380,6 +384,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing: Default::default(),
+            body: None,
         };
         crate::engine::verdict_for(c, s, &request, now)
     }
@@ -441,6 +446,7 @@ mod tests {
                     client: None,
                     peer_certificate: None,
                     routing: Default::default(),
+                    body: None,
                 },
                 Some(&known),
                 now
@@ -470,6 +476,7 @@ mod tests {
                 client: None,
                 peer_certificate: None,
                 routing: Default::default(),
+                body: None,
             },
             Some(&known),
             now + 8,

@@ -168,6 +168,10 @@ pub(super) fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &s
             rewrite(&mut allow);
             Verdict::Allow(allow)
         }
+        Verdict::ReadBody(mut read) => {
+            rewrite(&mut read.allow);
+            Verdict::ReadBody(read)
+        }
         Verdict::Call {
             callout,
             resume: Resume::Pdp(mut pending),
@@ -231,6 +235,10 @@ pub(super) fn add_gateway_token(
     match verdict {
         Verdict::Allow(mut allow) => match add_token(&mut allow) {
             Ok(()) => Verdict::Allow(allow),
+            Err(wait) => wait,
+        },
+        Verdict::ReadBody(mut read) => match add_token(&mut read.allow) {
+            Ok(()) => Verdict::ReadBody(read),
             Err(wait) => wait,
         },
         Verdict::Call {
@@ -515,6 +523,7 @@ mod tests {
             client: None,
             peer_certificate: None,
             routing,
+            body: None,
         };
         super::super::verdict_for(c, s, &request, vectors().now)
     }

@@ -19,12 +19,14 @@ use serde_json::Value;
 
 mod expr;
 mod json_logic;
+pub mod jsonrpc;
 mod path;
 mod readable;
 mod scope;
 mod source;
 
 use expr::Check;
+use jsonrpc::{Call, Selector};
 use scope::Captures;
 use source::{CheckSource, Format};
 
@@ -57,17 +59,97 @@ struct Condition {
     methods: Vec<String>,
     /// `None`: any valid token.
     check: Option<Check>,
+    /// A JSON-RPC selector: the condition applies to the body's entries it
+    /// matches, on top of the path's condition.
+    selector: Option<Selector>,
+    /// For a selector condition: it lists `?` / `*` (any method).
+    any_method: bool,
+    /// What the token's authentication must be (RFC 9470).
+    step_up: Option<StepUp>,
+}
+
+/// A condition's authentication requirement (RFC 9470): the token's `acr`
+/// one of `acr_values` (when not empty), its `auth_time` at most `max_age`
+/// seconds ago (when set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    pub acr_values: Vec<String>,
+    pub max_age: Option<u64>,
+}
+
+/// The most a `max_age` may be: ten years.
+const MAX_AGE_LIMIT: u64 = 10 * 366 * 24 * 3600;
+
+impl StepUp {
+    /// Whether the token's authentication meets it. `auth_time` may be up to
+    /// `skew` seconds in the future, and old by `max_age` plus `skew`: the
+    /// same leeway as `exp` and `nbf`.
+    fn met(&self, who: &Presented) -> bool {
+        let acr = self.acr_values.is_empty()
+            || who
+                .acr
+                .is_some_and(|acr| self.acr_values.iter().any(|v| v == acr));
+        let age = match self.max_age {
+            None => true,
+            Some(max) => who.auth_time.is_some_and(|t| {
+                t <= who.now.saturating_add(who.skew)
+                    && who.now.saturating_sub(t) <= max.saturating_add(who.skew)
+            }),
+        };
+        acr && age
+    }
+}
+
+/// What a request presents to the policy: the token's granted scopes and
+/// authentication facts, and the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub scopes: &'a [String],
+    /// The token's `acr` claim (or the introspection answer's).
+    pub acr: Option<&'a str>,
+    /// The token's `auth_time` (seconds since the epoch).
+    pub auth_time: Option<u64>,
+    pub now: u64,
+    /// The clock skew allowed (`clock_skew_seconds`).
+    pub skew: u64,
+}
+
+impl<'a> Presented<'a> {
+    /// Scopes alone (no authentication facts).
+    pub fn scopes(scopes: &'a [String]) -> Presented<'a> {
+        Presented {
+            scopes,
+            acr: None,
+            auth_time: None,
+            now: 0,
+            skew: 0,
+        }
+    }
 }
 
 impl PathRule {
+    /// Whether any condition applies to `method`: the path's own, or a
+    /// selector's.
+    fn applies(&self, method: &str) -> bool {
+        self.condition_for(method).is_some() || self.selecting(method).next().is_some()
+    }
+
+    /// The selector conditions for `method`.
+    fn selecting<'r>(&'r self, method: &'r str) -> impl Iterator<Item = &'r Condition> + 'r {
+        self.conditions.iter().filter(move |c| {
+            c.selector.is_some()
+                && (c.any_method || c.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        })
+    }
+
     /// The condition listing `method`; for `HEAD` without one, the `GET`
     /// condition (servers answer `HEAD` with their `GET` handler, so it must
     /// not fall to a weaker `?` condition or rule); else the `?` condition.
     fn condition_for(&self, method: &str) -> Option<&Condition> {
         let listing = |method: &str| {
-            self.conditions
-                .iter()
-                .find(|c| c.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            self.conditions.iter().find(|c| {
+                c.selector.is_none() && c.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+            })
         };
         listing(method)
             .or_else(|| {
@@ -93,6 +175,19 @@ pub enum PolicyDecision {
     /// that gives a concrete scope (`transactions:124`), and are given as the
     /// regex otherwise. Empty if the rule can never be satisfied.
     InsufficientScope { rule: String, required: Vec<String> },
+    /// The token's authentication does not meet `rule`'s step-up (RFC 9470):
+    /// what it asks for, and `required`, the scopes missing too (empty when
+    /// the scopes are fine), so that one new authorization fixes both.
+    StepUp {
+        rule: String,
+        step_up: StepUp,
+        required: Vec<String>,
+    },
+    /// The rule for this method and path reads the JSON-RPC body: decide
+    /// again with its calls.
+    NeedBody,
+    /// The body's calls cannot be judged by the selectors.
+    BadBody(jsonrpc::BodyProblem),
 }
 
 /// Why a policy does not compile. `rule` names the rule: its path as written,
@@ -187,6 +282,11 @@ pub enum PolicyError {
         expression: String,
         problem: String,
     },
+    /// A bad `acr_values` or `max_age` (RFC 9470 step-up).
+    BadStepUp {
+        rule: String,
+        problem: String,
+    },
 }
 
 impl fmt::Display for PolicyError {
@@ -271,6 +371,9 @@ impl fmt::Display for PolicyError {
                 expression,
                 problem,
             } => write!(f, "policy rule `{rule}`: expression `{expression}`: {problem}"),
+            PolicyError::BadStepUp { rule, problem } => {
+                write!(f, "policy rule `{rule}`: {problem}")
+            }
         }
     }
 }
@@ -376,24 +479,75 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Decides a request. `path` must already be normalised by
-    /// [`crate::request::normalize_path`]; `scopes` are the token's granted scopes.
+    /// Decides a request on scopes alone (no step-up facts, no body): for
+    /// UMA resources, whose policies may use neither. `path` must already be
+    /// normalised by [`crate::request::normalize_path`].
     pub fn decide(&self, method: &str, path: &str, scopes: &[String]) -> PolicyDecision {
-        let found = self.trie.find(path, |i| {
-            self.rules.get(i).and_then(|r| r.condition_for(method))
-        });
-        let Some((condition, captures)) = found else {
+        self.decide_request(method, path, &Presented::scopes(scopes), None)
+    }
+
+    /// Decides a request: the path's condition for `method`, and, when the
+    /// path has JSON-RPC selectors for `method`, every selector condition an
+    /// entry of the body matches (`calls`: [`PolicyDecision::NeedBody`]
+    /// until it is read). Scopes and step-up of every condition that applies
+    /// must be met; a step-up not met is answered first (with the missing
+    /// scopes), since one new authorization can fix both.
+    pub fn decide_request(
+        &self,
+        method: &str,
+        path: &str,
+        who: &Presented,
+        calls: Option<&[Call]>,
+    ) -> PolicyDecision {
+        let found = self
+            .trie
+            .find(path, |i| self.rules.get(i).filter(|r| r.applies(method)));
+        let Some((rule, captures)) = found else {
             return PolicyDecision::NoRule;
         };
-        let rule = condition.name.clone();
-        match &condition.check {
-            None => PolicyDecision::Allow { rule },
-            Some(check) if check.allows(scopes, &captures) => PolicyDecision::Allow { rule },
-            Some(check) => PolicyDecision::InsufficientScope {
-                rule,
-                required: check.required(&captures),
-            },
+        let mut applicable: Vec<&Condition> = rule.condition_for(method).into_iter().collect();
+        let selecting: Vec<&Condition> = rule.selecting(method).collect();
+        if !selecting.is_empty() {
+            let Some(calls) = calls else {
+                // Selectors only add: a token the path's condition refuses
+                // is answered without the body being read.
+                return match judge(&applicable, &captures, who) {
+                    PolicyDecision::Allow { .. } | PolicyDecision::NoRule => {
+                        PolicyDecision::NeedBody
+                    }
+                    refused => refused,
+                };
+            };
+            for call in calls {
+                for condition in &selecting {
+                    let Some(selector) = &condition.selector else {
+                        continue;
+                    };
+                    if jsonrpc::missing_name(selector, call) {
+                        return PolicyDecision::BadBody(jsonrpc::BodyProblem::NoName {
+                            method: selector.method.clone(),
+                            member: jsonrpc::name_member(&selector.method),
+                            id: call.id.clone(),
+                        });
+                    }
+                    if selector.matches(call)
+                        && !applicable.iter().any(|c| std::ptr::eq(*c, *condition))
+                    {
+                        applicable.push(condition);
+                    }
+                }
+            }
         }
+        judge(&applicable, &captures, who)
+    }
+
+    /// Whether some condition uses step-up or a JSON-RPC selector (which
+    /// UMA resources cannot: an RPT is judged on its permissions).
+    pub fn uses_request_facts(&self) -> bool {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .any(|c| c.selector.is_some() || c.step_up.is_some())
     }
 
     /// `(path pattern, rule path)` pairs where some request path matches both:
@@ -448,6 +602,52 @@ impl Policy {
     }
 }
 
+/// Every condition in `applicable` must be met: scopes, then step-up. The
+/// rule named on success is the most specific (the last: a selector's).
+fn judge(
+    applicable: &[&Condition],
+    captures: &[path::Capture<'_>],
+    who: &Presented,
+) -> PolicyDecision {
+    let Some(named) = applicable.last() else {
+        return PolicyDecision::NoRule;
+    };
+    let mut missing: Vec<String> = Vec::new();
+    let mut short: Option<&Condition> = None;
+    for condition in applicable {
+        if let Some(check) = &condition.check {
+            if !check.allows(who.scopes, captures) {
+                for scope in check.required(captures) {
+                    if !missing.contains(&scope) {
+                        missing.push(scope);
+                    }
+                }
+                short.get_or_insert(condition);
+            }
+        }
+    }
+    let stepping = applicable.iter().find_map(|c| {
+        c.step_up
+            .as_ref()
+            .filter(|s| !s.met(who))
+            .map(|s| (c.name.clone(), s.clone()))
+    });
+    match (short, stepping) {
+        (_, Some((rule, step_up))) => PolicyDecision::StepUp {
+            rule,
+            step_up,
+            required: missing,
+        },
+        (Some(condition), None) => PolicyDecision::InsufficientScope {
+            rule: condition.name.clone(),
+            required: missing,
+        },
+        (None, None) => PolicyDecision::Allow {
+            rule: named.name.clone(),
+        },
+    }
+}
+
 fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, PolicyError> {
     // Gluu's format keeps Gluu's numbering: nothing from `??` on.
     let captures = match group.format {
@@ -473,8 +673,21 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
             .iter()
             .map(|m| m.trim().to_ascii_uppercase())
             .collect();
-        let name = format!("{} {}", methods.join(","), cond.path);
+        let selector = match &cond.selector {
+            None => None,
+            Some((method, name)) => Some(Selector::new(
+                method,
+                name.as_deref(),
+                &format!("{} {}", methods.join(","), cond.path),
+            )?),
+        };
+        let name = match &selector {
+            None => format!("{} {}", methods.join(","), cond.path),
+            Some(selector) => format!("{} {} {selector}", methods.join(","), cond.path),
+        };
+        let step_up = step_up(cond, &name)?;
         let mut explicit = Vec::new();
+        let mut any_method = false;
         for m in &methods {
             if !is_any_method(m) && !is_method_token(m) {
                 return Err(PolicyError::BadMethod {
@@ -483,14 +696,21 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
                 });
             }
             let key = if is_any_method(m) { "*" } else { m.as_str() };
-            if seen.iter().any(|s| s == key) {
+            // A selector condition is one more per method and selector.
+            let key = match &selector {
+                None => key.to_string(),
+                Some(selector) => format!("{key} {selector}"),
+            };
+            if seen.contains(&key) {
                 return Err(PolicyError::DuplicateMethod {
                     rule: name,
                     method: m.clone(),
                 });
             }
-            seen.push(key.to_string());
-            if is_any_method(m) {
+            seen.push(key);
+            if is_any_method(m) && selector.is_some() {
+                any_method = true;
+            } else if is_any_method(m) {
                 rule.any = Some(rule.conditions.len());
             } else {
                 explicit.push(m.clone());
@@ -528,9 +748,62 @@ fn compile_rule(group: &Group, warnings: &mut Vec<String>) -> Result<PathRule, P
             name,
             methods: explicit,
             check,
+            selector,
+            any_method,
+            step_up,
         });
     }
     Ok(rule)
+}
+
+/// A condition's `acr_values` and `max_age`, checked: values that go in a
+/// quoted challenge parameter, space-separated, so no spaces, quotes or
+/// backslashes; an age within ten years.
+fn step_up(cond: &source::ConditionSource, name: &str) -> Result<Option<StepUp>, PolicyError> {
+    let bad = |problem: String| PolicyError::BadStepUp {
+        rule: name.to_string(),
+        problem,
+    };
+    let acr_values = match &cond.acr_values {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| match v.as_str() {
+                Some(acr)
+                    if !acr.is_empty()
+                        && acr.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\') =>
+                {
+                    Ok(acr.to_string())
+                }
+                _ => Err(bad(format!(
+                    "`acr_values` entry {v} must be a non-empty string of printable ASCII without spaces, quotes or backslashes"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(other) => {
+            return Err(bad(format!(
+                "`acr_values` must be a non-empty array of strings, not {other}"
+            )))
+        }
+    };
+    let max_age = match &cond.max_age {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(age) if age <= MAX_AGE_LIMIT => Some(age),
+            _ => {
+                return Err(bad(format!(
+                    "`max_age` must be a whole number of seconds from 0 to {MAX_AGE_LIMIT}, not {v}"
+                )))
+            }
+        },
+    };
+    if acr_values.is_empty() && max_age.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(StepUp {
+        acr_values,
+        max_age,
+    }))
 }
 
 #[cfg(test)]
@@ -1100,6 +1373,7 @@ mod tests {
                         }
                     }
                     PolicyDecision::NoRule => PolicyDecision::NoRule,
+                    other => other.clone(),
                 };
                 (*m, *p, *s, d)
             })
@@ -1520,6 +1794,333 @@ mod tests {
             policy.decide("GET", "/svc999/items/5/x", &scopes(&["s999"])),
             allow("GET /svc999/items/{[0-9]+}/??")
         );
+    }
+
+    fn presented<'a>(
+        scopes: &'a [String],
+        acr: Option<&'a str>,
+        auth_time: Option<u64>,
+    ) -> Presented<'a> {
+        Presented {
+            scopes,
+            acr,
+            auth_time,
+            now: 10_000,
+            skew: 60,
+        }
+    }
+
+    fn calls(body: &str) -> Vec<Call> {
+        jsonrpc::read_calls(body.as_bytes(), 1 << 16).unwrap().0
+    }
+
+    fn step_up(acr: &[&str], max_age: Option<u64>) -> StepUp {
+        StepUp {
+            acr_values: scopes(acr),
+            max_age,
+        }
+    }
+
+    #[test]
+    fn step_up_in_both_forms() {
+        let readable = json!({
+            "GET /account": {"scope": "read", "acr_values": ["urn:mfa", "urn:hw"], "max_age": 300},
+            "GET /recent": {"max_age": 0},
+            "GET /plain": "read"
+        });
+        let gluu = json!([
+            {"path": "/account", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["read"]},
+                "acr_values": ["urn:mfa", "urn:hw"], "max_age": 300}]},
+            {"path": "/recent", "conditions": [{"httpMethods": ["GET"], "max_age": 0}]},
+            {"path": "/plain", "conditions": [{"httpMethods": ["GET"],
+                "scope_expression": {"rule": {"var": 0}, "data": ["read"]}}]}
+        ]);
+        let read = scopes(&["read"]);
+        let none = scopes(&[]);
+        let account = |required: &[&str]| PolicyDecision::StepUp {
+            rule: "GET /account".into(),
+            step_up: step_up(&["urn:mfa", "urn:hw"], Some(300)),
+            required: scopes(required),
+        };
+        let cases: Vec<(&str, Presented, PolicyDecision)> = vec![
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_800)),
+                allow("GET /account"),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:hw"), Some(9_700)),
+                allow("GET /account"),
+            ),
+            // acr missing, wrong; auth_time missing, too old (300 + 60 skew), in the future.
+            (
+                "/account",
+                presented(&read, None, Some(9_800)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:pwd"), Some(9_800)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), None),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_640)),
+                allow("GET /account"),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(9_639)),
+                account(&[]),
+            ),
+            (
+                "/account",
+                presented(&read, Some("urn:mfa"), Some(10_061)),
+                account(&[]),
+            ),
+            // Both missing: the step-up 401, naming the scopes too.
+            ("/account", presented(&none, None, None), account(&["read"])),
+            // Scopes alone missing: 403.
+            (
+                "/account",
+                presented(&none, Some("urn:mfa"), Some(9_900)),
+                insufficient("GET /account", &["read"]),
+            ),
+            (
+                "/recent",
+                presented(&none, None, Some(9_950)),
+                allow("GET /recent"),
+            ),
+            (
+                "/recent",
+                presented(&none, None, Some(9_900)),
+                PolicyDecision::StepUp {
+                    rule: "GET /recent".into(),
+                    step_up: step_up(&[], Some(0)),
+                    required: vec![],
+                },
+            ),
+            ("/plain", presented(&read, None, None), allow("GET /plain")),
+        ];
+        for policy in [
+            Policy::compile(&readable).unwrap(),
+            Policy::compile(&gluu).unwrap(),
+        ] {
+            assert!(policy.uses_request_facts());
+            for (path, who, want) in &cases {
+                assert_eq!(
+                    &policy.decide_request("GET", path, who, None),
+                    want,
+                    "{path} {who:?}"
+                );
+            }
+        }
+        assert!(!Policy::compile(&json!({"GET /a": "x"}))
+            .unwrap()
+            .uses_request_facts());
+    }
+
+    #[test]
+    fn json_rpc_selectors_in_both_forms() {
+        let readable = json!({
+            "POST,GET /mcp": "mcp",
+            "POST /mcp tools/call admin_*": "admin",
+            "POST /mcp tools/call deploy": {"scope": "deploy", "acr_values": ["urn:mfa"]},
+            "POST /mcp resources/read file:///secret/*": "secret",
+            "POST /mcp prompts/get": "prompts"
+        });
+        let cond = |sel: Value, scope: &str| {
+            json!({"httpMethods": ["POST"], "jsonrpc": sel,
+                   "scope_expression": {"rule": {"var": 0}, "data": [scope]}})
+        };
+        let gluu = json!([{"path": "/mcp", "conditions": [
+            {"httpMethods": ["POST", "GET"], "scope_expression": {"rule": {"var": 0}, "data": ["mcp"]}},
+            cond(json!({"method": "tools/call", "name": "admin_*"}), "admin"),
+            {"httpMethods": ["POST"], "jsonrpc": {"method": "tools/call", "name": "deploy"},
+             "scope_expression": {"rule": {"var": 0}, "data": ["deploy"]}, "acr_values": ["urn:mfa"]},
+            cond(json!({"method": "resources/read", "name": "file:///secret/*"}), "secret"),
+            cond(json!({"method": "prompts/get"}), "prompts")
+        ]}]);
+        let tool = |name: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
+        };
+        let mcp = scopes(&["mcp"]);
+        let wide = scopes(&["mcp", "admin", "secret", "prompts", "deploy"]);
+        let admin_only = scopes(&["admin"]);
+        let rule = |r: &str| r.to_string();
+        let cases: Vec<(&[String], String, PolicyDecision)> = vec![
+            (&mcp, tool("search"), allow("POST,GET /mcp")),
+            (&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.into(), allow("POST,GET /mcp")),
+            (&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into(), allow("POST,GET /mcp")),
+            (&mcp, tool("admin_users"), insufficient("POST /mcp tools/call admin_*", &["admin"])),
+            (&wide, tool("admin_users"), allow("POST /mcp tools/call admin_*")),
+            // Selectors add to the path's rule, never relax it.
+            (&admin_only, tool("admin_users"), insufficient("POST,GET /mcp", &["mcp"])),
+            // With `acr` urn:mfa (below: without).
+            (&mcp, tool("deploy"), insufficient("POST /mcp tools/call deploy", &["deploy"])),
+            (
+                &mcp,
+                r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///secret/k"}}"#.into(),
+                insufficient("POST /mcp resources/read file:///secret/*", &["secret"]),
+            ),
+            (
+                &mcp,
+                r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///public/k","name":"file:///secret/x"}}"#.into(),
+                allow("POST,GET /mcp"),
+            ),
+            (&mcp, r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"p"}}"#.into(), insufficient("POST /mcp prompts/get", &["prompts"])),
+            // A batch: every entry judged; the scopes of every failing one named.
+            (
+                &mcp,
+                format!("[{},{}]", tool("search"), tool("admin_x")),
+                insufficient("POST /mcp tools/call admin_*", &["admin"]),
+            ),
+            (&wide, format!("[{},{}]", tool("search"), tool("admin_x")), allow("POST /mcp tools/call admin_*")),
+            // No name where a selector reads one: refused, with the entry's id.
+            (
+                &wide,
+                r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{}}"#.into(),
+                PolicyDecision::BadBody(jsonrpc::BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("9".into()),
+                }),
+            ),
+            (
+                &wide,
+                r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":7}}"#.into(),
+                PolicyDecision::BadBody(jsonrpc::BodyProblem::NoName {
+                    method: "tools/call".into(),
+                    member: "name",
+                    id: Some("9".into()),
+                }),
+            ),
+        ];
+        for policy in [
+            Policy::compile(&readable).unwrap(),
+            Policy::compile(&gluu).unwrap(),
+        ] {
+            let who = presented(&mcp, None, None);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &who, None),
+                PolicyDecision::NeedBody
+            );
+            // A token the path's rule refuses: answered without the body.
+            let admin = scopes(&["admin"]);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &presented(&admin, None, None), None),
+                insufficient("POST,GET /mcp", &["mcp"])
+            );
+            // GET has no selector: no body read.
+            assert_eq!(
+                policy.decide_request("GET", "/mcp", &who, None),
+                allow("POST,GET /mcp")
+            );
+            for (granted, body, want) in &cases {
+                let who = presented(granted, Some("urn:mfa"), None);
+                let got = policy.decide_request("POST", "/mcp", &who, Some(&calls(body)));
+                assert_eq!(&got, want, "{body} with {granted:?}");
+            }
+            let who = presented(&mcp, None, None);
+            assert_eq!(
+                policy.decide_request("POST", "/mcp", &who, Some(&calls(&tool("deploy")))),
+                PolicyDecision::StepUp {
+                    rule: rule("POST /mcp tools/call deploy"),
+                    step_up: step_up(&["urn:mfa"], None),
+                    required: scopes(&["deploy"]),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn bad_step_up_and_selectors_name_the_rule() {
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"GET /a": {"acr_values": []}}),
+                "policy rule `GET /a`: `acr_values` must be a non-empty array",
+            ),
+            (
+                json!({"GET /a": {"acr_values": "urn:mfa"}}),
+                "policy rule `GET /a`: `acr_values` must be",
+            ),
+            (
+                json!({"GET /a": {"acr_values": ["a b"]}}),
+                "policy rule `GET /a`: `acr_values` entry \"a b\"",
+            ),
+            (
+                json!({"GET /a": {"acr_values": ["a\"b"]}}),
+                "`acr_values` entry",
+            ),
+            (
+                json!({"GET /a": {"max_age": -1}}),
+                "policy rule `GET /a`: `max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"max_age": 1.5}}),
+                "`max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"max_age": 999_999_999_999u64}}),
+                "`max_age` must be a whole number",
+            ),
+            (
+                json!({"GET /a": {"scope": 3}}),
+                "`scope` must be an expression string",
+            ),
+            (json!({"GET /a": {"scopes": "x"}}), "unknown field `scopes`"),
+            (
+                json!({"POST /mcp tools/call a b": "x"}),
+                "JSONRPC_METHOD [NAME_GLOB]",
+            ),
+            (
+                json!({"POST /mcp tools/call": "x", "POST /mcp/ tools/call": "y"}),
+                "method `POST` has more than one condition",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["GET"], "acr_values": [1]}]}]),
+                "policy rule `GET /a`: `acr_values` entry 1",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"name": "x"}}]}]),
+                "policy rule `/a`: `jsonrpc.method` must be a string",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"method": "a", "tool": "x"}}]}]),
+                "unknown field `tool`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": {"method": "a b"}}]}]),
+                "JSON-RPC method `a b`",
+            ),
+            (
+                json!([{"path": "/a", "conditions": [{"httpMethods": ["POST"], "jsonrpc": "tools/call"}]}]),
+                "`jsonrpc` must be an object",
+            ),
+        ];
+        for (value, fragment) in cases {
+            let message = Policy::compile(&value).unwrap_err().to_string();
+            assert!(message.contains(fragment), "{value}: {message}");
+        }
+        // The same method with two selectors, and a path rule, is fine;
+        // a regex segment may hold a space.
+        let policy = Policy::compile(&json!({
+            "POST /mcp": "a",
+            "POST /mcp tools/call": "b",
+            "POST /mcp tools/call x*": "c",
+            "GET /{a b}/x tools/call": "d"
+        }))
+        .unwrap();
+        assert_eq!(policy.rule_count(), 4);
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub(crate) struct ConditionSource {
     /// The path as written where this condition was given; it names the
     /// condition, since readable keys for one pattern may spell it differently.
     pub(crate) path: String,
+    /// A JSON-RPC method and optional name glob (validated when compiled).
+    pub(crate) selector: Option<(String, Option<String>)>,
+    /// Step-up (RFC 9470) as written, validated when compiled.
+    pub(crate) acr_values: Option<Value>,
+    pub(crate) max_age: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -150,7 +155,17 @@ fn gluu_condition(value: &Value, path: &str, rule: &str) -> Result<ConditionSour
     let map = value
         .as_object()
         .ok_or_else(|| malformed(rule, "a condition must be an object with `httpMethods`"))?;
-    only_fields(map, &["httpMethods", "scope_expression"], rule)?;
+    only_fields(
+        map,
+        &[
+            "httpMethods",
+            "scope_expression",
+            "jsonrpc",
+            "acr_values",
+            "max_age",
+        ],
+        rule,
+    )?;
     let methods = strings(
         map.get("httpMethods")
             .ok_or_else(|| malformed(rule, "a condition is missing `httpMethods`"))?,
@@ -181,11 +196,56 @@ fn gluu_condition(value: &Value, path: &str, rule: &str) -> Result<ConditionSour
             ))
         }
     };
+    let selector = match map.get("jsonrpc") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(sel)) => {
+            only_fields(sel, &["method", "name"], rule)?;
+            let method = match sel.get("method") {
+                Some(Value::String(m)) => m.clone(),
+                _ => return Err(malformed(rule, "`jsonrpc.method` must be a string")),
+            };
+            let name = match sel.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.clone()),
+                Some(_) => return Err(malformed(rule, "`jsonrpc.name` must be a string")),
+            };
+            Some((method, name))
+        }
+        Some(_) => {
+            return Err(malformed(
+                rule,
+                "`jsonrpc` must be an object with `method` and optional `name`",
+            ))
+        }
+    };
     Ok(ConditionSource {
         methods,
         check,
         path: path.to_string(),
+        selector,
+        acr_values: map.get("acr_values").cloned(),
+        max_age: map.get("max_age").cloned(),
     })
+}
+
+/// Where a readable key's path ends: at the first whitespace outside a
+/// `{regex}` segment; the JSON-RPC method and name glob may follow.
+fn split_path(rest: &str) -> (&str, &str) {
+    let mut depth = 0usize;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '{' => depth = depth.saturating_add(1),
+            '}' => depth = depth.saturating_sub(1),
+            c if c.is_whitespace() && depth == 0 => {
+                return (
+                    rest.get(..i).unwrap_or_default(),
+                    rest.get(i..).unwrap_or_default(),
+                )
+            }
+            _ => {}
+        }
+    }
+    (rest, "")
 }
 
 fn readable(map: &Map<String, Value>) -> Result<Vec<RuleSource>, PolicyError> {
@@ -194,7 +254,20 @@ fn readable(map: &Map<String, Value>) -> Result<Vec<RuleSource>, PolicyError> {
         let shape = || malformed(key, "expected a key like \"GET,POST /items/{id}\"");
         let slash = key.find('/').ok_or_else(shape)?;
         let methods_text = key.get(..slash).unwrap_or_default().trim();
-        let path = key.get(slash..).unwrap_or_default().trim().to_string();
+        let (path, tail) = split_path(key.get(slash..).unwrap_or_default().trim());
+        let path = path.to_string();
+        let words: Vec<&str> = tail.split_whitespace().collect();
+        let selector = match words.as_slice() {
+            [] => None,
+            [method] => Some((method.to_string(), None)),
+            [method, name] => Some((method.to_string(), Some(name.to_string()))),
+            _ => {
+                return Err(malformed(
+                    key,
+                    "expected \"METHODS PATH [JSONRPC_METHOD [NAME_GLOB]]\"",
+                ))
+            }
+        };
         let methods: Vec<String> = if methods_text.is_empty() {
             vec!["*".to_string()]
         } else {
@@ -206,18 +279,37 @@ fn readable(map: &Map<String, Value>) -> Result<Vec<RuleSource>, PolicyError> {
         if methods.iter().any(|m| m.contains(char::is_whitespace)) {
             return Err(shape());
         }
-        let Value::String(expression) = value else {
-            return Err(malformed(
-                key,
-                "the value must be an expression string such as \"read and write\" or \"true\"",
-            ));
+        let (check, acr_values, max_age) = match value {
+            Value::String(expression) => (CheckSource::Readable(expression.clone()), None, None),
+            Value::Object(fields) => {
+                only_fields(fields, &["scope", "acr_values", "max_age"], key)?;
+                let check = match fields.get("scope") {
+                    None | Some(Value::Null) => CheckSource::Anything,
+                    Some(Value::String(expression)) => CheckSource::Readable(expression.clone()),
+                    Some(_) => return Err(malformed(key, "`scope` must be an expression string")),
+                };
+                (
+                    check,
+                    fields.get("acr_values").cloned(),
+                    fields.get("max_age").cloned(),
+                )
+            }
+            _ => {
+                return Err(malformed(
+                    key,
+                    "the value must be an expression string such as \"read and write\" or \"true\", or an object with `scope`, `acr_values`, `max_age`",
+                ))
+            }
         };
         rules.push(RuleSource {
             name: path.clone(),
             conditions: vec![ConditionSource {
                 methods,
-                check: CheckSource::Readable(expression.clone()),
+                check,
                 path: path.clone(),
+                selector,
+                acr_values,
+                max_age,
             }],
             path,
         });
