@@ -43,7 +43,7 @@ use crate::cache::{digest, string_weight, BoundedCache, Digest, Weigh};
 use crate::callout::CalloutReply;
 use crate::config_error::ConfigError;
 use crate::flight::Flight;
-use crate::token_client::{bearer_token, EXPIRY_MARGIN_SECONDS};
+use crate::token_client::{bearer_token, check_scopes, check_target, EXPIRY_MARGIN_SECONDS};
 use crate::wait::Bound;
 
 /// RFC 8693 §2.1.
@@ -96,35 +96,15 @@ pub struct Exchange {
 impl Exchange {
     pub fn compile(raw: RawExchange, field: &str) -> Result<Exchange, ConfigError> {
         let f = |n: &str| format!("{field}.{n}");
-        for (value, name) in [(&raw.resource, "resource"), (&raw.audience, "audience")] {
-            if value
-                .as_deref()
-                .is_some_and(|v| v.is_empty() || v.chars().any(char::is_control))
-            {
-                return Err(ConfigError::new(
-                    f(name),
-                    "must be non-empty text without control characters",
-                ));
-            }
-        }
+        check_target(raw.resource.as_deref(), &f("resource"))?;
+        check_target(raw.audience.as_deref(), &f("audience"))?;
         if raw.audience.is_none() && raw.resource.is_none() {
             return Err(ConfigError::new(
                 field,
                 "needs `audience` or `resource`: the upstream the exchanged token is for (without one the server may hand back a token for any audience, the caller's own included)",
             ));
         }
-        for scope in &raw.scopes {
-            if scope.is_empty()
-                || !scope
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
-            {
-                return Err(ConfigError::new(
-                    f("scopes"),
-                    format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
-                ));
-            }
-        }
+        check_scopes(&raw.scopes, &f("scopes"))?;
         let cache_bytes = raw.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
         if cache_bytes > 256 << 20 {
             return Err(ConfigError::new(

@@ -162,29 +162,9 @@ impl TokenClient {
             "token endpoint",
         )?;
         check_authority(raw.authority.as_deref(), &f("authority"))?;
-        for scope in &raw.scopes {
-            if scope.is_empty()
-                || !scope
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
-            {
-                return Err(ConfigError::new(
-                    f("scopes"),
-                    format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
-                ));
-            }
-        }
-        for (value, name) in [(&raw.resource, "resource"), (&raw.audience, "audience")] {
-            if value
-                .as_deref()
-                .is_some_and(|v| v.is_empty() || v.chars().any(char::is_control))
-            {
-                return Err(ConfigError::new(
-                    f(name),
-                    "must be non-empty text without control characters",
-                ));
-            }
-        }
+        check_scopes(&raw.scopes, &f("scopes"))?;
+        check_target(raw.resource.as_deref(), &f("resource"))?;
+        check_target(raw.audience.as_deref(), &f("audience"))?;
         let auth = ClientAuth::compile(
             RawCredentials {
                 client_id: raw.client_id.clone(),
@@ -635,6 +615,40 @@ impl ClientTokens {
             }
         }
     }
+}
+
+/// Refuses a configured scope that is not an RFC 6749 §3.3 scope token.
+/// Shared by the client credentials grant and token exchange (RFC 8693
+/// §2.1): both send `scope` to a token endpoint the same way, so one rule
+/// decides what may go there.
+pub fn check_scopes(scopes: &[String], field: &str) -> Result<(), ConfigError> {
+    for scope in scopes {
+        if scope.is_empty()
+            || !scope
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        {
+            return Err(ConfigError::new(
+                field,
+                format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an empty configured `resource` or `audience`, or one with
+/// control characters, before it is form-encoded into a token request.
+/// Shared by the client credentials grant and token exchange for the same
+/// reason as [`check_scopes`].
+pub fn check_target(value: Option<&str>, field: &str) -> Result<(), ConfigError> {
+    if value.is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
+        return Err(ConfigError::new(
+            field,
+            "must be non-empty text without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn shared_key(id: &Digest, what: &str) -> String {
