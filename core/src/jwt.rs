@@ -225,6 +225,35 @@ fn decode_json(segment: &str, what: &'static str) -> Result<Map<String, Value>, 
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(what))
 }
 
+/// The header's `alg`, which must be one this crate knows. Read the same
+/// way for an access token ([`precheck`]) and a signed introspection answer
+/// ([`verify_jws`]), so the two cannot drift apart.
+fn header_alg(header: &Map<String, Value>) -> Result<Alg, TokenError> {
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed("the header has no alg"))?;
+    Alg::parse(alg_name).ok_or_else(|| TokenError::UnsupportedAlg(alg_name.to_string()))
+}
+
+/// The header's `kid`, if any; a `crit` header is refused (RFC 7515
+/// §4.1.11: no extension is understood, so none may be critical). Shared by
+/// [`precheck`] and [`verify_jws`] like [`header_alg`]; a non-string `kid`
+/// is named before `crit` when a header has both (precheck's order).
+fn header_kid(header: &Map<String, Value>) -> Result<Option<&str>, TokenError> {
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.as_str()),
+        Some(_) => return Err(TokenError::Malformed("kid must be a string")),
+    };
+    if header.get("crit").is_some() {
+        return Err(TokenError::Malformed(
+            "critical header extensions are not supported",
+        ));
+    }
+    Ok(kid)
+}
+
 /// An RFC 7519 NumericDate: seconds, possibly fractional. A fraction is cut
 /// off (floor), so an `exp` of 1700000000.5 expires at 1700000000.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
@@ -274,25 +303,11 @@ pub(crate) fn verify_jws(
 ) -> Result<HeaderAndClaims, TokenError> {
     let segments = split(jws)?;
     let header = decode_json(segments.header, "the header is not base64url JSON")?;
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::Malformed("the header has no alg"))?;
-    let alg =
-        Alg::parse(alg_name).ok_or_else(|| TokenError::UnsupportedAlg(alg_name.to_string()))?;
+    let alg = header_alg(&header)?;
     if !algorithms.contains(&alg) {
         return Err(TokenError::AlgNotAllowed(alg));
     }
-    if header.get("crit").is_some() {
-        return Err(TokenError::Malformed(
-            "critical header extensions are not supported",
-        ));
-    }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(TokenError::Malformed("kid must be a string")),
-    };
+    let kid = header_kid(&header)?;
     let claims = decode_json(segments.payload, "the payload is not base64url JSON")?;
     let signature = Base64UrlSafeNoPadding::decode_to_vec(segments.signature, None)
         .map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
@@ -376,22 +391,8 @@ pub fn precheck<'t>(
 ) -> Result<Unverified<'t>, TokenError> {
     let segments = split(token)?;
     let header = decode_json(segments.header, "the header is not base64url JSON")?;
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::Malformed("the header has no alg"))?;
-    let alg =
-        Alg::parse(alg_name).ok_or_else(|| TokenError::UnsupportedAlg(alg_name.to_string()))?;
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => return Err(TokenError::Malformed("kid must be a string")),
-    };
-    if header.get("crit").is_some() {
-        return Err(TokenError::Malformed(
-            "critical header extensions are not supported",
-        ));
-    }
+    let alg = header_alg(&header)?;
+    let kid = header_kid(&header)?.map(str::to_owned);
     let typ = match header.get("typ") {
         None => None,
         Some(Value::String(typ)) => Some(typ.as_str()),
