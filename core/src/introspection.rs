@@ -835,7 +835,7 @@ mod tests {
     #[test]
     fn without_random_bytes_the_engine_denies_503_and_holds_no_worker_back() {
         use crate::config::Config;
-        use crate::engine::{verdict_for, Request, State, Verdict};
+        use crate::engine::{verdict_for, State, Verdict};
         use crate::response::Denial;
         use crate::services::testing::MemoryStore;
         let c = Config::from_json(
@@ -849,16 +849,8 @@ mod tests {
         )
         .unwrap();
         let store = Rc::new(MemoryStore::default());
-        let headers = crate::extract::tests::h(&[("authorization", "Bearer opaque-token")]);
-        let request = Request {
-            method: "GET",
-            path: "/api",
-            headers: &headers,
-            client: None,
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let headers = crate::engine::test_support::bearer("opaque-token");
+        let request = crate::engine::test_support::get("/api", &headers, None);
         let denied = |state: &mut State| match verdict_for(&c, state, &request, NOW) {
             Verdict::Deny(denial @ Denial::IntrospectionUnavailable { .. }) => {
                 assert_eq!(denial.status(), 503);

@@ -164,7 +164,7 @@ mod tests {
 
     use super::*;
     use crate::engine::test_support::*;
-    use crate::engine::{resume, verdict_for, Allow, Request, Resumed};
+    use crate::engine::{resume, verdict_for, Allow, Resumed};
     use crate::extract::tests::h;
     use crate::jwt::test_vectors::vectors;
     use crate::metrics::testing::FakeMetrics;
@@ -182,15 +182,7 @@ mod tests {
     fn ask(c: &Config, s: &mut State, token: &str, client: &str, now: u64) -> Verdict {
         let mut headers = bearer(token);
         headers.extend(h(&[(":authority", "backend.internal")]));
-        let request = Request {
-            method: "GET",
-            path: "/x",
-            headers: &headers,
-            client: Some(client),
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let request = get("/x", &headers, Some(client));
         verdict_for(c, s, &request, now)
     }
 

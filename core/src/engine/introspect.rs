@@ -499,8 +499,8 @@ mod tests {
     use super::*;
     use crate::cache::digest;
     use crate::callout::Callout;
-    use crate::engine::{verdict_for, verdict_knowing, Allow, Request, Resumed};
-    use crate::extract::tests::h;
+    use crate::engine::test_support::{bearer, get};
+    use crate::engine::{verdict_for, verdict_knowing, Allow, Resumed};
     use crate::introspection::Mode;
     use crate::jwt::test_vectors::vectors;
     use crate::metrics::testing::FakeMetrics;
@@ -528,30 +528,14 @@ mod tests {
     }
 
     fn ask(c: &Config, s: &mut State, token: &str, now: u64) -> Verdict {
-        let headers = h(&[("authorization", &format!("Bearer {token}"))]);
-        let request = Request {
-            method: "GET",
-            path: "/api",
-            headers: &headers,
-            client: None,
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let headers = bearer(token);
+        let request = get("/api", &headers, None);
         verdict_for(c, s, &request, now)
     }
 
     fn ask_knowing(c: &Config, s: &mut State, token: &str, known: &Known, now: u64) -> Verdict {
-        let headers = h(&[("authorization", &format!("Bearer {token}"))]);
-        let request = Request {
-            method: "GET",
-            path: "/api",
-            headers: &headers,
-            client: None,
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let headers = bearer(token);
+        let request = get("/api", &headers, None);
         verdict_knowing(c, s, &request, Some(known), now)
     }
 
@@ -1020,16 +1004,8 @@ mod tests {
     }
 
     fn ask_from(c: &Config, s: &mut State, token: &str, client: &str, now: u64) -> Verdict {
-        let headers = h(&[("authorization", &format!("Bearer {token}"))]);
-        let request = Request {
-            method: "GET",
-            path: "/api",
-            headers: &headers,
-            client: Some(client),
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let headers = bearer(token);
+        let request = get("/api", &headers, Some(client));
         verdict_for(c, s, &request, now)
     }
 
@@ -1190,8 +1166,8 @@ mod signed_answer_tests {
 
     use super::*;
     use crate::callout::CalloutReply;
-    use crate::engine::{verdict_for, verdict_knowing, Request, Resumed};
-    use crate::extract::tests::h;
+    use crate::engine::test_support::{bearer, get};
+    use crate::engine::{verdict_for, verdict_knowing, Resumed};
     use crate::jwt::test_vectors::vectors;
     use crate::metrics::testing::FakeMetrics;
 
@@ -1228,16 +1204,8 @@ mod signed_answer_tests {
     }
 
     fn ask(c: &Config, s: &mut State, token: &str, known: Option<&Known>) -> Verdict {
-        let headers = h(&[("authorization", &format!("Bearer {token}"))]);
-        let request = Request {
-            method: "GET",
-            path: "/api",
-            headers: &headers,
-            client: None,
-            peer_certificate: None,
-            routing: Default::default(),
-            body: None,
-        };
+        let headers = bearer(token);
+        let request = get("/api", &headers, None);
         match known {
             Some(known) => verdict_knowing(c, s, &request, Some(known), vectors().now),
             None => verdict_for(c, s, &request, vectors().now),

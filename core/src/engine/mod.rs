@@ -21,7 +21,7 @@ mod uma;
 mod upstream;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::rc::Rc;
 

@@ -45,7 +45,26 @@ pub(super) fn inline_config(extra: &str) -> Config {
     Config::from_json(json.as_bytes(), &|_| None).unwrap()
 }
 
-pub(super) fn bearer(token: &str) -> Vec<(String, String)> {
+/// A GET of `path` with `headers`, from `client` when given, with no
+/// certificate, routing or body: the request most engine tests ask about,
+/// built in one place so a new `Request` field gets its test default once.
+pub(crate) fn get<'a>(
+    path: &'a str,
+    headers: &'a [(String, String)],
+    client: Option<&'a str>,
+) -> Request<'a> {
+    Request {
+        method: "GET",
+        path,
+        headers,
+        client,
+        peer_certificate: None,
+        routing: Default::default(),
+        body: None,
+    }
+}
+
+pub(crate) fn bearer(token: &str) -> Vec<(String, String)> {
     h(&[("authorization", &format!("Bearer {token}"))])
 }
 
@@ -55,16 +74,7 @@ pub(super) fn run(
     headers: &[(String, String)],
     path: &str,
 ) -> Verdict {
-    let request = Request {
-        method: "GET",
-        path,
-        headers,
-        client: None,
-        peer_certificate: None,
-        routing: Default::default(),
-        body: None,
-    };
-    verdict_for(config, state, &request, vectors().now)
+    verdict_for(config, state, &get(path, headers, None), vectors().now)
 }
 
 pub(super) fn reply(status: u16, body: &str) -> CalloutReply {
@@ -84,12 +94,7 @@ pub(super) fn method_run(
 ) -> Verdict {
     let request = Request {
         method,
-        path,
-        headers,
-        client: None,
-        peer_certificate: None,
-        routing: Default::default(),
-        body: None,
+        ..get(path, headers, None)
     };
     verdict_for(c, s, &request, vectors().now)
 }
