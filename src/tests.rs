@@ -243,23 +243,35 @@ fn request(shared: &Shared<FakeHost>, id: u32) -> Outcome {
 /// The host runs request `id`'s header callback with `token` as a Bearer.
 fn bearer_request(shared: &Shared<FakeHost>, id: u32, token: &str) -> Outcome {
     shared.host.current.set(id);
-    let headers = vec![
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), "/".to_string()),
-        (":authority".to_string(), "api.test".to_string()),
-        ("authorization".to_string(), format!("Bearer {token}")),
-        ("x-request-id".to_string(), format!("req-{id}")),
-    ];
-    let facts = Facts {
-        headers,
+    let facts = facts(
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", "api.test"),
+            ("authorization", &format!("Bearer {token}")),
+            ("x-request-id", &format!("req-{id}")),
+        ],
+        false,
+    );
+    shared.decide(id, facts, None, None)
+}
+
+/// What the host hands the glue for a request with `headers`, `ended` when
+/// they end it; no client address, certificate, routing or body. The tests
+/// differ only in those two, so the rest is written once.
+fn facts(headers: &[(&str, &str)], ended: bool) -> Facts {
+    Facts {
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
         client: None,
         peer_certificate: None,
         routing: None,
-        ended: false,
+        ended,
         body: None,
         reading: None,
-    };
-    shared.decide(id, facts, None, None)
+    }
 }
 
 /// The host runs the root's tick.
@@ -682,12 +694,50 @@ fn a_request_keeps_its_first_deadline_while_fetches_time_out_and_restart() {
 /// An issuer with inline keys, the gateway's client `backend` on cluster
 /// `as`, its token sent upstream on every path of `api.test`.
 fn with_upstream_oauth() -> Shared<FakeHost> {
+    with_upstream_rule("")
+}
+
+/// As [`with_upstream_oauth`], with `more` appended to the rule's members:
+/// the two setups differ only there, so they are written once.
+fn with_upstream_rule(more: &str) -> Shared<FakeHost> {
     let jwks = Vectors::load().jwks();
     glue(&format!(
         r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
           "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
-          "upstream_oauth":[{{"client":"backend","authorities":["api.test"]}}]}}"#
+          "upstream_oauth":[{{"client":"backend","authorities":["api.test"]{more}}}]}}"#
     ))
+}
+
+/// The root makes the one call to the token endpoint that requests 7 and 8
+/// (already parked) wait for; it is answered 200 with `body`, and both go on
+/// with `Bearer {sent}` upstream. Shared by the client credentials and the
+/// exchange tests: one fetch for all waiters is the same protocol for both.
+fn root_fetch_resumes_both(shared: &Shared<FakeHost>, what: &str, body: &str, sent: &str) {
+    tick(shared);
+    let calls = shared.host.callouts_of(ROOT);
+    let [(token, path)] = calls.as_slice() else {
+        panic!("{what}: {calls:?}")
+    };
+    assert_eq!(path, "/token");
+    answer(shared, *token, 200, body);
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![7, 8]);
+    for id in [7, 8] {
+        assert!(shared.host.events_of(id).contains(&Event::SetHeader(
+            "authorization".into(),
+            format!("Bearer {sent}")
+        )));
+    }
+}
+
+/// Request 7 waits for the root's first call, which is answered 500: what
+/// each failure test then sees in `answered`.
+fn root_fetch_fails(shared: &Shared<FakeHost>) {
+    request(shared, 7);
+    tick(shared);
+    let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(shared, token, 500, "down");
 }
 
 #[test]
@@ -697,27 +747,12 @@ fn requests_waiting_for_the_gateways_token_share_the_roots_fetch() {
         assert!(matches!(request(&shared, id), Outcome::Hold));
     }
     assert!(shared.host.dispatched.borrow().is_empty());
-    tick(&shared);
-    let calls = shared.host.callouts_of(ROOT);
-    let [(token, path)] = calls.as_slice() else {
-        panic!("one token request: {calls:?}")
-    };
-    assert_eq!(path, "/token");
-    answer(
+    root_fetch_resumes_both(
         &shared,
-        *token,
-        200,
+        "one token request",
         r#"{"access_token":"gw-token","token_type":"Bearer","expires_in":300}"#,
+        "gw-token",
     );
-    let mut resumed = shared.host.resumed();
-    resumed.sort_unstable();
-    assert_eq!(resumed, vec![7, 8]);
-    for id in [7, 8] {
-        assert!(shared.host.events_of(id).contains(&Event::SetHeader(
-            "authorization".into(),
-            "Bearer gw-token".into()
-        )));
-    }
     assert_eq!(
         shared.host.metrics.counter(Counter::ClientToken {
             client: 0,
@@ -730,10 +765,7 @@ fn requests_waiting_for_the_gateways_token_share_the_roots_fetch() {
 #[test]
 fn a_failed_token_request_answers_its_waiters_503() {
     let shared = with_upstream_oauth();
-    request(&shared, 7);
-    tick(&shared);
-    let [(token, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
-    answer(&shared, token, 500, "down");
+    root_fetch_fails(&shared);
     assert_eq!(
         shared.host.answered(),
         vec![(7, 503, "client_token_unavailable".to_string())]
@@ -742,12 +774,7 @@ fn a_failed_token_request_answers_its_waiters_503() {
 
 /// As [`with_upstream_oauth`], the rule exchanging the caller's token (RFC 8693).
 fn with_token_exchange() -> Shared<FakeHost> {
-    let jwks = Vectors::load().jwks();
-    glue(&format!(
-        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
-          "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
-          "upstream_oauth":[{{"client":"backend","authorities":["api.test"],"exchange":{{"audience":"https://backend"}}}}]}}"#
-    ))
+    with_upstream_rule(r#","exchange":{"audience":"https://backend"}"#)
 }
 
 #[test]
@@ -758,27 +785,12 @@ fn requests_with_one_caller_token_share_the_exchange_the_root_makes() {
     for id in [7, 8] {
         assert!(matches!(request(&shared, id), Outcome::Hold));
     }
-    tick(&shared);
-    let calls = shared.host.callouts_of(ROOT);
-    let [(exchange, path)] = calls.as_slice() else {
-        panic!("one exchange: {calls:?}")
-    };
-    assert_eq!(path, "/token");
-    answer(
+    root_fetch_resumes_both(
         &shared,
-        *exchange,
-        200,
+        "one exchange",
         r#"{"access_token":"for-the-caller","token_type":"Bearer","expires_in":300,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+        "for-the-caller",
     );
-    let mut resumed = shared.host.resumed();
-    resumed.sort_unstable();
-    assert_eq!(resumed, vec![7, 8]);
-    for id in [7, 8] {
-        assert!(shared.host.events_of(id).contains(&Event::SetHeader(
-            "authorization".into(),
-            "Bearer for-the-caller".into()
-        )));
-    }
     // Cached: the next request with the token goes through at once.
     assert!(!matches!(request(&shared, 9), Outcome::Hold));
     assert_eq!(shared.host.callouts_of(ROOT).len(), 1);
@@ -794,10 +806,7 @@ fn requests_with_one_caller_token_share_the_exchange_the_root_makes() {
 #[test]
 fn a_failed_exchange_answers_its_waiters_503() {
     let shared = with_token_exchange();
-    request(&shared, 7);
-    tick(&shared);
-    let [(exchange, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
-    answer(&shared, exchange, 500, "down");
+    root_fetch_fails(&shared);
     assert_eq!(
         shared.host.answered(),
         vec![(7, 503, "exchange_unavailable".to_string())]
@@ -814,18 +823,7 @@ fn a_permission_ticket_is_the_requests_own_callout() {
             "resources":[{"resource_id":"photos","policy":{"GET /??":"view"}}]}}"#,
     );
     shared.host.current.set(7);
-    let facts = Facts {
-        headers: vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), "/".to_string()),
-        ],
-        client: None,
-        peer_certificate: None,
-        routing: None,
-        ended: true,
-        body: None,
-        reading: None,
-    };
+    let facts = facts(&[(":method", "GET"), (":path", "/")], true);
     shared.decide(7, facts, None, None);
     tick(&shared);
     let [(pat, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
@@ -946,19 +944,14 @@ fn a_request_without_a_body_where_a_selector_reads_it_is_refused_at_once() {
     let shared = with_tools();
     shared.host.current.set(5);
     let token = Vectors::load().token("good_RS256");
-    let facts = Facts {
-        headers: vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), "/".to_string()),
-            ("authorization".to_string(), format!("Bearer {token}")),
+    let facts = facts(
+        &[
+            (":method", "GET"),
+            (":path", "/"),
+            ("authorization", &format!("Bearer {token}")),
         ],
-        client: None,
-        peer_certificate: None,
-        routing: None,
-        ended: true,
-        body: None,
-        reading: None,
-    };
+        true,
+    );
     assert!(held(shared.decide(5, facts, None, None)));
     assert_eq!(
         shared.host.answered(),
@@ -973,22 +966,14 @@ fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
             "resources":[{"resource":"https://api.test/mcp"}]}"#,
     );
     shared.host.current.set(3);
-    let facts = Facts {
-        headers: vec![
-            (":method".to_string(), "GET".to_string()),
-            (
-                ":path".to_string(),
-                "/.well-known/oauth-protected-resource/mcp".to_string(),
-            ),
-            (":authority".to_string(), "evil.test".to_string()),
+    let facts = facts(
+        &[
+            (":method", "GET"),
+            (":path", "/.well-known/oauth-protected-resource/mcp"),
+            (":authority", "evil.test"),
         ],
-        client: None,
-        peer_certificate: None,
-        routing: None,
-        ended: false,
-        body: None,
-        reading: None,
-    };
+        false,
+    );
     assert!(matches!(shared.decide(3, facts, None, None), Outcome::Hold));
     assert_eq!(shared.host.answered(), vec![(3, 200, String::new())]);
     assert!(shared.host.dispatched.borrow().is_empty(), "no key fetch");
