@@ -623,6 +623,24 @@ class Handler(BaseHTTPRequestHandler):
     def _oauth_error(self, status, error, desc, extra=None):
         self._send(status, {"error": error, "error_description": desc}, extra=extra)
 
+    def _token_fault(self, mode, delay):
+        """The token endpoint's test faults, the same for its client credentials and its
+        exchange modes: waits `delay` ms, then answers 500, garbage or nothing (hang) as
+        `mode` says. True when it answered (the caller is done)."""
+        if delay:
+            time.sleep(delay / 1000.0)
+        if mode == "error500":
+            self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
+            return True
+        if mode == "garbage":
+            self._send(200, "<html>not a token", ctype="text/html")
+            return True
+        if mode == "hang":
+            time.sleep(30)
+            self._drop()
+            return True
+        return False
+
     def _token(self):
         st = self.state
         form = urllib.parse.parse_qs(self._body().decode("utf-8", "replace"), keep_blank_values=True)
@@ -655,15 +673,8 @@ class Handler(BaseHTTPRequestHandler):
             mode, delay = st.token_mode, st.token_delay_ms
         if grant == EXCHANGE_GRANT:
             return self._exchange(cid, f)
-        if delay:
-            time.sleep(delay / 1000.0)
-        if mode == "error500":
-            return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
-        if mode == "garbage":
-            return self._send(200, "<html>not a token", ctype="text/html")
-        if mode == "hang":
-            time.sleep(30)
-            return self._drop()
+        if self._token_fault(mode, delay):
+            return None
         if not grant:
             return self._oauth_error(400, "invalid_request", "missing grant_type")
         if grant == UMA_GRANT:
@@ -716,15 +727,8 @@ class Handler(BaseHTTPRequestHandler):
             st.exchange_calls += 1
             st.last_exchange = {"form": {k: v for k, v in f.items() if k != "client_secret"}, "client_id": cid}
             mode, delay, expires_in = st.exchange_mode, st.exchange_delay_ms, st.exchange_expires_in
-        if delay:
-            time.sleep(delay / 1000.0)
-        if mode == "error500":
-            return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
-        if mode == "garbage":
-            return self._send(200, "<html>not a token", ctype="text/html")
-        if mode == "hang":
-            time.sleep(30)
-            return self._drop()
+        if self._token_fault(mode, delay):
+            return None
         if mode in ("invalid_grant", "invalid_request", "invalid_target", "unauthorized_client"):
             return self._oauth_error(400, mode, "refused (test mode)")
         if f.get("subject_token_type") != ACCESS_TOKEN_TYPE:
