@@ -602,6 +602,17 @@ def with_stats_tags(b):
     b["stats_config"] = {"stats_tags": STATS_TAGS}
 
 
+def buffer_after_oauth_pep(b):
+    """`customize` for bootstrap(): Envoy's buffer filter between oauth-pep and the router.
+    Here, not in one test file, because both MCP test files (test_stepup_mcp, test_mcp)
+    run Envoy with it."""
+    hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(1, {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                         "max_request_bytes": 1 << 20}})
+
+
 def parse_prometheus(text):
     """Prometheus text as {(name, ((label, value), ...)): value}, labels sorted."""
     out = {}

@@ -34,7 +34,6 @@ import requests
 
 import harness
 from oidc_provider import MCP_ADMIN, MCP_READER, OIDC_DIR, OidcProvider, node_binary, require_node_modules
-from test_stepup_mcp import buffer_after_oauth_pep
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,7 +122,7 @@ def setup(wasm, tmp_path_factory):
         started.append(server)
         env = harness.Envoy.start(filter_config(op.issuer, resource), tmp / "envoy", upstream_port=server.port,
                                   clusters={"op": op.port}, listener_port=listener, timeout=30,
-                                  customize=buffer_after_oauth_pep)
+                                  customize=harness.buffer_after_oauth_pep)
         started.append(env)
         # The keys come from discovery: wait until a token for the resource gets through.
         token = resource_token(op, resource)

@@ -116,15 +116,6 @@ def recorder():
     r.stop()
 
 
-def buffer_after_oauth_pep(b):
-    """`customize`: Envoy's buffer filter between oauth-pep and the router."""
-    hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"].insert(1, {
-        "name": "envoy.filters.http.buffer",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
-                         "max_request_bytes": 1 << 20}})
-
-
 def config(a, policy):
     issuer = a.issuer_config(introspection={"endpoint": a.url("/introspect"), "client_id": "pep",
                                             "client_secret": "pep-secret"})
@@ -134,7 +125,7 @@ def config(a, policy):
 
 def start(factory, a, policy, recorder, buffered=True):
     env = factory(config(a, policy), upstream_port=recorder.port,
-                  customize=buffer_after_oauth_pep if buffered else None)
+                  customize=harness.buffer_after_oauth_pep if buffered else None)
     env.wait_status("/mcp", 200, token=a.mint(), timeout=20)
     return env
 
@@ -162,6 +153,18 @@ def post(env, body, token=None, headers=(), path="/mcp", timeout=10):
         return harness.Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
     finally:
         conn.close()
+
+
+def post_refused_admin_tool(env, a, name):
+    """Calls admin tool `name` with a read-only token and an x-probe header, and checks
+    the 403: the buffered and the unbuffered tests then look upstream for the probe
+    (the headers) and the marker (the body). Returns (answer, body, marker, probe)."""
+    body = tool_call(name)
+    marker = json.loads(body)["params"]["arguments"]["marker"].encode()
+    probe = "probe-%f" % time.time()
+    r = post(env, body, token=a.mint(a.claims(scope="read")), headers=[("x-probe", probe)])
+    assert r.status == 403, r
+    return r, body, marker, probe
 
 
 def tool_call(name, id_=1):
@@ -221,11 +224,7 @@ def test_step_up_acr_and_max_age(env, authserver, kind):
 
 def test_admin_tool_needs_admin_and_never_reaches_the_upstream(env, authserver, recorder):
     a = authserver
-    body = tool_call("admin_delete_users")
-    marker = json.loads(body)["params"]["arguments"]["marker"].encode()
-    probe = "probe-%f" % time.time()
-    r = post(env, body, token=a.mint(a.claims(scope="read")), headers=[("x-probe", probe)])
-    assert r.status == 403, r
+    r, body, marker, probe = post_refused_admin_tool(env, a, "admin_delete_users")
     time.sleep(0.2)
     # Neither its headers nor its body reached the upstream.
     assert probe.encode() not in recorder.everything()
@@ -355,11 +354,7 @@ def test_a_slow_body_is_answered_408_by_its_deadline(env, authserver, recorder):
 def test_without_the_buffer_filter_a_refused_body_never_reaches_the_upstream(start_envoy, authserver, recorder):
     a = authserver
     env = start(start_envoy, a, POLICY, recorder, buffered=False)
-    body = tool_call("admin_unbuffered")
-    marker = json.loads(body)["params"]["arguments"]["marker"].encode()
-    probe = "probe-%f" % time.time()
-    r = post(env, body, token=a.mint(a.claims(scope="read")), headers=[("x-probe", probe)])
-    assert r.status == 403, r
+    r, _, marker, probe = post_refused_admin_tool(env, a, "admin_unbuffered")
     time.sleep(0.3)
     # Envoy's router opened the upstream request with the headers (a
     # proxy-wasm filter sees the body only after they went on), then reset
@@ -377,7 +372,7 @@ def test_on_a_protected_resource_the_challenges_name_its_metadata(start_envoy, a
     cfg = config(a, POLICY)
     cfg["resources"] = [{"resource": "https://mcp.example/mcp", "paths": ["/mcp", "/account"],
                          "audiences": ["api"]}]
-    env = start_envoy(cfg, upstream_port=recorder.port, customize=buffer_after_oauth_pep)
+    env = start_envoy(cfg, upstream_port=recorder.port, customize=harness.buffer_after_oauth_pep)
     env.wait_status("/mcp", 200, token=a.mint(), timeout=20)
     metadata = "https://mcp.example/.well-known/oauth-protected-resource/mcp"
     r = post(env, tool_call("admin_x"), token=a.mint(a.claims(scope="read")))
