@@ -354,7 +354,7 @@ def test_a_slow_body_is_answered_408_by_its_deadline(env, authserver, recorder):
 def test_without_the_buffer_filter_a_refused_body_never_reaches_the_upstream(start_envoy, authserver, recorder):
     a = authserver
     env = start(start_envoy, a, POLICY, recorder, buffered=False)
-    r, _, marker, probe = post_refused_admin_tool(env, a, "admin_unbuffered")
+    r, body, marker, probe = post_refused_admin_tool(env, a, "admin_unbuffered")
     time.sleep(0.3)
     # Envoy's router opened the upstream request with the headers (a
     # proxy-wasm filter sees the body only after they went on), then reset
