@@ -54,6 +54,7 @@ PATH = "/r999/1"  # the path every row requests (a rule of the 1,000-rule policy
 KIDS = {"RS256": ("rsa1", "rsa1"), "ES256": ("ec256", "ec256"), "PS256": ("rsa1-ps", "rsa1"),
         "EdDSA": ("ed25519", "ed25519")}
 ROTATING = 2000      # distinct tokens of the rotating rows
+FRESH = 3000         # valid tokens per run of a row that needs each new (a token exchange each)
 UNIQUE = 40000       # tokens per run of the rows that must never repeat a token
 # DPoP rows: the client's key (a test key, not the issuer's), by proof alg.
 DPOP_KEYS = {"ES256": "ec256", "EdDSA": "ed25519"}
@@ -173,6 +174,14 @@ def envoy_specs(auth):
         "pep_nocache_wasm": dict(filter_config=pep_config(auth, token_cache_entries=0, crypto="wasm")),
         "pep_policy": dict(filter_config=pep_config(auth, policy=policy)),
         "pep_introspect": dict(filter_config={"issuers": [auth.issuer_config(introspection=introspection)]}),
+        # Upstream OAuth with a token exchange (RFC 8693) at the authserver, per caller token;
+        # the budget raised so that one address (wrk) is never refused.
+        "pep_exchange": dict(filter_config=pep_config(
+            auth, clients={"backend": {"issuer": auth.issuer, "client_id": "demo-client",
+                                       "client_secret": "demo-secret"}},
+            upstream_oauth=[{"client": "backend", "virtual_hosts": ["all"],
+                             "exchange": {"audience": "https://backend.test",
+                                          "budget": {"per_second": 1000000}}}])),
         # DPoP: the token's grant cached, a fresh proof per request (its signature never cached).
         "pep_dpop_host": dict(filter_config=pep_config(auth, crypto="host")),
         "pep_dpop_wasm": dict(filter_config=pep_config(auth, crypto="wasm")),
@@ -184,15 +193,20 @@ def envoy_specs(auth):
 # --------------------------------------------------------------------------
 
 class Row:
-    def __init__(self, name, envoy, tokens, status, native=None, unique=False, note="", forge="RS256", dpop=None):
+    def __init__(self, name, envoy, tokens, status, native=None, unique=False, note="", forge="RS256", dpop=None,
+                 fresh=False):
         """unique: never-repeated forgeries of a `forge` token (its header and kid) each run, or with
-        `dpop` (the proof alg) never-repeated proofs: lines `token<TAB>proof`, made fresh per run."""
+        `dpop` (the proof alg) never-repeated proofs: lines `token<TAB>proof`, made fresh per run.
+        fresh: never-repeated valid tokens, made fresh per run (each one a new token exchange)."""
         self.name, self.envoy, self.tokens, self.status = name, envoy, tokens, status
         self.native, self.unique, self.note, self.forge = native, unique, note, forge
-        self.dpop = dpop
+        self.dpop, self.fresh = dpop, fresh
         self.runs = []      # parsed wrk results
         self.flags = set()
 
+
+EXCHANGE_ROWS = ["oauth-pep, token exchange, 1 token (exchange cached)",
+                 "oauth-pep, token exchange, a new token per request (one exchange each)"]
 
 DPOP_ROWS = ["oauth-pep, DPoP ES256 proof per request, token cached, crypto host",
              "oauth-pep, DPoP ES256 proof per request, token cached, crypto wasm",
@@ -261,6 +275,13 @@ def make_rows(tok, auth, only):
             note="ratio to the cached-token row: see the targets"),
         Row("oauth-pep, opaque token, introspection cache hit", "pep_introspect",
             w("opaque", [auth.opaque(scope="read write")]), 200),
+        Row(EXCHANGE_ROWS[0], "pep_exchange", one, 200, native="native jwt_authn, cache, 1 token",
+            note="upstream OAuth `exchange`: the caller's token verified from the cache, the exchanged "
+                 "token from the per-worker exchange cache; the ratio to the plain cached token is in the notes"),
+        Row(EXCHANGE_ROWS[1], "pep_exchange", one, 200, unique=True, fresh=True,
+            native="native jwt_authn, cache, 1 token",
+            note="each request a new caller token (signature checked) and one token exchange at the test "
+                 "authorization server (Python, on the same machine: its latency bounds this row)"),
         Row(DPOP_ROWS[0], "pep_dpop_host", tok.dpop_token("ES256"), 200, unique=True, dpop="ES256",
             native="native jwt_authn, cache, 1 token",
             note="DPoP: the bound token's grant is cached, each request's proof is new (one proof signature "
@@ -425,6 +446,8 @@ def main():
         started.append(auth)
         tok = Tokens(auth, work)
         rows = make_rows(tok, auth, [s for s in args.only.split(";") if s])
+        if any(r.envoy == "pep_exchange" for r in rows):
+            auth.set_exchange_mode("trusting")   # the bench's tokens are minted here, not by the server
         specs = envoy_specs(auth)
         envoys = {}
         dummy_upstream = harness.free_port()  # the direct_response route never uses it
@@ -448,6 +471,8 @@ def main():
             if r.dpop:   # made now: the proofs' iat must be fresh, and each is used once
                 return tok.write("dpop-%s-%s" % (r.envoy, rep),
                                  tok.dpop_lines(r.dpop, r.tokens, envoys[r.envoy].url(PATH), UNIQUE))
+            if r.fresh:  # made now: valid tokens, each used once
+                return tok.write("fresh-%s-%s" % (r.envoy, rep), [tok.jwt() for _ in range(FRESH)])
             return forged_file("%s-%s" % (r.name, rep), r.forge) if r.unique else r.tokens
 
         # check each row answers as expected (keys loaded, token accepted or refused)
@@ -476,7 +501,7 @@ def main():
                 cpu0 = cpu_seconds(pgid)
                 res = wrk(envoys[r.envoy].url(PATH), f, args.duration)
                 res["cpu_us"] = (cpu_seconds(pgid) - cpu0) * 1e6 / max(res["requests"], 1)
-                if r.unique and res["requests"] > UNIQUE:
+                if r.unique and res["requests"] > (FRESH if r.fresh else UNIQUE):
                     r.flags.add("tokens wrapped")
                 bad = res["non2xx"] if r.status == 200 else res["requests"] - res["non2xx"]
                 if bad:
@@ -507,7 +532,7 @@ def main():
 
     by_name = {r.name: r for r in rows}
     cached = by_name.get("oauth-pep, 1 token (cached)")
-    for name in DPOP_ROWS:
+    for name in EXCHANGE_ROWS + DPOP_ROWS:
         r = by_name.get(name)
         if r and cached:
             r.note = (r.note + "; " if r.note else "") + "%.2f of the plain cached token's req/s, %.1fx its Envoy CPU per request" % (

@@ -740,6 +740,70 @@ fn a_failed_token_request_answers_its_waiters_503() {
     );
 }
 
+/// As [`with_upstream_oauth`], the rule exchanging the caller's token (RFC 8693).
+fn with_token_exchange() -> Shared<FakeHost> {
+    let jwks = Vectors::load().jwks();
+    glue(&format!(
+        r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],"jwks":{jwks}}}],
+          "clients":{{"backend":{{"token_endpoint":"https://issuer.test/token","upstream":"as","client_id":"gw","client_secret":"s"}}}},
+          "upstream_oauth":[{{"client":"backend","authorities":["api.test"],"exchange":{{"audience":"https://backend"}}}}]}}"#
+    ))
+}
+
+#[test]
+fn requests_with_one_caller_token_share_the_exchange_the_root_makes() {
+    // A new kind of callout with no glue change: parked, dispatched from the
+    // root and woken by WaitKey as every other fetch.
+    let shared = with_token_exchange();
+    for id in [7, 8] {
+        assert!(matches!(request(&shared, id), Outcome::Hold));
+    }
+    tick(&shared);
+    let calls = shared.host.callouts_of(ROOT);
+    let [(exchange, path)] = calls.as_slice() else {
+        panic!("one exchange: {calls:?}")
+    };
+    assert_eq!(path, "/token");
+    answer(
+        &shared,
+        *exchange,
+        200,
+        r#"{"access_token":"for-the-caller","token_type":"Bearer","expires_in":300,"issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+    );
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![7, 8]);
+    for id in [7, 8] {
+        assert!(shared.host.events_of(id).contains(&Event::SetHeader(
+            "authorization".into(),
+            "Bearer for-the-caller".into()
+        )));
+    }
+    // Cached: the next request with the token goes through at once.
+    assert!(!matches!(request(&shared, 9), Outcome::Hold));
+    assert_eq!(shared.host.callouts_of(ROOT).len(), 1);
+    assert_eq!(
+        shared.host.metrics.counter(Counter::Callout(
+            oauth_pep_core::metrics::CalloutKind::Exchange,
+            oauth_pep_core::metrics::CalloutOutcome::Ok
+        )),
+        1
+    );
+}
+
+#[test]
+fn a_failed_exchange_answers_its_waiters_503() {
+    let shared = with_token_exchange();
+    request(&shared, 7);
+    tick(&shared);
+    let [(exchange, _)] = shared.host.callouts_of(ROOT).try_into().unwrap();
+    answer(&shared, exchange, 500, "down");
+    assert_eq!(
+        shared.host.answered(),
+        vec![(7, 503, "exchange_unavailable".to_string())]
+    );
+}
+
 #[test]
 fn a_permission_ticket_is_the_requests_own_callout() {
     let shared = glue(

@@ -67,6 +67,8 @@ Endpoints:
                         (null removes one); 404 if t is unknown.
     POST /_test/revoke  {"token": t}: t introspects as inactive from now on
     POST /_test/introspection {"mode": M, "delay_ms": N}
+                        (M also jwt, jwt_unsigned, jwt_wrong_aud, jwt_wrong_key,
+                        jwt_typ_jwt: RFC 9701 answers, see signed_introspection)
                         how /introspect answers from now on: ok | error500 |
                         error400 | garbage (200, JSON content type, not JSON)
                         | html (200 text/html page) | no_active (200 JSON
@@ -90,6 +92,21 @@ Endpoints:
                         answers {"last_request": {headers, form (no secret),
                         client_id}} of the last /token call, and
                         "last_by_client": {client_id: the same} per client
+    POST /token grant_type=urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693)
+                        subject_token: a token this server issued or an opaque one it knows,
+                        active (else 400 invalid_grant); answers a JWT (this server's
+                        key) with the subject's sub and client_id, aud = `audience`,
+                        scope = `scope`, act = {"sub": the client} (or the actor
+                        token's client_id), exp = now + exchange expires_in;
+                        issued_token_type the access token type
+    POST /_test/exchange {"mode": one of EXCHANGE_MODES, "delay_ms": N, "expires_in": N}
+                        how the exchange answers from now on: ok, error500,
+                        garbage, hang, invalid_grant, invalid_request,
+                        invalid_target, unauthorized_client (400 with that error),
+                        wrong_type (issued_token_type id_token), dpop (token_type
+                        DPoP), trusting (ok, but any JWT-shaped subject token is taken
+                        as active, its claims unverified: bench/run.py's own tokens); answers {"calls": n, "last_request": {form (no
+                        secret), client_id}}
     POST /_test/uma     {"resources": {id: [scopes]}, "permission_mode": "ok"|
                         "error500"|"garbage"|"hang", "permission_delay_ms": N,
                         "require_claims": bool,
@@ -166,6 +183,10 @@ HASHLIB = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 # --------------------------------------------------------------------------
 
 UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+EXCHANGE_MODES = ("ok", "error500", "garbage", "hang", "invalid_grant", "invalid_request", "invalid_target",
+                  "unauthorized_client", "wrong_type", "dpop", "trusting")
 
 
 def b64url(data):
@@ -331,6 +352,12 @@ class State:
             self.token_expires_in = 300
             self.last_token_request = None
             self.token_requests_by_client = {}
+            # The token exchange grant (RFC 8693).
+            self.exchange_mode = "ok"
+            self.exchange_delay_ms = 0
+            self.exchange_expires_in = 300
+            self.exchange_calls = 0
+            self.last_exchange = None
             # UMA 2.0: registered resources, tickets, the permission
             # endpoint's fault mode, and whether seed 001's claims policy
             # (country=US and city=NY) applies.
@@ -368,6 +395,21 @@ class State:
                 return {"active": False}
             return dict(issued, active=True)
         return {"active": False}
+
+    def signed_introspection(self, doc, client_id, mode="jwt"):
+        """An RFC 9701 answer: `doc` in token_introspection, signed with the
+        RS256 key (jwt), or broken as `mode` says: jwt_unsigned (alg none),
+        jwt_wrong_aud, jwt_wrong_key (rsa2 under rsa1's kid), jwt_typ_jwt."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": "someone-else" if mode == "jwt_wrong_aud" else client_id,
+                  "iat": now, "jti": uuid.uuid4().hex, "token_introspection": doc}
+        header = {"alg": "RS256", "kid": "rsa1",
+                  "typ": "JWT" if mode == "jwt_typ_jwt" else "token-introspection+jwt"}
+        if mode == "jwt_unsigned":
+            header["alg"] = "none"
+            return encode_jwt(header, claims)
+        key = self.keys["rsa2" if mode == "jwt_wrong_key" else "rsa1"]
+        return encode_jwt(header, claims, key=key)
 
     def count(self, what):
         with self.lock:
@@ -611,6 +653,8 @@ class Handler(BaseHTTPRequestHandler):
             }
             st.token_requests_by_client[str(cid)] = st.last_token_request
             mode, delay = st.token_mode, st.token_delay_ms
+        if grant == EXCHANGE_GRANT:
+            return self._exchange(cid, f)
         if delay:
             time.sleep(delay / 1000.0)
         if mode == "error500":
@@ -664,6 +708,78 @@ class Handler(BaseHTTPRequestHandler):
             "access_token": token, "token_type": "Bearer",
             "expires_in": st.token_expires_in, "scope": " ".join(scopes),
         })
+
+    def _exchange(self, cid, f):
+        """RFC 8693 token exchange, in the /_test/exchange mode."""
+        st = self.state
+        with st.lock:
+            st.exchange_calls += 1
+            st.last_exchange = {"form": {k: v for k, v in f.items() if k != "client_secret"}, "client_id": cid}
+            mode, delay, expires_in = st.exchange_mode, st.exchange_delay_ms, st.exchange_expires_in
+        if delay:
+            time.sleep(delay / 1000.0)
+        if mode == "error500":
+            return self._oauth_error(500, "server_error", "the token endpoint is broken (test mode)")
+        if mode == "garbage":
+            return self._send(200, "<html>not a token", ctype="text/html")
+        if mode == "hang":
+            time.sleep(30)
+            return self._drop()
+        if mode in ("invalid_grant", "invalid_request", "invalid_target", "unauthorized_client"):
+            return self._oauth_error(400, mode, "refused (test mode)")
+        if f.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+            return self._oauth_error(400, "invalid_request", "subject_token_type must be the access token type")
+        subject = st.introspect(f.get("subject_token", ""))
+        if mode == "trusting":
+            # bench/run.py: tokens it minted itself, which this server never issued; their
+            # claims read unverified (a test server only).
+            try:
+                payload = f.get("subject_token", "").split(".")[1]
+                subject = dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))),
+                               active=True)
+            except (IndexError, ValueError):
+                subject = {"active": False}
+        if subject.get("active") is not True:
+            return self._oauth_error(400, "invalid_grant", "subject_token is not active")
+        act = {"sub": cid}
+        if "actor_token" in f:
+            actor = st.introspect(f["actor_token"])
+            if actor.get("active") is not True:
+                return self._oauth_error(400, "invalid_grant", "actor_token is not active")
+            act = {"sub": actor.get("client_id")}
+        now = int(time.time())
+        claims = {"iss": st.issuer, "sub": subject.get("sub"), "client_id": subject.get("client_id"),
+                  "act": act, "iat": now, "nbf": now, "exp": now + expires_in, "jti": uuid.uuid4().hex}
+        for name in ("audience", "resource"):
+            if name in f:
+                claims["aud"] = f[name]
+                break
+        if "scope" in f:
+            claims["scope"] = f["scope"]
+        pub = st.find_alg(st.token_alg)
+        token = encode_jwt({"alg": st.token_alg, "typ": "JWT", "kid": pub["kid"]}, claims, key=st.keys[pub["key"]])
+        with st.lock:
+            st.issued[token] = claims
+        issued_type = "urn:ietf:params:oauth:token-type:id_token" if mode == "wrong_type" else ACCESS_TOKEN_TYPE
+        self._send(200, {
+            "access_token": token, "issued_token_type": issued_type,
+            "token_type": "DPoP" if mode == "dpop" else "Bearer", "expires_in": expires_in,
+        })
+
+    def _t_exchange(self, body):
+        mode = body.get("mode")
+        if mode is not None and mode not in EXCHANGE_MODES:
+            raise ValueError("mode must be one of " + "|".join(EXCHANGE_MODES))
+        with self.state.lock:
+            if mode is not None:
+                self.state.exchange_mode = mode
+            if "delay_ms" in body:
+                self.state.exchange_delay_ms = int(body["delay_ms"] or 0)
+            if "expires_in" in body:
+                self.state.exchange_expires_in = int(body["expires_in"])
+            doc = {"mode": self.state.exchange_mode, "calls": self.state.exchange_calls,
+                   "last_request": self.state.last_exchange}
+        self._send(200, doc)
 
     # --- /introspect ---
     def _introspect(self):
@@ -736,6 +852,9 @@ class Handler(BaseHTTPRequestHandler):
             doc.setdefault("sub", "demo-user")
         elif mode == "huge":
             doc["padding"] = "x" * ((1 << 20) + 4096)
+        if mode.startswith("jwt"):
+            return answer(200, st.signed_introspection(doc, cid, mode).encode(),
+                          ctype="application/token-introspection+jwt")
         answer(200, doc)
 
     # --- UMA 2.0 ---
@@ -952,7 +1071,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"revoked": token})
 
     def _t_introspection(self, body):
-        modes = ("ok", "error500", "error400", "garbage", "html", "no_active", "huge", "hang", "close", "slow")
+        modes = ("ok", "error500", "error400", "garbage", "html", "no_active", "huge", "hang", "close", "slow",
+                 "jwt", "jwt_unsigned", "jwt_wrong_aud", "jwt_wrong_key", "jwt_typ_jwt")
         mode = body.get("mode")
         if mode not in modes:
             raise ValueError("mode must be one of " + "|".join(modes))

@@ -434,6 +434,22 @@ class AuthServer:
         r.raise_for_status()
         return r.json()["last_request"]
 
+    def set_exchange_mode(self, mode="ok", delay_ms=0, expires_in=None):
+        """How the token exchange grant (RFC 8693) answers (see authserver.py's
+        EXCHANGE_MODES); returns {"calls", "last_request"}."""
+        body = {"mode": mode, "delay_ms": delay_ms}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        r = self.http.post(self.url("/_test/exchange"), json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def exchanges(self):
+        """{"calls": token exchanges since the reset, "last_request": the last one's form and client_id}."""
+        r = self.http.post(self.url("/_test/exchange"), json={}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
     def last_token_request(self, client_id=None):
         """The last /token request (of `client_id`, if given), or None."""
         doc = self.http.post(self.url("/_test/token"), json={}, timeout=10).json()

@@ -78,10 +78,11 @@ class OidcProvider:
         self._discovery = None
 
     @classmethod
-    def start(cls, tmpdir, timeout=30, dpop=False, mcp_resources=()):
+    def start(cls, tmpdir, timeout=30, dpop=False, mcp_resources=(), jwt_introspection=False):
         """dpop: also DPoP-bound tokens and JWT access tokens for `resource=https://api.test`.
         mcp_resources: resource identifiers it issues JWT access tokens for (scopes read, admin)
-        to the clients MCP_READER and MCP_ADMIN."""
+        to the clients MCP_READER and MCP_ADMIN.
+        jwt_introspection: RFC 9701 signed introspection answers for pep and pep-post."""
         require_node_modules()
         port = harness.free_port()
         env = {}
@@ -89,6 +90,8 @@ class OidcProvider:
             env["OIDC_DPOP"] = "1"
         if mcp_resources:
             env["OIDC_MCP_RESOURCE"] = ",".join(mcp_resources)
+        if jwt_introspection:
+            env["OIDC_JWT_INTROSPECTION"] = "1"
         env = env or None
         proc = harness.Proc("oidc-provider", [node_binary(), SERVER, port],
                             Path(tmpdir) / ("oidc-provider-%d.log" % port), cwd=OIDC_DIR, env=env)

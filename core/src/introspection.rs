@@ -79,7 +79,23 @@ pub struct RawIntrospection {
     token_pattern: Option<String>,
     min_token_length: Option<usize>,
     max_token_length: Option<usize>,
+    /// `jwt`: ask for signed answers (RFC 9701) and accept nothing else.
+    #[serde(default)]
+    response: ResponseFormat,
 }
+
+/// How the endpoint answers: plain JSON (RFC 7662), or a JWT the issuer
+/// signs (RFC 9701), checked with the issuer's keys ([`crate::introspection_jwt`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    #[default]
+    Json,
+    Jwt,
+}
+
+/// RFC 9701 §4: what a request for a signed answer accepts.
+pub const JWT_MEDIA_TYPE: &str = "application/token-introspection+jwt";
 
 /// Introspections a worker may start per second for one issuer, by default.
 pub const DEFAULT_BUDGET: Budget = Budget {
@@ -154,6 +170,9 @@ pub struct Introspection {
     pub failure_mode: FailureMode,
     pub budget: Budget,
     pub token_shape: TokenShape,
+    pub response: ResponseFormat,
+    /// The gateway's client id here: the `aud` of a signed answer.
+    pub client_id: String,
 }
 
 fn token_shape(
@@ -226,7 +245,7 @@ impl Introspection {
         check_authority(raw.authority.as_deref(), &f("authority"))?;
         let auth = ClientAuth::compile(
             RawCredentials {
-                client_id: raw.client_id,
+                client_id: raw.client_id.clone(),
                 client_secret: raw.client_secret,
                 client_secret_env: raw.client_secret_env,
                 private_key: raw.private_key,
@@ -294,6 +313,8 @@ impl Introspection {
             negative_ttl_seconds: raw.negative_ttl_seconds,
             token_prefix: raw.token_prefix,
             failure_mode,
+            response: raw.response,
+            client_id: raw.client_id,
         })
     }
 
@@ -311,7 +332,7 @@ impl Introspection {
         if let Some(hint) = &self.token_type_hint {
             fields.push(("token_type_hint", hint));
         }
-        self.auth.form_post(
+        let mut callout = self.auth.form_post(
             &self.upstream,
             endpoint,
             self.authority.as_deref(),
@@ -319,7 +340,18 @@ impl Introspection {
             self.timeout_ms,
             now,
             random,
-        )
+        )?;
+        if self.response == ResponseFormat::Jwt {
+            // Only the signed answer: a server that cannot sign fails
+            // rather than answering plain JSON (which is refused anyway).
+            callout
+                .headers
+                .retain(|(name, _)| !name.eq_ignore_ascii_case("accept"));
+            callout
+                .headers
+                .push(("accept".into(), JWT_MEDIA_TYPE.into()));
+        }
+        Ok(callout)
     }
 
     /// Until when an active answer may be used: `exp` less the margin, and
@@ -375,9 +407,15 @@ pub fn interpret(reply: &CalloutReply) -> Result<Answer, IntrospectionError> {
     let body = reply
         .small_success_body()
         .map_err(IntrospectionError::Callout)?;
-    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err(IntrospectionError::NotJson);
     };
+    read_answer(answer)
+}
+
+/// The RFC 7662 §2.2 members, from a JSON answer or a signed answer's
+/// `token_introspection` claim.
+pub fn read_answer(mut answer: Map<String, Value>) -> Result<Answer, IntrospectionError> {
     match answer.remove("active") {
         Some(Value::Bool(true)) => Ok(Answer::Active(answer)),
         Some(Value::Bool(false)) => Ok(Answer::Inactive),

@@ -254,6 +254,58 @@ fn typ_is_jwt(typ: &str) -> bool {
         || subtype.strip_suffix("+jwt").is_some_and(|s| !s.is_empty())
 }
 
+/// RFC 9701 §5's `typ`, with or without the `application/` prefix.
+pub fn is_introspection_typ(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    lower.strip_prefix("application/").unwrap_or(&lower) == "token-introspection+jwt"
+}
+
+/// A JWT's header and claims.
+pub(crate) type HeaderAndClaims = (Map<String, Value>, Map<String, Value>);
+
+/// A JWS in compact form signed by one of `keys` with one of `algorithms`:
+/// its header and claims once the signature checks. No claim is checked
+/// here: what the JWT is decides which (see [`crate::introspection_jwt`]).
+pub(crate) fn verify_jws(
+    jws: &str,
+    algorithms: &[Alg],
+    keys: &KeySet,
+    verifier: &dyn SignatureVerifier,
+) -> Result<HeaderAndClaims, TokenError> {
+    let segments = split(jws)?;
+    let header = decode_json(segments.header, "the header is not base64url JSON")?;
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed("the header has no alg"))?;
+    let alg =
+        Alg::parse(alg_name).ok_or_else(|| TokenError::UnsupportedAlg(alg_name.to_string()))?;
+    if !algorithms.contains(&alg) {
+        return Err(TokenError::AlgNotAllowed(alg));
+    }
+    if header.get("crit").is_some() {
+        return Err(TokenError::Malformed(
+            "critical header extensions are not supported",
+        ));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.as_str()),
+        Some(_) => return Err(TokenError::Malformed("kid must be a string")),
+    };
+    let claims = decode_json(segments.payload, "the payload is not base64url JSON")?;
+    let signature = Base64UrlSafeNoPadding::decode_to_vec(segments.signature, None)
+        .map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
+    let key = keys.find(kid, alg).map_err(TokenError::Key)?;
+    verifier
+        .verify(alg, &key.key, segments.signing_input.as_bytes(), &signature)
+        .map_err(|e| match e {
+            VerifyError::Mismatch => TokenError::BadSignature,
+            other => TokenError::Signature(other),
+        })?;
+    Ok((header, claims))
+}
+
 /// The issuer's access-token profile: the header's `typ`, and with RFC
 /// 9068 the claims §2.2 requires (`exp` and `iss` are required anyway, `aud`
 /// where the issuer lists audiences).
@@ -345,6 +397,13 @@ pub fn precheck<'t>(
         Some(Value::String(typ)) => Some(typ.as_str()),
         Some(_) => return Err(TokenError::Malformed("typ must be a string")),
     };
+    // A signed introspection answer (RFC 9701 §5) is about a token, for the
+    // gateway: it is never one, whatever profile the issuer's tokens have.
+    if typ.is_some_and(is_introspection_typ) {
+        return Err(TokenError::Malformed(
+            "a token introspection response is not an access token",
+        ));
+    }
     // Other header parameters are not read: an embedded `jwk`, `jku`, `x5u`
     // or `x5c` names a key the token chose itself and is never used.
 

@@ -45,16 +45,19 @@ pub enum CalloutKind {
     Token,
     /// A UMA permission (ticket) request.
     Permission,
+    /// A token exchange (RFC 8693) for upstream OAuth.
+    Exchange,
 }
 
 impl CalloutKind {
-    pub const ALL: [CalloutKind; 6] = [
+    pub const ALL: [CalloutKind; 7] = [
         CalloutKind::Discovery,
         CalloutKind::Jwks,
         CalloutKind::Pdp,
         CalloutKind::Introspection,
         CalloutKind::Token,
         CalloutKind::Permission,
+        CalloutKind::Exchange,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl CalloutKind {
             CalloutKind::Introspection => "introspection",
             CalloutKind::Token => "token",
             CalloutKind::Permission => "uma_permission",
+            CalloutKind::Exchange => "token_exchange",
         }
     }
 }
@@ -196,8 +200,35 @@ pub enum Counter {
         client: usize,
         ok: bool,
     },
+    /// A token exchange (RFC 8693) that ended: a token, a refusal for the
+    /// caller, or no usable answer.
+    Exchange(ExchangeResult),
     /// A request refused by a bound on waiting or on callouts.
     Overload(Bound),
+}
+
+/// What one token exchange came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeResult {
+    Issued,
+    Refused,
+    Failed,
+}
+
+impl ExchangeResult {
+    pub const ALL: [ExchangeResult; 3] = [
+        ExchangeResult::Issued,
+        ExchangeResult::Refused,
+        ExchangeResult::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ExchangeResult::Issued => "issued",
+            ExchangeResult::Refused => "refused",
+            ExchangeResult::Failed => "failed",
+        }
+    }
 }
 
 /// What one introspection callout came to.
@@ -295,6 +326,9 @@ impl Catalogue {
         for bound in Bound::ALL {
             all.push(Metric::Counter(Counter::Overload(bound)));
         }
+        for result in ExchangeResult::ALL {
+            all.push(Metric::Counter(Counter::Exchange(result)));
+        }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
                 all.push(Metric::Counter(Counter::Cache(cache, event)));
@@ -363,6 +397,9 @@ impl Catalogue {
                 self.clients.get(client)?,
                 if ok { "ok" } else { "failed" }
             ),
+            Metric::Counter(Counter::Exchange(result)) => {
+                format!("{PREFIX}.exchanges.result.{}", result.label())
+            }
             Metric::Counter(Counter::Overload(bound)) => {
                 format!("{PREFIX}.overloaded.bound.{}", bound.label())
             }
@@ -569,18 +606,22 @@ mod tests {
             "oauth_pep.keys_loaded.issuer.login_example_com_realms_a",
             "oauth_pep.overloaded.bound.waiters",
             "oauth_pep.overloaded.bound.introspection_budget",
+            "oauth_pep.overloaded.bound.exchange_budget",
+            "oauth_pep.exchanges.result.refused",
+            "oauth_pep.callouts.kind.token_exchange.outcome.no_response",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),
                 "{expected} in {names:?}"
             );
         }
-        // 1 allowed + one per reason + 6 kinds x (4 outcomes + 1 histogram)
-        // + one per overload bound + 4 caches x 3 events + 1 issuer x (2
-        // refresh outcomes + 1 gauge + 4 introspection results).
+        // 1 allowed + one per reason + 7 kinds x (4 outcomes + 1 histogram)
+        // + one per overload bound + 3 exchange results + 4 caches x 3
+        // events + 1 issuer x (2 refresh outcomes + 1 gauge + 4
+        // introspection results).
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 30 + Bound::ALL.len() + 12 + 7
+            1 + Reason::ALL.len() + 35 + Bound::ALL.len() + 3 + 12 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {

@@ -60,11 +60,14 @@ pub enum Reason {
     BodyTooLarge,
     BodyInvalid,
     BodyTimeout,
+    ExchangeRefused,
+    ExchangeForbidden,
+    ExchangeUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 40] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -102,6 +105,9 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::BodyInvalid,
         Reason::BodyTimeout,
+        Reason::ExchangeRefused,
+        Reason::ExchangeForbidden,
+        Reason::ExchangeUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -143,6 +149,9 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::BodyInvalid => "body_invalid",
             Reason::BodyTimeout => "body_timeout",
+            Reason::ExchangeRefused => "exchange_refused",
+            Reason::ExchangeForbidden => "exchange_forbidden",
+            Reason::ExchangeUnavailable => "exchange_unavailable",
         }
     }
 }
@@ -190,6 +199,9 @@ impl Reason {
             Reason::BodyTooLarge => 34,
             Reason::BodyInvalid => 35,
             Reason::BodyTimeout => 36,
+            Reason::ExchangeRefused => 37,
+            Reason::ExchangeForbidden => 38,
+            Reason::ExchangeUnavailable => 39,
         }
     }
 }
@@ -346,6 +358,26 @@ pub enum Denial {
     /// for the log only.
     ClientTokenUnavailable {
         client: String,
+        cause: String,
+    },
+    /// The authorization server refused to exchange the caller's token for
+    /// upstream OAuth rule `rule` (RFC 8693): `invalid_request` or
+    /// `invalid_grant`, the caller's token is not acceptable as a subject
+    /// token (401).
+    ExchangeRefused {
+        rule: String,
+        error: &'static str,
+    },
+    /// It refused the rule's audience or scope to this caller
+    /// (`invalid_target`, `invalid_scope`: 403).
+    ExchangeForbidden {
+        rule: String,
+        error: &'static str,
+    },
+    /// No exchanged token can be had (the server failed, or answered what
+    /// the gateway cannot use). `cause` is for the log only.
+    ExchangeUnavailable {
+        rule: String,
         cause: String,
     },
     /// A bound on waiting or on callouts refused the request before any
@@ -531,6 +563,21 @@ impl Denial {
             }
             Denial::UmaUnavailable { .. } => outage(Reason::UmaUnavailable, "5"),
             Denial::ClientTokenUnavailable { .. } => outage(Reason::ClientTokenUnavailable, "5"),
+            Denial::ExchangeRefused { .. } => wire(
+                Reason::ExchangeRefused,
+                401,
+                "invalid_token",
+                Challenge::Bearer,
+                None,
+            ),
+            Denial::ExchangeForbidden { .. } => wire(
+                Reason::ExchangeForbidden,
+                403,
+                "insufficient_scope",
+                Challenge::Bearer,
+                Some("You are not authorized to access this resource"),
+            ),
+            Denial::ExchangeUnavailable { .. } => outage(Reason::ExchangeUnavailable, "5"),
             // A bound refused it before any work: soon is fine.
             Denial::Overloaded { .. } => outage(Reason::Overloaded, "1"),
             Denial::Dpop { problem, .. } => {
@@ -613,6 +660,16 @@ impl Denial {
             Denial::ClientTokenUnavailable { .. } => {
                 "the gateway cannot obtain its credentials for the upstream right now".into()
             }
+            Denial::ExchangeRefused { .. } => {
+                "the authorization server does not accept this token for the upstream".into()
+            }
+            Denial::ExchangeForbidden { .. } => {
+                "the authorization server does not issue this caller a token for the upstream"
+                    .into()
+            }
+            Denial::ExchangeUnavailable { .. } => {
+                "the gateway cannot obtain a token for the upstream right now".into()
+            }
             Denial::Overloaded { .. } => {
                 "too many requests are waiting for the authorization server; retry shortly".into()
             }
@@ -637,6 +694,12 @@ impl Denial {
             }
             Denial::ClientTokenUnavailable { client, cause } => {
                 vec![("client", client.clone()), ("cause", cause.clone())]
+            }
+            Denial::ExchangeRefused { rule, error } | Denial::ExchangeForbidden { rule, error } => {
+                vec![("rule", rule.clone()), ("error", (*error).to_string())]
+            }
+            Denial::ExchangeUnavailable { rule, cause } => {
+                vec![("rule", rule.clone()), ("cause", cause.clone())]
             }
             Denial::Overloaded { bound } => vec![("bound", bound.label().to_string())],
             // Never the ticket: it is the client's to redeem.

@@ -269,18 +269,38 @@ impl TokenClient {
                 fields.push((name, value.as_str()));
             }
         }
+        self.post_form(endpoint, &fields, now, random)
+    }
+
+    /// A POST of `fields` to the token endpoint `endpoint` as this client
+    /// (its authentication, cluster, authority and timeout): for grants other
+    /// than its own client credentials, such as a token exchange.
+    pub fn post_form(
+        &self,
+        endpoint: &Url,
+        fields: &[(&str, &str)],
+        now: u64,
+        random: &dyn Random,
+    ) -> Result<Callout, AssertionError> {
         self.auth.form_post(
             &self.upstream,
             endpoint,
             self.authority.as_deref(),
-            &fields,
+            fields,
             self.timeout_ms,
             now,
             random,
         )
     }
 
-    fn in_flight_deadline(&self, now: u64) -> u64 {
+    /// The lifetime assumed for a token whose answer has no `expires_in`.
+    pub fn default_expires_in(&self) -> u64 {
+        self.default_expires_in_seconds
+    }
+
+    /// Until when requests wait for a request to this client's token
+    /// endpoint made at `now`: its timeout, and the time to dispatch it.
+    pub fn in_flight_deadline(&self, now: u64) -> u64 {
         now.saturating_add(self.timeout_ms / 1000 + 2)
     }
 }
@@ -303,6 +323,9 @@ struct ClientState {
     flight: Flight,
     /// Tokens obtained before this were refused by the server: not adopted.
     refused_before: u64,
+    /// Fetched on demand only, not ahead on the tick while none is held:
+    /// a client whose own token nothing sends (its rules only exchange).
+    on_demand: bool,
 }
 
 impl ClientState {
@@ -361,6 +384,14 @@ impl ClientTokens {
 
     pub fn share_through(&mut self, shared: Sharing) {
         self.shared = shared;
+    }
+
+    /// Client `index`'s own token is fetched only when a request needs it
+    /// (then renewed ahead of expiry as any other), not at start.
+    pub fn fetch_on_demand(&mut self, index: usize) {
+        if let Some(state) = self.states.get_mut(index) {
+            state.on_demand = true;
+        }
     }
 
     pub fn client(&self, index: usize) -> Option<&TokenClient> {
@@ -507,9 +538,12 @@ impl ClientTokens {
         let mut adopted = Vec::new();
         for index in 0..self.clients.len() {
             let due = self.states.get(index).is_some_and(|s| {
-                !s.flight.awaiting(now)
-                    && s.flight.retry_due(now)
-                    && s.held.as_ref().is_none_or(|h| now >= h.refresh_at)
+                let refresh = match &s.held {
+                    Some(held) => now >= held.refresh_at,
+                    // None held: a first load, unless it waits for a request.
+                    None => !s.on_demand,
+                };
+                refresh && !s.flight.awaiting(now) && s.flight.retry_due(now)
             });
             if !due {
                 continue;
@@ -630,6 +664,16 @@ fn parse_token_response(
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err("the token endpoint's answer is not a JSON object".into());
     };
+    bearer_token(&answer, default_expires_in)
+}
+
+/// The Bearer `access_token` of a token endpoint's JSON answer and its
+/// `expires_in` (the default when the server gives none). Never quotes the
+/// token in an error.
+pub fn bearer_token(
+    answer: &serde_json::Map<String, Value>,
+    default_expires_in: u64,
+) -> Result<(String, u64), String> {
     let token = match answer.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => t,
         _ => return Err("the answer has no access_token".into()),
@@ -792,6 +836,24 @@ mod tests {
         // within EXPIRY_MARGIN_SECONDS of its expiry.
         assert_eq!(ready(&mut m, NOW + 51).as_deref(), Some("t1"));
         assert_eq!(ready(&mut m, NOW + 95), None);
+    }
+
+    #[test]
+    fn a_client_fetched_on_demand_is_not_fetched_ahead_until_asked() {
+        let mut m = manager();
+        m.fetch_on_demand(0);
+        assert!(m.due(&no_discovery, &NoRandom, NOW).0.is_empty());
+        fetch(&mut m, NOW);
+        m.on_reply(
+            0,
+            Ok(&reply(
+                200,
+                r#"{"access_token":"t1","token_type":"bearer","expires_in":100}"#,
+            )),
+            NOW,
+        );
+        // Once one is held it is renewed ahead as any other.
+        assert_eq!(m.due(&no_discovery, &NoRandom, NOW + 50).0.len(), 1);
     }
 
     #[test]

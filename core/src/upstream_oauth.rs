@@ -16,6 +16,7 @@
 use serde::Deserialize;
 
 use crate::config_error::ConfigError;
+use crate::exchange::{Exchange, RawExchange};
 use crate::headers::{header_name, HeaderUse};
 use crate::policy::PathSet;
 
@@ -53,6 +54,9 @@ pub struct RawUpstreamOAuth {
     client_credential: RawCredentialHandling,
     /// With `client_credential: "move"`: where the client's credential goes.
     move_to: Option<String>,
+    /// Send a token exchanged for the caller's (RFC 8693) instead of the
+    /// client's own.
+    exchange: Option<RawExchange>,
 }
 
 fn default_header() -> String {
@@ -143,6 +147,9 @@ pub struct UpstreamOAuth {
     /// Gets `Bearer <token>`.
     pub header: String,
     pub credential: ClientCredential,
+    /// The token sent is exchanged for the caller's (RFC 8693), not the
+    /// client's own.
+    pub exchange: Option<Exchange>,
 }
 
 impl UpstreamOAuth {
@@ -165,6 +172,16 @@ impl UpstreamOAuth {
                 )
             })?;
         let destination = destination(&raw, field)?;
+        let exchange = match raw.exchange {
+            Some(_) if raw.anonymous => {
+                return Err(ConfigError::new(
+                    f("exchange"),
+                    "cannot go with `anonymous: true`: a caller without a verified token has none to exchange",
+                ))
+            }
+            Some(x) => Some(Exchange::compile(x, &f("exchange"))?),
+            None => None,
+        };
         let header = header_name(&raw.header, &f("header"), HeaderUse::UpstreamToken)?;
         let credential = match (raw.client_credential, raw.move_to) {
             (RawCredentialHandling::Move, Some(to)) => {
@@ -226,6 +243,7 @@ impl UpstreamOAuth {
             methods,
             header,
             credential,
+            exchange,
         })
     }
 

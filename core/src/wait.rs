@@ -21,6 +21,9 @@ pub enum WaitKey {
     /// fetched; the request is decided again when its body is complete (or
     /// over the bound), or answered 408 at its deadline.
     Body,
+    /// The token exchange (RFC 8693) of upstream OAuth rule `rule` for the
+    /// caller token with this digest.
+    Exchange { rule: usize, token: Digest },
 }
 
 /// Which bound refused a request with [`crate::response::Denial::Overloaded`].
@@ -35,14 +38,17 @@ pub enum Bound {
     IntrospectionBudget,
     /// The UMA permission request budget per second is spent.
     PermissionBudget,
+    /// An upstream OAuth rule's token exchange budget per second is spent.
+    ExchangeBudget,
 }
 
 impl Bound {
-    pub const ALL: [Bound; 4] = [
+    pub const ALL: [Bound; 5] = [
         Bound::Waiters,
         Bound::InFlight,
         Bound::IntrospectionBudget,
         Bound::PermissionBudget,
+        Bound::ExchangeBudget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +57,7 @@ impl Bound {
             Bound::InFlight => "in_flight",
             Bound::IntrospectionBudget => "introspection_budget",
             Bound::PermissionBudget => "permission_budget",
+            Bound::ExchangeBudget => "exchange_budget",
         }
     }
 }

@@ -50,6 +50,25 @@
 // client certificate is read from the request header `x-test-client-cert`
 // (base64 of the PEM), a test-only stand-in for the TLS connection's.
 //
+// Token exchange (RFC 8693, tests/test_token_exchange.py): the grant
+// urn:ietf:params:oauth:grant-type:token-exchange is registered with
+// provider.registerGrantType for the client `gw` / `gw-secret`
+// (client_secret_basic; also client_credentials, scopes "read write"). Its
+// subject_token must be an active access token of this provider (else 400
+// invalid_grant), subject_token_type the access token type (else 400
+// invalid_request), audience EXCHANGE_AUDIENCE if given (else 400
+// invalid_target); an actor_token, if given, an active token too. The
+// answer is a new opaque token of `gw` whose introspection carries
+// `subject_client_id` (the subject token's client), `exchanged_for` (the
+// audience) and `act` ({client_id} of the actor token's client, RFC 8693 §4.1),
+// with `issued_token_type` the access token type.
+// Every exchange is logged as `CALL route=exchange ... token=<sha256[:16] of
+// the subject token>`.
+//
+// With OIDC_JWT_INTROSPECTION=1 (RFC 9701) introspection answers a request
+// that accepts application/token-introspection+jwt with a signed JWT
+// (features.jwtIntrospection; RS256 with the provider's key).
+//
 // With OIDC_MCP_RESOURCE=<url>[,<url>...] (tests/test_mcp.py) the provider also issues JWT
 // access tokens (`typ: at+jwt`, RS256, `aud` the resource, `scope` among "read admin") for each
 // of those resources when a client_credentials request names it (`resource=`, RFC 8707), to
@@ -118,6 +137,11 @@ const requireRegisteredAuthMethod = (ctx, client) => {
   }
 };
 
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+export const EXCHANGE_AUDIENCE = 'https://backend.test';
+const EXCHANGE_CLAIMS = new WeakMap();
+
 const resourceServer = (clientId, secret, method) => ({
   client_id: clientId,
   client_secret: secret,
@@ -137,6 +161,15 @@ const configuration = {
       client_secret: 'app-secret',
       token_endpoint_auth_method: 'client_secret_basic',
       grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      scope: 'read write',
+    },
+    {
+      client_id: 'gw',
+      client_secret: 'gw-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['client_credentials', TOKEN_EXCHANGE],
       response_types: [],
       redirect_uris: [],
       scope: 'read write',
@@ -179,6 +212,8 @@ const configuration = {
     ClientCredentials: () => 600,
   },
   cookies: { keys: ['oauth-pep-interop-tests-only'] },
+  // An exchanged token's claims (oidc-provider sets `extra` from this hook when it saves a token).
+  extraTokenClaims: async (ctx, token) => EXCHANGE_CLAIMS.get(token),
 };
 // Resource indicators (RFC 8707) the provider issues JWT access tokens for, with their scopes.
 const RESOURCE_SCOPES = new Map();
@@ -233,19 +268,66 @@ if (RESOURCE_SCOPES.size > 0) {
   };
 }
 
+if (process.env.OIDC_JWT_INTROSPECTION === '1') {
+  configuration.features.jwtIntrospection = { enabled: true };
+  // oidc-provider signs an introspection answer for a client that registered an alg for it.
+  for (const client of configuration.clients) {
+    if (INTROSPECTORS.has(client.client_id) && client.token_endpoint_auth_method !== 'private_key_jwt') {
+      client.introspection_signed_response_alg = 'RS256';
+    }
+  }
+}
+
 const provider = new Provider(issuer, configuration);
+
+// RFC 8693 token exchange (see the header comment).
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx, next) => {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be the access token type');
+  }
+  const subject = await provider.ClientCredentials.find(params.subject_token);
+  if (!subject || !subject.isValid) throw new errors.InvalidGrant('subject_token is not an active access token');
+  if (params.audience !== undefined && params.audience !== EXCHANGE_AUDIENCE) {
+    throw new errors.InvalidTarget('unknown audience');
+  }
+  let actor;
+  if (params.actor_token !== undefined) {
+    actor = await provider.ClientCredentials.find(params.actor_token);
+    if (!actor || !actor.isValid) throw new errors.InvalidGrant('actor_token is not an active access token');
+  }
+  const token = new provider.ClientCredentials({ client, scope: params.scope || undefined });
+  EXCHANGE_CLAIMS.set(token, {
+    subject_client_id: subject.clientId,
+    exchanged_for: params.audience,
+    ...(actor ? { act: { client_id: actor.clientId } } : {}),
+  });
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope || undefined,
+  };
+  await next();
+}, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'audience', 'requested_token_type', 'scope']);
+
 const ROUTES = { '/token/introspection': 'introspection', '/token/revocation': 'revocation' };
 provider.use(async (ctx, next) => {
   const route = ROUTES[ctx.path];
   try {
     await next();
   } finally {
-    if (route && ctx.method === 'POST') {
+    const exchange = ctx.path === '/token' && ctx.oidc?.params?.grant_type === TOKEN_EXCHANGE;
+    if ((route || exchange) && ctx.method === 'POST') {
       const params = ctx.oidc?.params ?? {};
-      const token = typeof params.token === 'string'
+      const token = exchange && typeof params.subject_token === 'string'
+        ? createHash('sha256').update(params.subject_token).digest('hex').slice(0, 16)
+        : typeof params.token === 'string'
         ? createHash('sha256').update(params.token).digest('hex').slice(0, 16) : '-';
       const active = route === 'introspection' && ctx.body && typeof ctx.body === 'object' ? ctx.body.active : '-';
-      console.log(`CALL route=${route} client=${ctx.oidc?.client?.clientId ?? '-'} auth=${usedAuthMethod(ctx)} `
+      console.log(`CALL route=${route ?? 'exchange'} client=${ctx.oidc?.client?.clientId ?? '-'} auth=${usedAuthMethod(ctx)} `
         + `hint=${params.token_type_hint ?? '-'} token=${token} status=${ctx.status} active=${active ?? '-'} `
         + `jti=${assertionJti(ctx)}`);
     }

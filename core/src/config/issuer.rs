@@ -128,6 +128,16 @@ fn compile(
             )
         })
         .transpose()?;
+    if matches!(source, KeySource::None)
+        && introspection
+            .as_ref()
+            .is_some_and(|x| x.response == crate::introspection::ResponseFormat::Jwt)
+    {
+        return Err(ConfigError::new(
+            f("introspection.response"),
+            "\"jwt\" needs the issuer's keys, which sign its answers (RFC 9701): give `discovery`, `jwks_uri`, `jwks` or `shared_secret`",
+        ));
+    }
     if raw.refresh_seconds == 0 {
         return Err(ConfigError::new(f("refresh_seconds"), "must be positive"));
     }
@@ -418,6 +428,10 @@ mod tests {
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":"short"}]}"#,
                 "`issuers[0].shared_secret`: is 5 bytes",
+            ),
+            (
+                r#"{"issuers":[{"issuer":"x","audiences":"any","introspection":{"endpoint":"http://a/i","upstream":"a","client_id":"c","client_secret":"s","response":"jwt"}}]}"#,
+                "`issuers[0].introspection.response`: \"jwt\" needs the issuer's keys",
             ),
             (
                 r#"{"issuers":[{"issuer":"x","audiences":"any","shared_secret":{"base64url":"c2hvcnQ"}}]}"#,

@@ -352,6 +352,7 @@ fn anonymous_or(
         subject: Some(anonymous.consumer.id.clone()),
         new_path: None,
         anonymous: true,
+        subject_token: None,
     };
     let hidden = config.forward.hide_credentials
         || config.forward.phantom_token_header.is_some()

@@ -10,8 +10,10 @@ use crate::callout::CalloutReply;
 use crate::config::{Config, PhantomFormat};
 use crate::flight::{Flight, Marker};
 use crate::grant::Grant;
-use crate::introspection::{self, Answer, Introspection};
+use crate::introspection::{self, Answer, Introspection, ResponseFormat};
+use crate::introspection_jwt;
 use crate::jwt::{check_introspected, VerifiedToken};
+use crate::keys::KeyWait;
 use crate::metrics::IntrospectionResult;
 use crate::response::{Denial, TokenProblem};
 use crate::shared_cache::{Entry, Written};
@@ -143,6 +145,17 @@ pub(super) fn introspect(
             }
         },
     };
+    // A signed answer (RFC 9701) is checked with the issuer's keys: they
+    // are loaded before it is asked for (the request waits on them as a JWT
+    // of the issuer would).
+    if settings.response == ResponseFormat::Jwt && state.keys.keys(issuer).is_none() {
+        match state.keys.load_for_request(issuer, now) {
+            // Another worker's keys (if they lack the one that signs, the
+            // answer is a fault).
+            KeyWait::Adopted => {}
+            wait => return Err(Verdict::from_key_wait(config, wait, issuer, None)),
+        }
+    }
     // Built before anything is claimed: a request that cannot be made
     // (no random bytes for a client assertion) holds no worker back.
     let callout = settings
@@ -374,6 +387,19 @@ fn settle_introspection(
         );
     };
     let interpreted = match answer {
+        Ok(reply) if settings.response == ResponseFormat::Jwt => match config.issuers.get(issuer) {
+            Some(issuer_settings) => introspection_jwt::read(
+                reply,
+                issuer_settings,
+                &settings.client_id,
+                state.keys.keys(issuer).map(|k| k.as_ref()),
+                state.verifier.as_ref(),
+                config.rules.clock_skew_seconds,
+                now,
+            )
+            .map_err(|e| e.to_string()),
+            None => Err("no such issuer".to_string()),
+        },
         Ok(reply) => introspection::interpret(reply).map_err(|e| e.to_string()),
         Err(why) => Err(format!("the callout could not be dispatched: {why}")),
     };
@@ -1148,5 +1174,247 @@ mod tests {
             ));
         }
         expect_callout(ask_from(&c, &mut second, "its-own", "10.0.0.2", NOW));
+    }
+}
+
+#[cfg(test)]
+mod signed_answer_tests {
+    //! RFC 9701: signed introspection answers, checked with the issuer's
+    //! keys; every failed check is a 503 and nothing is cached.
+
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use ct_codecs::{Base64UrlSafeNoPadding, Encoder as _};
+    use serde_json::json;
+
+    use super::*;
+    use crate::callout::CalloutReply;
+    use crate::engine::{verdict_for, verdict_knowing, Request, Resumed};
+    use crate::extract::tests::h;
+    use crate::jwt::test_vectors::vectors;
+    use crate::metrics::testing::FakeMetrics;
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}",
+                "introspection":{{"endpoint":"https://hs.test/introspect","upstream":"as",
+                "client_id":"pep","client_secret":"s","response":"jwt"}}}}]}}"#,
+            vectors().hs_secret
+        );
+        Config::from_json(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn sign(header: serde_json::Value, claims: serde_json::Value, secret: &[u8]) -> String {
+        let enc = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).unwrap();
+        let input = format!(
+            "{}.{}",
+            enc(header.to_string().as_bytes()),
+            enc(claims.to_string().as_bytes())
+        );
+        let mac = hmac_sha256::HMAC::mac(input.as_bytes(), secret);
+        format!("{input}.{}", enc(&mac))
+    }
+
+    fn answer(now: u64) -> serde_json::Value {
+        json!({"iss": "https://hs.test", "aud": "pep", "iat": now,
+               "token_introspection": {"active": true, "sub": "alice", "client_id": "app",
+                                       "scope": "read", "aud": "api", "exp": now + 600,
+                                       "iss": "https://hs.test"}})
+    }
+
+    fn typ() -> serde_json::Value {
+        json!({"alg": "HS256", "typ": "token-introspection+jwt"})
+    }
+
+    fn ask(c: &Config, s: &mut State, token: &str, known: Option<&Known>) -> Verdict {
+        let headers = h(&[("authorization", &format!("Bearer {token}"))]);
+        let request = Request {
+            method: "GET",
+            path: "/api",
+            headers: &headers,
+            client: None,
+            peer_certificate: None,
+            routing: Default::default(),
+            body: None,
+        };
+        match known {
+            Some(known) => verdict_knowing(c, s, &request, Some(known), vectors().now),
+            None => verdict_for(c, s, &request, vectors().now),
+        }
+    }
+
+    /// The outcome the waiters get for `body` as the endpoint's answer.
+    fn settled(c: &Config, s: &mut State, token: &str, body: &str) -> Verdict {
+        let Verdict::Wait(Wait {
+            fetch: Some(Fetch { callout, resume }),
+            ..
+        }) = ask(c, s, token, None)
+        else {
+            panic!("no introspection")
+        };
+        let accept: Vec<_> = callout
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "accept")
+            .collect();
+        assert_eq!(
+            accept,
+            [&(
+                "accept".to_string(),
+                "application/token-introspection+jwt".to_string()
+            )]
+        );
+        let reply = CalloutReply {
+            status: Some(200),
+            body: body.as_bytes().to_vec(),
+            oversized: None,
+        };
+        let m = FakeMetrics::default();
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = crate::engine::resume(c, s, &m, resume, Ok(&reply), vectors().now)
+        else {
+            panic!("not settled")
+        };
+        ask(c, s, token, Some(&known))
+    }
+
+    #[test]
+    fn a_signed_answer_is_read_from_token_introspection() {
+        let c = config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let secret = vectors().hs_secret.as_bytes().to_vec();
+        let body = sign(typ(), answer(now), &secret);
+        let Verdict::Allow(allow) = settled(&c, &mut s, "opaque-1", &body) else {
+            panic!("not allowed")
+        };
+        assert_eq!(allow.subject.as_deref(), Some("alice"));
+        // Cached as any active answer.
+        assert!(matches!(
+            ask(&c, &mut s, "opaque-1", None),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn every_failed_check_is_a_503_and_nothing_is_cached() {
+        let now = vectors().now;
+        let secret = vectors().hs_secret.as_bytes().to_vec();
+        let claims = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut a = answer(now);
+            f(&mut a);
+            a
+        };
+        let cases = [
+            (
+                "plain JSON",
+                r#"{"active":true,"sub":"alice","scope":"read","aud":"api"}"#.to_string(),
+            ),
+            ("unsigned", {
+                let t = sign(
+                    json!({"alg": "none", "typ": "token-introspection+jwt"}),
+                    answer(now),
+                    &secret,
+                );
+                format!("{}.", t.rsplit_once('.').unwrap().0)
+            }),
+            (
+                "another key",
+                sign(typ(), answer(now), b"another-secret-another-secret-32"),
+            ),
+            (
+                "typ JWT",
+                sign(json!({"alg": "HS256", "typ": "JWT"}), answer(now), &secret),
+            ),
+            (
+                "no typ",
+                sign(json!({"alg": "HS256"}), answer(now), &secret),
+            ),
+            (
+                "wrong aud",
+                sign(
+                    typ(),
+                    claims(&|a| a["aud"] = json!("someone-else")),
+                    &secret,
+                ),
+            ),
+            (
+                "wrong iss",
+                sign(
+                    typ(),
+                    claims(&|a| a["iss"] = json!("https://evil.test")),
+                    &secret,
+                ),
+            ),
+            (
+                "old iat",
+                sign(typ(), claims(&|a| a["iat"] = json!(now - 3600)), &secret),
+            ),
+            (
+                "future iat",
+                sign(typ(), claims(&|a| a["iat"] = json!(now + 3600)), &secret),
+            ),
+            (
+                "no iat",
+                sign(
+                    typ(),
+                    claims(&|a| {
+                        a.as_object_mut().unwrap().remove("iat");
+                    }),
+                    &secret,
+                ),
+            ),
+            (
+                "no token_introspection",
+                sign(
+                    typ(),
+                    claims(&|a| {
+                        a.as_object_mut().unwrap().remove("token_introspection");
+                    }),
+                    &secret,
+                ),
+            ),
+        ];
+        for (what, body) in cases {
+            let c = config();
+            let mut s = State::new(&c);
+            let Verdict::Deny(denial) = settled(&c, &mut s, "opaque-1", &body) else {
+                panic!("{what}: let through")
+            };
+            assert_eq!(
+                (denial.status(), denial.code()),
+                (503, "introspection_unavailable"),
+                "{what}"
+            );
+            // Not cached: the next request asks again.
+            assert!(
+                matches!(
+                    ask(&c, &mut s, "opaque-1", None),
+                    Verdict::Wait(Wait { fetch: Some(_), .. })
+                ),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signed_answer_is_never_an_access_token() {
+        let c = config();
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let secret = vectors().hs_secret.as_bytes().to_vec();
+        // Even with every claim an access token of the issuer would carry.
+        let mut claims = answer(now);
+        claims["aud"] = json!("api");
+        claims["exp"] = json!(now + 600);
+        claims["sub"] = json!("alice");
+        claims["scope"] = json!("read");
+        let jwt = sign(typ(), claims, &secret);
+        let Verdict::Deny(denial) = ask(&c, &mut s, &jwt, None) else {
+            panic!("accepted as a token")
+        };
+        assert_eq!(denial.status(), 401, "{denial:?}");
     }
 }

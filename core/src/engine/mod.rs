@@ -13,6 +13,7 @@
 mod authenticate;
 mod authorize;
 mod bind;
+mod exchange;
 mod introspect;
 mod resume;
 mod state;
@@ -36,6 +37,7 @@ use crate::upstream_oauth::{rule_for, Routing};
 use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
+pub use exchange::PendingExchange;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
 pub use state::State;
@@ -90,6 +92,19 @@ pub struct Allow {
     /// consumer): the gateway's own token goes only where an upstream OAuth
     /// rule says `anonymous`.
     pub anonymous: bool,
+    /// The caller's verified token, while the request's upstream OAuth rule
+    /// still has to exchange it (taken before the verdict leaves the core).
+    pub(crate) subject_token: Option<SubjectToken>,
+}
+
+/// A caller's token kept for its exchange: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SubjectToken(pub(crate) Rc<str>);
+
+impl std::fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectToken(..)")
+    }
 }
 
 /// The outcome of an introspection, for the requests that waited for it.
@@ -163,6 +178,9 @@ pub enum Resume {
     ClientToken { client: usize },
     /// A UMA permission ticket for the request that waits for it.
     Ticket(Box<PendingTicket>),
+    /// The token exchange of one caller token for one upstream OAuth rule,
+    /// which every request with that token waits for.
+    Exchange(Box<PendingExchange>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -200,6 +218,7 @@ impl Resume {
             Resume::Introspect(_) => CalloutKind::Introspection,
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
+            Resume::Exchange(_) => CalloutKind::Exchange,
         }
     }
 }
@@ -241,7 +260,7 @@ pub fn verdict_knowing(
         return Verdict::Deny(Denial::InvalidRequest(RequestProblem::Rerouted));
     }
     let verdict = authorize::check_access(config, state, request, path, rule, known, now);
-    let verdict = upstream::add_gateway_token(config, state, rule, verdict, now);
+    let verdict = upstream::add_gateway_token(config, state, request, rule, verdict, now);
     upstream::forward_as_judged(verdict, &target, request.path)
 }
 

@@ -6,14 +6,15 @@ use std::rc::Rc;
 
 use crate::callout::CalloutReply;
 use crate::config::Config;
+use crate::exchange::Outcome;
 use crate::keys::{Due as KeysDue, FetchProgress};
-use crate::metrics::{Counter, Gauge, Metrics};
+use crate::metrics::{Counter, ExchangeResult, Gauge, Metrics};
 use crate::policy::jsonrpc::BodyProblem;
 use crate::response::Denial;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
 
-use super::{authorize, introspect, uma};
+use super::{authorize, exchange, introspect, uma};
 use super::{client_name, issuer_name, Due, Fetch, Resume, Resumed, State, Verdict};
 
 /// The one entry point for every callout's outcome: its answer, or why the
@@ -70,6 +71,38 @@ pub fn resume(
             };
             Resumed::Settled {
                 on: WaitKey::ClientToken(client),
+                known: None,
+                notes: vec![note],
+            }
+        }
+        Resume::Exchange(pending) => {
+            let outcome = exchange::finish_exchange(config, state, &pending, answer, now);
+            let rule = exchange::rule_name(pending.rule);
+            let (result, note) = match outcome {
+                Outcome::Issued { lifetime, .. } => (
+                    ExchangeResult::Issued,
+                    Note::Info(format!(
+                        "exchanged a caller token for {rule}, usable for {lifetime} s"
+                    )),
+                ),
+                Outcome::Refused(refusal) => (
+                    ExchangeResult::Refused,
+                    Note::Info(format!(
+                        "the token endpoint refused to exchange a caller token for {rule}: {}",
+                        refusal.error()
+                    )),
+                ),
+                Outcome::Failed(why) => (
+                    ExchangeResult::Failed,
+                    Note::Warn(format!("token exchange for {rule} failed: {why}")),
+                ),
+            };
+            metrics.increment(Counter::Exchange(result), 1);
+            Resumed::Settled {
+                on: WaitKey::Exchange {
+                    rule: pending.rule,
+                    token: pending.key,
+                },
                 known: None,
                 notes: vec![note],
             }
@@ -188,6 +221,7 @@ pub fn fetching_here(state: &State, on: &WaitKey, now: u64) -> bool {
         WaitKey::ClientToken(client) => state.clients.awaited_until(*client, now).is_some(),
         // Each request's own: no other worker can bring it.
         WaitKey::Body => true,
+        WaitKey::Exchange { token, .. } => state.exchanges.in_flight(token, now),
     }
 }
 
@@ -207,5 +241,9 @@ pub fn timed_out(config: &Config, on: &WaitKey) -> Denial {
             cause: "the token request did not settle within its timeout".into(),
         },
         WaitKey::Body => Denial::Body(BodyProblem::TooSlow),
+        WaitKey::Exchange { rule, .. } => Denial::ExchangeUnavailable {
+            rule: exchange::rule_name(*rule),
+            cause: "the token exchange did not settle within its timeout".into(),
+        },
     }
 }

@@ -9,6 +9,7 @@ use crate::budget::Spender;
 use crate::cache::{BoundedCache, CacheStats, Digest};
 use crate::callout::Callout;
 use crate::config::Config;
+use crate::exchange::Exchanges;
 use crate::flight::Flight;
 use crate::grant::Grant;
 use crate::introspection;
@@ -47,6 +48,9 @@ pub struct State {
     pub(super) random: Rc<dyn Random>,
     /// The gateway's own tokens (UMA PAT, upstream OAuth).
     pub clients: ClientTokens,
+    /// Tokens exchanged for callers' (upstream OAuth `exchange`), the
+    /// exchanges in flight and their budgets.
+    pub(super) exchanges: Exchanges,
     /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
     /// this worker's memory otherwise.
     pub(super) replay: Rc<dyn SharedStore>,
@@ -54,6 +58,19 @@ pub struct State {
 
 impl State {
     pub fn new(config: &Config) -> Self {
+        let mut clients = ClientTokens::new(&config.clients);
+        // A client whose own token nothing sends (no UMA PAT, no rule that
+        // sends it or sends it as an exchange's actor) is not fetched ahead.
+        for index in 0..config.clients.len() {
+            let sent = config.uma.as_ref().is_some_and(|u| u.client == index)
+                || config
+                    .upstream_oauth
+                    .iter()
+                    .any(|r| r.client == index && r.exchange.as_ref().is_none_or(|x| x.actor));
+            if !sent {
+                clients.fetch_on_demand(index);
+            }
+        }
         let (pdp_bytes, pdp_entries) = match &config.pdp {
             Some(pdp) if pdp.cache_seconds() > 0 => (pdp.cache_bytes(), usize::MAX),
             _ => (0, 0),
@@ -88,7 +105,14 @@ impl State {
             ),
             shared_stats: CacheStats::default(),
             random: Rc::new(NoRandom),
-            clients: ClientTokens::new(&config.clients),
+            clients,
+            exchanges: Exchanges::new(
+                &config
+                    .upstream_oauth
+                    .iter()
+                    .map(|r| r.exchange.as_ref())
+                    .collect::<Vec<_>>(),
+            ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
         }
     }

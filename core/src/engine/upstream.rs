@@ -15,7 +15,10 @@ use crate::token_client::TokenWait;
 use crate::upstream_oauth::{ClientCredential, UpstreamOAuth};
 use crate::wait::WaitKey;
 
-use super::{authenticate, client_name, Allow, Fetch, Request, Resume, State, Verdict, Wait};
+use super::exchange::{exchanged_token, rule_index};
+use super::{
+    authenticate, client_name, Allow, Fetch, Request, Resume, State, SubjectToken, Verdict, Wait,
+};
 
 /// The upstream request of a caller let through; `upstream` is the upstream
 /// OAuth rule for the request, which decides what becomes of its credential.
@@ -79,6 +82,9 @@ pub(super) fn allow(
             _ => found.token.clone(),
         };
         allow.set_headers.push((to.clone(), value));
+    }
+    if upstream.is_some_and(|r| r.exchange.is_some()) {
+        allow.subject_token = Some(SubjectToken(Rc::from(found.token.as_str())));
     }
     let moved_or_replaced = upstream.is_some_and(|r| r.credential != ClientCredential::Keep);
     if config.forward.hide_credentials || moved_or_replaced {
@@ -182,10 +188,12 @@ pub(super) fn forward_as_judged(verdict: Verdict, target: &NormalTarget, raw: &s
 
 /// The verdict, with the gateway's own token added where upstream OAuth
 /// applies (`upstream` is the request's rule, if any): whatever let the
-/// request through, the upstream gets the token.
+/// request through, the upstream gets the token; under a rule with
+/// `exchange`, the one exchanged for the caller's, never the caller's own.
 pub(super) fn add_gateway_token(
     config: &Config,
     state: &mut State,
+    request: &Request,
     upstream: Option<&UpstreamOAuth>,
     verdict: Verdict,
     now: u64,
@@ -199,7 +207,26 @@ pub(super) fn add_gateway_token(
         return verdict;
     }
     let mut add_token = |allow: &mut Allow| -> Result<(), Verdict> {
-        let token = client_token(config, state, rule.client, now)?;
+        let subject = allow.subject_token.take();
+        let token = match (&rule.exchange, subject) {
+            (None, _) => client_token(config, state, rule.client, now)?,
+            (Some(exchange), Some(SubjectToken(subject))) => exchanged_token(
+                config,
+                state,
+                rule_index(config, rule),
+                rule,
+                exchange,
+                &subject,
+                request.client,
+                now,
+            )?,
+            (Some(_), None) => {
+                return Err(Verdict::Deny(Denial::ExchangeUnavailable {
+                    rule: super::exchange::rule_name(rule_index(config, rule)),
+                    cause: "no verified caller token to exchange".into(),
+                }))
+            }
+        };
         allow
             .set_headers
             .push((rule.header.clone(), format!("Bearer {token}")));
