@@ -8,7 +8,8 @@
 #   make demo          demo-setup, build, then run authserver + echo + Envoy on 127.0.0.1 (Ctrl-C stops)
 #   make demo-uma      against a running `make demo`: the UMA and upstream OAuth walk-through (prints each exchange)
 #   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
-#   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn (writes bench/RESULTS.md)
+#   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn, then the cold start (writes bench/RESULTS.md)
+#   make bench-cold-start  seconds from Envoy's start to its first answer: no filter, the wasm floor, native jwt_authn, oauth-pep (1 and 2 workers)
 #   make bench-policy  the core's policy benchmark
 #   make profile-hot-path  the cached decision's cost in V8 (Node) and natively
 #   make profile-crypto    one pure-Rust signature check per algorithm, in V8 (Node) and natively
@@ -47,10 +48,10 @@ PYTEST_ARGS    ?=
 NATIVE_TEST_ARGS ?= --workspace
 
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
-        test-integration demo demo-uma bench bench-noop wrk bench-policy profile-hot-path profile-crypto vectors
+        test-integration demo demo-uma bench bench-noop bench-cold-start wrk bench-policy profile-hot-path profile-crypto vectors
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools
@@ -176,6 +177,12 @@ BENCH_ARGS ?=
 
 bench: setup build bench-noop wrk
 	$(VPY) bench/run.py $(BENCH_ARGS)
+	$(VPY) bench/cold_start.py --append bench/RESULTS.md $(COLD_ARGS)
+
+# Prints its table (README, Performance); writes nothing. COLD_ARGS="--repeats 9 --only 'noop;pep_demo'".
+COLD_ARGS ?=
+bench-cold-start: demo-setup build bench-noop
+	$(VPY) bench/cold_start.py $(COLD_ARGS)
 
 # The wasm floor: its own manifest and Cargo.lock (not a workspace member), built offline.
 bench-noop:
