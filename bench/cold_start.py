@@ -33,6 +33,7 @@ writes nothing into the repository).
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -150,23 +151,30 @@ def measure(name, make, path, concurrency, work, log_dir):
     d.mkdir(parents=True)
     cfg = d / "envoy.yaml"
     cfg.write_text(make(admin_port, port))
-    argv = [harness.ENVOY_BIN, "-c", str(cfg), "--concurrency", str(concurrency),
-            "--base-id", str(random.randint(1, 2**31 - 1)), "--disable-hot-restart"]
-    argv += log_args(log_dir, "%s-c%d-%d" % (name, concurrency, port), d)
-    out = open(d / "envoy.out", "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with running_envoy(cfg, concurrency, log_dir, "%s-c%d-%d" % (name, concurrency, port), d):
         t1, status = first_answer(port, path, t0 + TIMEOUT)
         return t1 - t0, status
-    finally:
-        proc.terminate()
+
+
+@contextlib.contextmanager
+def running_envoy(cfg, concurrency, log_dir, log_name, d):
+    """Envoy on `cfg`, its output in d/envoy.out, stopped (killed if it lingers) on exit."""
+    argv = [harness.ENVOY_BIN, "-c", str(cfg), "--concurrency", str(concurrency),
+            "--base-id", str(random.randint(1, 2**31 - 1)), "--disable-hot-restart",
+            *log_args(log_dir, log_name, d)]
+    with open(d / "envoy.out", "wb") as out:
+        proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        out.close()
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 PUSH_ROWS = {"noop": "no-op wasm filter (floor)", "pep_policy": "oauth-pep, 1,000-rule policy"}
@@ -208,25 +216,12 @@ def push_once(spec, concurrency, work, auth_port, tag, log_dir):
     write(1)
     cfg = d / "envoy.json"
     cfg.write_text(json.dumps(b, indent=2))
-    argv = [harness.ENVOY_BIN, "-c", str(cfg), "--concurrency", str(concurrency),
-            "--base-id", str(random.randint(1, 2**31 - 1)), "--disable-hot-restart",
-            *log_args(log_dir, "push-%s-c%d-%d" % (tag, concurrency, port), d)]
-    out = open(d / "envoy.out", "wb")
-    proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with running_envoy(cfg, concurrency, log_dir, "push-%s-c%d-%d" % (tag, concurrency, port), d):
         first_answer(port, "/r999/1", time.monotonic() + TIMEOUT, b"push-v1")
         t0 = time.monotonic()
         write(2)
         t1, _ = first_answer(port, "/r999/1", t0 + TIMEOUT, b"push-v2")
         return t1 - t0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        out.close()
 
 
 def main():
