@@ -78,6 +78,7 @@ pub(super) struct RawConfig {
     pub(super) client_certificate: crate::mtls::ClientCertificate,
     #[serde(default)]
     pub(super) resources: Vec<crate::resource::RawResource>,
+    pub(super) fleet_cache: Option<crate::fleet_cache::RawFleetCache>,
 }
 
 fn default_realm() -> String {
