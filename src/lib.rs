@@ -490,6 +490,10 @@ impl<H: Door> Shared<H> {
                 self.wake(&on, known);
                 None
             }
+            Resumed::Later { notes } => {
+                notes.iter().for_each(log_note);
+                None
+            }
         }
     }
 
@@ -518,7 +522,12 @@ impl<H: Door> Shared<H> {
     /// Root only: what each tick does.
     fn on_tick(&self) {
         let now = self.host.now();
-        let found = due(&self.config, &mut self.state.borrow_mut(), &self.host, now);
+        let found = due(
+            &self.config,
+            &mut self.state.borrow_mut(),
+            &self.host,
+            self.host.now_ms(),
+        );
         for item in found {
             match item {
                 Due::Dispatch(fetch) => self.root_queue.borrow_mut().push(fetch),
@@ -526,6 +535,7 @@ impl<H: Door> Shared<H> {
                     notes.iter().for_each(log_note);
                     self.wake(&on, None);
                 }
+                Due::Log(notes) => notes.iter().for_each(log_note),
             }
         }
         let queued = std::mem::take(&mut *self.root_queue.borrow_mut());

@@ -102,7 +102,7 @@ impl EtcdError {
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EtcdError::Unreachable(e) => write!(f, "etcd {}", e.of("etcd")),
+            EtcdError::Unreachable(e) => write!(f, "{}", e.of("etcd")),
             EtcdError::Unauthenticated(m) => write!(f, "etcd refused the auth token: {m}"),
             EtcdError::PermissionDenied(m) => write!(
                 f,

@@ -14,6 +14,7 @@ mod authenticate;
 mod authorize;
 mod bind;
 mod exchange;
+mod fleet;
 mod introspect;
 mod resume;
 mod state;
@@ -38,6 +39,7 @@ use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
 pub use exchange::PendingExchange;
+pub use fleet::PendingFleet;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
 pub use state::State;
@@ -181,6 +183,9 @@ pub enum Resume {
     /// The token exchange of one caller token for one upstream OAuth rule,
     /// which every request with that token waits for.
     Exchange(Box<PendingExchange>),
+    /// One etcd call of the fleet cache: a step of a token's introspection
+    /// (its requests wait on it), or a write nobody waits for.
+    Fleet(Box<PendingFleet>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -197,6 +202,9 @@ pub enum Resumed {
         known: Option<Rc<Known>>,
         notes: Vec<Note>,
     },
+    /// Nothing to do now: the fetch goes on from a later tick (or was a
+    /// write nobody waits for). Log the notes.
+    Later { notes: Vec<Note> },
 }
 
 /// What the root does on a tick, besides expiring waits.
@@ -207,6 +215,8 @@ pub enum Due {
     /// Another worker's fetch left its result in shared data, now taken
     /// here: the requests parked on `on` may go on.
     Wake { on: WaitKey, notes: Vec<Note> },
+    /// Only log these.
+    Log(Vec<Note>),
 }
 
 impl Resume {
@@ -219,6 +229,7 @@ impl Resume {
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
             Resume::Exchange(_) => CalloutKind::Exchange,
+            Resume::Fleet(_) => CalloutKind::FleetCache,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct State {
     /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
     /// this worker's memory otherwise.
     pub(super) replay: Rc<dyn SharedStore>,
+    /// The fleet cache's etcd token, leases, budget, queued writes and polls.
+    pub(super) fleet: super::fleet::FleetState,
 }
 
 impl State {
@@ -114,6 +116,7 @@ impl State {
                     .collect::<Vec<_>>(),
             ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
+            fleet: super::fleet::FleetState::new(config),
         }
     }
 

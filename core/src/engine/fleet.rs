@@ -1,0 +1,737 @@
+//! The fleet cache in the flight protocol: on a per-process miss, the
+//! worker that won the process's claim for a token reads etcd before it
+//! asks the authorization server. Each etcd call is one more step of the
+//! same fetch (the requests keep waiting on the token's
+//! [`WaitKey::Introspection`], within the first deadline): authenticate
+//! (when no etcd token is held), read (by the current key, then the
+//! previous), on a miss claim the token for the fleet (a lease, then a
+//! compare-and-create transaction), and, having lost the claim, poll on the
+//! root's tick until `claim_wait_ms`. Whatever fails ends where the filter
+//! is without the fleet cache: it asks the authorization server itself.
+//! Answers are written afterwards, from the root's tick (nobody waits).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::budget::Spender;
+use crate::callout::{Callout, CalloutReply};
+use crate::config::Config;
+use crate::etcd::{self, EtcdError};
+use crate::fleet_cache::{
+    Answer, BreakerState, FleetCache, Location, Rejected, StoredAnswer, AUTH_RENEW_SECONDS,
+    CLAIM_LEASE_SECONDS,
+};
+use crate::introspection::{Answer as Introspected, ResponseFormat};
+use crate::introspection_jwt;
+use crate::metrics::{Counter, FleetClaim, FleetRead, Gauge, Metrics};
+use crate::wait::{Note, WaitKey};
+
+use super::introspect::{self, PendingIntrospection};
+use super::{Due, Fetch, Resume, Resumed, State};
+
+/// Writes waiting for the root's tick, per worker: beyond, new answers are
+/// not written (a flood of new tokens does not queue without bound).
+const MAX_QUEUED_WRITES: usize = 256;
+/// Claim losers polling at once, per worker (each is also an introspection
+/// in flight, which [`super::MAX_INTROSPECTIONS_IN_FLIGHT`] bounds).
+const MAX_POLLS: usize = 256;
+/// How often a claim loser reads etcd for the winner's answer (ms); the
+/// root's tick is the granularity.
+const POLL_MS: u64 = 100;
+/// Leases held per worker, reused for answers that expire close together.
+const MAX_LEASES: usize = 8;
+/// An answer's lease may outlive its `stale_until` by this much, so that
+/// answers written within this window share one lease.
+const LEASE_SLACK_SECONDS: u64 = 60;
+
+/// What one worker keeps for the fleet cache.
+#[derive(Debug)]
+pub struct FleetState {
+    /// etcd's auth token, and when it was obtained.
+    token: Option<(Rc<str>, u64)>,
+    /// Leases granted: id and when it expires (seconds, conservatively).
+    leases: Vec<(i64, u64)>,
+    budget: Spender,
+    writes: VecDeque<PendingFleet>,
+    polls: Vec<Poll>,
+    /// Counts not reported yet (the engine's introspect path has no metrics).
+    counts: HashMap<Counter, u64>,
+    notes: Vec<Note>,
+}
+
+impl FleetState {
+    pub fn new(config: &Config) -> Self {
+        FleetState {
+            token: None,
+            leases: Vec::new(),
+            budget: Spender::new(
+                config
+                    .fleet_cache
+                    .as_ref()
+                    .map_or(crate::fleet_cache::DEFAULT_BUDGET, |f| f.budget),
+            ),
+            writes: VecDeque::new(),
+            polls: Vec::new(),
+            counts: HashMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn count(&mut self, counter: Counter) {
+        *self.counts.entry(counter).or_insert(0) += 1;
+    }
+
+    fn lease(&self, from: u64, to: u64) -> Option<i64> {
+        self.leases
+            .iter()
+            .find(|(_, expires)| (from..=to).contains(expires))
+            .map(|(id, _)| *id)
+    }
+
+    fn keep_lease(&mut self, id: i64, expires: u64, now: u64) {
+        self.leases.retain(|(_, e)| *e > now);
+        if self.leases.len() >= MAX_LEASES {
+            self.leases.remove(0);
+        }
+        self.leases.push((id, expires));
+    }
+}
+
+/// A claim loser waiting for its next read.
+#[derive(Debug)]
+struct Poll {
+    next_ms: Option<u64>,
+    until_ms: Option<u64>,
+    lookup: Box<Lookup>,
+}
+
+/// One etcd call and what it is part of.
+#[derive(Debug, PartialEq)]
+pub struct PendingFleet {
+    step: Step,
+    job: Job,
+}
+
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Get an auth token, then take the step.
+    Authenticate(Box<Step>),
+    /// Read the answer at `locations[at]`.
+    Read { at: usize },
+    /// Grant a lease of `ttl` seconds, then take the step with it.
+    Grant { ttl: i64, then: Box<Step> },
+    /// Claim the token for the fleet (or read the answer another wrote).
+    Claim { lease: i64 },
+    /// Read again for the claim winner's answer, until then (ms; set on
+    /// the root's first tick after the claim was lost).
+    Poll { until_ms: Option<u64> },
+    /// Write the answer.
+    Put { lease: i64 },
+}
+
+#[derive(Debug, PartialEq)]
+enum Job {
+    Lookup(Box<Lookup>),
+    Write {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        stale_until: u64,
+    },
+}
+
+/// A token's lookup: the introspection it stands for, and the callout that
+/// asks the authorization server if the fleet has no answer.
+#[derive(Debug, PartialEq)]
+struct Lookup {
+    pending: PendingIntrospection,
+    ask: Box<Callout>,
+    locations: Vec<Location>,
+}
+
+/// Where the fleet cache stands for `issuer`'s tokens: its settings, if it
+/// serves them.
+fn serving(config: &Config, issuer: usize) -> Option<&FleetCache> {
+    let fleet = config.fleet_cache.as_ref()?;
+    let signed =
+        config.issuers.get(issuer)?.introspection.as_ref()?.response == ResponseFormat::Jwt;
+    fleet.serves(issuer, signed).then_some(fleet)
+}
+
+/// What names a token's answers in the fleet: the issuer and the client
+/// that asks (answers to another client of the same issuer are not ours).
+fn identity(config: &Config, issuer: usize) -> Option<String> {
+    let settings = config.issuers.get(issuer)?;
+    let client = &settings.introspection.as_ref()?.client_id;
+    Some(format!("{}\0{client}", settings.issuer))
+}
+
+/// How much longer requests wait for an introspection that may go through
+/// the fleet first (seconds, rounded up).
+pub(super) fn extra_wait_seconds(config: &Config, issuer: usize) -> u64 {
+    serving(config, issuer).map_or(0, |f| {
+        let ms = f
+            .read_timeout_ms
+            .saturating_mul(4)
+            .saturating_add(if f.single_flight { f.claim_wait_ms } else { 0 });
+        ms.div_ceil(1000).saturating_add(1)
+    })
+}
+
+/// The first etcd call of a token's lookup, instead of asking `ask` at
+/// once; `Err` gives the lookup back when the fleet is not used (not
+/// configured for the issuer, breaker open, budget spent).
+pub(super) fn lookup(
+    config: &Config,
+    state: &mut State,
+    pending: PendingIntrospection,
+    ask: Box<Callout>,
+    token: &str,
+    now: u64,
+) -> Result<Fetch, (PendingIntrospection, Box<Callout>)> {
+    let issuer = pending.issuer;
+    let (Some(fleet), Some(identity)) = (serving(config, issuer), identity(config, issuer)) else {
+        return Err((pending, ask));
+    };
+    if BreakerState::read(state.shared.as_ref()).0.is_open(now) {
+        state.fleet.count(Counter::FleetRead(FleetRead::Bypassed));
+        return Err((pending, ask));
+    }
+    if !state.fleet.budget.spend(None, now) {
+        state.fleet.count(Counter::FleetRead(FleetRead::Bypassed));
+        return Err((pending, ask));
+    }
+    let job = Job::Lookup(Box::new(Lookup {
+        pending,
+        ask,
+        locations: fleet.locations(&identity, token),
+    }));
+    Ok(build(fleet, state, Step::Read { at: 0 }, job, now))
+}
+
+/// The etcd call for `step` (its budget spent by the caller); with auth on
+/// and no fresh token, authenticating first.
+fn build(fleet: &FleetCache, state: &State, step: Step, job: Job, now: u64) -> Fetch {
+    let token = state
+        .fleet
+        .token
+        .as_ref()
+        .filter(|(_, at)| now < at.saturating_add(AUTH_RENEW_SECONDS))
+        .map(|(t, _)| Rc::clone(t));
+    let step = match (&fleet.credentials, &token) {
+        (Some(_), None) => Step::Authenticate(Box::new(step)),
+        _ => step,
+    };
+    let callout = callout_for(fleet, token.as_deref(), &step, &job);
+    Fetch {
+        callout: Box::new(callout),
+        resume: Resume::Fleet(Box::new(PendingFleet { step, job })),
+    }
+}
+
+fn callout_for(fleet: &FleetCache, token: Option<&str>, step: &Step, job: &Job) -> Callout {
+    let e = &fleet.etcd;
+    let (read, write) = (fleet.read_timeout_ms, fleet.write_timeout_ms);
+    let location = |at: usize| match job {
+        Job::Lookup(l) => l.locations.get(at).cloned(),
+        Job::Write { .. } => None,
+    };
+    match step {
+        Step::Authenticate(_) => match &fleet.credentials {
+            Some(c) => e.authenticate(&c.username, &c.password, read),
+            None => e.authenticate("", "", read),
+        },
+        Step::Read { at } => e.get(
+            &location(*at).map(|l| l.answer).unwrap_or_default(),
+            token,
+            read,
+        ),
+        Step::Poll { .. } => e.get(
+            &location(0).map(|l| l.answer).unwrap_or_default(),
+            token,
+            read,
+        ),
+        Step::Grant { ttl, .. } => e.grant(*ttl, token, read),
+        Step::Claim { lease } => {
+            let l = location(0).unwrap_or(Location {
+                answer: Vec::new(),
+                claim: Vec::new(),
+            });
+            e.create(&l.claim, b"1", Some(*lease), &l.answer, token, read)
+        }
+        Step::Put { lease } => match job {
+            Job::Write { key, value, .. } => e.put(key, value, Some(*lease), token, write),
+            Job::Lookup(_) => e.put(b"", b"", None, token, write),
+        },
+    }
+}
+
+/// An etcd call's answer (or why there is none).
+pub(super) fn on_reply(
+    config: &Config,
+    state: &mut State,
+    metrics: &dyn Metrics,
+    pending: PendingFleet,
+    answer: Result<&CalloutReply, &str>,
+    now: u64,
+) -> Resumed {
+    let Some(fleet) = config.fleet_cache.as_ref() else {
+        return Resumed::Later { notes: Vec::new() };
+    };
+    let PendingFleet { step, job } = pending;
+    let outcome: Result<Next, EtcdError> = match answer {
+        Err(why) => Err(EtcdError::Refused {
+            status: 0,
+            code: None,
+            message: format!("not dispatched: {why}"),
+        }),
+        Ok(reply) => step_reply(config, fleet, state, step, &job, reply, now),
+    };
+    let ok = outcome.is_ok();
+    if BreakerState::record(state.shared.as_ref(), fleet.breaker, ok, now) {
+        state.fleet.notes.push(Note::Warn(format!(
+            "the fleet cache's etcd failed {} times in a row: skipped for {} s (the authorization server is asked directly)",
+            fleet.breaker.failures, fleet.breaker.open_seconds
+        )));
+    }
+    let resumed = match outcome {
+        Ok(next) => proceed(config, fleet, state, next, job, now),
+        Err(e) => {
+            if matches!(e, EtcdError::Unauthenticated(_)) {
+                state.fleet.token = None;
+            }
+            let what = match &job {
+                Job::Lookup(_) => "a read",
+                Job::Write { .. } => "a write",
+            };
+            state.fleet.notes.push(Note::Warn(format!(
+                "fleet cache: {what} failed ({}): {e}",
+                e.code()
+            )));
+            match job {
+                Job::Lookup(lookup) => {
+                    state.fleet.count(Counter::FleetRead(FleetRead::Error));
+                    ask(*lookup, false)
+                }
+                Job::Write { .. } => {
+                    state.fleet.count(Counter::FleetWrite { ok: false });
+                    Resumed::Later { notes: Vec::new() }
+                }
+            }
+        }
+    };
+    report(state, metrics);
+    match resumed {
+        Resumed::Later { mut notes } => {
+            notes.append(&mut state.fleet.notes);
+            Resumed::Later { notes }
+        }
+        other => other,
+    }
+}
+
+/// What a step's answer leads to.
+enum Next {
+    /// Take this step of the same job.
+    Step(Step),
+    /// A valid answer from the fleet.
+    Hit(
+        Box<StoredAnswer>,
+        serde_json::Map<String, serde_json::Value>,
+    ),
+    /// An entry that failed a check.
+    Rejected(Rejected),
+    /// Nothing in the fleet (and no claim to make): ask, and write.
+    Miss,
+    /// The fleet claim is this instance's: ask, and write.
+    Won,
+    /// Another instance holds the claim: poll (until then, once known).
+    Lost(Option<u64>),
+    /// The write is done.
+    Written,
+}
+
+fn step_reply(
+    config: &Config,
+    fleet: &FleetCache,
+    state: &mut State,
+    step: Step,
+    job: &Job,
+    reply: &CalloutReply,
+    now: u64,
+) -> Result<Next, EtcdError> {
+    let lookup = match job {
+        Job::Lookup(l) => Some(l.as_ref()),
+        Job::Write { .. } => None,
+    };
+    Ok(match step {
+        Step::Authenticate(then) => {
+            let token = etcd::read_authenticate(reply)?;
+            state.fleet.token = Some((Rc::from(token), now));
+            Next::Step(*then)
+        }
+        Step::Grant { then, .. } => {
+            let lease = etcd::read_grant(reply)?;
+            let ttl = u64::try_from(lease.ttl).unwrap_or(0);
+            // Counted from now, less a second for the call's own time.
+            state
+                .fleet
+                .keep_lease(lease.id, now.saturating_add(ttl).saturating_sub(1), now);
+            Next::Step(match *then {
+                Step::Claim { .. } => Step::Claim { lease: lease.id },
+                Step::Put { .. } => Step::Put { lease: lease.id },
+                other => other,
+            })
+        }
+        Step::Read { at } => {
+            let range = etcd::read_range(reply)?;
+            let Some(lookup) = lookup else {
+                return Ok(Next::Written);
+            };
+            match range.kvs.first() {
+                Some(kv) => verdict(config, fleet, state, lookup, at, &kv.value, now),
+                None if at + 1 < lookup.locations.len() => Next::Step(Step::Read { at: at + 1 }),
+                None if fleet.single_flight => Next::Step(claim_step(state, now)),
+                None => Next::Miss,
+            }
+        }
+        Step::Claim { .. } => {
+            let txn = etcd::read_txn(reply)?;
+            let Some(lookup) = lookup else {
+                return Ok(Next::Written);
+            };
+            if txn.succeeded {
+                Next::Won
+            } else {
+                match txn.ranges.first().and_then(|r| r.kvs.first()) {
+                    Some(kv) => verdict(config, fleet, state, lookup, 0, &kv.value, now),
+                    None => Next::Lost(None),
+                }
+            }
+        }
+        Step::Poll { until_ms } => {
+            let range = etcd::read_range(reply)?;
+            let Some(lookup) = lookup else {
+                return Ok(Next::Written);
+            };
+            match range.kvs.first() {
+                Some(kv) => verdict(config, fleet, state, lookup, 0, &kv.value, now),
+                None => Next::Lost(until_ms),
+            }
+        }
+        Step::Put { .. } => {
+            etcd::read_put(reply)?;
+            Next::Written
+        }
+    })
+}
+
+/// The claim, with a short lease this worker holds (or one granted first).
+fn claim_step(state: &State, now: u64) -> Step {
+    let max = u64::try_from(CLAIM_LEASE_SECONDS).unwrap_or(5);
+    match state
+        .fleet
+        .lease(now.saturating_add(2), now.saturating_add(max))
+    {
+        Some(lease) => Step::Claim { lease },
+        None => Step::Grant {
+            ttl: CLAIM_LEASE_SECONDS,
+            then: Box::new(Step::Claim { lease: 0 }),
+        },
+    }
+}
+
+/// An entry read from etcd, opened and checked as this instance would
+/// check the authorization server's answer.
+fn verdict(
+    config: &Config,
+    fleet: &FleetCache,
+    state: &State,
+    lookup: &Lookup,
+    at: usize,
+    value: &[u8],
+    now: u64,
+) -> Next {
+    let issuer = lookup.pending.issuer;
+    let (Some(settings), Some(location)) = (config.issuers.get(issuer), lookup.locations.get(at))
+    else {
+        return Next::Rejected(Rejected::Malformed);
+    };
+    let entry = match fleet.open(location, value, &settings.issuer, now) {
+        Ok(entry) => entry,
+        Err(why) => return Next::Rejected(why),
+    };
+    let signed = settings
+        .introspection
+        .as_ref()
+        .is_some_and(|x| x.response == ResponseFormat::Jwt);
+    let claims = match (&entry.answer, signed) {
+        (Answer::Plain(claims), false) => match crate::introspection::read_answer(claims.clone()) {
+            Ok(Introspected::Active(claims)) => claims,
+            _ => return Next::Rejected(Rejected::Checks),
+        },
+        (Answer::Signed(jwt), true) => {
+            let Some(x) = settings.introspection.as_ref() else {
+                return Next::Rejected(Rejected::Unsigned);
+            };
+            let reply = CalloutReply {
+                status: Some(200),
+                body: jwt.as_bytes().to_vec(),
+                oversized: None,
+            };
+            // Its iat is checked against when it was written (MACed).
+            match introspection_jwt::read(
+                &reply,
+                settings,
+                &x.client_id,
+                state.keys.keys(issuer).map(|k| k.as_ref()),
+                state.verifier.as_ref(),
+                config.rules.clock_skew_seconds,
+                entry.written_at,
+            ) {
+                Ok(Introspected::Active(claims)) => claims,
+                _ => return Next::Rejected(Rejected::Unsigned),
+            }
+        }
+        _ => return Next::Rejected(Rejected::Unsigned),
+    };
+    Next::Hit(Box::new(entry), claims)
+}
+
+fn proceed(
+    config: &Config,
+    fleet: &FleetCache,
+    state: &mut State,
+    next: Next,
+    job: Job,
+    now: u64,
+) -> Resumed {
+    let lookup = match job {
+        Job::Write { .. } => {
+            return match next {
+                Next::Step(step) if state.fleet.budget.spend(None, now) => {
+                    Resumed::Next(build(fleet, state, step, job, now))
+                }
+                Next::Step(_) => {
+                    state.fleet.count(Counter::FleetWrite { ok: false });
+                    Resumed::Later { notes: Vec::new() }
+                }
+                _ => {
+                    state.fleet.count(Counter::FleetWrite { ok: true });
+                    Resumed::Later { notes: Vec::new() }
+                }
+            }
+        }
+        Job::Lookup(lookup) => lookup,
+    };
+    match next {
+        Next::Step(step) if state.fleet.budget.spend(None, now) => {
+            Resumed::Next(build(fleet, state, step, Job::Lookup(lookup), now))
+        }
+        Next::Step(_) => {
+            state.fleet.count(Counter::FleetRead(FleetRead::Bypassed));
+            ask(*lookup, true)
+        }
+        Next::Hit(entry, claims) => {
+            state.fleet.count(Counter::FleetRead(FleetRead::Hit));
+            let Lookup { pending, .. } = *lookup;
+            let (issuer, known) = introspect::finish_from_fleet(
+                config,
+                state,
+                pending,
+                claims,
+                entry.fresh_until,
+                entry.stale_until,
+                now,
+            );
+            Resumed::Settled {
+                on: WaitKey::Introspection {
+                    issuer,
+                    token: known.0,
+                },
+                known: Some(Rc::new(known)),
+                notes: std::mem::take(&mut state.fleet.notes),
+            }
+        }
+        Next::Rejected(why) => {
+            state.fleet.count(Counter::FleetRead(FleetRead::Rejected));
+            state.fleet.notes.push(Note::Warn(format!(
+                "fleet cache: an entry was rejected ({}); the authorization server is asked",
+                why.code()
+            )));
+            ask(*lookup, true)
+        }
+        Next::Miss => {
+            state.fleet.count(Counter::FleetRead(FleetRead::Miss));
+            ask(*lookup, true)
+        }
+        Next::Won => {
+            state.fleet.count(Counter::FleetRead(FleetRead::Miss));
+            state.fleet.count(Counter::FleetClaim(FleetClaim::Won));
+            ask(*lookup, true)
+        }
+        Next::Lost(until_ms) => {
+            if until_ms.is_none() {
+                state.fleet.count(Counter::FleetRead(FleetRead::Miss));
+                state.fleet.count(Counter::FleetClaim(FleetClaim::Lost));
+            }
+            if state.fleet.polls.len() >= MAX_POLLS {
+                state.fleet.count(Counter::FleetClaim(FleetClaim::Timeout));
+                return ask(*lookup, true);
+            }
+            state.fleet.polls.push(Poll {
+                next_ms: None,
+                until_ms,
+                lookup,
+            });
+            Resumed::Later { notes: Vec::new() }
+        }
+        Next::Written => Resumed::Later { notes: Vec::new() },
+    }
+}
+
+/// Asks the authorization server, as without the fleet cache; `write`: its
+/// answer is written to the fleet afterwards (the lookup reached etcd).
+fn ask(lookup: Lookup, write: bool) -> Resumed {
+    let Lookup {
+        mut pending,
+        ask,
+        locations,
+    } = lookup;
+    pending.fleet_key = if write {
+        locations.into_iter().next().map(|l| l.answer)
+    } else {
+        None
+    };
+    Resumed::Next(Fetch {
+        callout: ask,
+        resume: Resume::Introspect(Box::new(pending)),
+    })
+}
+
+/// After the authorization server's active answer to a lookup that reached
+/// etcd: the answer is written on the root's next tick.
+pub(super) fn queue_write(
+    config: &Config,
+    state: &mut State,
+    key: Vec<u8>,
+    issuer: usize,
+    answer: Answer,
+    (fresh_until, stale_until): (u64, u64),
+    now: u64,
+) {
+    let (Some(fleet), Some(settings)) = (serving(config, issuer), config.issuers.get(issuer))
+    else {
+        return;
+    };
+    if state.fleet.writes.len() >= MAX_QUEUED_WRITES || fresh_until <= now {
+        return;
+    }
+    let entry = StoredAnswer {
+        issuer: settings.issuer.clone(),
+        written_at: now,
+        fresh_until,
+        stale_until,
+        answer,
+    };
+    let location = Location {
+        answer: key.clone(),
+        claim: Vec::new(),
+    };
+    let value = fleet.seal(&location, &entry);
+    state.fleet.writes.push_back(PendingFleet {
+        step: Step::Put { lease: 0 },
+        job: Job::Write {
+            key,
+            value,
+            stale_until,
+        },
+    });
+}
+
+/// Root only, on each tick: queued writes, the polls that are due, and the
+/// claims waited for long enough (then asked here).
+pub(super) fn due(
+    config: &Config,
+    state: &mut State,
+    metrics: &dyn Metrics,
+    now_ms: u64,
+) -> Vec<Due> {
+    let Some(fleet) = config.fleet_cache.as_ref() else {
+        return Vec::new();
+    };
+    let now = now_ms / 1000;
+    let mut due = Vec::new();
+    while let Some(write) = state.fleet.writes.pop_front() {
+        let PendingFleet { job, .. } = write;
+        let stale_until = match &job {
+            Job::Write { stale_until, .. } => *stale_until,
+            Job::Lookup(_) => continue,
+        };
+        let step = match state
+            .fleet
+            .lease(stale_until, stale_until.saturating_add(LEASE_SLACK_SECONDS))
+        {
+            Some(lease) => Step::Put { lease },
+            None => Step::Grant {
+                ttl: i64::try_from(
+                    stale_until
+                        .saturating_sub(now)
+                        .saturating_add(LEASE_SLACK_SECONDS / 2),
+                )
+                .unwrap_or(i64::MAX),
+                then: Box::new(Step::Put { lease: 0 }),
+            },
+        };
+        if state.fleet.budget.spend(None, now) {
+            due.push(Due::Dispatch(build(fleet, state, step, job, now)));
+        } else {
+            state.fleet.count(Counter::FleetWrite { ok: false });
+        }
+    }
+    let polls = std::mem::take(&mut state.fleet.polls);
+    for mut poll in polls {
+        let until = *poll
+            .until_ms
+            .get_or_insert(now_ms.saturating_add(fleet.claim_wait_ms));
+        let next = *poll.next_ms.get_or_insert(now_ms.saturating_add(POLL_MS));
+        let lookup = poll.lookup;
+        if now_ms >= until || (now_ms >= next && !state.fleet.budget.spend(None, now)) {
+            state.fleet.count(Counter::FleetClaim(FleetClaim::Timeout));
+            if let Resumed::Next(fetch) = ask(*lookup, true) {
+                due.push(Due::Dispatch(fetch));
+            }
+        } else if now_ms >= next {
+            let step = Step::Poll {
+                until_ms: Some(until),
+            };
+            due.push(Due::Dispatch(build(
+                fleet,
+                state,
+                step,
+                Job::Lookup(lookup),
+                now,
+            )));
+        } else {
+            state.fleet.polls.push(Poll {
+                next_ms: Some(next),
+                until_ms: Some(until),
+                lookup,
+            });
+        }
+    }
+    let open = BreakerState::read(state.shared.as_ref()).0.is_open(now);
+    metrics.set(Gauge::FleetBreakerOpen, u64::from(open));
+    report(state, metrics);
+    let notes = std::mem::take(&mut state.fleet.notes);
+    if !notes.is_empty() {
+        due.push(Due::Log(notes));
+    }
+    due
+}
+
+/// Counts kept since the last report.
+fn report(state: &mut State, metrics: &dyn Metrics) {
+    for (counter, n) in state.fleet.counts.drain() {
+        metrics.increment(counter, n);
+    }
+}
