@@ -122,6 +122,36 @@ impl std::fmt::Display for EtcdError {
     }
 }
 
+/// etcd's auth token as one worker holds it: used until `renew_after`
+/// seconds after it was obtained (etcd's simple tokens live 300 s unless
+/// `--auth-token-ttl` says otherwise), dropped when etcd refuses it
+/// ([`EtcdError::Unauthenticated`]), then obtained again with
+/// [`Endpoint::authenticate`] before the next call.
+#[derive(Debug, Default)]
+pub struct Session {
+    token: Option<(std::rc::Rc<str>, u64)>,
+}
+
+impl Session {
+    /// The token to send, if one is held and not due for renewal.
+    pub fn token(&self, renew_after: u64, now: u64) -> Option<std::rc::Rc<str>> {
+        self.token
+            .as_ref()
+            .filter(|(_, at)| now < at.saturating_add(renew_after))
+            .map(|(t, _)| std::rc::Rc::clone(t))
+    }
+
+    /// Keeps the token an authenticate call returned.
+    pub fn obtained(&mut self, token: String, now: u64) {
+        self.token = Some((std::rc::Rc::from(token), now));
+    }
+
+    /// etcd refused the token: the next call authenticates first.
+    pub fn refused(&mut self) {
+        self.token = None;
+    }
+}
+
 /// The most of an etcd message kept for a log line.
 const MAX_MESSAGE_CHARS: usize = 200;
 

@@ -47,8 +47,8 @@ const LEASE_SLACK_SECONDS: u64 = 60;
 /// What one worker keeps for the fleet cache.
 #[derive(Debug)]
 pub struct FleetState {
-    /// etcd's auth token, and when it was obtained.
-    token: Option<(Rc<str>, u64)>,
+    /// etcd's auth token (the revocation poll may share it).
+    pub session: etcd::Session,
     /// Leases granted: id and when it expires (seconds, conservatively).
     leases: Vec<(i64, u64)>,
     budget: Spender,
@@ -62,7 +62,7 @@ pub struct FleetState {
 impl FleetState {
     pub fn new(config: &Config) -> Self {
         FleetState {
-            token: None,
+            session: etcd::Session::default(),
             leases: Vec::new(),
             budget: Spender::new(
                 config
@@ -211,12 +211,7 @@ pub(super) fn lookup(
 /// The etcd call for `step` (its budget spent by the caller); with auth on
 /// and no fresh token, authenticating first.
 fn build(fleet: &FleetCache, state: &State, step: Step, job: Job, now: u64) -> Fetch {
-    let token = state
-        .fleet
-        .token
-        .as_ref()
-        .filter(|(_, at)| now < at.saturating_add(AUTH_RENEW_SECONDS))
-        .map(|(t, _)| Rc::clone(t));
+    let token = state.fleet.session.token(AUTH_RENEW_SECONDS, now);
     let step = match (&fleet.credentials, &token) {
         (Some(_), None) => Step::Authenticate(Box::new(step)),
         _ => step,
@@ -297,7 +292,7 @@ pub(super) fn on_reply(
         Ok(next) => proceed(config, fleet, state, next, job, now),
         Err(e) => {
             if matches!(e, EtcdError::Unauthenticated(_)) {
-                state.fleet.token = None;
+                state.fleet.session.refused();
             }
             let what = match &job {
                 Job::Lookup(_) => "a read",
@@ -366,7 +361,7 @@ fn step_reply(
     Ok(match step {
         Step::Authenticate(then) => {
             let token = etcd::read_authenticate(reply)?;
-            state.fleet.token = Some((Rc::from(token), now));
+            state.fleet.session.obtained(token, now);
             Next::Step(*then)
         }
         Step::Grant { then, .. } => {
@@ -733,5 +728,408 @@ pub(super) fn due(
 fn report(state: &mut State, metrics: &dyn Metrics) {
     for (counter, n) in state.fleet.counts.drain() {
         metrics.increment(counter, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fleet cache's steps with canned etcd 3.4 answers (int64s as
+    //! strings; `kvs`, `succeeded` and `count` left out when empty), two
+    //! processes (two shared-data stores) sharing one etcd.
+
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::engine::test_support::{bearer, get};
+    use crate::engine::{verdict_for, Verdict, Wait};
+    use crate::metrics::testing::FakeMetrics;
+    use crate::services::testing::MemoryStore;
+
+    const NOW: u64 = 1_700_001_000;
+    const KEY: &str = "fleet-key-0123456789abcdef-0123456789";
+    const HEADER: &str =
+        r#""header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"}"#;
+
+    fn config(fleet: &str) -> Config {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://issuer.test","audiences":["api"],
+                "introspection":{{"endpoint":"https://issuer.test/introspect","upstream":"as",
+                "client_id":"pep","client_secret":"s"}}}}],
+                "fleet_cache":{{"endpoint":"http://etcd.test:2379","upstream":"etcd",
+                "hmac_key_env":"K","username":"pep","password_env":"P"{fleet}}}}}"#
+        );
+        let env = |name: &str| match name {
+            "K" => Some(KEY.to_string()),
+            "P" => Some("pw".to_string()),
+            _ => None,
+        };
+        Config::from_json(json.as_bytes(), &env).unwrap()
+    }
+
+    fn worker(c: &Config, store: &Rc<MemoryStore>) -> State {
+        let mut s = State::new(c);
+        s.share_through(store.clone(), 1);
+        s
+    }
+
+    fn reply(status: u16, body: &str) -> CalloutReply {
+        CalloutReply {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+            oversized: None,
+        }
+    }
+
+    fn ask(c: &Config, s: &mut State, token: &str, now: u64) -> Verdict {
+        let headers = bearer(token);
+        verdict_for(c, s, &get("/api", &headers, None), now)
+    }
+
+    /// The fetch a request's verdict starts.
+    fn fetch_of(v: Verdict) -> Fetch {
+        match v {
+            Verdict::Wait(Wait {
+                fetch: Some(fetch), ..
+            }) => fetch,
+            other => panic!("no fetch: {other:?}"),
+        }
+    }
+
+    fn body(f: &Fetch) -> Value {
+        serde_json::from_slice(f.callout.body.as_deref().unwrap_or(b"null")).unwrap()
+    }
+
+    /// Feeds `answer` to `f` and returns what follows.
+    fn feed(
+        c: &Config,
+        s: &mut State,
+        m: &FakeMetrics,
+        f: Fetch,
+        answer: &CalloutReply,
+        now: u64,
+    ) -> Resumed {
+        crate::engine::resume(c, s, m, f.resume, Ok(answer), now)
+    }
+
+    fn next(r: Resumed) -> Fetch {
+        match r {
+            Resumed::Next(f) => f,
+            other => panic!("no next call: {other:?}"),
+        }
+    }
+
+    fn is_etcd(f: &Fetch, path: &str) -> bool {
+        matches!(f.resume, Resume::Fleet(_)) && f.callout.url.path == path
+    }
+
+    fn active() -> String {
+        format!(
+            r#"{{"active":true,"sub":"alice","scope":"read","aud":"api","exp":{},"iss":"https://issuer.test","client_id":"app"}}"#,
+            NOW + 600
+        )
+    }
+
+    fn range_with(value: &[u8]) -> String {
+        format!(
+            r#"{{{HEADER},"kvs":[{{"key":"YQ==","create_revision":"5","mod_revision":"5","version":"1","value":"{}","lease":"42"}}],"count":"1"}}"#,
+            etcd::b64(value)
+        )
+    }
+
+    fn fleet_count(m: &FakeMetrics, read: FleetRead) -> u64 {
+        m.counter(Counter::FleetRead(read))
+    }
+
+    /// Process A asks the authorization server for the fleet; its answer
+    /// is written; process B finds it and asks nobody.
+    #[test]
+    fn a_miss_is_claimed_asked_and_written_and_another_process_hits() {
+        let c = config("");
+        let m = FakeMetrics::default();
+        let (store_a, store_b) = (
+            Rc::new(MemoryStore::default()),
+            Rc::new(MemoryStore::default()),
+        );
+        let mut a = worker(&c, &store_a);
+        // No etcd token yet: authenticate first.
+        let f = fetch_of(ask(&c, &mut a, "opaque-1", NOW));
+        assert!(is_etcd(&f, "/v3/auth/authenticate"));
+        assert_eq!(body(&f), json!({"name": "pep", "password": "pw"}));
+        let f = next(feed(
+            &c,
+            &mut a,
+            &m,
+            f,
+            &reply(200, &format!(r#"{{{HEADER},"token":"tok.1"}}"#)),
+            NOW,
+        ));
+        assert!(is_etcd(&f, "/v3/kv/range"));
+        assert!(f
+            .callout
+            .headers
+            .contains(&("authorization".into(), "tok.1".into())));
+        assert_eq!(f.callout.timeout_ms, 200);
+        let answer_key = body(&f)["key"].as_str().unwrap().to_string();
+        // A miss: no kvs, no count.
+        let f = next(feed(
+            &c,
+            &mut a,
+            &m,
+            f,
+            &reply(200, &format!("{{{HEADER}}}")),
+            NOW,
+        ));
+        assert!(is_etcd(&f, "/v3/lease/grant"));
+        let f = next(feed(
+            &c,
+            &mut a,
+            &m,
+            f,
+            &reply(200, &format!(r#"{{{HEADER},"ID":"99","TTL":"5"}}"#)),
+            NOW,
+        ));
+        assert!(is_etcd(&f, "/v3/kv/txn"));
+        assert_eq!(body(&f)["success"][0]["request_put"]["lease"], "99");
+        assert_eq!(
+            body(&f)["failure"][0]["request_range"]["key"],
+            answer_key.as_str()
+        );
+        let won = format!(
+            r#"{{{HEADER},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"8"}}}}}}]}}"#
+        );
+        let f = next(feed(&c, &mut a, &m, f, &reply(200, &won), NOW));
+        assert!(matches!(f.resume, Resume::Introspect(_)), "the winner asks");
+        assert_eq!(f.callout.upstream, "as");
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = feed(&c, &mut a, &m, f, &reply(200, &active()), NOW)
+        else {
+            panic!("not settled")
+        };
+        assert!(known.1.is_ok());
+        assert_eq!(m.counter(Counter::FleetClaim(FleetClaim::Won)), 1);
+        // The write goes out on the root's tick: a lease covering
+        // stale_until, then the put.
+        let due = crate::engine::due(&c, &mut a, &m, NOW * 1000);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("no write")
+        };
+        assert!(is_etcd(&f, "/v3/lease/grant"));
+        let ttl: u64 = body(&f)["TTL"].as_str().unwrap().parse().unwrap();
+        assert!(ttl >= 300, "{ttl}");
+        let f = next(feed(
+            &c,
+            &mut a,
+            &m,
+            f,
+            &reply(200, &format!(r#"{{{HEADER},"ID":"100","TTL":"{ttl}"}}"#)),
+            NOW,
+        ));
+        assert!(is_etcd(&f, "/v3/kv/put"));
+        assert_eq!(body(&f)["key"], answer_key.as_str());
+        assert_eq!(body(&f)["lease"], "100");
+        let value =
+            <ct_codecs::Base64 as ct_codecs::Decoder>::decode_to_vec(body(&f)["value"].as_str().unwrap(), None).unwrap();
+        assert!(!String::from_utf8_lossy(&value).contains("opaque-1"));
+        assert!(matches!(
+            feed(
+                &c,
+                &mut a,
+                &m,
+                f,
+                &reply(200, &format!("{{{HEADER}}}")),
+                NOW
+            ),
+            Resumed::Later { .. }
+        ));
+        assert_eq!(m.counter(Counter::FleetWrite { ok: true }), 1);
+
+        // Process B: authenticates, reads, finds A's entry.
+        let mut b = worker(&c, &store_b);
+        let f = fetch_of(ask(&c, &mut b, "opaque-1", NOW + 5));
+        let f = next(feed(
+            &c,
+            &mut b,
+            &m,
+            f,
+            &reply(200, &format!(r#"{{{HEADER},"token":"tok.2"}}"#)),
+            NOW + 5,
+        ));
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = feed(&c, &mut b, &m, f, &reply(200, &range_with(&value)), NOW + 5)
+        else {
+            panic!("no hit")
+        };
+        assert_eq!(known.1.as_ref().unwrap().subject.as_deref(), Some("alice"));
+        assert_eq!(fleet_count(&m, FleetRead::Hit), 1);
+        // Cached for the process: no more calls.
+        assert!(matches!(
+            ask(&c, &mut b, "opaque-1", NOW + 6),
+            Verdict::Allow(_)
+        ));
+        // Under another token's key the same value is rejected.
+        let f = fetch_of(ask(&c, &mut b, "opaque-2", NOW + 6));
+        let f = next(feed(
+            &c,
+            &mut b,
+            &m,
+            f,
+            &reply(200, &range_with(&value)),
+            NOW + 6,
+        ));
+        assert!(matches!(f.resume, Resume::Introspect(_)));
+        assert_eq!(fleet_count(&m, FleetRead::Rejected), 1);
+    }
+
+    #[test]
+    fn a_lost_claim_polls_on_the_tick_then_asks_itself() {
+        let c = config(r#","claim_wait_ms":300"#);
+        let m = FakeMetrics::default();
+        let store = Rc::new(MemoryStore::default());
+        let mut s = worker(&c, &store);
+        s.fleet.session.obtained("tok".into(), NOW);
+        let f = fetch_of(ask(&c, &mut s, "opaque-1", NOW));
+        let f = next(feed(
+            &c,
+            &mut s,
+            &m,
+            f,
+            &reply(200, &format!("{{{HEADER}}}")),
+            NOW,
+        ));
+        let f = next(feed(
+            &c,
+            &mut s,
+            &m,
+            f,
+            &reply(200, &format!(r#"{{{HEADER},"ID":"7","TTL":"5"}}"#)),
+            NOW,
+        ));
+        // Lost: neither `succeeded` nor a range in the answer.
+        assert!(matches!(
+            feed(
+                &c,
+                &mut s,
+                &m,
+                f,
+                &reply(200, &format!("{{{HEADER}}}")),
+                NOW
+            ),
+            Resumed::Later { .. }
+        ));
+        assert_eq!(m.counter(Counter::FleetClaim(FleetClaim::Lost)), 1);
+        // Its requests still wait; nothing is asked before the poll is due.
+        assert!(matches!(
+            ask(&c, &mut s, "opaque-1", NOW),
+            Verdict::Wait(Wait { fetch: None, .. })
+        ));
+        let t = NOW * 1000;
+        assert!(crate::engine::due(&c, &mut s, &m, t).is_empty());
+        let due = crate::engine::due(&c, &mut s, &m, t + 100);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("no poll")
+        };
+        assert!(is_etcd(&f, "/v3/kv/range"));
+        assert!(matches!(
+            feed(
+                &c,
+                &mut s,
+                &m,
+                f,
+                &reply(200, &format!("{{{HEADER}}}")),
+                NOW
+            ),
+            Resumed::Later { .. }
+        ));
+        // Past claim_wait_ms: asked here.
+        let due = crate::engine::due(&c, &mut s, &m, t + 300);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("not asked")
+        };
+        assert!(matches!(f.resume, Resume::Introspect(_)));
+        assert_eq!(m.counter(Counter::FleetClaim(FleetClaim::Timeout)), 1);
+    }
+
+    #[test]
+    fn every_etcd_failure_asks_the_authorization_server_and_the_breaker_opens() {
+        let c = config(r#","breaker":{"failures":4,"open_seconds":30}"#);
+        let m = FakeMetrics::default();
+        let store = Rc::new(MemoryStore::default());
+        let mut s = worker(&c, &store);
+        let failures = [
+            reply(
+                401,
+                r#"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#,
+            ),
+            reply(429, r#"{"error":"etcdserver: too many requests","code":8}"#),
+            reply(200, "<html>"),
+            CalloutReply::default(),
+        ];
+        for (i, failure) in failures.iter().enumerate() {
+            s.fleet.session.obtained("tok".into(), NOW);
+            let f = fetch_of(ask(&c, &mut s, &format!("opaque-{i}"), NOW));
+            assert!(is_etcd(&f, "/v3/kv/range"), "{i}");
+            let f = next(feed(&c, &mut s, &m, f, failure, NOW));
+            assert!(
+                matches!(f.resume, Resume::Introspect(_)),
+                "{i}: the AS is asked"
+            );
+            if i == 0 {
+                // A refused token is dropped: the next call authenticates.
+                assert!(s.fleet.session.token(AUTH_RENEW_SECONDS, NOW).is_none());
+            }
+        }
+        assert_eq!(fleet_count(&m, FleetRead::Error), 4);
+        // Open: the next token goes straight to the authorization server.
+        let f = fetch_of(ask(&c, &mut s, "opaque-9", NOW + 1));
+        assert!(matches!(f.resume, Resume::Introspect(_)));
+        crate::engine::due(&c, &mut s, &m, (NOW + 1) * 1000);
+        assert_eq!(fleet_count(&m, FleetRead::Bypassed), 1);
+        assert_eq!(m.gauge(Gauge::FleetBreakerOpen), Some(1));
+        // Closed again after open_seconds.
+        let f = fetch_of(ask(&c, &mut s, "opaque-10", NOW + 31));
+        assert!(matches!(f.resume, Resume::Fleet(_)));
+    }
+
+    #[test]
+    fn an_excluded_issuer_and_unsigned_answers_under_require_signed_bypass_etcd() {
+        for fleet in [
+            r#","exclude_issuers":["https://issuer.test"]"#,
+            r#","require_signed_answers":true"#,
+        ] {
+            let c = config(fleet);
+            let store = Rc::new(MemoryStore::default());
+            let mut s = worker(&c, &store);
+            let f = fetch_of(ask(&c, &mut s, "opaque-1", NOW));
+            assert!(matches!(f.resume, Resume::Introspect(_)), "{fleet}");
+        }
+    }
+
+    #[test]
+    fn an_inactive_answer_is_not_written() {
+        let c = config(r#","single_flight":false"#);
+        let m = FakeMetrics::default();
+        let store = Rc::new(MemoryStore::default());
+        let mut s = worker(&c, &store);
+        s.fleet.session.obtained("tok".into(), NOW);
+        let f = fetch_of(ask(&c, &mut s, "junk", NOW));
+        let f = next(feed(
+            &c,
+            &mut s,
+            &m,
+            f,
+            &reply(200, &format!("{{{HEADER}}}")),
+            NOW,
+        ));
+        assert!(
+            matches!(f.resume, Resume::Introspect(_)),
+            "no claim without single_flight"
+        );
+        feed(&c, &mut s, &m, f, &reply(200, r#"{"active":false}"#), NOW);
+        assert!(crate::engine::due(&c, &mut s, &m, NOW * 1000).is_empty());
     }
 }
