@@ -283,3 +283,57 @@ def test_a_config_without_the_key_is_refused_naming_the_field(envoy_failure, aut
     f = envoy_failure(config(authserver, etcd), env={"OAUTH_PEP_ETCD_PASSWORD": PASSWORD},
                       host_env_keys=["OAUTH_PEP_ETCD_PASSWORD"])
     assert "fleet_cache.hmac_key_env" in f.log
+
+
+def signed_config(authserver, etcd, **fleet):
+    cfg = config(authserver, etcd, require_signed_answers=True, **fleet)
+    cfg["issuers"] = [authserver.issuer_config(introspection={
+        "endpoint": authserver.url("/introspect"), "client_id": "pep", "client_secret": "pep-secret",
+        "response": "jwt"})]
+    return cfg
+
+
+def test_signed_answers_are_stored_signed_and_verified_again_on_read(start_envoy, authserver, etcd):
+    authserver.set_introspection_mode("jwt")
+    a, b = start_pair(start_envoy, signed_config(authserver, etcd), etcd)
+    token = authserver.opaque(sub="signed-sub")
+    assert a.wait_status("/api", 200, token=token, timeout=20).status_code == 200
+    wait_written(etcd, authserver.issuer, token)
+    stored = etcd.get(location(authserver.issuer, token)).decode()
+    signed = json.loads(stored.split(".", 2)[2])["signed"]
+    assert signed.count(".") == 2 and "answer" not in json.loads(stored.split(".", 2)[2])
+    r = b.wait_status("/api", 200, token=token, timeout=20)
+    assert r.json()["headers"].get("x-authenticated-scope") == "read,write"
+    assert authserver.introspections(token) == 1
+    assert stat(b, "reads.result.hit") == 1
+    # A signed answer whose signature does not verify (a changed payload,
+    # MACed with the fleet key all the same) is rejected.
+    victim = authserver.opaque(sub="victim")
+    header, payload, sig = signed.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["token_introspection"]["scope"] = "admin"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    where = location(authserver.issuer, victim)
+    entry = json.loads(stored.split(".", 2)[2])
+    entry["signed"] = "%s.%s.%s" % (header, forged_payload, sig)
+    etcd.put(where, sealed(where, entry))
+    assert b.get("/api", token=victim).status_code == 200
+    assert authserver.introspections(victim) == 1
+    harness.wait_until(lambda: "an entry was rejected (unsigned)" in b.log_text(), 5, what="logged")
+
+
+def test_an_unsigned_answer_under_require_signed_answers_is_rejected(start_envoy, authserver, etcd):
+    authserver.set_introspection_mode("jwt")
+    a = start_envoy(signed_config(authserver, etcd), concurrency=2, env=ENV, host_env_keys=list(ENV),
+                    clusters={"etcd": etcd.port})
+    victim = authserver.opaque(sub="victim", scope="read")
+    where = location(authserver.issuer, victim)
+    now = int(time.time())
+    etcd.put(where, sealed(where, {
+        "iss": authserver.issuer, "written_at": now, "fresh_until": now + 300, "stale_until": now + 300,
+        "answer": {"active": True, "sub": "mallory", "scope": "admin", "aud": "api",
+                   "iss": authserver.issuer, "exp": now + 3600}}))
+    r = a.wait_status("/api", 200, token=victim, timeout=20)
+    assert r.json()["headers"].get("x-authenticated-scope") == "read"
+    assert authserver.introspections(victim) == 1
+    assert stat(a, "reads.result.rejected") == 1
