@@ -121,10 +121,19 @@ def config(authserver, etcd, **fleet):
     }
 
 
+def start_one(start_envoy, cfg, etcd, clusters=None):
+    """An Envoy with two workers whose filter holds an etcd auth token (the
+    root's tick authenticates once per process; until then requests ask the
+    authorization server directly)."""
+    env = start_envoy(cfg, concurrency=2, env=ENV, host_env_keys=list(ENV),
+                      clusters=clusters or {"etcd": etcd.port})
+    harness.wait_until(lambda: harness.wasm_stats(env).get(
+        "oauth_pep.callouts.kind.fleet_cache.outcome.ok", 0) >= 1, 15, what="etcd authenticated")
+    return env
+
+
 def start_pair(start_envoy, cfg, etcd, clusters=None):
-    clusters = clusters or {"etcd": etcd.port}
-    return [start_envoy(cfg, concurrency=2, env=ENV, host_env_keys=list(ENV), clusters=clusters)
-            for _ in range(2)]
+    return [start_one(start_envoy, cfg, etcd, clusters) for _ in range(2)]
 
 
 def stat(env, name):
@@ -181,8 +190,7 @@ CODES = {"wrong_mac": "bad_mac", "another_tokens_entry": "bad_mac", "expired": "
 @pytest.mark.parametrize("poison", sorted(CODES))
 def test_poisoned_entries_are_rejected_and_the_authorization_server_asked(
         start_envoy, authserver, etcd, poison):
-    a = start_envoy(config(authserver, etcd), concurrency=2, env=ENV, host_env_keys=list(ENV),
-                    clusters={"etcd": etcd.port})
+    a = start_one(start_envoy, config(authserver, etcd), etcd)
     victim = authserver.opaque(sub="victim", scope="read")
     where = location(authserver.issuer, victim)
     now = int(time.time())
@@ -254,8 +262,7 @@ def test_etcd_down_or_slow_is_served_through_the_authorization_server_then_the_b
 
 
 def test_the_gateways_user_writing_outside_its_prefix_is_refused_and_logged(start_envoy, authserver, etcd):
-    a = start_envoy(config(authserver, etcd, key_prefix="/elsewhere/"), concurrency=2, env=ENV,
-                    host_env_keys=list(ENV), clusters={"etcd": etcd.port})
+    a = start_one(start_envoy, config(authserver, etcd, key_prefix="/elsewhere/"), etcd)
     token = authserver.opaque()
     assert a.get("/api", token=token).status_code == 200
     assert authserver.introspections(token) == 1
@@ -324,8 +331,7 @@ def test_signed_answers_are_stored_signed_and_verified_again_on_read(start_envoy
 
 def test_an_unsigned_answer_under_require_signed_answers_is_rejected(start_envoy, authserver, etcd):
     authserver.set_introspection_mode("jwt")
-    a = start_envoy(signed_config(authserver, etcd), concurrency=2, env=ENV, host_env_keys=list(ENV),
-                    clusters={"etcd": etcd.port})
+    a = start_one(start_envoy, signed_config(authserver, etcd), etcd)
     victim = authserver.opaque(sub="victim", scope="read")
     where = location(authserver.issuer, victim)
     now = int(time.time())

@@ -141,6 +141,12 @@ impl Session {
             .map(|(t, _)| std::rc::Rc::clone(t))
     }
 
+    /// Whether a token should be obtained: none held, or one `renew_after`
+    /// seconds old.
+    pub fn needs_renewal(&self, renew_after: u64, now: u64) -> bool {
+        self.token(renew_after, now).is_none()
+    }
+
     /// Keeps the token an authenticate call returned.
     pub fn obtained(&mut self, token: String, now: u64) {
         self.token = Some((std::rc::Rc::from(token), now));

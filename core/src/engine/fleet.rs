@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::etcd::{self, EtcdError};
 use crate::fleet_cache::{
     Answer, BreakerState, FleetCache, Location, Rejected, StoredAnswer, AUTH_RENEW_SECONDS,
-    CLAIM_LEASE_SECONDS,
+    AUTH_TIMEOUT_MS, AUTH_USE_SECONDS, CLAIM_LEASE_SECONDS,
 };
 use crate::introspection::{Answer as Introspected, ResponseFormat};
 use crate::introspection_jwt;
@@ -47,8 +47,12 @@ const LEASE_SLACK_SECONDS: u64 = 60;
 /// What one worker keeps for the fleet cache.
 #[derive(Debug)]
 pub struct FleetState {
-    /// etcd's auth token (the revocation poll may share it).
+    /// etcd's auth token (the revocation poll may share it), obtained and
+    /// renewed on the root's tick, never by a request.
     pub session: etcd::Session,
+    /// The authenticate fetch: one per process at a time (a marker in
+    /// shared data), the token then shared with the other workers.
+    auth: crate::flight::Flight,
     /// Leases granted: id and when it expires (seconds, conservatively).
     leases: Vec<(i64, u64)>,
     budget: Spender,
@@ -63,6 +67,7 @@ impl FleetState {
     pub fn new(config: &Config) -> Self {
         FleetState {
             session: etcd::Session::default(),
+            auth: crate::flight::Flight::default(),
             leases: Vec::new(),
             budget: Spender::new(
                 config
@@ -114,8 +119,8 @@ pub struct PendingFleet {
 
 #[derive(Debug, PartialEq)]
 enum Step {
-    /// Get an auth token, then take the step.
-    Authenticate(Box<Step>),
+    /// Get an auth token (from the root's tick).
+    Authenticate,
     /// Read the answer at `locations[at]`.
     Read { at: usize },
     /// Grant a lease of `ttl` seconds, then take the step with it.
@@ -131,6 +136,8 @@ enum Step {
 
 #[derive(Debug, PartialEq)]
 enum Job {
+    /// The worker's etcd auth token.
+    Auth,
     Lookup(Box<Lookup>),
     Write {
         key: Vec<u8>,
@@ -192,7 +199,12 @@ pub(super) fn lookup(
     let (Some(fleet), Some(identity)) = (serving(config, issuer), identity(config, issuer)) else {
         return Err((pending, ask));
     };
-    if BreakerState::read(state.shared.as_ref()).0.is_open(now) {
+    // With auth on, a lookup needs the token the root's tick obtains: a
+    // request never waits for an authenticate (bcrypt on etcd's side).
+    let unauthenticated = fleet.credentials.is_some()
+        && state.fleet.session.token(AUTH_USE_SECONDS, now).is_none()
+        && !adopt_token(fleet, state, now);
+    if unauthenticated || BreakerState::read(state.shared.as_ref()).0.is_open(now) {
         state.fleet.count(Counter::FleetRead(FleetRead::Bypassed));
         return Err((pending, ask));
     }
@@ -208,14 +220,10 @@ pub(super) fn lookup(
     Ok(build(fleet, state, Step::Read { at: 0 }, job, now))
 }
 
-/// The etcd call for `step` (its budget spent by the caller); with auth on
-/// and no fresh token, authenticating first.
+/// The etcd call for `step` (its budget spent by the caller), with the
+/// auth token if one is held.
 fn build(fleet: &FleetCache, state: &State, step: Step, job: Job, now: u64) -> Fetch {
-    let token = state.fleet.session.token(AUTH_RENEW_SECONDS, now);
-    let step = match (&fleet.credentials, &token) {
-        (Some(_), None) => Step::Authenticate(Box::new(step)),
-        _ => step,
-    };
+    let token = state.fleet.session.token(AUTH_USE_SECONDS, now);
     let callout = callout_for(fleet, token.as_deref(), &step, &job);
     Fetch {
         callout: Box::new(callout),
@@ -228,12 +236,13 @@ fn callout_for(fleet: &FleetCache, token: Option<&str>, step: &Step, job: &Job) 
     let (read, write) = (fleet.read_timeout_ms, fleet.write_timeout_ms);
     let location = |at: usize| match job {
         Job::Lookup(l) => l.locations.get(at).cloned(),
-        Job::Write { .. } => None,
+        Job::Write { .. } | Job::Auth => None,
     };
     match step {
-        Step::Authenticate(_) => match &fleet.credentials {
-            Some(c) => e.authenticate(&c.username, &c.password, read),
-            None => e.authenticate("", "", read),
+        // Nobody waits for it.
+        Step::Authenticate => match &fleet.credentials {
+            Some(c) => e.authenticate(&c.username, &c.password, AUTH_TIMEOUT_MS),
+            None => e.authenticate("", "", AUTH_TIMEOUT_MS),
         },
         Step::Read { at } => e.get(
             &location(*at).map(|l| l.answer).unwrap_or_default(),
@@ -255,7 +264,7 @@ fn callout_for(fleet: &FleetCache, token: Option<&str>, step: &Step, job: &Job) 
         }
         Step::Put { lease } => match job {
             Job::Write { key, value, .. } => e.put(key, value, Some(*lease), token, write),
-            Job::Lookup(_) => e.put(b"", b"", None, token, write),
+            Job::Lookup(_) | Job::Auth => e.put(b"", b"", None, token, write),
         },
     }
 }
@@ -297,6 +306,7 @@ pub(super) fn on_reply(
             let what = match &job {
                 Job::Lookup(_) => "a read",
                 Job::Write { .. } => "a write",
+                Job::Auth => "authenticate",
             };
             state.fleet.notes.push(Note::Warn(format!(
                 "fleet cache: {what} failed ({}): {e}",
@@ -309,6 +319,15 @@ pub(super) fn on_reply(
                 }
                 Job::Write { .. } => {
                     state.fleet.count(Counter::FleetWrite { ok: false });
+                    Resumed::Later { notes: Vec::new() }
+                }
+                Job::Auth => {
+                    let delay = crate::flight::backoff(state.fleet.auth.failures() + 1);
+                    let marker = auth_marker(config, state.shared.as_ref(), state.worker);
+                    state
+                        .fleet
+                        .auth
+                        .failed(marker.as_ref(), e.to_string(), delay, now);
                     Resumed::Later { notes: Vec::new() }
                 }
             }
@@ -356,13 +375,16 @@ fn step_reply(
 ) -> Result<Next, EtcdError> {
     let lookup = match job {
         Job::Lookup(l) => Some(l.as_ref()),
-        Job::Write { .. } => None,
+        Job::Write { .. } | Job::Auth => None,
     };
     Ok(match step {
-        Step::Authenticate(then) => {
+        Step::Authenticate => {
             let token = etcd::read_authenticate(reply)?;
+            share_token(fleet, state, &token, now);
             state.fleet.session.obtained(token, now);
-            Next::Step(*then)
+            let marker = auth_marker(config, state.shared.as_ref(), state.worker);
+            state.fleet.auth.succeeded(marker.as_ref(), 0);
+            Next::Written
         }
         Step::Grant { then, .. } => {
             let lease = etcd::read_grant(reply)?;
@@ -501,6 +523,7 @@ fn proceed(
     now: u64,
 ) -> Resumed {
     let lookup = match job {
+        Job::Auth => return Resumed::Later { notes: Vec::new() },
         Job::Write { .. } => {
             return match next {
                 Next::Step(step) if state.fleet.budget.spend(None, now) => {
@@ -656,11 +679,34 @@ pub(super) fn due(
     };
     let now = now_ms / 1000;
     let mut due = Vec::new();
+    if fleet.credentials.is_some()
+        && state.fleet.session.needs_renewal(AUTH_RENEW_SECONDS, now)
+        && !adopt_token(fleet, state, now)
+        && !state.fleet.auth.awaiting(now)
+        && state.fleet.auth.retry_due(now)
+    {
+        let until = now.saturating_add(AUTH_TIMEOUT_MS / 1000 + 1);
+        let marker = auth_marker(config, state.shared.as_ref(), state.worker);
+        let claimed = state.fleet.auth.start(marker.as_ref(), until, now).is_ok();
+        if claimed && state.fleet.budget.spend(None, now) {
+            due.push(Due::Dispatch(build(
+                fleet,
+                state,
+                Step::Authenticate,
+                Job::Auth,
+                now,
+            )));
+        } else if claimed {
+            let marker = auth_marker(config, state.shared.as_ref(), state.worker);
+            let why = "the etcd budget is spent".to_string();
+            state.fleet.auth.failed(marker.as_ref(), why, 1, now);
+        }
+    }
     while let Some(write) = state.fleet.writes.pop_front() {
         let PendingFleet { job, .. } = write;
         let stale_until = match &job {
             Job::Write { stale_until, .. } => *stale_until,
-            Job::Lookup(_) => continue,
+            Job::Lookup(_) | Job::Auth => continue,
         };
         let step = match state
             .fleet
@@ -722,6 +768,69 @@ pub(super) fn due(
         due.push(Due::Log(notes));
     }
     due
+}
+
+/// What the gateway's etcd token is for: the endpoint, cluster and user.
+fn auth_subject(fleet: &FleetCache) -> crate::cache::Digest {
+    let user = fleet
+        .credentials
+        .as_ref()
+        .map_or("", |c| c.username.as_str());
+    crate::cache::digest(&[
+        fleet.etcd.base.scheme.as_bytes(),
+        fleet.etcd.base.authority.as_bytes(),
+        fleet.etcd.base.path.as_bytes(),
+        fleet.etcd.upstream.as_bytes(),
+        user.as_bytes(),
+    ])
+}
+
+const AUTH_MARKER_KEY: &str = "oauth_pep.fleet_cache.auth_marker";
+const AUTH_TOKEN_KEY: &str = "oauth_pep.fleet_cache.auth_token";
+
+fn auth_marker<'a>(
+    config: &Config,
+    store: &'a dyn crate::services::SharedStore,
+    worker: u64,
+) -> Option<crate::flight::Marker<'a>> {
+    let fleet = config.fleet_cache.as_ref()?;
+    Some(crate::flight::Marker {
+        store,
+        key: AUTH_MARKER_KEY.to_string(),
+        subject: auth_subject(fleet),
+        worker,
+    })
+}
+
+/// The token, for the process's other workers: subject, when obtained, token.
+fn share_token(fleet: &FleetCache, state: &State, token: &str, now: u64) {
+    let mut value = auth_subject(fleet).to_vec();
+    value.extend_from_slice(&now.to_be_bytes());
+    value.extend_from_slice(token.as_bytes());
+    // Refused (no shared data): each worker authenticates for itself.
+    let _ = state.shared.set(AUTH_TOKEN_KEY, &value, None);
+}
+
+/// Takes a fresher token another worker obtained; whether one was taken.
+fn adopt_token(fleet: &FleetCache, state: &mut State, now: u64) -> bool {
+    let Some((value, _)) = state.shared.get(AUTH_TOKEN_KEY) else {
+        return false;
+    };
+    let (Some(subject), Some(at), Some(token)) =
+        (value.get(..32), value.get(32..40), value.get(40..))
+    else {
+        return false;
+    };
+    let at = u64::from_be_bytes(at.try_into().unwrap_or([0; 8]));
+    let fresh = now < at.saturating_add(AUTH_RENEW_SECONDS);
+    match std::str::from_utf8(token) {
+        Ok(token) if subject == auth_subject(fleet) && fresh && !token.is_empty() => {
+            state.fleet.session.obtained(token.to_string(), at);
+            state.fleet.auth.adopted(0);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Counts kept since the last report.
@@ -839,6 +948,21 @@ mod tests {
         )
     }
 
+    /// The root's tick authenticates (a request never does).
+    fn authenticate(c: &Config, s: &mut State, m: &FakeMetrics, token: &str, now: u64) {
+        let due = crate::engine::due(c, s, m, now * 1000);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("no authenticate")
+        };
+        assert!(is_etcd(&f, "/v3/auth/authenticate"));
+        assert_eq!(body(&f), json!({"name": "pep", "password": "pw"}));
+        let answer = reply(200, &format!(r#"{{{HEADER},"token":"{token}"}}"#));
+        assert!(matches!(
+            feed(c, s, m, f, &answer, now),
+            Resumed::Later { .. }
+        ));
+    }
+
     fn fleet_count(m: &FakeMetrics, read: FleetRead) -> u64 {
         m.counter(Counter::FleetRead(read))
     }
@@ -854,18 +978,11 @@ mod tests {
             Rc::new(MemoryStore::default()),
         );
         let mut a = worker(&c, &store_a);
-        // No etcd token yet: authenticate first.
+        // No etcd token yet: the AS is asked directly.
+        let f = fetch_of(ask(&c, &mut a, "opaque-0", NOW));
+        assert!(matches!(f.resume, Resume::Introspect(_)));
+        authenticate(&c, &mut a, &m, "tok.1", NOW);
         let f = fetch_of(ask(&c, &mut a, "opaque-1", NOW));
-        assert!(is_etcd(&f, "/v3/auth/authenticate"));
-        assert_eq!(body(&f), json!({"name": "pep", "password": "pw"}));
-        let f = next(feed(
-            &c,
-            &mut a,
-            &m,
-            f,
-            &reply(200, &format!(r#"{{{HEADER},"token":"tok.1"}}"#)),
-            NOW,
-        ));
         assert!(is_etcd(&f, "/v3/kv/range"));
         assert!(f
             .callout
@@ -931,8 +1048,11 @@ mod tests {
         assert!(is_etcd(&f, "/v3/kv/put"));
         assert_eq!(body(&f)["key"], answer_key.as_str());
         assert_eq!(body(&f)["lease"], "100");
-        let value =
-            <ct_codecs::Base64 as ct_codecs::Decoder>::decode_to_vec(body(&f)["value"].as_str().unwrap(), None).unwrap();
+        let value = <ct_codecs::Base64 as ct_codecs::Decoder>::decode_to_vec(
+            body(&f)["value"].as_str().unwrap(),
+            None,
+        )
+        .unwrap();
         assert!(!String::from_utf8_lossy(&value).contains("opaque-1"));
         assert!(matches!(
             feed(
@@ -949,15 +1069,8 @@ mod tests {
 
         // Process B: authenticates, reads, finds A's entry.
         let mut b = worker(&c, &store_b);
+        authenticate(&c, &mut b, &m, "tok.2", NOW + 5);
         let f = fetch_of(ask(&c, &mut b, "opaque-1", NOW + 5));
-        let f = next(feed(
-            &c,
-            &mut b,
-            &m,
-            f,
-            &reply(200, &format!(r#"{{{HEADER},"token":"tok.2"}}"#)),
-            NOW + 5,
-        ));
         let Resumed::Settled {
             known: Some(known), ..
         } = feed(&c, &mut b, &m, f, &reply(200, &range_with(&value)), NOW + 5)
@@ -1079,8 +1192,11 @@ mod tests {
                 "{i}: the AS is asked"
             );
             if i == 0 {
-                // A refused token is dropped: the next call authenticates.
-                assert!(s.fleet.session.token(AUTH_RENEW_SECONDS, NOW).is_none());
+                // A refused token is dropped: the next lookup bypasses etcd
+                // until the root's tick authenticates again.
+                assert!(s.fleet.session.token(AUTH_USE_SECONDS, NOW).is_none());
+                let f = fetch_of(ask(&c, &mut s, "opaque-x", NOW));
+                assert!(matches!(f.resume, Resume::Introspect(_)));
             }
         }
         assert_eq!(fleet_count(&m, FleetRead::Error), 4);
@@ -1088,7 +1204,7 @@ mod tests {
         let f = fetch_of(ask(&c, &mut s, "opaque-9", NOW + 1));
         assert!(matches!(f.resume, Resume::Introspect(_)));
         crate::engine::due(&c, &mut s, &m, (NOW + 1) * 1000);
-        assert_eq!(fleet_count(&m, FleetRead::Bypassed), 1);
+        assert_eq!(fleet_count(&m, FleetRead::Bypassed), 2);
         assert_eq!(m.gauge(Gauge::FleetBreakerOpen), Some(1));
         // Closed again after open_seconds.
         let f = fetch_of(ask(&c, &mut s, "opaque-10", NOW + 31));
