@@ -37,6 +37,7 @@ def zipf_sequence(tokens, requests, s=1.1, seed=7):
 def replay(envs, authserver, tokens, requests):
     sequence, rng = zipf_sequence(tokens, requests)
     picks = [rng.randrange(len(envs)) for _ in sequence]
+    replay.distinct = len(set(sequence))
     before = authserver.introspections()
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(lambda p: envs[p[0]].get("/api", token=p[1]).status_code,
@@ -90,6 +91,10 @@ def main():
         results = {}
         for name, cfg in (("without", without), ("with", with_fleet)):
             envs = start(cfg, args.instances)
+            if name == "with":
+                for env in envs:
+                    harness.wait_until(lambda: harness.wasm_stats(env).get(
+                        "oauth_pep.callouts.kind.fleet_cache.outcome.ok", 0) >= 1, 15, what="etcd authenticated")
             tokens = [auth.opaque(sub="u%d" % i) for i in range(args.tokens)]
             results[name] = replay(envs, auth, tokens, args.requests)
             if name == "with":
@@ -102,8 +107,6 @@ def main():
                 fresh = [auth.opaque() for _ in range(args.latency_samples)]
                 for t in fresh:
                     a.get("/api", token=t)
-                print({k: v for k, v in harness.wasm_stats(a).items() if "fleet" in k}, file=sys.stderr)
-                print("\n".join(l for l in a.log_text().splitlines() if "wasm" in l)[-3000:], file=sys.stderr)
                 for t in fresh:
                     fleet.wait_written(etcd, auth.issuer, t)
                 it = iter(fresh)
@@ -118,6 +121,7 @@ def main():
                 env.stop()
         print("instances=%d tokens=%d requests=%d (Zipf s=1.1, random instance)" % (
             args.instances, args.tokens, args.requests))
+        print("distinct tokens in the replay: %d" % replay.distinct)
         print("introspections without fleet_cache: %d" % results["without"])
         print("introspections with fleet_cache:    %d" % results["with"])
         print("median ms: per-process hit %.1f, fleet hit %.1f, miss with fleet %.1f, miss without %.1f" % (

@@ -32,6 +32,8 @@ use super::{Due, Fetch, Resume, Resumed, State};
 /// Writes waiting for the root's tick, per worker: beyond, new answers are
 /// not written (a flood of new tokens does not queue without bound).
 const MAX_QUEUED_WRITES: usize = 256;
+/// Early refreshes waiting for the root's tick, per worker.
+const MAX_REFRESHES: usize = 64;
 /// Claim losers polling at once, per worker (each is also an introspection
 /// in flight, which [`super::MAX_INTROSPECTIONS_IN_FLIGHT`] bounds).
 const MAX_POLLS: usize = 256;
@@ -58,6 +60,7 @@ pub struct FleetState {
     budget: Spender,
     writes: VecDeque<PendingFleet>,
     polls: Vec<Poll>,
+    refreshes: Vec<Lookup>,
     /// Counts not reported yet (the engine's introspect path has no metrics).
     counts: HashMap<Counter, u64>,
     notes: Vec<Note>,
@@ -77,6 +80,7 @@ impl FleetState {
             ),
             writes: VecDeque::new(),
             polls: Vec::new(),
+            refreshes: Vec::new(),
             counts: HashMap::new(),
             notes: Vec::new(),
         }
@@ -153,6 +157,10 @@ struct Lookup {
     pending: PendingIntrospection,
     ask: Box<Callout>,
     locations: Vec<Location>,
+    /// An early refresh of the entry fresh until then (nobody waits): only
+    /// a won claim leads anywhere. Its claim key names that generation, so
+    /// the claim of the miss that wrote it does not block it.
+    refresh: Option<u64>,
 }
 
 /// Where the fleet cache stands for `issuer`'s tokens: its settings, if it
@@ -216,6 +224,7 @@ pub(super) fn lookup(
         pending,
         ask,
         locations: fleet.locations(&identity, token),
+        refresh: None,
     }));
     Ok(build(fleet, state, Step::Read { at: 0 }, job, now))
 }
@@ -260,7 +269,13 @@ fn callout_for(fleet: &FleetCache, token: Option<&str>, step: &Step, job: &Job) 
                 answer: Vec::new(),
                 claim: Vec::new(),
             });
-            e.create(&l.claim, b"1", Some(*lease), &l.answer, token, read)
+            let mut claim = l.claim;
+            if let Job::Lookup(lookup) = job {
+                if let Some(generation) = lookup.refresh {
+                    claim.extend_from_slice(format!("/{generation}").as_bytes());
+                }
+            }
+            e.create(&claim, b"1", Some(*lease), &l.answer, token, read)
         }
         Step::Put { lease } => match job {
             Job::Write { key, value, .. } => e.put(key, value, Some(*lease), token, write),
@@ -313,6 +328,9 @@ pub(super) fn on_reply(
                 e.code()
             )));
             match job {
+                Job::Lookup(lookup) if lookup.refresh.is_some() => {
+                    Resumed::Later { notes: Vec::new() }
+                }
                 Job::Lookup(lookup) => {
                     state.fleet.count(Counter::FleetRead(FleetRead::Error));
                     ask(*lookup, false)
@@ -405,7 +423,15 @@ fn step_reply(
                 return Ok(Next::Written);
             };
             match range.kvs.first() {
-                Some(kv) => verdict(config, fleet, state, lookup, at, &kv.value, now),
+                // An expired entry (the token is hot everywhere at once):
+                // claimed like a miss, so that one instance asks.
+                Some(kv) => match verdict(config, fleet, state, lookup, at, &kv.value, now) {
+                    Next::Rejected(Rejected::Expired) if fleet.single_flight => {
+                        state.fleet.count(Counter::FleetRead(FleetRead::Rejected));
+                        Next::Step(claim_step(state, now))
+                    }
+                    other => other,
+                },
                 None if at + 1 < lookup.locations.len() => Next::Step(Step::Read { at: at + 1 }),
                 None if fleet.single_flight => Next::Step(claim_step(state, now)),
                 None => Next::Miss,
@@ -420,7 +446,10 @@ fn step_reply(
                 Next::Won
             } else {
                 match txn.ranges.first().and_then(|r| r.kvs.first()) {
-                    Some(kv) => verdict(config, fleet, state, lookup, 0, &kv.value, now),
+                    Some(kv) => match verdict(config, fleet, state, lookup, 0, &kv.value, now) {
+                        Next::Rejected(Rejected::Expired) => Next::Lost(None),
+                        other => other,
+                    },
                     None => Next::Lost(None),
                 }
             }
@@ -431,7 +460,10 @@ fn step_reply(
                 return Ok(Next::Written);
             };
             match range.kvs.first() {
-                Some(kv) => verdict(config, fleet, state, lookup, 0, &kv.value, now),
+                Some(kv) => match verdict(config, fleet, state, lookup, 0, &kv.value, now) {
+                    Next::Rejected(Rejected::Expired) => Next::Lost(until_ms),
+                    other => other,
+                },
                 None => Next::Lost(until_ms),
             }
         }
@@ -541,6 +573,19 @@ fn proceed(
         }
         Job::Lookup(lookup) => lookup,
     };
+    if lookup.refresh.is_some() {
+        // Someone else refreshes (or already did), or etcd said no.
+        return match next {
+            Next::Step(step) if state.fleet.budget.spend(None, now) => {
+                Resumed::Next(build(fleet, state, step, Job::Lookup(lookup), now))
+            }
+            Next::Won => {
+                state.fleet.count(Counter::FleetClaim(FleetClaim::Won));
+                ask(*lookup, true)
+            }
+            _ => Resumed::Later { notes: Vec::new() },
+        };
+    }
     match next {
         Next::Step(step) if state.fleet.budget.spend(None, now) => {
             Resumed::Next(build(fleet, state, step, Job::Lookup(lookup), now))
@@ -551,13 +596,36 @@ fn proceed(
         }
         Next::Hit(entry, claims) => {
             state.fleet.count(Counter::FleetRead(FleetRead::Hit));
+            // Used here until `refresh_before_seconds` before its end, so
+            // that a read falls in that window; there, one instance (the
+            // claim's winner) refreshes it while every one goes on using it.
+            let refresh_at = entry
+                .fresh_until
+                .saturating_sub(fleet.refresh_before_seconds);
+            let local_until = if refresh_at > now {
+                refresh_at
+            } else {
+                entry.fresh_until
+            };
+            if fleet.single_flight
+                && fleet.refresh_before_seconds > 0
+                && refresh_at <= now
+                && state.fleet.refreshes.len() < MAX_REFRESHES
+            {
+                state.fleet.refreshes.push(Lookup {
+                    pending: introspect::again(&lookup.pending),
+                    ask: lookup.ask.clone(),
+                    locations: lookup.locations.clone(),
+                    refresh: Some(entry.fresh_until),
+                });
+            }
             let Lookup { pending, .. } = *lookup;
             let (issuer, known) = introspect::finish_from_fleet(
                 config,
                 state,
                 pending,
                 claims,
-                entry.fresh_until,
+                local_until,
                 entry.stale_until,
                 now,
             );
@@ -614,6 +682,7 @@ fn ask(lookup: Lookup, write: bool) -> Resumed {
         mut pending,
         ask,
         locations,
+        ..
     } = lookup;
     pending.fleet_key = if write {
         locations.into_iter().next().map(|l| l.answer)
@@ -727,6 +796,18 @@ pub(super) fn due(
             due.push(Due::Dispatch(build(fleet, state, step, job, now)));
         } else {
             state.fleet.count(Counter::FleetWrite { ok: false });
+        }
+    }
+    for refresh in std::mem::take(&mut state.fleet.refreshes) {
+        if state.fleet.budget.spend(None, now) {
+            let step = claim_step(state, now);
+            due.push(Due::Dispatch(build(
+                fleet,
+                state,
+                step,
+                Job::Lookup(Box::new(refresh)),
+                now,
+            )));
         }
     }
     let polls = std::mem::take(&mut state.fleet.polls);
@@ -1223,6 +1304,105 @@ mod tests {
             let f = fetch_of(ask(&c, &mut s, "opaque-1", NOW));
             assert!(matches!(f.resume, Resume::Introspect(_)), "{fleet}");
         }
+    }
+
+    /// An entry sealed as a writer would, for `token`, fresh until `fresh_until`.
+    fn entry_for(c: &Config, token: &str, written_at: u64, fresh_until: u64) -> Vec<u8> {
+        let fleet = c.fleet_cache.as_ref().unwrap();
+        let at = &fleet.locations("https://issuer.test\0pep", token)[0];
+        let claims: serde_json::Map<String, Value> = serde_json::from_str(&active()).unwrap();
+        fleet.seal(
+            at,
+            &StoredAnswer {
+                issuer: "https://issuer.test".into(),
+                written_at,
+                fresh_until,
+                stale_until: fresh_until,
+                answer: Answer::Plain(claims),
+            },
+        )
+    }
+
+    #[test]
+    fn a_hit_near_its_end_is_used_and_refreshed_by_the_claims_winner() {
+        let c = config("");
+        let m = FakeMetrics::default();
+        let store = Rc::new(MemoryStore::default());
+        let mut s = worker(&c, &store);
+        s.fleet.session.obtained("tok".into(), NOW);
+        let value = entry_for(&c, "hot", NOW - 290, NOW + 5);
+        let f = fetch_of(ask(&c, &mut s, "hot", NOW));
+        let Resumed::Settled {
+            known: Some(known), ..
+        } = feed(&c, &mut s, &m, f, &reply(200, &range_with(&value)), NOW)
+        else {
+            panic!("no hit")
+        };
+        assert!(known.1.is_ok(), "used while it is refreshed");
+        // The refresh claims the token on the tick (a lease first).
+        let due = crate::engine::due(&c, &mut s, &m, NOW * 1000);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("no refresh")
+        };
+        assert!(is_etcd(&f, "/v3/lease/grant"));
+        let grant = format!(r#"{{{HEADER},"ID":"9","TTL":"5"}}"#);
+        let f = next(feed(&c, &mut s, &m, f, &reply(200, &grant), NOW));
+        assert!(is_etcd(&f, "/v3/kv/txn"));
+        // A claim of this generation: the miss's claim does not block it.
+        let claim = <ct_codecs::Base64 as ct_codecs::Decoder>::decode_to_vec(
+            body(&f)["compare"][0]["key"].as_str().unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(String::from_utf8(claim).unwrap().ends_with(&format!("/{}", NOW + 5)));
+        let won = format!(r#"{{{HEADER},"succeeded":true}}"#);
+        let f = next(feed(&c, &mut s, &m, f, &reply(200, &won), NOW));
+        assert!(matches!(f.resume, Resume::Introspect(_)));
+        feed(&c, &mut s, &m, f, &reply(200, &active()), NOW);
+        // And its answer is written.
+        let due = crate::engine::due(&c, &mut s, &m, NOW * 1000);
+        assert!(
+            matches!(&due[..], [Due::Dispatch(f)] if is_etcd(f, "/v3/lease/grant") || is_etcd(f, "/v3/kv/put"))
+        );
+        // A refresh that loses the claim stops there.
+        let value = entry_for(&c, "hot2", NOW - 290, NOW + 5);
+        let f = fetch_of(ask(&c, &mut s, "hot2", NOW));
+        feed(&c, &mut s, &m, f, &reply(200, &range_with(&value)), NOW);
+        let due = crate::engine::due(&c, &mut s, &m, NOW * 1000);
+        let [Due::Dispatch(f)] = <[Due; 1]>::try_from(due).unwrap() else {
+            panic!("no refresh")
+        };
+        assert!(is_etcd(&f, "/v3/kv/txn"), "the lease is reused");
+        let lost = format!("{{{HEADER}}}");
+        assert!(matches!(
+            feed(&c, &mut s, &m, f, &reply(200, &lost), NOW),
+            Resumed::Later { .. }
+        ));
+        assert!(crate::engine::due(&c, &mut s, &m, NOW * 1000 + 500).is_empty());
+    }
+
+    #[test]
+    fn an_expired_entry_is_claimed_like_a_miss() {
+        let c = config("");
+        let m = FakeMetrics::default();
+        let store = Rc::new(MemoryStore::default());
+        let mut s = worker(&c, &store);
+        s.fleet.session.obtained("tok".into(), NOW);
+        let value = entry_for(&c, "old", NOW - 400, NOW - 100);
+        let f = fetch_of(ask(&c, &mut s, "old", NOW));
+        let f = next(feed(
+            &c,
+            &mut s,
+            &m,
+            f,
+            &reply(200, &range_with(&value)),
+            NOW,
+        ));
+        assert!(
+            is_etcd(&f, "/v3/lease/grant"),
+            "claimed, not asked directly"
+        );
+        assert_eq!(fleet_count(&m, FleetRead::Rejected), 1);
     }
 
     #[test]

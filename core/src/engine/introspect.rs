@@ -501,6 +501,18 @@ fn settle_introspection(
     (issuer, (key, outcome), result)
 }
 
+/// The same introspection again (an early refresh of the fleet's answer,
+/// which nobody waits for).
+pub(super) fn again(pending: &PendingIntrospection) -> PendingIntrospection {
+    PendingIntrospection {
+        issuer: pending.issuer,
+        key: pending.key,
+        until: pending.until,
+        local: pending.local.clone(),
+        fleet_key: None,
+    }
+}
+
 /// The answer's claims as the fleet stores them: with `active: true`, as
 /// the endpoint said (the claims' JSON was made from them just before).
 fn claims_for_fleet(json: &str) -> serde_json::Map<String, serde_json::Value> {
