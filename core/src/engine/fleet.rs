@@ -1354,7 +1354,9 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(String::from_utf8(claim).unwrap().ends_with(&format!("/{}", NOW + 5)));
+        assert!(String::from_utf8(claim)
+            .unwrap()
+            .ends_with(&format!("/{}", NOW + 5)));
         let won = format!(r#"{{{HEADER},"succeeded":true}}"#);
         let f = next(feed(&c, &mut s, &m, f, &reply(200, &won), NOW));
         assert!(matches!(f.resume, Resume::Introspect(_)));

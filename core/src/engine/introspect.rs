@@ -457,15 +457,8 @@ fn settle_introspection(
                 }
             }
             if fresh_until > now {
-                let entry = Entry::Active {
-                    issuer: issuer_u16,
-                    fresh_until,
-                    stale_until: settings.stale_until(fresh_until),
-                    json: json.into_bytes(),
-                };
-                if shared.write(state.shared.as_ref(), &key, &entry, now) == Written::Evicted {
-                    state.shared_stats.evictions += 1;
-                }
+                let times = (fresh_until, settings.stale_until(fresh_until));
+                share_active(config, state, issuer, key, json, times, now);
             }
             let result = if outcome.is_ok() {
                 IntrospectionResult::Active
@@ -499,6 +492,32 @@ fn settle_introspection(
         },
     };
     (issuer, (key, outcome), result)
+}
+
+/// An active answer (its claims' JSON) in shared data, for every worker of
+/// the process, fresh and then stale until the times given.
+fn share_active(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    json: String,
+    (fresh_until, stale_until): (u64, u64),
+    now: u64,
+) {
+    let entry = Entry::Active {
+        issuer: u16::try_from(issuer).unwrap_or(u16::MAX),
+        fresh_until,
+        stale_until,
+        json: json.into_bytes(),
+    };
+    if config
+        .shared_cache
+        .write(state.shared.as_ref(), &key, &entry, now)
+        == Written::Evicted
+    {
+        state.shared_stats.evictions += 1;
+    }
 }
 
 /// The same introspection again (an early refresh of the fleet's answer,
@@ -558,19 +577,8 @@ pub(super) fn finish_from_fleet(
     ) {
         let until = settings.fresh_until(grant.expires_at, now).min(fresh_until);
         if until > now {
-            let entry = Entry::Active {
-                issuer: u16::try_from(issuer).unwrap_or(u16::MAX),
-                fresh_until: until,
-                stale_until: stale_until.max(until),
-                json: json.into_bytes(),
-            };
-            if config
-                .shared_cache
-                .write(state.shared.as_ref(), &key, &entry, now)
-                == Written::Evicted
-            {
-                state.shared_stats.evictions += 1;
-            }
+            let times = (until, stale_until.max(until));
+            share_active(config, state, issuer, key, json, times, now);
         }
     }
     if let Some((mut flight, _)) = flight {
