@@ -725,6 +725,11 @@ pub(super) fn queue_write(
         claim: Vec::new(),
     };
     let value = fleet.seal(&location, &entry);
+    if value.len() > crate::fleet_cache::MAX_VALUE_BYTES {
+        // No reader would take it.
+        state.fleet.count(Counter::FleetWrite { ok: false });
+        return;
+    }
     state.fleet.writes.push_back(PendingFleet {
         step: Step::Put { lease: 0 },
         job: Job::Write {
