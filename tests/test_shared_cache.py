@@ -38,7 +38,7 @@ def test_four_tokens_of_one_set_all_keep_their_answers(start_envoy, authserver):
     cfg = {"realm": REALM, "issuers": [issuer(authserver)], "token_cache_bytes": 0,
            "rejected_cache_bytes": 0, "introspection_cache_bytes": 4 * ENTRY_BYTES,
            "introspection_cache_entry_bytes": ENTRY_BYTES}
-    env = start_envoy(cfg, concurrency=2)
+    env = start_envoy(cfg, concurrency=2, customize=harness.with_stats_tags)
     tokens = [authserver.opaque() for _ in range(4)]
     for round_ in range(3):
         for token in tokens:
@@ -48,6 +48,9 @@ def test_four_tokens_of_one_set_all_keep_their_answers(start_envoy, authserver):
     harness.wait_until(lambda: shared(env, "fills") == 4, 10, what="4 fills")
     assert shared(env, "evictions") == 0
     assert shared(env, "hits") >= 8
+    # With the demo's stats_tags, a `cache` label.
+    harness.wait_until(lambda: env.prometheus().get(
+        ("oauth_pep_cache_fills", (("cache", "introspection_shared"),))) == 4, 10, what="labelled fills")
 
 
 # ------------------------------------------------- configuration changes (LDS)
