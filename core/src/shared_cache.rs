@@ -767,7 +767,9 @@ mod tests {
     #[test]
     #[ignore]
     fn replay() {
-        println!("tokens  req/s  table               misses            gets/hit  gets/miss  evictions");
+        println!(
+            "tokens  req/s  table               misses            gets/hit  gets/miss  evictions"
+        );
         let tables: [(&str, usize, usize, u64); 6] = [
             ("floor (2^20 slots)", 1 << 30, 1024, 8),
             ("2,048 x 1 way", 8 << 20, 4096, 1),
@@ -776,7 +778,12 @@ mod tests {
             ("8,192 x 1 way", 8 << 20, 1024, 1),
             ("8,192 x 4 ways", 8 << 20, 1024, 4),
         ];
-        for (tokens, rate) in [(2_000u64, 50u64), (5_000, 100), (10_000, 150), (20_000, 200)] {
+        for (tokens, rate) in [
+            (2_000u64, 50u64),
+            (5_000, 100),
+            (10_000, 150),
+            (20_000, 200),
+        ] {
             let mut floor = 0;
             for (name, bytes, entry, ways) in tables {
                 let cache = SharedCache::with_ways(bytes, entry, ways);
