@@ -48,6 +48,14 @@ def test_four_tokens_of_one_set_all_keep_their_answers(start_envoy, authserver):
     harness.wait_until(lambda: shared(env, "fills") == 4, 10, what="4 fills")
     assert shared(env, "evictions") == 0
     assert shared(env, "hits") >= 8
+    # A fifth token in a full set takes the way of an answer closest to
+    # expiry: one eviction, counted, no fill; its own answer is then shared.
+    fifth = authserver.opaque()
+    for _ in range(3):
+        assert harness.send_raw(env, "/", token=fifth).status == 200
+    harness.wait_until(lambda: shared(env, "evictions") == 1, 10, what="one eviction")
+    assert shared(env, "fills") == 4
+    assert authserver.introspections() == 5
     # With the demo's stats_tags, a `cache` label.
     harness.wait_until(lambda: env.prometheus().get(
         ("oauth_pep_cache_fills", (("cache", "introspection_shared"),))) == 4, 10, what="labelled fills")
