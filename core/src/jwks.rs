@@ -92,7 +92,14 @@ pub struct KeyEntry {
 #[derive(Default)]
 pub struct KeySet {
     entries: Vec<KeyEntry>,
+    /// P-256 keys given a comb table so far (at most [`MAX_P256_TABLES`]).
+    p256_tables: usize,
 }
+
+/// P-256 keys of one key set that get a comb table for the pure-Rust ES256
+/// check ([`crate::es256`], about 18 KB each): a JWKS rarely has more than
+/// two or three; the others are checked without one, about 4× slower in wasm.
+pub const MAX_P256_TABLES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyLookupError {
@@ -315,7 +322,14 @@ impl KeySet {
         if serves.is_empty() {
             return Ok(0);
         }
-        let key = key_material(jwk, kind)?;
+        let mut key = key_material(jwk, kind)?;
+        if kind == KeyKind::P256
+            && serves.contains(&Alg::ES256)
+            && self.p256_tables < MAX_P256_TABLES
+        {
+            key = key.with_table();
+            self.p256_tables += 1;
+        }
         for alg in &serves {
             self.entries.push(KeyEntry {
                 kid: jwk.kid.clone(),
