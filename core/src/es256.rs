@@ -153,7 +153,10 @@ mod tests {
         for seed in 1u8..=6 {
             let mut secret = [0u8; 32];
             secret.iter_mut().enumerate().for_each(|(i, b)| {
-                *b = seed.wrapping_mul(37).wrapping_add(i as u8).wrapping_mul(101)
+                *b = seed
+                    .wrapping_mul(37)
+                    .wrapping_add(i as u8)
+                    .wrapping_mul(101)
             });
             let signing = SigningKey::from_slice(&secret).unwrap();
             let verifying = *signing.verifying_key();

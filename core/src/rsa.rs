@@ -199,7 +199,9 @@ impl Montgomery {
         let l = self.n.len();
         for i in 0..l {
             if let Some(window) = t.get_mut(i..) {
-                let m = window.first().map_or(0, |&t_i| t_i.wrapping_mul(self.n0_inv));
+                let m = window
+                    .first()
+                    .map_or(0, |&t_i| t_i.wrapping_mul(self.n0_inv));
                 mul_add(window, &self.n, m);
             }
         }
@@ -493,7 +495,14 @@ mod tests {
             state ^= state << 17;
             (state >> 24) as u8
         };
-        for (len, top) in [(256, 0xffu8), (256, 0x80), (255, 0x01), (384, 0xc3), (512, 0xa5), (257, 0x01)] {
+        for (len, top) in [
+            (256, 0xffu8),
+            (256, 0x80),
+            (255, 0x01),
+            (384, 0xc3),
+            (512, 0xa5),
+            (257, 0x01),
+        ] {
             for _ in 0..3 {
                 let mut modulus: Vec<u8> = (0..len).map(|_| next()).collect();
                 modulus[0] = top;
