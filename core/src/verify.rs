@@ -188,8 +188,9 @@ pub trait SignatureVerifier {
     ) -> Result<(), VerifyError>;
 }
 
-/// Verification in pure Rust (RustCrypto's P-256/P-384, our own RSA over
-/// crypto-bigint in [`crate::rsa`], ed25519-compact,
+/// Verification in pure Rust (RustCrypto's P-256/P-384, with comb tables
+/// for ES256 where the key has one ([`crate::es256`]), our own RSA in
+/// [`crate::rsa`], ed25519-compact,
 /// constant-time HMAC comparison from hmac-sha256/hmac-sha512).
 pub struct PureRustVerifier;
 
