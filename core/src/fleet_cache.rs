@@ -91,6 +91,18 @@ pub struct RawFleetCache {
     budget: Option<RawBudget>,
 }
 
+/// The field under `fleet_cache`.
+fn f(name: &str) -> String {
+    format!("fleet_cache.{name}")
+}
+
+/// A refusal of `fleet_cache.<name>` (one out-of-line call per check, not
+/// the field's `format!` inlined at each).
+#[inline(never)]
+fn refuse(name: &str, problem: &str) -> ConfigError {
+    ConfigError::new(f(name), problem)
+}
+
 fn default_prefix() -> String {
     "/oauth-pep/".into()
 }
@@ -170,11 +182,10 @@ impl FleetCache {
         issuers: &[&str],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FleetCache, ConfigError> {
-        let f = |n: &str| format!("fleet_cache.{n}");
         let Backend::Etcd = raw.backend;
         let mut base = Url::parse(&raw.endpoint).map_err(|e| ConfigError::new(f("endpoint"), e))?;
         if base.path.contains('?') {
-            return Err(ConfigError::new(f("endpoint"), "must have no query"));
+            return Err(refuse("endpoint", "must have no query"));
         }
         check_authority(raw.authority.as_deref(), &f("authority"))?;
         if let Some(authority) = raw.authority {
@@ -183,8 +194,8 @@ impl FleetCache {
         let upstream = match raw.upstream {
             Some(u) if !u.trim().is_empty() => u,
             _ => {
-                return Err(ConfigError::new(
-                    f("upstream"),
+                return Err(refuse(
+                    "upstream",
                     "is required: the Envoy cluster (or Kong host:port) of etcd",
                 ))
             }
@@ -193,9 +204,7 @@ impl FleetCache {
             || raw.key_prefix.len() > 128
             || !raw.key_prefix.chars().all(|c| c.is_ascii_graphic())
         {
-            return Err(ConfigError::new(
-                f("key_prefix"),
-                "must be 1 to 128 printable ASCII characters (the prefix the gateway's etcd role grants)",
+            return Err(refuse("key_prefix", "must be 1 to 128 printable ASCII characters (the prefix the gateway's etcd role grants)",
             ));
         }
         let read_env = |name: &str, field: &str| {
@@ -212,18 +221,8 @@ impl FleetCache {
                 username,
                 password: read_env(&name, "password_env")?,
             }),
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    f("password_env"),
-                    "is required with `username`",
-                ))
-            }
-            _ => {
-                return Err(ConfigError::new(
-                    f("username"),
-                    "is required with `password_env`",
-                ))
-            }
+            (Some(_), None) => return Err(refuse("password_env", "is required with `username`")),
+            _ => return Err(refuse("username", "is required with `password_env`")),
         };
         let key_from = |name: &str, field: &str| {
             let key = read_env(name, field)?;
@@ -238,8 +237,8 @@ impl FleetCache {
         let key =
             match raw.hmac_key_env {
                 Some(name) => key_from(&name, "hmac_key_env")?,
-                None => return Err(ConfigError::new(
-                    f("hmac_key_env"),
+                None => return Err(refuse(
+                    "hmac_key_env",
                     "is required: the variable holding the fleet's HMAC key, which etcd never sees",
                 )),
             };
@@ -250,10 +249,7 @@ impl FleetCache {
         check_timeout_ms(raw.read_timeout_ms, &f("read_timeout_ms"))?;
         check_timeout_ms(raw.write_timeout_ms, &f("write_timeout_ms"))?;
         if raw.claim_wait_ms == 0 || raw.claim_wait_ms > 10_000 {
-            return Err(ConfigError::new(
-                f("claim_wait_ms"),
-                "must be between 1 and 10000",
-            ));
+            return Err(refuse("claim_wait_ms", "must be between 1 and 10000"));
         }
         let breaker = match raw.breaker {
             None => Breaker {
@@ -266,16 +262,10 @@ impl FleetCache {
                     open_seconds: b.open_seconds.unwrap_or(30),
                 };
                 if breaker.failures == 0 {
-                    return Err(ConfigError::new(
-                        f("breaker.failures"),
-                        "must be at least 1",
-                    ));
+                    return Err(refuse("breaker.failures", "must be at least 1"));
                 }
                 if !(1..=3600).contains(&breaker.open_seconds) {
-                    return Err(ConfigError::new(
-                        f("breaker.open_seconds"),
-                        "must be between 1 and 3600",
-                    ));
+                    return Err(refuse("breaker.open_seconds", "must be between 1 and 3600"));
                 }
                 breaker
             }
@@ -293,10 +283,7 @@ impl FleetCache {
             }
         }
         if raw.refresh_before_seconds > 3600 {
-            return Err(ConfigError::new(
-                f("refresh_before_seconds"),
-                "must be at most 3600",
-            ));
+            return Err(refuse("refresh_before_seconds", "must be at most 3600"));
         }
         let budget = Budget::compile(raw.budget, DEFAULT_BUDGET, &f("budget"))?;
         Ok(FleetCache {

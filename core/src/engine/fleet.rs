@@ -10,7 +10,7 @@
 //! is without the fleet cache: it asks the authorization server itself.
 //! Answers are written afterwards, from the root's tick (nobody waits).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use crate::budget::Spender;
@@ -61,8 +61,10 @@ pub struct FleetState {
     writes: VecDeque<PendingFleet>,
     polls: Vec<Poll>,
     refreshes: Vec<Lookup>,
-    /// Counts not reported yet (the engine's introspect path has no metrics).
-    counts: HashMap<Counter, u64>,
+    /// Counts not reported yet (the engine's introspect path has no metrics);
+    /// a few distinct counters at most, so a list (a `HashMap` keyed by
+    /// `Counter` would be hashbrown code instantiated for this one use).
+    counts: Vec<(Counter, u64)>,
     notes: Vec<Note>,
 }
 
@@ -81,13 +83,16 @@ impl FleetState {
             writes: VecDeque::new(),
             polls: Vec::new(),
             refreshes: Vec::new(),
-            counts: HashMap::new(),
+            counts: Vec::new(),
             notes: Vec::new(),
         }
     }
 
     fn count(&mut self, counter: Counter) {
-        *self.counts.entry(counter).or_insert(0) += 1;
+        match self.counts.iter_mut().find(|(c, _)| *c == counter) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((counter, 1)),
+        }
     }
 
     fn lease(&self, from: u64, to: u64) -> Option<i64> {
@@ -930,7 +935,7 @@ fn adopt_token(fleet: &FleetCache, state: &mut State, now: u64) -> bool {
 
 /// Counts kept since the last report.
 fn report(state: &mut State, metrics: &dyn Metrics) {
-    for (counter, n) in state.fleet.counts.drain() {
+    for (counter, n) in std::mem::take(&mut state.fleet.counts) {
         metrics.increment(counter, n);
     }
 }
