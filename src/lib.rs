@@ -363,6 +363,10 @@ impl<H: Door> Shared<H> {
                 if !self.park(id, request, read.wait, until) {
                     return Outcome::Hold;
                 }
+                if read.local {
+                    // The filter answers it: the headers wait with the body.
+                    return Outcome::Hold;
+                }
                 // The headers go on, changed as if the body passes; the body
                 // is held (Envoy buffers it) until it is judged.
                 apply(&self.host, &read.allow, self.envoy);
@@ -374,6 +378,17 @@ impl<H: Door> Shared<H> {
             }
             Verdict::Respond(response) => {
                 self.host.send_response(&response);
+                Outcome::Hold
+            }
+            Verdict::Receipt(receipt) => {
+                log_note(&receipt.note);
+                for counter in receipt.counters {
+                    self.host.increment(counter, 1);
+                }
+                for (gauge, value) in receipt.gauges {
+                    self.host.set(gauge, value);
+                }
+                self.host.send_response(&receipt.response);
                 Outcome::Hold
             }
             Verdict::Call { callout, resume } => {

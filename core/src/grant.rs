@@ -67,6 +67,14 @@ pub struct Grant {
     pub issuer: usize,
     /// `sub`, or the client id when there is no `sub`.
     pub subject: Option<String>,
+    /// Whether `subject` is the token's `sub` (not its client id): only
+    /// then can a revocation of the subject name it.
+    pub subject_is_sub: bool,
+    /// `iat`: a revocation refuses the tokens issued before it.
+    pub issued_at: Option<u64>,
+    /// `sid`: the session the token belongs to (OpenID Connect), when a
+    /// string of at most 256 bytes; a revoked session names it.
+    pub session: Option<String>,
     /// `client_id`, or `azp`.
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
@@ -212,7 +220,9 @@ impl Grant {
             Some(id) => header_safe("client_id", Some(id))?,
             None => header_safe("azp", token.claim_text("azp"))?,
         };
-        let subject = token.claim_text("sub").or_else(|| client_id.clone());
+        let sub = token.claim_text("sub");
+        let subject_is_sub = sub.is_some();
+        let subject = sub.or_else(|| client_id.clone());
         let scopes = token.scopes(keep.scope_claims);
         for scope in &scopes {
             if scope.contains(',') {
@@ -239,6 +249,18 @@ impl Grant {
         Ok(Grant {
             issuer: token.issuer_index(),
             subject,
+            subject_is_sub,
+            // check_claims read it already (a number, not in the future).
+            issued_at: token.claims().get("iat").and_then(|t| {
+                t.as_u64()
+                    .or_else(|| t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            }),
+            session: token
+                .claims()
+                .get("sid")
+                .and_then(Value::as_str)
+                .filter(|sid| sid.len() <= 256)
+                .map(str::to_string),
             client_id,
             scopes,
             expires_at: token.expires_at(),
@@ -331,6 +353,7 @@ impl Weigh for Grant {
             option_weight(&self.cnf_jkt),
             option_weight(&self.cnf_x5t),
             option_weight(&self.acr),
+            option_weight(&self.session),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

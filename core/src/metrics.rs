@@ -205,6 +205,35 @@ pub enum Counter {
     Exchange(ExchangeResult),
     /// A request refused by a bound on waiting or on callouts.
     Overload(Bound),
+    /// A security event pushed to the revocation receiver, by outcome.
+    SecurityEvent(SetResult),
+}
+
+/// What one pushed security event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetResult {
+    /// Checked, its revocations stored: 202.
+    Accepted,
+    /// Refused for the transmitter to fix (400, 401, 405, 413).
+    Refused,
+    /// Not stored here, for the transmitter to retry (503).
+    Unavailable,
+}
+
+impl SetResult {
+    pub const ALL: [SetResult; 3] = [
+        SetResult::Accepted,
+        SetResult::Refused,
+        SetResult::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SetResult::Accepted => "accepted",
+            SetResult::Refused => "refused",
+            SetResult::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// What one token exchange came to.
@@ -271,6 +300,8 @@ impl Counter {
 pub enum Gauge {
     /// The verification keys the issuer's last good key set holds.
     KeysLoaded { issuer: usize },
+    /// Live entries in this worker's copy of the deny set (revocations).
+    DenyEntries,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -329,6 +360,10 @@ impl Catalogue {
         for result in ExchangeResult::ALL {
             all.push(Metric::Counter(Counter::Exchange(result)));
         }
+        for result in SetResult::ALL {
+            all.push(Metric::Counter(Counter::SecurityEvent(result)));
+        }
+        all.push(Metric::Gauge(Gauge::DenyEntries));
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
                 all.push(Metric::Counter(Counter::Cache(cache, event)));
@@ -403,6 +438,10 @@ impl Catalogue {
             Metric::Counter(Counter::Overload(bound)) => {
                 format!("{PREFIX}.overloaded.bound.{}", bound.label())
             }
+            Metric::Counter(Counter::SecurityEvent(result)) => {
+                format!("{PREFIX}.security_events.result.{}", result.label())
+            }
+            Metric::Gauge(Gauge::DenyEntries) => format!("{PREFIX}.deny_entries"),
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -616,12 +655,12 @@ mod tests {
             );
         }
         // 1 allowed + one per reason + 7 kinds x (4 outcomes + 1 histogram)
-        // + one per overload bound + 3 exchange results + 4 caches x 3
-        // events + 1 issuer x (2 refresh outcomes + 1 gauge + 4
-        // introspection results).
+        // + one per overload bound + 3 exchange results + 3 security event
+        // results + the deny set gauge + 4 caches x 3 events + 1 issuer x
+        // (2 refresh outcomes + 1 gauge + 4 introspection results).
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 35 + Bound::ALL.len() + 3 + 12 + 7
+            1 + Reason::ALL.len() + 35 + Bound::ALL.len() + 3 + 3 + 1 + 12 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {

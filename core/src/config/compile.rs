@@ -90,7 +90,20 @@ pub(super) fn compile(
         policy.as_ref(),
         &dpop,
     )?;
-    let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let mut warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let revocation = match raw.revocation {
+        Some(raw) => {
+            let (revocation, warning) = crate::revocation::Revocation::compile(
+                raw,
+                &issuers,
+                rules.max_lifetime_seconds,
+                env,
+            )?;
+            warnings.extend(warning);
+            Some(revocation)
+        }
+        None => None,
+    };
 
     Ok(Config {
         warnings,
@@ -129,6 +142,7 @@ pub(super) fn compile(
         dpop,
         client_certificate: raw.client_certificate,
         resources,
+        revocation,
     })
 }
 

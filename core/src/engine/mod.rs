@@ -16,6 +16,7 @@ mod bind;
 mod exchange;
 mod introspect;
 mod resume;
+mod revoke;
 mod state;
 mod uma;
 mod upstream;
@@ -134,12 +135,27 @@ pub enum Verdict {
     /// Answer the request from the filter, not as a denial: a protected
     /// resource's metadata document (RFC 9728), needing no token.
     Respond(HttpResponse),
+    /// The revocation receiver's answer to a pushed security event, with
+    /// its log line and the metrics it moves.
+    Receipt(Box<Receipt>),
+}
+
+/// See [`Verdict::Receipt`].
+#[derive(Debug, PartialEq)]
+pub struct Receipt {
+    pub response: HttpResponse,
+    pub note: Note,
+    pub counters: Vec<crate::metrics::Counter>,
+    pub gauges: Vec<(crate::metrics::Gauge, u64)>,
 }
 
 /// See [`Verdict::ReadBody`].
 #[derive(Debug, PartialEq)]
 pub struct ReadBody {
     pub allow: Allow,
+    /// The filter answers the request itself once the body is read (the
+    /// revocation receiver): its headers are held, not sent on.
+    pub local: bool,
     pub max_bytes: usize,
     pub wait: Wait,
 }
@@ -246,6 +262,9 @@ pub fn verdict_knowing(
     let path = &target.path;
     if let Some(resource) = config.resources.by_metadata_path(path) {
         return Verdict::Respond(resource.metadata_reply(request.method));
+    }
+    if let Some(receiver) = revoke::receiver_at(config, path) {
+        return revoke::receive(config, state, receiver, request, now);
     }
     let rule = rule_for(
         &config.upstream_oauth,

@@ -197,6 +197,9 @@ pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) 
             }
         });
     }
+    if config.revocation.is_some() && state.deny.refresh(state.replay.as_ref(), now) {
+        metrics.set(Gauge::DenyEntries, state.deny.len() as u64);
+    }
     let (tokens, adopted) = state.client_tokens_due(now);
     due.extend(adopted.into_iter().map(|client| Due::Wake {
         on: WaitKey::ClientToken(client),

@@ -54,6 +54,9 @@ pub struct State {
     /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
     /// this worker's memory otherwise.
     pub(super) replay: Rc<dyn SharedStore>,
+    /// This worker's copy of the deny set (revocations); the shared one is
+    /// in `replay`'s store.
+    pub(super) deny: crate::revocation::deny::DenySet,
 }
 
 impl State {
@@ -114,6 +117,7 @@ impl State {
                     .collect::<Vec<_>>(),
             ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
+            deny: crate::revocation::deny::DenySet::default(),
         }
     }
 

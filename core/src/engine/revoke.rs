@@ -1,0 +1,284 @@
+//! Revocations in the request path: the push receiver (a SET in, a deny
+//! entry and a 202 out) and the check every authenticated token passes.
+
+use std::rc::Rc;
+
+use crate::cache::digest;
+use crate::config::Config;
+use crate::grant::Grant;
+use crate::jwks::KeyLookupError;
+use crate::jwt::TokenError;
+use crate::keys::KeyWait;
+use crate::metrics::{Counter, Gauge, SetResult};
+use crate::response::{Denial, HttpResponse, TokenProblem};
+use crate::revocation::deny::Denied;
+use crate::revocation::set::{self, Expect, SetError};
+use crate::revocation::{accepted, refused, Receiver, Revocation};
+use crate::wait::{Note, WaitKey};
+
+use super::{Allow, ReadBody, Receipt, Request, State, Verdict, Wait};
+
+/// The receiver configured at `path`, if any.
+pub(super) fn receiver_at<'c>(config: &'c Config, path: &str) -> Option<&'c Receiver> {
+    config
+        .revocation
+        .as_ref()?
+        .receiver
+        .as_ref()
+        .filter(|r| r.path == path)
+}
+
+/// Refuses a token whose subject or session was revoked after its `iat`.
+pub(super) fn check(
+    config: &Config,
+    state: &State,
+    grant: &Grant,
+    now: u64,
+) -> Result<(), Verdict> {
+    let Some(revocation) = &config.revocation else {
+        return Ok(());
+    };
+    let Some(issuer) = config.issuers.get(grant.issuer) else {
+        return Ok(());
+    };
+    let sub = grant.subject.as_deref().filter(|_| grant.subject_is_sub);
+    if revocation.revoked(
+        &state.deny,
+        &issuer.issuer,
+        sub,
+        grant.session.as_deref(),
+        grant.issued_at,
+        now,
+    ) {
+        return Err(Verdict::Deny(Denial::InvalidToken(TokenProblem::Revoked)));
+    }
+    Ok(())
+}
+
+fn receipt(response: HttpResponse, note: Note, result: SetResult) -> Verdict {
+    Verdict::Receipt(Box::new(Receipt {
+        response,
+        note,
+        counters: vec![Counter::SecurityEvent(result)],
+        gauges: Vec::new(),
+    }))
+}
+
+/// A refusal the transmitter must not retry (400, 401, 405, 413).
+fn refuse(status: u32, err: &str, why: &str) -> Verdict {
+    receipt(
+        refused(status, err, why),
+        Note::Info(format!("refused a security event: {status} {err}: {why}")),
+        SetResult::Refused,
+    )
+}
+
+/// A failure here, for the transmitter to retry (503).
+fn unavailable(why: &str) -> Verdict {
+    receipt(
+        refused(503, "temporarily_unavailable", why),
+        Note::Warn(format!("could not take a security event: {why}")),
+        SetResult::Unavailable,
+    )
+}
+
+/// One push (RFC 8935 §2): method, authorization and content type from the
+/// headers, then the body, then the SET's checks, the deny entries and the
+/// `jti`, in that order, so that a transmitter's retry after a 503 is never
+/// refused as a replay.
+pub(super) fn receive(
+    config: &Config,
+    state: &mut State,
+    receiver: &Receiver,
+    request: &Request,
+    now: u64,
+) -> Verdict {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if request.method != "POST" {
+        return refuse(
+            405,
+            "invalid_request",
+            "security events are pushed with POST",
+        );
+    }
+    if !receiver.authorized(header("authorization")) {
+        return refuse(
+            401,
+            "authentication_failed",
+            "the receiver's authorization is missing or wrong",
+        );
+    }
+    let media_type = header("content-type").map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if media_type.as_deref() != Some("application/secevent+jwt") {
+        return refuse(
+            400,
+            "invalid_request",
+            "the content type must be application/secevent+jwt",
+        );
+    }
+    let Some(body) = request.body else {
+        return Verdict::ReadBody(Box::new(ReadBody {
+            allow: Allow::default(),
+            local: true,
+            max_bytes: receiver.max_body_bytes,
+            wait: Wait {
+                on: WaitKey::Body,
+                until: now.saturating_add(receiver.body_timeout_seconds),
+                fetch: None,
+            },
+        }));
+    };
+    if body.len() > receiver.max_body_bytes {
+        let why = format!("the SET is larger than {} bytes", receiver.max_body_bytes);
+        return refuse(413, "invalid_request", &why);
+    }
+    let Ok(jws) = std::str::from_utf8(body).map(str::trim) else {
+        return refuse(400, "invalid_request", "the body is not a compact JWS");
+    };
+    let (Some(revocation), Some(transmitter)) = (
+        config.revocation.as_ref(),
+        config.issuers.get(receiver.transmitter),
+    ) else {
+        return unavailable("the receiver's transmitter is not configured");
+    };
+    let expect = Expect {
+        transmitter,
+        audiences: &receiver.audiences,
+        max_age_seconds: receiver.max_age_seconds,
+        skew_seconds: config.rules.clock_skew_seconds,
+    };
+    // Every check that needs no key first: a junk SET costs no key fetch.
+    if let Err(e) = set::precheck(jws, &expect, now) {
+        return refuse(400, e.err(), &e.to_string());
+    }
+    let checked = match verify(config, state, receiver.transmitter, jws, &expect, true, now) {
+        Ok(checked) => checked,
+        Err(verdict) => return verdict,
+    };
+    let scope = Scope {
+        transmitter: &transmitter.issuer,
+        skew: config.rules.clock_skew_seconds,
+    };
+    store(revocation, receiver, state, &checked, &scope, now)
+}
+
+/// Whose `jti`s, and for how long past `max_age_seconds` one is kept.
+struct Scope<'a> {
+    transmitter: &'a str,
+    skew: u64,
+}
+
+/// The signature against the transmitter's keys, loading them (a wait) or
+/// refetching them for an unknown `kid` (once) as an access token would.
+fn verify(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    jws: &str,
+    expect: &Expect,
+    retry_adopted: bool,
+    now: u64,
+) -> Result<set::Revocations, Verdict> {
+    let keys = match state.keys.keys(issuer).map(Rc::clone) {
+        Some(keys) => keys,
+        None => match state.keys.load_for_request(issuer, now) {
+            KeyWait::Adopted => match state.keys.keys(issuer).map(Rc::clone) {
+                Some(keys) => keys,
+                None => return Err(unavailable("the transmitter's keys are not loaded")),
+            },
+            KeyWait::Unavailable(cause) => {
+                return Err(unavailable(&format!("the transmitter's keys: {cause}")))
+            }
+            wait => return Err(Verdict::from_key_wait(config, wait, issuer, None)),
+        },
+    };
+    match set::verify(jws, expect, &keys, state.verifier.as_ref(), now) {
+        Ok(checked) => Ok(checked),
+        Err(SetError::Key(TokenError::Key(KeyLookupError::UnknownKid(kid)))) => {
+            match state.keys.refetch_for_unknown_kid(issuer, &kid, now) {
+                KeyWait::Adopted if retry_adopted => {
+                    verify(config, state, issuer, jws, expect, false, now)
+                }
+                wait @ (KeyWait::Fetch { .. } | KeyWait::Wait { .. }) => {
+                    Err(Verdict::from_key_wait(config, wait, issuer, Some(kid)))
+                }
+                _ => {
+                    let e = SetError::Key(TokenError::Key(KeyLookupError::UnknownKid(kid)));
+                    Err(refuse(400, e.err(), &e.to_string()))
+                }
+            }
+        }
+        Err(e) => Err(refuse(400, e.err(), &e.to_string())),
+    }
+}
+
+/// The deny entries, then the `jti`: a 503 before the `jti` is remembered
+/// leaves the transmitter's retry welcome.
+fn store(
+    revocation: &Revocation,
+    receiver: &Receiver,
+    state: &mut State,
+    checked: &set::Revocations,
+    scope: &Scope,
+    now: u64,
+) -> Verdict {
+    let items: Vec<_> = checked
+        .targets
+        .iter()
+        .map(|(target, at)| {
+            let until = at.saturating_add(revocation.retention_seconds);
+            (revocation.key(target), Denied { at: *at, until })
+        })
+        .collect();
+    let store = Rc::clone(&state.replay);
+    if !items.is_empty() {
+        if let Err(e) = state
+            .deny
+            .add(store.as_ref(), &items, revocation.max_entries, now)
+        {
+            return unavailable(&e.to_string());
+        }
+    }
+    let id = digest(&[scope.transmitter.as_bytes(), checked.jti.as_bytes()]);
+    // Remembered as long as a SET with this iat is taken at all.
+    let until = checked
+        .iat
+        .saturating_add(receiver.max_age_seconds)
+        .saturating_add(scope.skew)
+        .saturating_add(1);
+    match receiver
+        .replay
+        .remember_key(store.as_ref(), &id, until, now)
+    {
+        Ok(()) => {}
+        Err(crate::dpop::ReplayRefusal::Replayed) => {
+            return refuse(400, "invalid_request", "this jti was received already");
+        }
+        Err(crate::dpop::ReplayRefusal::Unavailable) => {
+            return unavailable("the jti replay table has no room");
+        }
+    }
+    let note = Note::Info(format!(
+        "took a security event: {} revocation(s), {} event(s) ignored",
+        checked.targets.len(),
+        checked.ignored
+    ));
+    Verdict::Receipt(Box::new(Receipt {
+        response: accepted(),
+        note,
+        counters: vec![Counter::SecurityEvent(SetResult::Accepted)],
+        gauges: vec![(Gauge::DenyEntries, state.deny.len() as u64)],
+    }))
+}
