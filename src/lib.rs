@@ -363,10 +363,6 @@ impl<H: Door> Shared<H> {
                 if !self.park(id, request, read.wait, until) {
                     return Outcome::Hold;
                 }
-                if read.local {
-                    // The filter answers it: the headers wait with the body.
-                    return Outcome::Hold;
-                }
                 // The headers go on, changed as if the body passes; the body
                 // is held (Envoy buffers it) until it is judged.
                 apply(&self.host, &read.allow, self.envoy);

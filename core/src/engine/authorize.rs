@@ -113,7 +113,6 @@ pub(super) fn check_access(
             add_dpop_headers(config, request, jkt, &mut allow);
             return Verdict::ReadBody(Box::new(ReadBody {
                 allow,
-                local: false,
                 max_bytes: config.jsonrpc.max_body_bytes,
                 wait: Wait {
                     on: WaitKey::Body,

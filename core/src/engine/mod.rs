@@ -153,9 +153,6 @@ pub struct Receipt {
 #[derive(Debug, PartialEq)]
 pub struct ReadBody {
     pub allow: Allow,
-    /// The filter answers the request itself once the body is read (the
-    /// revocation receiver): its headers are held, not sent on.
-    pub local: bool,
     pub max_bytes: usize,
     pub wait: Wait,
 }

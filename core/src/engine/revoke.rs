@@ -129,9 +129,15 @@ pub(super) fn receive(
         );
     }
     let Some(body) = request.body else {
+        // A proxy-wasm filter cannot read a body while it holds the headers
+        // (Envoy stops both), so they go on first, without the receiver's
+        // secret; the body is held, and the filter answers once it is read:
+        // the upstream sees the request start and then a reset, never the SET.
         return Verdict::ReadBody(Box::new(ReadBody {
-            allow: Allow::default(),
-            local: true,
+            allow: Allow {
+                remove_headers: vec!["authorization".into()],
+                ..Allow::default()
+            },
             max_bytes: receiver.max_body_bytes,
             wait: Wait {
                 on: WaitKey::Body,

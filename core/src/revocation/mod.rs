@@ -254,27 +254,28 @@ impl Receiver {
                 "must name at least one audience, none empty",
             ));
         }
-        let auth_token =
-            match raw.auth_token_env {
-                None => None,
-                Some(name) => match env(&name) {
-                    Some(token) if token.len() >= MIN_AUTH_TOKEN_BYTES && token.is_ascii() => {
-                        Some(token)
-                    }
-                    Some(_) => return Err(ConfigError::new(
+        let auth_token = match raw.auth_token_env {
+            None => None,
+            Some(name) => match env(&name) {
+                Some(token) if token.len() >= MIN_AUTH_TOKEN_BYTES && token.is_ascii() => {
+                    Some(token)
+                }
+                Some(_) => {
+                    return Err(ConfigError::new(
                         field("auth_token_env"),
                         format!(
                             "${name} must hold at least {MIN_AUTH_TOKEN_BYTES} ASCII characters"
                         ),
-                    )),
-                    None => {
-                        return Err(ConfigError::new(
-                            field("auth_token_env"),
-                            format!("${name} is not set"),
-                        ))
-                    }
-                },
-            };
+                    ))
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        field("auth_token_env"),
+                        format!("${name} is not set"),
+                    ))
+                }
+            },
+        };
         if raw.max_body_bytes == 0 || raw.max_body_bytes > MAX_BODY_BYTES {
             return Err(ConfigError::new(
                 field("max_body_bytes"),
