@@ -34,6 +34,12 @@ pub(super) fn compile(
     check_realm(&raw.realm)?;
     let rules = jwt_rules(&raw)?;
     let issuers = issuer::compile_all(raw.issuers, env)?;
+    let fleet_cache = {
+        let names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+        raw.fleet_cache
+            .map(|f| crate::fleet_cache::FleetCache::compile(f, &names, env))
+            .transpose()?
+    };
     let shared_cache = shared_cache(
         raw.introspection_cache_bytes,
         raw.introspection_cache_entry_bytes,
@@ -120,6 +126,7 @@ pub(super) fn compile(
         forward,
         rejected_cache_bytes: raw.rejected_cache_bytes,
         shared_cache,
+        fleet_cache,
         shared_data: raw.shared_data,
         waits,
         jsonrpc,

@@ -48,6 +48,7 @@ const TOP_FIELDS: &[&str] = &[
     "client_certificate",
     "resources",
     "revocation",
+    "fleet_cache",
     "gluu",
 ];
 

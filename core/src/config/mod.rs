@@ -133,6 +133,8 @@ pub struct Config {
     pub rejected_cache_bytes: usize,
     /// Introspection answers shared by all workers.
     pub shared_cache: SharedCache,
+    /// Introspection answers shared by every instance through etcd.
+    pub fleet_cache: Option<crate::fleet_cache::FleetCache>,
     pub shared_data: SharedData,
     /// Bounds on the requests a worker keeps waiting.
     pub waits: Waits,

@@ -79,6 +79,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) resources: Vec<crate::resource::RawResource>,
     pub(super) revocation: Option<crate::revocation::RawRevocation>,
+    pub(super) fleet_cache: Option<crate::fleet_cache::RawFleetCache>,
 }
 
 fn default_realm() -> String {
