@@ -501,6 +501,10 @@ impl<H: Door> Shared<H> {
                 self.wake(&on, known);
                 None
             }
+            Resumed::Later { notes } => {
+                notes.iter().for_each(log_note);
+                None
+            }
         }
     }
 
@@ -529,7 +533,12 @@ impl<H: Door> Shared<H> {
     /// Root only: what each tick does.
     fn on_tick(&self) {
         let now = self.host.now();
-        let found = due(&self.config, &mut self.state.borrow_mut(), &self.host, now);
+        let found = due(
+            &self.config,
+            &mut self.state.borrow_mut(),
+            &self.host,
+            self.host.now_ms(),
+        );
         for item in found {
             match item {
                 Due::Dispatch(fetch) => self.root_queue.borrow_mut().push(fetch),

@@ -645,6 +645,24 @@ impl ReplayTable {
             })
     }
 
+    /// Whether `replay_key` is remembered and live (nothing written).
+    pub fn seen(&self, store: &dyn SharedStore, replay_key: &Digest, now: u64) -> bool {
+        let id = replay_key.get(..16).unwrap_or_default();
+        store.get(&self.key(replay_key)).is_some_and(|(bytes, _)| {
+            bytes
+                .get(MAGIC.len()..)
+                .filter(|_| bytes.starts_with(MAGIC))
+                .unwrap_or_default()
+                .chunks_exact(REMEMBERED_BYTES)
+                .any(|entry| {
+                    entry.split_at_checked(16).is_some_and(|(held, until)| {
+                        held == id
+                            && <[u8; 8]>::try_from(until).is_ok_and(|u| u64::from_be_bytes(u) > now)
+                    })
+                })
+        })
+    }
+
     /// Accepts `replay_key` once until `until`.
     ///
     /// Shared data cannot create a key only if it is absent: a slot's first

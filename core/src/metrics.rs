@@ -47,10 +47,12 @@ pub enum CalloutKind {
     Permission,
     /// A token exchange (RFC 8693) for upstream OAuth.
     Exchange,
+    /// etcd, for revocations: the receiver's deny entries and the poll.
+    Revocation,
 }
 
 impl CalloutKind {
-    pub const ALL: [CalloutKind; 7] = [
+    pub const ALL: [CalloutKind; 8] = [
         CalloutKind::Discovery,
         CalloutKind::Jwks,
         CalloutKind::Pdp,
@@ -58,6 +60,7 @@ impl CalloutKind {
         CalloutKind::Token,
         CalloutKind::Permission,
         CalloutKind::Exchange,
+        CalloutKind::Revocation,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +72,7 @@ impl CalloutKind {
             CalloutKind::Token => "token",
             CalloutKind::Permission => "uma_permission",
             CalloutKind::Exchange => "token_exchange",
+            CalloutKind::Revocation => "revocation",
         }
     }
 }
@@ -207,6 +211,15 @@ pub enum Counter {
     Overload(Bound),
     /// A security event pushed to the revocation receiver, by outcome.
     SecurityEvent(SetResult),
+    /// A poll of the fleet's deny entries in etcd that read them all (`ok`)
+    /// or failed.
+    RevocationPoll {
+        ok: bool,
+    },
+    /// A deny entry the poll read: taken, or rejected (bad MAC, malformed).
+    RevocationEntry {
+        taken: bool,
+    },
 }
 
 /// What one pushed security event came to.
@@ -364,6 +377,10 @@ impl Catalogue {
             all.push(Metric::Counter(Counter::SecurityEvent(result)));
         }
         all.push(Metric::Gauge(Gauge::DenyEntries));
+        for ok in [true, false] {
+            all.push(Metric::Counter(Counter::RevocationPoll { ok }));
+            all.push(Metric::Counter(Counter::RevocationEntry { taken: ok }));
+        }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
                 all.push(Metric::Counter(Counter::Cache(cache, event)));
@@ -442,6 +459,14 @@ impl Catalogue {
                 format!("{PREFIX}.security_events.result.{}", result.label())
             }
             Metric::Gauge(Gauge::DenyEntries) => format!("{PREFIX}.deny_entries"),
+            Metric::Counter(Counter::RevocationPoll { ok }) => format!(
+                "{PREFIX}.revocation_polls.outcome.{}",
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Counter(Counter::RevocationEntry { taken }) => format!(
+                "{PREFIX}.revocation_entries.result.{}",
+                if taken { "taken" } else { "rejected" }
+            ),
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -654,13 +679,14 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
-        // 1 allowed + one per reason + 7 kinds x (4 outcomes + 1 histogram)
-        // + one per overload bound + 3 exchange results + 3 security event
-        // results + the deny set gauge + 4 caches x 3 events + 1 issuer x
-        // (2 refresh outcomes + 1 gauge + 4 introspection results).
+        // 1 allowed + one per reason +
+        // 8 kinds x (4 outcomes + 1 histogram) + one per overload bound + 3
+        // exchange results + 3 security event results + the deny set gauge
+        // + 2 poll outcomes + 2 entry results + 4 caches x 3 events + 1
+        // issuer x (2 refresh outcomes + 1 gauge + 4 introspection results).
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 35 + Bound::ALL.len() + 3 + 3 + 1 + 12 + 7
+            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 12 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {

@@ -103,6 +103,7 @@ pub(super) fn compile(
                 raw,
                 &issuers,
                 rules.max_lifetime_seconds,
+                fleet_cache.as_ref(),
                 env,
             )?;
             warnings.extend(warning);

@@ -14,6 +14,7 @@ mod authenticate;
 mod authorize;
 mod bind;
 mod exchange;
+mod fanout;
 mod introspect;
 mod resume;
 mod revoke;
@@ -39,6 +40,7 @@ use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
 pub use exchange::PendingExchange;
+pub use fanout::PendingDeny;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
 pub use state::State;
@@ -194,6 +196,9 @@ pub enum Resume {
     /// The token exchange of one caller token for one upstream OAuth rule,
     /// which every request with that token waits for.
     Exchange(Box<PendingExchange>),
+    /// One etcd call of the revocation fan-out: a step of the deny poll,
+    /// or of the receiver's write for the request that pushed a SET.
+    Deny(Box<PendingDeny>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -210,6 +215,9 @@ pub enum Resumed {
         known: Option<Rc<Known>>,
         notes: Vec<Note>,
     },
+    /// Nothing to do now: the fetch goes on from a later tick (or was a
+    /// write nobody waits for). Log the notes.
+    Later { notes: Vec<Note> },
 }
 
 /// What the root does on a tick, besides expiring waits.
@@ -232,6 +240,7 @@ impl Resume {
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
             Resume::Exchange(_) => CalloutKind::Exchange,
+            Resume::Deny(_) => CalloutKind::Revocation,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use crate::cache::digest;
 use crate::config::Config;
+use crate::dpop::ReplayRefusal;
 use crate::grant::Grant;
 use crate::jwks::KeyLookupError;
 use crate::jwt::TokenError;
@@ -16,6 +17,7 @@ use crate::revocation::set::{self, Expect, SetError};
 use crate::revocation::{accepted, refused, Receiver, Revocation};
 use crate::wait::{Note, WaitKey};
 
+use super::fanout::{self, Push};
 use super::{Allow, ReadBody, Receipt, Request, State, Verdict, Wait};
 
 /// The receiver configured at `path`, if any.
@@ -74,7 +76,7 @@ fn refuse(status: u32, err: &str, why: &str) -> Verdict {
 }
 
 /// A failure here, for the transmitter to retry (503).
-fn unavailable(why: &str) -> Verdict {
+pub(super) fn unavailable(why: &str) -> Verdict {
     receipt(
         refused(503, "temporarily_unavailable", why),
         Note::Warn(format!("could not take a security event: {why}")),
@@ -173,17 +175,16 @@ pub(super) fn receive(
         Ok(checked) => checked,
         Err(verdict) => return verdict,
     };
-    let scope = Scope {
-        transmitter: &transmitter.issuer,
-        skew: config.rules.clock_skew_seconds,
-    };
-    store(revocation, receiver, state, &checked, &scope, now)
-}
-
-/// Whose `jti`s, and for how long past `max_age_seconds` one is kept.
-struct Scope<'a> {
-    transmitter: &'a str,
-    skew: u64,
+    take(
+        config,
+        state,
+        revocation,
+        receiver,
+        &transmitter.issuer,
+        checked,
+        request.client,
+        now,
+    )
 }
 
 /// The signature against the transmitter's keys, loading them (a wait) or
@@ -230,56 +231,99 @@ fn verify(
     }
 }
 
-/// The deny entries, then the `jti`: a 503 before the `jti` is remembered
-/// leaves the transmitter's retry welcome.
-fn store(
+/// The deny entries (here, then in etcd with a fan-out), then the `jti`:
+/// a 503 before the `jti` is remembered leaves the transmitter's retry
+/// welcome, and a `jti` seen already costs no etcd write.
+#[allow(clippy::too_many_arguments)]
+fn take(
+    config: &Config,
+    state: &mut State,
     revocation: &Revocation,
     receiver: &Receiver,
-    state: &mut State,
-    checked: &set::Revocations,
-    scope: &Scope,
+    transmitter: &str,
+    checked: set::Revocations,
+    client: Option<&str>,
     now: u64,
 ) -> Verdict {
+    let replay_id = digest(&[transmitter.as_bytes(), checked.jti.as_bytes()]);
+    let store = Rc::clone(&state.replay);
+    if receiver.replay.seen(store.as_ref(), &replay_id, now) {
+        return replayed();
+    }
     let items: Vec<_> = checked
         .targets
         .iter()
         .map(|(target, at)| {
             let until = at.saturating_add(revocation.retention_seconds);
-            (revocation.key(target), Denied { at: *at, until })
+            (target.clone(), Denied { at: *at, until })
         })
         .collect();
-    let store = Rc::clone(&state.replay);
-    if !items.is_empty() {
+    let keyed: Vec<_> = items
+        .iter()
+        .map(|(target, denied)| (revocation.key(target), *denied))
+        .collect();
+    if !keyed.is_empty() {
         if let Err(e) = state
             .deny
-            .add(store.as_ref(), &items, revocation.max_entries, now)
+            .add(store.as_ref(), &keyed, revocation.max_entries, now)
         {
             return unavailable(&e.to_string());
         }
     }
-    let id = digest(&[scope.transmitter.as_bytes(), checked.jti.as_bytes()]);
     // Remembered as long as a SET with this iat is taken at all.
-    let until = checked
+    let replay_until = checked
         .iat
         .saturating_add(receiver.max_age_seconds)
-        .saturating_add(scope.skew)
+        .saturating_add(config.rules.clock_skew_seconds)
         .saturating_add(1);
+    let ttl = items
+        .iter()
+        .map(|(_, d)| d.until.saturating_sub(now))
+        .max()
+        .unwrap_or(0);
+    let push = Push {
+        writes: fanout::writes(config, &items).unwrap_or_default(),
+        ttl: i64::try_from(ttl).unwrap_or(i64::MAX),
+        replay_id,
+        replay_until,
+        revocations: items.len(),
+        ignored: checked.ignored,
+    };
+    if push.writes.is_empty() {
+        stored(config, state, &push, now)
+    } else {
+        fanout::push(config, state, push, client, now)
+    }
+}
+
+fn replayed() -> Verdict {
+    refuse(400, "invalid_request", "this jti was received already")
+}
+
+/// Once the entries are stored (here, and in etcd with a fan-out): the
+/// `jti` is remembered and the SET taken.
+pub(super) fn stored(config: &Config, state: &mut State, push: &Push, now: u64) -> Verdict {
+    let Some(receiver) = config.revocation.as_ref().and_then(|r| r.receiver.as_ref()) else {
+        return unavailable("no receiver is configured");
+    };
+    let store = Rc::clone(&state.replay);
     match receiver
         .replay
-        .remember_key(store.as_ref(), &id, until, now)
+        .remember_key(store.as_ref(), &push.replay_id, push.replay_until, now)
     {
         Ok(()) => {}
-        Err(crate::dpop::ReplayRefusal::Replayed) => {
-            return refuse(400, "invalid_request", "this jti was received already");
-        }
-        Err(crate::dpop::ReplayRefusal::Unavailable) => {
-            return unavailable("the jti replay table has no room");
-        }
+        Err(ReplayRefusal::Replayed) => return replayed(),
+        Err(ReplayRefusal::Unavailable) => return unavailable("the jti replay table has no room"),
     }
     let note = Note::Info(format!(
-        "took a security event: {} revocation(s), {} event(s) ignored",
-        checked.targets.len(),
-        checked.ignored
+        "took a security event: {} revocation(s) stored{}, {} event(s) ignored",
+        push.revocations,
+        if push.writes.is_empty() {
+            ""
+        } else {
+            " and written to etcd"
+        },
+        push.ignored
     ));
     Verdict::Receipt(Box::new(Receipt {
         response: accepted(),

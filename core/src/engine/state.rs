@@ -57,6 +57,8 @@ pub struct State {
     /// This worker's copy of the deny set (revocations); the shared one is
     /// in `replay`'s store.
     pub(super) deny: crate::revocation::deny::DenySet,
+    /// The revocation fan-out through etcd: its token, poll and budget.
+    pub(super) fanout: super::fanout::FanoutState,
 }
 
 impl State {
@@ -118,6 +120,7 @@ impl State {
             ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
             deny: crate::revocation::deny::DenySet::default(),
+            fanout: super::fanout::FanoutState::new(),
         }
     }
 

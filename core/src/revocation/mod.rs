@@ -9,6 +9,7 @@
 
 pub mod deny;
 pub mod set;
+pub mod stored;
 
 use serde::Deserialize;
 
@@ -29,6 +30,7 @@ pub struct RawRevocation {
     retention_seconds: u64,
     #[serde(default = "default_max_entries")]
     max_entries: usize,
+    poll_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,9 @@ fn default_body_timeout() -> u64 {
 }
 
 const MAX_ENTRIES: usize = 100_000;
+const DEFAULT_POLL_MS: u64 = 1_000;
+/// Keys one poll reads at most; more follow at once, page by page.
+pub const POLL_PAGE: i64 = 500;
 const MAX_BODY_BYTES: usize = 1 << 20;
 const MIN_AUTH_TOKEN_BYTES: usize = 16;
 /// Where the receiver remembers the `jti`s it took.
@@ -90,8 +95,20 @@ pub struct Revocation {
     pub retention_seconds: u64,
     /// Live entries the deny set holds at most.
     pub max_entries: usize,
-    /// The HMAC key deny keys are made with.
-    secret: Vec<u8>,
+    /// The HMAC keys deny keys are made with: the fleet's (current first,
+    /// then the previous one during a rotation), or a local one.
+    secrets: Vec<Vec<u8>>,
+    /// With the fleet cache: where the fleet's deny entries are, and how often
+    /// each process reads what changed.
+    pub fanout: Option<Fanout>,
+}
+
+/// Revocations through etcd (the `fleet_cache` block's store and user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fanout {
+    /// `<key_prefix>d/`.
+    pub prefix: Vec<u8>,
+    pub poll_ms: u64,
 }
 
 /// The push receiver (RFC 8935).
@@ -116,6 +133,7 @@ impl Revocation {
         raw: RawRevocation,
         issuers: &[Issuer],
         max_lifetime_seconds: Option<u64>,
+        fleet: Option<&crate::fleet_cache::FleetCache>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Revocation, Option<String>), ConfigError> {
         if raw.retention_seconds == 0 {
@@ -147,23 +165,77 @@ impl Revocation {
             .receiver
             .map(|r| Receiver::compile(r, issuers, env))
             .transpose()?;
+        let fanout =
+            match (fleet, raw.poll_ms) {
+                (None, Some(_)) => return Err(ConfigError::new(
+                    "revocation.poll_ms",
+                    "needs a fleet_cache block: revocations reach other instances through its etcd",
+                )),
+                (None, None) => None,
+                (Some(fleet), poll_ms) => {
+                    let poll_ms = poll_ms.unwrap_or(DEFAULT_POLL_MS);
+                    if !(100..=60_000).contains(&poll_ms) {
+                        return Err(ConfigError::new(
+                            "revocation.poll_ms",
+                            "must be 100 to 60000",
+                        ));
+                    }
+                    Some(Fanout {
+                        prefix: fleet.deny_prefix(),
+                        poll_ms,
+                    })
+                }
+            };
+        let secrets = fleet.map_or_else(|| vec![LOCAL_DENY_SECRET.to_vec()], |f| f.hmac_keys());
         Ok((
             Revocation {
                 receiver,
                 retention_seconds: raw.retention_seconds,
                 max_entries: raw.max_entries,
-                secret: LOCAL_DENY_SECRET.to_vec(),
+                secrets,
+                fanout,
             },
             warning,
         ))
     }
 
-    /// The key a target is stored under.
+    /// The key a target is stored under (by the current key).
     pub fn key(&self, target: &Target) -> DenyKey {
-        match target {
-            Target::Subject { iss, sub } => deny_key(&self.secret, b's', iss, sub),
-            Target::Session { iss, sid } => deny_key(&self.secret, b'i', iss, sid),
-        }
+        stored::key_of(&stored::name(self.writing_secret(), target))
+    }
+
+    fn writing_secret(&self) -> &[u8] {
+        self.secrets
+            .first()
+            .map_or(LOCAL_DENY_SECRET, Vec::as_slice)
+    }
+
+    /// The etcd key and value of a revocation (with a fan-out).
+    pub fn seal(
+        &self,
+        fanout: &Fanout,
+        target: &Target,
+        denied: deny::Denied,
+    ) -> (Vec<u8>, Vec<u8>) {
+        stored::seal(self.writing_secret(), &fanout.prefix, target, denied)
+    }
+
+    /// An entry the poll read, if it is one of the fleet's.
+    pub fn open(
+        &self,
+        fanout: &Fanout,
+        key: &[u8],
+        value: &[u8],
+        now: u64,
+    ) -> Result<(DenyKey, deny::Denied), stored::Rejected> {
+        stored::open(
+            &self.secrets,
+            &fanout.prefix,
+            key,
+            value,
+            self.retention_seconds,
+            now,
+        )
     }
 
     /// Whether a token of issuer `iss` with this `sub`, `sid` and `iat` was
@@ -182,28 +254,18 @@ impl Revocation {
         if deny.is_empty() {
             return false;
         }
-        let subject = sub.map(|sub| deny_key(&self.secret, b's', iss, sub));
-        let session = sid.map(|sid| deny_key(&self.secret, b'i', iss, sid));
-        [subject, session]
-            .into_iter()
-            .flatten()
-            .filter_map(|key| deny.get(&key, now))
-            .any(|denied| iat.is_none_or(|iat| iat < denied.at))
+        // Under each fleet key: entries another instance wrote before
+        // (or after) a key rotation count too.
+        self.secrets.iter().any(|secret| {
+            let subject = sub.map(|sub| stored::mac_of(secret, b's', iss, sub));
+            let session = sid.map(|sid| stored::mac_of(secret, b'i', iss, sid));
+            [subject, session]
+                .into_iter()
+                .flatten()
+                .filter_map(|name| deny.get(&stored::key_of(&name), now))
+                .any(|denied| iat.is_none_or(|iat| iat < denied.at))
+        })
     }
-}
-
-/// HMAC-SHA-256 over the kind, the issuer (length-prefixed) and the id,
-/// cut to 16 bytes: the subject is never kept in clear.
-fn deny_key(secret: &[u8], kind: u8, iss: &str, id: &str) -> DenyKey {
-    let mut input = Vec::with_capacity(5 + iss.len() + id.len());
-    input.push(kind);
-    input.extend_from_slice(&(iss.len() as u32).to_be_bytes());
-    input.extend_from_slice(iss.as_bytes());
-    input.extend_from_slice(id.as_bytes());
-    let mac = hmac_sha256::HMAC::mac(&input, secret);
-    let mut key = [0u8; 16];
-    key.copy_from_slice(mac.get(..16).unwrap_or(&[0; 16]));
-    key
 }
 
 impl Receiver {
@@ -384,7 +446,7 @@ mod tests {
         .unwrap()
         .issuers;
         let raw: RawRevocation = serde_json::from_str(json).unwrap();
-        Revocation::compile(raw, &issuers, Some(3600), env).map(|(r, _)| r)
+        Revocation::compile(raw, &issuers, Some(3600), None, env).map(|(r, _)| r)
     }
 
     #[test]
