@@ -7,8 +7,17 @@ The transmitter is the test authorization server: its keys sign the SETs
 (/_test/mint with typ secevent+jwt), as they sign its access tokens.
 """
 
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import struct
+import subprocess
 import time
 import uuid
+
+import pytest
 
 import harness
 
@@ -100,7 +109,7 @@ def test_a_pushed_set_revokes_a_subjects_earlier_tokens_on_every_worker(start_en
     on_every_worker(env, alice, 401, timeout=2.0)
     refused_as_revoked(env.get("/api", token=alice))
     refused_as_revoked(env.get("/api", token=opaque_alice))
-    assert "reason=token_revoked" in env.log_text()
+    harness.wait_until(lambda: "reason=token_revoked" in env.log_text(), 15, what="the denial logged")
     # Another subject, and alice's token issued after the revocation, pass.
     assert env.get("/api", token=bob).status_code == 200
     later = token_for(mint, authserver, "alice", iat=harness.now() + 2)
@@ -221,3 +230,159 @@ def test_it_takes_under_a_second_for_a_revocation_to_reach_the_other_worker(star
     started = time.monotonic()
     on_every_worker(env, grace, 401, timeout=2.0)
     assert time.monotonic() - started < 1.5
+
+
+# --------------------------------------------------------------------------
+# The fleet: revocations through etcd (the fleet cache's store and user)
+# --------------------------------------------------------------------------
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+PREFIX = "/pep-test/"
+ETCD_USER, ETCD_PASSWORD = "pep", "pep-etcd-password"
+FLEET_KEY = "fleet-key-0123456789abcdef-0123456789"
+FLEET_ENV = {"OAUTH_PEP_FLEET_KEY": FLEET_KEY, "OAUTH_PEP_ETCD_PASSWORD": ETCD_PASSWORD, "SSF_TOKEN": SECRET}
+needs_etcd = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd-server is not installed (make setup)")
+
+
+class Etcd:
+    """One etcd 3.4 on 127.0.0.1 with auth on: root, and the gateway's user
+    whose role may read and write under PREFIX only (as tests/test_fleet_cache.py)."""
+
+    def __init__(self, tmpdir):
+        self.port, self.peer = harness.free_port(), harness.free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        argv = [ETCD, "--name", "t", "--data-dir", tmpdir / ("etcd-%d" % self.port),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
+                "--initial-cluster", "t=http://127.0.0.1:%d" % self.peer]
+        self.proc = harness.Proc("etcd", argv, tmpdir / ("etcd-%d.log" % self.port))
+        harness.wait_until(lambda: harness.port_accepts(self.port), 20, what="etcd listening")
+        harness.wait_until(lambda: self.ctl("endpoint", "health", root=False).returncode == 0, 20,
+                           what="etcd healthy")
+        for args in (["user", "add", "root:rootpw"], ["user", "add", "%s:%s" % (ETCD_USER, ETCD_PASSWORD)],
+                     ["role", "add", "pep"],
+                     ["role", "grant-permission", "pep", "--prefix=true", "readwrite", PREFIX],
+                     ["user", "grant-role", ETCD_USER, "pep"], ["auth", "enable"]):
+            r = self.ctl(*args, root=False)
+            assert r.returncode == 0, r.stderr
+
+    def ctl(self, *args, root=True):
+        argv = [ETCDCTL, "--endpoints", self.url, "--dial-timeout", "2s", "--command-timeout", "3s"]
+        if root:
+            argv += ["--user", "root:rootpw"]
+        return subprocess.run(argv + [str(a) for a in args], capture_output=True, timeout=15,
+                              env=dict(os.environ, ETCDCTL_API="3"))
+
+    def put(self, key, value):
+        r = self.ctl("put", key, "--", value)
+        assert r.returncode == 0, r.stderr
+
+    def keys(self, prefix):
+        r = self.ctl("get", prefix, "--prefix", "--keys-only")
+        return [k for k in r.stdout.decode().split("\n") if k]
+
+    def stop(self):
+        self.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd-server is not installed (make setup)")
+    e = Etcd(tmp_path_factory.mktemp("etcd"))
+    yield e
+    e.stop()
+
+
+def deny_name(iss, sub, key=FLEET_KEY, kind=b"s"):
+    """A subject's deny entry name (README, "Revocations"): hex HMAC-SHA-256."""
+    data = b"oauth-pep deny v1\0" + kind + struct.pack(">I", len(iss.encode())) + iss.encode() + sub.encode()
+    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()
+
+
+def deny_entry(where, at, until, key=FLEET_KEY):
+    """A deny entry's value as a relay writes it: v1.<hex MAC over the etcd key and the JSON>.<JSON>."""
+    text = json.dumps({"at": at, "until": until}, separators=(",", ":"))
+    tag = hmac.new(key.encode(), b"oauth-pep deny entry v1\0" + where.encode() + b"\0" + text.encode(),
+                   hashlib.sha256).hexdigest()
+    return "v1.%s.%s" % (tag, text)
+
+
+def fleet_config(filter_config, authserver, etcd, poll_ms=300):
+    cfg = revocation_config(filter_config, authserver)
+    cfg["fleet_cache"] = {"endpoint": etcd.url, "upstream": "etcd", "key_prefix": PREFIX,
+                          "username": ETCD_USER, "password_env": "OAUTH_PEP_ETCD_PASSWORD",
+                          "hmac_key_env": "OAUTH_PEP_FLEET_KEY", "read_timeout_ms": 500}
+    cfg["revocation"]["poll_ms"] = poll_ms
+    return cfg
+
+
+def start_fleet(start_envoy, cfg, etcd, n=2):
+    return [start_envoy(cfg, concurrency=2, env=FLEET_ENV, host_env_keys=list(FLEET_ENV),
+                        clusters={"etcd": etcd.port}) for _ in range(n)]
+
+
+@needs_etcd
+def test_a_set_pushed_to_a_is_refused_on_b_within_the_poll_interval(start_envoy, filter_config, mint,
+                                                                    authserver, etcd):
+    a, b = start_fleet(start_envoy, fleet_config(filter_config, authserver, etcd), etcd)
+    henry = token_for(mint, authserver, "henry", iat=harness.now() - 30)
+    for env in (a, b):
+        env.wait_status("/api", 200, token=henry)
+        on_every_worker(env, henry, 200)  # cached on every worker of both
+    harness.wait_until(lambda: stats(b).get("oauth_pep.revocation_polls.outcome.ok", 0) > 0, 5,
+                       what="B's first poll")
+    s = make_set(mint, authserver, {RISC + "account-disabled": {"subject": user(authserver, "henry")}})
+    r = push(a, s)
+    assert (r.status_code, r.text) == (202, "")
+    pushed = time.monotonic()
+    # In etcd: one entry under the deny prefix, named by an HMAC, not the subject.
+    keys = etcd.keys(PREFIX + "d/")
+    assert keys == [PREFIX + "d/" + deny_name(authserver.issuer, "henry")], keys
+    on_every_worker(b, henry, 401, timeout=3.0)
+    assert time.monotonic() - pushed < 1.5, "poll_ms 300 + a 200 ms tick, and some slack"
+    refused_as_revoked(b.get("/api", token=henry))
+    m = stats(b)
+    assert m["oauth_pep.revocation_entries.result.taken"] >= 1, m
+    assert m.get("oauth_pep.security_events.result.accepted", 0) == 0, "B took no SET itself"
+    # A token issued after the revocation still passes on B.
+    later = token_for(mint, authserver, "henry", iat=harness.now() + 2)
+    on_every_worker(b, later, 200)
+
+
+@needs_etcd
+def test_what_a_relay_writes_counts_only_with_the_fleet_key(start_envoy, filter_config, mint, authserver, etcd):
+    (b,) = start_fleet(start_envoy, fleet_config(filter_config, authserver, etcd), etcd, n=1)
+    iris = token_for(mint, authserver, "iris", iat=harness.now() - 30)
+    b.wait_status("/api", 200, token=iris)
+    now = harness.now()
+    where = PREFIX + "d/" + deny_name(authserver.issuer, "iris")
+    # Garbage, and an entry MACed with another key: rejected, counted, logged.
+    etcd.put(PREFIX + "d/not-a-name", "garbage")
+    etcd.put(where, deny_entry(where, now, now + 600, key="not-the-fleet-key-0123456789abcdef"))
+    harness.wait_until(lambda: stats(b).get("oauth_pep.revocation_entries.result.rejected", 0) >= 2, 5,
+                       what="the rejected entries counted")
+    on_every_worker(b, iris, 200)
+    harness.wait_until(lambda: "rejected (first: bad_mac)" in b.log_text()
+                       or "rejected (first: malformed)" in b.log_text(), 15, what="the warning logged")
+    # A relay that holds the fleet key writes the same format: B takes it.
+    etcd.put(where, deny_entry(where, now, now + 600))
+    on_every_worker(b, iris, 401, timeout=3.0)
+
+
+@needs_etcd
+def test_with_etcd_refusing_the_receiver_answers_503_and_the_transmitter_may_retry(
+        start_envoy, filter_config, mint, authserver, etcd):
+    cfg = fleet_config(filter_config, authserver, etcd)
+    cfg["fleet_cache"]["key_prefix"] = "/outside-the-role/"
+    (a,) = start_fleet(start_envoy, cfg, etcd, n=1)
+    s = make_set(mint, authserver, {RISC + "account-disabled": {"subject": user(authserver, "jack")}})
+    r = push(a, s)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert "etcd" in r.json()["description"]
+    # Not remembered as taken: the same SET is not refused as a replay.
+    r = push(a, s)
+    assert r.status_code == 503 and "jti" not in r.json()["description"], r.text
+    assert stats(a)["oauth_pep.security_events.result.unavailable"] == 2
