@@ -383,3 +383,257 @@ fn failed(state: &mut State, metrics: &dyn Metrics, job: Job, why: String) -> Re
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::test_support::*;
+    use crate::engine::Request;
+    use crate::extract::tests::h;
+    use crate::jwt::test_vectors::vectors;
+    use crate::metrics::testing::FakeMetrics;
+    use crate::response::{Denial, TokenProblem};
+    use crate::revocation::set::tests::sign;
+    use crate::revocation::set::{Target, ACCOUNT_DISABLED};
+
+    const KEY: &str = "fleet-key-0123456789abcdef-0123456789";
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}"}}],
+                "fleet_cache":{{"endpoint":"http://etcd:2379","upstream":"etcd","key_prefix":"/p/","hmac_key_env":"K"}},
+                "revocation":{{"receiver":{{"path":"/ssf","transmitter":"https://hs.test","audience":"gw"}},"retention_seconds":3600,"poll_ms":500}}}}"#,
+            vectors().hs_secret
+        );
+        Config::from_json(json.as_bytes(), &|n| (n == "K").then(|| KEY.to_string())).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        etcd::b64(bytes)
+    }
+
+    fn alice() -> Target {
+        Target::Subject {
+            iss: "https://hs.test".into(),
+            sub: "alice".into(),
+        }
+    }
+
+    fn range(kvs: &[(Vec<u8>, Vec<u8>, i64)], more: bool, revision: i64) -> CalloutReply {
+        let kvs: Vec<_> = kvs
+            .iter()
+            .map(|(k, v, r)| json!({"key": b64(k), "value": b64(v), "mod_revision": r.to_string()}))
+            .collect();
+        let mut body =
+            json!({"header": {"revision": revision.to_string()}, "count": kvs.len().to_string()});
+        if !kvs.is_empty() {
+            body["kvs"] = json!(kvs);
+        }
+        if more {
+            body["more"] = json!(true);
+        }
+        reply(200, &body.to_string())
+    }
+
+    fn scan_body(fetch: &Fetch) -> serde_json::Value {
+        serde_json::from_slice(fetch.callout.body.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_worker_polls_by_revision_and_takes_only_what_verifies() {
+        let c = config();
+        let store = Rc::new(crate::services::testing::MemoryStore::default());
+        let (mut a, mut b) = (State::new(&c), State::new(&c));
+        a.share_through(store.clone(), 1);
+        b.share_through(store.clone(), 2);
+        let now_ms = vectors().now * 1000;
+        let poll = poll_due(&c, &mut a, now_ms).expect("a polls");
+        assert!(
+            poll_due(&c, &mut b, now_ms).is_none(),
+            "one poller per process"
+        );
+        assert!(
+            poll_due(&c, &mut a, now_ms + 100).is_none(),
+            "one poll at a time"
+        );
+        assert_eq!(poll.callout.url.path, "/v3/kv/range");
+        assert_eq!(scan_body(&poll)["min_mod_revision"], json!("1"));
+
+        let revocation = c.revocation.as_ref().unwrap();
+        let fanout = revocation.fanout.as_ref().unwrap();
+        let now = vectors().now;
+        let (key, value) = revocation.seal(
+            fanout,
+            &alice(),
+            Denied {
+                at: now - 5,
+                until: now + 600,
+            },
+        );
+        let forged = crate::revocation::stored::seal(
+            b"another-key-another-key-another!",
+            b"/p/d/",
+            &alice(),
+            Denied {
+                at: now,
+                until: now + 600,
+            },
+        );
+        let metrics = FakeMetrics::default();
+        let Resume::Deny(pending) = poll.resume else {
+            panic!()
+        };
+        let page = range(&[(key, value, 7), (forged.0, forged.1, 8)], true, 9);
+        let Resumed::Next(next) = on_reply(&c, &mut a, &metrics, *pending, Ok(&page), now) else {
+            panic!("more: the next page at once")
+        };
+        assert_eq!(
+            scan_body(&next)["min_mod_revision"],
+            json!("8"),
+            "from the last page's last revision"
+        );
+        assert_eq!(metrics.counter(Counter::RevocationEntry { taken: true }), 1);
+        assert_eq!(
+            metrics.counter(Counter::RevocationEntry { taken: false }),
+            1
+        );
+        let Resume::Deny(pending) = next.resume else {
+            panic!()
+        };
+        let Resumed::Later { notes } = on_reply(
+            &c,
+            &mut a,
+            &metrics,
+            *pending,
+            Ok(&range(&[], false, 12)),
+            now,
+        ) else {
+            panic!()
+        };
+        assert!(notes.is_empty());
+        assert_eq!(metrics.counter(Counter::RevocationPoll { ok: true }), 1);
+        assert_eq!(read_revision(store.as_ref()), 12);
+
+        // Every worker of the process refuses alice's earlier tokens.
+        crate::engine::due(&c, &mut b, &FakeMetrics::default(), now_ms);
+        let t = bearer(&hs_token(hs_claims(json!({"iat": now - 10}))));
+        assert_eq!(
+            run(&c, &mut b, &t, "/"),
+            crate::engine::Verdict::Deny(Denial::InvalidToken(TokenProblem::Revoked))
+        );
+        // The next poll starts after what was read.
+        let later = poll_due(&c, &mut a, now_ms + 600).expect("due again");
+        assert_eq!(scan_body(&later)["min_mod_revision"], json!("13"));
+    }
+
+    #[test]
+    fn a_failed_poll_is_counted_and_the_next_one_goes_out() {
+        let c = config();
+        let mut s = State::new(&c);
+        let now_ms = vectors().now * 1000;
+        let poll = poll_due(&c, &mut s, now_ms).unwrap();
+        let Resume::Deny(pending) = poll.resume else {
+            panic!()
+        };
+        let metrics = FakeMetrics::default();
+        let garbage = reply(200, "not json");
+        assert!(matches!(
+            on_reply(&c, &mut s, &metrics, *pending, Ok(&garbage), vectors().now),
+            Resumed::Later { .. }
+        ));
+        assert_eq!(metrics.counter(Counter::RevocationPoll { ok: false }), 1);
+        assert!(poll_due(&c, &mut s, now_ms + 500).is_some());
+    }
+
+    fn push_set(c: &Config, s: &mut State, jti: &str) -> Verdict {
+        let claims = json!({"iss": "https://hs.test", "aud": "gw", "iat": vectors().now, "jti": jti,
+            "events": {ACCOUNT_DISABLED: {"subject": {"format": "iss_sub", "iss": "https://hs.test", "sub": "alice"}}}});
+        let body = sign(
+            &json!({"typ": "secevent+jwt", "alg": "HS256"}),
+            &claims,
+            vectors().hs_secret.as_bytes(),
+        );
+        let headers = h(&[("content-type", "application/secevent+jwt")]);
+        let request = Request {
+            method: "POST",
+            body: Some(body.as_bytes()),
+            ..get("/ssf", &headers, None)
+        };
+        crate::engine::verdict_for(c, s, &request, vectors().now)
+    }
+
+    fn answer(c: &Config, s: &mut State, asked: Verdict, reply: &CalloutReply) -> Verdict {
+        let Verdict::Call { resume, .. } = asked else {
+            panic!("no callout: {asked:?}")
+        };
+        let Resumed::Decided(v) = crate::engine::resume(
+            c,
+            s,
+            &FakeMetrics::default(),
+            resume,
+            Ok(reply),
+            vectors().now,
+        ) else {
+            panic!()
+        };
+        v
+    }
+
+    fn receipt_status(v: &Verdict) -> u32 {
+        match v {
+            Verdict::Receipt(r) => r.response.status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_receiver_answers_once_etcd_holds_the_entry_and_a_failure_is_retried() {
+        let c = config();
+        let mut s = State::new(&c);
+        let grant = push_set(&c, &mut s, "j-1");
+        let Verdict::Call { callout, .. } = &grant else {
+            panic!("{grant:?}")
+        };
+        assert_eq!(callout.url.path, "/v3/lease/grant");
+        let put = answer(
+            &c,
+            &mut s,
+            grant,
+            &reply(200, r#"{"ID":"77","TTL":"3600"}"#),
+        );
+        let Verdict::Call { callout, .. } = &put else {
+            panic!("{put:?}")
+        };
+        assert_eq!(callout.url.path, "/v3/kv/put");
+        let body: serde_json::Value =
+            serde_json::from_slice(callout.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["lease"], json!("77"));
+        let done = answer(
+            &c,
+            &mut s,
+            put,
+            &reply(200, r#"{"header":{"revision":"5"}}"#),
+        );
+        assert_eq!(receipt_status(&done), 202);
+        assert!(
+            matches!(push_set(&c, &mut s, "j-1"), Verdict::Receipt(_)),
+            "a replay: no etcd call"
+        );
+
+        // etcd refusing: 503, and the same SET is taken when retried.
+        let grant = push_set(&c, &mut s, "j-2");
+        let refused = answer(
+            &c,
+            &mut s,
+            grant,
+            &reply(403, r#"{"error":"etcdserver: permission denied","code":7}"#),
+        );
+        assert_eq!(receipt_status(&refused), 503);
+        assert!(matches!(push_set(&c, &mut s, "j-2"), Verdict::Call { .. }));
+    }
+}

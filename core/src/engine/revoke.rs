@@ -332,3 +332,209 @@ pub(super) fn stored(config: &Config, state: &mut State, push: &Push, now: u64) 
         gauges: vec![(Gauge::DenyEntries, state.deny.len() as u64)],
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::engine::test_support::*;
+    use crate::engine::verdict_for;
+    use crate::extract::tests::h;
+    use crate::jwt::test_vectors::vectors;
+    use crate::metrics::testing::FakeMetrics;
+    use crate::revocation::set::tests::sign;
+    use crate::revocation::set::ACCOUNT_DISABLED;
+
+    const RECEIVER: &str = r#","revocation":{"receiver":{"path":"/ssf","transmitter":"https://hs.test","audience":"gw"},"retention_seconds":3600}"#;
+
+    fn set(claims: Value) -> String {
+        sign(
+            &json!({"typ": "secevent+jwt", "alg": "HS256"}),
+            &claims,
+            vectors().hs_secret.as_bytes(),
+        )
+    }
+
+    fn disable(sub: &str, jti: &str) -> Value {
+        json!({"iss": "https://hs.test", "aud": "gw", "iat": vectors().now, "jti": jti,
+               "events": {ACCOUNT_DISABLED: {"subject": {"format": "iss_sub", "iss": "https://hs.test", "sub": sub}}}})
+    }
+
+    fn post(c: &Config, s: &mut State, body: Option<&[u8]>) -> Verdict {
+        let headers = h(&[("content-type", "application/secevent+jwt")]);
+        let request = Request {
+            method: "POST",
+            body,
+            ..get("/ssf", &headers, None)
+        };
+        verdict_for(c, s, &request, vectors().now)
+    }
+
+    fn status(v: &Verdict) -> (u32, String) {
+        match v {
+            Verdict::Receipt(r) => {
+                let body: Value = serde_json::from_slice(&r.response.body).unwrap_or(Value::Null);
+                (
+                    r.response.status,
+                    body["err"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            other => panic!("not a receipt: {other:?}"),
+        }
+    }
+
+    fn token(extra: Value) -> Vec<(String, String)> {
+        bearer(&hs_token(hs_claims(extra)))
+    }
+
+    #[test]
+    fn a_pushed_set_refuses_the_subjects_earlier_tokens_cached_or_not() {
+        let c = hs_config(RECEIVER);
+        let mut s = State::new(&c);
+        let now = vectors().now;
+        let before = token(json!({"iat": now - 10}));
+        assert!(
+            matches!(run(&c, &mut s, &before, "/"), Verdict::Allow(_)),
+            "cached now"
+        );
+
+        // The headers first: the body is read, the secret-bearing header dropped.
+        let Verdict::ReadBody(read) = post(&c, &mut s, None) else {
+            panic!("the body is read")
+        };
+        assert_eq!(read.allow.remove_headers, vec!["authorization".to_string()]);
+        assert_eq!(read.max_bytes, 16_384);
+
+        let body = set(disable("alice", "j-1"));
+        assert_eq!(
+            status(&post(&c, &mut s, Some(body.as_bytes()))),
+            (202, String::new())
+        );
+        let revoked = Verdict::Deny(Denial::InvalidToken(TokenProblem::Revoked));
+        assert_eq!(
+            run(&c, &mut s, &before, "/"),
+            revoked,
+            "the cached grant too"
+        );
+        assert_eq!(run(&c, &mut s, &token(json!({})), "/"), revoked, "no iat");
+        assert!(matches!(
+            run(&c, &mut s, &token(json!({"iat": now + 1})), "/"),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            run(
+                &c,
+                &mut s,
+                &token(json!({"iat": now - 10, "sub": "bob"})),
+                "/"
+            ),
+            Verdict::Allow(_)
+        ));
+        // The same SET again: a replay, whatever else.
+        assert_eq!(
+            status(&post(&c, &mut s, Some(body.as_bytes()))),
+            (400, "invalid_request".into())
+        );
+    }
+
+    #[test]
+    fn another_workers_revocation_is_taken_on_the_tick() {
+        let c = hs_config(RECEIVER);
+        let store = std::rc::Rc::new(crate::services::testing::MemoryStore::default());
+        let (mut a, mut b) = (State::new(&c), State::new(&c));
+        a.share_through(store.clone(), 1);
+        b.share_through(store, 2);
+        let t = token(json!({"iat": vectors().now - 10}));
+        assert!(matches!(run(&c, &mut b, &t, "/"), Verdict::Allow(_)));
+        let body = set(disable("alice", "j-2"));
+        assert_eq!(status(&post(&c, &mut a, Some(body.as_bytes()))).0, 202);
+        assert!(
+            matches!(run(&c, &mut b, &t, "/"), Verdict::Allow(_)),
+            "not before b's tick"
+        );
+        let metrics = FakeMetrics::default();
+        crate::engine::due(&c, &mut b, &metrics, vectors().now * 1000);
+        assert_eq!(metrics.gauge(Gauge::DenyEntries), Some(1));
+        assert_eq!(
+            run(&c, &mut b, &t, "/"),
+            Verdict::Deny(Denial::InvalidToken(TokenProblem::Revoked))
+        );
+        // Either worker refuses the SET's replay.
+        assert_eq!(status(&post(&c, &mut b, Some(body.as_bytes()))).0, 400);
+    }
+
+    #[test]
+    fn a_set_failing_a_cheap_check_costs_no_signature_work() {
+        let c = hs_config(RECEIVER);
+        let mut s = State::new(&c);
+        let checks = count_signature_checks(&mut s);
+        let mut claims = disable("alice", "j-3");
+        claims["aud"] = json!("other");
+        let body = set(claims);
+        assert_eq!(
+            status(&post(&c, &mut s, Some(body.as_bytes()))),
+            (400, "invalid_audience".into())
+        );
+        assert_eq!(checks.get(), 0);
+        let forged = sign(
+            &json!({"typ": "secevent+jwt", "alg": "HS256"}),
+            &disable("alice", "j-4"),
+            b"not-the-transmitter-secret-000000",
+        );
+        assert_eq!(
+            status(&post(&c, &mut s, Some(forged.as_bytes()))),
+            (400, "invalid_key".into())
+        );
+        assert_eq!(checks.get(), 1);
+        // Nothing was revoked by either.
+        assert!(matches!(
+            run(&c, &mut s, &token(json!({"iat": vectors().now - 10})), "/"),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn the_receiver_refuses_other_methods_types_and_secrets_before_the_body() {
+        let env = |name: &str| (name == "T").then(|| "0123456789abcdef-secret".to_string());
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}"}}],"revocation":{{"receiver":{{"path":"/ssf","transmitter":"https://hs.test","audience":"gw","auth_token_env":"T"}}}}}}"#,
+            vectors().hs_secret
+        );
+        let c = Config::from_json(json.as_bytes(), &env).unwrap();
+        let mut s = State::new(&c);
+        let ask = |s: &mut State, method: &str, headers: &[(&str, &str)]| {
+            let headers = h(headers);
+            let request = Request {
+                method,
+                ..get("/ssf", &headers, None)
+            };
+            verdict_for(&c, s, &request, vectors().now)
+        };
+        let ct = ("content-type", "application/secevent+jwt");
+        let auth = ("authorization", "Bearer 0123456789abcdef-secret");
+        assert_eq!(
+            status(&ask(&mut s, "GET", &[ct, auth])),
+            (405, "invalid_request".into())
+        );
+        assert_eq!(
+            status(&ask(&mut s, "POST", &[ct])),
+            (401, "authentication_failed".into())
+        );
+        assert_eq!(
+            status(&ask(
+                &mut s,
+                "POST",
+                &[("content-type", "application/json"), auth]
+            )),
+            (400, "invalid_request".into())
+        );
+        assert!(matches!(
+            ask(&mut s, "POST", &[ct, auth]),
+            Verdict::ReadBody(_)
+        ));
+    }
+}
