@@ -67,14 +67,10 @@ pub struct Grant {
     pub issuer: usize,
     /// `sub`, or the client id when there is no `sub`.
     pub subject: Option<String>,
-    /// Whether `subject` is the token's `sub` (not its client id): only
-    /// then can a revocation of the subject name it.
-    pub subject_is_sub: bool,
-    /// `iat`: a revocation refuses the tokens issued before it.
-    pub issued_at: Option<u64>,
-    /// `sid`: the session the token belongs to (OpenID Connect), when a
-    /// string of at most 256 bytes; a revoked session names it.
-    pub session: Option<String>,
+    /// With a `revocation` block: what revocations are checked against,
+    /// made once when the grant is, so a cached grant is checked without
+    /// any hashing (boxed: one pointer in grants without it).
+    pub revocation: Option<Box<RevocationKeys>>,
     /// `client_id`, or `azp`.
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
@@ -105,6 +101,15 @@ pub struct Grant {
     /// audiences, so a grant cached for one resource is never taken for
     /// another.
     pub audiences: Vec<String>,
+}
+
+/// A token's `iat` (a revocation refuses the tokens issued before it) and
+/// the deny-set keys of its subject (`sub`, not a client id standing in for
+/// it) and session (`sid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationKeys {
+    pub issued_at: Option<u64>,
+    pub keys: Vec<[u8; 16]>,
 }
 
 /// Why a validly signed token still cannot be let through: a value it would
@@ -220,9 +225,7 @@ impl Grant {
             Some(id) => header_safe("client_id", Some(id))?,
             None => header_safe("azp", token.claim_text("azp"))?,
         };
-        let sub = token.claim_text("sub");
-        let subject_is_sub = sub.is_some();
-        let subject = sub.or_else(|| client_id.clone());
+        let subject = token.claim_text("sub").or_else(|| client_id.clone());
         let scopes = token.scopes(keep.scope_claims);
         for scope in &scopes {
             if scope.contains(',') {
@@ -249,18 +252,7 @@ impl Grant {
         Ok(Grant {
             issuer: token.issuer_index(),
             subject,
-            subject_is_sub,
-            // check_claims read it already (a number, not in the future).
-            issued_at: token.claims().get("iat").and_then(|t| {
-                t.as_u64()
-                    .or_else(|| t.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            }),
-            session: token
-                .claims()
-                .get("sid")
-                .and_then(Value::as_str)
-                .filter(|sid| sid.len() <= 256)
-                .map(str::to_string),
+            revocation: None,
             client_id,
             scopes,
             expires_at: token.expires_at(),
@@ -353,7 +345,9 @@ impl Weigh for Grant {
             option_weight(&self.cnf_jkt),
             option_weight(&self.cnf_x5t),
             option_weight(&self.acr),
-            option_weight(&self.session),
+            self.revocation.as_ref().map_or(0, |r| {
+                std::mem::size_of::<RevocationKeys>() + r.keys.len() * 16
+            }),
         ]
         .into_iter()
         .fold(0, usize::saturating_add)

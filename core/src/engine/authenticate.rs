@@ -35,7 +35,7 @@ pub(super) fn authenticate(
     now: u64,
 ) -> Result<Rc<Grant>, Verdict> {
     let grant = find_grant(config, state, token, client, known, now)?;
-    super::revoke::check(config, state, &grant, now)?;
+    super::revoke::check(state, &grant, now)?;
     Ok(grant)
 }
 
@@ -115,7 +115,7 @@ fn verify_uncached(
         Ok(verified) => {
             let grant = Grant::from_token(&verified, &config.grant_keeps())
                 .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
-            let grant = Rc::new(grant);
+            let grant = Rc::new(super::revoke::keyed(config, grant, &verified));
             if mode == Mode::JwtThenIntrospect {
                 let asking = Asking { issuer, client };
                 return introspect::introspect(config, state, asking, token, key, Some(grant), now);

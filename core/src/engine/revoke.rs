@@ -3,12 +3,14 @@
 
 use std::rc::Rc;
 
+use serde_json::Value;
+
 use crate::cache::digest;
 use crate::config::Config;
 use crate::dpop::ReplayRefusal;
-use crate::grant::Grant;
+use crate::grant::{Grant, RevocationKeys};
 use crate::jwks::KeyLookupError;
-use crate::jwt::TokenError;
+use crate::jwt::{numeric_date, TokenError, VerifiedToken};
 use crate::keys::KeyWait;
 use crate::metrics::{Counter, Gauge, SetResult};
 use crate::response::{Denial, HttpResponse, TokenProblem};
@@ -30,28 +32,32 @@ pub(super) fn receiver_at<'c>(config: &'c Config, path: &str) -> Option<&'c Rece
         .filter(|r| r.path == path)
 }
 
-/// Refuses a token whose subject or session was revoked after its `iat`.
-pub(super) fn check(
-    config: &Config,
-    state: &State,
-    grant: &Grant,
-    now: u64,
-) -> Result<(), Verdict> {
-    let Some(revocation) = &config.revocation else {
+/// A new grant of `token` with what revocations are checked against: its
+/// `iat`, and the deny-set keys of its `sub` (not a client id standing in
+/// for it) and `sid` (a string of at most 256 bytes). Nothing without a
+/// `revocation` block.
+pub(super) fn keyed(config: &Config, mut grant: Grant, token: &VerifiedToken) -> Grant {
+    if let (Some(revocation), Some(issuer)) = (&config.revocation, config.issuers.get(grant.issuer))
+    {
+        let claims = token.claims();
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let sid = text("sid").filter(|sid| sid.len() <= 256);
+        grant.revocation = Some(Box::new(RevocationKeys {
+            // check_claims read it already (a number, not in the future).
+            issued_at: numeric_date(claims, "iat").ok().flatten(),
+            keys: revocation.token_keys(&issuer.issuer, text("sub"), sid),
+        }));
+    }
+    grant
+}
+
+/// Refuses a token whose subject or session was revoked after its `iat`:
+/// no hashing, no shared data, nothing at all while the set is empty.
+pub(super) fn check(state: &State, grant: &Grant, now: u64) -> Result<(), Verdict> {
+    let Some(r) = &grant.revocation else {
         return Ok(());
     };
-    let Some(issuer) = config.issuers.get(grant.issuer) else {
-        return Ok(());
-    };
-    let sub = grant.subject.as_deref().filter(|_| grant.subject_is_sub);
-    if revocation.revoked(
-        &state.deny,
-        &issuer.issuer,
-        sub,
-        grant.session.as_deref(),
-        grant.issued_at,
-        now,
-    ) {
+    if Revocation::revoked(&state.deny, &r.keys, r.issued_at, now) {
         return Err(Verdict::Deny(Denial::InvalidToken(TokenProblem::Revoked)));
     }
     Ok(())

@@ -238,33 +238,34 @@ impl Revocation {
         )
     }
 
-    /// Whether a token of issuer `iss` with this `sub`, `sid` and `iat` was
-    /// revoked: its subject or session has an entry from after `iat`. A
-    /// token without `iat` whose subject or session has one is refused (its
-    /// age cannot be told). An empty set costs nothing.
-    pub fn revoked(
-        &self,
-        deny: &DenySet,
-        iss: &str,
-        sub: Option<&str>,
-        sid: Option<&str>,
-        iat: Option<u64>,
-        now: u64,
-    ) -> bool {
-        if deny.is_empty() {
-            return false;
-        }
-        // Under each fleet key: entries another instance wrote before
-        // (or after) a key rotation count too.
-        self.secrets.iter().any(|secret| {
+    /// The deny-set keys a token of issuer `iss` with this `sub` and `sid`
+    /// is looked up under: under each fleet key, so that entries another
+    /// instance wrote before (or after) a key rotation count too.
+    pub fn token_keys(&self, iss: &str, sub: Option<&str>, sid: Option<&str>) -> Vec<DenyKey> {
+        let mut keys = Vec::new();
+        for secret in &self.secrets {
             let subject = sub.map(|sub| stored::mac_of(secret, b's', iss, sub));
             let session = sid.map(|sid| stored::mac_of(secret, b'i', iss, sid));
-            [subject, session]
-                .into_iter()
-                .flatten()
-                .filter_map(|name| deny.get(&stored::key_of(&name), now))
+            keys.extend(
+                subject
+                    .into_iter()
+                    .chain(session)
+                    .map(|n| stored::key_of(&n)),
+            );
+        }
+        keys
+    }
+
+    /// Whether a token with these keys ([`Revocation::token_keys`]) and
+    /// `iat` was revoked: one of them has an entry from after `iat`. A token
+    /// without `iat` that has one is refused (its age cannot be told). An
+    /// empty set costs nothing.
+    pub fn revoked(deny: &DenySet, keys: &[DenyKey], iat: Option<u64>, now: u64) -> bool {
+        !deny.is_empty()
+            && keys
+                .iter()
+                .filter_map(|key| deny.get(key, now))
                 .any(|denied| iat.is_none_or(|iat| iat < denied.at))
-        })
     }
 }
 
@@ -545,14 +546,8 @@ mod tests {
             iss: "https://idp.test".into(),
             sid: "s-9".into(),
         };
-        assert!(!r.revoked(
-            &set,
-            "https://idp.test",
-            Some("alice"),
-            None,
-            Some(NOW),
-            NOW
-        ));
+        let alices = r.token_keys("https://idp.test", Some("alice"), None);
+        assert!(!Revocation::revoked(&set, &alices, Some(NOW), NOW));
         let until = NOW + 3600;
         set.add(
             &store,
@@ -564,7 +559,9 @@ mod tests {
             NOW,
         )
         .unwrap();
-        let revoked = |iss, sub, sid, iat| r.revoked(&set, iss, sub, sid, iat, NOW + 1);
+        let revoked = |iss, sub, sid, iat| {
+            Revocation::revoked(&set, &r.token_keys(iss, sub, sid), iat, NOW + 1)
+        };
         assert!(revoked(
             "https://idp.test",
             Some("alice"),
@@ -606,14 +603,7 @@ mod tests {
             Some(NOW - 1)
         ));
         assert!(
-            !r.revoked(
-                &set,
-                "https://idp.test",
-                Some("alice"),
-                None,
-                Some(NOW - 1),
-                until
-            ),
+            !Revocation::revoked(&set, &alices, Some(NOW - 1), until),
             "retention over"
         );
     }
