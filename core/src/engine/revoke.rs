@@ -72,8 +72,12 @@ fn receipt(response: HttpResponse, note: Note, result: SetResult) -> Verdict {
     }))
 }
 
-/// A refusal the transmitter must not retry (400, 401, 405, 413).
+/// A refusal the transmitter must not retry (400, 401, 405, 413). `why`
+/// may quote the SET (a `kid`), unverified: control characters are
+/// dropped and it is cut to 200 characters, in the answer and the log.
 fn refuse(status: u32, err: &str, why: &str) -> Verdict {
+    let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
+    let why = why.as_str();
     receipt(
         refused(status, err, why),
         Note::Info(format!("refused a security event: {status} {err}: {why}")),
@@ -81,10 +85,15 @@ fn refuse(status: u32, err: &str, why: &str) -> Verdict {
     )
 }
 
-/// A failure here, for the transmitter to retry (503).
+/// A failure here, for the transmitter to retry (503). The cause (etcd's
+/// answer, a cluster) goes to the log only.
 pub(super) fn unavailable(why: &str) -> Verdict {
     receipt(
-        refused(503, "temporarily_unavailable", why),
+        refused(
+            503,
+            "temporarily_unavailable",
+            "the security event cannot be stored right now: retry",
+        ),
         Note::Warn(format!("could not take a security event: {why}")),
         SetResult::Unavailable,
     )

@@ -233,9 +233,15 @@ fn format_of(id: &Map<String, Value>) -> Option<&str> {
 }
 
 fn unsupported(format: &str) -> SetError {
+    // Echoed in the answer and the log before any signature check: letters,
+    // digits and `_` only, at most 32 of them.
+    let shown: String = format
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(32)
+        .collect();
     SetError::Subject(format!(
-        "subject format {:?} is not supported (iss_sub users, opaque session ids, or a complex subject with them)",
-        format.chars().take(64).collect::<String>()
+        "subject format \"{shown}\" is not supported (iss_sub users, opaque session ids, or a complex subject with them)"
     ))
 }
 
