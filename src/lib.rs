@@ -546,6 +546,7 @@ impl<H: Door> Shared<H> {
                     notes.iter().for_each(log_note);
                     self.wake(&on, None);
                 }
+                Due::Log(notes) => notes.iter().for_each(log_note),
             }
         }
         let queued = std::mem::take(&mut *self.root_queue.borrow_mut());

@@ -102,7 +102,7 @@ impl EtcdError {
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EtcdError::Unreachable(e) => write!(f, "etcd {}", e.of("etcd")),
+            EtcdError::Unreachable(e) => write!(f, "{}", e.of("etcd")),
             EtcdError::Unauthenticated(m) => write!(f, "etcd refused the auth token: {m}"),
             EtcdError::PermissionDenied(m) => write!(
                 f,
@@ -119,6 +119,42 @@ impl std::fmt::Display for EtcdError {
             },
             EtcdError::Malformed(m) => write!(f, "etcd's answer is malformed: {m}"),
         }
+    }
+}
+
+/// etcd's auth token as one worker holds it: used until `renew_after`
+/// seconds after it was obtained (etcd's simple tokens live 300 s unless
+/// `--auth-token-ttl` says otherwise), dropped when etcd refuses it
+/// ([`EtcdError::Unauthenticated`]), then obtained again with
+/// [`Endpoint::authenticate`] before the next call.
+#[derive(Debug, Default)]
+pub struct Session {
+    token: Option<(std::rc::Rc<str>, u64)>,
+}
+
+impl Session {
+    /// The token to send, if one is held and not due for renewal.
+    pub fn token(&self, renew_after: u64, now: u64) -> Option<std::rc::Rc<str>> {
+        self.token
+            .as_ref()
+            .filter(|(_, at)| now < at.saturating_add(renew_after))
+            .map(|(t, _)| std::rc::Rc::clone(t))
+    }
+
+    /// Whether a token should be obtained: none held, or one `renew_after`
+    /// seconds old.
+    pub fn needs_renewal(&self, renew_after: u64, now: u64) -> bool {
+        self.token(renew_after, now).is_none()
+    }
+
+    /// Keeps the token an authenticate call returned.
+    pub fn obtained(&mut self, token: String, now: u64) {
+        self.token = Some((std::rc::Rc::from(token), now));
+    }
+
+    /// etcd refused the token: the next call authenticates first.
+    pub fn refused(&mut self) {
+        self.token = None;
     }
 }
 

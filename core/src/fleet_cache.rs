@@ -22,9 +22,14 @@ use crate::services::SharedStore;
 /// The fleet key is at least this long (bytes): it is an HMAC key that must
 /// not be guessed.
 pub const MIN_KEY_BYTES: usize = 32;
-/// The etcd auth token is used this long, then renewed: etcd's simple
-/// tokens live 300 s unless `--auth-token-ttl` says otherwise.
-pub const AUTH_RENEW_SECONDS: u64 = 240;
+/// The etcd auth token is renewed (on the root's tick) once this old, and
+/// not used once [`AUTH_USE_SECONDS`] old: etcd's simple tokens live 300 s
+/// unless `--auth-token-ttl` says otherwise.
+pub const AUTH_RENEW_SECONDS: u64 = 180;
+pub const AUTH_USE_SECONDS: u64 = 240;
+/// The timeout of an authenticate call: nobody waits for it, and etcd
+/// checks the password with bcrypt, slow under load.
+pub const AUTH_TIMEOUT_MS: u64 = 5_000;
 /// A fleet claim's lease lives this long at most; losers stop waiting for
 /// it after `claim_wait_ms` anyway.
 pub const CLAIM_LEASE_SECONDS: i64 = 5;

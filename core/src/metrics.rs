@@ -47,8 +47,8 @@ pub enum CalloutKind {
     Permission,
     /// A token exchange (RFC 8693) for upstream OAuth.
     Exchange,
-    /// etcd, for revocations: the receiver's deny entries and the poll.
-    Revocation,
+    /// A call to the fleet cache's etcd.
+    FleetCache,
 }
 
 impl CalloutKind {
@@ -60,7 +60,7 @@ impl CalloutKind {
         CalloutKind::Token,
         CalloutKind::Permission,
         CalloutKind::Exchange,
-        CalloutKind::Revocation,
+        CalloutKind::FleetCache,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,7 +72,7 @@ impl CalloutKind {
             CalloutKind::Token => "token",
             CalloutKind::Permission => "uma_permission",
             CalloutKind::Exchange => "token_exchange",
-            CalloutKind::Revocation => "revocation",
+            CalloutKind::FleetCache => "fleet_cache",
         }
     }
 }
@@ -209,6 +209,14 @@ pub enum Counter {
     Exchange(ExchangeResult),
     /// A request refused by a bound on waiting or on callouts.
     Overload(Bound),
+    /// A lookup of a token's answer in the fleet cache, by what it found.
+    FleetRead(FleetRead),
+    /// A fleet claim (single flight across instances), by how it ended.
+    FleetClaim(FleetClaim),
+    /// An answer written to the fleet cache, `ok` or not.
+    FleetWrite {
+        ok: bool,
+    },
     /// A security event pushed to the revocation receiver, by outcome.
     SecurityEvent(SetResult),
     /// A poll of the fleet's deny entries in etcd that read them all (`ok`)
@@ -245,6 +253,65 @@ impl SetResult {
             SetResult::Accepted => "accepted",
             SetResult::Refused => "refused",
             SetResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What one fleet-cache lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FleetRead {
+    /// A valid entry: no introspection.
+    Hit,
+    /// No entry: this instance (or the claim's winner) asks.
+    Miss,
+    /// An entry that failed a check (MAC, issuer, times, signature, the
+    /// reader's own checks): ignored, the authorization server asked.
+    Rejected,
+    /// etcd failed (down, slow, 401/403/429, garbage): asked as without it.
+    Error,
+    /// etcd not asked: the breaker is open or the etcd budget is spent.
+    Bypassed,
+}
+
+impl FleetRead {
+    pub const ALL: [FleetRead; 5] = [
+        FleetRead::Hit,
+        FleetRead::Miss,
+        FleetRead::Rejected,
+        FleetRead::Error,
+        FleetRead::Bypassed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetRead::Hit => "hit",
+            FleetRead::Miss => "miss",
+            FleetRead::Rejected => "rejected",
+            FleetRead::Error => "error",
+            FleetRead::Bypassed => "bypassed",
+        }
+    }
+}
+
+/// How one fleet claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FleetClaim {
+    /// This instance asks the authorization server for the fleet.
+    Won,
+    /// Another instance asks: this one polls for its answer.
+    Lost,
+    /// The winner's answer did not come within `claim_wait_ms`: asked here.
+    Timeout,
+}
+
+impl FleetClaim {
+    pub const ALL: [FleetClaim; 3] = [FleetClaim::Won, FleetClaim::Lost, FleetClaim::Timeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetClaim::Won => "won",
+            FleetClaim::Lost => "lost",
+            FleetClaim::Timeout => "timeout",
         }
     }
 }
@@ -315,6 +382,8 @@ pub enum Gauge {
     KeysLoaded { issuer: usize },
     /// Live entries in this worker's copy of the deny set (revocations).
     DenyEntries,
+    /// 1 while the fleet cache's breaker skips etcd, else 0.
+    FleetBreakerOpen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -337,6 +406,8 @@ pub struct Catalogue {
     issuers: Vec<String>,
     /// The configured client names (already metric-safe), by index.
     clients: Vec<String>,
+    /// Whether the fleet cache's metrics exist.
+    fleet: bool,
 }
 
 impl Catalogue {
@@ -352,6 +423,7 @@ impl Catalogue {
         Catalogue {
             issuers,
             clients: config.clients.iter().map(|c| c.name.clone()).collect(),
+            fleet: config.fleet_cache.is_some(),
         }
     }
 
@@ -399,6 +471,14 @@ impl Catalogue {
             for ok in [true, false] {
                 all.push(Metric::Counter(Counter::ClientToken { client, ok }));
             }
+        }
+        if self.fleet {
+            all.extend(FleetRead::ALL.map(|r| Metric::Counter(Counter::FleetRead(r))));
+            all.extend(FleetClaim::ALL.map(|c| Metric::Counter(Counter::FleetClaim(c))));
+            for ok in [true, false] {
+                all.push(Metric::Counter(Counter::FleetWrite { ok }));
+            }
+            all.push(Metric::Gauge(Gauge::FleetBreakerOpen));
         }
         all.into_iter()
             .filter_map(|metric| Some((metric, self.name(metric)?)))
@@ -467,6 +547,17 @@ impl Catalogue {
                 "{PREFIX}.revocation_entries.result.{}",
                 if taken { "taken" } else { "rejected" }
             ),
+            Metric::Counter(Counter::FleetRead(result)) => {
+                format!("{PREFIX}.fleet_cache.reads.result.{}", result.label())
+            }
+            Metric::Counter(Counter::FleetClaim(result)) => {
+                format!("{PREFIX}.fleet_cache.claims.result.{}", result.label())
+            }
+            Metric::Counter(Counter::FleetWrite { ok }) => format!(
+                "{PREFIX}.fleet_cache.writes.outcome.{}",
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Gauge(Gauge::FleetBreakerOpen) => format!("{PREFIX}.fleet_cache.breaker_open"),
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -679,11 +770,11 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
-        // 1 allowed + one per reason +
-        // 8 kinds x (4 outcomes + 1 histogram) + one per overload bound + 3
-        // exchange results + 3 security event results + the deny set gauge
-        // + 2 poll outcomes + 2 entry results + 4 caches x 3 events + 1
-        // issuer x (2 refresh outcomes + 1 gauge + 4 introspection results).
+        // 1 allowed + one per reason + 8 kinds x (4 outcomes + 1 histogram)
+        // + one per overload bound + 3 exchange results + 3 security event
+        // results + the deny set gauge + 2 poll outcomes + 2 entry results
+        // + 4 caches x 3 events + 1 issuer x (2 refresh outcomes + 1 gauge
+        // + 4 introspection results); no fleet cache, none of its metrics.
         assert_eq!(
             names.len(),
             1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 12 + 7
@@ -695,6 +786,29 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fleet_cache_metrics_exist_with_a_fleet_cache() {
+        let json = r#"{"issuers":[{"issuer":"https://as.test","audiences":["api"],"shared_secret":"0123456789abcdef0123456789abcdef"}],
+            "fleet_cache":{"endpoint":"http://127.0.0.1:2379","upstream":"etcd","hmac_key_env":"K"}}"#;
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        let c = Config::from_json(json.as_bytes(), &env).unwrap();
+        let names: Vec<String> = Catalogue::new(&c)
+            .all()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        for expected in [
+            "oauth_pep.fleet_cache.reads.result.hit",
+            "oauth_pep.fleet_cache.reads.result.bypassed",
+            "oauth_pep.fleet_cache.claims.result.timeout",
+            "oauth_pep.fleet_cache.writes.outcome.failed",
+            "oauth_pep.fleet_cache.breaker_open",
+            "oauth_pep.callout_ms.kind.fleet_cache",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected}");
         }
     }
 

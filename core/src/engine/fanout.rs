@@ -3,7 +3,9 @@
 //! per entry) before it answers 202, and one worker per process polls the
 //! deny prefix on its tick by revision, taking what verifies into the
 //! process's deny set. Both go through the etcd client of the fleet cache
-//! ([`crate::etcd`]) with its endpoint, user and timeouts.
+//! ([`crate::etcd`]) with its endpoint, user, timeouts and auth token (the
+//! fleet cache's session, obtained on the root's tick: neither a poll nor
+//! a push ever authenticates itself).
 
 use std::rc::Rc;
 
@@ -12,7 +14,7 @@ use crate::cache::Digest;
 use crate::callout::{Callout, CalloutReply};
 use crate::config::Config;
 use crate::etcd::{self, EtcdError};
-use crate::fleet_cache::{FleetCache, AUTH_RENEW_SECONDS};
+use crate::fleet_cache::{FleetCache, AUTH_USE_SECONDS};
 use crate::metrics::{Counter, Gauge, Metrics};
 use crate::revocation::deny::Denied;
 use crate::revocation::deny::DenyKey;
@@ -38,8 +40,6 @@ pub const PUSH_BUDGET: Budget = Budget {
 /// What one worker keeps for the fan-out.
 #[derive(Debug)]
 pub struct FanoutState {
-    /// etcd's auth token (with auth on), and when it was obtained.
-    token: Option<(Rc<str>, u64)>,
     next_poll_ms: u64,
     /// A poll of this worker in flight, until then (s): one at a time.
     polling_until: u64,
@@ -49,7 +49,6 @@ pub struct FanoutState {
 impl FanoutState {
     pub fn new() -> Self {
         FanoutState {
-            token: None,
             next_poll_ms: 0,
             polling_until: 0,
             pushes: Spender::new(PUSH_BUDGET),
@@ -66,7 +65,6 @@ pub struct PendingDeny {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Step {
-    Authenticate,
     Scan { from: i64 },
     Grant,
     Put { lease: i64, index: usize },
@@ -116,31 +114,19 @@ pub(super) fn writes(
     )
 }
 
-/// The step to take, authenticating first when auth is on and no fresh
-/// token is held.
-fn first(state: &State, fleet: &FleetCache, then: Step, now: u64) -> Step {
-    let fresh = state
-        .fanout
-        .token
-        .as_ref()
-        .is_some_and(|(_, at)| now < at.saturating_add(AUTH_RENEW_SECONDS));
-    if fleet.credentials.is_some() && !fresh {
-        Step::Authenticate
-    } else {
-        then
-    }
+/// Whether etcd may be called now: without auth, or with the fleet cache's
+/// token (the root's tick obtains it; nothing here waits for it).
+fn authenticated(state: &State, fleet: &FleetCache, now: u64) -> bool {
+    fleet.credentials.is_none() || state.fleet.session.token(AUTH_USE_SECONDS, now).is_some()
 }
 
-fn callout(state: &State, parts: Parts, step: Step, job: &Job) -> Callout {
+fn callout(state: &State, parts: Parts, step: Step, job: &Job, now: u64) -> Callout {
     let (_, fanout, fleet) = parts;
     let e = &fleet.etcd;
-    let token = state.fanout.token.as_ref().map(|(t, _)| &**t);
+    let token = state.fleet.session.token(AUTH_USE_SECONDS, now);
+    let token = token.as_deref();
     let (read, write) = (fleet.read_timeout_ms, fleet.write_timeout_ms);
     match (step, job) {
-        (Step::Authenticate, _) => match &fleet.credentials {
-            Some(c) => e.authenticate(&c.username, &c.password, read),
-            None => e.authenticate("", "", read),
-        },
         (Step::Scan { from }, _) => e.scan(&fanout.prefix, from, POLL_PAGE, token, read),
         (Step::Grant, Job::Push(push)) => e.grant(push.ttl, token, write),
         (Step::Put { lease, index }, Job::Push(push)) => {
@@ -167,13 +153,16 @@ pub(super) fn push(
     let Some(parts) = parts(config) else {
         return super::revoke::unavailable("no fan-out is configured");
     };
+    if !authenticated(state, parts.2, now) {
+        return super::revoke::unavailable("no etcd auth token yet (the fleet cache obtains it)");
+    }
     if !state.fanout.pushes.spend(client, now) {
         return super::revoke::unavailable("the receiver's etcd write budget is spent");
     }
-    let step = first(state, parts.2, Step::Grant, now);
+    let step = Step::Grant;
     let job = Job::Push(Box::new(push));
     Verdict::Call {
-        callout: Box::new(callout(state, parts, step, &job)),
+        callout: Box::new(callout(state, parts, step, &job, now)),
         resume: Resume::Deny(Box::new(PendingDeny { step, job })),
     }
 }
@@ -194,6 +183,9 @@ pub(super) fn poll_due(config: &Config, state: &mut State, now_ms: u64) -> Optio
         return None;
     }
     let (_, fanout, fleet) = parts;
+    if !authenticated(state, fleet, now) {
+        return None;
+    }
     state.fanout.next_poll_ms = now_ms.saturating_add(fanout.poll_ms);
     let timeout = fleet.read_timeout_ms.max(fleet.write_timeout_ms) / 1000 + 2;
     let store = Rc::clone(&state.replay);
@@ -210,10 +202,10 @@ pub(super) fn poll_due(config: &Config, state: &mut State, now_ms: u64) -> Optio
     }
     state.fanout.polling_until = now.saturating_add(timeout);
     let from = read_revision(store.as_ref()).saturating_add(1);
-    let step = first(state, fleet, Step::Scan { from }, now);
+    let step = Step::Scan { from };
     let job = Job::Poll;
     Some(Fetch {
-        callout: Box::new(callout(state, parts, step, &job)),
+        callout: Box::new(callout(state, parts, step, &job, now)),
         resume: Resume::Deny(Box::new(PendingDeny { step, job })),
     })
 }
@@ -243,15 +235,6 @@ pub(super) fn on_reply(
         }
     };
     let next = match step {
-        Step::Authenticate => etcd::read_authenticate(reply).map(|token| {
-            state.fanout.token = Some((Rc::from(token), now));
-            match &job {
-                Job::Poll => Step::Scan {
-                    from: read_revision(state.replay.as_ref()).saturating_add(1),
-                },
-                Job::Push(_) => Step::Grant,
-            }
-        }),
         Step::Grant => etcd::read_grant(reply).map(|lease| Step::Put {
             lease: lease.id,
             index: 0,
@@ -269,7 +252,7 @@ pub(super) fn on_reply(
         Ok(next) => next,
         Err(e) => {
             if matches!(e, EtcdError::Unauthenticated(_)) {
-                state.fanout.token = None;
+                state.fleet.session.refused();
             }
             return failed(state, metrics, job, e.to_string());
         }
@@ -281,12 +264,12 @@ pub(super) fn on_reply(
         (next, Job::Push(push)) => {
             let job = Job::Push(push);
             Resumed::Decided(Verdict::Call {
-                callout: Box::new(callout(state, parts, next, &job)),
+                callout: Box::new(callout(state, parts, next, &job, now)),
                 resume: Resume::Deny(Box::new(PendingDeny { step: next, job })),
             })
         }
         (next, Job::Poll) => Resumed::Next(Fetch {
-            callout: Box::new(callout(state, parts, next, &Job::Poll)),
+            callout: Box::new(callout(state, parts, next, &Job::Poll, now)),
             resume: Resume::Deny(Box::new(PendingDeny {
                 step: next,
                 job: Job::Poll,
@@ -357,7 +340,7 @@ fn scanned(
     if range.more {
         let step = Step::Scan { from: next };
         return Resumed::Next(Fetch {
-            callout: Box::new(callout(state, parts, step, &Job::Poll)),
+            callout: Box::new(callout(state, parts, step, &Job::Poll, now)),
             resume: Resume::Deny(Box::new(PendingDeny {
                 step,
                 job: Job::Poll,
@@ -635,5 +618,36 @@ mod tests {
         );
         assert_eq!(receipt_status(&refused), 503);
         assert!(matches!(push_set(&c, &mut s, "j-2"), Verdict::Call { .. }));
+    }
+
+    #[test]
+    fn with_auth_on_nothing_goes_out_before_the_fleet_caches_token() {
+        let json = format!(
+            r#"{{"issuers":[{{"issuer":"https://hs.test","audiences":["api"],"shared_secret":"{}"}}],
+                "fleet_cache":{{"endpoint":"http://etcd:2379","upstream":"etcd","key_prefix":"/p/","hmac_key_env":"K","username":"pep","password_env":"P"}},
+                "revocation":{{"receiver":{{"path":"/ssf","transmitter":"https://hs.test","audience":"gw"}},"poll_ms":500}}}}"#,
+            vectors().hs_secret
+        );
+        let env = |n: &str| match n {
+            "K" => Some(KEY.to_string()),
+            "P" => Some("pw".to_string()),
+            _ => None,
+        };
+        let c = Config::from_json(json.as_bytes(), &env).unwrap();
+        let mut s = State::new(&c);
+        let now_ms = vectors().now * 1000;
+        assert!(poll_due(&c, &mut s, now_ms).is_none(), "no token: no poll");
+        assert_eq!(receipt_status(&push_set(&c, &mut s, "j-1")), 503);
+        // Once the fleet cache holds a token, both go out with it.
+        s.fleet.session.obtained("etcd-token".into(), vectors().now);
+        let poll = poll_due(&c, &mut s, now_ms).expect("a poll");
+        assert!(poll
+            .callout
+            .headers
+            .contains(&("authorization".into(), "etcd-token".into())));
+        assert!(
+            matches!(push_set(&c, &mut s, "j-1"), Verdict::Call { .. }),
+            "the retry is taken"
+        );
     }
 }

@@ -15,6 +15,7 @@ mod authorize;
 mod bind;
 mod exchange;
 mod fanout;
+mod fleet;
 mod introspect;
 mod resume;
 mod revoke;
@@ -41,6 +42,7 @@ use crate::wait::{Note, WaitKey};
 pub use authorize::PendingPdp;
 pub use exchange::PendingExchange;
 pub use fanout::PendingDeny;
+pub use fleet::PendingFleet;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
 pub use state::State;
@@ -199,6 +201,9 @@ pub enum Resume {
     /// One etcd call of the revocation fan-out: a step of the deny poll,
     /// or of the receiver's write for the request that pushed a SET.
     Deny(Box<PendingDeny>),
+    /// One etcd call of the fleet cache: a step of a token's introspection
+    /// (its requests wait on it), or a write nobody waits for.
+    Fleet(Box<PendingFleet>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -228,6 +233,8 @@ pub enum Due {
     /// Another worker's fetch left its result in shared data, now taken
     /// here: the requests parked on `on` may go on.
     Wake { on: WaitKey, notes: Vec<Note> },
+    /// Only log these.
+    Log(Vec<Note>),
 }
 
 impl Resume {
@@ -240,7 +247,8 @@ impl Resume {
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
             Resume::Exchange(_) => CalloutKind::Exchange,
-            Resume::Deny(_) => CalloutKind::Revocation,
+            Resume::Deny(_) => CalloutKind::FleetCache,
+            Resume::Fleet(_) => CalloutKind::FleetCache,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::response::Denial;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
 
-use super::{authorize, exchange, introspect, uma};
+use super::{authorize, exchange, fleet, introspect, uma};
 use super::{client_name, issuer_name, Due, Fetch, Resume, Resumed, State, Verdict};
 
 /// The one entry point for every callout's outcome: its answer, or why the
@@ -110,6 +110,7 @@ pub fn resume(
         Resume::Deny(pending) => {
             super::fanout::on_reply(config, state, metrics, *pending, answer, now)
         }
+        Resume::Fleet(pending) => fleet::on_reply(config, state, metrics, *pending, answer, now),
         Resume::Ticket(pending) => Resumed::Decided(Verdict::Deny(uma::finish_ticket(
             config, state, *pending, answer,
         ))),
@@ -166,12 +167,13 @@ fn no_jwks_uri_note(config: &Config, issuer: usize, fetched: &str) -> String {
     format!("the discovery document of {name}{fetched} names no jwks_uri: no verification keys; {tokens}")
 }
 
-/// Root only, on each tick (`now_ms`: milliseconds since the epoch): the
-/// fetches that are due (first loads, retries, refreshes ahead of expiry,
-/// the revocation poll), and what other workers fetched meanwhile.
+/// Root only, on each tick: the fetches that are due (first loads, retries,
+/// refreshes ahead of expiry, fleet-cache writes and polls, the revocation
+/// poll), and what other workers fetched meanwhile. `now_ms`: milliseconds
+/// since the epoch.
 pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now_ms: u64) -> Vec<Due> {
     let now = now_ms / 1000;
-    let mut due = Vec::new();
+    let mut due = fleet::due(config, state, metrics, now_ms);
     for found in state.keys.due(now) {
         due.push(match found {
             KeysDue::Fetch(issuer, step, callout) => Due::Dispatch(Fetch {

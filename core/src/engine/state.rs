@@ -59,6 +59,8 @@ pub struct State {
     pub(super) deny: crate::revocation::deny::DenySet,
     /// The revocation fan-out through etcd: its token, poll and budget.
     pub(super) fanout: super::fanout::FanoutState,
+    /// The fleet cache's etcd token, leases, budget, queued writes and polls.
+    pub(super) fleet: super::fleet::FleetState,
 }
 
 impl State {
@@ -121,6 +123,7 @@ impl State {
             replay: Rc::new(crate::dpop::LocalStore::default()),
             deny: crate::revocation::deny::DenySet::default(),
             fanout: super::fanout::FanoutState::new(),
+            fleet: super::fleet::FleetState::new(config),
         }
     }
 
