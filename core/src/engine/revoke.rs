@@ -265,6 +265,7 @@ fn take(
     if receiver.replay.seen(store.as_ref(), &replay_id, now) {
         return replayed();
     }
+    // A revocation older than the retention has nothing left to refuse.
     let items: Vec<_> = checked
         .targets
         .iter()
@@ -272,6 +273,7 @@ fn take(
             let until = at.saturating_add(revocation.retention_seconds);
             (target.clone(), Denied { at: *at, until })
         })
+        .filter(|(_, denied)| denied.until > now)
         .collect();
     let keyed: Vec<_> = items
         .iter()

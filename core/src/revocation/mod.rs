@@ -87,6 +87,26 @@ const REPLAY_PREFIX: &str = "oauth_pep.set_jti";
 /// The HMAC key of deny keys within one process (no fleet key).
 const LOCAL_DENY_SECRET: &[u8] = b"oauth-pep deny set";
 
+/// A secret, never printed (the receiver's bearer secret).
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// HMAC keys, never printed (the fleet keys).
+#[derive(Clone, PartialEq, Eq)]
+struct Secrets(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} keys, ..)", self.0.len())
+    }
+}
+
 /// The compiled `revocation` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -97,7 +117,7 @@ pub struct Revocation {
     pub max_entries: usize,
     /// The HMAC keys deny keys are made with: the fleet's (current first,
     /// then the previous one during a rotation), or a local one.
-    secrets: Vec<Vec<u8>>,
+    secrets: Secrets,
     /// With the fleet cache: where the fleet's deny entries are, and how often
     /// each process reads what changed.
     pub fanout: Option<Fanout>,
@@ -119,7 +139,7 @@ pub struct Receiver {
     pub transmitter: usize,
     pub audiences: Vec<String>,
     /// What `authorization: Bearer …` must carry, when set.
-    auth_token: Option<String>,
+    auth_token: Option<Secret>,
     pub max_body_bytes: usize,
     pub max_age_seconds: u64,
     pub body_timeout_seconds: u64,
@@ -186,7 +206,8 @@ impl Revocation {
                     })
                 }
             };
-        let secrets = fleet.map_or_else(|| vec![LOCAL_DENY_SECRET.to_vec()], |f| f.hmac_keys());
+        let secrets =
+            Secrets(fleet.map_or_else(|| vec![LOCAL_DENY_SECRET.to_vec()], |f| f.hmac_keys()));
         Ok((
             Revocation {
                 receiver,
@@ -206,6 +227,7 @@ impl Revocation {
 
     fn writing_secret(&self) -> &[u8] {
         self.secrets
+            .0
             .first()
             .map_or(LOCAL_DENY_SECRET, Vec::as_slice)
     }
@@ -229,7 +251,7 @@ impl Revocation {
         now: u64,
     ) -> Result<(DenyKey, deny::Denied), stored::Rejected> {
         stored::open(
-            &self.secrets,
+            &self.secrets.0,
             &fanout.prefix,
             key,
             value,
@@ -243,7 +265,7 @@ impl Revocation {
     /// instance wrote before (or after) a key rotation count too.
     pub fn token_keys(&self, iss: &str, sub: Option<&str>, sid: Option<&str>) -> Vec<DenyKey> {
         let mut keys = Vec::new();
-        for secret in &self.secrets {
+        for secret in &self.secrets.0 {
             let subject = sub.map(|sub| stored::mac_of(secret, b's', iss, sub));
             let session = sid.map(|sid| stored::mac_of(secret, b'i', iss, sid));
             keys.extend(
@@ -321,7 +343,7 @@ impl Receiver {
             None => None,
             Some(name) => match env(&name) {
                 Some(token) if token.len() >= MIN_AUTH_TOKEN_BYTES && token.is_ascii() => {
-                    Some(token)
+                    Some(Secret(token))
                 }
                 Some(_) => {
                     return Err(ConfigError::new(
@@ -388,7 +410,7 @@ impl Receiver {
             .map_or("", |(_, token)| token.trim());
         let (a, b) = (
             hmac_sha256::Hash::hash(presented.as_bytes()),
-            hmac_sha256::Hash::hash(expected.as_bytes()),
+            hmac_sha256::Hash::hash(expected.0.as_bytes()),
         );
         a.iter()
             .zip(b.iter())
@@ -522,6 +544,10 @@ mod tests {
         .receiver
         .unwrap();
         assert!(r.authorized(Some("Bearer 0123456789abcdef-secret")));
+        assert!(
+            !format!("{r:?}").contains("0123456789abcdef"),
+            "never printed"
+        );
         assert!(r.authorized(Some("bearer 0123456789abcdef-secret")));
         for bad in [
             None,
