@@ -53,7 +53,8 @@ def run(request, tmp_path, wasm, echo, demo_as):
 def test_every_file_is_listed():
     assert {"jwt-inline-jwks.yaml", "jwt-discovery.yaml", "introspection.yaml", "policy-gluu.yaml",
             "policy-readable.yaml", "several-issuers.yaml", "two-routes.yaml", "tls-authserver.yaml",
-            "access-log.yaml", "demo.yaml", "uma.yaml", "upstream-oauth.yaml", "mcp.yaml"} <= set(FILES)
+            "access-log.yaml", "demo.yaml", "uma.yaml", "upstream-oauth.yaml", "mcp.yaml",
+            "token-affinity.yaml"} <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -132,6 +133,23 @@ def test_policy_forms_agree(name, run, demo_as):
                    "GET /other": 403}
     r = env.request("POST", "/api/x", ro)
     assert harness.bearer_params(r.headers["www-authenticate"])["error"] == "insufficient_scope"
+
+
+def test_token_affinity_sends_each_token_to_one_gateway(run, demo_as):
+    """The front tier hashes `authorization` (MAGLEV): every request with one
+    token reaches the same gateway, and the tokens spread over both."""
+    env = run("token-affinity.yaml")
+    tokens = [demo_as.opaque(aud="demo-api") for _ in range(16)]
+    env.wait_status("/api/x", 200, token=tokens[0])
+    gateway_of = {}
+    for round_ in range(3):
+        for token in tokens:
+            r = env.get("/api/x", token=token)
+            assert r.status_code == 200, r.text
+            gateway = json.loads(r.text)["headers"]["x-gateway"]
+            assert gateway_of.setdefault(token, gateway) == gateway, (round_, gateway_of[token], gateway)
+    assert set(gateway_of.values()) == {"a", "b"}, gateway_of
+    assert env.get("/api/x").status_code == 401
 
 
 def test_several_issuers(run, demo_as):

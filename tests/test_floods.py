@@ -21,7 +21,11 @@ request gets 503 within its deadline), the introspection budget (junk opaque
 tokens from one client address make at most the budget of introspections; a
 new legitimate token from another address passes during the flood), the token
 shape (junk refused before any callout) and the `waits` caps raised so that
-all 1,000 park on one key (the answers are spread over callbacks).
+all 1,000 park on one key (the answers are spread over callbacks). Then the
+JSON-RPC body reader (1,000 bodies that never complete: 408 by the body
+timeout, or by the first deadline after an introspection) and token exchange
+(1,000 parked on one hanging exchange; 1,000 distinct callers against the
+exchange budget).
 
 Envoy runs one worker (`--concurrency 1`): the flood and the checks after it
 meet the same VM. h2load comes from Debian's nghttp2-client (`make setup`).
@@ -35,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -454,3 +459,258 @@ def test_with_the_caps_raised_1000_parked_on_one_token_are_all_answered(start_en
     check_answered(env, flood, {401})
     a.set_introspection_mode("ok")
     check_survived(env, a.opaque(), False)
+
+
+# --------------------------------------------------------------------------
+# bodies that never complete (JSON-RPC selectors)
+# --------------------------------------------------------------------------
+#
+# h2load sends whole bodies, so these floods use a minimal HTTP/2 client of
+# their own: one connection (h2c, prior knowledge), 1,000 streams, each its
+# headers and the first bytes of a body whose `content-length` promises more,
+# never the rest. Requests are HPACK literals (no Huffman, no indexing); the
+# answers' headers are not decoded: each answer is read from its body (the
+# filter's JSON, with its `reason`).
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_length(n):
+    """An HPACK string length (7-bit prefix, no Huffman)."""
+    if n < 127:
+        return bytes([n])
+    out, n = [127], n - 127
+    while n >= 128:
+        out.append((n & 127) | 128)
+        n >>= 7
+    return bytes(out + [n])
+
+
+def hpack_literal(name, value):
+    """A literal header field without indexing, new name (RFC 7541, 6.2.2)."""
+    name, value = name.encode(), value.encode()
+    return b"\x00" + hpack_length(len(name)) + name + hpack_length(len(value)) + value
+
+
+class Unfinished:
+    """What the server answered to `n` requests whose bodies never completed:
+    `reasons` (a Counter of the `reason` of each answer's JSON body; `None`
+    for a body without one), `seconds` (each answered stream's time from the
+    send to its end), `reset` (streams reset without an answer) and
+    `unanswered`."""
+
+    def __init__(self, n, answers, reset, elapsed):
+        self.n, self.reset, self.elapsed = n, reset, elapsed
+        self.reasons = collections.Counter(reason for reason, _ in answers.values())
+        self.seconds = [s for _, s in answers.values()]
+        self.unanswered = n - len(answers)
+
+    def __repr__(self):
+        return "Unfinished(%d requests: reasons %s, %d unanswered (%d reset), %.1fs, slowest %.2fs)" % (
+            self.n, dict(self.reasons), self.unanswered, self.reset, self.elapsed, max(self.seconds, default=0.0))
+
+
+def h2_unfinished_bodies(env, path, token, body_start, content_length, n=N, timeout=30):
+    """n POSTs of `path` on one HTTP/2 connection, each with its headers and
+    `body_start` of a body announced as `content_length` bytes, and nothing
+    more; reads the answers until every stream ended or `timeout`."""
+    s = socket.create_connection(("127.0.0.1", env.port), timeout=timeout)
+    try:
+        # Large receive windows: 1,000 answers must not wait for WINDOW_UPDATEs.
+        out = [H2_PREFACE, h2_frame(SETTINGS, 0, 0, (2).to_bytes(2, "big") + (0).to_bytes(4, "big")
+                                    + (4).to_bytes(2, "big") + (1 << 24).to_bytes(4, "big")),
+               h2_frame(0x8, 0, 0, (1 << 30).to_bytes(4, "big"))]
+        for i in range(n):
+            stream = 2 * i + 1
+            block = b"".join(hpack_literal(k, v) for k, v in [
+                (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "127.0.0.1"),
+                ("authorization", "Bearer " + token), ("content-type", "application/json"),
+                ("content-length", str(content_length))])
+            out.append(h2_frame(HEADERS, END_HEADERS, stream, block))
+            out.append(h2_frame(DATA, 0, stream, body_start))
+        t0 = time.monotonic()
+        s.sendall(b"".join(out))
+        bodies, ended, reset = collections.defaultdict(bytes), {}, 0
+        buf = b""
+        deadline = t0 + timeout
+        while len(ended) + reset < n and time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(1 << 16)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 9:
+                length = int.from_bytes(buf[:3], "big")
+                if len(buf) < 9 + length:
+                    break
+                kind, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                payload, buf = buf[9:9 + length], buf[9 + length:]
+                if kind == SETTINGS and not flags & ACK:
+                    s.sendall(h2_frame(SETTINGS, ACK, 0))
+                elif kind == PING and not flags & ACK:
+                    s.sendall(h2_frame(PING, ACK, 0, payload))
+                elif kind == DATA:
+                    bodies[stream] += payload
+                    if flags & END_STREAM and stream not in ended:
+                        ended[stream] = time.monotonic() - t0
+                elif kind == HEADERS and flags & END_STREAM and stream not in ended:
+                    ended[stream] = time.monotonic() - t0
+                elif kind == RST_STREAM and stream not in ended:
+                    reset += 1
+                    ended[stream] = None
+                elif kind == GOAWAY:
+                    deadline = 0
+        answers = {}
+        for stream, seconds in ended.items():
+            if seconds is None:
+                continue
+            try:
+                body = json.loads(bodies[stream])
+            except ValueError:
+                body = {}
+            reason = body.get("reason") or body.get("error", {}).get("data", {}).get("reason") \
+                if isinstance(body, dict) else None
+            answers[stream] = (reason, seconds)
+        return Unfinished(n, answers, reset, time.monotonic() - t0)
+    finally:
+        s.close()
+
+
+MCP_POLICY = {"GET /??": "read", "POST /mcp": "read", "POST /mcp tools/call admin_*": "admin"}
+TOOL_CALL = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                        "params": {"name": "search", "arguments": {}}}).encode()
+
+
+def check_mcp_survived(env, token):
+    """A whole MCP request still passes, a token-less one is 401, the VM is alive."""
+    r = env.http.post(env.url("/mcp"), data=TOOL_CALL, timeout=10,
+                      headers={"authorization": "Bearer " + token, "content-type": "application/json"})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    r = harness.send_raw(env, "/")
+    assert r.status == 401, r
+    failures = vm_failures(env)
+    assert not failures, "the wasm VM failed:\n%s" % "\n".join(failures[:5])
+
+
+def test_bodies_that_never_complete_are_answered_408_by_the_body_timeout(start_envoy, authserver):
+    """1,000 POSTs to a path with JSON-RPC selectors, each body stopped after
+    20 bytes: the body readers park on their worker's one body key, so
+    `waits.max_per_key` (256) of them wait and get 408 body_timeout by
+    `body_timeout_seconds` (2), the other 744 get 503 overloaded at once
+    (counted as `waiters`); then the worker still answers."""
+    a = authserver
+    cfg = config(jwt_issuer(a), policy=MCP_POLICY, jsonrpc={"body_timeout_seconds": 2})
+    # Envoy's buffer filter after oauth-pep, as README advises for MCP routes:
+    # without it the router opens 1,000 upstream requests with the headers
+    # while the bodies are held (the echo server then times out connects).
+    env = start(start_envoy, cfg, False, customize=harness.buffer_after_oauth_pep)
+    token = a.mint(a.claims(scope="read"))
+    env.wait_status("/", 200, token=token, timeout=20)  # keys loaded (/ needs no body)
+    before = harness.wasm_stats(env)
+    flood = h2_unfinished_bodies(env, "/mcp", token, TOOL_CALL[:20], len(TOOL_CALL), timeout=15)
+    print("\n%r" % flood)
+    assert flood.unanswered == 0, flood
+    assert set(flood.reasons) <= {"body_timeout", "overloaded"}, flood
+    assert flood.reasons["body_timeout"] == 256, flood
+    # 2 s from the headers, checked on 200 ms ticks in whole seconds.
+    slowest = max(flood.seconds)
+    assert slowest <= 3 + SLACK, flood
+    after = harness.wasm_stats(env)
+    assert delta(before, after, "oauth_pep.denied.reason.body_timeout") == 256
+    assert delta(before, after, "oauth_pep.overloaded.bound.waiters") == flood.reasons["overloaded"]
+    check_mcp_survived(env, token)
+
+
+def test_a_body_wait_after_an_introspection_ends_at_the_first_deadline(start_envoy, authserver):
+    """The same with one new opaque token whose introspection takes 1.5 s
+    (timeout_ms 1000: deadline 1 + 2 s from the headers): those that waited
+    for it read their bodies only until that first deadline, not for
+    `body_timeout_seconds` (30): 408 within ~3 s."""
+    a = authserver
+    cfg = config(introspection_issuer(a, introspection={"timeout_ms": 1000}), policy=MCP_POLICY,
+                 jsonrpc={"body_timeout_seconds": 30})
+    env = start(start_envoy, cfg, False, customize=harness.buffer_after_oauth_pep)
+    token = a.opaque(scope="read")
+    a.set_introspection_mode("slow", delay_ms=800)
+    flood = h2_unfinished_bodies(env, "/mcp", token, TOOL_CALL[:20], len(TOOL_CALL), timeout=15)
+    print("\n%r" % flood)
+    assert flood.unanswered == 0, flood
+    assert set(flood.reasons) <= {"body_timeout", "overloaded"}, flood
+    assert 1 <= flood.reasons["body_timeout"] <= 256, flood
+    assert max(flood.seconds) <= 3 + SLACK, flood
+    a.set_introspection_mode("ok")
+    check_mcp_survived(env, a.opaque(scope="read"))
+
+
+# --------------------------------------------------------------------------
+# token exchange
+# --------------------------------------------------------------------------
+
+def exchange_config(a, **exchange):
+    return config(jwt_issuer(a),
+                  clients={"backend": {"issuer": a.issuer, "client_id": GATEWAY[0], "client_secret": GATEWAY[1],
+                                       "timeout_ms": 1000}},
+                  upstream_oauth=[{"client": "backend", "virtual_hosts": ["all"], "paths": ["/billing/??"],
+                                   "exchange": dict({"audience": "https://backend.test",
+                                                     "scopes": ["billing.read"]}, **exchange)}])
+
+
+@pytest.mark.parametrize("fail_open", FAIL_OPEN)
+def test_1000_parked_on_one_slow_exchange(start_envoy, authserver, tmp_path, fail_open):
+    """One caller token, 1,000 requests on a rule with `exchange`, the token
+    endpoint hanging: one exchange; `max_per_key` (256) wait and get 503
+    exchange_unavailable by their deadline (timeout_ms 1000 + 2 s), the rest
+    503 overloaded at once; the worker survives."""
+    a = authserver
+    env = start(start_envoy, exchange_config(a), fail_open)
+    caller = a.mint()
+    env.wait_status("/", 200, token=caller, timeout=20)  # the keys (the rule does not cover /)
+    a.set_exchange_mode("hang")
+    before = harness.wasm_stats(env)
+    flood = h2load(env, tmp_path, "/billing/1", token=caller, timeout=20)
+    check_answered(env, flood, {503})
+    assert max(flood.seconds) <= 3 + SLACK, flood
+    after = harness.wasm_stats(env)
+    assert a.exchanges()["calls"] == 1, "the parked requests shared one exchange"
+    assert delta(before, after, "oauth_pep.denied.reason.exchange_unavailable") == 256, after
+    assert delta(before, after, "oauth_pep.overloaded.bound.waiters") == N - 256, after
+    a.set_exchange_mode("ok")
+    check_survived(env, a.mint(), fail_open)
+    r = harness.send_raw(env, "/billing/1", token=a.mint())
+    assert r.status == 200, r
+
+
+def test_the_exchange_budget_bounds_1000_distinct_callers(start_envoy, authserver, tmp_path):
+    """1,000 distinct caller tokens from one address (h2load, 250/s), each a
+    new exchange (answered after 0.3 s): at most a quarter of the burst plus a
+    quarter of the rate per second reach the token endpoint; the rest are 503
+    overloaded (exchange_budget), all answered; the worker survives."""
+    a = authserver
+    budget = {"per_second": 20, "burst": 40}
+    env = start(start_envoy, exchange_config(a, budget=budget), False)
+    env.wait_status("/", 200, token=a.mint(), timeout=20)
+    a.set_exchange_mode("ok", delay_ms=300)
+    callers = [a.mint(a.claims(sub="caller-%d" % i)) for i in range(N)]
+    before = harness.wasm_stats(env)
+    t0 = time.monotonic()
+    flood = h2load(env, tmp_path, "/billing/1", tokens=callers, streams=200, rps=250, timeout=30)
+    elapsed = time.monotonic() - t0
+    check_answered(env, flood, {200, 503})
+    calls = a.exchanges()["calls"]
+    bound = budget["burst"] / 4 + budget["per_second"] / 4 * elapsed + 2
+    assert calls <= bound, "%d exchanges in %.1fs (one address's budget: at most %.0f): %r" % (
+        calls, elapsed, bound, flood)
+    assert flood.statuses[200] == calls, flood
+    after = harness.wasm_stats(env)
+    assert delta(before, after, "oauth_pep.overloaded.bound.exchange_budget") == flood.statuses[503], after
+    a.set_exchange_mode("ok")
+    check_survived(env, a.mint(), False)

@@ -57,6 +57,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Live entries dropped to make room (expired ones are not counted).
     pub evictions: u64,
+    /// Entries stored where nothing live was (only the shared introspection
+    /// table counts them: its occupancy).
+    pub fills: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -242,7 +245,8 @@ mod tests {
             CacheStats {
                 hits: 2,
                 misses: 2,
-                evictions: 0
+                evictions: 0,
+                fills: 0
             }
         );
     }

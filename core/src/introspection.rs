@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::budget::{Budget, RawBudget};
+use crate::cache::Digest;
 use crate::callout::{
     check_authority, check_timeout_ms, upstream_or, Callout, CalloutError, CalloutReply, Url,
 };
@@ -18,6 +19,7 @@ use crate::client_auth::{AssertionError, AuthMethod, ClientAuth, RawCredentials}
 use crate::config_error::ConfigError;
 use crate::extract::MAX_TOKEN_BYTES;
 use crate::services::Random;
+use crate::shared_cache::Scope;
 
 /// An active result is cached until this long before the token's `exp`, so
 /// that a cached answer never outlives the token on a clock a little ahead.
@@ -173,6 +175,9 @@ pub struct Introspection {
     pub response: ResponseFormat,
     /// The gateway's client id here: the `aud` of a signed answer.
     pub client_id: String,
+    /// What accepting this issuer's answers depends on; set when the whole
+    /// configuration is compiled (`crate::config::compile::answer_scope`).
+    pub scope: Scope,
 }
 
 fn token_shape(
@@ -315,7 +320,41 @@ impl Introspection {
             failure_mode,
             response: raw.response,
             client_id: raw.client_id,
+            scope: Scope::default(),
         })
+    }
+
+    /// Names the settings an answer's acceptance depends on here: the
+    /// endpoint (or "discovered"), cluster and authority, the introspecting
+    /// client's credentials (a digest), the hint, the answer format and
+    /// the lifetimes of cached answers. Not `timeout_ms`, the budget or the
+    /// token shape: they decide when to ask, not what an answer means.
+    pub fn answer_fingerprint(&self) -> Digest {
+        let endpoint = self.endpoint.as_ref().map_or_else(
+            || "discovered".to_string(),
+            |url| format!("{}://{}{}", url.scheme, url.authority, url.path),
+        );
+        let response: &[u8] = match self.response {
+            ResponseFormat::Json => b"json",
+            ResponseFormat::Jwt => b"jwt",
+        };
+        let stale = match self.failure_mode {
+            FailureMode::Deny => 0,
+            FailureMode::ServeStale { seconds } => seconds.saturating_add(1),
+        };
+        crate::cache::digest(&[
+            endpoint.as_bytes(),
+            self.upstream.as_bytes(),
+            self.authority.as_deref().unwrap_or("").as_bytes(),
+            &[u8::from(self.authority.is_some())],
+            &self.auth.fingerprint(),
+            self.client_id.as_bytes(),
+            self.token_type_hint.as_deref().unwrap_or("").as_bytes(),
+            response,
+            &self.max_ttl_seconds.to_be_bytes(),
+            &self.negative_ttl_seconds.to_be_bytes(),
+            &stale.to_be_bytes(),
+        ])
     }
 
     /// The RFC 7662 §2.1 request for `token`. With `private_key_jwt`, a

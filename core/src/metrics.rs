@@ -166,16 +166,25 @@ pub enum CacheEvent {
     Miss,
     /// A live entry dropped to make room.
     Eviction,
+    /// An entry stored where nothing live was (the shared introspection
+    /// table only: a fixed table, whose occupancy this shows).
+    Fill,
 }
 
 impl CacheEvent {
-    pub const ALL: [CacheEvent; 3] = [CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Eviction];
+    pub const ALL: [CacheEvent; 4] = [
+        CacheEvent::Hit,
+        CacheEvent::Miss,
+        CacheEvent::Eviction,
+        CacheEvent::Fill,
+    ];
 
     fn metric(self) -> &'static str {
         match self {
             CacheEvent::Hit => "cache_hits",
             CacheEvent::Miss => "cache_misses",
             CacheEvent::Eviction => "cache_evictions",
+            CacheEvent::Fill => "cache_fills",
         }
     }
 }
@@ -455,7 +464,10 @@ impl Catalogue {
         }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
-                all.push(Metric::Counter(Counter::Cache(cache, event)));
+                // The per-worker caches make room as they fill: no fills.
+                if event != CacheEvent::Fill || cache == CacheName::IntrospectionShared {
+                    all.push(Metric::Counter(Counter::Cache(cache, event)));
+                }
             }
         }
         for issuer in 0..self.issuers.len() {
@@ -639,6 +651,7 @@ fn report_cache(cache: CacheName, seen: &mut CacheStats, now: CacheStats, metric
         (CacheEvent::Hit, seen.hits, now.hits),
         (CacheEvent::Miss, seen.misses, now.misses),
         (CacheEvent::Eviction, seen.evictions, now.evictions),
+        (CacheEvent::Fill, seen.fills, now.fills),
     ] {
         let delta = after.saturating_sub(before);
         if delta > 0 {
@@ -756,6 +769,7 @@ mod tests {
             "oauth_pep.callout_ms.kind.discovery",
             "oauth_pep.cache_hits.cache.tokens",
             "oauth_pep.cache_evictions.cache.pdp_decisions",
+            "oauth_pep.cache_fills.cache.introspection_shared",
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.ok",
             "oauth_pep.key_refreshes.issuer.login_example_com_realms_a.outcome.failed",
             "oauth_pep.keys_loaded.issuer.login_example_com_realms_a",
@@ -773,11 +787,12 @@ mod tests {
         // 1 allowed + one per reason + 8 kinds x (4 outcomes + 1 histogram)
         // + one per overload bound + 3 exchange results + 3 security event
         // results + the deny set gauge + 2 poll outcomes + 2 entry results
-        // + 4 caches x 3 events + 1 issuer x (2 refresh outcomes + 1 gauge
-        // + 4 introspection results); no fleet cache, none of its metrics.
+        // + 4 caches x 3 events + the shared table's fills + 1 issuer x (2
+        // refresh outcomes + 1 gauge + 4 introspection results); no fleet
+        // cache, none of its metrics.
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 12 + 7
+            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 13 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {

@@ -16,7 +16,7 @@ use crate::headers::{header_name, is_header_value, spelling_key, HeaderUse, METH
 use crate::pdp::Pdp;
 use crate::policy::{PathSet, Policy};
 use crate::resource::{Context as ResourceContext, IssuerFacts, Resources};
-use crate::shared_cache::SharedCache;
+use crate::shared_cache::{Scope, SharedCache};
 use crate::token_client::{IssuerRef, RawTokenClient, TokenClient};
 use crate::uma::{RawUma, Uma, UmaIssuer};
 use crate::upstream_oauth::{RawUpstreamOAuth, UpstreamOAuth};
@@ -24,11 +24,9 @@ use crate::wait::Waits;
 
 const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 
-/// `fingerprint` tells this configuration's shared-cache entries from another
-/// one's; `env` reads the filter's environment (`client_secret_env`).
+/// `env` reads the filter's environment (`client_secret_env`).
 pub(super) fn compile(
     raw: RawConfig,
-    fingerprint: [u8; 8],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     check_realm(&raw.realm)?;
@@ -43,7 +41,6 @@ pub(super) fn compile(
     let shared_cache = shared_cache(
         raw.introspection_cache_bytes,
         raw.introspection_cache_entry_bytes,
-        fingerprint,
     )?;
     let token_sources = token_sources(raw.token_sources)?;
     let (forward, claim_fields) = forward(raw.forward)?;
@@ -89,13 +86,19 @@ pub(super) fn compile(
     let jsonrpc = crate::body::BodyLimits::compile(raw.jsonrpc)?;
     let dpop = crate::dpop::DpopSettings::compile(raw.dpop.unwrap_or_default())?;
     let strip_headers = strip_headers(&forward, &claim_fields, &upstream_oauth, &identity)?;
-    let (resources, issuers) = resources(
+    let (resources, mut issuers) = resources(
         raw.resources,
         issuers,
         &token_sources,
         policy.as_ref(),
         &dpop,
     )?;
+    for issuer in &mut issuers {
+        let scope = answer_scope(issuer, &rules);
+        if let Some(introspection) = issuer.introspection.as_mut() {
+            introspection.scope = scope;
+        }
+    }
     let mut warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
     let revocation = match raw.revocation {
         Some(raw) => {
@@ -233,11 +236,49 @@ fn jwt_rules(raw: &RawConfig) -> Result<JwtRules, ConfigError> {
     })
 }
 
-fn shared_cache(
-    max_bytes: usize,
-    entry_bytes: usize,
-    fingerprint: [u8; 8],
-) -> Result<SharedCache, ConfigError> {
+/// What accepting an introspection answer of `issuer` depends on: two
+/// configurations share shared-data answers and in-flight markers for its
+/// tokens exactly when these agree. The issuer, where its keys come from
+/// (a signed answer's), its mode, the audiences its tokens may have
+/// anywhere, the endpoint, the introspecting client and the answer's format
+/// and lifetimes (`Introspection::answer_fingerprint`), and the claim rules
+/// (skew, lifetime). Not the policy, forwarding, identity or waits: a reader
+/// re-derives its grant from the stored answer with its own settings.
+pub(crate) fn answer_scope(issuer: &Issuer, rules: &JwtRules) -> Scope {
+    let mode: &[u8] = match issuer.mode {
+        crate::introspection::Mode::Jwt => b"jwt",
+        crate::introspection::Mode::Introspect => b"introspect",
+        crate::introspection::Mode::JwtThenIntrospect => b"jwt_then_introspect",
+    };
+    let audiences = crate::cache::digest(
+        &issuer
+            .audiences_anywhere
+            .iter()
+            .map(|a| a.as_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let introspection = issuer
+        .introspection
+        .as_ref()
+        .map(|x| x.answer_fingerprint())
+        .unwrap_or_default();
+    let max_lifetime = rules
+        .max_lifetime_seconds
+        .map_or([0xff; 8], u64::to_be_bytes);
+    Scope::from_digest(&crate::cache::digest(&[
+        b"oauth_pep answer scope 1",
+        issuer.issuer.as_bytes(),
+        &issuer.fetch_fingerprint(),
+        mode,
+        &audiences,
+        &introspection,
+        &rules.clock_skew_seconds.to_be_bytes(),
+        &max_lifetime,
+        &[u8::from(rules.require_exp)],
+    ]))
+}
+
+fn shared_cache(max_bytes: usize, entry_bytes: usize) -> Result<SharedCache, ConfigError> {
     if !(SharedCache::min_entry_bytes()..=65_536).contains(&entry_bytes) {
         return Err(ConfigError::new(
             "introspection_cache_entry_bytes",
@@ -247,7 +288,7 @@ fn shared_cache(
             ),
         ));
     }
-    Ok(SharedCache::new(max_bytes, entry_bytes, fingerprint))
+    Ok(SharedCache::new(max_bytes, entry_bytes))
 }
 
 fn token_sources(raw: Option<Vec<RawTokenSource>>) -> Result<Vec<TokenSource>, ConfigError> {
@@ -545,6 +586,128 @@ mod tests {
 
     use crate::config::tests::{err, refused_with, SECRET};
     use crate::config::{ClaimFormat, Config};
+
+    const SCOPED: &str = r#"{"issuers":[{"issuer":"https://as.test","audiences":["api"],"mode":"introspect",
+        "introspection":{"endpoint":"https://as.test/introspect","upstream":"as",
+        "client_id":"pep","client_secret":"s3cret-of-the-pep"}}]}"#;
+
+    /// The answer scope of the issuer `https://as.test` in [`SCOPED`] with
+    /// `from` replaced by `to`.
+    fn scope_of(from: &str, to: &str) -> crate::shared_cache::Scope {
+        assert!(SCOPED.contains(from), "{from}");
+        let json = SCOPED.replacen(from, to, 1);
+        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        let issuer = c
+            .issuers
+            .iter()
+            .find(|i| i.issuer == "https://as.test")
+            .unwrap();
+        issuer.introspection.as_ref().unwrap().scope
+    }
+
+    #[test]
+    fn answers_are_shared_across_configurations_that_accept_them_alike() {
+        let base = scope_of("", "");
+        assert_ne!(base, crate::shared_cache::Scope::default());
+        // Nothing an answer's acceptance depends on: the same scope.
+        for (from, to) in [
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","timeout_ms":1500,"#,
+            ),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","budget":{"per_second":5},"#,
+            ),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","token_prefix":"op_","#,
+            ),
+            (
+                "]}",
+                r#"],"policy":{"GET /a":"read"},"public_paths":["/health"],"deny_by_default":false}"#,
+            ),
+            ("]}", r#"],"forward":{"claims":{"sub":"x-sub"}}}"#),
+            (
+                "]}",
+                r#"],"waits":{"max_per_key":8},"introspection_cache_bytes":65536}"#,
+            ),
+            // Another issuer listed first: this one's index changes, its
+            // scope does not (entries no longer name issuers by index).
+            (
+                r#"{"issuers":["#,
+                r#"{"issuers":[{"issuer":"https://other.test","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"},"#,
+            ),
+        ] {
+            assert_eq!(scope_of(from, to), base, "{to}");
+        }
+    }
+
+    #[test]
+    fn configurations_that_accept_answers_differently_never_share_them() {
+        let mut seen = vec![scope_of("", "")];
+        for (from, to) in [
+            ("https://as.test/introspect", "https://as.test/other"),
+            (r#""upstream":"as","#, r#""upstream":"as2","#),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","authority":"as.internal","#,
+            ),
+            ("s3cret-of-the-pep", "another-secret-here"),
+            (r#""client_id":"pep""#, r#""client_id":"pep2""#),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","max_ttl_seconds":60,"#,
+            ),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","negative_ttl_seconds":0,"#,
+            ),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","failure_mode":"serve_stale","#,
+            ),
+            (
+                r#""upstream":"as","#,
+                r#""upstream":"as","token_type_hint":"","#,
+            ),
+            (r#"["api"]"#, r#"["api","other"]"#),
+            (
+                r#""mode":"introspect""#,
+                r#""mode":"jwt_then_introspect","shared_secret":"0123456789abcdef0123456789abcdef""#,
+            ),
+            (
+                r#""issuer":"https://as.test""#,
+                r#""issuer":"https://as.test","jwks_uri":"https://as.test/jwks","upstream":"as""#,
+            ),
+            ("]}", r#"],"clock_skew_seconds":5}"#),
+            ("]}", r#"],"max_lifetime_seconds":600}"#),
+        ] {
+            let scope = scope_of(from, to);
+            assert!(!seen.contains(&scope), "{to}");
+            seen.push(scope);
+        }
+        // The answer format (signed answers need the issuer's keys).
+        let keys = (
+            r#""mode":"introspect""#,
+            r#""mode":"introspect","shared_secret":"0123456789abcdef0123456789abcdef""#,
+        );
+        let json = SCOPED.replacen(keys.0, keys.1, 1);
+        let signed = json.replacen(
+            r#""upstream":"as","#,
+            r#""upstream":"as","response":"jwt","#,
+            1,
+        );
+        let scope = |json: &str| {
+            let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+            c.issuers[0].introspection.as_ref().unwrap().scope
+        };
+        assert_ne!(scope(&json), scope(&signed));
+        // And another issuer's name.
+        let json = SCOPED.replace("https://as.test\"", "https://as2.test\"");
+        let c = Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        assert!(!seen.contains(&c.issuers[0].introspection.as_ref().unwrap().scope));
+    }
 
     #[test]
     fn method_override_headers_are_stripped_in_every_spelling() {

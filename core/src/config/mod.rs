@@ -12,7 +12,6 @@ mod raw;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cache::digest;
 pub use crate::config_error::ConfigError;
 use crate::consumer::{Consumers, IdentityHeaderNames};
 pub use crate::extract::TokenSource;
@@ -260,12 +259,10 @@ impl Config {
                 "the configuration is empty; at least `issuers` is required",
             ));
         }
-        let mut fingerprint = [0u8; 8];
-        fingerprint.copy_from_slice(digest(&[json]).get(..8).unwrap_or(&[0; 8]));
         let document: Value =
             serde_json::from_slice(json).map_err(|e| ConfigError::new("", e.to_string()))?;
         let (raw, notes) = hints::prepare(document)?;
-        let mut config = compile::compile(raw, fingerprint, env)?;
+        let mut config = compile::compile(raw, env)?;
         config.notes = notes;
         Ok(config)
     }

@@ -96,7 +96,10 @@ pub(super) fn introspect(
         ));
     };
     if config.shared_cache.enabled() {
-        match config.shared_cache.read(state.shared.as_ref(), &key, now) {
+        match config
+            .shared_cache
+            .read(state.shared.as_ref(), &settings.scope, &key, now)
+        {
             Some(entry @ Entry::Active { fresh_until, .. }) if now < fresh_until => {
                 state.shared_stats.hits += 1;
                 return match use_entry(config, state, issuer, key, &entry, local.as_ref(), now) {
@@ -169,7 +172,7 @@ pub(super) fn introspect(
         .saturating_add(settings.timeout_ms / 1000 + 2)
         .saturating_add(fleet::extra_wait_seconds(config, issuer));
     let mut flight = Flight::default();
-    let marker = introspection_marker(config, state, &key);
+    let marker = introspection_marker(config, state, settings, &key);
     if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
         return Err(wait(theirs, None));
     }
@@ -180,7 +183,10 @@ pub(super) fn introspect(
         .get_mut(issuer)
         .is_some_and(|budget| budget.spend(asking.client, now));
     if !spent {
-        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+        flight.succeeded(
+            introspection_marker(config, state, settings, &key).as_ref(),
+            0,
+        );
         return Err(Verdict::Deny(Denial::Overloaded {
             bound: Bound::IntrospectionBudget,
         }));
@@ -231,12 +237,18 @@ fn in_flight_full(state: &mut State, client: Option<&str>, now: u64) -> bool {
 }
 
 /// Where a token's introspection is claimed in shared data, when the
-/// shared cache is on.
-fn introspection_marker<'a>(config: &Config, state: &'a State, key: &Digest) -> Option<Marker<'a>> {
+/// shared cache is on: for the issuer's answer scope, so a configuration
+/// that accepts answers differently neither waits nor is waited for.
+fn introspection_marker<'a>(
+    config: &Config,
+    state: &'a State,
+    settings: &Introspection,
+    key: &Digest,
+) -> Option<Marker<'a>> {
     config.shared_cache.enabled().then(|| Marker {
         store: state.shared.as_ref(),
         key: config.shared_cache.marker_key(key),
-        subject: config.shared_cache.marker_subject(key),
+        subject: config.shared_cache.marker_subject(&settings.scope, key),
         worker: state.worker,
     })
 }
@@ -373,7 +385,12 @@ pub(super) fn finish_introspection(
     // Released once the answer is in shared data: a worker that polls and
     // finds no marker finds the answer.
     if let Some((mut flight, _)) = flight {
-        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+        let settings = config
+            .issuers
+            .get(issuer)
+            .and_then(|i| i.introspection.as_ref());
+        let marker = settings.and_then(|s| introspection_marker(config, state, s, &key));
+        flight.succeeded(marker.as_ref(), 0);
     }
     outcome
 }
@@ -418,7 +435,6 @@ fn settle_introspection(
         Ok(reply) => introspection::interpret(reply).map_err(|e| e.to_string()),
         Err(why) => Err(format!("the callout could not be dispatched: {why}")),
     };
-    let issuer_u16 = u16::try_from(issuer).unwrap_or(u16::MAX);
     let (outcome, result) = match interpreted {
         Ok(Answer::Active(claims)) => {
             let json = serde_json::Value::Object(claims.clone()).to_string();
@@ -458,14 +474,15 @@ fn settle_introspection(
             }
             if fresh_until > now {
                 let entry = Entry::Active {
-                    issuer: issuer_u16,
+                    issuer: settings.scope,
                     fresh_until,
                     stale_until: settings.stale_until(fresh_until),
                     json: json.into_bytes(),
                 };
-                if shared.write(state.shared.as_ref(), &key, &entry, now) == Written::Evicted {
-                    state.shared_stats.evictions += 1;
-                }
+                count_write(
+                    state,
+                    shared.write(state.shared.as_ref(), &key, &entry, now),
+                );
             }
             let result = if outcome.is_ok() {
                 IntrospectionResult::Active
@@ -480,10 +497,13 @@ fn settle_introspection(
             if settings.negative_ttl_seconds > 0 {
                 state.rejected.insert(key, denial.clone(), until, now);
                 let entry = Entry::Inactive {
-                    issuer: issuer_u16,
+                    issuer: settings.scope,
                     until,
                 };
-                shared.write(state.shared.as_ref(), &key, &entry, now);
+                count_write(
+                    state,
+                    shared.write(state.shared.as_ref(), &key, &entry, now),
+                );
             }
             (Err(denial), IntrospectionResult::Inactive)
         }
@@ -549,34 +569,40 @@ pub(super) fn finish_from_fleet(
         fresh_until,
         now,
     );
-    if let (Ok(grant), Some(settings)) = (
-        &outcome,
-        config
-            .issuers
-            .get(issuer)
-            .and_then(|i| i.introspection.as_ref()),
-    ) {
+    let settings = config
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.introspection.as_ref());
+    if let (Ok(grant), Some(settings)) = (&outcome, settings) {
         let until = settings.fresh_until(grant.expires_at, now).min(fresh_until);
         if until > now {
             let entry = Entry::Active {
-                issuer: u16::try_from(issuer).unwrap_or(u16::MAX),
+                issuer: settings.scope,
                 fresh_until: until,
                 stale_until: stale_until.max(until),
                 json: json.into_bytes(),
             };
-            if config
+            let written = config
                 .shared_cache
-                .write(state.shared.as_ref(), &key, &entry, now)
-                == Written::Evicted
-            {
-                state.shared_stats.evictions += 1;
-            }
+                .write(state.shared.as_ref(), &key, &entry, now);
+            count_write(state, written);
         }
     }
     if let Some((mut flight, _)) = flight {
-        flight.succeeded(introspection_marker(config, state, &key).as_ref(), 0);
+        let marker = settings.and_then(|s| introspection_marker(config, state, s, &key));
+        flight.succeeded(marker.as_ref(), 0);
     }
     (issuer, (key, outcome))
+}
+
+/// Counts what a write into the shared table did: an empty way filled, or
+/// another token's live answer evicted.
+fn count_write(state: &mut State, written: Written) {
+    match written {
+        Written::Filled => state.shared_stats.fills += 1,
+        Written::Evicted => state.shared_stats.evictions += 1,
+        _ => {}
+    }
 }
 
 /// Under `failure_mode: serve_stale`, the cached active answer past its TTL
@@ -589,7 +615,10 @@ fn stale(
     local: Option<&Rc<Grant>>,
     now: u64,
 ) -> Option<Rc<Grant>> {
-    let entry = config.shared_cache.read(state.shared.as_ref(), &key, now)?;
+    let scope = config.issuers.get(issuer)?.introspection.as_ref()?.scope;
+    let entry = config
+        .shared_cache
+        .read(state.shared.as_ref(), &scope, &key, now)?;
     let Entry::Active { json, .. } = &entry else {
         return None;
     };
@@ -799,8 +828,10 @@ mod tests {
         // Issue 18: the entries named their configuration, the markers did
         // not: a second listener (or the configuration replacing this one)
         // waited for this one's callout, then found an answer it cannot read.
+        // Now both are named by the issuer's answer scope: here a cache
+        // lifetime that differs.
         let a = config("", "");
-        let b = config(r#","timeout_ms":1500"#, "");
+        let b = config(r#","max_ttl_seconds":120"#, "");
         let store = Rc::new(MemoryStore::default());
         let mut on_a = worker(&a, &store, 1);
         let mut on_b = worker(&b, &store, 2);
@@ -827,6 +858,35 @@ mod tests {
             ask(&a, &mut also_a, "opaque-y", NOW),
             Verdict::Wait(Wait { fetch: None, .. })
         ));
+    }
+
+    #[test]
+    fn a_configuration_that_changes_no_answer_scope_waits_for_and_reads_the_others_answer() {
+        // A policy edit (and another callout timeout): the issuer's answers
+        // mean the same, so the replacing configuration keeps them.
+        let a = config("", "");
+        let b = config(r#","timeout_ms":1500"#, r#","policy":{"GET /api":"read"}"#);
+        let store = Rc::new(MemoryStore::default());
+        let mut on_a = worker(&a, &store, 1);
+        let mut on_b = worker(&b, &store, 2);
+        let (_, resume) = expect_callout(ask(&a, &mut on_a, "opaque-x", NOW));
+        assert!(matches!(
+            ask(&b, &mut on_b, "opaque-x", NOW),
+            Verdict::Wait(Wait { fetch: None, .. })
+        ));
+        let _ = settle(
+            &a,
+            &mut on_a,
+            resume,
+            Ok(&answer(200, &active(NOW + 600))),
+            NOW,
+        );
+        assert!(matches!(
+            ask(&b, &mut on_b, "opaque-x", NOW),
+            Verdict::Allow(_)
+        ));
+        assert_eq!(on_b.shared_stats.hits, 1);
+        assert_eq!(on_a.shared_stats.fills, 1);
     }
 
     #[test]
