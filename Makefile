@@ -10,6 +10,7 @@
 #   make compose       render demo/envoy-compose.yaml (the Envoy of demo/docker-compose.yml) from envoy/demo.yaml
 #   make bench         build, then oauth-pep vs pass-through, a no-op wasm filter and jwt_authn, then the cold start (writes bench/RESULTS.md)
 #   make bench-cold-start  seconds from Envoy's start to its first answer: no filter, the wasm floor, native jwt_authn, oauth-pep (1 and 2 workers)
+#   make bench-rss     Envoy's RSS while 100,000 distinct valid tokens go through 2 workers
 #   make bench-policy  the core's policy benchmark
 #   make profile-hot-path  the cached decision's cost in V8 (Node) and natively
 #   make profile-crypto    one pure-Rust signature check per algorithm, in V8 (Node) and natively
@@ -47,8 +48,13 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
+<<<<<<< HEAD
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools etcd compose build image test fmt-check clippy test-native test-wasm \
         test-integration demo demo-uma bench bench-noop bench-cold-start wrk bench-policy profile-hot-path profile-crypto vectors
+=======
+.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
+        test-integration demo demo-uma bench bench-noop bench-cold-start bench-rss wrk bench-policy profile-hot-path profile-crypto vectors
+>>>>>>> main
 
 help:
 	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
@@ -190,6 +196,12 @@ bench: setup build bench-noop wrk
 COLD_ARGS ?=
 bench-cold-start: demo-setup build bench-noop
 	$(VPY) bench/cold_start.py $(COLD_ARGS)
+
+# Envoy's RSS while 100,000 distinct valid tokens go through 2 workers (issue 22);
+# prints its table. RSS_ARGS="--append bench/RESULTS.md" adds it there.
+RSS_ARGS ?=
+bench-rss: setup build wrk
+	$(VPY) bench/rss_curve.py $(RSS_ARGS)
 
 # The wasm floor: its own manifest and Cargo.lock (not a workspace member), built offline.
 bench-noop:

@@ -3,6 +3,6 @@
 import { readFile } from 'node:fs/promises';
 import { WASI } from 'node:wasi';
 
-const wasi = new WASI({ version: 'preview1', args: [] });
+const wasi = new WASI({ version: 'preview1', args: process.argv.slice(2) });
 const module = await WebAssembly.compile(await readFile(process.argv[2]));
 wasi.start(await WebAssembly.instantiate(module, wasi.getImportObject()));

@@ -283,6 +283,8 @@ struct Shared<H> {
     envoy: bool,
     /// Which of Envoy's routing facts to read for each request.
     routing_needs: RoutingNeeds,
+    /// Whether to read the client's address for each request (a host call).
+    reads_client: bool,
     host: H,
     cache_counts: RefCell<CacheCounts>,
 }
@@ -294,6 +296,7 @@ impl<H: Door> Shared<H> {
         Shared {
             waits: config.waits,
             routing_needs: routing_needs(&config.upstream_oauth),
+            reads_client: config.needs_client_address(),
             config,
             state: RefCell::new(state),
             callouts: RefCell::default(),
@@ -744,24 +747,13 @@ impl<H: Door> Shared<H> {
             self.host.increment(counter, 1);
         }
         let request_id = header(headers, "x-request-id");
-        let mut line = format!(
-            "denied status={} reason={} request_id={} method={} path={}",
-            denial.status(),
-            denial.code(),
-            log_value(request_id.unwrap_or("-")),
-            log_value(header(headers, ":method").unwrap_or("-")),
-            log_value(&header(headers, ":path").map_or_else(
-                || "-".into(),
-                |raw| target_for_log(raw, &self.config.token_sources)
-            )),
-        );
-        for (key, value) in denial.log_fields() {
-            line.push_str(&format!(" {key}={}", log_value(&value)));
-        }
-        if denial.status() == 503 {
-            warn!("{line}");
+        let level = if denial.status() == 503 {
+            log::Level::Warn
         } else {
-            info!("{line}");
+            log::Level::Info
+        };
+        if log::log_enabled!(level) {
+            self.log_denial(level, headers, request_id, denial);
         }
         if self.envoy {
             self.host.set_reason_filter_state(denial.code());
@@ -776,6 +768,32 @@ impl<H: Door> Shared<H> {
             request_id,
             self.config.error_body,
         ));
+    }
+
+    /// The denial's one `key=value` line, built only when `level` is
+    /// logged (the check costs nothing; the line, a few allocations).
+    fn log_denial(
+        &self,
+        level: log::Level,
+        headers: &Headers,
+        request_id: Option<&str>,
+        denial: &Denial,
+    ) {
+        let mut line = format!(
+            "denied status={} reason={} request_id={} method={} path={}",
+            denial.status(),
+            denial.code(),
+            log_value(request_id.unwrap_or("-")),
+            log_value(header(headers, ":method").unwrap_or("-")),
+            log_value(&header(headers, ":path").map_or_else(
+                || "-".into(),
+                |raw| target_for_log(raw, &self.config.token_sources)
+            )),
+        );
+        for (key, value) in denial.log_fields() {
+            line.push_str(&format!(" {key}={}", log_value(&value)));
+        }
+        log::log!(level, "{line}");
     }
 }
 
@@ -1013,7 +1031,11 @@ impl HttpContext for Filter {
             self.id,
             Facts {
                 headers: host::request_headers(),
-                client: host::client_address().map(Rc::from),
+                client: if self.shared.reads_client {
+                    host::client_address().map(Rc::from)
+                } else {
+                    None
+                },
                 peer_certificate: host::peer_certificate_digest().map(Rc::from),
                 routing: host::routing(self.shared.routing_needs).map(Rc::new),
                 ended: end_of_stream,

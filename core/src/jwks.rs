@@ -92,7 +92,14 @@ pub struct KeyEntry {
 #[derive(Default)]
 pub struct KeySet {
     entries: Vec<KeyEntry>,
+    /// P-256 keys given a comb table so far (at most [`MAX_P256_TABLES`]).
+    p256_tables: usize,
 }
+
+/// P-256 keys of one key set that get a comb table for the pure-Rust ES256
+/// check ([`crate::es256`], about 18 KB each): a JWKS rarely has more than
+/// two or three; the others are checked without one, about 4× slower in wasm.
+pub const MAX_P256_TABLES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyLookupError {
@@ -315,7 +322,14 @@ impl KeySet {
         if serves.is_empty() {
             return Ok(0);
         }
-        let key = key_material(jwk, kind)?;
+        let mut key = key_material(jwk, kind)?;
+        if kind == KeyKind::P256
+            && serves.contains(&Alg::ES256)
+            && self.p256_tables < MAX_P256_TABLES
+        {
+            key = key.with_table();
+            self.p256_tables += 1;
+        }
         for alg in &serves {
             self.entries.push(KeyEntry {
                 kid: jwk.kid.clone(),
@@ -483,6 +497,48 @@ mod tests {
             Err(KeyLookupError::Ambiguous { candidates: 2, .. })
         ));
         assert!(set.find(None, Alg::EdDSA).is_ok());
+    }
+
+    /// Only the first [`MAX_P256_TABLES`] P-256 keys of a document get a
+    /// comb table; every key still verifies.
+    #[test]
+    fn comb_tables_for_the_first_p256_keys_only() {
+        use crate::verify::SignatureVerifier as _;
+        use p256::ecdsa::signature::Signer as _;
+        use p256::ecdsa::{Signature, SigningKey};
+        let signers: Vec<SigningKey> = (1..=MAX_P256_TABLES as u8 + 2)
+            .map(|i| SigningKey::from_slice(&[i; 32]).unwrap())
+            .collect();
+        let keys: Vec<serde_json::Value> = signers
+            .iter()
+            .enumerate()
+            .map(|(i, signer)| {
+                let point = signer.verifying_key().to_sec1_point(false);
+                let bytes = point.as_bytes();
+                serde_json::json!({"kty":"EC","crv":"P-256","kid":format!("ec{i}"),
+                    "x":b64u(&bytes[1..33]),"y":b64u(&bytes[33..65])})
+            })
+            .collect();
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        let (set, _) = KeySet::from_jwks(doc.as_bytes(), KeyAlgs::listed(&[Alg::ES256])).unwrap();
+        let tabled: Vec<bool> = set
+            .entries
+            .iter()
+            .map(|e| matches!(&e.key, KeyMaterial::P256 { table: Some(_), .. }))
+            .collect();
+        assert_eq!(tabled.len(), MAX_P256_TABLES + 2);
+        assert!(tabled[..MAX_P256_TABLES].iter().all(|&t| t));
+        assert!(tabled[MAX_P256_TABLES..].iter().all(|&t| !t));
+        for (entry, signer) in set.entries.iter().zip(&signers) {
+            let signature: Signature = signer.sign(b"input");
+            let bytes = signature.to_bytes();
+            assert!(crate::verify::PureRustVerifier
+                .verify(Alg::ES256, &entry.key, b"input", &bytes)
+                .is_ok());
+            assert!(crate::verify::PureRustVerifier
+                .verify(Alg::ES256, &entry.key, b"other", &bytes)
+                .is_err());
+        }
     }
 
     fn b64u(bytes: &[u8]) -> String {

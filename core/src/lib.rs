@@ -29,6 +29,7 @@ pub mod config_error;
 pub mod consumer;
 pub mod dpop;
 pub mod engine;
+pub mod es256;
 pub mod etcd;
 pub mod exchange;
 pub mod extract;

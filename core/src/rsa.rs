@@ -2,15 +2,16 @@
 //! public-key operations only, for the pure-Rust verifier.
 //!
 //! Why not the `rsa` crate: its public operation took 1.3 ms per RSA-2048
-//! verify in V8 (a generic `modpow` over `num-bigint-dig`); here the
-//! Montgomery parameters are computed once, when the key is loaded, and the
-//! fixed exponent 65537 (the only one [`crate::verify::KeyMaterial::rsa`]
-//! accepts) is 16 squarings and one multiplication. Nothing here is secret:
-//! the signature, the key and the message are all public, so variable time is
-//! fine.
-
-use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
-use crypto_bigint::{BoxedUint, Odd};
+//! verify in V8 (a generic `modpow` over `num-bigint-dig`). Why not
+//! `crypto-bigint` (used here until December 2026, 152–170 µs per verify in
+//! V8): its limbs are 64 bits on wasm32, and wasm has no 64×64→128-bit
+//! multiply, so each limb product is a call to `__multi3` (a third of the
+//! time in a V8 profile). Here the limbs are 32 bits, each product is one
+//! native `i64.mul`, and the Montgomery parameters are computed once, when the
+//! key is loaded; the fixed exponent 65537 (the only one
+//! [`crate::verify::KeyMaterial::rsa`] accepts) is 16 squarings and one
+//! multiplication. Nothing here is secret: the signature, the key and the
+//! message are all public, so variable time is fine.
 
 /// A public key ready for verification. The modulus is odd and 2048 to 4096
 /// bits, and e = 65537: checked by the caller before [`RsaKey::new`].
@@ -19,7 +20,7 @@ pub struct RsaKey {
     /// The modulus, big-endian, without leading zeros: `k` bytes.
     modulus: Box<[u8]>,
     bits: u32,
-    params: BoxedMontyParams,
+    params: Montgomery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +40,15 @@ pub enum Padding {
 impl RsaKey {
     /// `modulus` big-endian without leading zeros, odd.
     pub fn new(modulus: &[u8]) -> Option<RsaKey> {
-        let bits = precision(modulus.len())?;
-        let n = BoxedUint::from_be_slice(modulus, bits).ok()?;
-        let odd = Option::<Odd<BoxedUint>>::from(Odd::new(n))?;
         let top = modulus.first()?;
+        if *top == 0 {
+            return None;
+        }
+        let bits = (u32::try_from(modulus.len()).ok()? - 1) * 8 + (8 - top.leading_zeros());
         Some(RsaKey {
             modulus: modulus.into(),
-            bits: (modulus.len() as u32 - 1) * 8 + (8 - top.leading_zeros()),
-            params: BoxedMontyParams::new_vartime(odd),
+            bits,
+            params: Montgomery::new(&limbs(modulus), bits)?,
         })
     }
 
@@ -68,23 +70,188 @@ impl RsaKey {
         if signature.len() != k || signature >= &self.modulus[..] {
             return None;
         }
-        let s = BoxedUint::from_be_slice(signature, self.params.bits_precision()).ok()?;
-        let base = BoxedMontyForm::new(s, &self.params);
-        let mut power = base.clone();
+        let m = &self.params;
+        let s = limbs(signature);
+        let mut scratch = Vec::new();
+        let base = m.mul(&s, &m.r2, &mut scratch);
+        let mut power = base;
         for _ in 0..16 {
-            power = power.square();
+            power = m.square(&power, &mut scratch);
         }
-        let m = power.mul(&base).retrieve().to_be_bytes();
-        let skip = m.len().checked_sub(k)?;
-        let (high, low) = m.split_at(skip);
-        high.iter().all(|&b| b == 0).then(|| low.to_vec())
+        // (s^65536·R)·s·R⁻¹: the last multiplication also leaves the
+        // Montgomery domain.
+        let result = m.mul(&power, &s, &mut scratch);
+        let mut out: Vec<u8> = result.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
+        let skip = out.len().checked_sub(k)?;
+        if out.iter().take(skip).any(|&b| b != 0) {
+            return None;
+        }
+        out.drain(..skip);
+        Some(out)
     }
 }
 
-/// Bits of precision for a modulus of `bytes` bytes, rounded up to whole limbs.
-fn precision(bytes: usize) -> Option<u32> {
-    let bits = u32::try_from(bytes.checked_mul(8)?).ok()?;
-    Some(bits.div_ceil(64) * 64)
+/// Big-endian bytes as little-endian 32-bit limbs (the first limb the least
+/// significant), `ceil(len / 4)` of them.
+fn limbs(be: &[u8]) -> Vec<u32> {
+    be.rchunks(4)
+        .map(|chunk| chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
+        .collect()
+}
+
+/// Montgomery arithmetic modulo an odd `n` of `L` 32-bit limbs, R = 2^(32·L).
+/// 32-bit limbs because a 32×32→64-bit product is one `i64.mul` in wasm.
+#[derive(Clone)]
+struct Montgomery {
+    n: Vec<u32>,
+    /// -n⁻¹ mod 2^32.
+    n0_inv: u32,
+    /// R² mod n: multiplying by it enters the Montgomery domain.
+    r2: Vec<u32>,
+}
+
+impl Montgomery {
+    /// `n` odd, little-endian limbs, the top limb non-zero, `bits` its length.
+    fn new(n: &[u32], bits: u32) -> Option<Montgomery> {
+        let n0 = *n.first()?;
+        if n0 & 1 == 0 || n.last().is_none_or(|&top| top == 0) {
+            return None;
+        }
+        // Newton's iteration doubles the correct low bits each step: 1 → 32.
+        let mut inv = 1u32;
+        for _ in 0..5 {
+            inv = inv.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inv)));
+        }
+        // R² mod n: start at 2^(bits-1) (below n) and double mod n up to
+        // 2^(64·L). A few thousand doublings, once per key.
+        let width = u32::try_from(n.len()).ok()?.checked_mul(64)?;
+        let top = bits.checked_sub(1)?;
+        let mut x = vec![0u32; n.len()];
+        *x.get_mut((top / 32) as usize)? = 1 << (top % 32);
+        for _ in top..width {
+            let carry = x.iter_mut().fold(0u32, |carry, limb| {
+                let out = *limb >> 31;
+                *limb = (*limb << 1) | carry;
+                out
+            });
+            if carry == 1 || !less_than(&x, n) {
+                subtract(&mut x, n);
+            }
+        }
+        Some(Montgomery {
+            n: n.to_vec(),
+            n0_inv: inv.wrapping_neg(),
+            r2: x,
+        })
+    }
+
+    /// a·b·R⁻¹ mod n, for a, b < n of `L` limbs (shorter inputs are
+    /// zero-extended).
+    fn mul(&self, a: &[u32], b: &[u32], t: &mut Vec<u32>) -> Vec<u32> {
+        self.start(t);
+        for (i, &b_i) in b.iter().enumerate() {
+            if let Some(window) = t.get_mut(i..) {
+                mul_add(window, a, b_i);
+            }
+        }
+        self.reduce(t)
+    }
+
+    /// a²·R⁻¹ mod n: each cross product a_i·a_j (i < j) once, doubled, then
+    /// the squares a_i² added: about half the products of [`Self::mul`].
+    fn square(&self, a: &[u32], t: &mut Vec<u32>) -> Vec<u32> {
+        self.start(t);
+        for (i, &a_i) in a.iter().enumerate() {
+            if let (Some(window), Some(rest)) = (t.get_mut(2 * i + 1..), a.get(i + 1..)) {
+                mul_add(window, rest, a_i);
+            }
+        }
+        t.iter_mut().fold(0u32, |carry, limb| {
+            let out = *limb >> 31;
+            *limb = (*limb << 1) | carry;
+            out
+        });
+        let mut carry = 0u64;
+        for (pair, &a_i) in t.chunks_exact_mut(2).zip(a) {
+            let square = u64::from(a_i) * u64::from(a_i);
+            for (limb, add) in pair.iter_mut().zip([square & 0xffff_ffff, square >> 32]) {
+                let sum = u64::from(*limb) + add + carry;
+                *limb = sum as u32;
+                carry = sum >> 32;
+            }
+        }
+        if let Some(top) = t.last_mut() {
+            *top = top.wrapping_add(carry as u32);
+        }
+        self.reduce(t)
+    }
+
+    /// Zeroed scratch of `2L + 1` limbs for a product.
+    fn start(&self, t: &mut Vec<u32>) {
+        t.clear();
+        t.resize(2 * self.n.len() + 1, 0);
+    }
+
+    /// Montgomery reduction of a product t < n·R: t·R⁻¹ mod n, one step per
+    /// limb of n (each makes the lowest limb zero), then the upper half,
+    /// below 2n, brought below n by at most one subtraction.
+    fn reduce(&self, t: &mut [u32]) -> Vec<u32> {
+        let l = self.n.len();
+        for i in 0..l {
+            if let Some(window) = t.get_mut(i..) {
+                let m = window
+                    .first()
+                    .map_or(0, |&t_i| t_i.wrapping_mul(self.n0_inv));
+                mul_add(window, &self.n, m);
+            }
+        }
+        let mut result: Vec<u32> = t.iter().skip(l).copied().collect();
+        let high = result.pop().unwrap_or(0);
+        if high != 0 || !less_than(&result, &self.n) {
+            subtract(&mut result, &self.n);
+        }
+        result
+    }
+}
+
+/// t += x·y, the carry run up through the rest of `t`.
+#[inline]
+fn mul_add(t: &mut [u32], x: &[u32], y: u32) {
+    let y = u64::from(y);
+    let mut carry = 0u64;
+    let mut rest = t.iter_mut();
+    // `x` first: when it ends, `zip` does not take another limb of `rest`.
+    for (&x_j, t_j) in x.iter().zip(rest.by_ref()) {
+        let sum = u64::from(*t_j) + u64::from(x_j) * y + carry;
+        *t_j = sum as u32;
+        carry = sum >> 32;
+    }
+    for t_j in rest {
+        if carry == 0 {
+            break;
+        }
+        let sum = u64::from(*t_j) + carry;
+        *t_j = sum as u32;
+        carry = sum >> 32;
+    }
+}
+
+/// a < b, both little-endian and of the same length.
+fn less_than(a: &[u32], b: &[u32]) -> bool {
+    a.iter().rev().cmp(b.iter().rev()) == std::cmp::Ordering::Less
+}
+
+/// a -= b mod 2^(32·len): the borrow out of the top is dropped (callers
+/// subtract n from a value in [n, 2n) whose top bit went out as a carry).
+fn subtract(a: &mut [u32], b: &[u32]) {
+    let mut borrow = 0u64;
+    for (a_j, &b_j) in a.iter_mut().zip(b) {
+        let diff = u64::from(*a_j)
+            .wrapping_sub(u64::from(b_j))
+            .wrapping_sub(borrow);
+        *a_j = diff as u32;
+        borrow = (diff >> 63) & 1;
+    }
 }
 
 impl Hash {
@@ -311,5 +478,55 @@ mod tests {
         assert!(key.public_operation(&[0xffu8; K]).is_none());
         assert!(key.public_operation(&[0x01u8; K - 1]).is_none());
         assert!(key.public_operation(&[0x01u8; K]).is_some());
+    }
+
+    /// The public operation against crypto-bigint's, on moduli of several
+    /// shapes (a whole number of limbs or not, 2048 to 4096 bits) and
+    /// pseudo-random signatures below them.
+    #[test]
+    fn the_public_operation_matches_crypto_bigint() {
+        use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
+        use crypto_bigint::{BoxedUint, Odd};
+
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        };
+        for (len, top) in [
+            (256, 0xffu8),
+            (256, 0x80),
+            (255, 0x01),
+            (384, 0xc3),
+            (512, 0xa5),
+            (257, 0x01),
+        ] {
+            for _ in 0..3 {
+                let mut modulus: Vec<u8> = (0..len).map(|_| next()).collect();
+                modulus[0] = top;
+                modulus[len - 1] |= 1;
+                let mut signature: Vec<u8> = (0..len).map(|_| next()).collect();
+                signature[0] = top.saturating_sub(1);
+                let Some(key) = RsaKey::new(&modulus) else {
+                    panic!("an odd {len}-byte modulus loads");
+                };
+                let ours = key.public_operation(&signature);
+
+                let precision = (len as u32 * 8).div_ceil(64) * 64;
+                let n = BoxedUint::from_be_slice(&modulus, precision).unwrap();
+                let params = BoxedMontyParams::new_vartime(Odd::new(n).unwrap());
+                let s = BoxedUint::from_be_slice(&signature, precision).unwrap();
+                let base = BoxedMontyForm::new(s, &params);
+                let mut power = base.clone();
+                for _ in 0..16 {
+                    power = power.square();
+                }
+                let theirs = power.mul(&base).retrieve().to_be_bytes();
+                let theirs = theirs[theirs.len() - len..].to_vec();
+                assert_eq!(ours, Some(theirs), "{len} bytes, top {top:#x}");
+            }
+        }
     }
 }

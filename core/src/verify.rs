@@ -8,11 +8,13 @@
 //! not of small order.
 
 use std::fmt;
+use std::sync::Arc;
 
 use ed25519_compact as ed25519;
 use p256::ecdsa::signature::Verifier as _;
 
 use crate::alg::Alg;
+use crate::es256::{self, KeyTable};
 use crate::rsa::{self, RsaKey};
 
 const MIN_RSA_BITS: usize = 2048;
@@ -29,6 +31,9 @@ pub enum KeyMaterial {
     P256 {
         key: p256::ecdsa::VerifyingKey,
         spki: Box<[u8]>,
+        /// The comb table for the pure-Rust check ([`crate::es256`]), for
+        /// the first few keys of a JWKS only.
+        table: Option<Arc<KeyTable>>,
     },
     P384 {
         key: p384::ecdsa::VerifyingKey,
@@ -85,7 +90,21 @@ impl KeyMaterial {
         Ok(KeyMaterial::P256 {
             key,
             spki: der::ec_spki(der::OID_P256, &point).into_boxed_slice(),
+            table: None,
         })
+    }
+
+    /// The same key with a comb table for [`crate::es256`] if it is a
+    /// P-256 key (about 18 KB; see [`crate::jwks::MAX_P256_TABLES`]).
+    pub fn with_table(self) -> KeyMaterial {
+        match self {
+            KeyMaterial::P256 { key, spki, .. } => {
+                es256::prepare();
+                let table = Some(Arc::new(KeyTable::new(&key)));
+                KeyMaterial::P256 { key, spki, table }
+            }
+            other => other,
+        }
     }
 
     /// A P-384 point from its affine coordinates.
@@ -169,8 +188,9 @@ pub trait SignatureVerifier {
     ) -> Result<(), VerifyError>;
 }
 
-/// Verification in pure Rust (RustCrypto's P-256/P-384, our own RSA over
-/// crypto-bigint in [`crate::rsa`], ed25519-compact,
+/// Verification in pure Rust (RustCrypto's P-256/P-384, with comb tables
+/// for ES256 where the key has one ([`crate::es256`]), our own RSA in
+/// [`crate::rsa`], ed25519-compact,
 /// constant-time HMAC comparison from hmac-sha256/hmac-sha512).
 pub struct PureRustVerifier;
 
@@ -187,6 +207,12 @@ impl SignatureVerifier for PureRustVerifier {
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
                 KeyMaterial::Rsa { key, .. },
             ) => rsa_verify(alg, key, signing_input, signature),
+            (
+                Alg::ES256,
+                KeyMaterial::P256 {
+                    table: Some(table), ..
+                },
+            ) => es256::verify(table, signing_input, fixed::<64>(alg, signature)?),
             (Alg::ES256, KeyMaterial::P256 { key, .. }) => {
                 let sig = p256::ecdsa::Signature::from_slice(fixed::<64>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;

@@ -193,6 +193,27 @@ impl Config {
         }
     }
 
+    /// Whether a decision may read the client's address: only introspection
+    /// budgets, UMA and upstream OAuth (token exchange) count calls per
+    /// client. Without them the glue does not ask the host (a property read
+    /// on every request).
+    pub fn needs_client_address(&self) -> bool {
+        self.issuers.iter().any(|i| i.introspection.is_some())
+            || self.uma.is_some()
+            || !self.upstream_oauth.is_empty()
+    }
+
+    /// Whether a decision may read the connection's client certificate:
+    /// only for an issuer whose tokens may be certificate-bound, with the
+    /// certificate read from the connection.
+    pub fn needs_peer_certificate(&self) -> bool {
+        self.client_certificate.source == crate::mtls::CertificateSource::Connection
+            && self
+                .issuers
+                .iter()
+                .any(|i| i.certificate_bound != crate::mtls::CertificateBound::Off)
+    }
+
     /// What this configuration needs of its host that a host other than
     /// Envoy lacks: Kong's ngx_wasm_module has no peer-certificate
     /// attribute, so `certificate_bound: "required"` with certificates read
@@ -293,6 +314,24 @@ mod tests {
                 "{json}\n  gave: {e}\n  expected: {expected}"
             );
         }
+    }
+
+    /// The glue reads the client's address and certificate only where a
+    /// decision may use them (each is a host call on every request).
+    #[test]
+    fn the_connection_facts_a_decision_reads() {
+        let load = |json: &str| Config::from_json(json.as_bytes(), &|_| None).unwrap();
+        let jwt = r#"{"issuers":[{"issuer":"https://a.test","audiences":"any","shared_secret":"0123456789abcdef0123456789abcdef"#;
+        let plain = load(&format!("{jwt}\"}}]}}"));
+        assert!(!plain.needs_client_address());
+        // `certificate_bound` is "allowed" by default: a bound token is checked.
+        assert!(plain.needs_peer_certificate());
+        let off = load(&format!("{jwt}\",\"certificate_bound\":\"off\"}}]}}"));
+        assert!(!off.needs_peer_certificate());
+        let introspecting = load(
+            r#"{"issuers":[{"issuer":"https://a.test","audiences":"any","introspection":{"endpoint":"https://a.test/i","upstream":"a","client_id":"p","client_secret":"s"}}]}"#,
+        );
+        assert!(introspecting.needs_client_address());
     }
 
     #[test]
