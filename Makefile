@@ -48,13 +48,8 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-<<<<<<< HEAD
 .PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools etcd compose build image test fmt-check clippy test-native test-wasm \
-        test-integration demo demo-uma bench bench-noop bench-cold-start wrk bench-policy profile-hot-path profile-crypto vectors
-=======
-.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
         test-integration demo demo-uma bench bench-noop bench-cold-start bench-rss wrk bench-policy profile-hot-path profile-crypto vectors
->>>>>>> main
 
 help:
 	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
