@@ -1,7 +1,7 @@
 """The fleet cache on etcd through real Envoys: two Envoy processes (two
 workers each) share introspection answers through an etcd 3.4 with auth on,
 whose role confines the gateway's user to its prefix. One introspection per
-token for both; every etcd failure (down, slow, refusing, poisoned entries)
+token for both (tests/authserver.py and oidc-provider count them); every etcd failure (down, slow, refusing, poisoned entries)
 ends where the filter is without the fleet cache, never at allow.
 
 etcd is Debian's etcd-server (`make setup`), started here on 127.0.0.1 with a
@@ -365,3 +365,20 @@ def test_a_hot_entry_near_its_end_is_refreshed_early_by_one_instance(start_envoy
     harness.wait_until(lambda: etcd.get(location(authserver.issuer, token)) != first, 5,
                        what="the refreshed entry written")
     assert stat(b, "claims.result.won") == 1
+
+
+def test_oidc_provider_tokens_are_introspected_once_for_two_instances(start_envoy, etcd, oidc_provider):
+    import oidc_provider as oidc_op
+    op = oidc_provider
+    cfg = {"realm": "fleet-op",
+           "issuers": [{"issuer": op.issuer, "audiences": "any", "discovery": True, "upstream": "op",
+                        "introspection": {"client_id": oidc_op.PEP[0], "client_secret": oidc_op.PEP[1]}}],
+           "fleet_cache": fleet_block(etcd)}
+    clusters = {"etcd": etcd.port, "op": op.port}
+    a, b = start_pair(start_envoy, cfg, etcd, clusters)
+    token = op.token("read write")
+    assert a.wait_status("/api", 200, token=token, timeout=20).status_code == 200
+    harness.wait_until(lambda: etcd.get(location(op.issuer, token)), 5, what="the answer in etcd")
+    assert b.wait_status("/api", 200, token=token, timeout=20).status_code == 200
+    assert len(op.calls("introspection", token)) == 1
+    assert stat(b, "reads.result.hit") == 1

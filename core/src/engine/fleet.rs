@@ -181,16 +181,25 @@ fn identity(config: &Config, issuer: usize) -> Option<String> {
 }
 
 /// How much longer requests wait for an introspection that may go through
-/// the fleet first (seconds, rounded up).
+/// the fleet first (seconds, rounded up): reads by two keys, a lease and a
+/// claim, then polls until `claim_wait_ms` (starting on the next tick) and
+/// the last poll's own timeout.
 pub(super) fn extra_wait_seconds(config: &Config, issuer: usize) -> u64 {
     serving(config, issuer).map_or(0, |f| {
-        let ms = f
-            .read_timeout_ms
-            .saturating_mul(4)
-            .saturating_add(if f.single_flight { f.claim_wait_ms } else { 0 });
+        let polls = if f.single_flight {
+            f.claim_wait_ms
+                .saturating_add(f.read_timeout_ms)
+                .saturating_add(TICK_MS)
+        } else {
+            0
+        };
+        let ms = f.read_timeout_ms.saturating_mul(4).saturating_add(polls);
         ms.div_ceil(1000).saturating_add(1)
     })
 }
+
+/// The root's slow tick (the glue's `TICK`): the most a poll waits for it.
+const TICK_MS: u64 = 200;
 
 /// The first etcd call of a token's lookup, instead of asking `ask` at
 /// once; `Err` gives the lookup back when the fleet is not used (not
@@ -725,6 +734,11 @@ pub(super) fn queue_write(
         claim: Vec::new(),
     };
     let value = fleet.seal(&location, &entry);
+    if value.len() > crate::fleet_cache::MAX_VALUE_BYTES {
+        // No reader would take it.
+        state.fleet.count(Counter::FleetWrite { ok: false });
+        return;
+    }
     state.fleet.writes.push_back(PendingFleet {
         step: Step::Put { lease: 0 },
         job: Job::Write {

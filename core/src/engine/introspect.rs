@@ -473,16 +473,8 @@ fn settle_introspection(
                 }
             }
             if fresh_until > now {
-                let entry = Entry::Active {
-                    issuer: settings.scope,
-                    fresh_until,
-                    stale_until: settings.stale_until(fresh_until),
-                    json: json.into_bytes(),
-                };
-                count_write(
-                    state,
-                    shared.write(state.shared.as_ref(), &key, &entry, now),
-                );
+                let times = (fresh_until, settings.stale_until(fresh_until));
+                share_active(config, state, issuer, key, json, times, now);
             }
             let result = if outcome.is_ok() {
                 IntrospectionResult::Active
@@ -519,6 +511,36 @@ fn settle_introspection(
         },
     };
     (issuer, (key, outcome), result)
+}
+
+/// An active answer (its claims' JSON) in shared data, for every worker of
+/// the process, fresh and then stale until the times given.
+fn share_active(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    json: String,
+    (fresh_until, stale_until): (u64, u64),
+    now: u64,
+) {
+    let Some(settings) = config
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.introspection.as_ref())
+    else {
+        return;
+    };
+    let entry = Entry::Active {
+        issuer: settings.scope,
+        fresh_until,
+        stale_until,
+        json: json.into_bytes(),
+    };
+    let written = config
+        .shared_cache
+        .write(state.shared.as_ref(), &key, &entry, now);
+    count_write(state, written);
 }
 
 /// The same introspection again (an early refresh of the fleet's answer,
@@ -569,26 +591,24 @@ pub(super) fn finish_from_fleet(
         fresh_until,
         now,
     );
-    let settings = config
-        .issuers
-        .get(issuer)
-        .and_then(|i| i.introspection.as_ref());
-    if let (Ok(grant), Some(settings)) = (&outcome, settings) {
+    if let (Ok(grant), Some(settings)) = (
+        &outcome,
+        config
+            .issuers
+            .get(issuer)
+            .and_then(|i| i.introspection.as_ref()),
+    ) {
         let until = settings.fresh_until(grant.expires_at, now).min(fresh_until);
         if until > now {
-            let entry = Entry::Active {
-                issuer: settings.scope,
-                fresh_until: until,
-                stale_until: stale_until.max(until),
-                json: json.into_bytes(),
-            };
-            let written = config
-                .shared_cache
-                .write(state.shared.as_ref(), &key, &entry, now);
-            count_write(state, written);
+            let times = (until, stale_until.max(until));
+            share_active(config, state, issuer, key, json, times, now);
         }
     }
     if let Some((mut flight, _)) = flight {
+        let settings = config
+            .issuers
+            .get(issuer)
+            .and_then(|i| i.introspection.as_ref());
         let marker = settings.and_then(|s| introspection_marker(config, state, s, &key));
         flight.succeeded(marker.as_ref(), 0);
     }
