@@ -379,6 +379,17 @@ impl<H: Door> Shared<H> {
                 self.host.send_response(&response);
                 Outcome::Hold
             }
+            Verdict::Receipt(receipt) => {
+                log_note(&receipt.note);
+                for counter in receipt.counters {
+                    self.host.increment(counter, 1);
+                }
+                for (gauge, value) in receipt.gauges {
+                    self.host.set(gauge, value);
+                }
+                self.host.send_response(&receipt.response);
+                Outcome::Hold
+            }
             Verdict::Call { callout, resume } => {
                 let own = self
                     .callouts

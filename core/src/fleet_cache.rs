@@ -580,6 +580,17 @@ impl BreakerState {
     }
 }
 
+/// What the revocation fan-out (`crate::revocation::stored`) signs its deny
+/// entries with: the same fleet keys, current first.
+impl FleetCache {
+    pub fn hmac_keys(&self) -> Vec<Vec<u8>> {
+        std::iter::once(&self.key)
+            .chain(self.previous_key.as_ref())
+            .map(|k| k.0.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]

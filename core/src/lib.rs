@@ -51,6 +51,7 @@ pub mod policy;
 pub mod request;
 pub mod resource;
 pub mod response;
+pub mod revocation;
 pub mod rsa;
 pub mod services;
 pub mod shared_cache;

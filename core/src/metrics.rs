@@ -226,6 +226,44 @@ pub enum Counter {
     FleetWrite {
         ok: bool,
     },
+    /// A security event pushed to the revocation receiver, by outcome.
+    SecurityEvent(SetResult),
+    /// A poll of the fleet's deny entries in etcd that read them all (`ok`)
+    /// or failed.
+    RevocationPoll {
+        ok: bool,
+    },
+    /// A deny entry the poll read: taken, or rejected (bad MAC, malformed).
+    RevocationEntry {
+        taken: bool,
+    },
+}
+
+/// What one pushed security event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetResult {
+    /// Checked, its revocations stored: 202.
+    Accepted,
+    /// Refused for the transmitter to fix (400, 401, 405, 413).
+    Refused,
+    /// Not stored here, for the transmitter to retry (503).
+    Unavailable,
+}
+
+impl SetResult {
+    pub const ALL: [SetResult; 3] = [
+        SetResult::Accepted,
+        SetResult::Refused,
+        SetResult::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SetResult::Accepted => "accepted",
+            SetResult::Refused => "refused",
+            SetResult::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// What one fleet-cache lookup found.
@@ -351,6 +389,8 @@ impl Counter {
 pub enum Gauge {
     /// The verification keys the issuer's last good key set holds.
     KeysLoaded { issuer: usize },
+    /// Live entries in this worker's copy of the deny set (revocations).
+    DenyEntries,
     /// 1 while the fleet cache's breaker skips etcd, else 0.
     FleetBreakerOpen,
 }
@@ -413,6 +453,14 @@ impl Catalogue {
         }
         for result in ExchangeResult::ALL {
             all.push(Metric::Counter(Counter::Exchange(result)));
+        }
+        for result in SetResult::ALL {
+            all.push(Metric::Counter(Counter::SecurityEvent(result)));
+        }
+        all.push(Metric::Gauge(Gauge::DenyEntries));
+        for ok in [true, false] {
+            all.push(Metric::Counter(Counter::RevocationPoll { ok }));
+            all.push(Metric::Counter(Counter::RevocationEntry { taken: ok }));
         }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
@@ -499,6 +547,18 @@ impl Catalogue {
             Metric::Counter(Counter::Overload(bound)) => {
                 format!("{PREFIX}.overloaded.bound.{}", bound.label())
             }
+            Metric::Counter(Counter::SecurityEvent(result)) => {
+                format!("{PREFIX}.security_events.result.{}", result.label())
+            }
+            Metric::Gauge(Gauge::DenyEntries) => format!("{PREFIX}.deny_entries"),
+            Metric::Counter(Counter::RevocationPoll { ok }) => format!(
+                "{PREFIX}.revocation_polls.outcome.{}",
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Counter(Counter::RevocationEntry { taken }) => format!(
+                "{PREFIX}.revocation_entries.result.{}",
+                if taken { "taken" } else { "rejected" }
+            ),
             Metric::Counter(Counter::FleetRead(result)) => {
                 format!("{PREFIX}.fleet_cache.reads.result.{}", result.label())
             }
@@ -725,12 +785,14 @@ mod tests {
             );
         }
         // 1 allowed + one per reason + 8 kinds x (4 outcomes + 1 histogram)
-        // + one per overload bound + 3 exchange results + 4 caches x 3
-        // events + the shared table's fills + 1 issuer x (2 refresh outcomes + 1 gauge + 4
-        // introspection results); no fleet cache, none of its metrics.
+        // + one per overload bound + 3 exchange results + 3 security event
+        // results + the deny set gauge + 2 poll outcomes + 2 entry results
+        // + 4 caches x 3 events + the shared table's fills + 1 issuer x (2
+        // refresh outcomes + 1 gauge + 4 introspection results); no fleet
+        // cache, none of its metrics.
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 13 + 7
+            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 13 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {

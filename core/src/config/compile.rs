@@ -99,7 +99,21 @@ pub(super) fn compile(
             introspection.scope = scope;
         }
     }
-    let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let mut warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let revocation = match raw.revocation {
+        Some(raw) => {
+            let (revocation, warning) = crate::revocation::Revocation::compile(
+                raw,
+                &issuers,
+                rules.max_lifetime_seconds,
+                fleet_cache.as_ref(),
+                env,
+            )?;
+            warnings.extend(warning);
+            Some(revocation)
+        }
+        None => None,
+    };
 
     Ok(Config {
         warnings,
@@ -139,6 +153,7 @@ pub(super) fn compile(
         dpop,
         client_certificate: raw.client_certificate,
         resources,
+        revocation,
     })
 }
 

@@ -176,6 +176,8 @@ pub struct Config {
     /// Protected resources (RFC 9728): their metadata, and the audiences
     /// tokens must name on their paths.
     pub resources: crate::resource::Resources,
+    /// Revocations pushed by a transmitter, and the deny set they fill.
+    pub revocation: Option<crate::revocation::Revocation>,
 }
 
 impl Config {

@@ -346,7 +346,7 @@ fn admit(
             match Grant::from_token(&token, &config.grant_keeps()) {
                 Ok(mut grant) => {
                     grant.phantom = phantom;
-                    grant
+                    super::revoke::keyed(config, grant, &token)
                 }
                 Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Claim(e))),
             }

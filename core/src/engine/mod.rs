@@ -14,9 +14,11 @@ mod authenticate;
 mod authorize;
 mod bind;
 mod exchange;
+mod fanout;
 mod fleet;
 mod introspect;
 mod resume;
+mod revoke;
 mod state;
 mod uma;
 mod upstream;
@@ -39,6 +41,7 @@ use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
 pub use exchange::PendingExchange;
+pub use fanout::PendingDeny;
 pub use fleet::PendingFleet;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
@@ -136,6 +139,18 @@ pub enum Verdict {
     /// Answer the request from the filter, not as a denial: a protected
     /// resource's metadata document (RFC 9728), needing no token.
     Respond(HttpResponse),
+    /// The revocation receiver's answer to a pushed security event, with
+    /// its log line and the metrics it moves.
+    Receipt(Box<Receipt>),
+}
+
+/// See [`Verdict::Receipt`].
+#[derive(Debug, PartialEq)]
+pub struct Receipt {
+    pub response: HttpResponse,
+    pub note: Note,
+    pub counters: Vec<crate::metrics::Counter>,
+    pub gauges: Vec<(crate::metrics::Gauge, u64)>,
 }
 
 /// See [`Verdict::ReadBody`].
@@ -183,6 +198,9 @@ pub enum Resume {
     /// The token exchange of one caller token for one upstream OAuth rule,
     /// which every request with that token waits for.
     Exchange(Box<PendingExchange>),
+    /// One etcd call of the revocation fan-out: a step of the deny poll,
+    /// or of the receiver's write for the request that pushed a SET.
+    Deny(Box<PendingDeny>),
     /// One etcd call of the fleet cache: a step of a token's introspection
     /// (its requests wait on it), or a write nobody waits for.
     Fleet(Box<PendingFleet>),
@@ -229,6 +247,7 @@ impl Resume {
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
             Resume::Exchange(_) => CalloutKind::Exchange,
+            Resume::Deny(_) => CalloutKind::FleetCache,
             Resume::Fleet(_) => CalloutKind::FleetCache,
         }
     }
@@ -257,6 +276,9 @@ pub fn verdict_knowing(
     let path = &target.path;
     if let Some(resource) = config.resources.by_metadata_path(path) {
         return Verdict::Respond(resource.metadata_reply(request.method));
+    }
+    if let Some(receiver) = revoke::receiver_at(config, path) {
+        return revoke::receive(config, state, receiver, request, now);
     }
     let rule = rule_for(
         &config.upstream_oauth,
