@@ -10,10 +10,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ed25519_compact as ed25519;
 use p256::ecdsa::signature::Verifier as _;
 
 use crate::alg::Alg;
+use crate::ed25519::{self, Ed25519Key};
 use crate::es256::{self, KeyTable};
 use crate::rsa::{self, RsaKey};
 
@@ -39,7 +39,7 @@ pub enum KeyMaterial {
         key: p384::ecdsa::VerifyingKey,
         spki: Box<[u8]>,
     },
-    Ed25519(ed25519::PublicKey),
+    Ed25519(Box<Ed25519Key>),
     /// An HMAC secret (from `shared_secret` only).
     Secret(Vec<u8>),
 }
@@ -120,11 +120,15 @@ impl KeyMaterial {
 
     /// An Ed25519 public key (32 bytes).
     pub fn ed25519(x: &[u8]) -> Result<KeyMaterial, String> {
-        let key = ed25519::PublicKey::from_slice(x)
-            .map_err(|_| format!("an Ed25519 key is 32 bytes, not {}", x.len()))?;
-        key.validate()
-            .map_err(|_| "not a usable Ed25519 point (non-canonical or small order)")?;
-        Ok(KeyMaterial::Ed25519(key))
+        match Ed25519Key::from_bytes(x) {
+            Ok(key) => Ok(KeyMaterial::Ed25519(Box::new(key))),
+            Err(ed25519::KeyError::Length(len)) => {
+                Err(format!("an Ed25519 key is 32 bytes, not {len}"))
+            }
+            Err(ed25519::KeyError::Unusable) => {
+                Err("not a usable Ed25519 point (non-canonical or small order)".into())
+            }
+        }
     }
 }
 
@@ -190,7 +194,7 @@ pub trait SignatureVerifier {
 
 /// Verification in pure Rust (RustCrypto's P-256/P-384, with comb tables
 /// for ES256 where the key has one ([`crate::es256`]), our own RSA in
-/// [`crate::rsa`], ed25519-compact,
+/// [`crate::rsa`], Ed25519 over curve25519-dalek in [`crate::ed25519`],
 /// constant-time HMAC comparison from hmac-sha256/hmac-sha512).
 pub struct PureRustVerifier;
 
@@ -224,8 +228,7 @@ impl SignatureVerifier for PureRustVerifier {
                 key.verify(signing_input, &sig).is_ok()
             }
             (Alg::EdDSA, KeyMaterial::Ed25519(key)) => {
-                let sig = ed25519::Signature::new(*fixed::<64>(alg, signature)?);
-                key.verify(signing_input, &sig).is_ok()
+                key.verify(signing_input, fixed::<64>(alg, signature)?)
             }
             // The crates compare the MACs in constant time.
             (Alg::HS256, KeyMaterial::Secret(secret)) => {
