@@ -8,7 +8,7 @@
 //! not of small order.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use p256::ecdsa::signature::Verifier as _;
 
@@ -31,9 +31,11 @@ pub enum KeyMaterial {
     P256 {
         key: p256::ecdsa::VerifyingKey,
         spki: Box<[u8]>,
-        /// The comb table for the pure-Rust check ([`crate::es256`]), for
-        /// the first few keys of a JWKS only.
-        table: Option<Arc<KeyTable>>,
+        /// The slot of the comb table for the pure-Rust check
+        /// ([`crate::es256`]), for the first few keys of a JWKS only. Built
+        /// by the first pure-Rust ES256 check with the key, so never where
+        /// the host checks ES256 (`crypto: "host"` or `"auto"` on Envoy).
+        table: Option<Arc<OnceLock<KeyTable>>>,
     },
     P384 {
         key: p384::ecdsa::VerifyingKey,
@@ -94,13 +96,13 @@ impl KeyMaterial {
         })
     }
 
-    /// The same key with a comb table for [`crate::es256`] if it is a
-    /// P-256 key (about 18 KB; see [`crate::jwks::MAX_P256_TABLES`]).
+    /// The same key with room for a comb table for [`crate::es256`] if it
+    /// is a P-256 key (about 18 KB once built, by the first pure-Rust check;
+    /// see [`crate::jwks::MAX_P256_TABLES`]).
     pub fn with_table(self) -> KeyMaterial {
         match self {
             KeyMaterial::P256 { key, spki, .. } => {
-                es256::prepare();
-                let table = Some(Arc::new(KeyTable::new(&key)));
+                let table = Some(Arc::new(OnceLock::new()));
                 KeyMaterial::P256 { key, spki, table }
             }
             other => other,
@@ -214,9 +216,15 @@ impl SignatureVerifier for PureRustVerifier {
             (
                 Alg::ES256,
                 KeyMaterial::P256 {
-                    table: Some(table), ..
+                    key,
+                    table: Some(table),
+                    ..
                 },
-            ) => es256::verify(table, signing_input, fixed::<64>(alg, signature)?),
+            ) => es256::verify(
+                table.get_or_init(|| KeyTable::new(key)),
+                signing_input,
+                fixed::<64>(alg, signature)?,
+            ),
             (Alg::ES256, KeyMaterial::P256 { key, .. }) => {
                 let sig = p256::ecdsa::Signature::from_slice(fixed::<64>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;
@@ -739,6 +747,36 @@ mod tests {
             host(Ok(yes)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good[..63]),
             Err(VerifyError::Length { .. })
         ));
+    }
+
+    /// A key with a table slot: the host's checks leave it empty, the first
+    /// pure-Rust check fills it.
+    #[test]
+    fn the_comb_table_is_built_by_the_first_pure_rust_check_only() {
+        let ec = KeyMaterial::p256(&b64(SELF_TEST_EC_X), &b64(SELF_TEST_EC_Y))
+            .unwrap()
+            .with_table();
+        let built = |key: &KeyMaterial| match key {
+            KeyMaterial::P256 {
+                table: Some(slot), ..
+            } => slot.get().is_some(),
+            _ => panic!("no table slot"),
+        };
+        let good = b64(SELF_TEST_EC_SIG);
+        assert!(!built(&ec), "loading builds no table");
+        for _ in 0..3 {
+            assert_eq!(
+                host(Ok(vec![0x08, 0x01])).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+                Ok(())
+            );
+        }
+        assert!(!built(&ec), "the host's checks build no table");
+        let copy = ec.clone();
+        assert_eq!(
+            PureRustVerifier.verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+            Ok(())
+        );
+        assert!(built(&ec) && built(&copy), "one table, shared by the copies");
     }
 
     #[test]
