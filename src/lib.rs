@@ -379,6 +379,17 @@ impl<H: Door> Shared<H> {
                 self.host.send_response(&response);
                 Outcome::Hold
             }
+            Verdict::Receipt(receipt) => {
+                log_note(&receipt.note);
+                for counter in receipt.counters {
+                    self.host.increment(counter, 1);
+                }
+                for (gauge, value) in receipt.gauges {
+                    self.host.set(gauge, value);
+                }
+                self.host.send_response(&receipt.response);
+                Outcome::Hold
+            }
             Verdict::Call { callout, resume } => {
                 let own = self
                     .callouts
@@ -493,6 +504,10 @@ impl<H: Door> Shared<H> {
                 self.wake(&on, known);
                 None
             }
+            Resumed::Later { notes } => {
+                notes.iter().for_each(log_note);
+                None
+            }
         }
     }
 
@@ -521,7 +536,12 @@ impl<H: Door> Shared<H> {
     /// Root only: what each tick does.
     fn on_tick(&self) {
         let now = self.host.now();
-        let found = due(&self.config, &mut self.state.borrow_mut(), &self.host, now);
+        let found = due(
+            &self.config,
+            &mut self.state.borrow_mut(),
+            &self.host,
+            self.host.now_ms(),
+        );
         for item in found {
             match item {
                 Due::Dispatch(fetch) => self.root_queue.borrow_mut().push(fetch),
@@ -529,6 +549,7 @@ impl<H: Door> Shared<H> {
                     notes.iter().for_each(log_note);
                     self.wake(&on, None);
                 }
+                Due::Log(notes) => notes.iter().for_each(log_note),
             }
         }
         let queued = std::mem::take(&mut *self.root_queue.borrow_mut());

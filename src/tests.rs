@@ -979,3 +979,73 @@ fn a_protected_resources_metadata_is_answered_at_once_without_a_callout() {
     assert!(shared.host.dispatched.borrow().is_empty(), "no key fetch");
     assert!(shared.host.resumed().is_empty());
 }
+
+/// One introspecting issuer and the fleet cache (etcd on cluster `etcd`,
+/// no etcd auth).
+fn with_fleet_cache() -> Shared<FakeHost> {
+    let host = FakeHost::default();
+    host.clock.advance_ms(Vectors::load().now_ms());
+    host.current.set(ROOT);
+    let json = r#"{"issuers":[{"issuer":"https://issuer.test","audiences":"any","introspection":{"endpoint":"https://issuer.test/introspect","upstream":"as","client_id":"pep","client_secret":"s"}}],
+        "fleet_cache":{"endpoint":"http://etcd.test:2379","upstream":"etcd","hmac_key_env":"K"}}"#;
+    let env = |_: &str| Some("fleet-key-0123456789abcdef-0123456789".to_string());
+    let config = Config::from_json(json.as_bytes(), &env).unwrap();
+    let state = State::new(&config);
+    Shared::new(config, true, host, state)
+}
+
+/// The fleet cache's etcd calls are steps of the token's one fetch: the
+/// root makes each, the requests wake once the introspection settles, and
+/// the write afterwards (a step nobody waits for) wakes nobody.
+#[test]
+fn a_fleet_lookup_and_its_write_go_through_the_root_without_knowing_what_they_are() {
+    let shared = with_fleet_cache();
+    for id in [7, 8] {
+        assert!(matches!(
+            bearer_request(&shared, id, "opaque"),
+            Outcome::Hold
+        ));
+    }
+    tick(&shared);
+    let header = r#""header":{"revision":"3"}"#;
+    let steps = [
+        ("/v3/kv/range", format!("{{{header}}}")),
+        (
+            "/v3/lease/grant",
+            format!(r#"{{{header},"ID":"5","TTL":"5"}}"#),
+        ),
+        ("/v3/kv/txn", format!(r#"{{{header},"succeeded":true}}"#)),
+    ];
+    for (expected, body) in steps {
+        let (token, path) = shared.host.callouts_of(ROOT).last().cloned().unwrap();
+        assert_eq!(path, expected);
+        assert!(shared.host.resumed().is_empty());
+        answer(&shared, token, 200, &body);
+    }
+    let (token, path) = shared.host.callouts_of(ROOT).last().cloned().unwrap();
+    assert_eq!(path, "/introspect");
+    answer(
+        &shared,
+        token,
+        200,
+        r#"{"active":true,"scope":"read","client_id":"app"}"#,
+    );
+    let mut resumed = shared.host.resumed();
+    resumed.sort_unstable();
+    assert_eq!(resumed, vec![7, 8]);
+    // The write, from the next tick: a lease, then the put.
+    tick(&shared);
+    let (token, path) = shared.host.callouts_of(ROOT).last().cloned().unwrap();
+    assert_eq!(path, "/v3/lease/grant");
+    answer(
+        &shared,
+        token,
+        200,
+        &format!(r#"{{{header},"ID":"6","TTL":"330"}}"#),
+    );
+    let (token, path) = shared.host.callouts_of(ROOT).last().cloned().unwrap();
+    assert_eq!(path, "/v3/kv/put");
+    answer(&shared, token, 200, &format!("{{{header}}}"));
+    assert_eq!(shared.host.resumed().len(), 2, "nobody else woken");
+    assert_eq!(shared.host.callouts_of(ROOT).len(), 6);
+}

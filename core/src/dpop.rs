@@ -599,35 +599,85 @@ const CAS_ATTEMPTS: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayTable {
     slots: u64,
+    /// Where its slots are in shared data (DPoP proofs, security events).
+    prefix: &'static str,
+}
+
+/// Why [`ReplayTable::remember_key`] did not take an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRefusal {
+    /// The id is remembered and live.
+    Replayed,
+    /// Its slot is full of live ids, or other workers kept winning the write.
+    Unavailable,
 }
 
 impl ReplayTable {
     pub fn new(bytes: usize) -> ReplayTable {
+        ReplayTable::named(PREFIX, bytes)
+    }
+
+    /// A table of its own in shared data, under `prefix`.
+    pub fn named(prefix: &'static str, bytes: usize) -> ReplayTable {
         ReplayTable {
             slots: ((bytes / SLOT_BYTES) as u64).clamp(1, MAX_SLOTS),
+            prefix,
         }
     }
 
     fn key(&self, digest: &Digest) -> String {
         let mut first = [0u8; 8];
         first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-        format!("{PREFIX}.{}", u64::from_be_bytes(first) % self.slots)
+        format!("{}.{}", self.prefix, u64::from_be_bytes(first) % self.slots)
     }
 
     /// Accepts the proof once: `Replayed` if its key is remembered and live.
-    ///
-    /// Shared data cannot create a key only if it is absent: a slot's first
-    /// write is unconditional, so two workers writing one never-used slot at
-    /// the same instant may lose the other's entry. Every later write of the
-    /// slot is a compare-and-swap.
     pub fn remember(
         &self,
         store: &dyn SharedStore,
         proof: &CheckedProof,
         now: u64,
     ) -> Result<(), DpopProblem> {
-        let key = self.key(&proof.replay_key);
-        let id = proof.replay_key.get(..16).unwrap_or_default();
+        self.remember_key(store, &proof.replay_key, proof.remember_until, now)
+            .map_err(|refusal| match refusal {
+                ReplayRefusal::Replayed => DpopProblem::Replayed,
+                ReplayRefusal::Unavailable => DpopProblem::ReplayUnavailable,
+            })
+    }
+
+    /// Whether `replay_key` is remembered and live (nothing written).
+    pub fn seen(&self, store: &dyn SharedStore, replay_key: &Digest, now: u64) -> bool {
+        let id = replay_key.get(..16).unwrap_or_default();
+        store.get(&self.key(replay_key)).is_some_and(|(bytes, _)| {
+            bytes
+                .get(MAGIC.len()..)
+                .filter(|_| bytes.starts_with(MAGIC))
+                .unwrap_or_default()
+                .chunks_exact(REMEMBERED_BYTES)
+                .any(|entry| {
+                    entry.split_at_checked(16).is_some_and(|(held, until)| {
+                        held == id
+                            && <[u8; 8]>::try_from(until).is_ok_and(|u| u64::from_be_bytes(u) > now)
+                    })
+                })
+        })
+    }
+
+    /// Accepts `replay_key` once until `until`.
+    ///
+    /// Shared data cannot create a key only if it is absent: a slot's first
+    /// write is unconditional, so two workers writing one never-used slot at
+    /// the same instant may lose the other's entry. Every later write of the
+    /// slot is a compare-and-swap.
+    pub fn remember_key(
+        &self,
+        store: &dyn SharedStore,
+        replay_key: &Digest,
+        until: u64,
+        now: u64,
+    ) -> Result<(), ReplayRefusal> {
+        let key = self.key(replay_key);
+        let id = replay_key.get(..16).unwrap_or_default();
         for _ in 0..CAS_ATTEMPTS {
             let Some((bytes, cas)) = store.get(&key) else {
                 // Made first, so the write below always has a version to check.
@@ -646,12 +696,12 @@ impl ReplayTable {
                 })
                 .collect();
             if live.iter().any(|(held, _)| *held == id) {
-                return Err(DpopProblem::Replayed);
+                return Err(ReplayRefusal::Replayed);
             }
             if live.len() >= PER_SLOT {
-                return Err(DpopProblem::ReplayUnavailable);
+                return Err(ReplayRefusal::Unavailable);
             }
-            live.push((id, proof.remember_until));
+            live.push((id, until));
             let mut out = Vec::with_capacity(SLOT_BYTES);
             out.extend_from_slice(MAGIC);
             for (held, until) in &live {
@@ -663,7 +713,7 @@ impl ReplayTable {
                 Err(CasMismatch) => continue,
             }
         }
-        Err(DpopProblem::ReplayUnavailable)
+        Err(ReplayRefusal::Unavailable)
     }
 }
 

@@ -225,6 +225,15 @@ fn decode_json(segment: &str, what: &'static str) -> Result<Map<String, Value>, 
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(what))
 }
 
+/// A compact JWS's header and claims, decoded, nothing checked: for the
+/// cheap checks a caller runs before [`verify_jws`] spends a signature check.
+pub(crate) fn unverified_parts(jws: &str) -> Result<HeaderAndClaims, TokenError> {
+    let segments = split(jws)?;
+    let header = decode_json(segments.header, "the header is not base64url JSON")?;
+    let claims = decode_json(segments.payload, "the payload is not base64url JSON")?;
+    Ok((header, claims))
+}
+
 /// The header's `alg`, which must be one this crate knows. Read the same
 /// way for an access token ([`precheck`]) and a signed introspection answer
 /// ([`verify_jws`]), so the two cannot drift apart.
@@ -256,7 +265,10 @@ fn header_kid(header: &Map<String, Value>) -> Result<Option<&str>, TokenError> {
 
 /// An RFC 7519 NumericDate: seconds, possibly fractional. A fraction is cut
 /// off (floor), so an `exp` of 1700000000.5 expires at 1700000000.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+pub(crate) fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>, TokenError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
@@ -287,6 +299,13 @@ fn typ_is_jwt(typ: &str) -> bool {
 pub fn is_introspection_typ(typ: &str) -> bool {
     let lower = typ.to_ascii_lowercase();
     lower.strip_prefix("application/").unwrap_or(&lower) == "token-introspection+jwt"
+}
+
+/// RFC 8417 §2.3's `typ` for a security event token, with or without the
+/// `application/` prefix.
+pub fn is_secevent_typ(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    lower.strip_prefix("application/").unwrap_or(&lower) == "secevent+jwt"
 }
 
 /// A JWT's header and claims.
@@ -403,6 +422,13 @@ pub fn precheck<'t>(
     if typ.is_some_and(is_introspection_typ) {
         return Err(TokenError::Malformed(
             "a token introspection response is not an access token",
+        ));
+    }
+    // Nor is a security event (RFC 8417 §4.1), signed by a transmitter that
+    // may also issue access tokens: it says something about a subject.
+    if typ.is_some_and(is_secevent_typ) {
+        return Err(TokenError::Malformed(
+            "a security event token is not an access token",
         ));
     }
     // Other header parameters are not read: an embedded `jwk`, `jku`, `x5u`

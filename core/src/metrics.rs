@@ -47,10 +47,12 @@ pub enum CalloutKind {
     Permission,
     /// A token exchange (RFC 8693) for upstream OAuth.
     Exchange,
+    /// A call to the fleet cache's etcd.
+    FleetCache,
 }
 
 impl CalloutKind {
-    pub const ALL: [CalloutKind; 7] = [
+    pub const ALL: [CalloutKind; 8] = [
         CalloutKind::Discovery,
         CalloutKind::Jwks,
         CalloutKind::Pdp,
@@ -58,6 +60,7 @@ impl CalloutKind {
         CalloutKind::Token,
         CalloutKind::Permission,
         CalloutKind::Exchange,
+        CalloutKind::FleetCache,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +72,7 @@ impl CalloutKind {
             CalloutKind::Token => "token",
             CalloutKind::Permission => "uma_permission",
             CalloutKind::Exchange => "token_exchange",
+            CalloutKind::FleetCache => "fleet_cache",
         }
     }
 }
@@ -214,6 +218,111 @@ pub enum Counter {
     Exchange(ExchangeResult),
     /// A request refused by a bound on waiting or on callouts.
     Overload(Bound),
+    /// A lookup of a token's answer in the fleet cache, by what it found.
+    FleetRead(FleetRead),
+    /// A fleet claim (single flight across instances), by how it ended.
+    FleetClaim(FleetClaim),
+    /// An answer written to the fleet cache, `ok` or not.
+    FleetWrite {
+        ok: bool,
+    },
+    /// A security event pushed to the revocation receiver, by outcome.
+    SecurityEvent(SetResult),
+    /// A poll of the fleet's deny entries in etcd that read them all (`ok`)
+    /// or failed.
+    RevocationPoll {
+        ok: bool,
+    },
+    /// A deny entry the poll read: taken, or rejected (bad MAC, malformed).
+    RevocationEntry {
+        taken: bool,
+    },
+}
+
+/// What one pushed security event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetResult {
+    /// Checked, its revocations stored: 202.
+    Accepted,
+    /// Refused for the transmitter to fix (400, 401, 405, 413).
+    Refused,
+    /// Not stored here, for the transmitter to retry (503).
+    Unavailable,
+}
+
+impl SetResult {
+    pub const ALL: [SetResult; 3] = [
+        SetResult::Accepted,
+        SetResult::Refused,
+        SetResult::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SetResult::Accepted => "accepted",
+            SetResult::Refused => "refused",
+            SetResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What one fleet-cache lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FleetRead {
+    /// A valid entry: no introspection.
+    Hit,
+    /// No entry: this instance (or the claim's winner) asks.
+    Miss,
+    /// An entry that failed a check (MAC, issuer, times, signature, the
+    /// reader's own checks): ignored, the authorization server asked.
+    Rejected,
+    /// etcd failed (down, slow, 401/403/429, garbage): asked as without it.
+    Error,
+    /// etcd not asked: the breaker is open or the etcd budget is spent.
+    Bypassed,
+}
+
+impl FleetRead {
+    pub const ALL: [FleetRead; 5] = [
+        FleetRead::Hit,
+        FleetRead::Miss,
+        FleetRead::Rejected,
+        FleetRead::Error,
+        FleetRead::Bypassed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetRead::Hit => "hit",
+            FleetRead::Miss => "miss",
+            FleetRead::Rejected => "rejected",
+            FleetRead::Error => "error",
+            FleetRead::Bypassed => "bypassed",
+        }
+    }
+}
+
+/// How one fleet claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FleetClaim {
+    /// This instance asks the authorization server for the fleet.
+    Won,
+    /// Another instance asks: this one polls for its answer.
+    Lost,
+    /// The winner's answer did not come within `claim_wait_ms`: asked here.
+    Timeout,
+}
+
+impl FleetClaim {
+    pub const ALL: [FleetClaim; 3] = [FleetClaim::Won, FleetClaim::Lost, FleetClaim::Timeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetClaim::Won => "won",
+            FleetClaim::Lost => "lost",
+            FleetClaim::Timeout => "timeout",
+        }
+    }
 }
 
 /// What one token exchange came to.
@@ -280,6 +389,10 @@ impl Counter {
 pub enum Gauge {
     /// The verification keys the issuer's last good key set holds.
     KeysLoaded { issuer: usize },
+    /// Live entries in this worker's copy of the deny set (revocations).
+    DenyEntries,
+    /// 1 while the fleet cache's breaker skips etcd, else 0.
+    FleetBreakerOpen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -302,6 +415,8 @@ pub struct Catalogue {
     issuers: Vec<String>,
     /// The configured client names (already metric-safe), by index.
     clients: Vec<String>,
+    /// Whether the fleet cache's metrics exist.
+    fleet: bool,
 }
 
 impl Catalogue {
@@ -317,6 +432,7 @@ impl Catalogue {
         Catalogue {
             issuers,
             clients: config.clients.iter().map(|c| c.name.clone()).collect(),
+            fleet: config.fleet_cache.is_some(),
         }
     }
 
@@ -337,6 +453,14 @@ impl Catalogue {
         }
         for result in ExchangeResult::ALL {
             all.push(Metric::Counter(Counter::Exchange(result)));
+        }
+        for result in SetResult::ALL {
+            all.push(Metric::Counter(Counter::SecurityEvent(result)));
+        }
+        all.push(Metric::Gauge(Gauge::DenyEntries));
+        for ok in [true, false] {
+            all.push(Metric::Counter(Counter::RevocationPoll { ok }));
+            all.push(Metric::Counter(Counter::RevocationEntry { taken: ok }));
         }
         for cache in CacheName::ALL {
             for event in CacheEvent::ALL {
@@ -359,6 +483,14 @@ impl Catalogue {
             for ok in [true, false] {
                 all.push(Metric::Counter(Counter::ClientToken { client, ok }));
             }
+        }
+        if self.fleet {
+            all.extend(FleetRead::ALL.map(|r| Metric::Counter(Counter::FleetRead(r))));
+            all.extend(FleetClaim::ALL.map(|c| Metric::Counter(Counter::FleetClaim(c))));
+            for ok in [true, false] {
+                all.push(Metric::Counter(Counter::FleetWrite { ok }));
+            }
+            all.push(Metric::Gauge(Gauge::FleetBreakerOpen));
         }
         all.into_iter()
             .filter_map(|metric| Some((metric, self.name(metric)?)))
@@ -415,6 +547,29 @@ impl Catalogue {
             Metric::Counter(Counter::Overload(bound)) => {
                 format!("{PREFIX}.overloaded.bound.{}", bound.label())
             }
+            Metric::Counter(Counter::SecurityEvent(result)) => {
+                format!("{PREFIX}.security_events.result.{}", result.label())
+            }
+            Metric::Gauge(Gauge::DenyEntries) => format!("{PREFIX}.deny_entries"),
+            Metric::Counter(Counter::RevocationPoll { ok }) => format!(
+                "{PREFIX}.revocation_polls.outcome.{}",
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Counter(Counter::RevocationEntry { taken }) => format!(
+                "{PREFIX}.revocation_entries.result.{}",
+                if taken { "taken" } else { "rejected" }
+            ),
+            Metric::Counter(Counter::FleetRead(result)) => {
+                format!("{PREFIX}.fleet_cache.reads.result.{}", result.label())
+            }
+            Metric::Counter(Counter::FleetClaim(result)) => {
+                format!("{PREFIX}.fleet_cache.claims.result.{}", result.label())
+            }
+            Metric::Counter(Counter::FleetWrite { ok }) => format!(
+                "{PREFIX}.fleet_cache.writes.outcome.{}",
+                if ok { "ok" } else { "failed" }
+            ),
+            Metric::Gauge(Gauge::FleetBreakerOpen) => format!("{PREFIX}.fleet_cache.breaker_open"),
             Metric::Gauge(Gauge::KeysLoaded { issuer }) => {
                 format!("{PREFIX}.keys_loaded.issuer.{}", self.issuers.get(issuer)?)
             }
@@ -629,13 +784,15 @@ mod tests {
                 "{expected} in {names:?}"
             );
         }
-        // 1 allowed + one per reason + 7 kinds x (4 outcomes + 1 histogram)
-        // + one per overload bound + 3 exchange results + 4 caches x 3
-        // events + the shared table's fills + 1 issuer x (2 refresh outcomes + 1 gauge + 4
-        // introspection results).
+        // 1 allowed + one per reason + 8 kinds x (4 outcomes + 1 histogram)
+        // + one per overload bound + 3 exchange results + 3 security event
+        // results + the deny set gauge + 2 poll outcomes + 2 entry results
+        // + 4 caches x 3 events + the shared table's fills + 1 issuer x (2
+        // refresh outcomes + 1 gauge + 4 introspection results); no fleet
+        // cache, none of its metrics.
         assert_eq!(
             names.len(),
-            1 + Reason::ALL.len() + 35 + Bound::ALL.len() + 3 + 13 + 7
+            1 + Reason::ALL.len() + 40 + Bound::ALL.len() + 3 + 3 + 1 + 4 + 13 + 7
         );
         assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
         for name in &names {
@@ -644,6 +801,29 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fleet_cache_metrics_exist_with_a_fleet_cache() {
+        let json = r#"{"issuers":[{"issuer":"https://as.test","audiences":["api"],"shared_secret":"0123456789abcdef0123456789abcdef"}],
+            "fleet_cache":{"endpoint":"http://127.0.0.1:2379","upstream":"etcd","hmac_key_env":"K"}}"#;
+        let env = |_: &str| Some("0123456789abcdef0123456789abcdef".to_string());
+        let c = Config::from_json(json.as_bytes(), &env).unwrap();
+        let names: Vec<String> = Catalogue::new(&c)
+            .all()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        for expected in [
+            "oauth_pep.fleet_cache.reads.result.hit",
+            "oauth_pep.fleet_cache.reads.result.bypassed",
+            "oauth_pep.fleet_cache.claims.result.timeout",
+            "oauth_pep.fleet_cache.writes.outcome.failed",
+            "oauth_pep.fleet_cache.breaker_open",
+            "oauth_pep.callout_ms.kind.fleet_cache",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{expected}");
         }
     }
 

@@ -63,11 +63,12 @@ pub enum Reason {
     ExchangeRefused,
     ExchangeForbidden,
     ExchangeUnavailable,
+    TokenRevoked,
 }
 
 impl Reason {
     /// Every reason, for metrics defined up front.
-    pub const ALL: [Reason; 40] = [
+    pub const ALL: [Reason; 41] = [
         Reason::TokenMissing,
         Reason::RequestInvalid,
         Reason::TokenMalformed,
@@ -108,6 +109,7 @@ impl Reason {
         Reason::ExchangeRefused,
         Reason::ExchangeForbidden,
         Reason::ExchangeUnavailable,
+        Reason::TokenRevoked,
     ];
 
     pub fn code(self) -> &'static str {
@@ -152,6 +154,7 @@ impl Reason {
             Reason::ExchangeRefused => "exchange_refused",
             Reason::ExchangeForbidden => "exchange_forbidden",
             Reason::ExchangeUnavailable => "exchange_unavailable",
+            Reason::TokenRevoked => "token_revoked",
         }
     }
 }
@@ -202,6 +205,7 @@ impl Reason {
             Reason::ExchangeRefused => 37,
             Reason::ExchangeForbidden => 38,
             Reason::ExchangeUnavailable => 39,
+            Reason::TokenRevoked => 40,
         }
     }
 }
@@ -224,6 +228,9 @@ pub enum TokenProblem {
     Inactive,
     /// A certificate-bound token (RFC 8705) without its certificate.
     Certificate(CertificateProblem),
+    /// Its subject or session was revoked after it was issued (a security
+    /// event pushed to the receiver, or a deny entry in the fleet store).
+    Revoked,
 }
 
 impl TokenProblem {
@@ -251,6 +258,7 @@ impl TokenProblem {
             TokenProblem::Claim(_) => Reason::ClaimUnusable,
             TokenProblem::ClientUnknown => Reason::ClientUnknown,
             TokenProblem::Inactive => Reason::TokenInactive,
+            TokenProblem::Revoked => Reason::TokenRevoked,
             TokenProblem::Certificate(CertificateProblem::Missing) => Reason::CertificateMissing,
             TokenProblem::Certificate(CertificateProblem::Mismatch) => Reason::CertificateMismatch,
             TokenProblem::Certificate(CertificateProblem::Unbound) => Reason::CertificateUnbound,
@@ -265,6 +273,9 @@ impl fmt::Display for TokenProblem {
             TokenProblem::Claim(e) => write!(f, "{e}"),
             TokenProblem::ClientUnknown => write!(f, "unknown client"),
             TokenProblem::Inactive => write!(f, "the token is not active"),
+            TokenProblem::Revoked => {
+                write!(f, "the token's subject or session has been revoked")
+            }
             TokenProblem::Certificate(e) => write!(f, "{e}"),
         }
     }
@@ -480,7 +491,7 @@ impl Denial {
                 "invalid_token",
                 Challenge::Bearer,
                 match problem {
-                    TokenProblem::Inactive => {
+                    TokenProblem::Inactive | TokenProblem::Revoked => {
                         Some("Invalid access token provided in Authorization header")
                     }
                     TokenProblem::ClientUnknown => Some("Unknown consumer"),

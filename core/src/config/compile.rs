@@ -32,6 +32,12 @@ pub(super) fn compile(
     check_realm(&raw.realm)?;
     let rules = jwt_rules(&raw)?;
     let issuers = issuer::compile_all(raw.issuers, env)?;
+    let fleet_cache = {
+        let names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+        raw.fleet_cache
+            .map(|f| crate::fleet_cache::FleetCache::compile(f, &names, env))
+            .transpose()?
+    };
     let shared_cache = shared_cache(
         raw.introspection_cache_bytes,
         raw.introspection_cache_entry_bytes,
@@ -93,7 +99,21 @@ pub(super) fn compile(
             introspection.scope = scope;
         }
     }
-    let warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let mut warnings = warnings(policy.as_ref(), &public_paths, uma.as_ref());
+    let revocation = match raw.revocation {
+        Some(raw) => {
+            let (revocation, warning) = crate::revocation::Revocation::compile(
+                raw,
+                &issuers,
+                rules.max_lifetime_seconds,
+                fleet_cache.as_ref(),
+                env,
+            )?;
+            warnings.extend(warning);
+            Some(revocation)
+        }
+        None => None,
+    };
 
     Ok(Config {
         warnings,
@@ -110,6 +130,7 @@ pub(super) fn compile(
         forward,
         rejected_cache_bytes: raw.rejected_cache_bytes,
         shared_cache,
+        fleet_cache,
         shared_data: raw.shared_data,
         waits,
         jsonrpc,
@@ -132,6 +153,7 @@ pub(super) fn compile(
         dpop,
         client_certificate: raw.client_certificate,
         resources,
+        revocation,
     })
 }
 

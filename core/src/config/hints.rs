@@ -47,6 +47,8 @@ const TOP_FIELDS: &[&str] = &[
     "dpop",
     "client_certificate",
     "resources",
+    "revocation",
+    "fleet_cache",
     "gluu",
 ];
 

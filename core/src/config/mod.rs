@@ -132,6 +132,8 @@ pub struct Config {
     pub rejected_cache_bytes: usize,
     /// Introspection answers shared by all workers.
     pub shared_cache: SharedCache,
+    /// Introspection answers shared by every instance through etcd.
+    pub fleet_cache: Option<crate::fleet_cache::FleetCache>,
     pub shared_data: SharedData,
     /// Bounds on the requests a worker keeps waiting.
     pub waits: Waits,
@@ -174,6 +176,8 @@ pub struct Config {
     /// Protected resources (RFC 9728): their metadata, and the audiences
     /// tokens must name on their paths.
     pub resources: crate::resource::Resources,
+    /// Revocations pushed by a transmitter, and the deny set they fill.
+    pub revocation: Option<crate::revocation::Revocation>,
 }
 
 impl Config {

@@ -78,6 +78,8 @@ pub(super) struct RawConfig {
     pub(super) client_certificate: crate::mtls::ClientCertificate,
     #[serde(default)]
     pub(super) resources: Vec<crate::resource::RawResource>,
+    pub(super) revocation: Option<crate::revocation::RawRevocation>,
+    pub(super) fleet_cache: Option<crate::fleet_cache::RawFleetCache>,
 }
 
 fn default_realm() -> String {

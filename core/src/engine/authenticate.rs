@@ -24,8 +24,22 @@ const NO_EXP_CACHE_SECONDS: u64 = 300;
 const REJECTED_CACHE_SECONDS: u64 = 60;
 
 /// The grant of a token: the introspection outcome the request waited for,
-/// a cached one, or a verification (or an introspection) now.
+/// a cached one, or a verification (or an introspection) now; refused if
+/// its subject or session was revoked after it was issued, however found.
 pub(super) fn authenticate(
+    config: &Config,
+    state: &mut State,
+    token: &str,
+    client: Option<&str>,
+    known: Option<&Known>,
+    now: u64,
+) -> Result<Rc<Grant>, Verdict> {
+    let grant = find_grant(config, state, token, client, known, now)?;
+    super::revoke::check(state, &grant, now)?;
+    Ok(grant)
+}
+
+fn find_grant(
     config: &Config,
     state: &mut State,
     token: &str,
@@ -101,7 +115,7 @@ fn verify_uncached(
         Ok(verified) => {
             let grant = Grant::from_token(&verified, &config.grant_keeps())
                 .map_err(|e| Verdict::Deny(Denial::InvalidToken(TokenProblem::Claim(e))))?;
-            let grant = Rc::new(grant);
+            let grant = Rc::new(super::revoke::keyed(config, grant, &verified));
             if mode == Mode::JwtThenIntrospect {
                 let asking = Asking { issuer, client };
                 return introspect::introspect(config, state, asking, token, key, Some(grant), now);

@@ -19,7 +19,7 @@ use crate::response::{Denial, TokenProblem};
 use crate::shared_cache::{Entry, Written};
 use crate::wait::{Bound, WaitKey};
 
-use super::{authenticate, issuer_name, Fetch, Known, Resume, State, Verdict, Wait};
+use super::{authenticate, fleet, issuer_name, Fetch, Known, Resume, State, Verdict, Wait};
 
 /// Introspections one worker may have in flight at once: beyond, a flood of
 /// made-up opaque tokens gets 503s instead of as many callouts.
@@ -34,6 +34,8 @@ pub struct PendingIntrospection {
     /// When the requests waiting for this answer give up (seconds).
     pub until: u64,
     local: Option<Rc<Grant>>,
+    /// Where the answer goes in the fleet cache (the lookup reached etcd).
+    pub(super) fleet_key: Option<Vec<u8>>,
 }
 
 /// The issuer that introspects an opaque token: the first whose
@@ -164,8 +166,11 @@ pub(super) fn introspect(
     let callout = settings
         .callout(&endpoint, token, now, state.random.as_ref())
         .map_err(|e| unavailable(e.to_string()))?;
-    // Two timeouts: the callout's own, and the time to dispatch it.
-    let until = now.saturating_add(settings.timeout_ms / 1000 + 2);
+    // Two timeouts: the callout's own, and the time to dispatch it; and
+    // the fleet cache's calls before it, if it is asked first.
+    let until = now
+        .saturating_add(settings.timeout_ms / 1000 + 2)
+        .saturating_add(fleet::extra_wait_seconds(config, issuer));
     let mut flight = Flight::default();
     let marker = introspection_marker(config, state, settings, &key);
     if let Err(theirs) = flight.start(marker.as_ref(), until, now) {
@@ -189,18 +194,22 @@ pub(super) fn introspect(
     state
         .introspecting
         .insert(key, (flight, asking.client.map(Rc::from)));
-    Err(wait(
+    let pending = PendingIntrospection {
+        issuer,
+        key,
         until,
-        Some(Fetch {
-            callout: Box::new(callout),
-            resume: Resume::Introspect(Box::new(PendingIntrospection {
-                issuer,
-                key,
-                until,
-                local,
-            })),
-        }),
-    ))
+        local,
+        fleet_key: None,
+    };
+    // The fleet cache first, when it serves this issuer.
+    let fetch = match fleet::lookup(config, state, pending, Box::new(callout), token, now) {
+        Ok(fetch) => fetch,
+        Err((pending, callout)) => Fetch {
+            callout,
+            resume: Resume::Introspect(Box::new(pending)),
+        },
+    };
+    Err(wait(until, Some(fetch)))
 }
 
 /// Whether the worker's introspections in flight are at their cap, or
@@ -337,7 +346,7 @@ fn admit(
             match Grant::from_token(&token, &config.grant_keeps()) {
                 Ok(mut grant) => {
                     grant.phantom = phantom;
-                    grant
+                    super::revoke::keyed(config, grant, &token)
                 }
                 Err(e) => return refuse(state, Denial::InvalidToken(TokenProblem::Claim(e))),
             }
@@ -365,10 +374,14 @@ pub(super) fn finish_introspection(
     now: u64,
 ) -> (usize, Known, IntrospectionResult) {
     let PendingIntrospection {
-        issuer, key, local, ..
+        issuer,
+        key,
+        local,
+        fleet_key,
+        ..
     } = pending;
     let flight = state.introspecting.remove(&key);
-    let outcome = settle_introspection(config, state, issuer, key, local, answer, now);
+    let outcome = settle_introspection(config, state, issuer, key, local, answer, fleet_key, now);
     // Released once the answer is in shared data: a worker that polls and
     // finds no marker finds the answer.
     if let Some((mut flight, _)) = flight {
@@ -382,6 +395,7 @@ pub(super) fn finish_introspection(
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 fn settle_introspection(
     config: &Config,
     state: &mut State,
@@ -389,6 +403,7 @@ fn settle_introspection(
     key: Digest,
     local: Option<Rc<Grant>>,
     answer: Result<&CalloutReply, &str>,
+    fleet_key: Option<Vec<u8>>,
     now: u64,
 ) -> (usize, Known, IntrospectionResult) {
     let shared = &config.shared_cache;
@@ -436,17 +451,30 @@ fn settle_introspection(
             let fresh_until = outcome
                 .as_ref()
                 .map_or(now, |grant| settings.fresh_until(grant.expires_at, now));
-            if fresh_until > now {
-                let entry = Entry::Active {
-                    issuer: settings.scope,
-                    fresh_until,
-                    stale_until: settings.stale_until(fresh_until),
-                    json: json.into_bytes(),
+            if let (Some(fleet_key), true) = (fleet_key, outcome.is_ok()) {
+                // What the fleet stores is the answer as it came: the
+                // signed JWT itself when it was one, re-verified on read.
+                let stored = match (settings.response, answer) {
+                    (ResponseFormat::Jwt, Ok(reply)) => std::str::from_utf8(&reply.body)
+                        .ok()
+                        .map(|jwt| crate::fleet_cache::Answer::Signed(jwt.trim().to_string())),
+                    _ => Some(crate::fleet_cache::Answer::Plain(claims_for_fleet(&json))),
                 };
-                count_write(
-                    state,
-                    shared.write(state.shared.as_ref(), &key, &entry, now),
-                );
+                if let Some(stored) = stored {
+                    fleet::queue_write(
+                        config,
+                        state,
+                        fleet_key,
+                        issuer,
+                        stored,
+                        (fresh_until, settings.stale_until(fresh_until)),
+                        now,
+                    );
+                }
+            }
+            if fresh_until > now {
+                let times = (fresh_until, settings.stale_until(fresh_until));
+                share_active(config, state, issuer, key, json, times, now);
             }
             let result = if outcome.is_ok() {
                 IntrospectionResult::Active
@@ -483,6 +511,108 @@ fn settle_introspection(
         },
     };
     (issuer, (key, outcome), result)
+}
+
+/// An active answer (its claims' JSON) in shared data, for every worker of
+/// the process, fresh and then stale until the times given.
+fn share_active(
+    config: &Config,
+    state: &mut State,
+    issuer: usize,
+    key: Digest,
+    json: String,
+    (fresh_until, stale_until): (u64, u64),
+    now: u64,
+) {
+    let Some(settings) = config
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.introspection.as_ref())
+    else {
+        return;
+    };
+    let entry = Entry::Active {
+        issuer: settings.scope,
+        fresh_until,
+        stale_until,
+        json: json.into_bytes(),
+    };
+    let written = config
+        .shared_cache
+        .write(state.shared.as_ref(), &key, &entry, now);
+    count_write(state, written);
+}
+
+/// The same introspection again (an early refresh of the fleet's answer,
+/// which nobody waits for).
+pub(super) fn again(pending: &PendingIntrospection) -> PendingIntrospection {
+    PendingIntrospection {
+        issuer: pending.issuer,
+        key: pending.key,
+        until: pending.until,
+        local: pending.local.clone(),
+        fleet_key: None,
+    }
+}
+
+/// The answer's claims as the fleet stores them: with `active: true`, as
+/// the endpoint said (the claims' JSON was made from them just before).
+fn claims_for_fleet(json: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(json).unwrap_or_default();
+    claims.insert("active".into(), serde_json::Value::Bool(true));
+    claims
+}
+
+/// A valid answer from the fleet cache for the token of `pending`: checked
+/// as the endpoint's would be (and never used past the entry's
+/// `fresh_until`), cached for every worker, the waiters woken.
+pub(super) fn finish_from_fleet(
+    config: &Config,
+    state: &mut State,
+    pending: PendingIntrospection,
+    claims: serde_json::Map<String, serde_json::Value>,
+    fresh_until: u64,
+    stale_until: u64,
+    now: u64,
+) -> (usize, Known) {
+    let PendingIntrospection {
+        issuer, key, local, ..
+    } = pending;
+    let flight = state.introspecting.remove(&key);
+    let json = serde_json::Value::Object(claims.clone()).to_string();
+    let outcome = admit(
+        config,
+        state,
+        issuer,
+        key,
+        claims,
+        local.as_ref(),
+        fresh_until,
+        now,
+    );
+    if let (Ok(grant), Some(settings)) = (
+        &outcome,
+        config
+            .issuers
+            .get(issuer)
+            .and_then(|i| i.introspection.as_ref()),
+    ) {
+        let until = settings.fresh_until(grant.expires_at, now).min(fresh_until);
+        if until > now {
+            let times = (until, stale_until.max(until));
+            share_active(config, state, issuer, key, json, times, now);
+        }
+    }
+    if let Some((mut flight, _)) = flight {
+        let settings = config
+            .issuers
+            .get(issuer)
+            .and_then(|i| i.introspection.as_ref());
+        let marker = settings.and_then(|s| introspection_marker(config, state, s, &key));
+        flight.succeeded(marker.as_ref(), 0);
+    }
+    (issuer, (key, outcome))
 }
 
 /// Counts what a write into the shared table did: an empty way filled, or

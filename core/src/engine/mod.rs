@@ -14,8 +14,11 @@ mod authenticate;
 mod authorize;
 mod bind;
 mod exchange;
+mod fanout;
+mod fleet;
 mod introspect;
 mod resume;
+mod revoke;
 mod state;
 mod uma;
 mod upstream;
@@ -38,6 +41,8 @@ use crate::wait::{Note, WaitKey};
 
 pub use authorize::PendingPdp;
 pub use exchange::PendingExchange;
+pub use fanout::PendingDeny;
+pub use fleet::PendingFleet;
 pub use introspect::{PendingIntrospection, MAX_INTROSPECTIONS_IN_FLIGHT};
 pub use resume::{due, fetching_here, resume, timed_out};
 pub use state::State;
@@ -134,6 +139,18 @@ pub enum Verdict {
     /// Answer the request from the filter, not as a denial: a protected
     /// resource's metadata document (RFC 9728), needing no token.
     Respond(HttpResponse),
+    /// The revocation receiver's answer to a pushed security event, with
+    /// its log line and the metrics it moves.
+    Receipt(Box<Receipt>),
+}
+
+/// See [`Verdict::Receipt`].
+#[derive(Debug, PartialEq)]
+pub struct Receipt {
+    pub response: HttpResponse,
+    pub note: Note,
+    pub counters: Vec<crate::metrics::Counter>,
+    pub gauges: Vec<(crate::metrics::Gauge, u64)>,
 }
 
 /// See [`Verdict::ReadBody`].
@@ -181,6 +198,12 @@ pub enum Resume {
     /// The token exchange of one caller token for one upstream OAuth rule,
     /// which every request with that token waits for.
     Exchange(Box<PendingExchange>),
+    /// One etcd call of the revocation fan-out: a step of the deny poll,
+    /// or of the receiver's write for the request that pushed a SET.
+    Deny(Box<PendingDeny>),
+    /// One etcd call of the fleet cache: a step of a token's introspection
+    /// (its requests wait on it), or a write nobody waits for.
+    Fleet(Box<PendingFleet>),
 }
 
 /// What an answer (or a dispatch failure) leads to.
@@ -197,6 +220,9 @@ pub enum Resumed {
         known: Option<Rc<Known>>,
         notes: Vec<Note>,
     },
+    /// Nothing to do now: the fetch goes on from a later tick (or was a
+    /// write nobody waits for). Log the notes.
+    Later { notes: Vec<Note> },
 }
 
 /// What the root does on a tick, besides expiring waits.
@@ -207,6 +233,8 @@ pub enum Due {
     /// Another worker's fetch left its result in shared data, now taken
     /// here: the requests parked on `on` may go on.
     Wake { on: WaitKey, notes: Vec<Note> },
+    /// Only log these.
+    Log(Vec<Note>),
 }
 
 impl Resume {
@@ -219,6 +247,8 @@ impl Resume {
             Resume::ClientToken { .. } => CalloutKind::Token,
             Resume::Ticket(_) => CalloutKind::Permission,
             Resume::Exchange(_) => CalloutKind::Exchange,
+            Resume::Deny(_) => CalloutKind::FleetCache,
+            Resume::Fleet(_) => CalloutKind::FleetCache,
         }
     }
 }
@@ -246,6 +276,9 @@ pub fn verdict_knowing(
     let path = &target.path;
     if let Some(resource) = config.resources.by_metadata_path(path) {
         return Verdict::Respond(resource.metadata_reply(request.method));
+    }
+    if let Some(receiver) = revoke::receiver_at(config, path) {
+        return revoke::receive(config, state, receiver, request, now);
     }
     let rule = rule_for(
         &config.upstream_oauth,

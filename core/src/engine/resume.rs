@@ -14,7 +14,7 @@ use crate::response::Denial;
 use crate::token_client::Fetched;
 use crate::wait::{Note, WaitKey};
 
-use super::{authorize, exchange, introspect, uma};
+use super::{authorize, exchange, fleet, introspect, uma};
 use super::{client_name, issuer_name, Due, Fetch, Resume, Resumed, State, Verdict};
 
 /// The one entry point for every callout's outcome: its answer, or why the
@@ -107,6 +107,10 @@ pub fn resume(
                 notes: vec![note],
             }
         }
+        Resume::Deny(pending) => {
+            super::fanout::on_reply(config, state, metrics, *pending, answer, now)
+        }
+        Resume::Fleet(pending) => fleet::on_reply(config, state, metrics, *pending, answer, now),
         Resume::Ticket(pending) => Resumed::Decided(Verdict::Deny(uma::finish_ticket(
             config, state, *pending, answer,
         ))),
@@ -164,9 +168,12 @@ fn no_jwks_uri_note(config: &Config, issuer: usize, fetched: &str) -> String {
 }
 
 /// Root only, on each tick: the fetches that are due (first loads, retries,
-/// refreshes ahead of expiry), and what other workers fetched meanwhile.
-pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) -> Vec<Due> {
-    let mut due = Vec::new();
+/// refreshes ahead of expiry, fleet-cache writes and polls, the revocation
+/// poll), and what other workers fetched meanwhile. `now_ms`: milliseconds
+/// since the epoch.
+pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now_ms: u64) -> Vec<Due> {
+    let now = now_ms / 1000;
+    let mut due = fleet::due(config, state, metrics, now_ms);
     for found in state.keys.due(now) {
         due.push(match found {
             KeysDue::Fetch(issuer, step, callout) => Due::Dispatch(Fetch {
@@ -196,6 +203,12 @@ pub fn due(config: &Config, state: &mut State, metrics: &dyn Metrics, now: u64) 
                 }
             }
         });
+    }
+    if config.revocation.is_some() && state.deny.refresh(state.replay.as_ref(), now) {
+        metrics.set(Gauge::DenyEntries, state.deny.len() as u64);
+    }
+    if let Some(poll) = super::fanout::poll_due(config, state, now_ms) {
+        due.push(Due::Dispatch(poll));
     }
     let (tokens, adopted) = state.client_tokens_due(now);
     due.extend(adopted.into_iter().map(|client| Due::Wake {

@@ -54,6 +54,13 @@ pub struct State {
     /// Where DPoP proofs' `jti`s are remembered: shared data when shared,
     /// this worker's memory otherwise.
     pub(super) replay: Rc<dyn SharedStore>,
+    /// This worker's copy of the deny set (revocations); the shared one is
+    /// in `replay`'s store.
+    pub(super) deny: crate::revocation::deny::DenySet,
+    /// The revocation fan-out through etcd: its token, poll and budget.
+    pub(super) fanout: super::fanout::FanoutState,
+    /// The fleet cache's etcd token, leases, budget, queued writes and polls.
+    pub(super) fleet: super::fleet::FleetState,
 }
 
 impl State {
@@ -114,6 +121,9 @@ impl State {
                     .collect::<Vec<_>>(),
             ),
             replay: Rc::new(crate::dpop::LocalStore::default()),
+            deny: crate::revocation::deny::DenySet::default(),
+            fanout: super::fanout::FanoutState::new(),
+            fleet: super::fleet::FleetState::new(config),
         }
     }
 
