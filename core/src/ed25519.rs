@@ -56,10 +56,9 @@ impl Ed25519Key {
     /// Whether `signature` is this key's signature of `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         let (r_bytes, s_bytes) = signature.split_at(32);
-        let (Ok(r_bytes), Ok(s_bytes)) = (
-            <[u8; 32]>::try_from(r_bytes),
-            <[u8; 32]>::try_from(s_bytes),
-        ) else {
+        let (Ok(r_bytes), Ok(s_bytes)) =
+            (<[u8; 32]>::try_from(r_bytes), <[u8; 32]>::try_from(s_bytes))
+        else {
             return false;
         };
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
@@ -99,7 +98,9 @@ fn canonical_y(encoded: &[u8; 32]) -> bool {
     }
     // The non-canonical values are p .. 2^255 − 1: bytes 1..=30 all 0xff,
     // the top 0x7f, the lowest ≥ 0xed.
-    let all_ones = y.get(1..31).is_some_and(|mid| mid.iter().all(|&b| b == 0xff));
+    let all_ones = y
+        .get(1..31)
+        .is_some_and(|mid| mid.iter().all(|&b| b == 0xff));
     !(all_ones && y[31] == 0x7f && y[0] >= 0xed)
 }
 
@@ -224,7 +225,10 @@ mod tests {
             for bit in 0..256 {
                 let mut bad = key;
                 bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(!agree(&bad, message.as_bytes(), &signature), "key bit {bit}");
+                assert!(
+                    !agree(&bad, message.as_bytes(), &signature),
+                    "key bit {bit}"
+                );
             }
         }
     }
@@ -292,7 +296,10 @@ mod tests {
         }
         // y = p + 1 would decode as y = 1 (the identity) if reduced; y = 2^255 - 20
         // (= p - 1, canonical) is (0, -1): small order. Both refused.
-        assert_eq!(Ed25519Key::from_bytes(&[1; 31]).err(), Some(KeyError::Length(31)));
+        assert_eq!(
+            Ed25519Key::from_bytes(&[1; 31]).err(),
+            Some(KeyError::Length(31))
+        );
     }
 
     /// A torsion component in R (R' = R + T, T of order 2 or 4..8) passes

@@ -776,7 +776,10 @@ mod tests {
             PureRustVerifier.verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
             Ok(())
         );
-        assert!(built(&ec) && built(&copy), "one table, shared by the copies");
+        assert!(
+            built(&ec) && built(&copy),
+            "one table, shared by the copies"
+        );
     }
 
     #[test]
