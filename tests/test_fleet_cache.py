@@ -13,79 +13,18 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import harness
+from etcd_server import FLEET_KEY, PASSWORD, Etcd, PREFIX, USER, etcd, needs_etcd  # noqa: F401 (etcd is a fixture)
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-PREFIX = "/pep-test/"
-USER, PASSWORD = "pep", "pep-etcd-password"
-FLEET_KEY = "fleet-key-0123456789abcdef-0123456789"
 ENV = {"OAUTH_PEP_FLEET_KEY": FLEET_KEY, "OAUTH_PEP_ETCD_PASSWORD": PASSWORD}
 
-pytestmark = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd-server is not installed (make setup)")
-
-
-class Etcd:
-    """One etcd on 127.0.0.1 with auth on: root, and the gateway's user
-    `pep` whose role may read and write under PREFIX only."""
-
-    def __init__(self, tmpdir):
-        self.port, self.peer = harness.free_port(), harness.free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.data = tmpdir / ("etcd-%d" % self.port)
-        argv = [ETCD, "--name", "t", "--data-dir", self.data,
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                "--initial-cluster", "t=http://127.0.0.1:%d" % self.peer]
-        self.proc = harness.Proc("etcd", argv, tmpdir / ("etcd-%d.log" % self.port))
-        harness.wait_until(lambda: harness.port_accepts(self.port), 20, what="etcd listening")
-        harness.wait_until(lambda: self.ctl("endpoint", "health", root=False).returncode == 0, 20,
-                           what="etcd healthy")
-        for args in (["user", "add", "root:rootpw"], ["user", "add", "%s:%s" % (USER, PASSWORD)],
-                     ["role", "add", "pep"],
-                     ["role", "grant-permission", "pep", "--prefix=true", "readwrite", PREFIX],
-                     ["user", "grant-role", USER, "pep"], ["auth", "enable"]):
-            r = self.ctl(*args, root=False)
-            assert r.returncode == 0, r.stderr
-
-    def ctl(self, *args, root=True, value=None):
-        argv = [ETCDCTL, "--endpoints", self.url, "--dial-timeout", "2s", "--command-timeout", "3s"]
-        if root:
-            argv += ["--user", "root:rootpw"]
-        return subprocess.run(argv + [str(a) for a in args], input=value, capture_output=True,
-                              timeout=15, env=dict(os.environ, ETCDCTL_API="3"))
-
-    def put(self, key, value):
-        r = self.ctl("put", key, "--", value)
-        assert r.returncode == 0, r.stderr
-
-    def get(self, key):
-        r = self.ctl("get", key, "--print-value-only")
-        assert r.returncode == 0, r.stderr
-        return r.stdout.rstrip(b"\n")
-
-    def keys(self, prefix=PREFIX):
-        r = self.ctl("get", prefix, "--prefix", "--keys-only")
-        return [k for k in r.stdout.decode().split("\n") if k]
-
-    def stop(self):
-        self.proc.stop()
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    e = Etcd(tmp_path_factory.mktemp("etcd"))
-    yield e
-    e.stop()
+pytestmark = needs_etcd
 
 
 def location(issuer, token, client="pep", key=FLEET_KEY):

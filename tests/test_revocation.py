@@ -10,16 +10,16 @@ The transmitter is the test authorization server: its keys sign the SETs
 import hashlib
 import hmac
 import json
-import os
-import shutil
 import struct
-import subprocess
 import time
 import uuid
 
 import pytest
 
 import harness
+from etcd_server import FLEET_KEY, PREFIX, etcd, needs_etcd  # noqa: F401 (etcd is a fixture)
+from etcd_server import PASSWORD as ETCD_PASSWORD
+from etcd_server import USER as ETCD_USER
 
 RECEIVER = "/ssf/events"
 AUDIENCE = "https://gateway.test"
@@ -236,64 +236,7 @@ def test_it_takes_under_a_second_for_a_revocation_to_reach_the_other_worker(star
 # The fleet: revocations through etcd (the fleet cache's store and user)
 # --------------------------------------------------------------------------
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-PREFIX = "/pep-test/"
-ETCD_USER, ETCD_PASSWORD = "pep", "pep-etcd-password"
-FLEET_KEY = "fleet-key-0123456789abcdef-0123456789"
 FLEET_ENV = {"OAUTH_PEP_FLEET_KEY": FLEET_KEY, "OAUTH_PEP_ETCD_PASSWORD": ETCD_PASSWORD, "SSF_TOKEN": SECRET}
-needs_etcd = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd-server is not installed (make setup)")
-
-
-class Etcd:
-    """One etcd 3.4 on 127.0.0.1 with auth on: root, and the gateway's user
-    whose role may read and write under PREFIX only (as tests/test_fleet_cache.py)."""
-
-    def __init__(self, tmpdir):
-        self.port, self.peer = harness.free_port(), harness.free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
-        argv = [ETCD, "--name", "t", "--data-dir", tmpdir / ("etcd-%d" % self.port),
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer,
-                "--initial-cluster", "t=http://127.0.0.1:%d" % self.peer]
-        self.proc = harness.Proc("etcd", argv, tmpdir / ("etcd-%d.log" % self.port))
-        harness.wait_until(lambda: harness.port_accepts(self.port), 20, what="etcd listening")
-        harness.wait_until(lambda: self.ctl("endpoint", "health", root=False).returncode == 0, 20,
-                           what="etcd healthy")
-        for args in (["user", "add", "root:rootpw"], ["user", "add", "%s:%s" % (ETCD_USER, ETCD_PASSWORD)],
-                     ["role", "add", "pep"],
-                     ["role", "grant-permission", "pep", "--prefix=true", "readwrite", PREFIX],
-                     ["user", "grant-role", ETCD_USER, "pep"], ["auth", "enable"]):
-            r = self.ctl(*args, root=False)
-            assert r.returncode == 0, r.stderr
-
-    def ctl(self, *args, root=True):
-        argv = [ETCDCTL, "--endpoints", self.url, "--dial-timeout", "2s", "--command-timeout", "3s"]
-        if root:
-            argv += ["--user", "root:rootpw"]
-        return subprocess.run(argv + [str(a) for a in args], capture_output=True, timeout=15,
-                              env=dict(os.environ, ETCDCTL_API="3"))
-
-    def put(self, key, value):
-        r = self.ctl("put", key, "--", value)
-        assert r.returncode == 0, r.stderr
-
-    def keys(self, prefix):
-        r = self.ctl("get", prefix, "--prefix", "--keys-only")
-        return [k for k in r.stdout.decode().split("\n") if k]
-
-    def stop(self):
-        self.proc.stop()
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    if not os.path.exists(ETCD):
-        pytest.skip("etcd-server is not installed (make setup)")
-    e = Etcd(tmp_path_factory.mktemp("etcd"))
-    yield e
-    e.stop()
 
 
 def deny_name(iss, sub, key=FLEET_KEY, kind=b"s"):
