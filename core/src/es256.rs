@@ -11,10 +11,11 @@
 //! mixed additions, about a fifth of the work.
 //!
 //! A table is 255 affine points (about 18 KB) and takes about as long to build
-//! as a few verifications, so the JWKS loader builds one only for the first
-//! [`crate::jwks::MAX_P256_TABLES`] P-256 keys of a document; other keys
-//! (and DPoP proof keys, used once) go through p256's verification. The
-//! generator's table is built once per VM, with the first key table.
+//! as a few verifications, so only the first
+//! [`crate::jwks::MAX_P256_TABLES`] P-256 keys of a document get one; other
+//! keys (and DPoP proof keys, used once) go through p256's verification. A
+//! key's table is built by its first pure-Rust check (none where the host
+//! checks ES256), the generator's once per VM, by the first check.
 //!
 //! Everything here is public (the key, the signature, the message), so
 //! variable time is fine; the group arithmetic is p256's.
@@ -86,12 +87,6 @@ fn comb(point: ProjectivePoint) -> KeyTable {
 fn generator() -> &'static KeyTable {
     static TABLE: OnceLock<KeyTable> = OnceLock::new();
     TABLE.get_or_init(|| comb(ProjectivePoint::GENERATOR))
-}
-
-/// Builds the generator's table now (the JWKS loader calls this with the
-/// first key table, so that no request pays for it).
-pub fn prepare() {
-    generator();
 }
 
 /// The comb index of `column` in a big-endian scalar: bit `32·i + column`

@@ -28,6 +28,7 @@ pub mod config;
 pub mod config_error;
 pub mod consumer;
 pub mod dpop;
+pub mod ed25519;
 pub mod engine;
 pub mod es256;
 pub mod etcd;

@@ -8,12 +8,12 @@
 //! not of small order.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use ed25519_compact as ed25519;
 use p256::ecdsa::signature::Verifier as _;
 
 use crate::alg::Alg;
+use crate::ed25519::{self, Ed25519Key};
 use crate::es256::{self, KeyTable};
 use crate::rsa::{self, RsaKey};
 
@@ -31,15 +31,17 @@ pub enum KeyMaterial {
     P256 {
         key: p256::ecdsa::VerifyingKey,
         spki: Box<[u8]>,
-        /// The comb table for the pure-Rust check ([`crate::es256`]), for
-        /// the first few keys of a JWKS only.
-        table: Option<Arc<KeyTable>>,
+        /// The slot of the comb table for the pure-Rust check
+        /// ([`crate::es256`]), for the first few keys of a JWKS only. Built
+        /// by the first pure-Rust ES256 check with the key, so never where
+        /// the host checks ES256 (`crypto: "host"` or `"auto"` on Envoy).
+        table: Option<Arc<OnceLock<KeyTable>>>,
     },
     P384 {
         key: p384::ecdsa::VerifyingKey,
         spki: Box<[u8]>,
     },
-    Ed25519(ed25519::PublicKey),
+    Ed25519(Box<Ed25519Key>),
     /// An HMAC secret (from `shared_secret` only).
     Secret(Vec<u8>),
 }
@@ -94,13 +96,13 @@ impl KeyMaterial {
         })
     }
 
-    /// The same key with a comb table for [`crate::es256`] if it is a
-    /// P-256 key (about 18 KB; see [`crate::jwks::MAX_P256_TABLES`]).
+    /// The same key with room for a comb table for [`crate::es256`] if it
+    /// is a P-256 key (about 18 KB once built, by the first pure-Rust check;
+    /// see [`crate::jwks::MAX_P256_TABLES`]).
     pub fn with_table(self) -> KeyMaterial {
         match self {
             KeyMaterial::P256 { key, spki, .. } => {
-                es256::prepare();
-                let table = Some(Arc::new(KeyTable::new(&key)));
+                let table = Some(Arc::new(OnceLock::new()));
                 KeyMaterial::P256 { key, spki, table }
             }
             other => other,
@@ -120,11 +122,15 @@ impl KeyMaterial {
 
     /// An Ed25519 public key (32 bytes).
     pub fn ed25519(x: &[u8]) -> Result<KeyMaterial, String> {
-        let key = ed25519::PublicKey::from_slice(x)
-            .map_err(|_| format!("an Ed25519 key is 32 bytes, not {}", x.len()))?;
-        key.validate()
-            .map_err(|_| "not a usable Ed25519 point (non-canonical or small order)")?;
-        Ok(KeyMaterial::Ed25519(key))
+        match Ed25519Key::from_bytes(x) {
+            Ok(key) => Ok(KeyMaterial::Ed25519(Box::new(key))),
+            Err(ed25519::KeyError::Length(len)) => {
+                Err(format!("an Ed25519 key is 32 bytes, not {len}"))
+            }
+            Err(ed25519::KeyError::Unusable) => {
+                Err("not a usable Ed25519 point (non-canonical or small order)".into())
+            }
+        }
     }
 }
 
@@ -190,7 +196,7 @@ pub trait SignatureVerifier {
 
 /// Verification in pure Rust (RustCrypto's P-256/P-384, with comb tables
 /// for ES256 where the key has one ([`crate::es256`]), our own RSA in
-/// [`crate::rsa`], ed25519-compact,
+/// [`crate::rsa`], Ed25519 over curve25519-dalek in [`crate::ed25519`],
 /// constant-time HMAC comparison from hmac-sha256/hmac-sha512).
 pub struct PureRustVerifier;
 
@@ -210,9 +216,15 @@ impl SignatureVerifier for PureRustVerifier {
             (
                 Alg::ES256,
                 KeyMaterial::P256 {
-                    table: Some(table), ..
+                    key,
+                    table: Some(table),
+                    ..
                 },
-            ) => es256::verify(table, signing_input, fixed::<64>(alg, signature)?),
+            ) => es256::verify(
+                table.get_or_init(|| KeyTable::new(key)),
+                signing_input,
+                fixed::<64>(alg, signature)?,
+            ),
             (Alg::ES256, KeyMaterial::P256 { key, .. }) => {
                 let sig = p256::ecdsa::Signature::from_slice(fixed::<64>(alg, signature)?)
                     .map_err(|_| VerifyError::Mismatch)?;
@@ -224,8 +236,7 @@ impl SignatureVerifier for PureRustVerifier {
                 key.verify(signing_input, &sig).is_ok()
             }
             (Alg::EdDSA, KeyMaterial::Ed25519(key)) => {
-                let sig = ed25519::Signature::new(*fixed::<64>(alg, signature)?);
-                key.verify(signing_input, &sig).is_ok()
+                key.verify(signing_input, fixed::<64>(alg, signature)?)
             }
             // The crates compare the MACs in constant time.
             (Alg::HS256, KeyMaterial::Secret(secret)) => {
@@ -736,6 +747,39 @@ mod tests {
             host(Ok(yes)).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good[..63]),
             Err(VerifyError::Length { .. })
         ));
+    }
+
+    /// A key with a table slot: the host's checks leave it empty, the first
+    /// pure-Rust check fills it.
+    #[test]
+    fn the_comb_table_is_built_by_the_first_pure_rust_check_only() {
+        let ec = KeyMaterial::p256(&b64(SELF_TEST_EC_X), &b64(SELF_TEST_EC_Y))
+            .unwrap()
+            .with_table();
+        let built = |key: &KeyMaterial| match key {
+            KeyMaterial::P256 {
+                table: Some(slot), ..
+            } => slot.get().is_some(),
+            _ => panic!("no table slot"),
+        };
+        let good = b64(SELF_TEST_EC_SIG);
+        assert!(!built(&ec), "loading builds no table");
+        for _ in 0..3 {
+            assert_eq!(
+                host(Ok(vec![0x08, 0x01])).verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+                Ok(())
+            );
+        }
+        assert!(!built(&ec), "the host's checks build no table");
+        let copy = ec.clone();
+        assert_eq!(
+            PureRustVerifier.verify(Alg::ES256, &ec, SELF_TEST_TEXT, &good),
+            Ok(())
+        );
+        assert!(
+            built(&ec) && built(&copy),
+            "one table, shared by the copies"
+        );
     }
 
     #[test]
