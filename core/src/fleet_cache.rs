@@ -17,6 +17,7 @@ use crate::budget::{Budget, RawBudget};
 use crate::callout::{check_authority, check_timeout_ms, Url};
 use crate::config_error::ConfigError;
 use crate::etcd::Endpoint;
+use crate::sealed;
 use crate::services::SharedStore;
 
 /// The fleet key is at least this long (bytes): it is an HMAC key that must
@@ -42,7 +43,6 @@ pub const DEFAULT_BUDGET: Budget = Budget {
 };
 /// Where the breaker's state is in shared data (one per process).
 const BREAKER_KEY: &str = "oauth_pep.fleet_cache.breaker";
-const ENTRY_VERSION: &str = "v1";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -339,15 +339,7 @@ impl FleetCache {
         now: u64,
     ) -> Result<StoredAnswer, Rejected> {
         let keys = std::iter::once(&self.key).chain(self.previous_key.as_ref());
-        let mut last = Rejected::Mac;
-        for key in keys {
-            match open(key, &location.answer, value) {
-                Ok(entry) => return entry.check(issuer, now),
-                Err(Rejected::Mac) => continue,
-                Err(other) => last = other,
-            }
-        }
-        Err(last)
+        open(keys, &location.answer, value)?.check(issuer, now)
     }
 }
 
@@ -364,16 +356,12 @@ impl Location {
         input.extend_from_slice(identity.as_bytes());
         input.push(0);
         input.extend_from_slice(token.as_bytes());
-        let name = hex(&hmac_sha256::HMAC::mac(&input, &key.0));
+        let name = sealed::hex(&hmac_sha256::HMAC::mac(&input, &key.0));
         Location {
             answer: format!("{prefix}a/{name}").into_bytes(),
             claim: format!("{prefix}c/{name}").into_bytes(),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an entry holds: the answer as the endpoint gave it (plain RFC 7662
@@ -426,13 +414,8 @@ impl Rejected {
     }
 }
 
-fn mac(key: &FleetKey, location: &[u8], json: &[u8]) -> [u8; 32] {
-    let mut input = b"oauth-pep fleet entry v1\0".to_vec();
-    input.extend_from_slice(location);
-    input.push(0);
-    input.extend_from_slice(json);
-    hmac_sha256::HMAC::mac(&input, &key.0)
-}
+/// What a fleet entry's MAC covers besides the etcd key and the JSON.
+const PURPOSE: &[u8] = b"oauth-pep fleet entry v1\0";
 
 fn seal(key: &FleetKey, location: &[u8], entry: &StoredAnswer) -> Vec<u8> {
     let (name, answer) = match &entry.answer {
@@ -447,31 +430,22 @@ fn seal(key: &FleetKey, location: &[u8], entry: &StoredAnswer) -> Vec<u8> {
         name: answer,
     })
     .to_string();
-    let tag = hex(&mac(key, location, json.as_bytes()));
-    format!("{ENTRY_VERSION}.{tag}.{json}").into_bytes()
+    sealed::seal(PURPOSE, &key.0, location, &json)
 }
 
-fn open(key: &FleetKey, location: &[u8], value: &[u8]) -> Result<StoredAnswer, Rejected> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(Rejected::Malformed);
-    }
-    let text = std::str::from_utf8(value).map_err(|_| Rejected::Malformed)?;
-    let rest = text
-        .strip_prefix(ENTRY_VERSION)
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or(Rejected::Malformed)?;
-    let (tag, json) = rest.split_once('.').ok_or(Rejected::Malformed)?;
-    let expected = hex(&mac(key, location, json.as_bytes()));
-    // Constant time over the hex digits.
-    let differs = tag.len() != expected.len()
-        || tag
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            != 0;
-    if differs {
-        return Err(Rejected::Mac);
-    }
+fn open<'k>(
+    keys: impl IntoIterator<Item = &'k FleetKey>,
+    location: &[u8],
+    value: &[u8],
+) -> Result<StoredAnswer, Rejected> {
+    let secrets = keys.into_iter().map(|key| key.0.as_slice());
+    let json =
+        sealed::open(PURPOSE, secrets, location, value, MAX_VALUE_BYTES).map_err(|refused| {
+            match refused {
+                sealed::Refused::Malformed => Rejected::Malformed,
+                sealed::Refused::Mac => Rejected::Mac,
+            }
+        })?;
     let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(json) else {
         return Err(Rejected::Malformed);
     };

@@ -54,6 +54,7 @@ pub mod resource;
 pub mod response;
 pub mod revocation;
 pub mod rsa;
+pub mod sealed;
 pub mod services;
 pub mod shared_cache;
 pub mod token_client;

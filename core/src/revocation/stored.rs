@@ -10,8 +10,10 @@ use serde_json::{json, Value};
 
 use super::deny::{Denied, DenyKey};
 use super::set::Target;
+use crate::sealed;
 
-const VERSION: &str = "v1";
+/// What a deny entry's MAC covers besides the etcd key and the JSON.
+const PURPOSE: &[u8] = b"oauth-pep deny entry v1\0";
 /// An entry's value is never longer (the JSON of two numbers).
 pub const MAX_VALUE_BYTES: usize = 256;
 
@@ -40,10 +42,6 @@ pub(super) fn key_of(name: &[u8; 32]) -> DenyKey {
     key
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -54,21 +52,13 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn entry_mac(secret: &[u8], etcd_key: &[u8], json: &str) -> String {
-    let mut input = b"oauth-pep deny entry v1\0".to_vec();
-    input.extend_from_slice(etcd_key);
-    input.push(0);
-    input.extend_from_slice(json.as_bytes());
-    hex(&hmac_sha256::HMAC::mac(&input, secret))
-}
-
 /// The etcd key and value of a revocation.
 pub fn seal(secret: &[u8], prefix: &[u8], target: &Target, denied: Denied) -> (Vec<u8>, Vec<u8>) {
     let mut key = prefix.to_vec();
-    key.extend_from_slice(hex(&name(secret, target)).as_bytes());
+    key.extend_from_slice(sealed::hex(&name(secret, target)).as_bytes());
     let json = json!({"at": denied.at, "until": denied.until}).to_string();
-    let value = format!("{VERSION}.{}.{json}", entry_mac(secret, &key, &json));
-    (key, value.into_bytes())
+    let value = sealed::seal(PURPOSE, secret, &key, &json);
+    (key, value)
 }
 
 /// Why an entry read from etcd is not taken.
@@ -110,27 +100,14 @@ pub fn open(
         .and_then(unhex)
         .and_then(|n| <[u8; 32]>::try_from(n).ok())
         .ok_or(Rejected::Malformed)?;
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(Rejected::Malformed);
-    }
-    let text = std::str::from_utf8(value).map_err(|_| Rejected::Malformed)?;
-    let (tag, json) = text
-        .strip_prefix(VERSION)
-        .and_then(|r| r.strip_prefix('.'))
-        .and_then(|r| r.split_once('.'))
-        .ok_or(Rejected::Malformed)?;
-    let verifies = secrets.iter().any(|secret| {
-        let expected = entry_mac(secret, etcd_key, json);
-        tag.len() == expected.len()
-            && tag
-                .bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if !verifies {
-        return Err(Rejected::Mac);
-    }
+    let secrets = secrets.iter().map(Vec::as_slice);
+    let json =
+        sealed::open(PURPOSE, secrets, etcd_key, value, MAX_VALUE_BYTES).map_err(|refused| {
+            match refused {
+                sealed::Refused::Malformed => Rejected::Malformed,
+                sealed::Refused::Mac => Rejected::Mac,
+            }
+        })?;
     let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(json) else {
         return Err(Rejected::Malformed);
     };
